@@ -1,0 +1,67 @@
+"""``python -m sgid_utils run STAGE --params FILE [--run-dir DIR] [--set key.path=value ...]``.
+
+Runs one stage with exactly the functions the notebooks call: what a cluster job,
+``accelerate launch`` or a test that kills and resumes a stage uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .params import ParamsError, load_params, parse_override
+
+
+def _stages() -> dict[str, Callable[[Any], Any]]:
+    from .captioning import run_captions
+    from .curation import run_curation
+    from .generation import run_generation
+    from .pipeline import ensure_inputs
+    from .results import run_results
+    from .similarity import run_similarity
+    from .training import run_training
+
+    return {
+        "data": ensure_inputs,
+        "captions": run_captions,
+        "similarity": run_similarity,
+        "generate": run_generation,
+        "curate": run_curation,
+        "train": run_training,
+        "results": run_results,
+    }
+
+
+STAGES = ["data", "captions", "similarity", "generate", "curate", "train", "results"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sgid_utils", description="Run SGID pipeline stages.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one stage, or 'all' in order")
+    run.add_argument("stage", choices=STAGES + ["all"])
+    run.add_argument("--params", required=True, help="params YAML file (params/pets.yaml, params/smoke.yaml, ...)")
+    run.add_argument("--run-dir", help="override run.dir (e.g. a Google Drive folder)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key, e.g. generation.strength=0.3")
+    args = parser.parse_args(argv)
+
+    from .data import DatasetError
+    from .io import StaleOutputsError as Stale
+    from .models import ModelLoadError
+
+    try:
+        overrides = dict(parse_override(s) for s in args.set)
+        if args.run_dir:
+            overrides["run.dir"] = str(Path(args.run_dir).resolve())
+        params = load_params(args.params, overrides)
+        stages = _stages()
+        for name in STAGES if args.stage == "all" else [args.stage]:
+            print(f"[sgid] stage {name}: run dir {params.run.dir}", file=sys.stderr)
+            stages[name](params)
+    except (ParamsError, ModelLoadError, DatasetError, Stale, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,234 @@
+"""Data sets: Oxford-IIIT Pets, Flowers102 (Hugging Face ``datasets``) and any image folder.
+
+``prepare_dataset`` turns the chosen source into one table, ``data/images.parquet``
+(image_id, split, label, class_name, path, width, height), plus the image files
+themselves for hub sources. Every later stage reads that table and opens images
+with ``load_image``, so EXIF orientation and RGB conversion happen the same way
+everywhere. Files that cannot be used are skipped and listed, with a reason, in
+``data/skipped.csv``; the run goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .io import check_fingerprint, read_table, write_table
+from .params import Params
+from .seeding import derive_seed
+
+HUB_IDS = {"pets": "timm/oxford-iiit-pet", "flowers": "dpdl-benchmark/oxford_flowers102"}
+COLUMNS = ["image_id", "split", "label", "class_name", "path", "width", "height", "origin"]
+
+
+class DatasetError(RuntimeError):
+    """The data set cannot be used (missing folder, fewer than two usable classes, ...)."""
+
+
+def load_image(source: str | Path | bytes) -> Image.Image:
+    """Open an image as 8-bit RGB: EXIF rotation applied, first frame, transparency on white.
+
+    Raises ``ValueError`` with a readable reason for anything that is not a usable image.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            img.seek(0)
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as exc:
+        raise ValueError(f"not a readable image ({type(exc).__name__}: {exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"too large to open safely ({exc})") from None
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits instead of clipping to white.
+        img = img.point(lambda v: v / 256).convert("L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def readable_class_name(raw: str, case: str = "title") -> str:
+    """'great_pyrenees' -> 'Great Pyrenees'; 'Maine_Coon' -> 'Maine Coon' (prompts want words)."""
+    words = raw.replace("_", " ").replace("-", " ").split()
+    if case == "title":
+        words = [w if w[:1].isupper() else w[:1].upper() + w[1:] for w in words]
+    return " ".join(words)
+
+
+@dataclass
+class _Item:
+    split: str
+    label: int
+    origin: str
+    load: object  # path or bytes
+
+
+def _scan_folder(root: Path) -> tuple[list[str], list[tuple[str, Path]], list[dict]]:
+    """Class folders under root -> (sorted class names, (class, file) pairs, skips)."""
+    if not root.is_dir():
+        raise DatasetError(f"Image folder not found: {root}. Expected {root}/<class>/*.jpg (dataset.path / dataset.test_path).")
+    skipped: list[dict] = []
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files: list[tuple[str, Path]] = []
+    for cls in classes:
+        for f in sorted((root / cls).rglob("*")):
+            if f.is_dir():
+                continue
+            if any(part.startswith(".") for part in f.relative_to(root).parts):
+                skipped.append({"path": str(f), "reason": "hidden file"})
+            elif not f.exists():
+                skipped.append({"path": str(f), "reason": "dangling symlink"})
+            else:
+                files.append((cls, f))
+    return classes, files, skipped
+
+
+def _imagefolder_items(params: Params) -> tuple[list[str], list[_Item], list[dict]]:
+    ds = params.dataset
+    classes, files, skipped = _scan_folder(Path(ds.path))
+    test_files: list[tuple[str, Path]] = []
+    if ds.test_path is not None:
+        test_classes, test_files, test_skipped = _scan_folder(Path(ds.test_path))
+        skipped += test_skipped
+        for cls in sorted(set(test_classes) - set(classes)):
+            skipped.append({"path": str(Path(ds.test_path) / cls), "reason": "class not present in the training folder"})
+        test_files = [(c, f) for c, f in test_files if c in classes]
+    index = {c: i for i, c in enumerate(classes)}
+    items: list[_Item] = []
+    if ds.test_path is None:
+        # Deterministic held-out split per class, by a seeded hash of the relative path.
+        by_class: dict[str, list[Path]] = {}
+        for cls, f in files:
+            by_class.setdefault(cls, []).append(f)
+        for cls, fs in by_class.items():
+            ranked = sorted(fs, key=lambda f: derive_seed(params.run.seed, str(f.relative_to(ds.path)), purpose="split"))
+            n_test = int(round(len(fs) * ds.test_fraction)) if len(fs) > 1 else 0
+            n_test = max(n_test, 1) if len(fs) > 1 else 0
+            test_set = set(ranked[:n_test])
+            for f in fs:
+                items.append(_Item("test" if f in test_set else "train", index[cls], str(f), f))
+    else:
+        items += [_Item("train", index[c], str(f), f) for c, f in files]
+        items += [_Item("test", index[c], str(f), f) for c, f in test_files]
+    return classes, items, skipped
+
+
+def _hub_items(params: Params) -> tuple[list[str], list[_Item], list[dict]]:
+    import datasets
+
+    from .models import model_load_error
+
+    ds_params = params.dataset
+    hub_id = ds_params.hf_id or HUB_IDS[ds_params.source]
+    splits = {name: "train" for name in ds_params.train_splits} | {ds_params.test_split: "test"}
+    try:
+        loaded = {name: datasets.load_dataset(hub_id, split=name) for name in splits}
+    except Exception as exc:  # noqa: BLE001 - turned into one clear message
+        raise model_load_error(hub_id, "data set", exc, what="dataset.hf_id") from None
+    first = next(iter(loaded.values()))
+    for col in (ds_params.image_column, ds_params.label_column):
+        if col not in first.column_names:
+            raise DatasetError(
+                f"Data set {hub_id} has no column '{col}' (columns: {first.column_names}); "
+                "set dataset.image_column / dataset.label_column."
+            )
+    feature = first.features[ds_params.label_column]
+    if hasattr(feature, "names"):
+        classes = list(feature.names)
+    else:
+        labels = sorted({int(v) for d in loaded.values() for v in d[ds_params.label_column]})
+        classes = [str(v) for v in labels]
+    items: list[_Item] = []
+    for name, role in splits.items():
+        d = loaded[name].cast_column(ds_params.image_column, datasets.Image(decode=False))
+        for i, row in enumerate(d):
+            img = row[ds_params.image_column]
+            payload = img.get("bytes") or img.get("path")
+            items.append(_Item(role, int(row[ds_params.label_column]), f"{hub_id}:{name}:{i}", payload))
+    return classes, items, []
+
+
+def prepare_dataset(params: Params) -> pd.DataFrame:
+    """Build (or reuse) ``<run>/data/images.parquet``; skips bad files and caps per class."""
+    out_dir = Path(params.run.dir) / "data"
+    table = out_dir / "images.parquet"
+    check_fingerprint(out_dir, params.stage_fingerprint("dataset", "run.seed"), "data")
+    if table.exists():
+        return read_table(table)
+    if params.smoke.build_dataset:
+        from .tiny import build_smoke_dataset
+
+        build_smoke_dataset(params)
+    ds = params.dataset
+    classes, items, skipped = _imagefolder_items(params) if ds.source == "imagefolder" else _hub_items(params)
+    rows: list[dict] = []
+    counters: dict[tuple[str, int], int] = {}
+    caps = {"train": ds.max_per_class, "test": ds.max_test_per_class}
+    for item in items:
+        key = (item.split, item.label)
+        cap = caps[item.split]
+        if cap is not None and counters.get(key, 0) >= cap:
+            continue
+        try:
+            img = load_image(item.load)
+        except ValueError as exc:
+            skipped.append({"path": item.origin, "reason": str(exc)})
+            continue
+        if min(img.size) < ds.min_side:
+            skipped.append({"path": item.origin, "reason": f"too small ({img.width}x{img.height} < dataset.min_side {ds.min_side})"})
+            continue
+        n = counters[key] = counters.get(key, 0) + 1
+        image_id = f"{item.split}_{item.label:03d}_{n - 1:05d}"
+        if isinstance(item.load, bytes):
+            path = out_dir / "files" / f"{image_id}.{(Image.open(io.BytesIO(item.load)).format or 'png').lower()}"
+            if not path.exists():
+                from .io import _atomic
+
+                _atomic(path, lambda t, b=item.load: t.write_bytes(b))
+        else:
+            path = Path(item.load)
+        rows.append(
+            {
+                "image_id": image_id,
+                "split": item.split,
+                "label": item.label,
+                "class_name": readable_class_name(classes[item.label], ds.class_name_case),
+                "path": str(path),
+                "width": img.width,
+                "height": img.height,
+                "origin": item.origin,
+            }
+        )
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    usable = sorted(df.loc[df.split == "train", "label"].unique())
+    for label, cls in enumerate(classes):
+        if label not in usable:
+            skipped.append({"path": cls, "reason": "class has no usable training image: left out"})
+    if len(usable) < 2:
+        raise DatasetError(
+            f"Only {len(usable)} class(es) with usable training images in {ds.path or ds.hf_id or ds.source}; "
+            f"need at least two. See the skipped files: {[s['reason'] for s in skipped][:5]}"
+        )
+    df = df[df.label.isin(usable)].reset_index(drop=True)
+    write_table(out_dir / "skipped.csv", pd.DataFrame(skipped, columns=["path", "reason"]))
+    write_table(table, df)
+    return df
+
+
+def load_images_table(params: Params) -> pd.DataFrame:
+    return read_table(Path(params.run.dir) / "data" / "images.parquet")
+
+
+def class_names(df: pd.DataFrame) -> dict[int, str]:
+    return dict(sorted(zip(df.label.astype(int), df.class_name)))

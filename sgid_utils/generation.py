@@ -1,0 +1,124 @@
+"""Stage 03: Stable Diffusion img2img with SGID's weighted prompt and similarity-mapped guidance.
+
+For each training image: prompt "(c*)0.9. A picture of (label)1.5" encoded by
+compel into prompt embeddings, guidance scale from f(s*), strength 0.3, k
+candidates whose seeds derive from (run seed, image id, k). The source enters
+the model at its own resolution (downscaled only above ``generation.max_side``):
+that is what the report did, and what stage 04 diagnoses and fixes by upscaling.
+Each candidate is resized back to the source's size and saved as PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .data import load_image
+from .io import ItemStore, check_fingerprint, read_table, write_png, write_table
+from .models import load_img2img, resolve_device, resolve_dtype
+from .params import Params
+from .prompts import build_prompt, guidance_scale
+from .seeding import derive_seed, generator
+
+VARIANTS = ("raw", "upscaled")
+
+
+def model_input_size(width: int, height: int, max_side: int, short_side: int | None = None, multiple: int = 8) -> tuple[int, int]:
+    """Size the source enters SD at: optionally upscaled to ``short_side``, capped at ``max_side``, multiple of 8."""
+    scale = 1.0
+    if short_side is not None and min(width, height) < short_side:
+        scale = short_side / min(width, height)
+    scale = min(scale, max_side / max(width, height)) if max(width, height) * scale > max_side else scale
+    w = max(multiple, int(width * scale) // multiple * multiple)
+    h = max(multiple, int(height * scale) // multiple * multiple)
+    return w, h
+
+
+class PromptEncoder:
+    """compel's weighted-prompt embeddings for the pipeline's own tokenizer and text encoder."""
+
+    def __init__(self, pipe) -> None:
+        from compel import CompelForSD
+
+        self.compel = CompelForSD(pipe)
+
+    @torch.inference_mode()
+    def __call__(self, prompt: str, negative: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.compel(prompt, negative_prompt=negative)
+        return out.embeds, out.negative_embeds
+
+
+@torch.inference_mode()
+def generate_candidates(
+    pipe, embeds: torch.Tensor, negative_embeds: torch.Tensor, image: Image.Image, guidance: float,
+    strength: float, steps: int, seeds: list[int],
+) -> list[Image.Image]:
+    """len(seeds) img2img candidates for one source in one pipeline call (one generator per candidate)."""
+    out = pipe(
+        prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, image=image, strength=strength,
+        guidance_scale=guidance, num_inference_steps=steps, num_images_per_prompt=len(seeds),
+        generator=[generator(s) for s in seeds], output_type="pil",
+    )
+    return out.images
+
+
+def sources_for(params: Params, variant: str) -> pd.DataFrame:
+    """Training images with their chosen caption; the 'upscaled' variant keeps only small sources."""
+    from .data import load_images_table
+    from .similarity import load_best
+
+    images = load_images_table(params)
+    best = load_best(params)
+    df = best.merge(images, on="image_id", how="inner")
+    if variant == "upscaled":
+        df = df[df[["width", "height"]].min(axis=1) < params.curation.upscale_threshold]
+    return df.reset_index(drop=True)
+
+
+def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame:
+    """Generate k candidates per source; resumable per image; returns the manifest (one row per candidate)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}")
+    gen = params.generation
+    stage_dir = Path(params.run.dir) / "generation" / variant
+    keys = ["models.diffusion", "generation", "run.seed"] + (["curation.upscale_threshold", "curation.upscale_to"] if variant == "upscaled" else [])
+    check_fingerprint(stage_dir, params.stage_fingerprint(*keys), f"generate ({variant})")
+    sources = sources_for(params, variant)
+    store = ItemStore(stage_dir / "items")
+    todo = sources[sources.image_id.isin(store.todo(sources.image_id))]
+    upscale_to = (params.curation.upscale_to or params.curation.upscale_threshold) if variant == "upscaled" else None
+    if len(todo):
+        device = resolve_device(params)
+        pipe = load_img2img(params.models.diffusion, str(device), resolve_dtype(gen.dtype, device))
+        encode = PromptEncoder(pipe)
+        for row in tqdm(todo.itertuples(), total=len(todo), desc=f"generate ({variant})", unit="img"):
+            source = load_image(row.path)
+            size = model_input_size(source.width, source.height, gen.max_side, upscale_to)
+            model_input = source.resize(size, Image.Resampling.LANCZOS) if size != source.size else source
+            prompt = build_prompt(row.caption, row.class_name, gen)
+            scale = guidance_scale(row.s_star, gen.guidance)
+            seeds = [derive_seed(params.run.seed, row.image_id, k, purpose="generate") for k in range(gen.num_candidates)]
+            embeds, negative = encode(prompt, gen.negative_prompt)
+            outputs = generate_candidates(pipe, embeds, negative, model_input, scale, gen.strength, gen.num_inference_steps, seeds)
+            records = []
+            for k, (seed, out) in enumerate(zip(seeds, outputs)):
+                path = stage_dir / "images" / f"{row.image_id}_k{k}.png"
+                write_png(path, out.resize(source.size, Image.Resampling.LANCZOS))
+                records.append({
+                    "image_id": row.image_id, "variant": variant, "k": k, "seed": seed, "path": str(path),
+                    "prompt": prompt, "s_star": float(row.s_star), "guidance_scale": scale,
+                    "input_width": size[0], "input_height": size[1],
+                    "source_width": source.width, "source_height": source.height,
+                })
+            store.put(row.image_id, records)
+    manifest = pd.DataFrame([r for recs in store.records(sources.image_id) for r in recs])
+    write_table(stage_dir / "manifest.parquet", manifest)
+    return manifest
+
+
+def load_manifest(params: Params, variant: str = "raw") -> pd.DataFrame:
+    return read_table(Path(params.run.dir) / "generation" / variant / "manifest.parquet")

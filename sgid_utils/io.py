@@ -1,0 +1,120 @@
+"""Files are the interface between stages: atomic writes, per-item records, stage fingerprints.
+
+Every file is written to a temporary name in the same folder and renamed into
+place, so a reader (or a resumed run) never sees half a file. Long stages keep
+one small JSON record per finished item, so a kill loses at most the items in
+flight, and a rerun skips what is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return _atomic(path, lambda t: t.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str)))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_table(path: Path, df: pd.DataFrame) -> Path:
+    """Write a table as parquet (or csv/md by suffix), atomically."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return _atomic(path, lambda t: df.to_parquet(t, index=False))
+    if path.suffix == ".csv":
+        return _atomic(path, lambda t: df.to_csv(t, index=False))
+    if path.suffix == ".md":
+        return _atomic(path, lambda t: t.write_text(df.to_markdown(index=False) + "\n"))
+    raise ValueError(f"unsupported table format: {path}")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: run the stage that writes it first (see the README's stage list)"
+        )
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def write_png(path: Path, image: Image.Image) -> Path:
+    """PNG without timestamps, so identical pixels give identical bytes."""
+    return _atomic(path, lambda t: image.save(t, format="PNG"))
+
+
+def write_text(path: Path, text: str) -> Path:
+    return _atomic(path, lambda t: t.write_text(text))
+
+
+class ItemStore:
+    """One JSON record per finished item in ``folder``; the presence of a record means 'done'."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, item_id: str) -> Path:
+        return self.folder / f"{item_id}.json"
+
+    def done(self, item_id: str) -> bool:
+        return self._path(item_id).exists()
+
+    def todo(self, item_ids: Iterable[str]) -> list[str]:
+        finished = {p.stem for p in self.folder.glob("*.json")}
+        return [i for i in item_ids if i not in finished]
+
+    def put(self, item_id: str, record: Any) -> None:
+        write_json(self._path(item_id), record)
+
+    def get(self, item_id: str) -> Any:
+        return read_json(self._path(item_id))
+
+    def records(self, item_ids: Iterable[str]) -> list[Any]:
+        return [self.get(i) for i in item_ids]
+
+
+class StaleOutputsError(RuntimeError):
+    """A stage folder was produced with different params than the ones now in force."""
+
+
+def check_fingerprint(stage_dir: Path, fingerprint: dict[str, Any], stage: str) -> None:
+    """Record the params that produce ``stage_dir``; refuse to mix outputs of different params."""
+    stage_dir = Path(stage_dir)
+    file = stage_dir / "_params.json"
+    current = json.loads(json.dumps(fingerprint, default=str))
+    if file.exists():
+        before = read_json(file)
+        changed = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
+        if changed:
+            detail = "; ".join(f"{k}: was {before.get(k)!r}, now {current.get(k)!r}" for k in changed)
+            raise StaleOutputsError(
+                f"Stage '{stage}' already has outputs in {stage_dir} made with other params ({detail}). "
+                f"Use a new run.dir (e.g. --run-dir or --set run.dir=...), or delete {stage_dir} to recompute."
+            )
+        return
+    write_json(file, current)
