@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--params", required=True, help="params YAML file (params/pets.yaml, params/smoke.yaml, ...)")
     run.add_argument("--run-dir", help="override run.dir (e.g. a Google Drive folder)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key, e.g. generation.strength=0.3")
+    nb = sub.add_parser("notebooks", help="execute the numbered notebooks in order through papermill")
+    nb.add_argument("--params", required=True)
+    nb.add_argument("--only", nargs="*", help="notebook names, e.g. 06_results (default: all six)")
     args = parser.parse_args(argv)
 
     from .data import DatasetError
@@ -53,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelLoadError
 
     try:
-        overrides = dict(parse_override(s) for s in args.set)
-        if args.run_dir:
+        overrides = dict(parse_override(s) for s in getattr(args, "set", []))
+        if getattr(args, "run_dir", None):
             overrides["run.dir"] = str(Path(args.run_dir).resolve())
+        if args.command == "notebooks":
+            from .notebook import run_notebooks
+
+            run_notebooks(args.params, Path(__file__).resolve().parent.parent / "notebooks", args.only)
+            return 0
         params = load_params(args.params, overrides)
         stages = _stages()
         for name in STAGES if args.stage == "all" else [args.stage]:

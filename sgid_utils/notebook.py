@@ -1,0 +1,68 @@
+"""Helpers for the numbered notebooks: set-up banner, and running them all through papermill."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .params import Params, load_params
+
+NOTEBOOKS = [
+    "01_captioning",
+    "02_similarity",
+    "03_generation",
+    "04_error_analysis_upscaling",
+    "05_training",
+    "06_results",
+]
+_PACKAGES = ["torch", "torchvision", "transformers", "diffusers", "compel", "timm", "datasets"]
+
+
+def setup(params_file: str, run_dir: str | None = None, overrides: dict[str, Any] | None = None) -> Params:
+    """Load and validate params, quiet the progress bars of model loading, print versions and device."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    overrides = dict(overrides or {})
+    if run_dir:
+        overrides["run.dir"] = str(Path(run_dir).resolve())
+    params = load_params(params_file, overrides)
+    import torch
+    import transformers
+    from diffusers.utils import logging as diffusers_logging
+
+    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in _PACKAGES)
+    print(f"Python {platform.python_version()}; {versions}")
+    if torch.cuda.is_available():
+        print(f"Device: CUDA, {torch.cuda.get_device_name(0)}")
+    else:
+        print("Device: CPU (no GPU found). Fine for params/smoke.yaml; the full profiles want a CUDA GPU "
+              "(on Colab: Runtime > Change runtime type > GPU).")
+    print(f"Params: {params.source_file}\nRun directory: {params.run.dir}\nReports: {params.run.reports_dir}")
+    return params
+
+
+def run_notebooks(params_file: str, notebooks_dir: Path, names: list[str] | None = None, kernel: str = "python3") -> list[Path]:
+    """Execute the numbered notebooks in order with papermill; executed copies go to <reports_dir>/notebooks."""
+    import papermill
+
+    params = load_params(params_file)
+    out_dir = Path(params.run.reports_dir) / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    for name in names or NOTEBOOKS:
+        out = out_dir / f"{name}.ipynb"
+        print(f"[sgid] {name} -> {out}", flush=True)
+        papermill.execute_notebook(
+            str(Path(notebooks_dir) / f"{name}.ipynb"), str(out),
+            parameters={"params_file": str(Path(params_file).resolve())},
+            cwd=str(notebooks_dir), kernel_name=kernel, progress_bar=False,
+        )
+        done.append(out)
+    return done
