@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .io import check_fingerprint, read_table, write_table
+from .io import check_fingerprint, read_table, write_bytes, write_table
 from .params import Params
 from .seeding import derive_seed
 
@@ -105,22 +105,9 @@ def _imagefolder_items(params: Params) -> tuple[list[str], list[_Item], list[dic
             skipped.append({"path": str(Path(ds.test_path) / cls), "reason": "class not present in the training folder"})
         test_files = [(c, f) for c, f in test_files if c in classes]
     index = {c: i for i, c in enumerate(classes)}
-    items: list[_Item] = []
-    if ds.test_path is None:
-        # Deterministic held-out split per class, by a seeded hash of the relative path.
-        by_class: dict[str, list[Path]] = {}
-        for cls, f in files:
-            by_class.setdefault(cls, []).append(f)
-        for cls, fs in by_class.items():
-            ranked = sorted(fs, key=lambda f: derive_seed(params.run.seed, str(f.relative_to(ds.path)), purpose="split"))
-            n_test = int(round(len(fs) * ds.test_fraction)) if len(fs) > 1 else 0
-            n_test = max(n_test, 1) if len(fs) > 1 else 0
-            test_set = set(ranked[:n_test])
-            for f in fs:
-                items.append(_Item("test" if f in test_set else "train", index[cls], str(f), f))
-    else:
-        items += [_Item("train", index[c], str(f), f) for c, f in files]
-        items += [_Item("test", index[c], str(f), f) for c, f in test_files]
+    # Without a test folder, the held-out split is drawn after validation (see _held_out_split).
+    items = [_Item("train" if ds.test_path is not None else "auto", index[c], str(f), f) for c, f in files]
+    items += [_Item("test", index[c], str(f), f) for c, f in test_files]
     return classes, items, skipped
 
 
@@ -159,6 +146,22 @@ def _hub_items(params: Params) -> tuple[list[str], list[_Item], list[dict]]:
     return classes, items, []
 
 
+def _held_out_split(items: list[_Item], params: Params) -> None:
+    """Per class, a seeded-hash-ranked test_fraction of the usable images becomes 'test' (at least one)."""
+    by_class: dict[int, list[_Item]] = {}
+    for item in items:
+        if item.split == "auto":
+            by_class.setdefault(item.label, []).append(item)
+    if not by_class:
+        return
+    root = Path(params.dataset.path)
+    for members in by_class.values():
+        ranked = sorted(members, key=lambda it: derive_seed(params.run.seed, str(Path(it.origin).relative_to(root)), purpose="split"))
+        n_test = max(1, int(round(len(ranked) * params.dataset.test_fraction))) if len(ranked) > 1 else 0
+        for i, item in enumerate(ranked):
+            item.split = "test" if i < n_test else "train"
+
+
 def prepare_dataset(params: Params) -> pd.DataFrame:
     """Build (or reuse) ``<run>/data/images.parquet``; skips bad files and caps per class."""
     out_dir = Path(params.run.dir) / "data"
@@ -172,14 +175,8 @@ def prepare_dataset(params: Params) -> pd.DataFrame:
         build_smoke_dataset(params)
     ds = params.dataset
     classes, items, skipped = _imagefolder_items(params) if ds.source == "imagefolder" else _hub_items(params)
-    rows: list[dict] = []
-    counters: dict[tuple[str, int], int] = {}
-    caps = {"train": ds.max_per_class, "test": ds.max_test_per_class}
+    usable: list[tuple[_Item, Image.Image]] = []
     for item in items:
-        key = (item.split, item.label)
-        cap = caps[item.split]
-        if cap is not None and counters.get(key, 0) >= cap:
-            continue
         try:
             img = load_image(item.load)
         except ValueError as exc:
@@ -188,28 +185,29 @@ def prepare_dataset(params: Params) -> pd.DataFrame:
         if min(img.size) < ds.min_side:
             skipped.append({"path": item.origin, "reason": f"too small ({img.width}x{img.height} < dataset.min_side {ds.min_side})"})
             continue
+        usable.append((item, img.size))
+    _held_out_split([it for it, _ in usable], params)
+    rows: list[dict] = []
+    counters: dict[tuple[str, int], int] = {}
+    caps = {"train": ds.max_per_class, "test": ds.max_test_per_class}
+    for item, (width, height) in usable:
+        key = (item.split, item.label)
+        cap = caps[item.split]
+        if cap is not None and counters.get(key, 0) >= cap:
+            continue
         n = counters[key] = counters.get(key, 0) + 1
         image_id = f"{item.split}_{item.label:03d}_{n - 1:05d}"
         if isinstance(item.load, bytes):
             path = out_dir / "files" / f"{image_id}.{(Image.open(io.BytesIO(item.load)).format or 'png').lower()}"
             if not path.exists():
-                from .io import _atomic
-
-                _atomic(path, lambda t, b=item.load: t.write_bytes(b))
+                write_bytes(path, item.load)
         else:
             path = Path(item.load)
-        rows.append(
-            {
-                "image_id": image_id,
-                "split": item.split,
-                "label": item.label,
-                "class_name": readable_class_name(classes[item.label], ds.class_name_case),
-                "path": str(path),
-                "width": img.width,
-                "height": img.height,
-                "origin": item.origin,
-            }
-        )
+        rows.append({
+            "image_id": image_id, "split": item.split, "label": item.label,
+            "class_name": readable_class_name(classes[item.label], ds.class_name_case),
+            "path": str(path), "width": width, "height": height, "origin": item.origin,
+        })
     df = pd.DataFrame(rows, columns=COLUMNS)
     usable = sorted(df.loc[df.split == "train", "label"].unique())
     for label, cls in enumerate(classes):

@@ -67,6 +67,10 @@ def write_png(path: Path, image: Image.Image) -> Path:
     return _atomic(path, lambda t: image.save(t, format="PNG"))
 
 
+def write_bytes(path: Path, data: bytes) -> Path:
+    return _atomic(path, lambda t: t.write_bytes(data))
+
+
 def write_text(path: Path, text: str) -> Path:
     return _atomic(path, lambda t: t.write_text(text))
 

@@ -69,7 +69,7 @@ def sgid_subset(curated: pd.DataFrame, proportion: float, run_seed: int) -> pd.D
     """
     order = curated.assign(_key=[derive_seed(run_seed, i, purpose="sgid-subset") for i in curated.image_id])
     order = order.sort_values("_key", kind="stable").drop(columns="_key")
-    return order.head(int(round(proportion * len(curated)))).reset_index(drop=True)
+    return order.head(int(proportion * len(curated) + 0.5)).reset_index(drop=True)  # half rounds up
 
 
 class ImageCache:
@@ -132,6 +132,12 @@ def cutmix_batch(x: torch.Tensor, y: torch.Tensor, alpha: float, prob: float):
     x = x.clone()
     x[:, :, yl:yh, xl:xh] = x[index, :, yl:yh, xl:xh]
     return x, y, y[index], float(lam)
+
+
+def mixed_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float) -> torch.Tensor:
+    """The CutMix loss: lam * CE(y_a) + (1 - lam) * CE(y_b); plain CE when lam == 1."""
+    logits = logits.float()
+    return lam * F.cross_entropy(logits, y_a) + (1.0 - lam) * F.cross_entropy(logits, y_b)
 
 
 def _rng_state(loader_gen: torch.Generator) -> dict:
@@ -215,7 +221,7 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
                 x, y, y_b, lam = cutmix_batch(x, y, t.cutmix_alpha, t.cutmix_prob)
             with torch.autocast(device.type, enabled=use_amp):
                 logits = model(x)
-            loss = lam * F.cross_entropy(logits.float(), y) + (1.0 - lam) * F.cross_entropy(logits.float(), y_b)
+            loss = mixed_loss(logits, y, y_b, lam)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

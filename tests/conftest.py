@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny real-class models and a small image folder, built once per test session.
+
+Nothing reaches a model hub: the HF variables below make any hub access fail at once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                  HF_HUB_DISABLE_PROGRESS_BARS="1")
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="sgid-hf-home-")
+os.environ.pop("SGID_RUN_DIR", None)
+os.environ.pop("SGID_REPORTS_DIR", None)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_params(folder: Path, models: Path, data: Path, **sections) -> Path:
+    """A small params file for the tiny models: 3 classes x 4 training images, 2 seeds, 1 epoch."""
+    doc = {
+        "run": {"name": "test", "dir": str(folder / "run"), "reports_dir": str(folder / "reports"), "seed": 0, "device": "cpu"},
+        "dataset": {"source": "imagefolder", "path": str(data / "train"), "test_path": str(data / "test")},
+        "models": {"captioner": str(models / "blip"), "clip": str(models / "clip"),
+                   "diffusion": str(models / "sd"), "classifier": f"local-dir:{models / 'vit'}"},
+        "captioning": {"num_nucleus": 3, "num_beam": 2, "num_beams": 2, "max_new_tokens": 8, "batch_size": 4},
+        "generation": {"num_inference_steps": 10, "num_candidates": 2, "max_side": 128},
+        "curation": {"upscale_threshold": 48},
+        "training": {"seeds": [0, 1], "epochs": 1, "batch_size": 4, "num_workers": 0,
+                     "sgid_proportions": [0.5, 1.0]},
+        "smoke": {"build_models": True, "build_dataset": True, "images_per_class": 4},
+    }
+    for key, value in sections.items():
+        doc[key] = {**doc.get(key, {}), **value}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory) -> tuple[Path, Path]:
+    """(models folder, data folder), built once."""
+    from sgid_utils.params import load_params
+    from sgid_utils.tiny import ensure_smoke_assets
+
+    root = tmp_path_factory.mktemp("assets")
+    params = load_params(write_params(root / "p", root / "models", root / "data"))
+    ensure_smoke_assets(params)
+    return root / "models", root / "data"
+
+
+@pytest.fixture
+def make_params(assets, tmp_path):
+    """Factory: params for a fresh run directory over the shared tiny assets, with section overrides."""
+    from sgid_utils.params import load_params
+
+    def make(name: str = "p", **sections):
+        return load_params(write_params(tmp_path / name, *assets, **sections))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(assets, tmp_path_factory):
+    """The whole chain once (captions -> results) on the tiny assets; tests read its files."""
+    from sgid_utils.captioning import run_captions
+    from sgid_utils.curation import run_curation
+    from sgid_utils.generation import run_generation
+    from sgid_utils.params import load_params
+    from sgid_utils.results import run_results
+    from sgid_utils.similarity import run_similarity
+    from sgid_utils.training import run_training
+
+    params = load_params(write_params(tmp_path_factory.mktemp("pipeline"), *assets))
+    run_captions(params)
+    run_similarity(params)
+    run_generation(params)
+    run_curation(params)
+    run_training(params)
+    run_results(params)
+    return params

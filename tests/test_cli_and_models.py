@@ -1,0 +1,51 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sgid_utils.models import ModelLoadError, create_classifier, load_captioner, load_clip, load_img2img
+
+from .conftest import REPO
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "sgid_utils", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_bad_params_stop_before_any_work(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"run": {"name": "x", "dir": "r", "reports_dir": "q"},
+                                   "dataset": {"source": "imagefolder", "path": "d"}, "generaton": {}}))
+    out = _cli("run", "captions", "--params", str(bad))
+    assert out.returncode == 2
+    assert "unknown key 'generaton'" in out.stderr and "Did you mean 'generation'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "r").exists()
+    out = _cli("run", "captions", "--params", str(tmp_path / "missing.yaml"))
+    assert out.returncode == 2 and "Params file not found" in out.stderr
+
+
+def test_cli_set_overrides_are_validated(tmp_path):
+    out = _cli("run", "data", "--params", "params/smoke.yaml", "--run-dir", str(tmp_path / "r"), "--set", "generation.strength=3")
+    assert out.returncode == 2 and "generation.strength" in out.stderr
+
+
+def test_cli_runs_a_stage(make_params, tmp_path):
+    params = make_params("cli")
+    out = _cli("run", "data", "--params", str(params.source_file), "--run-dir", str(tmp_path / "elsewhere"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "elsewhere" / "data" / "images.parquet").exists()
+
+
+@pytest.mark.parametrize("loader", [load_captioner, load_clip, load_img2img])
+def test_unreachable_model_ids_say_what_to_do(loader):
+    with pytest.raises(ModelLoadError) as err:
+        loader("Salesforce/no-such-model-xyz")
+    msg = str(err.value)
+    assert "Salesforce/no-such-model-xyz" in msg and "offline" in msg and "params/smoke.yaml" in msg and "models." in msg
+
+
+def test_unreachable_classifier_says_what_to_do():
+    with pytest.raises(ModelLoadError, match="vit_base_patch16_224.orig_in21k.*offline"):
+        create_classifier("vit_base_patch16_224.orig_in21k", 3)

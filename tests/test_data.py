@@ -1,0 +1,123 @@
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sgid_utils.data import DatasetError, load_image, prepare_dataset, readable_class_name
+
+
+@pytest.mark.parametrize(("raw", "case", "nice"), [
+    ("great_pyrenees", "title", "Great Pyrenees"), ("Maine_Coon", "title", "Maine Coon"),
+    ("american_pit_bull_terrier", "title", "American Pit Bull Terrier"), ("pink primrose", "keep", "pink primrose"),
+    ("english-setter", "title", "English Setter"),
+])
+def test_readable_class_names(raw, case, nice):
+    assert readable_class_name(raw, case) == nice
+
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=kw.pop("format", "PNG"), **kw)
+    return buf.getvalue()
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20), "red")
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    out = load_image(_png(img, format="JPEG", exif=exif))
+    assert out.size == (20, 40)
+
+
+def test_modes_become_rgb():
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red -> white background
+    assert load_image(_png(rgba)).getpixel((0, 0)) == (255, 255, 255)
+    grey16 = Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16))
+    assert load_image(_png(grey16)).getpixel((0, 0)) == (255, 255, 255)
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))
+    assert load_image(_png(cmyk, format="JPEG")).mode == "RGB"
+    pal = Image.new("P", (8, 8), 0)
+    pal.info["transparency"] = 0
+    assert load_image(_png(pal, transparency=0)).mode == "RGB"
+
+
+def test_unreadable_files_raise_a_readable_reason():
+    with pytest.raises(ValueError, match="not a readable image"):
+        load_image(b"not an image at all")
+    with pytest.raises(ValueError, match="not a readable image"):
+        load_image(_png(Image.new("RGB", (64, 64)), format="JPEG")[:200])
+
+
+def _folder(root, classes: dict[str, int], size=(40, 30)):
+    for cls, n in classes.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", size, (i * 20, 10, 10)).save(root / cls / f"{i}.jpg")
+
+
+def test_imagefolder_with_bad_files_skips_and_records(make_params, tmp_path):
+    root = tmp_path / "imgs"
+    _folder(root, {"cat_a": 5, "dog b": 5, "empty": 0})
+    (root / "cat_a" / "broken.jpg").write_bytes(b"\x00" * 10)
+    (root / "cat_a" / ".hidden.jpg").write_bytes(b"")
+    Image.new("RGB", (4, 4)).save(root / "dog b" / "tiny.png")
+    params = make_params(dataset={"path": str(root), "test_path": None, "test_fraction": 0.2},
+                         smoke={"build_dataset": False})
+    df = prepare_dataset(params)
+    skipped = pd.read_csv(params.run.dir / "data" / "skipped.csv")
+    reasons = " | ".join(skipped.reason)
+    assert "not a readable image" in reasons and "hidden file" in reasons and "too small" in reasons
+    assert "class has no usable training image" in reasons
+    assert set(df.class_name) == {"Cat A", "Dog B"}
+    assert df.groupby(["class_name", "split"]).size().to_dict() == {
+        ("Cat A", "test"): 1, ("Cat A", "train"): 4, ("Dog B", "test"): 1, ("Dog B", "train"): 4}
+    again = prepare_dataset(params)  # the second call reuses the table
+    pd.testing.assert_frame_equal(df, again)
+
+
+def test_per_class_cap_and_too_few_classes(make_params, tmp_path):
+    root = tmp_path / "imgs"
+    _folder(root, {"a": 6, "b": 6})
+    params = make_params(dataset={"path": str(root), "test_path": None, "max_per_class": 2}, smoke={"build_dataset": False})
+    df = prepare_dataset(params)
+    assert df[df.split == "train"].groupby("label").size().tolist() == [2, 2]
+    lonely = tmp_path / "lonely"
+    _folder(lonely, {"only": 4})
+    params = make_params("q", dataset={"path": str(lonely), "test_path": None}, smoke={"build_dataset": False})
+    with pytest.raises(DatasetError, match="need at least two"):
+        prepare_dataset(params)
+
+
+def test_missing_folder_is_a_clear_error(make_params, tmp_path):
+    params = make_params(dataset={"path": str(tmp_path / "nowhere"), "test_path": None}, smoke={"build_dataset": False})
+    with pytest.raises(DatasetError, match="Image folder not found"):
+        prepare_dataset(params)
+
+
+def test_hub_source_reads_splits_and_class_label_names(make_params, tmp_path):
+    """The pets/flowers path, fed by a local parquet data set with the hub copy's layout."""
+    import datasets
+
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["great_pyrenees", "Maine_Coon"])})
+    imgs = [Image.new("RGB", (30 + i, 30), (i * 30, 0, 0)) for i in range(4)]
+    for split in ("train", "test"):
+        ds = datasets.Dataset.from_dict({"image": imgs, "label": [0, 1, 0, 1]}, features=feats)
+        (tmp_path / "hub" / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(tmp_path / "hub" / "data" / f"{split}-00000-of-00001.parquet"))
+    params = make_params(dataset={"source": "pets", "hf_id": str(tmp_path / "hub"), "path": None, "test_path": None},
+                         smoke={"build_dataset": False})
+    df = prepare_dataset(params)
+    assert sorted(set(df.class_name)) == ["Great Pyrenees", "Maine Coon"]
+    assert df.split.value_counts().to_dict() == {"train": 4, "test": 4}
+    assert all(load_image(p).size[1] == 30 for p in df.path)
+
+
+def test_unreachable_hub_dataset_names_the_id(make_params):
+    from sgid_utils.models import ModelLoadError
+
+    params = make_params(dataset={"source": "flowers", "hf_id": "nobody/no-such-dataset", "path": None, "test_path": None},
+                         smoke={"build_dataset": False})
+    with pytest.raises(ModelLoadError, match="nobody/no-such-dataset"):
+        prepare_dataset(params)

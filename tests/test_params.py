@@ -1,0 +1,121 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sgid_utils.params import ParamsError, load_params, parse_override
+
+from .conftest import REPO
+
+
+def _write(tmp_path: Path, doc: dict) -> Path:
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+BASE = {"run": {"name": "x", "dir": "runs/x", "reports_dir": "reports/x"}, "dataset": {"source": "imagefolder", "path": "data"}}
+
+
+def _with(section: str, key: str, value) -> dict:
+    doc = yaml.safe_load(yaml.safe_dump(BASE))
+    doc.setdefault(section, {})[key] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "needles"),
+    [
+        (_with("generation", "strenght", 0.3), ["generation.strenght", "Did you mean 'strength'", "bad.yaml"]),
+        (_with("generation", "strength", 1.5), ["generation.strength", "less than or equal to 1"]),
+        (_with("generation", "strength", 0), ["generation.strength", "greater than 0"]),
+        (_with("generation", "strength", "high"), ["generation.strength", "valid number"]),
+        (_with("generation", "num_candidates", -1), ["generation.num_candidates"]),
+        (_with("training", "sgid_proportions", [0.5, 1.5]), ["training.sgid_proportions", "[0, 1]"]),
+        (_with("training", "seeds", []), ["training.seeds"]),
+        (_with("training", "methods", ["baseline", "mixup"]), ["training.methods"]),
+        (_with("captioning", "num_beam", 12), ["num_beam (12) cannot exceed", "num_beams"]),
+        (_with("dataset", "source", "cifar"), ["dataset.source", "pets", "flowers", "imagefolder"]),
+        ({"run": BASE["run"], "dataset": {"source": "imagefolder"}}, ["dataset.path must name the image folder"]),
+        ({**BASE, "trainig": {}}, ["unknown key 'trainig'", "Did you mean 'training'"]),
+        ({"dataset": BASE["dataset"]}, ["missing required key 'run'"]),
+    ],
+)
+def test_bad_params_name_file_and_key(tmp_path, doc, needles):
+    with pytest.raises(ParamsError) as err:
+        load_params(_write(tmp_path, doc))
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "b.yaml"
+    bad.write_text("run: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_relative_paths_resolve_against_the_params_folder(tmp_path, monkeypatch):
+    f = _write(tmp_path, {**BASE, "models": {"captioner": "../m/blip", "clip": "openai/clip-vit-base-patch32",
+                                               "classifier": "local-dir:./vit"}})
+    monkeypatch.chdir("/")
+    p = load_params(f)
+    assert p.run.dir == (tmp_path / "runs/x").resolve()
+    assert p.dataset.path == (tmp_path / "data").resolve()
+    assert p.models.captioner == str((tmp_path.parent / "m/blip").resolve())
+    assert p.models.clip == "openai/clip-vit-base-patch32"  # a hub id stays a hub id
+    assert p.models.classifier == f"local-dir:{(tmp_path / 'vit').resolve()}"
+
+
+def test_overrides_are_validated_like_the_file(tmp_path):
+    f = _write(tmp_path, BASE)
+    assert load_params(f, dict([parse_override("generation.strength=0.5")])).generation.strength == 0.5
+    assert load_params(f, dict([parse_override("training.seeds=[4, 5]")])).training.seeds == [4, 5]
+    with pytest.raises(ParamsError, match="generation.strength"):
+        load_params(f, {"generation.strength": 2})
+    with pytest.raises(ParamsError, match="expected key.path=value"):
+        parse_override("generation.strength")
+
+
+def test_environment_redirects_run_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGID_RUN_DIR", str(tmp_path / "elsewhere"))
+    assert load_params(_write(tmp_path, BASE)).run.dir == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize("name", ["pets", "flowers"])
+def test_shipped_profiles_hold_the_papers_settings(name):
+    p = load_params(REPO / "params" / f"{name}.yaml")
+    g, t = p.generation, p.training
+    assert p.dataset.source == name
+    assert p.models.captioner == "Salesforce/blip-image-captioning-base"
+    assert p.models.clip == "openai/clip-vit-base-patch32"
+    assert p.models.diffusion == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert p.models.classifier == "vit_base_patch16_224.orig_in21k"
+    assert (p.captioning.num_nucleus, p.captioning.num_beam) == (10, 10)
+    assert (g.caption_weight, g.label_weight, g.strength, g.num_candidates) == (0.9, 1.5, 0.3, 3)
+    assert g.guidance.coefficients == (-4.0, 2.0, 1.0)
+    assert g.prompt_template == "{caption}. A picture of {label}"
+    assert p.curation.upscale_threshold == 512
+    assert (t.lr, t.cutmix_alpha, t.cutmix_prob, t.randaugment_num_ops, t.randaugment_magnitude) == (1e-4, 1.0, 0.5, 2, 9)
+    assert t.sgid_proportions == [0.25, 0.5, 0.75, 1.0]
+    assert len(t.seeds) >= 2
+    paper = p.results.references[0]
+    assert set(paper.values) == {"Baseline", "CutMix", "RandAugment", "SGID (100%)"}
+    expected = {"pets": 0.9338, "flowers": 0.9717}[name]
+    assert paper.values["SGID (100%)"] == expected
+
+
+def test_flowers_trains_on_train_and_validation_not_test():
+    p = load_params(REPO / "params" / "flowers.yaml")
+    assert p.dataset.train_splits == ["train", "validation"]
+    assert p.dataset.test_split == "test"
+
+
+def test_smoke_profile_is_offline():
+    p = load_params(REPO / "params" / "smoke.yaml")
+    for ref in p.models.model_dump().values():
+        assert Path(ref.removeprefix("local-dir:")).is_absolute(), ref
+    assert p.smoke.build_models and p.smoke.build_dataset
+    assert len(p.training.seeds) >= 2 and set(p.training.methods) == {"baseline", "cutmix", "randaugment", "sgid"}

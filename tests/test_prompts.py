@@ -1,0 +1,66 @@
+import pytest
+import torch
+from compel import PromptParser
+
+from sgid_utils.params import GenerationParams, GuidanceParams
+from sgid_utils.prompts import build_prompt, escape_for_compel, guidance_curve, guidance_scale, plain_prompt
+
+
+def fragments(prompt: str) -> list[tuple[str, float]]:
+    conj = PromptParser().parse_conjunction(prompt)
+    return [(f.text, round(f.weight, 6)) for p in conj.prompts for f in p.children]
+
+
+@pytest.mark.parametrize(("s", "f"), [(0.0, 1.0), (0.25, 1.25), (0.5, 1.0), (0.396, 1.164736), (0.301, 1.239596)])
+def test_guidance_mapping_is_the_papers_quadratic(s, f):
+    assert guidance_curve(s, (-4.0, 2.0, 1.0)) == pytest.approx(f)
+    assert guidance_scale(s, GuidanceParams()) == pytest.approx(f)
+
+
+def test_guidance_modes():
+    assert guidance_scale(0.25, GuidanceParams(mode="scaled", base_scale=7.5)) == pytest.approx(7.5 * 1.25)
+    assert guidance_scale(0.25, GuidanceParams(mode="fixed", base_scale=7.5)) == 7.5
+    assert guidance_scale(0.25, GuidanceParams(coefficients=(0, 0, 3))) == 3
+
+
+def test_prompt_text_and_weights():
+    gen = GenerationParams()
+    caption = "a fluffy white dog laying in the grass with a stuffed animal"
+    assert plain_prompt(caption, "Great Pyrenees", gen) == f"{caption}. A picture of Great Pyrenees"
+    assert fragments(build_prompt(caption, "Great Pyrenees", gen)) == [
+        (caption, 0.9), (". A picture of", 1.0), ("Great Pyrenees", 1.5)]
+
+
+@pytest.mark.parametrize(
+    ("caption", "literal"),
+    [
+        ("a dog ) with a toy", "a dog ) with a toy"),
+        ("a (small) cat", "a (small) cat"),
+        ("a dog+ on grass", "a dog on grass"),
+        ("a cat - on a bed --", "a cat on a bed"),
+        ("a well-known breed", "a well-known breed"),
+        ("back\\slash (x", "back slash (x"),
+    ],
+)
+def test_caption_syntax_cannot_change_the_weights(caption, literal):
+    frags = fragments(build_prompt(caption, "Maine Coon", GenerationParams()))
+    assert frags == [(literal, 0.9), (". A picture of", 1.0), ("Maine Coon", 1.5)]
+    assert "\\" not in escape_for_compel("a\\b")
+
+
+def test_weights_reach_the_embeddings(assets):
+    from sgid_utils.generation import PromptEncoder
+    from sgid_utils.models import load_img2img
+
+    models, _ = assets
+    encode = PromptEncoder(load_img2img(str(models / "sd")))
+    caption, label = "a dog on grass", "Great Pyrenees"
+    weighted, _ = encode(build_prompt(caption, label, GenerationParams()))
+    unit, _ = encode(build_prompt(caption, label, GenerationParams(caption_weight=1.0, label_weight=1.0)))
+    label_only, _ = encode(build_prompt(caption, label, GenerationParams(caption_weight=1.0)))
+    again, _ = encode(build_prompt(caption, label, GenerationParams()))
+    assert torch.equal(weighted, again)
+    assert not torch.allclose(weighted, unit, atol=1e-4)
+    # Each weight moves the embeddings on its own: label weight alone, then the caption weight on top.
+    assert not torch.allclose(label_only, unit, atol=1e-4)
+    assert not torch.allclose(label_only, weighted, atol=1e-4)

@@ -1,0 +1,129 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sgid_utils.params import TrainingParams
+from sgid_utils.training import TrainConfig, configs, cutmix_batch, mixed_loss, randaugment, sgid_subset, train_config, training_sets
+
+
+def _batch(n=8, size=32):
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, size, size).clone()
+    return x, torch.arange(n)
+
+
+def test_cutmix_lambda_is_the_exact_unpasted_area():
+    np.random.seed(0)
+    torch.manual_seed(0)
+    checked = 0
+    for _ in range(50):
+        x, y = _batch()
+        out, y_a, y_b, lam = cutmix_batch(x, y, alpha=1.0, prob=1.0)
+        assert torch.equal(y_a, y)
+        for j in range(len(y)):
+            if y_b[j] == y[j]:
+                continue
+            pasted = (out[j, 0] != j).sum().item()
+            assert pasted == pytest.approx((1 - lam) * 32 * 32)
+            assert torch.all(out[j, 0][out[j, 0] != j] == y_b[j].float())  # pasted from the partner image
+            checked += 1
+    assert checked > 100
+
+
+def test_cutmix_probability_and_off_switch():
+    np.random.seed(1)
+    x, y = _batch()
+    applied = sum(cutmix_batch(x, y, 1.0, 0.5)[3] < 1.0 for _ in range(2000))
+    assert 0.45 < applied / 2000 < 0.55
+    assert all(cutmix_batch(x, y, 1.0, 0.0)[3] == 1.0 for _ in range(100))
+    out, _, y_b, lam = cutmix_batch(x, y, 1.0, 0.0)
+    assert torch.equal(out, x) and torch.equal(y_b, y) and lam == 1.0
+
+
+def test_mixed_loss_weights_both_targets_by_lambda():
+    logits = torch.randn(4, 5)
+    a, b = torch.tensor([0, 1, 2, 3]), torch.tensor([4, 4, 0, 1])
+    expected = 0.3 * F.cross_entropy(logits, a) + 0.7 * F.cross_entropy(logits, b)
+    assert mixed_loss(logits, a, b, 0.3) == pytest.approx(expected.item())
+    assert mixed_loss(logits, a, b, 1.0) == pytest.approx(F.cross_entropy(logits, a).item())
+
+
+def test_randaugment_is_torchvisions_with_n2_m9():
+    ra = randaugment(TrainingParams())
+    assert (ra.num_ops, ra.magnitude, ra.num_magnitude_bins) == (2, 9, 31)
+    torch.manual_seed(0)
+    img = torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
+    assert any(not torch.equal(ra(img), img) for _ in range(5))
+
+
+def test_sgid_subsets_have_the_right_size_and_are_nested():
+    curated = pd.DataFrame({"image_id": [f"i{n}" for n in range(10)]})
+    subsets = {p: set(sgid_subset(curated, p, 0).image_id) for p in (0.25, 0.5, 0.75, 1.0)}
+    assert [len(s) for s in subsets.values()] == [3, 5, 8, 10]
+    assert subsets[0.25] < subsets[0.5] < subsets[0.75] < subsets[1.0]
+    assert set(sgid_subset(curated, 0.5, 1).image_id) != subsets[0.5]  # another run seed, another draw
+    assert len(sgid_subset(curated, 0.0, 0)) == 0
+
+
+def test_configs_cover_methods_proportions_and_seeds(make_params):
+    cfgs = configs(make_params())
+    assert len(cfgs) == (3 + 2) * 2
+    assert {c.setting for c in cfgs} == {"Baseline", "CutMix", "RandAugment", "SGID (50%)", "SGID (100%)"}
+    assert len({c.name for c in cfgs}) == len(cfgs)
+
+
+def test_training_results_metrics_and_predictions(pipeline_run):
+    p = pipeline_run
+    results = pd.read_parquet(p.run.dir / "training" / "results.parquet")
+    curated = pd.read_parquet(p.run.dir / "curation" / "curated.parquet")
+    assert len(results) == 10
+    sgid = results[results.method == "sgid"].set_index("setting")
+    assert sgid.loc["SGID (100%)", "generated_images"].tolist() == [len(curated)] * 2
+    assert sgid.loc["SGID (50%)", "generated_images"].tolist() == [int(len(curated) * 0.5 + 0.5)] * 2
+    assert (results[results.method != "sgid"].generated_images == 0).all()
+    for row in results.itertuples():
+        folder = p.run.dir / "training" / row.config
+        metrics = pd.read_csv(folder / "metrics.csv")
+        preds = pd.read_parquet(folder / "predictions.parquet")
+        assert metrics.epoch.tolist() == list(range(1, p.training.epochs + 1))
+        assert metrics.test_acc.iloc[-1] == row.test_acc
+        assert (preds.pred == preds.label_idx).mean() == pytest.approx(row.test_acc)
+        assert not (folder / "checkpoint.pt").exists()
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params, pipeline_run, monkeypatch):
+    import shutil
+
+    import sgid_utils.training as tr
+
+    cfg = TrainConfig("cutmix", seed=0)
+    runs = {}
+    for name in ("straight", "killed"):
+        runs[name] = make_params(name, training={"epochs": 2, "methods": ["cutmix"]})
+        shutil.copytree(pipeline_run.run.dir / "data", runs[name].run.dir / "data")
+    train, test, _, n = training_sets(runs["straight"])
+    full = train_config(runs["straight"], cfg, train, test, n)
+
+    # Epoch 1 of 2 completes and checkpoints; the process dies while evaluating epoch 2.
+    calls = {"n": 0}
+    original_evaluate = tr.evaluate
+
+    def dies_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "evaluate", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_config(runs["killed"], cfg, train, test, n)
+    monkeypatch.setattr(tr, "evaluate", original_evaluate)
+    folder = runs["killed"].run.dir / "training" / cfg.name
+    assert (folder / "checkpoint.pt").exists() and not (folder / "result.json").exists()
+    resumed = train_config(runs["killed"], cfg, train, test, n)
+    assert resumed["test_acc"] == full["test_acc"]
+    straight = runs["straight"].run.dir / "training" / cfg.name
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "predictions.parquet"), pd.read_parquet(straight / "predictions.parquet"))
+    a, b = pd.read_csv(folder / "metrics.csv"), pd.read_csv(straight / "metrics.csv")
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
