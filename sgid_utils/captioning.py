@@ -65,9 +65,13 @@ def caption_records(image_id: str, nucleus: list[str], beam: list[str]) -> list[
     ]
 
 
-def run_captions(params: Params, image_ids: list[str] | None = None) -> pd.DataFrame:
-    """Caption every training image (or ``image_ids``), resuming from finished items."""
-    from .pipeline import ensure_inputs
+def run_captions(params: Params, image_ids: list[str] | None = None) -> pd.DataFrame | None:
+    """Caption every training image (or ``image_ids``), resuming from finished items.
+
+    Under several processes each captions its share; the table is written (and returned) once
+    every image has its captions, by whichever process finishes last.
+    """
+    from .pipeline import ensure_inputs, gpu_memory_hint, my_share
 
     images = ensure_inputs(params)
     stage_dir = Path(params.run.dir) / "captions"
@@ -76,7 +80,7 @@ def run_captions(params: Params, image_ids: list[str] | None = None) -> pd.DataF
     if image_ids is not None:
         train = train[train.image_id.isin(image_ids)]
     store = ItemStore(stage_dir / "items")
-    todo = train[train.image_id.isin(store.todo(train.image_id))]
+    todo = train[train.image_id.isin(store.todo(my_share(train.image_id)))]
     cfg = params.captioning
     if len(todo):
         device = resolve_device(params)
@@ -85,12 +89,15 @@ def run_captions(params: Params, image_ids: list[str] | None = None) -> pd.DataF
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo.iloc[start:start + cfg.batch_size]
             pil = [load_image(p) for p in batch.path]
-            beams = beam_captions(model, processor, pil, cfg)
-            for (image_id, img), beam in zip(zip(batch.image_id, pil), beams):
-                seed = derive_seed(params.run.seed, image_id, purpose="nucleus")
-                store.put(image_id, caption_records(image_id, nucleus_captions(model, processor, img, cfg, seed), beam))
+            with gpu_memory_hint(f"captioning {len(batch)} images", f"Lower captioning.batch_size (now {cfg.batch_size})."):
+                beams = beam_captions(model, processor, pil, cfg)
+                for (image_id, img), beam in zip(zip(batch.image_id, pil), beams):
+                    seed = derive_seed(params.run.seed, image_id, purpose="nucleus")
+                    store.put(image_id, caption_records(image_id, nucleus_captions(model, processor, img, cfg, seed), beam))
             bar.update(len(batch))
         bar.close()
+    if not store.complete(train.image_id):
+        return None
     table = pd.DataFrame(
         [r for recs in store.records(train.image_id) for r in recs], columns=CAPTION_COLUMNS
     )

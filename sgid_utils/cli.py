@@ -7,6 +7,8 @@ Runs one stage with exactly the functions the notebooks call: what a cluster job
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -46,15 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--params", required=True, help="params YAML file (params/pets.yaml, params/smoke.yaml, ...)")
     run.add_argument("--run-dir", help="override run.dir (e.g. a Google Drive folder)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key, e.g. generation.strength=0.3")
+    run.add_argument("--shard", metavar="I/N", help="run only this process's share, e.g. 0/2 (accelerate launch sets it itself)")
     nb = sub.add_parser("notebooks", help="execute the numbered notebooks in order through papermill")
     nb.add_argument("--params", required=True)
     nb.add_argument("--only", nargs="*", help="notebook names, e.g. 06_results (default: all six)")
+    nb.add_argument("--notebooks-dir", default="notebooks", help="folder holding the numbered notebooks")
     args = parser.parse_args(argv)
 
     from .data import DatasetError
-    from .io import StaleOutputsError as Stale
+    from .io import StaleOutputsError
     from .models import ModelLoadError
+    from .pipeline import StageError
 
+    if getattr(args, "shard", None):
+        os.environ["SGID_SHARD"] = args.shard
     try:
         overrides = dict(parse_override(s) for s in getattr(args, "set", []))
         if getattr(args, "run_dir", None):
@@ -62,14 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "notebooks":
             from .notebook import run_notebooks
 
-            run_notebooks(args.params, Path(__file__).resolve().parent.parent / "notebooks", args.only)
+            run_notebooks(args.params, Path(args.notebooks_dir).resolve(), args.only)
             return 0
         params = load_params(args.params, overrides)
         stages = _stages()
         for name in STAGES if args.stage == "all" else [args.stage]:
             print(f"[sgid] stage {name}: run dir {params.run.dir}", file=sys.stderr)
             stages[name](params)
-    except (ParamsError, ModelLoadError, DatasetError, Stale, FileNotFoundError) as exc:
+    except (ParamsError, ModelLoadError, DatasetError, StaleOutputsError, StageError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS):
+            print(f"error: cannot write {exc.filename or 'the run directory'}: {exc.strerror}. Files already "
+                  "written are complete (writes are atomic); free space or fix permissions and rerun to resume.", file=sys.stderr)
+            return 2
+        raise
     return 0

@@ -79,17 +79,20 @@ def sources_for(params: Params, variant: str) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame:
+def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
     """Generate k candidates per source; resumable per image; returns the manifest (one row per candidate)."""
+    from .pipeline import ensure_inputs, gpu_memory_hint, my_share
+
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}")
+    ensure_inputs(params)
     gen = params.generation
     stage_dir = Path(params.run.dir) / "generation" / variant
     keys = ["models.diffusion", "generation", "run.seed"] + (["curation.upscale_threshold", "curation.upscale_to"] if variant == "upscaled" else [])
     check_fingerprint(stage_dir, params.stage_fingerprint(*keys), f"generate ({variant})")
     sources = sources_for(params, variant)
     store = ItemStore(stage_dir / "items")
-    todo = sources[sources.image_id.isin(store.todo(sources.image_id))]
+    todo = sources[sources.image_id.isin(store.todo(my_share(sources.image_id)))]
     upscale_to = (params.curation.upscale_to or params.curation.upscale_threshold) if variant == "upscaled" else None
     if len(todo):
         device = resolve_device(params)
@@ -102,8 +105,10 @@ def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame:
             prompt = build_prompt(row.caption, row.class_name, gen)
             scale = guidance_scale(row.s_star, gen.guidance)
             seeds = [derive_seed(params.run.seed, row.image_id, k, purpose="generate") for k in range(gen.num_candidates)]
-            embeds, negative = encode(prompt, gen.negative_prompt)
-            outputs = generate_candidates(pipe, embeds, negative, model_input, scale, gen.strength, gen.num_inference_steps, seeds)
+            with gpu_memory_hint(f"generating {row.image_id} at {size[0]}x{size[1]}",
+                                 f"Lower generation.max_side (now {gen.max_side}) or generation.num_candidates."):
+                embeds, negative = encode(prompt, gen.negative_prompt)
+                outputs = generate_candidates(pipe, embeds, negative, model_input, scale, gen.strength, gen.num_inference_steps, seeds)
             records = []
             for k, (seed, out) in enumerate(zip(seeds, outputs)):
                 path = stage_dir / "images" / f"{row.image_id}_k{k}.png"
@@ -115,6 +120,8 @@ def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame:
                     "source_width": source.width, "source_height": source.height,
                 })
             store.put(row.image_id, records)
+    if not store.complete(sources.image_id):
+        return None
     manifest = pd.DataFrame([r for recs in store.records(sources.image_id) for r in recs])
     write_table(stage_dir / "manifest.parquet", manifest)
     return manifest

@@ -101,6 +101,10 @@ class ItemStore:
     def records(self, item_ids: Iterable[str]) -> list[Any]:
         return [self.get(i) for i in item_ids]
 
+    def complete(self, item_ids: Iterable[str]) -> bool:
+        """True once every item has a record (other shards may still be working otherwise)."""
+        return not self.todo(item_ids)
+
 
 class StaleOutputsError(RuntimeError):
     """A stage folder was produced with different params than the ones now in force."""

@@ -38,7 +38,10 @@ def model_load_error(ref: str, stage: str, exc: BaseException, what: str = "mode
 def resolve_device(params: Params) -> torch.device:
     want = params.run.device
     if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        # One GPU per process under torchrun / accelerate launch.
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
     if want.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"run.device is '{want}' but no CUDA GPU is visible; use run.device: auto or cpu")
     return torch.device(want)

@@ -32,6 +32,7 @@ class RunParams(_Section):
     reports_dir: Path = Field(description="Where executed notebooks, figures and tables are written.")
     seed: int = Field(0, ge=0, description="Run seed; every per-item seed derives from it.")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    min_free_gb: float = Field(2.0, ge=0, description="Stages refuse to start with less free disk than this in run.dir.")
 
 
 class DatasetParams(_Section):
@@ -48,6 +49,7 @@ class DatasetParams(_Section):
     max_per_class: int | None = Field(None, ge=1, description="Cap on training images per class (quick runs).")
     max_test_per_class: int | None = Field(None, ge=1)
     min_side: int = Field(16, ge=1, description="Images whose short side is below this are skipped as unusable.")
+    max_aspect: float = Field(8.0, ge=1, description="Images more elongated than this (long/short side) are skipped.")
 
     @model_validator(mode="after")
     def _needs_path(self) -> "DatasetParams":
@@ -186,17 +188,24 @@ class Params(_Section):
     source_file: Path | None = Field(None, exclude=True, description="The params file this was read from.")
 
     def stage_fingerprint(self, *sections: str) -> dict[str, Any]:
-        """The params that determine a stage's output (recorded beside it to detect stale files)."""
+        """The params that determine a stage's output (recorded beside it to detect stale files).
+
+        Keys that change only speed (batch sizes, workers) or only how much is done (which
+        methods, seeds and proportions to train) are left out: changing them reuses finished work.
+        """
         data = self.model_dump(mode="json", exclude={"source_file"})
         out: dict[str, Any] = {}
         for dotted in sections:
             node: Any = data
             for part in dotted.split("."):
                 node = node[part]
+            if isinstance(node, dict):
+                node = {k: v for k, v in node.items() if k not in _NOT_IN_FINGERPRINT}
             out[dotted] = node
         return out
 
 
+_NOT_IN_FINGERPRINT = {"batch_size", "eval_batch_size", "num_workers", "methods", "seeds", "sgid_proportions"}
 _PATH_KEYS = ("run.dir", "run.reports_dir", "dataset.path", "dataset.test_path")
 _ENV_OVERRIDES = {"SGID_RUN_DIR": "run.dir", "SGID_REPORTS_DIR": "run.reports_dir"}
 
@@ -289,6 +298,11 @@ def load_params(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         update={k: _resolve_model_ref(v, base) for k, v in params.models.model_dump().items()}
     )
     params.source_file = file.resolve()
+    ds = params.dataset
+    if ds.source == "imagefolder" and not params.smoke.build_dataset:
+        for key, folder in (("dataset.path", ds.path), ("dataset.test_path", ds.test_path)):
+            if folder is not None and not Path(folder).is_dir():
+                raise ParamsError(f"Invalid params in {file}: '{key}' names a folder that does not exist: {folder}")
     return params
 
 

@@ -45,10 +45,10 @@ def pick_best(scores: pd.DataFrame) -> pd.DataFrame:
     return best.rename(columns={"score": "s_star"}).reset_index(drop=True)
 
 
-def run_similarity(params: Params) -> pd.DataFrame:
-    """Score every caption against its image; write scores.parquet and best.parquet."""
+def run_similarity(params: Params) -> pd.DataFrame | None:
+    """Score every caption against its image; write scores.parquet and best.parquet (once all are done)."""
     from .captioning import load_captions
-    from .pipeline import ensure_inputs
+    from .pipeline import ensure_inputs, gpu_memory_hint, my_share
 
     images = ensure_inputs(params).set_index("image_id")
     captions = load_captions(params)
@@ -56,7 +56,7 @@ def run_similarity(params: Params) -> pd.DataFrame:
     check_fingerprint(stage_dir, params.stage_fingerprint("models.clip"), "similarity")
     store = ItemStore(stage_dir / "items")
     ids = list(dict.fromkeys(captions.image_id))
-    todo = store.todo(ids)
+    todo = store.todo(my_share(ids))
     if todo:
         device = resolve_device(params)
         model, processor = load_clip(params.models.clip, str(device))
@@ -64,12 +64,15 @@ def run_similarity(params: Params) -> pd.DataFrame:
         bs = params.similarity.batch_size
         for start in tqdm(range(0, len(todo), bs), desc="similarity", unit="batch"):
             batch = todo[start:start + bs]
-            img_emb = image_embeddings(model, processor, [load_image(images.loc[i, "path"]) for i in batch])
-            for row, image_id in enumerate(batch):
-                caps = by_image.get_group(image_id)
-                txt_emb = text_embeddings(model, processor, caps.caption.tolist())
-                sims = (txt_emb @ img_emb[row]).cpu().tolist()
-                store.put(image_id, caps.assign(score=sims).to_dict("records"))
+            with gpu_memory_hint("scoring captions", f"Lower similarity.batch_size (now {bs})."):
+                img_emb = image_embeddings(model, processor, [load_image(images.loc[i, "path"]) for i in batch])
+                for row, image_id in enumerate(batch):
+                    caps = by_image.get_group(image_id)
+                    txt_emb = text_embeddings(model, processor, caps.caption.tolist())
+                    sims = (txt_emb @ img_emb[row]).cpu().tolist()
+                    store.put(image_id, caps.assign(score=sims).to_dict("records"))
+    if not store.complete(ids):
+        return None
     scores = pd.DataFrame([r for recs in store.records(ids) for r in recs])
     write_table(stage_dir / "scores.parquet", scores)
     best = pick_best(scores)

@@ -265,16 +265,28 @@ def training_sets(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[floa
     return train.reset_index(drop=True), test.reset_index(drop=True), additions, len(labels)
 
 
-def run_training(params: Params) -> pd.DataFrame:
-    """Train every (method, proportion, seed); write training/results.parquet (one row per run)."""
+def run_training(params: Params) -> pd.DataFrame | None:
+    """Train every (method, proportion, seed); write training/results.parquet (one row per run).
+
+    Under several processes (``--shard`` or ``accelerate launch``) each trains its share of the
+    configurations on its own GPU; the table is written once every configuration has a result.
+    """
+    from .pipeline import ensure_inputs, gpu_memory_hint, my_share
+
+    ensure_inputs(params)
     stage_dir = Path(params.run.dir) / "training"
     check_fingerprint(stage_dir, params.stage_fingerprint("models.classifier", "training", "dataset", "run.seed"), "train")
     train, test, additions, num_classes = training_sets(params)
-    results = []
-    for cfg in tqdm(configs(params), desc="training runs", unit="run"):
+    all_configs = configs(params)
+    mine = set(my_share(c.name for c in all_configs))
+    for cfg in tqdm([c for c in all_configs if c.name in mine], desc="training runs", unit="run"):
         data = pd.concat([train, additions[cfg.proportion]], ignore_index=True) if cfg.method == "sgid" else train
-        results.append(train_config(params, cfg, data, test, num_classes))
-    table = pd.DataFrame(results)
+        with gpu_memory_hint(f"training {cfg.name}", f"Lower training.batch_size (now {params.training.batch_size})."):
+            train_config(params, cfg, data, test, num_classes)
+    result_files = [stage_dir / c.name / "result.json" for c in all_configs]
+    if not all(f.exists() for f in result_files):
+        return None
+    table = pd.DataFrame([read_json(f) for f in result_files])
     write_table(stage_dir / "results.parquet", table)
     return table
 

@@ -90,10 +90,11 @@ def test_per_class_cap_and_too_few_classes(make_params, tmp_path):
         prepare_dataset(params)
 
 
-def test_missing_folder_is_a_clear_error(make_params, tmp_path):
-    params = make_params(dataset={"path": str(tmp_path / "nowhere"), "test_path": None}, smoke={"build_dataset": False})
-    with pytest.raises(DatasetError, match="Image folder not found"):
-        prepare_dataset(params)
+def test_missing_folder_stops_at_params_time(make_params, tmp_path):
+    from sgid_utils.params import ParamsError
+
+    with pytest.raises(ParamsError, match="'dataset.path' names a folder that does not exist"):
+        make_params(dataset={"path": str(tmp_path / "nowhere"), "test_path": None}, smoke={"build_dataset": False})
 
 
 def test_hub_source_reads_splits_and_class_label_names(make_params, tmp_path):

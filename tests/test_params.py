@@ -9,6 +9,7 @@ from .conftest import REPO
 
 
 def _write(tmp_path: Path, doc: dict) -> Path:
+    (tmp_path / "data").mkdir(exist_ok=True)
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(doc))
     return p
