@@ -42,10 +42,14 @@ def score_candidates(params: Params, manifest: pd.DataFrame, variant: str) -> pd
                 for row, image_id in enumerate(ids):
                     cands = groups[image_id]
                     emb = image_embeddings(model, processor, [load_image(p) for p in cands.path])
-                    store.put(image_id, cands.assign(similarity=(emb @ src[row]).cpu().tolist()).to_dict("records"))
+                    scored = cands.assign(similarity=(emb @ src[row]).cpu().tolist())
+                    scored["path"] = [str(Path(p).relative_to(params.run.dir)) for p in scored.path]
+                    store.put(image_id, scored.to_dict("records"))
     if not store.complete(groups):
         return None
-    return pd.DataFrame([r for i in groups for r in store.get(i)])
+    scored = pd.DataFrame([r for i in groups for r in store.get(i)])
+    scored["path"] = [str(Path(params.run.dir) / p) for p in scored.path]
+    return scored
 
 
 def select_best(candidates: pd.DataFrame) -> pd.DataFrame:
@@ -72,15 +76,14 @@ def run_curation(params: Params) -> pd.DataFrame | None:
     info = images.set_index("image_id")[["label", "class_name", "path", "width", "height"]].rename(columns={"path": "source_path"})
     candidates = candidates.join(info, on="image_id")
     candidates["short_side"] = candidates[["width", "height"]].min(axis=1)
-    write_table(stage_dir / "candidates.parquet", candidates)
-    curated = select_best(candidates)
-    write_table(stage_dir / "curated.parquet", curated)
-    return curated
+    write_table(stage_dir / "candidates.parquet", candidates, params.run.dir)
+    write_table(stage_dir / "curated.parquet", select_best(candidates), params.run.dir)
+    return load_curated(params)
 
 
 def load_candidates(params: Params) -> pd.DataFrame:
-    return read_table(Path(params.run.dir) / "curation" / "candidates.parquet")
+    return read_table(Path(params.run.dir) / "curation" / "candidates.parquet", params.run.dir)
 
 
 def load_curated(params: Params) -> pd.DataFrame:
-    return read_table(Path(params.run.dir) / "curation" / "curated.parquet")
+    return read_table(Path(params.run.dir) / "curation" / "curated.parquet", params.run.dir)

@@ -168,7 +168,7 @@ def prepare_dataset(params: Params) -> pd.DataFrame:
     table = out_dir / "images.parquet"
     check_fingerprint(out_dir, params.stage_fingerprint("dataset", "run.seed"), "data")
     if table.exists():
-        return read_table(table)
+        return read_table(table, params.run.dir)
     if params.smoke.build_dataset:
         from .tiny import build_smoke_dataset
 
@@ -184,6 +184,9 @@ def prepare_dataset(params: Params) -> pd.DataFrame:
             continue
         if min(img.size) < ds.min_side:
             skipped.append({"path": item.origin, "reason": f"too small ({img.width}x{img.height} < dataset.min_side {ds.min_side})"})
+            continue
+        if max(img.size) / min(img.size) > ds.max_aspect:
+            skipped.append({"path": item.origin, "reason": f"too elongated ({img.width}x{img.height} > dataset.max_aspect {ds.max_aspect:g})"})
             continue
         usable.append((item, img.size))
     _held_out_split([it for it, _ in usable], params)
@@ -220,12 +223,12 @@ def prepare_dataset(params: Params) -> pd.DataFrame:
         )
     df = df[df.label.isin(usable)].reset_index(drop=True)
     write_table(out_dir / "skipped.csv", pd.DataFrame(skipped, columns=["path", "reason"]))
-    write_table(table, df)
+    write_table(table, df, params.run.dir)
     return df
 
 
 def load_images_table(params: Params) -> pd.DataFrame:
-    return read_table(Path(params.run.dir) / "data" / "images.parquet")
+    return read_table(Path(params.run.dir) / "data" / "images.parquet", params.run.dir)
 
 
 def class_names(df: pd.DataFrame) -> dict[int, str]:

@@ -114,7 +114,8 @@ def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
                 path = stage_dir / "images" / f"{row.image_id}_k{k}.png"
                 write_png(path, out.resize(source.size, Image.Resampling.LANCZOS))
                 records.append({
-                    "image_id": row.image_id, "variant": variant, "k": k, "seed": seed, "path": str(path),
+                    "image_id": row.image_id, "variant": variant, "k": k, "seed": seed,
+                    "path": str(path.relative_to(params.run.dir)),
                     "prompt": prompt, "s_star": float(row.s_star), "guidance_scale": scale,
                     "input_width": size[0], "input_height": size[1],
                     "source_width": source.width, "source_height": source.height,
@@ -123,9 +124,9 @@ def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
     if not store.complete(sources.image_id):
         return None
     manifest = pd.DataFrame([r for recs in store.records(sources.image_id) for r in recs])
-    write_table(stage_dir / "manifest.parquet", manifest)
-    return manifest
+    write_table(stage_dir / "manifest.parquet", manifest, params.run.dir)
+    return load_manifest(params, variant)
 
 
 def load_manifest(params: Params, variant: str = "raw") -> pd.DataFrame:
-    return read_table(Path(params.run.dir) / "generation" / variant / "manifest.parquet")
+    return read_table(Path(params.run.dir) / "generation" / variant / "manifest.parquet", params.run.dir)

@@ -41,9 +41,21 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def write_table(path: Path, df: pd.DataFrame) -> Path:
-    """Write a table as parquet (or csv/md by suffix), atomically."""
+PATH_COLUMNS = ("path", "source_path")
+
+
+def write_table(path: Path, df: pd.DataFrame, root: Path | None = None) -> Path:
+    """Write a table as parquet (or csv/md by suffix), atomically.
+
+    With ``root`` (the run directory), file paths under it are stored relative to it, so a run
+    directory can move (another Drive mount, another machine) and its tables stay valid.
+    """
     path = Path(path)
+    if root is not None:
+        df = df.copy()
+        for col in PATH_COLUMNS:
+            if col in df:
+                df[col] = [_relative(v, Path(root)) for v in df[col]]
     if path.suffix == ".parquet":
         return _atomic(path, lambda t: df.to_parquet(t, index=False))
     if path.suffix == ".csv":
@@ -53,13 +65,24 @@ def write_table(path: Path, df: pd.DataFrame) -> Path:
     raise ValueError(f"unsupported table format: {path}")
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def _relative(value: str, root: Path) -> str:
+    p = Path(value)
+    return str(p.relative_to(root)) if p.is_absolute() and p.is_relative_to(root) else value
+
+
+def read_table(path: Path, root: Path | None = None) -> pd.DataFrame:
+    """Read a table; with ``root``, relative file paths come back absolute (joined to the run directory)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
             f"{path} does not exist: run the stage that writes it first (see the README's stage list)"
         )
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    if root is not None:
+        for col in PATH_COLUMNS:
+            if col in df:
+                df[col] = [v if Path(v).is_absolute() else str(Path(root) / v) for v in df[col]]
+    return df
 
 
 def write_png(path: Path, image: Image.Image) -> Path:

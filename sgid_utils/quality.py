@@ -166,7 +166,7 @@ def apply_filters(
     its place in the order matters). Returns a copy with one nullable boolean
     ``kept_by_<filter>`` column per filter (<NA> where an earlier filter had already
     dropped the candidate), ``kept`` and ``dropped_by`` (the filter that dropped it,
-    None if kept). Best-of-k is then chosen among the kept; a source that lost all its
+    missing if kept). Best-of-k is then chosen among the kept; a source that lost all its
     candidates contributes nothing.
     """
     unknown = [f for f in order if f not in FILTERS]
@@ -178,8 +178,8 @@ def apply_filters(
     if "similarity" in order and similarity_threshold is None:
         raise ValueError("the similarity filter needs similarity_threshold (see suggest_threshold)")
     out = candidates.copy()
-    alive = pd.Series(True, index=out.index)
-    dropped_by = pd.Series(None, index=out.index, dtype=object)
+    alive = np.ones(len(out), dtype=bool)  # positional masks: any index, duplicates included
+    dropped_by = np.full(len(out), None, dtype=object)
     for name in order:
         seen = out[alive]
         if name == "similarity":
@@ -190,12 +190,13 @@ def apply_filters(
             if seen["fake_probability"].isna().any():
                 raise ValueError("the detector filter met candidates without a fake_probability")
             verdict = detector_filter(seen["fake_probability"], detector_drop_fraction)
-        column = pd.Series(pd.NA, index=out.index, dtype="boolean")
+        column = pd.array([pd.NA] * len(out), dtype="boolean")
         column[alive] = verdict
         out[f"kept_by_{name}"] = column
-        dropped_by[alive & ~column.fillna(True)] = name
-        alive &= column.fillna(False)
-    out["kept"] = alive.astype(bool)
+        reached = np.flatnonzero(alive)
+        dropped_by[reached[~verdict]] = name
+        alive[reached[~verdict]] = False
+    out["kept"] = alive
     out["dropped_by"] = dropped_by
     return out
 

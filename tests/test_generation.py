@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sgid_utils.generation import model_input_size, run_generation
+from sgid_utils.generation import load_manifest, model_input_size, run_generation
 from sgid_utils.prompts import build_prompt, guidance_scale
 from sgid_utils.seeding import derive_seed
 
@@ -20,7 +20,8 @@ def test_model_input_size(size, max_side, short, expected):
 
 def test_manifest_images_seeds_and_prompts(pipeline_run):
     p = pipeline_run
-    manifest = pd.read_parquet(p.run.dir / "generation" / "raw" / "manifest.parquet")
+    manifest = load_manifest(p)
+    assert not any(v.startswith("/") for v in pd.read_parquet(p.run.dir / "generation/raw/manifest.parquet").path)
     best = pd.read_parquet(p.run.dir / "similarity" / "best.parquet").merge(
         pd.read_parquet(p.run.dir / "data" / "images.parquet"), on="image_id")
     assert len(manifest) == len(best) * p.generation.num_candidates
@@ -39,7 +40,7 @@ def test_generation_is_deterministic_and_resumable(make_params, pipeline_run):
     params = make_params("again")
     for stage in ("data", "captions", "similarity"):
         shutil.copytree(pipeline_run.run.dir / stage, params.run.dir / stage)
-    first = pd.read_parquet(pipeline_run.run.dir / "generation" / "raw" / "manifest.parquet")
+    first = load_manifest(pipeline_run)
     ids = first.image_id.unique()
     items = params.run.dir / "generation" / "raw" / "items"
     run_generation(params)

@@ -1,0 +1,149 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sgid_utils.io import write_table
+from sgid_utils.stats import (
+    compare_to_baseline,
+    load_predictions,
+    mcnemar_test,
+    paired_difference,
+    per_class_change,
+    setting_predictions,
+    verdict,
+)
+
+T_975_2 = 4.302652729911275  # t(0.975, df=2), from a table
+
+
+def test_paired_difference_by_hand():
+    d = paired_difference({0: 0.90, 1: 0.92, 2: 0.94, 7: 0.5}, pd.Series({0: 0.89, 1: 0.90, 2: 0.91, 9: 0.1}))
+    assert d["seeds"] == [0, 1, 2] and d["n_seeds"] == 3  # only the seeds both have, paired by number
+    assert d["mean_diff"] == pytest.approx(0.02) and d["std_diff"] == pytest.approx(0.01)
+    half = T_975_2 * 0.01 / math.sqrt(3)
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((0.02 - half, 0.02 + half))
+    assert d["ci_low"] < 0 < d["ci_high"] and d["significant"] is False
+
+
+def test_paired_difference_significant_and_negative():
+    up = paired_difference([0.90, 0.92, 0.94], [0.80, 0.81, 0.84])  # list positions are the seeds
+    assert up["significant"] and up["ci_low"] > 0
+    down = paired_difference([0.80, 0.81, 0.84], [0.90, 0.92, 0.94])
+    assert down["significant"] and down["ci_high"] < 0 and down["mean_diff"] == pytest.approx(-up["mean_diff"])
+    wide = paired_difference([0.90, 0.92, 0.94], [0.80, 0.81, 0.84], confidence=0.999)
+    assert wide["ci_high"] - wide["ci_low"] > up["ci_high"] - up["ci_low"]
+
+
+def test_paired_difference_one_seed_has_no_interval():
+    d = paired_difference({3: 0.9}, {3: 0.5})
+    assert d["mean_diff"] == pytest.approx(0.4) and d["n_seeds"] == 1
+    assert math.isnan(d["ci_low"]) and math.isnan(d["ci_high"]) and math.isnan(d["std_diff"])
+    assert d["significant"] is False
+    with pytest.raises(ValueError, match="no seed in common"):
+        paired_difference({0: 0.9}, {1: 0.8})
+
+
+def _pairs(both: int, b: int, c: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
+    a = [True] * both + [True] * b + [False] * c + [False] * neither
+    m = [True] * both + [False] * b + [True] * c + [False] * neither
+    return np.array(a), np.array(m)
+
+
+def test_mcnemar_exact_by_hand():
+    r = mcnemar_test(*_pairs(both=30, b=1, c=9, neither=5))
+    assert (r["b"], r["c"], r["exact"]) == (1, 9, True)
+    assert r["p_value"] == pytest.approx(2 * (1 + 10) / 2**10)  # 2 * P(Binom(10, 1/2) <= 1) = 0.021484375
+    assert r["p_value"] == pytest.approx(0.021484375)
+    swapped = mcnemar_test(*_pairs(both=30, b=9, c=1, neither=5))
+    assert (swapped["b"], swapped["c"]) == (9, 1) and swapped["p_value"] == pytest.approx(r["p_value"])
+    same = mcnemar_test(*_pairs(both=4, b=0, c=0, neither=2))
+    assert same["p_value"] == pytest.approx(1.0)
+
+
+def test_mcnemar_chi_square_with_continuity_correction():
+    from scipy.stats import chi2
+
+    r = mcnemar_test(*_pairs(both=50, b=20, c=10, neither=7))
+    assert r["exact"] is False
+    assert r["statistic"] == pytest.approx((abs(20 - 10) - 1) ** 2 / 30)
+    assert r["p_value"] == pytest.approx(chi2.sf(81 / 30, df=1))
+    with pytest.raises(ValueError, match="equally long"):
+        mcnemar_test([True, False], [True])
+
+
+def test_per_class_change_averages_seeds():
+    # Class 0: 4 images, class 1: 2 images.
+    labels = [0, 0, 0, 0, 1, 1]
+    base = pd.DataFrame({"image_id": list("abcdef"), "label_idx": labels, "pred": [0, 0, 1, 1, 1, 1]})  # 0.5, 1.0
+    seed0 = pd.DataFrame({"image_id": list("abcdef"), "label_idx": labels, "pred": [0, 0, 0, 0, 1, 0], "seed": 0})
+    seed1 = pd.DataFrame({"image_id": list("abcdef"), "label_idx": labels, "pred": [0, 0, 0, 1, 0, 0], "seed": 1})
+    table = per_class_change(pd.concat([seed0, seed1]), base, ["cat", "dog"])
+    assert table.class_name.tolist() == ["cat", "dog"]  # largest gain first
+    cat, dog = table.set_index("class_name").loc["cat"], table.set_index("class_name").loc["dog"]
+    assert cat.method_acc == pytest.approx((1.0 + 0.75) / 2) and cat.baseline_acc == pytest.approx(0.5)
+    assert cat.change == pytest.approx(0.375) and cat.n_images == 4
+    assert dog.method_acc == pytest.approx((0.5 + 0.0) / 2) and dog.change == pytest.approx(-0.75) and dog.n_images == 2
+
+
+def _results_and_predictions():
+    """Three seeds of Baseline and SGID on 40 test images; in seed s SGID fixes 9 + s images and breaks 1."""
+    labels = np.arange(40) % 4
+    results, preds = [], {}
+    for seed in range(3):
+        base = labels.copy()
+        base[:10 + 2 * seed] = (base[:10 + 2 * seed] + 1) % 4  # baseline wrong on the first 10 + 2s images
+        method = labels.copy()
+        method[1:1 + seed + 1] = (method[1:1 + seed + 1] + 1) % 4  # wrong on images 1..seed+1 only
+        method[39] = (method[39] + 1) % 4
+        for setting, config, pred in (("Baseline", f"baseline_seed{seed}", base), ("SGID (100%)", f"sgid100_seed{seed}", method)):
+            preds[config] = pd.DataFrame({"image_id": [f"t{i:02d}" for i in range(40)], "label_idx": labels, "pred": pred})
+            results.append({"setting": setting, "seed": seed, "config": config, "test_acc": float((pred == labels).mean())})
+    return pd.DataFrame(results), preds
+
+
+def test_compare_to_baseline_pairs_seeds_and_runs_mcnemar(tmp_path):
+    results, preds = _results_and_predictions()
+    for config, table in preds.items():
+        write_table(tmp_path / "training" / config / "predictions.parquet", table)
+    table = compare_to_baseline(results, lambda c: load_predictions(tmp_path, c))
+    assert table.equals(compare_to_baseline(results, preds))  # a dict or a loader
+    row = table.iloc[0]
+    assert len(table) == 1 and row.setting == "SGID (100%)" and row.baseline == "Baseline"
+    acc = results.pivot(index="seed", columns="setting", values="test_acc")
+    expected = paired_difference(acc["SGID (100%)"], acc["Baseline"])
+    assert row.mean_diff == pytest.approx(expected["mean_diff"]) and row.ci_low == pytest.approx(expected["ci_low"])
+    assert row.mean_diff == pytest.approx(np.mean([8 / 40, 9 / 40, 10 / 40]))
+    # Seed s: SGID right and Baseline wrong on (10 + 2s) - (s + 1) = 9 + s images; the reverse on image 39 only,
+    # so the exact p is 2 * P(Binom(10 + s, 1/2) <= 1).
+    exact = [2 * (1 + 10 + s) / 2 ** (10 + s) for s in range(3)]
+    assert row.mcnemar_p == pytest.approx(exact)
+    assert row.mcnemar_max_p == pytest.approx(exact[0])
+    assert row.significant == expected["significant"]
+    stacked = setting_predictions(results, "SGID (100%)", preds)
+    assert sorted(stacked.seed.unique()) == [0, 1, 2] and len(stacked) == 120
+
+
+def test_compare_to_baseline_refuses_different_test_sets():
+    results, preds = _results_and_predictions()
+    preds["sgid100_seed1"] = preds["sgid100_seed1"].iloc[:30]
+    with pytest.raises(ValueError, match="same images"):
+        compare_to_baseline(results, preds)
+
+
+def test_verdict_sentences():
+    row = {"setting": "SGID (100%)", "baseline": "Baseline", "mean_diff": 0.0123, "ci_low": 0.004, "ci_high": 0.0206,
+           "n_seeds": 3, "confidence": 0.95, "significant": True}
+    assert verdict(row) == "SGID (100%) is 0.0123 above Baseline (95% CI 0.0040 to 0.0206, n=3 seeds): significant."
+    row.update(mean_diff=-0.002, ci_low=-0.01, ci_high=0.006, significant=False)
+    assert verdict(row) == ("SGID (100%) is 0.0020 below Baseline (95% CI -0.0100 to 0.0060, n=3 seeds): "
+                            "within seed noise (CI includes 0).")
+    row.update(mean_diff=0.01, n_seeds=1, ci_low=float("nan"), ci_high=float("nan"))
+    assert "n=1 seed" in verdict(row) and "cannot be told from seed noise" in verdict(row)
+
+
+def test_verdict_of_a_compare_row_matches_its_significance():
+    results, preds = _results_and_predictions()
+    row = compare_to_baseline(results, preds).iloc[0]
+    assert verdict(row).endswith("significant.") == bool(row.significant)
