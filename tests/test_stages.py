@@ -1,0 +1,54 @@
+"""Stage-level guarantees: stale params are refused, bad run dirs stop early, shards match one process."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from sgid_utils.captioning import run_captions
+from sgid_utils.generation import load_manifest, run_generation
+from sgid_utils.io import StaleOutputsError
+from sgid_utils.pipeline import StageError, ensure_inputs, gpu_memory_hint
+
+
+def test_changed_output_params_are_refused_but_speed_params_are_not(make_params):
+    run_captions(make_params("stale"))
+    with pytest.raises(StaleOutputsError, match=r"captioning: was .*'top_p': 0.9.*now .*'top_p': 0.5"):
+        run_captions(make_params("stale", captioning={"top_p": 0.5}))
+    run_captions(make_params("stale", captioning={"batch_size": 1}))  # speed only: reuses the work
+
+
+def test_unwritable_run_dir_and_full_disk_stop_before_work(make_params, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(StageError, match="not writable"):
+        ensure_inputs(make_params("w", run={"dir": str(blocker / "run")}))
+    with pytest.raises(StageError, match="run.min_free_gb"):
+        ensure_inputs(make_params("d", run={"min_free_gb": 1e9}))
+
+
+def test_gpu_out_of_memory_names_the_setting_to_lower():
+    with pytest.raises(StageError, match="Lower training.batch_size \\(now 32\\)"):
+        with gpu_memory_hint("training x", "Lower training.batch_size (now 32)."):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+
+def test_two_shards_give_what_one_process_gives(make_params, pipeline_run, monkeypatch):
+    import shutil
+
+    params = make_params("shards")
+    for folder in ("data", "captions", "similarity"):
+        shutil.copytree(pipeline_run.run.dir / folder, params.run.dir / folder)
+    shutil.rmtree(params.run.dir / "captions")
+    monkeypatch.setenv("SGID_SHARD", "0/2")
+    assert run_captions(params) is None  # half done: no table yet
+    assert run_generation(params) is None
+    monkeypatch.setenv("SGID_SHARD", "1/2")
+    captions = run_captions(params)
+    run_generation(params)
+    ref = pd.read_parquet(pipeline_run.run.dir / "captions" / "captions.parquet")
+    pd.testing.assert_frame_equal(captions.reset_index(drop=True), ref)
+    one, two = load_manifest(pipeline_run), load_manifest(params)
+    for a, b in zip(one.sort_values("path").path, two.sort_values("path").path):
+        assert open(a, "rb").read() == open(b, "rb").read()
