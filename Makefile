@@ -35,7 +35,8 @@ test: $(STAMP) ## Unit tests, then every notebook under nbval on the smoke profi
 	rm -rf runs/nbval reports/nbval
 	$(OFFLINE) SGID_RUN_DIR=$(CURDIR)/runs/nbval SGID_REPORTS_DIR=$(CURDIR)/reports/nbval $(PY) -m pytest -q --nbval-lax --nbval-kernel-name python3 \
 		notebooks/01_captioning.ipynb notebooks/02_similarity.ipynb notebooks/03_generation.ipynb \
-		notebooks/04_error_analysis_upscaling.ipynb notebooks/05_training.ipynb notebooks/06_results.ipynb
+		notebooks/04_error_analysis_upscaling.ipynb notebooks/05_training.ipynb notebooks/06_results.ipynb \
+		notebooks/07_quality_and_statistics.ipynb
 
 clean: ## Remove run directories and generated reports (keeps .venv/)
 	rm -rf runs reports/*/

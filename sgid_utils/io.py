@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -92,6 +93,10 @@ def write_png(path: Path, image: Image.Image) -> Path:
 
 def write_bytes(path: Path, data: bytes) -> Path:
     return _atomic(path, lambda t: t.write_bytes(data))
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> Path:
+    return _atomic(path, lambda t: np.savez(t.open("wb"), **arrays))
 
 
 def write_text(path: Path, text: str) -> Path:

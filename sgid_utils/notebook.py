@@ -17,6 +17,7 @@ NOTEBOOKS = [
     "04_error_analysis_upscaling",
     "05_training",
     "06_results",
+    "07_quality_and_statistics",
 ]
 _PACKAGES = ["torch", "torchvision", "transformers", "diffusers", "compel", "timm", "datasets"]
 

@@ -126,11 +126,32 @@ class CurationParams(_Section):
     batch_size: int = Field(64, ge=1)
 
 
+class QualityParams(_Section):
+    """Quality control of generated images (beyond the paper): filters applied before best-of-k."""
+
+    filters: list[Literal["similarity", "label", "detector"]] = Field(
+        default_factory=list, description="Filters in the order they apply; the filtered set trains as 'sgid_filtered'."
+    )
+    similarity_threshold: float | None = Field(None, ge=-1, le=1, description="None: the similarity_quantile of the observed scores.")
+    similarity_quantile: float = Field(0.05, ge=0, lt=1)
+    class_noun: str | None = Field(None, description="Label prompts read 'a photo of a <label>, a type of <noun>.'")
+    detector_drop_fraction: float = Field(0.1, ge=0, lt=1, description="Share of the most surely fake candidates the detector drops.")
+    detector_folds: int = Field(5, ge=2)
+
+    @field_validator("filters")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each filter may appear once; got {v}")
+        return v
+
+
 class TrainingParams(_Section):
-    methods: list[Literal["baseline", "cutmix", "randaugment", "sgid"]] = Field(
+    methods: list[Literal["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered"]] = Field(
         default_factory=lambda: ["baseline", "cutmix", "randaugment", "sgid"], min_length=1
     )
     sgid_proportions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    filtered_proportions: list[float] = Field(default_factory=lambda: [1.0], description="Proportions for sgid_filtered.")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -144,7 +165,7 @@ class TrainingParams(_Section):
     num_workers: int = Field(2, ge=0)
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on the CPU).")
 
-    @field_validator("sgid_proportions")
+    @field_validator("sgid_proportions", "filtered_proportions")
     @classmethod
     def _props(cls, v: list[float]) -> list[float]:
         for p in v:
@@ -181,6 +202,7 @@ class Params(_Section):
     similarity: SimilarityParams = Field(default_factory=SimilarityParams)
     generation: GenerationParams = Field(default_factory=GenerationParams)
     curation: CurationParams = Field(default_factory=CurationParams)
+    quality: QualityParams = Field(default_factory=QualityParams)
     training: TrainingParams = Field(default_factory=TrainingParams)
     results: ResultsParams = Field(default_factory=ResultsParams)
     smoke: SmokeParams = Field(default_factory=SmokeParams)
@@ -205,7 +227,8 @@ class Params(_Section):
         return out
 
 
-_NOT_IN_FINGERPRINT = {"batch_size", "eval_batch_size", "num_workers", "methods", "seeds", "sgid_proportions"}
+_NOT_IN_FINGERPRINT = {"batch_size", "eval_batch_size", "num_workers", "methods", "seeds", "sgid_proportions",
+                       "filtered_proportions"}
 _PATH_KEYS = ("run.dir", "run.reports_dir", "dataset.path", "dataset.test_path")
 _ENV_OVERRIDES = {"SGID_RUN_DIR": "run.dir", "SGID_REPORTS_DIR": "run.reports_dir"}
 

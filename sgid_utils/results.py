@@ -20,11 +20,11 @@ from .params import Params
 ORDER = ["Baseline", "CutMix", "RandAugment"]
 
 
-def _setting_order(setting: str) -> tuple[int, float]:
+def _setting_order(setting: str) -> tuple[int, bool, float]:
     if setting in ORDER:
-        return ORDER.index(setting), 0.0
+        return ORDER.index(setting), False, 0.0
     digits = "".join(c for c in setting if c.isdigit() or c == ".")
-    return len(ORDER), float(digits or 0)
+    return len(ORDER), "filtered" in setting, float(digits or 0)
 
 
 def format_mean_std(mean: float, std: float, n: int) -> str:
@@ -32,8 +32,18 @@ def format_mean_std(mean: float, std: float, n: int) -> str:
     return f"{mean:.4f}{spread} (n={n})"
 
 
-def summary_table(results: pd.DataFrame, params: Params) -> pd.DataFrame:
-    """One row per setting: mean ± sample std of test accuracy over seeds, then each reference column."""
+def significance(results: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """Each setting against the Baseline: paired seed difference with its 95% CI, McNemar per seed."""
+    from .stats import compare_to_baseline, load_predictions
+
+    if "Baseline" not in set(results.setting):
+        return pd.DataFrame(columns=["setting", "mean_diff", "ci_low", "ci_high", "significant"])
+    return compare_to_baseline(results, lambda config: load_predictions(params.run.dir, config))
+
+
+def summary_table(results: pd.DataFrame, params: Params, sig: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per setting: mean ± sample std over seeds, the difference to the Baseline with its
+    95% CI (marked significant only when the interval excludes zero), then each reference column."""
     grouped = results.groupby("setting").test_acc.agg(["mean", "std", "count"]).reset_index()
     grouped = grouped.iloc[sorted(range(len(grouped)), key=lambda i: _setting_order(grouped.setting.iloc[i]))]
     table = pd.DataFrame({
@@ -43,9 +53,22 @@ def summary_table(results: pd.DataFrame, params: Params) -> pd.DataFrame:
         "std": grouped["std"].round(4),
         "seeds": grouped["count"].astype(int),
     })
+    if sig is not None:
+        _add_significance(table, sig.set_index("setting"))
     for ref in params.results.references:
         table[ref.label] = [ref.values.get(s, np.nan) for s in table.Method]
     return table.reset_index(drop=True)
+
+
+def _add_significance(table: pd.DataFrame, sig: pd.DataFrame) -> None:
+    def delta(m: str) -> str:
+        if m not in sig.index:
+            return "–"
+        r = sig.loc[m]
+        return f"{r.mean_diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]" if r.n_seeds > 1 else f"{r.mean_diff:+.4f}"
+
+    table["Δ vs Baseline (95% CI)"] = [delta(m) for m in table.Method]
+    table["Significant"] = [("yes" if sig.loc[m, "significant"] else "no") if m in sig.index else "–" for m in table.Method]
 
 
 def table_caption(params: Params, results: pd.DataFrame) -> str:
@@ -132,7 +155,7 @@ def run_results(params: Params) -> dict[str, Path]:
     from .training import load_results
 
     results = load_results(params)
-    table = summary_table(results, params)
+    table = summary_table(results, params, significance(results, params))
     paths = write_summary(params, table, table_caption(params, results))
     fig = accuracy_bar_chart(results, params)
     paths["bar_chart"] = save_fig(fig, params, "accuracy_by_method")

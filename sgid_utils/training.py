@@ -31,7 +31,9 @@ from .models import create_classifier, resolve_device
 from .params import Params, TrainingParams
 from .seeding import derive_seed
 
-METHOD_NAMES = {"baseline": "Baseline", "cutmix": "CutMix", "randaugment": "RandAugment", "sgid": "SGID"}
+METHOD_NAMES = {"baseline": "Baseline", "cutmix": "CutMix", "randaugment": "RandAugment", "sgid": "SGID",
+                "sgid_filtered": "SGID filtered"}
+GENERATIVE = ("sgid", "sgid_filtered")
 
 
 @dataclass(frozen=True)
@@ -44,19 +46,21 @@ class TrainConfig:
     def setting(self) -> str:
         """Row name in the results table: 'Baseline', 'SGID (25%)', ..."""
         name = METHOD_NAMES[self.method]
-        return f"{name} ({self.proportion:.0%})" if self.method == "sgid" else name
+        return f"{name} ({self.proportion:.0%})" if self.method in GENERATIVE else name
 
     @property
     def name(self) -> str:
-        tag = f"sgid{round(self.proportion * 100):03d}" if self.method == "sgid" else self.method
+        prefix = {"sgid": "sgid", "sgid_filtered": "sgidf"}.get(self.method)
+        tag = f"{prefix}{round(self.proportion * 100):03d}" if prefix else self.method
         return f"{tag}_seed{self.seed}"
 
 
 def configs(params: Params) -> list[TrainConfig]:
     t = params.training
     out = []
+    proportions = {"sgid": t.sgid_proportions, "sgid_filtered": t.filtered_proportions}
     for method in t.methods:
-        for proportion in (t.sgid_proportions if method == "sgid" else [None]):
+        for proportion in proportions.get(method, [None]):
             out += [TrainConfig(method, seed, proportion) for seed in t.seeds]
     return out
 
@@ -248,20 +252,22 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
     return result
 
 
-def training_sets(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[float, pd.DataFrame], int]:
-    """Real train/test tables with contiguous class indices, and the SGID additions per proportion."""
+def training_sets(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, float], pd.DataFrame], int]:
+    """Real train/test tables with contiguous class indices, and the generated additions per (method, proportion)."""
     images = load_images_table(params)
     labels = sorted(images.loc[images.split == "train", "label"].unique())
     index = {int(v): i for i, v in enumerate(labels)}
     images = images[images.label.isin(labels)].assign(label_idx=lambda d: d.label.map(index), origin="real")
     train, test = images[images.split == "train"], images[images.split == "test"]
-    additions: dict[float, pd.DataFrame] = {}
-    if "sgid" in params.training.methods:
-        from .curation import load_curated
+    additions: dict[tuple[str, float], pd.DataFrame] = {}
+    for cfg in configs(params):
+        if cfg.method in GENERATIVE and (cfg.method, cfg.proportion) not in additions:
+            from .curation import load_curated
 
-        curated = load_curated(params).assign(label_idx=lambda d: d.label.map(index), origin="generated")
-        for p in params.training.sgid_proportions:
-            additions[p] = sgid_subset(curated, p, params.run.seed)[["image_id", "path", "label", "label_idx", "origin"]]
+            curated = load_curated(params, filtered=cfg.method == "sgid_filtered")
+            curated = curated.assign(label_idx=lambda d: d.label.map(index), origin="generated")
+            subset = sgid_subset(curated, cfg.proportion, params.run.seed)
+            additions[(cfg.method, cfg.proportion)] = subset[["image_id", "path", "label", "label_idx", "origin"]]
     return train.reset_index(drop=True), test.reset_index(drop=True), additions, len(labels)
 
 
@@ -280,7 +286,8 @@ def run_training(params: Params) -> pd.DataFrame | None:
     all_configs = configs(params)
     mine = set(my_share(c.name for c in all_configs))
     for cfg in tqdm([c for c in all_configs if c.name in mine], desc="training runs", unit="run"):
-        data = pd.concat([train, additions[cfg.proportion]], ignore_index=True) if cfg.method == "sgid" else train
+        extra = additions.get((cfg.method, cfg.proportion))
+        data = pd.concat([train, extra], ignore_index=True) if extra is not None else train
         with gpu_memory_hint(f"training {cfg.name}", f"Lower training.batch_size (now {params.training.batch_size})."):
             train_config(params, cfg, data, test, num_classes)
     result_files = [stage_dir / c.name / "result.json" for c in all_configs]
