@@ -87,7 +87,7 @@ def label_consistency(image_emb: Embeddings, text_emb: Embeddings, labels: Seque
     """Per image: ``label_score`` (cosine with its own class prompt), ``predicted`` (argmax class index)
     and ``consistent`` (predicted == label). ``labels`` index the rows of ``text_emb``."""
     scores = zero_shot_scores(image_emb, text_emb)
-    idx = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    idx = torch.as_tensor(np.array(labels, dtype=np.int64))
     if idx.shape != (scores.shape[0],):
         raise ValueError(f"need one label per image: {scores.shape[0]} images, labels of shape {tuple(idx.shape)}")
     if len(idx) and (idx.min() < 0 or idx.max() >= scores.shape[1]):

@@ -31,8 +31,10 @@ def write_params(folder: Path, models: Path, data: Path, **sections) -> Path:
         "captioning": {"num_nucleus": 3, "num_beam": 2, "num_beams": 2, "max_new_tokens": 8, "batch_size": 4},
         "generation": {"num_inference_steps": 10, "num_candidates": 2, "max_side": 128},
         "curation": {"upscale_threshold": 48},
+        "quality": {"filters": ["similarity", "label", "detector"], "class_noun": "pet", "detector_folds": 3},
         "training": {"seeds": [0, 1], "epochs": 1, "batch_size": 4, "num_workers": 0,
-                     "sgid_proportions": [0.5, 1.0]},
+                     "methods": ["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered"],
+                     "sgid_proportions": [0.5, 1.0], "filtered_proportions": [1.0]},
         "smoke": {"build_models": True, "build_dataset": True, "images_per_class": 4},
     }
     for key, value in sections.items():

@@ -29,3 +29,36 @@ def test_small_sources_are_upscaled_and_each_source_gets_one_image(pipeline_run)
     assert cands.similarity.between(-1, 1).all()
     small = curated[curated.short_side < threshold]
     assert (small.variant == "upscaled").all()
+
+
+def test_quality_scores_filters_and_the_filtered_set(pipeline_run):
+    from sgid_utils.curation import load_candidates, load_quality_summary
+
+    p = pipeline_run
+    cands = load_candidates(p)
+    comp = cands[cands.competing]
+    assert comp.fake_probability.between(0, 1).all() and cands[~cands.competing].fake_probability.isna().all()
+    assert (comp.consistent == (comp.predicted_label == comp.label)).all()
+    summary = load_quality_summary(p)
+    assert summary["filters"] == ["similarity", "label", "detector"] and 0 <= summary["detector"]["cv_accuracy"] <= 1
+    # Every competing candidate was kept or dropped by a named filter, in order.
+    assert set(comp.dropped_by.dropna()) <= {"similarity", "label", "detector"}
+    assert (comp[comp.dropped_by == "similarity"].similarity < summary["similarity_threshold"]).all()
+    assert (comp[comp.dropped_by == "label"].consistent == False).all()  # noqa: E712
+    assert (comp[comp.kept.astype(bool)].similarity >= summary["similarity_threshold"]).all()
+    assert comp[comp.kept.astype(bool)].consistent.all()
+    filtered = pd.read_parquet(p.run.dir / "curation" / "curated_filtered.parquet")
+    kept = comp[comp.kept.astype(bool)]
+    assert filtered.image_id.is_unique and set(filtered.image_id) == set(kept.image_id)
+    for row in filtered.itertuples():  # the best kept candidate of its source
+        assert row.similarity == kept[kept.image_id == row.image_id].similarity.max()
+
+
+def test_set_metrics_cover_real_and_generated_sets(pipeline_run):
+    from sgid_utils.curation import set_metrics
+
+    m = set_metrics(pipeline_run).set_index("set")
+    assert {"real (sources)", "generated (raw)", "curated (best of k)", "curated (filtered)"} <= set(m.index)
+    assert m.loc["real (sources)", "images"] == pd.read_parquet(pipeline_run.run.dir / "similarity/best.parquet").shape[0]
+    assert m["zero-shot accuracy"].between(0, 1).all()
+    assert m.drop(index="real (sources)")["distance to source"].between(0, 2).all()

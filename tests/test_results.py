@@ -37,6 +37,8 @@ def test_run_results_writes_tables_and_figures(pipeline_run):
     assert (reports / "figures" / "accuracy_by_method.png").stat().st_size > 1000
     assert (reports / "figures" / "originals_vs_sgid.png").exists()
     table = pd.read_csv(reports / "tables" / "accuracy.csv")
+    assert {"Δ vs Baseline (95% CI)", "Significant"} <= set(table.columns)
+    assert table.set_index("Method").loc["Baseline", "Significant"] == "–"
     results = pd.read_parquet(pipeline_run.run.dir / "training" / "results.parquet")
     assert table.set_index("Method")["mean"].to_dict() == pytest.approx(
         results.groupby("setting").test_acc.mean().round(4).to_dict())

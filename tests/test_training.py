@@ -68,8 +68,9 @@ def test_sgid_subsets_have_the_right_size_and_are_nested():
 
 def test_configs_cover_methods_proportions_and_seeds(make_params):
     cfgs = configs(make_params())
-    assert len(cfgs) == (3 + 2) * 2
-    assert {c.setting for c in cfgs} == {"Baseline", "CutMix", "RandAugment", "SGID (50%)", "SGID (100%)"}
+    assert len(cfgs) == (3 + 2 + 1) * 2
+    assert {c.setting for c in cfgs} == {"Baseline", "CutMix", "RandAugment", "SGID (50%)", "SGID (100%)",
+                                         "SGID filtered (100%)"}
     assert len({c.name for c in cfgs}) == len(cfgs)
 
 
@@ -77,11 +78,13 @@ def test_training_results_metrics_and_predictions(pipeline_run):
     p = pipeline_run
     results = pd.read_parquet(p.run.dir / "training" / "results.parquet")
     curated = pd.read_parquet(p.run.dir / "curation" / "curated.parquet")
-    assert len(results) == 10
-    sgid = results[results.method == "sgid"].set_index("setting")
+    filtered = pd.read_parquet(p.run.dir / "curation" / "curated_filtered.parquet")
+    assert len(results) == 12
+    sgid = results[results.method.isin(["sgid", "sgid_filtered"])].set_index("setting")
+    assert sgid.loc["SGID filtered (100%)", "generated_images"].tolist() == [len(filtered)] * 2
     assert sgid.loc["SGID (100%)", "generated_images"].tolist() == [len(curated)] * 2
     assert sgid.loc["SGID (50%)", "generated_images"].tolist() == [int(len(curated) * 0.5 + 0.5)] * 2
-    assert (results[results.method != "sgid"].generated_images == 0).all()
+    assert (results[~results.method.str.startswith("sgid")].generated_images == 0).all()
     for row in results.itertuples():
         folder = p.run.dir / "training" / row.config
         metrics = pd.read_csv(folder / "metrics.csv")
