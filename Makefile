@@ -38,5 +38,8 @@ test: $(STAMP) ## Unit tests, then every notebook under nbval on the smoke profi
 		notebooks/04_error_analysis_upscaling.ipynb notebooks/05_training.ipynb notebooks/06_results.ipynb \
 		notebooks/07_quality_and_statistics.ipynb
 
+bench: $(STAMP) ## Benchmark per-image vs batched stages on the CPU with the tiny models (bench/README.md for --arch real on a GPU)
+	$(OFFLINE) $(PY) bench/bench.py
+
 clean: ## Remove run directories and generated reports (keeps .venv/)
 	rm -rf runs reports/*/

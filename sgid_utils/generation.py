@@ -6,6 +6,11 @@ candidates whose seeds derive from (run seed, image id, k). The source enters
 the model at its own resolution (downscaled only above ``generation.max_side``):
 that is what the report did, and what stage 04 diagnoses and fixes by upscaling.
 Each candidate is resized back to the source's size and saved as PNG.
+
+With ``generation.batch_size`` > 1 (the default on CUDA) many sources and their k
+candidates share one denoising loop with a per-sample guidance scale
+(``sgid_utils.batched``); with 1 (the default on the CPU) each source goes through the
+diffusers pipeline itself, which keeps CPU outputs byte-identical across resumes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import load_image
+from .batched import generate_many
 from .io import ItemStore, check_fingerprint, read_table, write_png, write_table
 from .models import load_img2img, resolve_device, resolve_dtype
 from .params import Params
@@ -98,29 +104,40 @@ def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
         device = resolve_device(params)
         pipe = load_img2img(params.models.diffusion, str(device), resolve_dtype(gen.dtype, device))
         encode = PromptEncoder(pipe)
-        for row in tqdm(todo.itertuples(), total=len(todo), desc=f"generate ({variant})", unit="img"):
-            source = load_image(row.path)
-            size = model_input_size(source.width, source.height, gen.max_side, upscale_to)
-            model_input = source.resize(size, Image.Resampling.LANCZOS) if size != source.size else source
-            prompt = build_prompt(row.caption, row.class_name, gen)
-            scale = guidance_scale(row.s_star, gen.guidance)
-            seeds = [derive_seed(params.run.seed, row.image_id, k, purpose="generate") for k in range(gen.num_candidates)]
-            with gpu_memory_hint(f"generating {row.image_id} at {size[0]}x{size[1]}",
-                                 f"Lower generation.max_side (now {gen.max_side}) or generation.num_candidates."):
-                embeds, negative = encode(prompt, gen.negative_prompt)
-                outputs = generate_candidates(pipe, embeds, negative, model_input, scale, gen.strength, gen.num_inference_steps, seeds)
-            records = []
-            for k, (seed, out) in enumerate(zip(seeds, outputs)):
-                path = stage_dir / "images" / f"{row.image_id}_k{k}.png"
-                write_png(path, out.resize(source.size, Image.Resampling.LANCZOS))
-                records.append({
-                    "image_id": row.image_id, "variant": variant, "k": k, "seed": seed,
-                    "path": str(path.relative_to(params.run.dir)),
-                    "prompt": prompt, "s_star": float(row.s_star), "guidance_scale": scale,
-                    "input_width": size[0], "input_height": size[1],
-                    "source_width": source.width, "source_height": source.height,
-                })
-            store.put(row.image_id, records)
+        batch = gen.batch_size or (8 if device.type == "cuda" else 1)
+        sizes = [model_input_size(w, h, gen.max_side, upscale_to) for w, h in zip(todo.width, todo.height)]
+        todo = todo.assign(in_w=[w for w, _ in sizes], in_h=[h for _, h in sizes]).sort_values(["in_w", "in_h", "image_id"], kind="stable")
+        bar = tqdm(total=len(todo), desc=f"generate ({variant})", unit="img")
+        for start in range(0, len(todo), batch):
+            chunk = list(todo.iloc[start:start + batch].itertuples())
+            originals = [load_image(r.path) for r in chunk]
+            inputs = [src.resize((r.in_w, r.in_h), Image.Resampling.LANCZOS) if (r.in_w, r.in_h) != src.size else src
+                      for r, src in zip(chunk, originals)]
+            prompts = [build_prompt(r.caption, r.class_name, gen) for r in chunk]
+            scales = [guidance_scale(r.s_star, gen.guidance) for r in chunk]
+            seeds = [[derive_seed(params.run.seed, r.image_id, k, purpose="generate") for k in range(gen.num_candidates)] for r in chunk]
+            with gpu_memory_hint(f"generating {len(chunk)} source(s) at up to {max(r.in_w for r in chunk)}x{max(r.in_h for r in chunk)}",
+                                 f"Lower generation.batch_size (now {batch}) or generation.max_side (now {gen.max_side})."):
+                embeds = [encode(p, gen.negative_prompt) for p in prompts]
+                if batch == 1:  # the diffusers pipeline itself: the reference path
+                    outputs = [generate_candidates(pipe, *embeds[0], inputs[0], scales[0], gen.strength, gen.num_inference_steps, seeds[0])]
+                else:
+                    outputs = generate_many(pipe, inputs, [e for e, _ in embeds], [n for _, n in embeds], scales,
+                                            gen.strength, gen.num_inference_steps, seeds, batch_size=batch)
+            for r, src, prompt, scale, item_seeds, images in zip(chunk, originals, prompts, scales, seeds, outputs):
+                records = []
+                for k, (seed, out) in enumerate(zip(item_seeds, images)):
+                    path = stage_dir / "images" / f"{r.image_id}_k{k}.png"
+                    write_png(path, out.resize(src.size, Image.Resampling.LANCZOS))
+                    records.append({
+                        "image_id": r.image_id, "variant": variant, "k": k, "seed": seed,
+                        "path": str(path.relative_to(params.run.dir)),
+                        "prompt": prompt, "s_star": float(r.s_star), "guidance_scale": scale,
+                        "input_width": r.in_w, "input_height": r.in_h, "source_width": src.width, "source_height": src.height,
+                    })
+                store.put(r.image_id, records)
+            bar.update(len(chunk))
+        bar.close()
     if not store.complete(sources.image_id):
         return None
     manifest = pd.DataFrame([r for recs in store.records(sources.image_id) for r in recs])

@@ -110,6 +110,7 @@ class GenerationParams(_Section):
     num_inference_steps: int = Field(50, ge=1)
     num_candidates: int = Field(3, ge=1, description="k candidates per source image.")
     max_side: int = Field(768, ge=64, description="Sources larger than this (long side) are downscaled for the model.")
+    batch_size: int | None = Field(None, ge=1, description="Sources per denoising loop; None: 8 on CUDA, 1 (the pipeline itself) on the CPU.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU.")
 
     @field_validator("prompt_template")

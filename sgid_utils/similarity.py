@@ -66,11 +66,12 @@ def run_similarity(params: Params) -> pd.DataFrame | None:
             batch = todo[start:start + bs]
             with gpu_memory_hint("scoring captions", f"Lower similarity.batch_size (now {bs})."):
                 img_emb = image_embeddings(model, processor, [load_image(images.loc[i, "path"]) for i in batch])
-                for row, image_id in enumerate(batch):
-                    caps = by_image.get_group(image_id)
-                    txt_emb = text_embeddings(model, processor, caps.caption.tolist())
-                    sims = (txt_emb @ img_emb[row]).cpu().tolist()
-                    store.put(image_id, caps.assign(score=sims).to_dict("records"))
+                caps = pd.concat([by_image.get_group(i) for i in batch])
+                txt_emb = text_embeddings(model, processor, caps.caption.tolist())  # every caption of the batch in one call
+                owner = torch.as_tensor([batch.index(i) for i in caps.image_id], device=txt_emb.device)
+                caps = caps.assign(score=(txt_emb * img_emb[owner]).sum(-1).cpu().tolist())
+                for image_id, scored in caps.groupby("image_id", sort=False):
+                    store.put(image_id, scored.to_dict("records"))
     if not store.complete(ids):
         return None
     scores = pd.DataFrame([r for recs in store.records(ids) for r in recs])

@@ -1,0 +1,244 @@
+"""Throughput of SGID's stages: the per-image loop the stage code runs today against the batched path.
+
+    python bench/bench.py                                # tiny models, CPU, a couple of minutes
+    python bench/bench.py --arch real --device cuda      # SD v1.5 / CLIP ViT-B/32 sizes, random weights
+
+Stages:
+- generation: ``generation.generate_candidates`` once per source (one pipeline call,
+  k candidates, one guidance scale) against ``batched.generate_many`` (several
+  sources and their candidates in one denoising loop, per-sample guidance). Both
+  get the same prompt embeddings, scales f(s*) and seeds; prompt encoding is left
+  out of both. Also reported: the FLOP floor, the time the counted FLOPs of one
+  generated image take at the device's peak, as a fraction of the measured time.
+- similarity: CLIP scores of 20 captions per image, one text batch per image (as
+  ``similarity.run_similarity``) against one text batch for all images of a batch.
+
+Each path runs once untimed (kernel selection, allocator warm-up), then
+``--repeats`` times alternating with the other path; the best time counts, which
+is the least disturbed by other work on the machine. The last lines are one per
+stage: ``<stage>: per-image X img/s, batched Y img/s, speedup Z×``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import diffusers
+import huggingface_hub
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+
+from sgid_utils import archs, tiny
+from sgid_utils.batched import generate_many
+from sgid_utils.generation import PromptEncoder, generate_candidates
+from sgid_utils.models import load_clip, load_img2img, resolve_dtype
+from sgid_utils.params import GenerationParams
+from sgid_utils.prompts import build_prompt, guidance_scale
+from sgid_utils.seeding import derive_seed
+from sgid_utils.similarity import image_embeddings, text_embeddings
+
+# Dense fp16/bf16 tensor-core peaks from NVIDIA's data sheets (TFLOP/s), matched in this order against the GPU name.
+SPEC_PEAKS_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),
+                     ("T4", 65.0))
+WORDS = ("dog", "cat", "flower", "grass", "sofa", "white", "brown", "small", "sitting", "garden", "close", "up")
+LABELS = ("great pyrenees", "maine coon", "english cocker spaniel", "pink primrose")
+CAPTIONS_PER_IMAGE = 20  # 10 nucleus + 10 beam
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def where(device: torch.device) -> str:
+    n = torch.get_num_threads()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({n} thread{'s' * (n > 1)})"
+
+
+def best_times(paths: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Best wall time of each path over ``repeats`` alternating runs, after one untimed run of each."""
+    for run in paths.values():
+        run()
+    best = dict.fromkeys(paths, float("inf"))
+    for _ in range(repeats):
+        for name, run in paths.items():
+            sync(device)
+            start = time.perf_counter()
+            run()
+            sync(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
+    """The device's peak FLOP/s for ``dtype``: a data-sheet figure for known GPUs in fp16/bf16, else a measured matmul."""
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in SPEC_PEAKS_TFLOPS:
+            if key in name:
+                return tflops * 1e12, f"{name} data sheet, dense {str(dtype).removeprefix('torch.')}"
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    seconds = best_times({"mm": lambda: [a @ b for _ in range(8)]}, 5, device)["mm"]
+    return 8 * 2 * n**3 / seconds, f"measured {n}x{n} matmul, {str(dtype).removeprefix('torch.')}"
+
+
+def source_images(n: int, width: int, height: int, seed: int = 0) -> list[Image.Image]:
+    """Photo-like stand-ins (a gradient and noise): speed does not depend on the content."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, height)[:, None, None]
+    return [Image.fromarray(np.clip(rng.uniform(60, 200, 3) + ramp * rng.uniform(-60, 60, 3)
+                                    + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)) for _ in range(n)]
+
+
+def captions(rng: np.random.Generator, n: int) -> list[str]:
+    return [" ".join(rng.choice(WORDS, size=rng.integers(4, 12))) for _ in range(n)]
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
+    gen = GenerationParams()
+    if args.arch == "tiny":
+        tiny.build_stable_diffusion(workdir / "sd")
+        pipe = load_img2img(str(workdir / "sd"), str(device), dtype)
+    else:
+        with torch.device(device):
+            pipe = archs.build_sd15_img2img()
+        pipe.to(device, dtype)
+    width, height = args.size
+    images = source_images(args.n_images, width, height)
+    rng = np.random.default_rng(0)
+    encode = PromptEncoder(pipe)
+    prompts = [encode(build_prompt(" ".join(rng.choice(WORDS, 8)), LABELS[i % len(LABELS)], gen), gen.negative_prompt)
+               for i in range(args.n_images)]
+    # SGID's scales for s* spread over the CLIP scores seen in practice, 0.2-0.4: f(s*) = 1.16-1.25, all with CFG.
+    scales = [guidance_scale(s, gen.guidance) for s in np.linspace(0.2, 0.4, args.n_images)]
+    seeds = [[derive_seed(0, f"bench{i}", k, purpose="generate") for k in range(args.k)] for i in range(args.n_images)]
+    embeds, negatives = [e for e, _ in prompts], [n for _, n in prompts]
+
+    def per_image() -> None:
+        for i, image in enumerate(images):
+            generate_candidates(pipe, embeds[i], negatives[i], image, scales[i], args.strength, args.steps, seeds[i])
+
+    def batched() -> None:
+        generate_many(pipe, images, embeds, negatives, scales, args.strength, args.steps, seeds, batch_size=args.batch_size)
+
+    seconds = best_times({"per-image": per_image, "batched": batched}, args.repeats, device)
+    n_out = args.n_images * args.k
+
+    pipe.scheduler.set_timesteps(args.steps)
+    unet_steps = len(pipe.get_timesteps(args.steps, args.strength, "cpu")[0])
+    model_h, model_w = pipe.image_processor.get_default_height_width(images[0])
+    flops = archs.img2img_flops(pipe, model_h, model_w, prompt_length=embeds[0].shape[1])
+    per_output = unet_steps * flops["unet_cfg_pair"] + flops["vae_encode"] + flops["vae_decode"]
+    peak, peak_source = (args.peak_tflops * 1e12, "--peak-tflops") if args.peak_tflops else peak_flops(device, dtype)
+    floor = per_output / peak
+
+    print(f"\n== generation: arch {args.arch}, {where(device)} {str(dtype).removeprefix('torch.')}, {model_w}x{model_h} px, "
+          f"{args.n_images} sources x k={args.k}, strength {args.strength} of {args.steps} steps = {unet_steps} UNet steps "
+          f"({type(pipe.scheduler).__name__}), batch {args.batch_size} sources, best of {args.repeats}")
+    rows = [("path", "seconds", "img/s", "ms/img", "fraction of floor")]
+    for name, s in seconds.items():
+        rows.append((name, f"{s:.3f}", f"{n_out / s:.3g}", f"{1e3 * s / n_out:.1f}", f"{floor / (s / n_out):.2%}"))
+    print(table(rows))
+    print(f"FLOPs per generated image: {per_output / 1e12:.4g} TFLOP = {unet_steps} x UNet CFG pair "
+          f"{flops['unet_cfg_pair'] / 1e12:.4g} + VAE encode {flops['vae_encode'] / 1e12:.4g} + decode "
+          f"{flops['vae_decode'] / 1e12:.4g}; peak {peak / 1e12:.4g} TFLOP/s ({peak_source}): floor {1e3 * floor:.3g} ms/img")
+    return n_out / seconds["per-image"], n_out / seconds["batched"]
+
+
+def bench_similarity(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
+    if args.arch == "tiny":
+        tiny.build_clip(workdir / "clip")
+        model, processor = load_clip(str(workdir / "clip"), str(device))
+    else:
+        with torch.device(device):
+            model, processor = archs.build_clip_b32()
+    rng = np.random.default_rng(0)
+    images = source_images(args.n_images, *args.size)
+    texts = [captions(rng, CAPTIONS_PER_IMAGE) for _ in images]
+    batches = [range(start, min(start + args.batch_size, len(images))) for start in range(0, len(images), args.batch_size)]
+
+    def per_image() -> None:  # run_similarity's loop: images batched, each image's captions in their own call
+        for batch in batches:
+            img = image_embeddings(model, processor, [images[i] for i in batch])
+            for row, i in enumerate(batch):
+                (text_embeddings(model, processor, texts[i]) @ img[row]).cpu()
+
+    def batched() -> None:  # all captions of a batch in one call
+        for batch in batches:
+            img = image_embeddings(model, processor, [images[i] for i in batch])
+            txt = text_embeddings(model, processor, [t for i in batch for t in texts[i]])
+            (txt.view(len(batch), CAPTIONS_PER_IMAGE, -1) @ img[:, :, None]).cpu()
+
+    seconds = best_times({"per-image": per_image, "batched": batched}, args.repeats, device)
+    print(f"\n== similarity: arch {args.arch}, {where(device)} float32, {args.n_images} images x {CAPTIONS_PER_IMAGE} captions, "
+          f"batch {args.batch_size} images, best of {args.repeats}")
+    rows = [("path", "seconds", "img/s")] + [(n, f"{s:.3f}", f"{args.n_images / s:.3g}") for n, s in seconds.items()]
+    print(table(rows))
+    return args.n_images / seconds["per-image"], args.n_images / seconds["batched"]
+
+
+STAGES = {"generation": bench_generation, "similarity": bench_similarity}
+
+
+def size(text: str) -> tuple[int, int]:
+    w, _, h = text.partition("x")
+    return int(w), int(h or w)
+
+
+def main() -> None:
+    gen = GenerationParams()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", nargs="+", choices=list(STAGES), default=list(STAGES))
+    parser.add_argument("--arch", choices=["tiny", "real"], default="tiny",
+                        help="tiny: the smoke profile's models (CPU-friendly); real: full-size architectures, random weights")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="generation's dtype; auto: fp16 on CUDA, fp32 on CPU (CLIP always runs in fp32, as in stage 02)")
+    parser.add_argument("--n-images", type=int, default=8, help="source images per path")
+    parser.add_argument("--batch-size", type=int, default=8, help="source images per batched call")
+    parser.add_argument("--k", type=int, default=gen.num_candidates, help="candidates per source")
+    parser.add_argument("--steps", type=int, default=gen.num_inference_steps)
+    parser.add_argument("--strength", type=float, default=gen.strength)
+    parser.add_argument("--size", type=size, default=None, help="WxH of every source (default: 64x64 tiny, 512x512 real)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch's CPU threads (default: 1 on a CPU device, where the tiny models' ops are too small "
+                             "to gain and a busy machine makes threads wait on each other; torch's choice otherwise)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="device peak for the FLOP floor (default: data sheet for H100/H200/A100/T4 in fp16/bf16, "
+                             "else a measured matmul)")
+    args = parser.parse_args()
+    args.size = args.size or ((64, 64) if args.arch == "tiny" else (512, 512))
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if args.threads or device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    torch.manual_seed(0)
+    results = {}
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()
+    with tempfile.TemporaryDirectory(prefix="sgid-bench-") as workdir:
+        for stage in args.stage:
+            results[stage] = STAGES[stage](args, device, dtype, Path(workdir))
+    print()
+    for stage, (per_image, batched) in results.items():
+        print(f"{stage}: per-image {per_image:.3g} img/s, batched {batched:.3g} img/s, speedup {batched / per_image:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
