@@ -119,4 +119,4 @@ def test_smoke_profile_is_offline():
     for ref in p.models.model_dump().values():
         assert Path(ref.removeprefix("local-dir:")).is_absolute(), ref
     assert p.smoke.build_models and p.smoke.build_dataset
-    assert len(p.training.seeds) >= 2 and set(p.training.methods) == {"baseline", "cutmix", "randaugment", "sgid"}
+    assert len(p.training.seeds) >= 2 and set(p.training.methods) == {"baseline", "cutmix", "randaugment", "sgid", "sgid_filtered"}
