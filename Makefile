@@ -9,7 +9,7 @@ PARAMS ?= params/pets.yaml params/flowers.yaml
 # Offline, quiet, and a throwaway HF cache for the smoke profile and tests: nothing reaches for a hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install smoke reproduce test unit nbval bench clean
+.PHONY: help install smoke reproduce ablations test bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,11 +24,23 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv/ with the pinned versions and a Jupyter kernel
 
-smoke: $(STAMP) ## Run all six notebooks offline on params/smoke.yaml (tiny models, CPU); outputs in reports/smoke/
-	$(OFFLINE) $(PY) -m sgid_utils notebooks --params params/smoke.yaml
+NB_TRAIN := 01_captioning 02_similarity 03_generation 04_error_analysis_upscaling 05_training
+NB_REPORT := 06_results 07_quality_and_statistics
+RUN_ENV ?=
 
-reproduce: $(STAMP) ## Run all six notebooks for each params file (PARAMS=params/pets.yaml for one); outputs in reports/<run>/
-	for p in $(PARAMS); do $(PY) -m sgid_utils notebooks --params $$p || exit 1; done
+smoke: $(STAMP) ## Run every notebook and the ablations offline on params/smoke.yaml (tiny models, CPU); outputs in reports/smoke/
+	$(MAKE) --no-print-directory reproduce PARAMS=params/smoke.yaml RUN_ENV="$(OFFLINE)"
+
+# Per data set: notebooks 01-05, its ablation profile if there is one, then 06-07 (which show the ablations).
+reproduce: $(STAMP) ## Run every notebook and ablation profile for each params file (PARAMS=params/pets.yaml for one); outputs in reports/<run>/
+	for p in $(PARAMS); do \
+	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --only $(NB_TRAIN) || exit 1; \
+	  a=$${p%.yaml}_ablations.yaml; if [ -f $$a ]; then $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$a || exit 1; fi; \
+	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --only $(NB_REPORT) || exit 1; \
+	done
+
+ablations: $(STAMP) ## Run the ablation profiles alone (PARAMS=params/pets.yaml -> params/pets_ablations.yaml)
+	for p in $(PARAMS); do $(PY) -m sgid_utils run ablations --params $${p%.yaml}_ablations.yaml || exit 1; done
 
 test: $(STAMP) ## Unit tests, then every notebook under nbval on the smoke profile
 	$(OFFLINE) $(PY) -m pytest -q tests

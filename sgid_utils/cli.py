@@ -18,6 +18,7 @@ from .params import ParamsError, load_params, parse_override
 
 
 def _stages() -> dict[str, Callable[[Any], Any]]:
+    from .ablations import run_ablations
     from .captioning import run_captions
     from .curation import run_curation
     from .generation import run_generation
@@ -34,17 +35,19 @@ def _stages() -> dict[str, Callable[[Any], Any]]:
         "curate": run_curation,
         "train": run_training,
         "results": run_results,
+        "ablations": run_ablations,
     }
 
 
 STAGES = ["data", "captions", "similarity", "generate", "curate", "train", "results"]
+EXTRA = ["ablations"]  # not part of 'all': a separate profile (params/*_ablations.yaml)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sgid_utils", description="Run SGID pipeline stages.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one stage, or 'all' in order")
-    run.add_argument("stage", choices=STAGES + ["all"])
+    run.add_argument("stage", choices=STAGES + EXTRA + ["all"])
     run.add_argument("--params", required=True, help="params YAML file (params/pets.yaml, params/smoke.yaml, ...)")
     run.add_argument("--run-dir", help="override run.dir (e.g. a Google Drive folder)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key, e.g. generation.strength=0.3")

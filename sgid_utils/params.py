@@ -101,6 +101,9 @@ class GuidanceParams(_Section):
 
 
 class GenerationParams(_Section):
+    prompt: Literal["sgid", "label_only", "caption_only"] = Field(
+        "sgid", description="sgid: weighted caption + label; label_only: 'A picture of <label>'; caption_only: '<c*>'."
+    )
     prompt_template: str = "{caption}. A picture of {label}"
     caption_weight: float = Field(0.9, gt=0)
     label_weight: float = Field(1.5, gt=0)
@@ -186,6 +189,11 @@ class ResultsParams(_Section):
     grid_examples: int = Field(6, ge=1)
 
 
+class AblationParams(_Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Names the variant's run directory <run.dir>-<name>.")
+    set: dict[str, Any] = Field(description="Params overrides, dotted keys as with --set, e.g. generation.prompt: label_only.")
+
+
 class SmokeParams(_Section):
     """Offline smoke profile: build tiny random models and a small image folder first."""
 
@@ -207,6 +215,7 @@ class Params(_Section):
     training: TrainingParams = Field(default_factory=TrainingParams)
     results: ResultsParams = Field(default_factory=ResultsParams)
     smoke: SmokeParams = Field(default_factory=SmokeParams)
+    ablations: list[AblationParams] = Field(default_factory=list, description="Variants run by 'run ablations'.")
 
     source_file: Path | None = Field(None, exclude=True, description="The params file this was read from.")
 
@@ -280,6 +289,28 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, where: str) -> No
     node[parts[-1]] = value
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _with_base(data: dict[str, Any], file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """``extends: other.yaml`` (a file in the same folder): this file's sections merge over that one's."""
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent_file = (file.resolve().parent / str(parent)).resolve()
+    if parent_file.parent != file.resolve().parent or not parent_file.is_file() or parent_file in seen:
+        raise ParamsError(f"Invalid params in {file}: 'extends' must name another params file in the same folder; got {parent!r}")
+    try:
+        base = yaml.safe_load(parent_file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"Params file {parent_file} (extended by {file}) is not valid YAML: {exc}") from None
+    return _merge(_with_base(base, parent_file, seen + (parent_file,)), data)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse ``key.path=value`` (value in YAML syntax: 3, 0.5, true, [0, 1], text)."""
     if "=" not in text:
@@ -303,6 +334,7 @@ def load_params(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         raise ParamsError(f"Params file {file} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"Params file {file} must hold a mapping of sections (run:, dataset:, ...)")
+    data = _with_base(data, file)
     base = file.resolve().parent
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value, f"{file} (override {key}={value!r})")

@@ -41,7 +41,15 @@ def escape_for_compel(text: str) -> str:
 
 
 def build_prompt(caption: str, label: str, gen: GenerationParams) -> str:
-    """The compel prompt for one image, e.g. '(a dog on grass)0.9. A picture of (Great Pyrenees)1.5'."""
+    """The compel prompt for one image, e.g. '(a dog on grass)0.9. A picture of (Great Pyrenees)1.5'.
+
+    The ablations ``label_only`` ('A picture of <label>', the Real-Guidance-style baseline) and
+    ``caption_only`` ('<c*>') are unweighted.
+    """
+    if gen.prompt == "label_only":
+        return escape_for_compel(gen.prompt_template.format(caption="", label=label).lstrip(". "))
+    if gen.prompt == "caption_only":
+        return escape_for_compel(caption)
     weighted_caption = f"({escape_for_compel(caption)}){gen.caption_weight:g}" if caption.strip() else ""
     weighted_label = f"({escape_for_compel(label)}){gen.label_weight:g}"
     text = gen.prompt_template.format(caption=weighted_caption, label=weighted_label)

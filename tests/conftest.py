@@ -38,7 +38,7 @@ def write_params(folder: Path, models: Path, data: Path, **sections) -> Path:
         "smoke": {"build_models": True, "build_dataset": True, "images_per_class": 4},
     }
     for key, value in sections.items():
-        doc[key] = {**doc.get(key, {}), **value}
+        doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(doc))

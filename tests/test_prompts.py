@@ -64,3 +64,11 @@ def test_weights_reach_the_embeddings(assets):
     # Each weight moves the embeddings on its own: label weight alone, then the caption weight on top.
     assert not torch.allclose(label_only, unit, atol=1e-4)
     assert not torch.allclose(label_only, weighted, atol=1e-4)
+
+
+def test_ablation_prompts_are_unweighted_label_or_caption():
+    caption = "a dog ) on grass"
+    assert fragments(build_prompt(caption, "Great Pyrenees", GenerationParams(prompt="label_only"))) == [
+        ("A picture of Great Pyrenees", 1.0)]
+    assert fragments(build_prompt(caption, "Great Pyrenees", GenerationParams(prompt="caption_only"))) == [
+        ("a dog ) on grass", 1.0)]

@@ -1,0 +1,53 @@
+import os
+
+import pandas as pd
+import pytest
+import yaml
+
+from sgid_utils.ablations import run_ablations, variant_params
+from sgid_utils.params import ParamsError, load_params
+
+from .conftest import REPO
+
+
+def test_extends_merges_sections_over_the_base(tmp_path):
+    for name in ("pets", "flowers"):
+        p = load_params(REPO / "params" / f"{name}_ablations.yaml")
+        base = load_params(REPO / "params" / f"{name}.yaml")
+        assert p.generation == base.generation and p.run.dir == base.run.dir
+        assert {a.name for a in p.ablations} >= {"label-only", "caption-only", "fixed-guidance", "strength-0.2", "strength-0.5"}
+        for a in p.ablations:  # every variant's overrides are valid params
+            variant_params(p, a.name, a.set)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"run": {"name": "b", "dir": "r", "reports_dir": "q"},
+                                                        "dataset": {"source": "pets"}, "generation": {"strength": 0.4}}))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "generation": {"num_candidates": 5}}))
+    child = load_params(tmp_path / "child.yaml")
+    assert (child.generation.strength, child.generation.num_candidates, child.run.name) == (0.4, 5, "b")
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ParamsError, match="extends"):
+        load_params(tmp_path / "loop.yaml")
+
+
+def test_bad_ablation_override_stops_before_any_work(make_params, tmp_path):
+    params = make_params("abl-bad", ablations=[{"name": "x", "set": {"generation.strenght": 0.2}}])
+    with pytest.raises(ParamsError, match="Did you mean 'strength'"):
+        run_ablations(params)
+    assert not (tmp_path / "abl-bad" / "run-x").exists()
+
+
+def test_a_label_only_variant_reuses_upstream_and_reports_its_own_comparison(make_params, pipeline_run):
+    import shutil
+
+    params = make_params("abl", ablations=[{"name": "label-only", "set": {"generation.prompt": "label_only"}}])
+    for stage in ("data", "captions", "similarity"):
+        shutil.copytree(pipeline_run.run.dir / stage, params.run.dir / stage)
+    table = run_ablations(params)
+    variant = params.run.dir.with_name(params.run.dir.name + "-label-only")
+    assert all(os.path.islink(variant / s) for s in ("data", "captions", "similarity"))
+    prompts = pd.read_parquet(variant / "generation" / "raw" / "manifest.parquet").prompt
+    assert prompts.str.fullmatch(r"A picture of [A-Za-z ]+").all()
+    row = table.set_index("Variant").loc["label-only"]
+    assert row["Changes"] == "generation.prompt=label_only" and "(n=2)" in row["SGID (100%)"]
+    assert (params.run.reports_dir / "tables" / "ablations.md").exists()
+    results = pd.read_parquet(variant / "training" / "results.parquet")
+    assert sorted(results.setting.unique()) == ["Baseline", "SGID (100%)"]
