@@ -115,6 +115,7 @@ class GenerationParams(_Section):
     max_side: int = Field(768, ge=64, description="Sources larger than this (long side) are downscaled for the model.")
     batch_size: int | None = Field(None, ge=1, description="Sources per denoising loop; None: 8 on CUDA, 1 (the pipeline itself) on the CPU.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU.")
+    compile: bool = Field(False, description="torch.compile the UNet on CUDA (pays off on long runs; recompiles per input size).")
 
     @field_validator("prompt_template")
     @classmethod
@@ -237,7 +238,7 @@ class Params(_Section):
         return out
 
 
-_NOT_IN_FINGERPRINT = {"batch_size", "eval_batch_size", "num_workers", "methods", "seeds", "sgid_proportions",
+_NOT_IN_FINGERPRINT = {"batch_size", "eval_batch_size", "num_workers", "compile", "methods", "seeds", "sgid_proportions",
                        "filtered_proportions"}
 _PATH_KEYS = ("run.dir", "run.reports_dir", "dataset.path", "dataset.test_path")
 _ENV_OVERRIDES = {"SGID_RUN_DIR": "run.dir", "SGID_REPORTS_DIR": "run.reports_dir"}
