@@ -18,10 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from .io import read_json, write_table
-from .params import Params, load_params
+from .params import Params, ParamsError, load_params
 
-SHARED_STAGES = {"data": ("dataset", "run.seed"), "captions": ("models.captioner", "captioning", "run.seed"),
-                 "similarity": ("models.clip",)}
+SHARED_STAGES = ("data", "captions", "similarity")
 
 
 def variant_params(params: Params, name: str, overrides: dict) -> Params:
@@ -35,11 +34,11 @@ def variant_params(params: Params, name: str, overrides: dict) -> Params:
 def share_upstream(base: Params, variant: Params) -> list[str]:
     """Link the base run's data/captions/similarity into the variant when they were made with the same params."""
     linked = []
-    for stage, keys in SHARED_STAGES.items():
+    for stage in SHARED_STAGES:
         src, dst = Path(base.run.dir) / stage, Path(variant.run.dir) / stage
         if dst.exists() or not (src / "_params.json").exists():
             continue
-        if read_json(src / "_params.json") != variant.stage_fingerprint(*keys):
+        if read_json(src / "_params.json") != variant.stage_fingerprint(stage):
             break  # a later stage depends on this one: stop sharing here
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(src.resolve(), dst, target_is_directory=True)
@@ -57,14 +56,14 @@ def run_ablations(params: Params) -> pd.DataFrame:
     from .training import run_training
 
     if not params.ablations:
-        raise ValueError(f"{params.source_file} lists no ablations (see params/pets_ablations.yaml)")
+        raise ParamsError(f"{params.source_file} lists no ablations: use an ablation profile such as params/pets_ablations.yaml")
     variants = [(a, variant_params(params, a.name, a.set)) for a in params.ablations]  # validate all first
     rows = []
     for ablation, variant in variants:
         share_upstream(params, variant)
-        for stage in (run_captions, run_similarity, run_generation, run_curation, run_training):
+        for stage in (run_captions, run_similarity, run_generation, run_curation):
             stage(variant)
-        results = pd.read_parquet(Path(variant.run.dir) / "training" / "results.parquet")
+        results = run_training(variant)
         sig = significance(results, variant).set_index("setting").loc["SGID (100%)"]
         acc = results.groupby("setting").test_acc.agg(["mean", "std", "count"])
 

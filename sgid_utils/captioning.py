@@ -75,7 +75,7 @@ def run_captions(params: Params, image_ids: list[str] | None = None) -> pd.DataF
 
     images = ensure_inputs(params)
     stage_dir = Path(params.run.dir) / "captions"
-    check_fingerprint(stage_dir, params.stage_fingerprint("models.captioner", "captioning", "run.seed"), "captions")
+    check_fingerprint(stage_dir, params.stage_fingerprint("captions"), "captions")
     train = images[images.split == "train"]
     if image_ids is not None:
         train = train[train.image_id.isin(image_ids)]

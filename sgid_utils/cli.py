@@ -43,6 +43,32 @@ STAGES = ["data", "captions", "similarity", "generate", "curate", "train", "resu
 EXTRA = ["ablations"]  # not part of 'all': a separate profile (params/*_ablations.yaml)
 
 
+def _shard_arg(text: str) -> str:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/2, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"expected 0 <= I < N, got {text!r}")
+    return text
+
+
+def _run_stage(name: str, stage: Callable[[Any], Any], params: Any) -> None:
+    """Run a stage; under a distributed launch, wait for every process and let the main one finish the table."""
+    result = stage(params)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not os.environ.get("SGID_SHARD"):
+        from accelerate import PartialState
+
+        state = PartialState()
+        state.wait_for_everyone()
+        if result is None and state.is_main_process:
+            result = stage(params)  # every item is done now: this only assembles the stage's table
+        state.wait_for_everyone()
+    elif result is None:
+        print(f"[sgid] stage {name}: this shard's items are done; other shards are still working. The last shard to "
+              "finish writes the stage's table (or rerun the stage without --shard once all are done).", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sgid_utils", description="Run SGID pipeline stages.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--params", required=True, help="params YAML file (params/pets.yaml, params/smoke.yaml, ...)")
     run.add_argument("--run-dir", help="override run.dir (e.g. a Google Drive folder)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key, e.g. generation.strength=0.3")
-    run.add_argument("--shard", metavar="I/N", help="run only this process's share, e.g. 0/2 (accelerate launch sets it itself)")
+    run.add_argument("--shard", metavar="I/N", type=_shard_arg,
+                     help="run only this process's share, e.g. 0/2 (accelerate launch / torchrun set it themselves)")
     nb = sub.add_parser("notebooks", help="execute the numbered notebooks in order through papermill")
     nb.add_argument("--params", required=True)
     nb.add_argument("--only", nargs="*", help="notebook names, e.g. 06_results (default: all six)")
@@ -78,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         stages = _stages()
         for name in STAGES if args.stage == "all" else [args.stage]:
             print(f"[sgid] stage {name}: run dir {params.run.dir}", file=sys.stderr)
-            stages[name](params)
+            _run_stage(name, stages[name], params)
     except (ParamsError, ModelLoadError, DatasetError, StaleOutputsError, StageError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

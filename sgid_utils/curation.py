@@ -26,18 +26,22 @@ from .generation import load_manifest, run_generation
 from .io import ItemStore, check_fingerprint, read_json, read_table, write_json, write_npz, write_table
 from .models import load_clip, resolve_device
 from .params import Params
-from .pipeline import ensure_inputs, gpu_memory_hint, my_share
+from .pipeline import ensure_inputs, gpu_memory_hint
 from .quality import apply_filters, class_prompts, label_consistency, real_vs_generated, suggest_threshold
 from .similarity import image_embeddings, text_embeddings
 
 
-def score_candidates(params: Params, manifest: pd.DataFrame, variant: str) -> pd.DataFrame | None:
-    """Add ``similarity`` (CLIP cosine, source vs candidate) to a generation manifest; resumable per source."""
+def score_candidates(params: Params, manifest: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """Add ``similarity`` (CLIP cosine, source vs candidate) to a complete generation manifest; resumable per source.
+
+    Not sharded: CLIP scoring is cheap next to generation, and whichever process gets here
+    first with a complete manifest can then finish the stage (several may, with identical results).
+    """
     stage_dir = Path(params.run.dir) / "curation"
     store = ItemStore(stage_dir / f"scores_{variant}")
     sources = load_images_table(params).set_index("image_id")
     groups = {i: g for i, g in manifest.groupby("image_id", sort=False)}
-    todo = store.todo(my_share(groups))
+    todo = store.todo(groups)
     if todo:
         device = resolve_device(params)
         model, processor = load_clip(params.models.clip, str(device))
@@ -54,8 +58,6 @@ def score_candidates(params: Params, manifest: pd.DataFrame, variant: str) -> pd
                     write_npz(_embedding_file(params, variant, image_id), source=src[row].cpu().numpy(),
                               candidates=emb.cpu().numpy())
                     store.put(image_id, scored.to_dict("records"))
-    if not store.complete(groups):
-        return None
     scored = pd.DataFrame([r for i in groups for r in store.get(i)])
     scored["path"] = [str(Path(params.run.dir) / p) for p in scored.path]
     return scored
@@ -127,14 +129,12 @@ def run_curation(params: Params) -> pd.DataFrame | None:
     """Score raw candidates, upscale and regenerate small sources, score again, pick best-of-k."""
     images = ensure_inputs(params)
     stage_dir = Path(params.run.dir) / "curation"
-    check_fingerprint(stage_dir, params.stage_fingerprint("models.clip", "curation", "quality", "generation", "run.seed"), "curate")
+    check_fingerprint(stage_dir, params.stage_fingerprint("curate"), "curate")
+    upscaled_manifest = run_generation(params, "upscaled")  # sharded: the expensive part
+    if upscaled_manifest is None:
+        return None  # other shards are still regenerating; the last one to finish completes the stage
     raw = score_candidates(params, load_manifest(params, "raw"), "raw")
-    upscaled_manifest = run_generation(params, "upscaled")
-    if raw is None or upscaled_manifest is None:
-        return None  # other shards are still working
     upscaled = score_candidates(params, upscaled_manifest, "upscaled") if len(upscaled_manifest) else raw.iloc[:0]
-    if upscaled is None:
-        return None
     candidates = pd.concat([raw, upscaled], ignore_index=True)
     info = images.set_index("image_id")[["label", "class_name", "path", "width", "height"]].rename(columns={"path": "source_path"})
     candidates = candidates.join(info, on="image_id")

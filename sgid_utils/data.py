@@ -35,6 +35,11 @@ def load_image(source: str | Path | bytes) -> Image.Image:
 
     Raises ``ValueError`` with a readable reason for anything that is not a usable image.
     """
+    if not isinstance(source, bytes) and not Path(source).exists():
+        raise FileNotFoundError(
+            f"Image {source} is gone. It was listed when the data stage ran: restore it, or delete the run's data/ "
+            "folder and every later stage's to rebuild from the current files."
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -166,7 +171,7 @@ def prepare_dataset(params: Params) -> pd.DataFrame:
     """Build (or reuse) ``<run>/data/images.parquet``; skips bad files and caps per class."""
     out_dir = Path(params.run.dir) / "data"
     table = out_dir / "images.parquet"
-    check_fingerprint(out_dir, params.stage_fingerprint("dataset", "run.seed"), "data")
+    check_fingerprint(out_dir, params.stage_fingerprint("data"), "data")
     if table.exists():
         return read_table(table, params.run.dir)
     if params.smoke.build_dataset:
@@ -179,6 +184,9 @@ def prepare_dataset(params: Params) -> pd.DataFrame:
     for item in items:
         try:
             img = load_image(item.load)
+        except FileNotFoundError:
+            skipped.append({"path": item.origin, "reason": "file missing"})
+            continue
         except ValueError as exc:
             skipped.append({"path": item.origin, "reason": str(exc)})
             continue

@@ -94,8 +94,8 @@ def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
     ensure_inputs(params)
     gen = params.generation
     stage_dir = Path(params.run.dir) / "generation" / variant
-    keys = ["models.diffusion", "generation", "run.seed"] + (["curation.upscale_threshold", "curation.upscale_to"] if variant == "upscaled" else [])
-    check_fingerprint(stage_dir, params.stage_fingerprint(*keys), f"generate ({variant})")
+    check_fingerprint(stage_dir, params.stage_fingerprint("generate" if variant == "raw" else "generate_upscaled"),
+                      f"generate ({variant})")
     sources = sources_for(params, variant)
     store = ItemStore(stage_dir / "items")
     todo = sources[sources.image_id.isin(store.todo(my_share(sources.image_id)))]

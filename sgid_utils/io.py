@@ -101,7 +101,11 @@ def write_bytes(path: Path, data: bytes) -> Path:
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> Path:
-    return _atomic(path, lambda t: np.savez(t.open("wb"), **arrays))
+    def write(t: Path) -> None:
+        with t.open("wb") as f:
+            np.savez(f, **arrays)
+
+    return _atomic(path, write)
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -155,7 +159,8 @@ def check_fingerprint(stage_dir: Path, fingerprint: dict[str, Any], stage: str) 
             detail = "; ".join(f"{k}: was {before.get(k)!r}, now {current.get(k)!r}" for k in changed)
             raise StaleOutputsError(
                 f"Stage '{stage}' already has outputs in {stage_dir} made with other params ({detail}). "
-                f"Use a new run.dir (e.g. --run-dir or --set run.dir=...), or delete {stage_dir} to recompute."
+                f"Use a new run.dir (e.g. --run-dir or --set run.dir=...), or delete {stage_dir} and every later "
+                "stage's folder to recompute."
             )
         return
     write_json(file, current)

@@ -99,11 +99,15 @@ def load_img2img(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float
     return pipe.to(device)
 
 
-def create_classifier(ref: str, num_classes: int) -> torch.nn.Module:
-    """timm ViT with a new head: a timm name (pretrained weights from the hub) or 'local-dir:FOLDER'."""
+def create_classifier(ref: str, num_classes: int, img_size: int | None = None) -> torch.nn.Module:
+    """timm ViT with a new head: a timm name (pretrained weights from the hub) or 'local-dir:FOLDER'.
+
+    ``img_size`` other than the pretrained one makes timm resample the position embeddings.
+    """
     import timm
 
+    kwargs = {"img_size": img_size} if img_size else {}
     try:
-        return timm.create_model(ref, pretrained=True, num_classes=num_classes)
+        return timm.create_model(ref, pretrained=True, num_classes=num_classes, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise model_load_error(ref, "training", exc, "models.classifier (a timm name or local-dir:FOLDER)") from None

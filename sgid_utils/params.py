@@ -31,7 +31,7 @@ class RunParams(_Section):
     dir: Path = Field(description="Run directory holding every stage's files (put it on Google Drive on Colab).")
     reports_dir: Path = Field(description="Where executed notebooks, figures and tables are written.")
     seed: int = Field(0, ge=0, description="Run seed; every per-item seed derives from it.")
-    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     min_free_gb: float = Field(2.0, ge=0, description="Stages refuse to start with less free disk than this in run.dir.")
 
 
@@ -161,6 +161,7 @@ class TrainingParams(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
+    eval_every: int = Field(1, ge=1, description="Evaluate on the test split every N epochs (and always after the last).")
     lr: float = Field(1e-4, gt=0)
     image_size: int | None = Field(None, ge=8, description="Defaults to the classifier's pretrained input size.")
     cutmix_alpha: float = Field(1.0, gt=0)
@@ -220,26 +221,44 @@ class Params(_Section):
 
     source_file: Path | None = Field(None, exclude=True, description="The params file this was read from.")
 
-    def stage_fingerprint(self, *sections: str) -> dict[str, Any]:
-        """The params that determine a stage's output (recorded beside it to detect stale files).
+    @model_validator(mode="after")
+    def _filtered_needs_filters(self) -> "Params":
+        if "sgid_filtered" in self.training.methods and not self.quality.filters:
+            raise ValueError("training.methods lists sgid_filtered but quality.filters is empty: name at least one filter")
+        return self
 
-        Keys that change only speed (batch sizes, workers) or only how much is done (which
-        methods, seeds and proportions to train) are left out: changing them reuses finished work.
+    def stage_fingerprint(self, stage: str) -> dict[str, Any]:
+        """The params that determine a stage's output, its upstream stages' included (recorded beside
+        it to detect stale files).
+
+        Keys that change only speed (inference batch sizes, compilation) or only how much is done
+        (which methods, seeds and proportions to train) are left out: changing them reuses finished work.
         """
         data = self.model_dump(mode="json", exclude={"source_file"})
         out: dict[str, Any] = {}
-        for dotted in sections:
+        for dotted in STAGE_KEYS[stage]:
             node: Any = data
             for part in dotted.split("."):
                 node = node[part]
             if isinstance(node, dict):
-                node = {k: v for k, v in node.items() if k not in _NOT_IN_FINGERPRINT}
+                node = {k: v for k, v in node.items() if f"{dotted}.{k}" not in _NOT_IN_FINGERPRINT}
             out[dotted] = node
         return out
 
 
-_NOT_IN_FINGERPRINT = {"batch_size", "eval_batch_size", "num_workers", "compile", "methods", "seeds", "sgid_proportions",
-                       "filtered_proportions"}
+_NOT_IN_FINGERPRINT = {
+    "captioning.batch_size", "similarity.batch_size", "curation.batch_size", "generation.batch_size",
+    "generation.compile", "training.eval_batch_size", "training.methods", "training.seeds",
+    "training.sgid_proportions", "training.filtered_proportions",
+}
+# Each stage's output depends on its own keys and on every upstream stage's.
+STAGE_KEYS: dict[str, tuple[str, ...]] = {"data": ("dataset", "run.seed")}
+STAGE_KEYS["captions"] = STAGE_KEYS["data"] + ("models.captioner", "captioning")
+STAGE_KEYS["similarity"] = STAGE_KEYS["captions"] + ("models.clip",)
+STAGE_KEYS["generate"] = STAGE_KEYS["similarity"] + ("models.diffusion", "generation")
+STAGE_KEYS["generate_upscaled"] = STAGE_KEYS["generate"] + ("curation.upscale_threshold", "curation.upscale_to")
+STAGE_KEYS["curate"] = STAGE_KEYS["generate"] + ("curation", "quality")
+STAGE_KEYS["train"] = STAGE_KEYS["curate"] + ("models.classifier", "training")
 _PATH_KEYS = ("run.dir", "run.reports_dir", "dataset.path", "dataset.test_path")
 _ENV_OVERRIDES = {"SGID_RUN_DIR": "run.dir", "SGID_REPORTS_DIR": "run.reports_dir"}
 
@@ -337,11 +356,11 @@ def load_params(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         raise ParamsError(f"Params file {file} must hold a mapping of sections (run:, dataset:, ...)")
     data = _with_base(data, file)
     base = file.resolve().parent
-    for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value, f"{file} (override {key}={value!r})")
-    for env, key in _ENV_OVERRIDES.items():
+    for env, key in _ENV_OVERRIDES.items():  # the environment first: explicit overrides win over it
         if os.environ.get(env):
             _set_dotted(data, key, str(Path(os.environ[env]).resolve()), f"environment variable {env}")
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value, f"{file} (override {key}={value!r})")
     try:
         params = Params.model_validate(data)
     except ValidationError as exc:

@@ -75,10 +75,11 @@ def table_caption(params: Params, results: pd.DataFrame) -> str:
     ds = params.dataset
     splits = "+".join(ds.train_splits) if ds.source != "imagefolder" else "train folder"
     refs = "; ".join(f"{r.label}: {r.source}" for r in params.results.references)
-    n_train = int(results.train_images[results.method != "sgid"].iloc[0]) if len(results) else 0
+    n_train = int((results.train_images - results.generated_images).iloc[0]) if len(results) else 0
     return (
         f"Test accuracy on {ds.source} (trained on {splits}, {n_train} real images; tested on split "
-        f"'{ds.test_split}'), {params.training.epochs} epochs, seeds {params.training.seeds}. {refs}"
+        f"'{ds.test_split}'), {params.training.epochs} epochs, seeds {params.training.seeds}. Δ: paired over seeds, "
+        f"95% t-interval, each setting tested on its own (no correction for multiple comparisons). {refs}"
     )
 
 

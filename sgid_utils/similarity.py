@@ -53,7 +53,7 @@ def run_similarity(params: Params) -> pd.DataFrame | None:
     images = ensure_inputs(params).set_index("image_id")
     captions = load_captions(params)
     stage_dir = Path(params.run.dir) / "similarity"
-    check_fingerprint(stage_dir, params.stage_fingerprint("models.clip"), "similarity")
+    check_fingerprint(stage_dir, params.stage_fingerprint("similarity"), "similarity")
     store = ItemStore(stage_dir / "items")
     ids = list(dict.fromkeys(captions.image_id))
     todo = store.todo(my_share(ids))

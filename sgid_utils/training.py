@@ -187,7 +187,7 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
-    model = create_classifier(params.models.classifier, num_classes)
+    model = create_classifier(params.models.classifier, num_classes, t.image_size)
     data_cfg = resolve_data_config({}, model=model)
     size = t.image_size or data_cfg["input_size"][-1]
     cache = _CACHES.setdefault(size, ImageCache(size))
@@ -232,7 +232,9 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
             scaler.update()
             loss_sum += loss.item() * len(y)
             seen += len(y)
-        test_acc, test_loss, preds = evaluate(model, test_loader, device)
+        test_acc = test_loss = float("nan")
+        if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+            test_acc, test_loss, preds = evaluate(model, test_loader, device)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "test_loss": test_loss,
                         "test_acc": test_acc, "seconds": time.time() - began})
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -281,7 +283,7 @@ def run_training(params: Params) -> pd.DataFrame | None:
 
     ensure_inputs(params)
     stage_dir = Path(params.run.dir) / "training"
-    check_fingerprint(stage_dir, params.stage_fingerprint("models.classifier", "training", "dataset", "run.seed"), "train")
+    check_fingerprint(stage_dir, params.stage_fingerprint("train"), "train")
     train, test, additions, num_classes = training_sets(params)
     all_configs = configs(params)
     mine = set(my_share(c.name for c in all_configs))

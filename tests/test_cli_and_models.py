@@ -31,6 +31,11 @@ def test_cli_set_overrides_are_validated(tmp_path):
     assert out.returncode == 2 and "generation.strength" in out.stderr
 
 
+def test_cli_rejects_a_malformed_shard(tmp_path):
+    out = _cli("run", "data", "--params", "params/smoke.yaml", "--shard", "2")
+    assert out.returncode == 2 and "expected I/N" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_cli_runs_a_stage(make_params, tmp_path):
     params = make_params("cli")
     out = _cli("run", "data", "--params", str(params.source_file), "--run-dir", str(tmp_path / "elsewhere"))

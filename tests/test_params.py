@@ -40,6 +40,8 @@ def _with(section: str, key: str, value) -> dict:
         ({"run": BASE["run"], "dataset": {"source": "imagefolder"}}, ["dataset.path must name the image folder"]),
         ({**BASE, "trainig": {}}, ["unknown key 'trainig'", "Did you mean 'training'"]),
         ({"dataset": BASE["dataset"]}, ["missing required key 'run'"]),
+        (_with("run", "device", "gpu"), ["run.device", "should match pattern"]),
+        (_with("training", "methods", ["baseline", "sgid_filtered"]), ["sgid_filtered but quality.filters is empty"]),
     ],
 )
 def test_bad_params_name_file_and_key(tmp_path, doc, needles):
@@ -80,9 +82,11 @@ def test_overrides_are_validated_like_the_file(tmp_path):
         parse_override("generation.strength")
 
 
-def test_environment_redirects_run_dir(tmp_path, monkeypatch):
+def test_environment_redirects_run_dir_but_explicit_overrides_win(tmp_path, monkeypatch):
     monkeypatch.setenv("SGID_RUN_DIR", str(tmp_path / "elsewhere"))
-    assert load_params(_write(tmp_path, BASE)).run.dir == tmp_path / "elsewhere"
+    f = _write(tmp_path, BASE)
+    assert load_params(f).run.dir == tmp_path / "elsewhere"
+    assert load_params(f, {"run.dir": str(tmp_path / "explicit")}).run.dir == tmp_path / "explicit"
 
 
 @pytest.mark.parametrize("name", ["pets", "flowers"])

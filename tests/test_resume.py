@@ -22,7 +22,7 @@ STAGES = {
     "similarity": (["data", "captions"], "similarity/items/*.json"),
     "generate": (["data", "captions", "similarity"], "generation/raw/images/*.png"),
     "curate": (["data", "captions", "similarity", "generation"], "generation/upscaled/images/*.png"),
-    "train": (["data", "captions", "similarity", "generation", "curation"], "training/*/metrics.csv"),
+    "train": (["data", "captions", "similarity", "generation", "curation"], "training/*/result.json"),
     "results": (["data", "captions", "similarity", "generation", "curation", "training"], None),
 }
 SEED = int(os.environ.get("SGID_KILL_SEED", time.time_ns() % 10_000))
@@ -73,10 +73,11 @@ def test_kill_and_resume_matches_an_uninterrupted_run(stage, make_params, pipeli
         shutil.rmtree(run / "generation" / "upscaled")
     rng = random.Random(f"{SEED}-{stage}")
     total = len(list(ref.glob(progress))) if progress else 0
-    kill_after = rng.randint(1, max(1, total - 1)) if progress else time.time() + rng.uniform(3.0, 8.0)
+    kill_after = rng.randint(1, max(1, total - 1)) if progress else time.time() + rng.uniform(1.0, 4.0)
     what = _stage(params.source_file, stage, kill_after, progress, run)
-    _stage(params.source_file, stage, None, None, run)
     msg = f"stage {stage}, {what} (SGID_KILL_SEED={SEED})"
+    assert what.startswith("killed"), msg  # otherwise this test would not have tested resuming
+    _stage(params.source_file, stage, None, None, run)
     if stage == "captions":
         _same_tables(ref / "captions/captions.parquet", run / "captions/captions.parquet", ref, run)
     elif stage == "similarity":

@@ -13,10 +13,28 @@ from sgid_utils.pipeline import StageError, ensure_inputs, gpu_memory_hint
 
 
 def test_changed_output_params_are_refused_but_speed_params_are_not(make_params):
+    import shutil
+
+    from sgid_utils.similarity import run_similarity
+
     run_captions(make_params("stale"))
+    run_similarity(make_params("stale"))
     with pytest.raises(StaleOutputsError, match=r"captioning: was .*'top_p': 0.9.*now .*'top_p': 0.5"):
         run_captions(make_params("stale", captioning={"top_p": 0.5}))
     run_captions(make_params("stale", captioning={"batch_size": 1}))  # speed only: reuses the work
+    # Recomputing captions with new params must not let similarity reuse scores of the old captions.
+    changed = make_params("stale", captioning={"top_p": 0.5})
+    shutil.rmtree(changed.run.dir / "captions")
+    run_captions(changed)
+    with pytest.raises(StaleOutputsError, match="similarity.*captioning"):
+        run_similarity(changed)
+
+
+def test_training_batch_size_is_not_a_speed_only_key(make_params):
+    a, b = make_params("x"), make_params("x", training={"batch_size": 8})
+    c = make_params("x", training={"eval_batch_size": 8, "seeds": [5]})
+    assert a.stage_fingerprint("train") != b.stage_fingerprint("train")
+    assert a.stage_fingerprint("train") == c.stage_fingerprint("train")
 
 
 def test_unwritable_run_dir_and_full_disk_stop_before_work(make_params, tmp_path):
@@ -52,3 +70,22 @@ def test_two_shards_give_what_one_process_gives(make_params, pipeline_run, monke
     one, two = load_manifest(pipeline_run), load_manifest(params)
     for a, b in zip(one.sort_values("path").path, two.sort_values("path").path):
         assert open(a, "rb").read() == open(b, "rb").read()
+
+
+def test_sharded_curation_is_finished_by_the_last_shard(make_params, pipeline_run, monkeypatch):
+    import shutil
+
+    from sgid_utils.curation import run_curation
+
+    params = make_params("curate-shards")
+    for folder in ("data", "captions", "similarity"):
+        shutil.copytree(pipeline_run.run.dir / folder, params.run.dir / folder)
+    shutil.copytree(pipeline_run.run.dir / "generation" / "raw", params.run.dir / "generation" / "raw")
+    monkeypatch.setenv("SGID_SHARD", "0/2")
+    assert run_curation(params) is None
+    monkeypatch.setenv("SGID_SHARD", "1/2")
+    curated = run_curation(params)
+    ref = pd.read_parquet(pipeline_run.run.dir / "curation" / "curated.parquet")
+    got = pd.read_parquet(params.run.dir / "curation" / "curated.parquet")
+    pd.testing.assert_frame_equal(got.drop(columns=["source_path"]), ref.drop(columns=["source_path"]))
+    assert curated is not None and len(curated) == len(ref)

@@ -130,3 +130,13 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "predictions.parquet"), pd.read_parquet(straight / "predictions.parquet"))
     a, b = pd.read_csv(folder / "metrics.csv"), pd.read_csv(straight / "metrics.csv")
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+
+def test_image_size_other_than_the_pretrained_one_trains(make_params, pipeline_run):
+    import shutil
+
+    params = make_params("size", training={"image_size": 48, "methods": ["baseline"], "seeds": [0]})
+    shutil.copytree(pipeline_run.run.dir / "data", params.run.dir / "data")
+    train, test, _, n = training_sets(params)
+    result = train_config(params, TrainConfig("baseline", seed=0), train, test, n)
+    assert 0 <= result["test_acc"] <= 1
