@@ -46,12 +46,18 @@ def share_upstream(base: Params, variant: Params) -> list[str]:
     return linked
 
 
+def _mean_std(acc: pd.DataFrame, setting: str) -> str:
+    from .results import format_mean_std
+
+    return format_mean_std(acc.loc[setting, "mean"], acc.loc[setting, "std"], int(acc.loc[setting, "count"]))
+
+
 def run_ablations(params: Params) -> pd.DataFrame:
     """Run every variant of ``params.ablations`` through generation, curation and training; tabulate."""
     from .captioning import run_captions
     from .curation import run_curation
     from .generation import run_generation
-    from .results import format_mean_std, significance
+    from .results import significance
     from .similarity import run_similarity
     from .training import run_training
 
@@ -66,14 +72,10 @@ def run_ablations(params: Params) -> pd.DataFrame:
         results = run_training(variant)
         sig = significance(results, variant).set_index("setting").loc["SGID (100%)"]
         acc = results.groupby("setting").test_acc.agg(["mean", "std", "count"])
-
-        def cell(setting: str) -> str:
-            return format_mean_std(acc.loc[setting, "mean"], acc.loc[setting, "std"], int(acc.loc[setting, "count"]))
-
         rows.append({
             "Variant": ablation.name, "Changes": ", ".join(f"{k}={v}" for k, v in ablation.set.items()),
-            "Baseline": cell("Baseline"),
-            "SGID (100%)": cell("SGID (100%)"),
+            "Baseline": _mean_std(acc, "Baseline"),
+            "SGID (100%)": _mean_std(acc, "SGID (100%)"),
             "Δ (95% CI)": f"{sig.mean_diff:+.4f} [{sig.ci_low:+.4f}, {sig.ci_high:+.4f}]",
             "Significant": "yes" if sig.significant else "no",
         })

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="run only this process's share, e.g. 0/2 (accelerate launch / torchrun set it themselves)")
     nb = sub.add_parser("notebooks", help="execute the numbered notebooks in order through papermill")
     nb.add_argument("--params", required=True)
-    nb.add_argument("--only", nargs="*", help="notebook names, e.g. 06_results (default: all six)")
+    nb.add_argument("--only", nargs="*", help="notebook names, e.g. 06_results (default: all seven)")
     nb.add_argument("--notebooks-dir", default="notebooks", help="folder holding the numbered notebooks")
     args = parser.parse_args(argv)
 
