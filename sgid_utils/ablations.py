@@ -6,8 +6,8 @@ lists variants, each a set of overrides of the generation stage: a label-only pr
 instead of f(s*), other strengths on a subset. Each variant is its own run directory,
 ``<run.dir>-<name>``, trained with the same seeds as Baseline and SGID at 100 %, so
 every row carries its own mean ± std and its own paired comparison to its Baseline.
-Captions and similarity are shared with the base run through symbolic links when the
-variant leaves them unchanged.
+Captions, similarity and the Baseline runs are shared with the base run through symbolic
+links when the variant leaves what they depend on unchanged.
 """
 
 from __future__ import annotations
@@ -46,6 +46,34 @@ def share_upstream(base: Params, variant: Params) -> list[str]:
     return linked
 
 
+BASELINE_KEYS = ("dataset", "run.seed", "models.classifier", "training")
+
+
+def share_baselines(base: Params, variant: Params) -> list[str]:
+    """Link the base run's finished Baseline runs into the variant.
+
+    A Baseline does not depend on generation, so a prompt or guidance variant would retrain exactly
+    the same models; a variant that changes the data (a subset) trains its own.
+    """
+    from .training import TrainConfig
+
+    fingerprint = Path(base.run.dir) / "training" / "_params.json"
+    if not fingerprint.exists():
+        return []
+    before, now = read_json(fingerprint), variant.stage_fingerprint("train")
+    if any(before.get(k) != now.get(k) for k in BASELINE_KEYS):
+        return []
+    linked = []
+    for seed in variant.training.seeds:
+        name = TrainConfig("baseline", seed).name
+        src, dst = Path(base.run.dir) / "training" / name, Path(variant.run.dir) / "training" / name
+        if (src / "result.json").exists() and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(src.resolve(), dst, target_is_directory=True)
+            linked.append(name)
+    return linked
+
+
 def _mean_std(acc: pd.DataFrame, setting: str) -> str:
     from .results import format_mean_std
 
@@ -67,6 +95,7 @@ def run_ablations(params: Params) -> pd.DataFrame:
     rows = []
     for ablation, variant in variants:
         share_upstream(params, variant)
+        share_baselines(params, variant)
         for stage in (run_captions, run_similarity, run_generation, run_curation):
             stage(variant)
         results = run_training(variant)

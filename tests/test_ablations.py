@@ -39,11 +39,14 @@ def test_a_label_only_variant_reuses_upstream_and_reports_its_own_comparison(mak
     import shutil
 
     params = make_params("abl", ablations=[{"name": "label-only", "set": {"generation.prompt": "label_only"}}])
-    for stage in ("data", "captions", "similarity"):
+    for stage in ("data", "captions", "similarity", "training"):
         shutil.copytree(pipeline_run.run.dir / stage, params.run.dir / stage)
     table = run_ablations(params)
     variant = params.run.dir.with_name(params.run.dir.name + "-label-only")
     assert all(os.path.islink(variant / s) for s in ("data", "captions", "similarity"))
+    # The Baseline does not depend on generation: the base run's models are reused, not retrained.
+    assert all(os.path.islink(variant / "training" / f"baseline_seed{s}") for s in (0, 1))
+    assert not os.path.islink(variant / "training" / "sgid100_seed0")
     prompts = pd.read_parquet(variant / "generation" / "raw" / "manifest.parquet").prompt
     assert prompts.str.fullmatch(r"A picture of [A-Za-z ]+").all()
     row = table.set_index("Variant").loc["label-only"]
