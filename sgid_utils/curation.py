@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .data import load_image, load_images_table
+from .data import load_image
 from .generation import load_manifest, run_generation
 from .io import ItemStore, check_fingerprint, read_json, read_table, write_json, write_npz, write_table
 from .models import load_clip, resolve_device
@@ -31,7 +31,7 @@ from .quality import apply_filters, class_prompts, label_consistency, real_vs_ge
 from .similarity import image_embeddings, text_embeddings
 
 
-def score_candidates(params: Params, manifest: pd.DataFrame, variant: str) -> pd.DataFrame:
+def score_candidates(params: Params, manifest: pd.DataFrame, variant: str, images: pd.DataFrame) -> pd.DataFrame:
     """Add ``similarity`` (CLIP cosine, source vs candidate) to a complete generation manifest; resumable per source.
 
     Not sharded: CLIP scoring is cheap next to generation, and whichever process gets here
@@ -39,7 +39,7 @@ def score_candidates(params: Params, manifest: pd.DataFrame, variant: str) -> pd
     """
     stage_dir = Path(params.run.dir) / "curation"
     store = ItemStore(stage_dir / f"scores_{variant}")
-    sources = load_images_table(params).set_index("image_id")
+    sources = images.set_index("image_id")
     groups = {i: g for i, g in manifest.groupby("image_id", sort=False)}
     todo = store.todo(groups)
     if todo:
@@ -84,15 +84,20 @@ def competing(candidates: pd.DataFrame) -> pd.Series:
     return (candidates.variant == "upscaled") | ~upscaled
 
 
-def add_quality_scores(params: Params, candidates: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Label consistency for every candidate; the detector's fake probability for competing ones."""
+def class_prompt_embeddings(params: Params, candidates: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, dict[int, int]]:
+    """CLIP embeddings of the class prompts: (one row per class sorted by label, text embeddings, label -> row)."""
     device = resolve_device(params)
     model, processor = load_clip(params.models.clip, str(device))
     classes = candidates.drop_duplicates("label").sort_values("label")
-    text = text_embeddings(model, processor, class_prompts(classes.class_name.tolist(), params.quality.class_noun))
-    position = {int(label): i for i, label in enumerate(classes.label)}
+    text = text_embeddings(model, processor, class_prompts(classes.class_name.tolist(), params.quality.class_noun)).cpu().numpy()
+    return classes, text, {int(label): i for i, label in enumerate(classes.label)}
+
+
+def add_quality_scores(params: Params, candidates: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Label consistency for every candidate; the detector's fake probability for competing ones."""
+    classes, text, position = class_prompt_embeddings(params, candidates)
     emb, sources = load_embeddings(params, candidates)
-    consistency = label_consistency(emb, text.cpu().numpy(), candidates.label.map(position).to_numpy())
+    consistency = label_consistency(emb, text, candidates.label.map(position).to_numpy())
     out = candidates.assign(
         label_score=consistency.label_score.to_numpy(),
         predicted_label=classes.label.to_numpy()[consistency.predicted.to_numpy()],
@@ -133,8 +138,8 @@ def run_curation(params: Params) -> pd.DataFrame | None:
     upscaled_manifest = run_generation(params, "upscaled")  # sharded: the expensive part
     if upscaled_manifest is None:
         return None  # other shards are still regenerating; the last one to finish completes the stage
-    raw = score_candidates(params, load_manifest(params, "raw"), "raw")
-    upscaled = score_candidates(params, upscaled_manifest, "upscaled") if len(upscaled_manifest) else raw.iloc[:0]
+    raw = score_candidates(params, load_manifest(params, "raw"), "raw", images)
+    upscaled = score_candidates(params, upscaled_manifest, "upscaled", images) if len(upscaled_manifest) else raw.iloc[:0]
     candidates = pd.concat([raw, upscaled], ignore_index=True)
     info = images.set_index("image_id")[["label", "class_name", "path", "width", "height"]].rename(columns={"path": "source_path"})
     candidates = candidates.join(info, on="image_id")
@@ -175,11 +180,7 @@ def set_metrics(params: Params) -> pd.DataFrame:
 
     candidates = load_candidates(params)
     emb, sources = load_embeddings(params, candidates)
-    device = resolve_device(params)
-    model, processor = load_clip(params.models.clip, str(device))
-    classes = candidates.drop_duplicates("label").sort_values("label")
-    text = text_embeddings(model, processor, class_prompts(classes.class_name.tolist(), params.quality.class_noun)).cpu().numpy()
-    position = {int(label): i for i, label in enumerate(classes.label)}
+    classes, text, position = class_prompt_embeddings(params, candidates)
     source_label = candidates.drop_duplicates("image_id").set_index("image_id").label
     real_ids = list(sources)
     real = np.stack([sources[i] for i in real_ids])

@@ -72,12 +72,10 @@ def generate_candidates(
     return out.images
 
 
-def sources_for(params: Params, variant: str) -> pd.DataFrame:
+def sources_for(params: Params, variant: str, images: pd.DataFrame) -> pd.DataFrame:
     """Training images with their chosen caption; the 'upscaled' variant keeps only small sources."""
-    from .data import load_images_table
     from .similarity import load_best
 
-    images = load_images_table(params)
     best = load_best(params)
     df = best.merge(images, on="image_id", how="inner")
     if variant == "upscaled":
@@ -91,12 +89,12 @@ def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}")
-    ensure_inputs(params)
+    images = ensure_inputs(params)
     gen = params.generation
     stage_dir = Path(params.run.dir) / "generation" / variant
     check_fingerprint(stage_dir, params.stage_fingerprint("generate" if variant == "raw" else "generate_upscaled"),
                       f"generate ({variant})")
-    sources = sources_for(params, variant)
+    sources = sources_for(params, variant, images)
     store = ItemStore(stage_dir / "items")
     todo = sources[sources.image_id.isin(store.todo(my_share(sources.image_id)))]
     upscale_to = (params.curation.upscale_to or params.curation.upscale_threshold) if variant == "upscaled" else None

@@ -29,7 +29,7 @@ from .data import load_image, load_images_table
 from .io import check_fingerprint, read_json, read_table, write_json, write_table
 from .models import create_classifier, resolve_device
 from .params import Params, TrainingParams
-from .seeding import derive_seed
+from .seeding import derive_seed, seed_everything
 
 METHOD_NAMES = {"baseline": "Baseline", "cutmix": "CutMix", "randaugment": "RandAugment", "sgid": "SGID",
                 "sgid_filtered": "SGID filtered"}
@@ -184,9 +184,7 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
         return read_json(result_file)
     device = resolve_device(params)
     seed = derive_seed(params.run.seed, "train", cfg.seed, purpose="training")
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
+    seed_everything(seed)  # head init, data order (via loader_gen), CutMix and RandAugment draws
     model = create_classifier(params.models.classifier, num_classes, t.image_size)
     data_cfg = resolve_data_config({}, model=model)
     size = t.image_size or data_cfg["input_size"][-1]
