@@ -10,6 +10,9 @@ Stages:
   get the same prompt embeddings, scales f(s*) and seeds; prompt encoding is left
   out of both. Also reported: the FLOP floor, the time the counted FLOPs of one
   generated image take at the device's peak, as a fraction of the measured time.
+- captioning: BLIP's 10 nucleus-sampled and 10 beam-search captions of each image,
+  one image per ``generate`` call (the report's way) against ``captioning``'s
+  batched calls (a batch of images per call, each image's sampling seeded by itself).
 - similarity: CLIP scores of 20 captions per image, one text batch per image (as
   ``similarity.run_similarity``) against one text batch for all images of a batch.
 
@@ -36,9 +39,10 @@ from PIL import Image
 
 from sgid_utils import archs, tiny
 from sgid_utils.batched import generate_many
+from sgid_utils.captioning import beam_captions, nucleus_captions
 from sgid_utils.generation import PromptEncoder, generate_candidates
-from sgid_utils.models import load_clip, load_img2img, resolve_dtype
-from sgid_utils.params import GenerationParams
+from sgid_utils.models import load_captioner, load_clip, load_img2img, resolve_dtype
+from sgid_utils.params import CaptioningParams, GenerationParams
 from sgid_utils.prompts import build_prompt, guidance_scale
 from sgid_utils.seeding import derive_seed
 from sgid_utils.similarity import image_embeddings, text_embeddings
@@ -157,6 +161,35 @@ def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torc
     return n_out / seconds["per-image"], n_out / seconds["batched"]
 
 
+def bench_captioning(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
+    if args.arch == "tiny":
+        tiny.build_blip(workdir / "blip")
+        model, processor = load_captioner(str(workdir / "blip"), str(device), dtype)
+    else:
+        with torch.device(device):
+            model, processor = archs.build_blip_base()
+        model = model.to(dtype)
+    cfg = CaptioningParams(batch_size=args.batch_size)
+    images = source_images(args.n_images, *args.size)
+    seeds = list(range(len(images)))
+
+    def run(batch: int) -> Callable[[], None]:
+        def captions_all() -> None:
+            for start in range(0, len(images), batch):
+                chunk = images[start:start + batch]
+                nucleus_captions(model, processor, chunk, cfg, seeds[start:start + batch])
+                beam_captions(model, processor, chunk, cfg)
+        return captions_all
+
+    seconds = best_times({"per-image": run(1), "batched": run(args.batch_size)}, args.repeats, device)
+    print(f"\n== captioning: arch {args.arch}, {where(device)} {str(dtype).removeprefix('torch.')}, {args.n_images} images x "
+          f"({cfg.num_nucleus} nucleus + {cfg.num_beam} beam, {cfg.num_beams} beams), up to {cfg.max_new_tokens} tokens, "
+          f"batch {args.batch_size} images, best of {args.repeats}")
+    rows = [("path", "seconds", "img/s")] + [(n, f"{s:.3f}", f"{args.n_images / s:.3g}") for n, s in seconds.items()]
+    print(table(rows))
+    return args.n_images / seconds["per-image"], args.n_images / seconds["batched"]
+
+
 def bench_similarity(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
     if args.arch == "tiny":
         tiny.build_clip(workdir / "clip")
@@ -189,7 +222,7 @@ def bench_similarity(args: argparse.Namespace, device: torch.device, dtype: torc
     return args.n_images / seconds["per-image"], args.n_images / seconds["batched"]
 
 
-STAGES = {"generation": bench_generation, "similarity": bench_similarity}
+STAGES = {"generation": bench_generation, "captioning": bench_captioning, "similarity": bench_similarity}
 
 
 def size(text: str) -> tuple[int, int]:
@@ -205,7 +238,7 @@ def main() -> None:
                         help="tiny: the smoke profile's models (CPU-friendly); real: full-size architectures, random weights")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                        help="generation's dtype; auto: fp16 on CUDA, fp32 on CPU (CLIP always runs in fp32, as in stage 02)")
+                        help="generation's and captioning's dtype; auto: fp16 on CUDA, fp32 on CPU (CLIP always runs in fp32, as in stage 02)")
     parser.add_argument("--n-images", type=int, default=8, help="source images per path")
     parser.add_argument("--batch-size", type=int, default=8, help="source images per batched call")
     parser.add_argument("--k", type=int, default=gen.num_candidates, help="candidates per source")
@@ -231,6 +264,7 @@ def main() -> None:
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
     with tempfile.TemporaryDirectory(prefix="sgid-bench-") as workdir:
         for stage in args.stage:

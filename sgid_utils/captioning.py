@@ -1,9 +1,11 @@
 """Stage 01: BLIP captions, 10 by nucleus sampling and 10 by beam search per training image.
 
-Nucleus sampling draws from the global torch RNG inside ``generate``; to keep each
-image's captions independent of batch size and order it runs per image under a
-seed derived from (run seed, image id). Beam search is deterministic and runs
-batched over images.
+Both run batched over images. Beam search is deterministic. Nucleus sampling inside
+``generate`` draws from one global RNG for the whole batch (``generate`` takes no
+per-row generator), so an image's captions would depend on its batch-mates; here
+each image's random numbers come from its own seed, derived from (run seed, image
+id), and ``SeededNucleusSampler`` picks each token with them. An image's captions are
+then the same whatever the batch size, order, shard or device.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+
+from transformers import LogitsProcessor, TopPLogitsWarper
 
 from .data import load_image
 from .io import ItemStore, check_fingerprint, read_table, write_table
@@ -27,20 +31,49 @@ def _clean(texts: list[str]) -> list[str]:
     return [" ".join(t.split()) for t in texts]
 
 
+class SeededNucleusSampler(LogitsProcessor):
+    """Top-p sampling with a pre-drawn uniform per (row, step): each row's tokens depend only on its own seed.
+
+    Filters with transformers' ``TopPLogitsWarper``, samples by inverse CDF with
+    ``uniforms[row, step]`` and returns logits that allow only the chosen token, so
+    ``generate``'s own multinomial draw (run with ``top_k=0``, ``top_p=1``) returns it
+    with probability one.
+    """
+
+    def __init__(self, top_p: float, uniforms: torch.Tensor) -> None:
+        self.top_p = TopPLogitsWarper(top_p=top_p)
+        self.uniforms = uniforms
+        self.start: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows, length = input_ids.shape
+        if rows != len(self.uniforms):
+            raise ValueError(f"{rows} rows to sample but uniforms for {len(self.uniforms)}")
+        self.start = length if self.start is None else self.start
+        step = length - self.start
+        if step >= self.uniforms.shape[1]:
+            raise ValueError(f"step {step} beyond the {self.uniforms.shape[1]} pre-drawn uniforms (max_new_tokens)")
+        probs = torch.softmax(self.top_p(input_ids, scores.float()), dim=-1)
+        cdf = probs.cumsum(-1)
+        u = self.uniforms[:, step:step + 1].to(cdf.device) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=scores.shape[-1] - 1)
+        return torch.full_like(scores, -float("inf")).scatter_(1, tokens, 0.0)
+
+
 @torch.inference_mode()
-def nucleus_captions(model, processor, image, cfg: CaptioningParams, seed: int) -> list[str]:
-    """``cfg.num_nucleus`` captions for one image by top-p sampling under ``seed``."""
+def nucleus_captions(model, processor, images: list, cfg: CaptioningParams, seeds: list[int]) -> list[list[str]]:
+    """``cfg.num_nucleus`` top-p captions per image, batched over images; image i's depend only on ``seeds[i]``."""
     if cfg.num_nucleus == 0:
-        return []
-    inputs = processor(images=[image], return_tensors="pt").to(model.device, model.dtype)
-    devices = [model.device] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        out = model.generate(
-            **inputs, do_sample=True, top_p=cfg.top_p, top_k=0, num_return_sequences=cfg.num_nucleus,
-            max_new_tokens=cfg.max_new_tokens,
-        )
-    return _clean(processor.batch_decode(out, skip_special_tokens=True))
+        return [[] for _ in images]
+    n = cfg.num_nucleus
+    uniforms = torch.cat([torch.rand(n, cfg.max_new_tokens, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    inputs = processor(images=images, return_tensors="pt").to(model.device, model.dtype)
+    out = model.generate(
+        **inputs, do_sample=True, top_k=0, top_p=1.0, temperature=1.0, num_return_sequences=n,
+        max_new_tokens=cfg.max_new_tokens, logits_processor=[SeededNucleusSampler(cfg.top_p, uniforms)],
+    )
+    texts = _clean(processor.batch_decode(out, skip_special_tokens=True))
+    return [texts[i * n:(i + 1) * n] for i in range(len(images))]
 
 
 @torch.inference_mode()
@@ -90,10 +123,11 @@ def run_captions(params: Params, image_ids: list[str] | None = None) -> pd.DataF
             batch = todo.iloc[start:start + cfg.batch_size]
             pil = [load_image(p) for p in batch.path]
             with gpu_memory_hint(f"captioning {len(batch)} images", f"Lower captioning.batch_size (now {cfg.batch_size})."):
+                seeds = [derive_seed(params.run.seed, image_id, purpose="nucleus") for image_id in batch.image_id]
+                nucleus = nucleus_captions(model, processor, pil, cfg, seeds)
                 beams = beam_captions(model, processor, pil, cfg)
-                for (image_id, img), beam in zip(zip(batch.image_id, pil), beams):
-                    seed = derive_seed(params.run.seed, image_id, purpose="nucleus")
-                    store.put(image_id, caption_records(image_id, nucleus_captions(model, processor, img, cfg, seed), beam))
+            for image_id, sampled, beam in zip(batch.image_id, nucleus, beams):
+                store.put(image_id, caption_records(image_id, sampled, beam))
             bar.update(len(batch))
         bar.close()
     if not store.complete(train.image_id):

@@ -23,3 +23,33 @@ def test_captions_do_not_depend_on_batch_size_or_resuming(make_params):
     four = run_captions(params)
     assert {p.name: p.stat().st_mtime_ns for p in items.glob("*.json") if p.name in before} == before  # not redone
     pd.testing.assert_frame_equal(one.reset_index(drop=True), four.reset_index(drop=True))
+
+
+def test_seeded_nucleus_sampler_draws_from_the_nucleus_in_proportion():
+    import torch
+
+    from sgid_utils.captioning import SeededNucleusSampler
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])  # top_p 0.7: nucleus {0, 1}, renormalised to 0.625 / 0.375
+    rows = 4000
+    uniforms = torch.rand(rows, 1, generator=torch.Generator().manual_seed(0))
+    sampler = SeededNucleusSampler(0.7, uniforms)
+    out = sampler(torch.zeros(rows, 3, dtype=torch.long), probs.log().expand(rows, -1).clone())
+    chosen = out.argmax(-1)
+    assert torch.isinf(out).sum(-1).eq(3).all()  # exactly one allowed token per row
+    counts = torch.bincount(chosen, minlength=4).float() / rows
+    assert counts[2:].sum() == 0
+    assert abs(counts[0].item() - 0.625) < 0.03  # binomial sd ~0.008
+    assert torch.equal(chosen, (uniforms[:, 0] >= 0.625).long())  # inverse CDF, row by row
+
+
+def test_seeded_nucleus_sampler_refuses_more_steps_than_drawn():
+    import pytest
+    import torch
+
+    from sgid_utils.captioning import SeededNucleusSampler
+
+    sampler = SeededNucleusSampler(0.9, torch.rand(2, 1))
+    sampler(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="beyond"):
+        sampler(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 5))
