@@ -7,10 +7,11 @@ the model at its own resolution (downscaled only above ``generation.max_side``):
 that is what the report did, and what stage 04 diagnoses and fixes by upscaling.
 Each candidate is resized back to the source's size and saved as PNG.
 
-With ``generation.batch_size`` > 1 (the default on CUDA) many sources and their k
-candidates share one denoising loop with a per-sample guidance scale
-(``sgid_utils.batched``); with 1 (the default on the CPU) each source goes through the
-diffusers pipeline itself, which keeps CPU outputs byte-identical across resumes.
+With ``generation.batch_size`` > 1 many sources and their k candidates share one
+denoising loop with a per-sample guidance scale (``sgid_utils.batched``); with 1 (the
+default on the CPU) each source goes through the diffusers pipeline itself, which
+keeps CPU outputs byte-identical across resumes. Left unset on CUDA, the batch size
+comes from free GPU memory (``auto_batch_size``) and halves on an out-of-memory error.
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ from .prompts import build_prompt, guidance_scale
 from .seeding import derive_seed, generator
 
 VARIANTS = ("raw", "upscaled")
+
+# GPU memory one candidate takes in the batched loop at 512 x 512 in fp16: its UNet rows (the CFG pair)
+# and its share of the VAE decode, about 1.5 GiB by diffusers users' reports, not measured here. Only the
+# starting batch size rests on it: an out-of-memory error halves the batch and retries.
+CANDIDATE_BYTES_512_FP16 = 1.5 * 2**30
+MAX_AUTO_BATCH = 16  # 48 candidates at k = 3: enough rows to fill an H100's tensor cores
+
+
+def auto_batch_size(free_bytes: int, width: int, height: int, k: int, dtype: torch.dtype) -> int:
+    """Sources per denoising loop that fit in 80 % of ``free_bytes`` at this input size, between 1 and MAX_AUTO_BATCH."""
+    scale = width * height / 512**2 * torch.finfo(dtype).bits / 16
+    return int(max(1, min(MAX_AUTO_BATCH, 0.8 * free_bytes // (k * CANDIDATE_BYTES_512_FP16 * scale))))
 
 
 def model_input_size(width: int, height: int, max_side: int, short_side: int | None = None, multiple: int = 8) -> tuple[int, int]:
@@ -85,7 +98,7 @@ def sources_for(params: Params, variant: str, images: pd.DataFrame) -> pd.DataFr
 
 def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
     """Generate k candidates per source; resumable per image; returns the manifest (one row per candidate)."""
-    from .pipeline import ensure_inputs, gpu_memory_hint, my_share
+    from .pipeline import ensure_inputs, in_batches, my_share
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}")
@@ -106,26 +119,31 @@ def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
             if gen.compile and not hasattr(pipe.unet, "_orig_mod"):
                 pipe.unet = torch.compile(pipe.unet)
         encode = PromptEncoder(pipe)
-        batch = gen.batch_size or (8 if device.type == "cuda" else 1)
         sizes = [model_input_size(w, h, gen.max_side, upscale_to) for w, h in zip(todo.width, todo.height)]
         todo = todo.assign(in_w=[w for w, _ in sizes], in_h=[h for _, h in sizes]).sort_values(["in_w", "in_h", "image_id"], kind="stable")
+        largest = todo.iloc[(todo.in_w * todo.in_h).argmax()]
+        if gen.batch_size is not None:
+            batch = gen.batch_size
+        elif device.type == "cuda":
+            batch = auto_batch_size(torch.cuda.mem_get_info(device)[0], largest.in_w, largest.in_h, gen.num_candidates, pipe.unet.dtype)
+        else:
+            batch = 1
         bar = tqdm(total=len(todo), desc=f"generate ({variant})", unit="img")
-        for start in range(0, len(todo), batch):
-            chunk = list(todo.iloc[start:start + batch].itertuples())
+
+        def generate_chunk(start: int, stop: int) -> None:
+            chunk = list(todo.iloc[start:stop].itertuples())
             originals = [load_image(r.path) for r in chunk]
             inputs = [src.resize((r.in_w, r.in_h), Image.Resampling.LANCZOS) if (r.in_w, r.in_h) != src.size else src
                       for r, src in zip(chunk, originals)]
             prompts = [build_prompt(r.caption, r.class_name, gen) for r in chunk]
             scales = [guidance_scale(r.s_star, gen.guidance) for r in chunk]
             seeds = [[derive_seed(params.run.seed, r.image_id, k, purpose="generate") for k in range(gen.num_candidates)] for r in chunk]
-            with gpu_memory_hint(f"generating {len(chunk)} source(s) at up to {max(r.in_w for r in chunk)}x{max(r.in_h for r in chunk)}",
-                                 f"Lower generation.batch_size (now {batch}) or generation.max_side (now {gen.max_side})."):
-                embeds = [encode(p, gen.negative_prompt) for p in prompts]
-                if batch == 1:  # the diffusers pipeline itself: the reference path
-                    outputs = [generate_candidates(pipe, *embeds[0], inputs[0], scales[0], gen.strength, gen.num_inference_steps, seeds[0])]
-                else:
-                    outputs = generate_many(pipe, inputs, [e for e, _ in embeds], [n for _, n in embeds], scales,
-                                            gen.strength, gen.num_inference_steps, seeds, batch_size=batch)
+            embeds = [encode(p, gen.negative_prompt) for p in prompts]
+            if batch == 1:  # the diffusers pipeline itself: the reference path
+                outputs = [generate_candidates(pipe, *embeds[0], inputs[0], scales[0], gen.strength, gen.num_inference_steps, seeds[0])]
+            else:
+                outputs = generate_many(pipe, inputs, [e for e, _ in embeds], [n for _, n in embeds], scales,
+                                        gen.strength, gen.num_inference_steps, seeds, batch_size=len(chunk))
             for r, src, prompt, scale, item_seeds, images in zip(chunk, originals, prompts, scales, seeds, outputs):
                 records = []
                 for k, (seed, out) in enumerate(zip(item_seeds, images)):
@@ -139,6 +157,9 @@ def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
                     })
                 store.put(r.image_id, records)
             bar.update(len(chunk))
+
+        in_batches(len(todo), batch, generate_chunk, shrink=gen.batch_size is None, what=f"generating ({variant})",
+                   advice=f"Lower generation.batch_size (now {batch}) or generation.max_side (now {gen.max_side}).")
         bar.close()
     if not store.complete(sources.image_id):
         return None

@@ -113,7 +113,7 @@ class GenerationParams(_Section):
     num_inference_steps: int = Field(50, ge=1)
     num_candidates: int = Field(3, ge=1, description="k candidates per source image.")
     max_side: int = Field(768, ge=64, description="Sources larger than this (long side) are downscaled for the model.")
-    batch_size: int | None = Field(None, ge=1, description="Sources per denoising loop; None: 8 on CUDA, 1 (the pipeline itself) on the CPU.")
+    batch_size: int | None = Field(None, ge=1, description="Sources per denoising loop; None: from free GPU memory on CUDA (halved on out-of-memory), 1 (the pipeline itself) on the CPU.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU.")
     compile: bool = Field(False, description="torch.compile the UNet on CUDA (pays off on long runs; recompiles per input size).")
 

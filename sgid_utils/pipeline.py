@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,3 +79,28 @@ def gpu_memory_hint(what: str, advice: str) -> Iterator[None]:
         yield
     except torch.OutOfMemoryError:
         raise StageError(f"GPU out of memory while {what}. {advice} Finished items are kept; rerun to resume.") from None
+
+
+def in_batches(total: int, batch: int, work: Callable[[int, int], None], shrink: bool, what: str, advice: str) -> int:
+    """Call ``work(start, stop)`` over consecutive chunks of ``batch`` items; returns the last batch size.
+
+    With ``shrink`` (a batch size chosen automatically), a CUDA out-of-memory error halves the
+    batch and retries the same chunk, down to one item; otherwise, or at one item, it becomes a
+    StageError that says what to lower. Only a chunk that finished counts.
+    """
+    start = 0
+    while start < total:
+        stop = min(start + batch, total)
+        try:
+            with gpu_memory_hint(what, advice):
+                work(start, stop)
+        except StageError:
+            if not shrink or batch == 1:
+                raise
+            batch = max(1, batch // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            print(f"[sgid] GPU out of memory while {what} at {stop - start} items per batch; retrying at {batch}.", file=sys.stderr)
+            continue
+        start = stop
+    return batch

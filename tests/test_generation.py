@@ -70,3 +70,35 @@ def test_batched_stage_matches_the_per_image_pipeline(make_params, pipeline_run)
     for a, b in zip(batched.sort_values("path").path, reference.sort_values("path").path):
         diff = np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int))
         assert diff.max() <= 2, (a, diff.max())
+
+
+def test_auto_batch_size_follows_free_memory_and_input_size():
+    import torch
+
+    from sgid_utils.generation import MAX_AUTO_BATCH, auto_batch_size
+
+    gib = 2**30
+    assert auto_batch_size(75 * gib, 512, 512, 3, torch.float16) == 13  # an idle H100
+    assert auto_batch_size(135 * gib, 512, 512, 3, torch.float16) == MAX_AUTO_BATCH  # an idle H200: capped
+    assert auto_batch_size(13 * gib, 512, 512, 3, torch.float16) == 2  # a T4 after the weights
+    assert auto_batch_size(13 * gib, 256, 256, 3, torch.float16) == 9  # a quarter of the pixels
+    assert auto_batch_size(13 * gib, 512, 512, 3, torch.float32) == 1  # twice the bytes per value
+    assert auto_batch_size(1 * gib, 768, 768, 3, torch.float16) == 1  # never below one
+
+
+def test_in_batches_halves_on_out_of_memory_only_when_chosen_automatically():
+    import torch
+
+    from sgid_utils.pipeline import StageError, in_batches
+
+    done: list[tuple[int, int]] = []
+
+    def work(start: int, stop: int) -> None:
+        if stop - start > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        done.append((start, stop))
+
+    assert in_batches(10, 8, work, shrink=True, what="testing", advice="") == 2
+    assert done == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]  # every item once, in order
+    with pytest.raises(StageError, match="GPU out of memory while testing. Lower it"):
+        in_batches(10, 8, work, shrink=False, what="testing", advice="Lower it.")
