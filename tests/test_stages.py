@@ -89,3 +89,46 @@ def test_sharded_curation_is_finished_by_the_last_shard(make_params, pipeline_ru
     got = pd.read_parquet(params.run.dir / "curation" / "curated.parquet")
     pd.testing.assert_frame_equal(got.drop(columns=["source_path"]), ref.drop(columns=["source_path"]))
     assert curated is not None and len(curated) == len(ref)
+
+
+def test_accelerate_launch_with_two_processes_gives_what_one_process_gives(make_params, pipeline_run):
+    """The README's multi-GPU command, on the CPU: ``--multi_gpu`` starts the same torch elastic launcher
+    (RANK, WORLD_SIZE, a gloo process group) that accelerate uses on a machine with several GPUs."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    if not accelerate.exists():
+        pytest.skip("accelerate's launcher is not installed beside this Python")
+    params = make_params("acc")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("SGID_SHARD", "RANK", "WORLD_SIZE")}
+    for stage in ("captions", "similarity", "generate"):
+        done = subprocess.run(
+            [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+             "-m", "sgid_utils", "run", stage, "--params", str(params.source_file)],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stderr.count(f"[sgid] stage {stage}") == 2  # both processes ran the stage
+    run_dir = params.run.dir
+    for table in ("captions/captions.parquet", "similarity/best.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(run_dir / table), pd.read_parquet(pipeline_run.run.dir / table))
+    got = pd.read_parquet(run_dir / "generation" / "raw" / "manifest.parquet")
+    ref = pd.read_parquet(pipeline_run.run.dir / "generation" / "raw" / "manifest.parquet")
+    assert list(got.path) == list(ref.path)
+    import numpy as np
+    from PIL import Image
+
+    # torchrun gives each process one thread (OMP_NUM_THREADS=1): other summation orders, the same images to 1/255
+    for rel in ref.path:
+        a, b = (np.asarray(Image.open(d / rel), dtype=np.int16) for d in (run_dir, pipeline_run.run.dir))
+        assert np.abs(a - b).max() <= 1, rel
+    shutil.rmtree(run_dir)
