@@ -245,6 +245,25 @@ def _batches(images: torch.Tensor, batch_size: int, device: torch.device):
         yield images[start:start + batch_size].to(device)
 
 
+class _OnePassPerBatch(torch.nn.Module):
+    """A feature extractor that FID and KID share: the second call on the same batch returns the first's features.
+
+    torchmetrics' FID and KID each run their extractor in ``update``; this halves the Inception passes.
+    """
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        if hasattr(net, "num_features"):  # else torchmetrics finds the width with one dummy image
+            self.num_features = net.num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self._last is None or self._last[0] is not images:
+            self._last = (images, self.net(images))
+        return self._last[1]
+
+
 def fid_kid(
     real_images: torch.Tensor,
     gen_images: torch.Tensor,
@@ -262,7 +281,7 @@ def fid_kid(
     once from GitHub or read from ``weights_path``) or any module mapping such a batch
     to (N, D) features. When the Inception weights cannot be had (offline, or
     torch-fidelity missing) this warns why and returns None: no number is made up.
-    The feature extractor is shared by both metrics; KID's subset size is capped at
+    Both metrics share one feature pass per batch; KID's subset size is capped at
     the smaller set's size and its random subsets are drawn from ``seed``.
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -272,17 +291,19 @@ def fid_kid(
     if min(n_real, n_gen) < 2:
         raise ValueError(f"FID/KID need at least 2 images per set; got {n_real} real, {n_gen} generated")
     try:
-        fid = FrechetInceptionDistance(feature=feature,
-                                       feature_extractor_weights_path=None if weights_path is None else str(weights_path))
+        net = FrechetInceptionDistance(feature=feature,
+                                       feature_extractor_weights_path=None if weights_path is None else str(weights_path)).inception
     except (OSError, ModuleNotFoundError) as exc:  # URLError offline, a missing weights file, no torch-fidelity
         warnings.warn(f"FID/KID skipped: the Inception-v3 feature extractor could not be loaded "
                       f"({type(exc).__name__}: {exc}). Install torch-fidelity and run once online, or pass weights_path.",
                       RuntimeWarning, stacklevel=2)
         return None
     size = min(subset_size, n_real, n_gen)
+    shared = _OnePassPerBatch(net).eval()
+    fid = FrechetInceptionDistance(feature=shared)
     with warnings.catch_warnings():  # its notice that it keeps every feature in memory: known, and small here
         warnings.filterwarnings("ignore", message=".*will save all extracted features", category=UserWarning)
-        kid = KernelInceptionDistance(feature=fid.inception, subsets=subsets, subset_size=size)
+        kid = KernelInceptionDistance(feature=shared, subsets=subsets, subset_size=size)
     device = torch.device(device)
     fid, kid = fid.to(device), kid.to(device)
     with torch.no_grad():

@@ -191,6 +191,19 @@ def test_fid_kid_wiring_with_a_tiny_feature_extractor():
     assert seeded[0] == seeded[1]  # KID's random subsets come from the seed
 
 
+def test_fid_and_kid_share_one_feature_pass_per_batch():
+    class Counting(PooledColours):
+        seen = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            Counting.seen += len(x)
+            return super().forward(x)
+
+    images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    fid_kid(images[:24], images[24:], feature=Counting(), subset_size=10, subsets=2, batch_size=8)
+    assert Counting.seen == 40  # each image once, not once per metric
+
+
 def test_fid_kid_without_inception_weights_returns_none(tmp_path):
     images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
     with pytest.warns(RuntimeWarning, match="FID/KID skipped"):
