@@ -15,6 +15,11 @@ Stages:
   batched calls (a batch of images per call, each image's sampling seeded by itself).
 - similarity: CLIP scores of 20 captions per image, one text batch per image (as
   ``similarity.run_similarity``) against one text batch for all images of a batch.
+- training (only with ``--stage training``): one epoch of the classifier's training
+  steps with JPEG decoding and resizing in every epoch (what a folder dataset does)
+  against the stage's cache of decoded images, through the stage's own ``ImageTable``
+  and ``ImageCache``, with AMP, loader workers and pinned memory on CUDA. The cache is
+  filled once per process for all methods and seeds; that one-off decode is left out.
 
 Each path runs once untimed (kernel selection, allocator warm-up), then
 ``--repeats`` times alternating with the other path; the best time counts, which
@@ -42,7 +47,7 @@ from sgid_utils.batched import generate_many
 from sgid_utils.captioning import beam_captions, nucleus_captions
 from sgid_utils.generation import PromptEncoder, generate_candidates
 from sgid_utils.models import load_captioner, load_clip, load_img2img, resolve_dtype
-from sgid_utils.params import CaptioningParams, GenerationParams
+from sgid_utils.params import CaptioningParams, GenerationParams, TrainingParams
 from sgid_utils.prompts import build_prompt, guidance_scale
 from sgid_utils.seeding import derive_seed
 from sgid_utils.similarity import image_embeddings, text_embeddings
@@ -222,7 +227,68 @@ def bench_similarity(args: argparse.Namespace, device: torch.device, dtype: torc
     return args.n_images / seconds["per-image"], args.n_images / seconds["batched"]
 
 
-STAGES = {"generation": bench_generation, "captioning": bench_captioning, "similarity": bench_similarity}
+def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
+    from timm.data import resolve_data_config
+    from torch.utils.data import DataLoader
+
+    from sgid_utils.models import create_classifier
+    from sgid_utils.training import ImageCache, ImageTable, mixed_loss
+
+    t = TrainingParams()
+    num_classes = 37
+    if args.arch == "tiny":
+        tiny.build_vit(workdir / "vit")
+        model = create_classifier(f"local-dir:{workdir / 'vit'}", num_classes)
+    else:
+        model = archs.build_vit_b16(num_classes)
+    model = model.to(device).train()
+    data_cfg = resolve_data_config({}, model=model)
+    size = data_cfg["input_size"][-1]
+    (workdir / "train").mkdir()
+    paths = []
+    for i, image in enumerate(source_images(args.train_images, *args.size, seed=1)):
+        paths.append(str(workdir / "train" / f"{i}.jpg"))
+        image.save(paths[-1], quality=90)
+    labels = [i % num_classes for i in range(len(paths))]
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    use_amp = t.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    workers = t.num_workers if device.type == "cuda" else 0
+
+    def epoch(dataset: Callable[[], ImageTable]) -> Callable[[], None]:
+        def run() -> None:
+            loader = DataLoader(dataset(), batch_size=t.batch_size, shuffle=True,
+                                num_workers=workers, pin_memory=device.type == "cuda")
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, enabled=use_amp):
+                    logits = model(x)
+                loss = mixed_loss(logits, y, y, 1.0)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+        return run
+
+    def table_with(cache: ImageCache) -> ImageTable:
+        return ImageTable(paths, labels, cache, data_cfg["mean"], data_cfg["std"])
+
+    cached = table_with(ImageCache(size))
+    cached.cache.warm(paths)
+    seconds = best_times({"decode each epoch": epoch(lambda: table_with(ImageCache(size))), "cached": epoch(lambda: cached)},
+                         args.repeats, device)
+    print(f"\n== training: arch {args.arch}, {where(device)}, AMP {use_amp}, {workers} loader workers, "
+          f"{len(paths)} JPEGs of {args.size[0]}x{args.size[1]} -> {size} px, batch {t.batch_size}, one epoch, best of {args.repeats}")
+    rows = [("path", "seconds", "img/s")] + [(n, f"{s:.3f}", f"{len(paths) / s:.3g}") for n, s in seconds.items()]
+    print(table(rows))
+    return len(paths) / seconds["decode each epoch"], len(paths) / seconds["cached"]
+
+
+STAGES = {"generation": bench_generation, "captioning": bench_captioning, "similarity": bench_similarity,
+          "training": bench_training}
+DEFAULT_STAGES = ["generation", "captioning", "similarity"]
+# The two paths of each stage, as the summary lines name them.
+PATHS = {"training": ("decode each epoch", "cached")}
 
 
 def size(text: str) -> tuple[int, int]:
@@ -233,7 +299,7 @@ def size(text: str) -> tuple[int, int]:
 def main() -> None:
     gen = GenerationParams()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", nargs="+", choices=list(STAGES), default=list(STAGES))
+    parser.add_argument("--stage", nargs="+", choices=list(STAGES), default=DEFAULT_STAGES)
     parser.add_argument("--arch", choices=["tiny", "real"], default="tiny",
                         help="tiny: the smoke profile's models (CPU-friendly); real: full-size architectures, random weights")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -246,6 +312,7 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=gen.strength)
     parser.add_argument("--size", type=size, default=None, help="WxH of every source (default: 64x64 tiny, 512x512 real)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-images", type=int, default=256, help="JPEGs in the training benchmark's epoch")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch's CPU threads (default: 1 on a CPU device, where the tiny models' ops are too small "
                              "to gain and a busy machine makes threads wait on each other; torch's choice otherwise)")
@@ -270,8 +337,9 @@ def main() -> None:
         for stage in args.stage:
             results[stage] = STAGES[stage](args, device, dtype, Path(workdir))
     print()
-    for stage, (per_image, batched) in results.items():
-        print(f"{stage}: per-image {per_image:.3g} img/s, batched {batched:.3g} img/s, speedup {batched / per_image:.2f}×")
+    for stage, (slow, fast) in results.items():
+        slow_name, fast_name = PATHS.get(stage, ("per-image", "batched"))
+        print(f"{stage}: {slow_name} {slow:.3g} img/s, {fast_name} {fast:.3g} img/s, speedup {fast / slow:.2f}×")
 
 
 if __name__ == "__main__":
