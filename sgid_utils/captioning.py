@@ -4,8 +4,9 @@ Both run batched over images. Beam search is deterministic. Nucleus sampling ins
 ``generate`` draws from one global RNG for the whole batch (``generate`` takes no
 per-row generator), so an image's captions would depend on its batch-mates; here
 each image's random numbers come from its own seed, derived from (run seed, image
-id), and ``SeededNucleusSampler`` picks each token with them. An image's captions are
-then the same whatever the batch size, order, shard or device.
+id), and ``SeededNucleusSampler`` picks each token with them. An image's random draws
+are then the same whatever the batch size, order, shard or device, and so are its
+captions up to floating-point differences in the logits (exactly, on the CPU in fp32).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class SeededNucleusSampler(LogitsProcessor):
     Filters with transformers' ``TopPLogitsWarper``, samples by inverse CDF with
     ``uniforms[row, step]`` and returns logits that allow only the chosen token, so
     ``generate``'s own multinomial draw (run with ``top_k=0``, ``top_p=1``) returns it
-    with probability one.
+    with probability one. One sampler serves one ``generate`` call: it counts steps from
+    the length of the first input it sees.
     """
 
     def __init__(self, top_p: float, uniforms: torch.Tensor) -> None:
@@ -49,13 +51,16 @@ class SeededNucleusSampler(LogitsProcessor):
         rows, length = input_ids.shape
         if rows != len(self.uniforms):
             raise ValueError(f"{rows} rows to sample but uniforms for {len(self.uniforms)}")
-        self.start = length if self.start is None else self.start
+        if self.start is None:
+            self.start, self.uniforms = length, self.uniforms.to(scores.device)
         step = length - self.start
         if step >= self.uniforms.shape[1]:
             raise ValueError(f"step {step} beyond the {self.uniforms.shape[1]} pre-drawn uniforms (max_new_tokens)")
         probs = torch.softmax(self.top_p(input_ids, scores.float()), dim=-1)
         cdf = probs.cumsum(-1)
-        u = self.uniforms[:, step:step + 1].to(cdf.device) * cdf[:, -1:]
+        if not torch.isfinite(cdf[:, -1]).all():
+            raise ValueError("the captioner's logits are not finite (NaN or inf): check the model and captioning dtype")
+        u = self.uniforms[:, step:step + 1] * cdf[:, -1:]
         tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=scores.shape[-1] - 1)
         return torch.full_like(scores, -float("inf")).scatter_(1, tokens, 0.0)
 
@@ -69,7 +74,7 @@ def nucleus_captions(model, processor, images: list, cfg: CaptioningParams, seed
     uniforms = torch.cat([torch.rand(n, cfg.max_new_tokens, generator=torch.Generator().manual_seed(s)) for s in seeds])
     inputs = processor(images=images, return_tensors="pt").to(model.device, model.dtype)
     out = model.generate(
-        **inputs, do_sample=True, top_k=0, top_p=1.0, temperature=1.0, num_return_sequences=n,
+        **inputs, do_sample=True, num_beams=1, top_k=0, top_p=1.0, temperature=1.0, num_return_sequences=n,
         max_new_tokens=cfg.max_new_tokens, logits_processor=[SeededNucleusSampler(cfg.top_p, uniforms)],
     )
     texts = _clean(processor.batch_decode(out, skip_special_tokens=True))

@@ -128,6 +128,9 @@ def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
             batch = auto_batch_size(torch.cuda.mem_get_info(device)[0], largest.in_w, largest.in_h, gen.num_candidates, pipe.unet.dtype)
         else:
             batch = 1
+        # The reference path, when asked for or on the CPU by default; never switched on by free GPU memory,
+        # so a resumed run does not mix paths.
+        reference = gen.batch_size == 1 or (gen.batch_size is None and device.type != "cuda")
         bar = tqdm(total=len(todo), desc=f"generate ({variant})", unit="img")
 
         def generate_chunk(start: int, stop: int) -> None:
@@ -139,7 +142,7 @@ def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
             scales = [guidance_scale(r.s_star, gen.guidance) for r in chunk]
             seeds = [[derive_seed(params.run.seed, r.image_id, k, purpose="generate") for k in range(gen.num_candidates)] for r in chunk]
             embeds = [encode(p, gen.negative_prompt) for p in prompts]
-            if batch == 1:  # the diffusers pipeline itself: the reference path
+            if reference:  # the diffusers pipeline itself
                 outputs = [generate_candidates(pipe, *embeds[0], inputs[0], scales[0], gen.strength, gen.num_inference_steps, seeds[0])]
             else:
                 outputs = generate_many(pipe, inputs, [e for e, _ in embeds], [n for _, n in embeds], scales,
@@ -158,8 +161,9 @@ def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
                 store.put(r.image_id, records)
             bar.update(len(chunk))
 
-        in_batches(len(todo), batch, generate_chunk, shrink=gen.batch_size is None, what=f"generating ({variant})",
-                   advice=f"Lower generation.batch_size (now {batch}) or generation.max_side (now {gen.max_side}).")
+        in_batches(len(todo), batch, generate_chunk, shrink=gen.batch_size is None,
+                   what=f"generating ({variant}) from sources up to {largest.in_w}x{largest.in_h}",
+                   setting="generation.batch_size", other=f", or lower generation.max_side (now {gen.max_side})")
         bar.close()
     if not store.complete(sources.image_id):
         return None

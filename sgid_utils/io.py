@@ -158,7 +158,7 @@ def check_fingerprint(stage_dir: Path, fingerprint: dict[str, Any], stage: str) 
         if changed:
             detail = "; ".join(f"{k}: was {before.get(k)!r}, now {current.get(k)!r}" for k in changed)
             raise StaleOutputsError(
-                f"Stage '{stage}' already has outputs in {stage_dir} made with other params ({detail}). "
+                f"Stage '{stage}' already has outputs in {stage_dir} made with other params or code ({detail}). "
                 f"Use a new run.dir (e.g. --run-dir or --set run.dir=...), or delete {stage_dir} and every later "
                 "stage's folder to recompute."
             )

@@ -243,6 +243,8 @@ class Params(_Section):
             if isinstance(node, dict):
                 node = {k: v for k, v in node.items() if f"{dotted}.{k}" not in _NOT_IN_FINGERPRINT}
             out[dotted] = node
+            if dotted in CODE_VERSIONS:
+                out[f"{dotted}.code_version"] = CODE_VERSIONS[dotted]
         return out
 
 
@@ -251,6 +253,9 @@ _NOT_IN_FINGERPRINT = {
     "generation.compile", "training.eval_batch_size", "training.methods", "training.seeds",
     "training.sgid_proportions", "training.filtered_proportions",
 }
+# Bumped when a section's code gives other outputs for the same params, so that a run dir keeps one version's files.
+# captioning 2: nucleus sampling batched, each image's tokens drawn from its own seed (SeededNucleusSampler).
+CODE_VERSIONS = {"captioning": 2}
 # Each stage's output depends on its own keys and on every upstream stage's.
 STAGE_KEYS: dict[str, tuple[str, ...]] = {"data": ("dataset", "run.seed")}
 STAGE_KEYS["captions"] = STAGE_KEYS["data"] + ("models.captioner", "captioning")

@@ -81,26 +81,29 @@ def gpu_memory_hint(what: str, advice: str) -> Iterator[None]:
         raise StageError(f"GPU out of memory while {what}. {advice} Finished items are kept; rerun to resume.") from None
 
 
-def in_batches(total: int, batch: int, work: Callable[[int, int], None], shrink: bool, what: str, advice: str) -> int:
-    """Call ``work(start, stop)`` over consecutive chunks of ``batch`` items; returns the last batch size.
+def in_batches(total: int, batch: int, work: Callable[[int, int], None], shrink: bool, what: str, setting: str,
+               other: str = "") -> None:
+    """Call ``work(start, stop)`` over consecutive chunks of ``batch`` items.
 
-    With ``shrink`` (a batch size chosen automatically), a CUDA out-of-memory error halves the
-    batch and retries the same chunk, down to one item; otherwise, or at one item, it becomes a
-    StageError that says what to lower. Only a chunk that finished counts.
+    With ``shrink`` (a batch size chosen automatically) a CUDA out-of-memory error halves the
+    batch and retries the same chunk, down to one item. Otherwise, or at one item, it becomes a
+    StageError naming ``setting`` (and ``other``, further settings to lower). A chunk's results
+    are kept only once ``work`` returns, so a retried chunk is not done twice.
     """
     start = 0
     while start < total:
         stop = min(start + batch, total)
         try:
-            with gpu_memory_hint(what, advice):
-                work(start, stop)
-        except StageError:
-            if not shrink or batch == 1:
-                raise
-            batch = max(1, batch // 2)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            print(f"[sgid] GPU out of memory while {what} at {stop - start} items per batch; retrying at {batch}.", file=sys.stderr)
+            work(start, stop)
+        except torch.OutOfMemoryError:
+            if not shrink or stop - start == 1:
+                lower = "Even one item does not fit: free GPU memory" if shrink else f"Lower {setting} below {stop - start}"
+                raise StageError(f"GPU out of memory while {what} ({stop - start} per batch). {lower}{other}. "
+                                 "Finished items are kept; rerun to resume.") from None
+        else:
+            start = stop
             continue
-        start = stop
-    return batch
+        batch = max(1, (stop - start) // 2)  # out of the except block: the failed attempt's tensors are released
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        print(f"[sgid] GPU out of memory while {what} at {stop - start} per batch; retrying at {batch}.", file=sys.stderr)

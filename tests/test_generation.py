@@ -98,7 +98,16 @@ def test_in_batches_halves_on_out_of_memory_only_when_chosen_automatically():
             raise torch.OutOfMemoryError("CUDA out of memory")
         done.append((start, stop))
 
-    assert in_batches(10, 8, work, shrink=True, what="testing", advice="") == 2
-    assert done == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]  # every item once, in order
-    with pytest.raises(StageError, match="GPU out of memory while testing. Lower it"):
-        in_batches(10, 8, work, shrink=False, what="testing", advice="Lower it.")
+    in_batches(10, 8, work, shrink=True, what="testing", setting="x.batch_size")
+    assert done == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]  # every item once, in order, at the size that fits
+    done.clear()
+    in_batches(13, 16, work, shrink=True, what="testing", setting="x.batch_size")
+    assert done == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 13)]  # halved from the failed chunk's 13, not from 16
+    with pytest.raises(StageError, match=r"while testing \(8 per batch\)\. Lower x.batch_size below 8, or y\."):
+        in_batches(10, 8, work, shrink=False, what="testing", setting="x.batch_size", other=", or y")
+
+    def never_fits(start: int, stop: int) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(StageError, match="Even one item does not fit"):
+        in_batches(4, 4, never_fits, shrink=True, what="testing", setting="x.batch_size")

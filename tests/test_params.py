@@ -124,3 +124,17 @@ def test_smoke_profile_is_offline():
         assert Path(ref.removeprefix("local-dir:")).is_absolute(), ref
     assert p.smoke.build_models and p.smoke.build_dataset
     assert len(p.training.seeds) >= 2 and set(p.training.methods) == {"baseline", "cutmix", "randaugment", "sgid", "sgid_filtered"}
+
+
+def test_code_versions_make_older_outputs_stale(make_params, tmp_path):
+    from sgid_utils.io import StaleOutputsError, check_fingerprint
+    from sgid_utils.params import CODE_VERSIONS
+
+    params = make_params()
+    for stage in ("captions", "similarity", "generate", "curate", "train"):
+        assert params.stage_fingerprint(stage)["captioning.code_version"] == CODE_VERSIONS["captioning"]
+    assert "captioning.code_version" not in params.stage_fingerprint("data")
+    older = {k: v for k, v in params.stage_fingerprint("captions").items() if k != "captioning.code_version"}
+    check_fingerprint(tmp_path / "captions", older, "captions")  # a run dir captioned by the code before version 2
+    with pytest.raises(StaleOutputsError, match="captioning.code_version: was None, now 2"):
+        check_fingerprint(tmp_path / "captions", params.stage_fingerprint("captions"), "captions")
