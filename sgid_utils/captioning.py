@@ -16,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-
 from transformers import LogitsProcessor, TopPLogitsWarper
 
 from .data import load_image

@@ -93,17 +93,19 @@ def in_batches(total: int, batch: int, work: Callable[[int, int], None], shrink:
     start = 0
     while start < total:
         stop = min(start + batch, total)
+        failed = 0
         try:
             work(start, stop)
         except torch.OutOfMemoryError:
-            if not shrink or stop - start == 1:
-                lower = "Even one item does not fit: free GPU memory" if shrink else f"Lower {setting} below {stop - start}"
-                raise StageError(f"GPU out of memory while {what} ({stop - start} per batch). {lower}{other}. "
-                                 "Finished items are kept; rerun to resume.") from None
-        else:
+            failed = stop - start
+        if not failed:
             start = stop
             continue
-        batch = max(1, (stop - start) // 2)  # out of the except block: the failed attempt's tensors are released
+        if not shrink or failed == 1:
+            lower = "Even one item does not fit: free GPU memory" if shrink else f"Lower {setting} below {failed}"
+            raise StageError(f"GPU out of memory while {what} ({failed} per batch). {lower}{other}. "
+                             "Finished items are kept; rerun to resume.")
+        batch = failed // 2
         if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        print(f"[sgid] GPU out of memory while {what} at {stop - start} per batch; retrying at {batch}.", file=sys.stderr)
+            torch.cuda.empty_cache()  # outside the except block, where the failed attempt's tensors are already released
+        print(f"[sgid] GPU out of memory while {what} at {failed} per batch; retrying at {batch}.", file=sys.stderr)
