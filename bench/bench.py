@@ -232,7 +232,7 @@ def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.
     from torch.utils.data import DataLoader
 
     from sgid_utils.models import create_classifier
-    from sgid_utils.training import ImageCache, ImageTable, mixed_loss
+    from sgid_utils.training import ImageCache, ImageTable, train_step
 
     t = TrainingParams()
     num_classes = 37
@@ -261,13 +261,7 @@ def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.
                                 num_workers=workers, pin_memory=device.type == "cuda")
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, enabled=use_amp):
-                    logits = model(x)
-                loss = mixed_loss(logits, y, y, 1.0)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                train_step(model, optimizer, scaler, x, y, y, 1.0, use_amp)
         return run
 
     def table_with(cache: ImageCache) -> ImageTable:

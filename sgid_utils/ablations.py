@@ -6,8 +6,9 @@ lists variants, each a set of overrides of the generation stage: a label-only pr
 instead of f(s*), other strengths on a subset. Each variant is its own run directory,
 ``<run.dir>-<name>``, trained with the same seeds as Baseline and SGID at 100 %, so
 every row carries its own mean ± std and its own paired comparison to its Baseline.
-Captions, similarity and the Baseline runs are shared with the base run through symbolic
-links when the variant leaves what they depend on unchanged.
+Captions, similarity and the Baseline runs are shared with the base run, or with a variant
+run before, through symbolic links when the variant leaves what they depend on unchanged
+(the strength variants share one data subset, its captions and its Baselines).
 """
 
 from __future__ import annotations
@@ -46,9 +47,6 @@ def share_upstream(base: Params, variant: Params) -> list[str]:
     return linked
 
 
-BASELINE_KEYS = ("dataset", "run.seed", "models.classifier", "training")
-
-
 def share_baselines(base: Params, variant: Params) -> list[str]:
     """Link the base run's finished Baseline runs into the variant.
 
@@ -60,8 +58,8 @@ def share_baselines(base: Params, variant: Params) -> list[str]:
     fingerprint = Path(base.run.dir) / "training" / "_params.json"
     if not fingerprint.exists():
         return []
-    before, now = read_json(fingerprint), variant.stage_fingerprint("train")
-    if any(before.get(k) != now.get(k) for k in BASELINE_KEYS):
+    before, now = read_json(fingerprint), variant.stage_fingerprint("train_baseline")
+    if any(before.get(k) != v for k, v in now.items()):
         return []
     linked = []
     for seed in variant.training.seeds:
@@ -89,16 +87,23 @@ def run_ablations(params: Params) -> pd.DataFrame:
     from .similarity import run_similarity
     from .training import run_training
 
+    from .pipeline import StageError, shard
+
     if not params.ablations:
         raise ParamsError(f"{params.source_file} lists no ablations: use an ablation profile such as params/pets_ablations.yaml")
+    if shard()[1] > 1:
+        raise StageError("Ablations run their variants' stages one after another in one process; run them without "
+                         "--shard or accelerate launch (shard the base run's stages instead).")
     variants = [(a, variant_params(params, a.name, a.set)) for a in params.ablations]  # validate all first
-    rows = []
+    rows, finished = [], [params]
     for ablation, variant in variants:
-        share_upstream(params, variant)
-        share_baselines(params, variant)
+        for earlier in finished:  # the first run made with the same upstream params is linked
+            share_upstream(earlier, variant)
+            share_baselines(earlier, variant)
         for stage in (run_captions, run_similarity, run_generation, run_curation):
             stage(variant)
         results = run_training(variant)
+        finished.append(variant)
         sig = significance(results, variant).set_index("setting").loc["SGID (100%)"]
         acc = results.groupby("setting").test_acc.agg(["mean", "std", "count"])
         rows.append({

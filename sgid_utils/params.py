@@ -264,6 +264,7 @@ STAGE_KEYS["generate"] = STAGE_KEYS["similarity"] + ("models.diffusion", "genera
 STAGE_KEYS["generate_upscaled"] = STAGE_KEYS["generate"] + ("curation.upscale_threshold", "curation.upscale_to")
 STAGE_KEYS["curate"] = STAGE_KEYS["generate"] + ("curation", "quality")
 STAGE_KEYS["train"] = STAGE_KEYS["curate"] + ("models.classifier", "training")
+STAGE_KEYS["train_baseline"] = STAGE_KEYS["data"] + ("models.classifier", "training")  # Baseline uses no generated image
 _PATH_KEYS = ("run.dir", "run.reports_dir", "dataset.path", "dataset.test_path")
 _ENV_OVERRIDES = {"SGID_RUN_DIR": "run.dir", "SGID_REPORTS_DIR": "run.reports_dir"}
 

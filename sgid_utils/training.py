@@ -144,6 +144,19 @@ def mixed_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: 
     return lam * F.cross_entropy(logits, y_a) + (1.0 - lam) * F.cross_entropy(logits, y_b)
 
 
+def train_step(model, optimizer, scaler, x: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float,
+               use_amp: bool) -> torch.Tensor:
+    """One optimisation step on a batch (CutMix-ed when lam < 1), under AMP when asked; returns the loss."""
+    with torch.autocast(x.device.type, enabled=use_amp):
+        logits = model(x)
+    loss = mixed_loss(logits, y_a, y_b, lam)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 def _rng_state(loader_gen: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "loader": loader_gen.get_state(),
@@ -221,13 +234,7 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
             y_b, lam = y, 1.0
             if cfg.method == "cutmix":
                 x, y, y_b, lam = cutmix_batch(x, y, t.cutmix_alpha, t.cutmix_prob)
-            with torch.autocast(device.type, enabled=use_amp):
-                logits = model(x)
-            loss = mixed_loss(logits, y, y_b, lam)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss = train_step(model, optimizer, scaler, x, y, y_b, lam, use_amp)
             loss_sum += loss.item() * len(y)
             seen += len(y)
         test_acc = test_loss = float("nan")

@@ -6,6 +6,7 @@ import yaml
 
 from sgid_utils.ablations import run_ablations, variant_params
 from sgid_utils.params import ParamsError, load_params
+from sgid_utils.pipeline import StageError
 
 from .conftest import REPO
 
@@ -54,3 +55,21 @@ def test_a_label_only_variant_reuses_upstream_and_reports_its_own_comparison(mak
     assert (params.run.reports_dir / "tables" / "ablations.md").exists()
     results = pd.read_parquet(variant / "training" / "results.parquet")
     assert sorted(results.setting.unique()) == ["Baseline", "SGID (100%)"]
+
+
+def test_variants_on_the_same_subset_share_its_captions_and_baselines(make_params, monkeypatch):
+    params = make_params("subset", ablations=[
+        {"name": "s2", "set": {"dataset.max_per_class": 3, "generation.strength": 0.2}},
+        {"name": "s5", "set": {"dataset.max_per_class": 3, "generation.strength": 0.5}},
+    ])
+    run_ablations(params)
+    first, second = (params.run.dir.with_name(f"{params.run.dir.name}-{n}") for n in ("s2", "s5"))
+    assert not os.path.islink(first / "captions")  # nothing made with the base data to share
+    assert all(os.path.realpath(second / s) == str((first / s).resolve()) for s in ("data", "captions", "similarity"))
+    assert all(os.path.realpath(second / "training" / f"baseline_seed{s}") == str((first / "training" / f"baseline_seed{s}").resolve())
+               for s in (0, 1))
+    assert not os.path.islink(second / "generation")
+
+    monkeypatch.setenv("SGID_SHARD", "0/2")
+    with pytest.raises(StageError, match="one process"):
+        run_ablations(params)
