@@ -50,9 +50,9 @@ def score_candidates(params: Params, manifest: pd.DataFrame, variant: str, image
             ids = todo[start:start + per_batch]
             with gpu_memory_hint("scoring candidates", f"Lower curation.batch_size (now {params.curation.batch_size})."):
                 src = image_embeddings(model, processor, [load_image(sources.loc[i, "path"]) for i in ids])
-                for row, image_id in enumerate(ids):
+                every = image_embeddings(model, processor, [load_image(p) for i in ids for p in groups[i].path])
+                for row, (image_id, emb) in enumerate(zip(ids, every.split([len(groups[i]) for i in ids]))):
                     cands = groups[image_id]
-                    emb = image_embeddings(model, processor, [load_image(p) for p in cands.path])
                     scored = cands.assign(similarity=(emb @ src[row]).cpu().tolist())
                     scored["path"] = [str(Path(p).relative_to(params.run.dir)) for p in scored.path]
                     write_npz(_embedding_file(params, variant, image_id), source=src[row].cpu().numpy(),
