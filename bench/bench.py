@@ -13,8 +13,9 @@ Stages:
 - captioning: BLIP's 10 nucleus-sampled and 10 beam-search captions of each image,
   one image per ``generate`` call (the report's way) against ``captioning``'s
   batched calls (a batch of images per call, each image's sampling seeded by itself).
-- similarity: CLIP scores of 20 captions per image, one text batch per image (as
-  ``similarity.run_similarity``) against one text batch for all images of a batch.
+- similarity: CLIP scores of 20 captions per image, one image and its captions per
+  call (the report's way) against ``similarity.score_captions`` on a batch of images
+  and all their captions (what ``similarity.run_similarity`` runs).
 - training (only with ``--stage training``): one epoch of the classifier's training
   steps with JPEG decoding and resizing in every epoch (what a folder dataset does)
   against the stage's cache of decoded images, through the stage's own ``ImageTable``
@@ -44,13 +45,13 @@ from PIL import Image
 
 from sgid_utils import archs, tiny
 from sgid_utils.batched import generate_many
-from sgid_utils.captioning import beam_captions, nucleus_captions
+from sgid_utils.captioning import beam_captions, nucleus_captions, pixel_inputs
 from sgid_utils.generation import PromptEncoder, generate_candidates
 from sgid_utils.models import load_captioner, load_clip, load_img2img, resolve_dtype
 from sgid_utils.params import CaptioningParams, GenerationParams, TrainingParams
 from sgid_utils.prompts import build_prompt, guidance_scale
 from sgid_utils.seeding import derive_seed
-from sgid_utils.similarity import image_embeddings, text_embeddings
+from sgid_utils.similarity import score_captions
 
 # Dense fp16/bf16 tensor-core peaks from NVIDIA's data sheets (TFLOP/s), matched in this order against the GPU name.
 SPEC_PEAKS_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),
@@ -181,9 +182,9 @@ def bench_captioning(args: argparse.Namespace, device: torch.device, dtype: torc
     def run(batch: int) -> Callable[[], None]:
         def captions_all() -> None:
             for start in range(0, len(images), batch):
-                chunk = images[start:start + batch]
-                nucleus_captions(model, processor, chunk, cfg, seeds[start:start + batch])
-                beam_captions(model, processor, chunk, cfg)
+                inputs = pixel_inputs(model, processor, images[start:start + batch])
+                nucleus_captions(model, processor, inputs, cfg, seeds[start:start + batch])
+                beam_captions(model, processor, inputs, cfg)
         return captions_all
 
     seconds = best_times({"per-image": run(1), "batched": run(args.batch_size)}, args.repeats, device)
@@ -207,17 +208,13 @@ def bench_similarity(args: argparse.Namespace, device: torch.device, dtype: torc
     texts = [captions(rng, CAPTIONS_PER_IMAGE) for _ in images]
     batches = [range(start, min(start + args.batch_size, len(images))) for start in range(0, len(images), args.batch_size)]
 
-    def per_image() -> None:  # run_similarity's loop: images batched, each image's captions in their own call
-        for batch in batches:
-            img = image_embeddings(model, processor, [images[i] for i in batch])
-            for row, i in enumerate(batch):
-                (text_embeddings(model, processor, texts[i]) @ img[row]).cpu()
+    def per_image() -> None:  # the report's way: one image and its captions per call
+        for image, caps in zip(images, texts):
+            score_captions(model, processor, [image], [caps])
 
-    def batched() -> None:  # all captions of a batch in one call
+    def batched() -> None:  # run_similarity's: a batch of images and all their captions in one call each
         for batch in batches:
-            img = image_embeddings(model, processor, [images[i] for i in batch])
-            txt = text_embeddings(model, processor, [t for i in batch for t in texts[i]])
-            (txt.view(len(batch), CAPTIONS_PER_IMAGE, -1) @ img[:, :, None]).cpu()
+            score_captions(model, processor, [images[i] for i in batch], [texts[i] for i in batch])
 
     seconds = best_times({"per-image": per_image, "batched": batched}, args.repeats, device)
     print(f"\n== similarity: arch {args.arch}, {where(device)} float32, {args.n_images} images x {CAPTIONS_PER_IMAGE} captions, "

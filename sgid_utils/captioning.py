@@ -65,33 +65,38 @@ class SeededNucleusSampler(LogitsProcessor):
 
 
 @torch.inference_mode()
-def nucleus_captions(model, processor, images: list, cfg: CaptioningParams, seeds: list[int]) -> list[list[str]]:
-    """``cfg.num_nucleus`` top-p captions per image, batched over images; image i's depend only on ``seeds[i]``."""
+def pixel_inputs(model, processor, images: list):
+    """The processor's model inputs for a batch of images, on the model's device and dtype (shared by both methods)."""
+    return processor(images=images, return_tensors="pt").to(model.device, model.dtype)
+
+
+@torch.inference_mode()
+def nucleus_captions(model, processor, inputs, cfg: CaptioningParams, seeds: list[int]) -> list[list[str]]:
+    """``cfg.num_nucleus`` top-p captions per image of ``inputs``; image i's depend only on ``seeds[i]``."""
     if cfg.num_nucleus == 0:
-        return [[] for _ in images]
+        return [[] for _ in seeds]
     n = cfg.num_nucleus
     uniforms = torch.cat([torch.rand(n, cfg.max_new_tokens, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    inputs = processor(images=images, return_tensors="pt").to(model.device, model.dtype)
     out = model.generate(
         **inputs, do_sample=True, num_beams=1, top_k=0, top_p=1.0, temperature=1.0, num_return_sequences=n,
         max_new_tokens=cfg.max_new_tokens, logits_processor=[SeededNucleusSampler(cfg.top_p, uniforms)],
     )
     texts = _clean(processor.batch_decode(out, skip_special_tokens=True))
-    return [texts[i * n:(i + 1) * n] for i in range(len(images))]
+    return [texts[i * n:(i + 1) * n] for i in range(len(seeds))]
 
 
 @torch.inference_mode()
-def beam_captions(model, processor, images: list, cfg: CaptioningParams) -> list[list[str]]:
-    """``cfg.num_beam`` beam-search captions per image, batched over images."""
+def beam_captions(model, processor, inputs, cfg: CaptioningParams) -> list[list[str]]:
+    """``cfg.num_beam`` beam-search captions per image of ``inputs``."""
+    count = len(inputs["pixel_values"])
     if cfg.num_beam == 0:
-        return [[] for _ in images]
-    inputs = processor(images=images, return_tensors="pt").to(model.device, model.dtype)
+        return [[] for _ in range(count)]
     out = model.generate(
         **inputs, num_beams=cfg.num_beams, num_return_sequences=cfg.num_beam, max_new_tokens=cfg.max_new_tokens,
         do_sample=False,
     )
     texts = _clean(processor.batch_decode(out, skip_special_tokens=True))
-    return [texts[i * cfg.num_beam:(i + 1) * cfg.num_beam] for i in range(len(images))]
+    return [texts[i * cfg.num_beam:(i + 1) * cfg.num_beam] for i in range(count)]
 
 
 def caption_records(image_id: str, nucleus: list[str], beam: list[str]) -> list[dict]:
@@ -128,8 +133,9 @@ def run_captions(params: Params, image_ids: list[str] | None = None) -> pd.DataF
             pil = [load_image(p) for p in batch.path]
             with gpu_memory_hint(f"captioning {len(batch)} images", f"Lower captioning.batch_size (now {cfg.batch_size})."):
                 seeds = [derive_seed(params.run.seed, image_id, purpose="nucleus") for image_id in batch.image_id]
-                nucleus = nucleus_captions(model, processor, pil, cfg, seeds)
-                beams = beam_captions(model, processor, pil, cfg)
+                inputs = pixel_inputs(model, processor, pil)
+                nucleus = nucleus_captions(model, processor, inputs, cfg, seeds)
+                beams = beam_captions(model, processor, inputs, cfg)
             for image_id, sampled, beam in zip(batch.image_id, nucleus, beams):
                 store.put(image_id, caption_records(image_id, sampled, beam))
             bar.update(len(batch))

@@ -38,6 +38,16 @@ def text_embeddings(model, processor, texts: list[str]) -> torch.Tensor:
     return F.normalize(_features(model.get_text_features(**inputs)).float(), dim=-1)
 
 
+@torch.inference_mode()
+def score_captions(model, processor, images: list, captions: list[list[str]]) -> list[list[float]]:
+    """CLIP cosine of each image with each of its captions: one image call and one text call for the whole batch."""
+    counts = [len(c) for c in captions]
+    img = image_embeddings(model, processor, images)
+    txt = text_embeddings(model, processor, [c for caps in captions for c in caps])
+    owner = torch.repeat_interleave(torch.arange(len(images)), torch.tensor(counts)).to(txt.device)
+    return [s.tolist() for s in (txt * img[owner]).sum(-1).cpu().split(counts)]
+
+
 def pick_best(scores: pd.DataFrame) -> pd.DataFrame:
     """Per image, the caption with the highest similarity (ties: the first in method/rank order)."""
     ordered = scores.sort_values(["image_id", "score", "method", "rank"], ascending=[True, False, True, True], kind="stable")
@@ -65,13 +75,11 @@ def run_similarity(params: Params) -> pd.DataFrame | None:
         for start in tqdm(range(0, len(todo), bs), desc="similarity", unit="batch"):
             batch = todo[start:start + bs]
             with gpu_memory_hint("scoring captions", f"Lower similarity.batch_size (now {bs})."):
-                img_emb = image_embeddings(model, processor, [load_image(images.loc[i, "path"]) for i in batch])
-                caps = pd.concat([by_image.get_group(i) for i in batch])
-                txt_emb = text_embeddings(model, processor, caps.caption.tolist())  # every caption of the batch in one call
-                owner = torch.as_tensor([batch.index(i) for i in caps.image_id], device=txt_emb.device)
-                caps = caps.assign(score=(txt_emb * img_emb[owner]).sum(-1).cpu().tolist())
-                for image_id, scored in caps.groupby("image_id", sort=False):
-                    store.put(image_id, scored.to_dict("records"))
+                groups = [by_image.get_group(i) for i in batch]
+                scores = score_captions(model, processor, [load_image(images.loc[i, "path"]) for i in batch],
+                                        [g.caption.tolist() for g in groups])
+            for image_id, group, score in zip(batch, groups, scores):
+                store.put(image_id, group.assign(score=score).to_dict("records"))
     if not store.complete(ids):
         return None
     scores = pd.DataFrame([r for recs in store.records(ids) for r in recs])

@@ -259,9 +259,13 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
     return result
 
 
-def training_sets(params: Params) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, float], pd.DataFrame], int]:
-    """Real train/test tables with contiguous class indices, and the generated additions per (method, proportion)."""
-    images = load_images_table(params)
+def training_sets(params: Params, images: pd.DataFrame | None = None,
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, float], pd.DataFrame], int]:
+    """Real train/test tables with contiguous class indices, and the generated additions per (method, proportion).
+
+    ``images``: the data stage's table when the caller has it already (else read from the run dir).
+    """
+    images = load_images_table(params) if images is None else images
     labels = sorted(images.loc[images.split == "train", "label"].unique())
     index = {int(v): i for i, v in enumerate(labels)}
     images = images[images.label.isin(labels)].assign(label_idx=lambda d: d.label.map(index), origin="real")
@@ -286,10 +290,10 @@ def run_training(params: Params) -> pd.DataFrame | None:
     """
     from .pipeline import ensure_inputs, gpu_memory_hint, my_share
 
-    ensure_inputs(params)
+    images = ensure_inputs(params)
     stage_dir = Path(params.run.dir) / "training"
     check_fingerprint(stage_dir, params.stage_fingerprint("train"), "train")
-    train, test, additions, num_classes = training_sets(params)
+    train, test, additions, num_classes = training_sets(params, images)
     all_configs = configs(params)
     mine = set(my_share(c.name for c in all_configs))
     for cfg in tqdm([c for c in all_configs if c.name in mine], desc="training runs", unit="run"):
