@@ -24,19 +24,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv/ with the pinned versions and a Jupyter kernel
 
-NB_TRAIN := 01_captioning 02_similarity 03_generation 04_error_analysis_upscaling 05_training
-NB_REPORT := 06_results 07_quality_and_statistics
 RUN_ENV ?=
+# The stage registry (sgid_utils/stages.py) orders everything; the Makefile asks it which notebooks run.
+NOTEBOOKS = $(addprefix notebooks/,$(addsuffix .ipynb,$(shell $(PY) -m sgid_utils stages --notebooks)))
 
 smoke: $(STAMP) ## Run every notebook and the ablations offline on params/smoke.yaml (tiny models, CPU); outputs in reports/smoke/
 	$(MAKE) --no-print-directory reproduce PARAMS=params/smoke.yaml RUN_ENV="$(OFFLINE)"
 
-# Per data set: notebooks 01-05, its ablation profile if there is one, then 06-07 (which show the ablations).
+# Per data set: the notebooks of the stages up to training, its ablation profile if there is one, then the
+# notebooks from the results stage on (which show the ablations).
 reproduce: $(STAMP) ## Run every notebook and ablation profile for each params file (PARAMS=params/pets.yaml for one); outputs in reports/<run>/
 	for p in $(PARAMS); do \
-	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --only $(NB_TRAIN) || exit 1; \
+	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --to-stage train || exit 1; \
 	  a=$${p%.yaml}_ablations.yaml; if [ -f $$a ]; then $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$a || exit 1; fi; \
-	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --only $(NB_REPORT) || exit 1; \
+	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --from-stage results || exit 1; \
 	done
 
 ablations: $(STAMP) ## Run the ablation profiles alone (PARAMS=params/pets.yaml -> params/pets_ablations.yaml)
@@ -45,10 +46,7 @@ ablations: $(STAMP) ## Run the ablation profiles alone (PARAMS=params/pets.yaml 
 test: $(STAMP) ## Unit tests, then every notebook under nbval on the smoke profile
 	$(OFFLINE) $(PY) -m pytest -q tests
 	rm -rf runs/nbval reports/nbval
-	$(OFFLINE) SGID_RUN_DIR=$(CURDIR)/runs/nbval SGID_REPORTS_DIR=$(CURDIR)/reports/nbval $(PY) -m pytest -q --nbval-lax --nbval-kernel-name python3 \
-		notebooks/01_captioning.ipynb notebooks/02_similarity.ipynb notebooks/03_generation.ipynb \
-		notebooks/04_error_analysis_upscaling.ipynb notebooks/05_training.ipynb notebooks/06_results.ipynb \
-		notebooks/07_quality_and_statistics.ipynb
+	$(OFFLINE) SGID_RUN_DIR=$(CURDIR)/runs/nbval SGID_REPORTS_DIR=$(CURDIR)/reports/nbval $(PY) -m pytest -q --nbval-lax --nbval-kernel-name python3 $(NOTEBOOKS)
 
 bench: $(STAMP) ## Benchmark per-image vs batched stages on the CPU with the tiny models (bench/README.md for --arch real on a GPU)
 	$(OFFLINE) $(PY) bench/bench.py

@@ -18,7 +18,7 @@ Stages:
   and all their captions (what ``similarity.run_similarity`` runs).
 - training (only with ``--stage training``): one epoch of the classifier's training
   steps with JPEG decoding and resizing in every epoch (what a folder dataset does)
-  against the stage's cache of decoded images, through the stage's own ``ImageTable``
+  against the stage's cache of decoded images, through the stage's own ``CachedImages``
   and ``ImageCache``, with AMP, loader workers and pinned memory on CUDA. The cache is
   filled once per process for all methods and seeds; that one-off decode is left out.
 
@@ -42,16 +42,22 @@ import numpy as np
 import torch
 import transformers
 from PIL import Image
+from timm.data import resolve_data_config
+from torch.utils.data import DataLoader
 
-from sgid_utils import archs, tiny
+from sgid_utils import builders
 from sgid_utils.batched import generate_many
 from sgid_utils.captioning import beam_captions, nucleus_captions, pixel_inputs
+from sgid_utils.flops import img2img_flops
 from sgid_utils.generation import PromptEncoder, generate_candidates
-from sgid_utils.models import load_captioner, load_clip, load_img2img, resolve_dtype
-from sgid_utils.params import CaptioningParams, GenerationParams, TrainingParams
-from sgid_utils.prompts import build_prompt, guidance_scale
+from sgid_utils.guidance import guidance_scale
+from sgid_utils.image_cache import CachedImages, ImageCache
+from sgid_utils.models import create_classifier, load_captioner, load_clip, load_img2img, resolve_dtype
+from sgid_utils.prompts import build_prompt
+from sgid_utils.schema import CaptioningParams, GenerationParams, TrainingParams
 from sgid_utils.seeding import derive_seed
 from sgid_utils.similarity import score_captions
+from sgid_utils.training import train_step
 
 # Dense fp16/bf16 tensor-core peaks from NVIDIA's data sheets (TFLOP/s), matched in this order against the GPU name.
 SPEC_PEAKS_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),
@@ -119,11 +125,11 @@ def table(rows: list[tuple[str, ...]]) -> str:
 def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
     gen = GenerationParams()
     if args.arch == "tiny":
-        tiny.build_stable_diffusion(workdir / "sd")
+        builders.save_tiny("diffusion", workdir / "sd")
         pipe = load_img2img(str(workdir / "sd"), str(device), dtype)
     else:
         with torch.device(device):
-            pipe = archs.build_sd15_img2img()
+            pipe = builders.stable_diffusion("real")
         pipe.to(device, dtype)
     width, height = args.size
     images = source_images(args.n_images, width, height)
@@ -149,7 +155,7 @@ def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torc
     pipe.scheduler.set_timesteps(args.steps)
     unet_steps = len(pipe.get_timesteps(args.steps, args.strength, "cpu")[0])
     model_h, model_w = pipe.image_processor.get_default_height_width(images[0])
-    flops = archs.img2img_flops(pipe, model_h, model_w, prompt_length=embeds[0].shape[1])
+    flops = img2img_flops(pipe, model_h, model_w, prompt_length=embeds[0].shape[1])
     per_output = unet_steps * flops["unet_cfg_pair"] + flops["vae_encode"] + flops["vae_decode"]
     peak, peak_source = (args.peak_tflops * 1e12, "--peak-tflops") if args.peak_tflops else peak_flops(device, dtype)
     floor = per_output / peak
@@ -169,11 +175,11 @@ def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torc
 
 def bench_captioning(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
     if args.arch == "tiny":
-        tiny.build_blip(workdir / "blip")
+        builders.save_tiny("captioner", workdir / "blip")
         model, processor = load_captioner(str(workdir / "blip"), str(device), dtype)
     else:
         with torch.device(device):
-            model, processor = archs.build_blip_base()
+            model, processor = builders.blip("real")
         model = model.to(dtype)
     cfg = CaptioningParams(batch_size=args.batch_size)
     images = source_images(args.n_images, *args.size)
@@ -198,11 +204,11 @@ def bench_captioning(args: argparse.Namespace, device: torch.device, dtype: torc
 
 def bench_similarity(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
     if args.arch == "tiny":
-        tiny.build_clip(workdir / "clip")
+        builders.save_tiny("clip", workdir / "clip")
         model, processor = load_clip(str(workdir / "clip"), str(device))
     else:
         with torch.device(device):
-            model, processor = archs.build_clip_b32()
+            model, processor = builders.clip("real")
     rng = np.random.default_rng(0)
     images = source_images(args.n_images, *args.size)
     texts = [captions(rng, CAPTIONS_PER_IMAGE) for _ in images]
@@ -225,19 +231,14 @@ def bench_similarity(args: argparse.Namespace, device: torch.device, dtype: torc
 
 
 def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
-    from timm.data import resolve_data_config
-    from torch.utils.data import DataLoader
-
-    from sgid_utils.models import create_classifier
-    from sgid_utils.training import ImageCache, ImageTable, train_step
 
     t = TrainingParams()
     num_classes = 37
     if args.arch == "tiny":
-        tiny.build_vit(workdir / "vit")
+        builders.save_tiny("classifier", workdir / "vit")
         model = create_classifier(f"local-dir:{workdir / 'vit'}", num_classes)
     else:
-        model = archs.build_vit_b16(num_classes)
+        model = builders.vit("real", num_classes)
     model = model.to(device).train()
     data_cfg = resolve_data_config({}, model=model)
     size = data_cfg["input_size"][-1]
@@ -252,7 +253,7 @@ def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     workers = t.num_workers if device.type == "cuda" else 0
 
-    def epoch(dataset: Callable[[], ImageTable]) -> Callable[[], None]:
+    def epoch(dataset: Callable[[], CachedImages]) -> Callable[[], None]:
         def run() -> None:
             loader = DataLoader(dataset(), batch_size=t.batch_size, shuffle=True,
                                 num_workers=workers, pin_memory=device.type == "cuda")
@@ -261,8 +262,8 @@ def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.
                 train_step(model, optimizer, scaler, x, y, y, 1.0, use_amp)
         return run
 
-    def table_with(cache: ImageCache) -> ImageTable:
-        return ImageTable(paths, labels, cache, data_cfg["mean"], data_cfg["std"])
+    def table_with(cache: ImageCache) -> CachedImages:
+        return CachedImages(paths, labels, cache, data_cfg["mean"], data_cfg["std"])
 
     cached = table_with(ImageCache(size))
     cached.cache.warm(paths)

@@ -14,35 +14,49 @@ run before, through symbolic links when the variant leaves what they depend on u
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 
+from .errors import ParamsError, StageError
+from .fingerprints import fingerprint
 from .io import read_json, write_table
-from .params import Params, ParamsError, load_params
+from .params import load_params
+from .results import format_delta, format_mean_std, load_significance, per_setting
+from .resumable import shard
+from .rundir import RunDir
+from .runner import run_stage
+from .schema import Params
+from .stages import between, upstream_closure
+from .training import TrainConfig, load_results
 
-SHARED_STAGES = ("data", "captions", "similarity")
+# The stages before generation, which every variant changes: shared when their params are unchanged.
+SHARED_STAGES = upstream_closure("generate")[:-1]
 
 
 def variant_params(params: Params, name: str, overrides: dict) -> Params:
     """The params of one variant: the base file with its overrides, in its own run directory."""
-    sets = {**overrides, "run.dir": f"{params.run.dir}-{name}", "run.name": f"{params.run.name}-{name}",
-            "run.reports_dir": str(Path(params.run.reports_dir) / "ablations" / name),
+    run = RunDir.of(params)
+    sets = {**overrides, "run.dir": str(run.variant_root(name)), "run.name": f"{params.run.name}-{name}",
+            "run.reports_dir": str(run.variant_reports(name)),
             "training.methods": ["baseline", "sgid"], "training.sgid_proportions": [1.0]}
     return load_params(params.source_file, sets)
 
 
+def _link(src, dst) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(src.resolve(), dst, target_is_directory=True)
+
+
 def share_upstream(base: Params, variant: Params) -> list[str]:
     """Link the base run's data/captions/similarity into the variant when they were made with the same params."""
+    have, want = RunDir.of(base), RunDir.of(variant)
     linked = []
     for stage in SHARED_STAGES:
-        src, dst = Path(base.run.dir) / stage, Path(variant.run.dir) / stage
-        if dst.exists() or not (src / "_params.json").exists():
+        if want.stage(stage).exists() or not have.fingerprint(stage).exists():
             continue
-        if read_json(src / "_params.json") != variant.stage_fingerprint(stage):
+        if read_json(have.fingerprint(stage)) != fingerprint(variant, stage):
             break  # a later stage depends on this one: stop sharing here
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(src.resolve(), dst, target_is_directory=True)
+        _link(have.stage(stage), want.stage(stage))
         linked.append(stage)
     return linked
 
@@ -53,42 +67,39 @@ def share_baselines(base: Params, variant: Params) -> list[str]:
     A Baseline does not depend on generation, so a prompt or guidance variant would retrain exactly
     the same models; a variant that changes the data (a subset) trains its own.
     """
-    from .training import TrainConfig
-
-    fingerprint = Path(base.run.dir) / "training" / "_params.json"
-    if not fingerprint.exists():
+    have, want = RunDir.of(base), RunDir.of(variant)
+    if not have.fingerprint("train").exists():
         return []
-    before, now = read_json(fingerprint), variant.stage_fingerprint("train_baseline")
+    before, now = read_json(have.fingerprint("train")), fingerprint(variant, "train", upstream=("data",))
     if any(before.get(k) != v for k, v in now.items()):
         return []
     linked = []
     for seed in variant.training.seeds:
         name = TrainConfig("baseline", seed).name
-        src, dst = Path(base.run.dir) / "training" / name, Path(variant.run.dir) / "training" / name
-        if (src / "result.json").exists() and not dst.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(src.resolve(), dst, target_is_directory=True)
+        if have.result(name).exists() and not want.config_dir(name).exists():
+            _link(have.config_dir(name), want.config_dir(name))
             linked.append(name)
     return linked
 
 
-def _mean_std(acc: pd.DataFrame, setting: str) -> str:
-    from .results import format_mean_std
+def ablation_row(name: str, changes: dict, variant: Params) -> dict[str, str]:
+    """One line of the ablation table: the variant's Baseline and SGID at 100 %, and their paired difference."""
+    results = load_results(variant)
+    acc = per_setting(results)
+    baseline = acc[acc.method == "baseline"].index[0]
+    sgid = acc[(acc.method == "sgid") & (acc.proportion == 1.0)].index[0]
+    sig = load_significance(variant).set_index("setting").loc[sgid]
 
-    return format_mean_std(acc.loc[setting, "mean"], acc.loc[setting, "std"], int(acc.loc[setting, "count"]))
+    def cell(setting: str) -> str:
+        return format_mean_std(acc.loc[setting, "mean"], acc.loc[setting, "std"], int(acc.loc[setting, "count"]))
+
+    return {"Variant": name, "Changes": ", ".join(f"{k}={v}" for k, v in changes.items()),
+            "Baseline": cell(baseline), "SGID (100%)": cell(sgid), "Δ (95% CI)": format_delta(sig),
+            "Significant": "yes" if sig.significant else "no"}
 
 
 def run_ablations(params: Params) -> pd.DataFrame:
-    """Run every variant of ``params.ablations`` through generation, curation and training; tabulate."""
-    from .captioning import run_captions
-    from .curation import run_curation
-    from .generation import run_generation
-    from .results import significance
-    from .similarity import run_similarity
-    from .training import run_training
-
-    from .pipeline import StageError, shard
-
+    """Run every variant of ``params.ablations`` from captions to results; tabulate their comparisons."""
     if not params.ablations:
         raise ParamsError(f"{params.source_file} lists no ablations: use an ablation profile such as params/pets_ablations.yaml")
     if shard()[1] > 1:
@@ -100,21 +111,12 @@ def run_ablations(params: Params) -> pd.DataFrame:
         for earlier in finished:  # the first run made with the same upstream params is linked
             share_upstream(earlier, variant)
             share_baselines(earlier, variant)
-        for stage in (run_captions, run_similarity, run_generation, run_curation):
-            stage(variant)
-        results = run_training(variant)
+        for stage in between("captions", "results"):
+            run_stage(stage.name, variant)
         finished.append(variant)
-        sig = significance(results, variant).set_index("setting").loc["SGID (100%)"]
-        acc = results.groupby("setting").test_acc.agg(["mean", "std", "count"])
-        rows.append({
-            "Variant": ablation.name, "Changes": ", ".join(f"{k}={v}" for k, v in ablation.set.items()),
-            "Baseline": _mean_std(acc, "Baseline"),
-            "SGID (100%)": _mean_std(acc, "SGID (100%)"),
-            "Δ (95% CI)": f"{sig.mean_diff:+.4f} [{sig.ci_low:+.4f}, {sig.ci_high:+.4f}]",
-            "Significant": "yes" if sig.significant else "no",
-        })
+        rows.append(ablation_row(ablation.name, ablation.set, variant))
     table = pd.DataFrame(rows)
-    out = Path(params.run.reports_dir) / "tables"
-    write_table(out / "ablations.csv", table)
-    write_table(out / "ablations.md", table)
+    run = RunDir.of(params)
+    write_table(run.table("ablations.csv"), table)
+    write_table(run.table("ablations.md"), table)
     return table

@@ -11,17 +11,16 @@ captions up to floating-point differences in the logits (exactly, on the CPU in 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from transformers import LogitsProcessor, TopPLogitsWarper
 
 from .data import load_image
-from .io import ItemStore, check_fingerprint, read_table, write_table
+from .io import read_table, write_table
 from .models import load_captioner, resolve_device, resolve_dtype
-from .params import CaptioningParams, Params
+from .resumable import Batches, run_items
+from .rundir import RunDir
+from .schema import CaptioningParams, Params
 from .seeding import derive_seed
 
 CAPTION_COLUMNS = ["image_id", "method", "rank", "caption"]
@@ -107,47 +106,32 @@ def caption_records(image_id: str, nucleus: list[str], beam: list[str]) -> list[
     ]
 
 
-def run_captions(params: Params, image_ids: list[str] | None = None) -> pd.DataFrame | None:
-    """Caption every training image (or ``image_ids``), resuming from finished items.
-
-    Under several processes each captions its share; the table is written (and returned) once
-    every image has its captions, by whichever process finishes last.
-    """
-    from .pipeline import ensure_inputs, gpu_memory_hint, my_share
-
-    images = ensure_inputs(params)
-    stage_dir = Path(params.run.dir) / "captions"
-    check_fingerprint(stage_dir, params.stage_fingerprint("captions"), "captions")
-    train = images[images.split == "train"]
-    if image_ids is not None:
-        train = train[train.image_id.isin(image_ids)]
-    store = ItemStore(stage_dir / "items")
-    todo = train[train.image_id.isin(store.todo(my_share(train.image_id)))]
+def run_captions(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
+    """Caption every training image, resuming from finished items; the table once every image has its captions."""
+    run = RunDir.of(params)
+    train = images[images.split == "train"].set_index("image_id")
     cfg = params.captioning
-    if len(todo):
+
+    def start(todo: list[str]) -> Batches:
         device = resolve_device(params)
         model, processor = load_captioner(params.models.captioner, str(device), resolve_dtype("auto", device))
-        bar = tqdm(total=len(todo), desc="captions", unit="img")
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo.iloc[start:start + cfg.batch_size]
-            pil = [load_image(p) for p in batch.path]
-            with gpu_memory_hint(f"captioning {len(batch)} images", f"Lower captioning.batch_size (now {cfg.batch_size})."):
-                seeds = [derive_seed(params.run.seed, image_id, purpose="nucleus") for image_id in batch.image_id]
-                inputs = pixel_inputs(model, processor, pil)
-                nucleus = nucleus_captions(model, processor, inputs, cfg, seeds)
-                beams = beam_captions(model, processor, inputs, cfg)
-            for image_id, sampled, beam in zip(batch.image_id, nucleus, beams):
-                store.put(image_id, caption_records(image_id, sampled, beam))
-            bar.update(len(batch))
-        bar.close()
-    if not store.complete(train.image_id):
+
+        def process(ids: list[str]) -> dict[str, list[dict]]:
+            inputs = pixel_inputs(model, processor, [load_image(train.path[i]) for i in ids])
+            seeds = [derive_seed(params.run.seed, i, purpose="nucleus") for i in ids]
+            nucleus = nucleus_captions(model, processor, inputs, cfg, seeds)
+            beams = beam_captions(model, processor, inputs, cfg)
+            return {i: caption_records(i, sampled, beam) for i, sampled, beam in zip(ids, nucleus, beams)}
+
+        return Batches(process, cfg.batch_size, "captioning", "captioning.batch_size")
+
+    records = run_items(run.items("captions"), list(train.index), start)
+    if records is None:
         return None
-    table = pd.DataFrame(
-        [r for recs in store.records(train.image_id) for r in recs], columns=CAPTION_COLUMNS
-    )
-    write_table(stage_dir / "captions.parquet", table)
+    table = pd.DataFrame([r for recs in records for r in recs], columns=CAPTION_COLUMNS)
+    write_table(run.captions_table, table)
     return table
 
 
 def load_captions(params: Params) -> pd.DataFrame:
-    return read_table(Path(params.run.dir) / "captions" / "captions.parquet")
+    return read_table(RunDir.of(params).captions_table)

@@ -1,7 +1,8 @@
-"""``python -m sgid_utils run STAGE --params FILE [--run-dir DIR] [--set key.path=value ...]``.
+"""``python -m sgid_utils run STAGE --params FILE [--run-dir DIR] [--set key.path=value ...] [--shard I/N]``.
 
-Runs one stage with exactly the functions the notebooks call: what a cluster job,
-``accelerate launch`` or a test that kills and resumes a stage uses.
+Runs stages through the same runner the notebooks call: what a cluster job,
+``accelerate launch`` or a test that kills and resumes a stage uses. Also
+``notebooks`` (papermill, in stage order) and ``stages`` (the registry, for the Makefile).
 """
 
 from __future__ import annotations
@@ -10,37 +11,14 @@ import argparse
 import errno
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from .params import ParamsError, load_params, parse_override
-
-
-def _stages() -> dict[str, Callable[[Any], Any]]:
-    from .ablations import run_ablations
-    from .captioning import run_captions
-    from .curation import run_curation
-    from .generation import run_generation
-    from .pipeline import ensure_inputs
-    from .results import run_results
-    from .similarity import run_similarity
-    from .training import run_training
-
-    return {
-        "data": ensure_inputs,
-        "captions": run_captions,
-        "similarity": run_similarity,
-        "generate": run_generation,
-        "curate": run_curation,
-        "train": run_training,
-        "results": run_results,
-        "ablations": run_ablations,
-    }
-
-
-STAGES = ["data", "captions", "similarity", "generate", "curate", "train", "results"]
-EXTRA = ["ablations"]  # not part of 'all': a separate profile (params/*_ablations.yaml)
+from .ablations import run_ablations
+from .errors import USER_ERRORS
+from .notebook import run_notebooks
+from .params import load_params, parse_override
+from .runner import run_all
+from .stages import NAMES, STAGES, notebooks
 
 
 def _shard_arg(text: str) -> str:
@@ -53,60 +31,58 @@ def _shard_arg(text: str) -> str:
     return text
 
 
-def _run_stage(name: str, stage: Callable[[Any], Any], params: Any) -> None:
-    """Run a stage; under a distributed launch, wait for every process and let the main one finish the table."""
-    result = stage(params)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not os.environ.get("SGID_SHARD"):
-        from accelerate import PartialState
-
-        state = PartialState()
-        state.wait_for_everyone()
-        if result is None and state.is_main_process:
-            result = stage(params)  # every item is done now: this only assembles the stage's table
-        state.wait_for_everyone()
-    elif result is None:
-        print(f"[sgid] stage {name}: this shard's items are done; other shards are still working. The last shard to "
-              "finish writes the stage's table (or rerun the stage without --shard once all are done).", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sgid_utils", description="Run SGID pipeline stages.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one stage, or 'all' in order")
-    run.add_argument("stage", choices=STAGES + EXTRA + ["all"])
+    run = sub.add_parser("run", help="run one stage, 'all' in order, or 'ablations' (an ablation profile's variants)")
+    run.add_argument("stage", choices=NAMES + ["ablations", "all"])
     run.add_argument("--params", required=True, help="params YAML file (params/pets.yaml, params/smoke.yaml, ...)")
     run.add_argument("--run-dir", help="override run.dir (e.g. a Google Drive folder)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key, e.g. generation.strength=0.3")
     run.add_argument("--shard", metavar="I/N", type=_shard_arg,
                      help="run only this process's share, e.g. 0/2 (accelerate launch / torchrun set it themselves)")
-    nb = sub.add_parser("notebooks", help="execute the numbered notebooks in order through papermill")
+    nb = sub.add_parser("notebooks", help="execute the numbered notebooks in stage order through papermill")
     nb.add_argument("--params", required=True)
-    nb.add_argument("--only", nargs="*", help="notebook names, e.g. 06_results (default: all seven)")
+    nb.add_argument("--only", nargs="*", help="notebook names, e.g. 06_results (default: all of them)")
+    nb.add_argument("--from-stage", choices=NAMES, help="start with the notebook of this stage")
+    nb.add_argument("--to-stage", choices=NAMES, help="end with the notebook of this stage")
     nb.add_argument("--notebooks-dir", default="notebooks", help="folder holding the numbered notebooks")
-    args = parser.parse_args(argv)
+    st = sub.add_parser("stages", help="list the registered stages in order (with --notebooks: their notebooks)")
+    st.add_argument("--notebooks", action="store_true", help="print the notebook of each stage, once each, in order")
+    st.add_argument("--from-stage", choices=NAMES)
+    st.add_argument("--to-stage", choices=NAMES)
+    return parser
 
-    from .data import DatasetError
-    from .io import StaleOutputsError
-    from .models import ModelLoadError
-    from .pipeline import StageError
 
+def _list_stages(args: argparse.Namespace) -> None:
+    if args.notebooks:
+        print("\n".join(notebooks(args.from_stage, args.to_stage)))
+        return
+    for stage in STAGES:
+        print(f"{stage.name:<11} {stage.notebook:<28} upstream: {', '.join(stage.upstream) or '-'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "stages":
+        _list_stages(args)
+        return 0
     if getattr(args, "shard", None):
         os.environ["SGID_SHARD"] = args.shard
     try:
-        overrides = dict(parse_override(s) for s in getattr(args, "set", []))
-        if getattr(args, "run_dir", None):
-            overrides["run.dir"] = str(Path(args.run_dir).resolve())
         if args.command == "notebooks":
-            from .notebook import run_notebooks
-
-            run_notebooks(args.params, Path(args.notebooks_dir).resolve(), args.only)
+            names = args.only or notebooks(args.from_stage, args.to_stage)
+            run_notebooks(args.params, Path(args.notebooks_dir).resolve(), names)
             return 0
+        overrides = dict(parse_override(s) for s in args.set)
+        if args.run_dir:
+            overrides["run.dir"] = str(Path(args.run_dir).resolve())
         params = load_params(args.params, overrides)
-        stages = _stages()
-        for name in STAGES if args.stage == "all" else [args.stage]:
-            print(f"[sgid] stage {name}: run dir {params.run.dir}", file=sys.stderr)
-            _run_stage(name, stages[name], params)
-    except (ParamsError, ModelLoadError, DatasetError, StaleOutputsError, StageError, FileNotFoundError) as exc:
+        if args.stage == "ablations":
+            run_ablations(params)
+        else:
+            run_all(params, None if args.stage == "all" else [args.stage])
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -15,19 +15,19 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .io import check_fingerprint, read_table, write_bytes, write_table
-from .params import Params
+from .errors import DatasetError
+from .io import read_table, write_bytes, write_table
+from .models import model_load_error
+from .rundir import RunDir
+from .schema import Params
 from .seeding import derive_seed
 
 HUB_IDS = {"pets": "timm/oxford-iiit-pet", "flowers": "dpdl-benchmark/oxford_flowers102"}
 COLUMNS = ["image_id", "split", "label", "class_name", "path", "width", "height", "origin"]
-
-
-class DatasetError(RuntimeError):
-    """The data set cannot be used (missing folder, fewer than two usable classes, ...)."""
 
 
 def load_image(source: str | Path | bytes) -> Image.Image:
@@ -117,10 +117,6 @@ def _imagefolder_items(params: Params) -> tuple[list[str], list[_Item], list[dic
 
 
 def _hub_items(params: Params) -> tuple[list[str], list[_Item], list[dict]]:
-    import datasets
-
-    from .models import model_load_error
-
     ds_params = params.dataset
     hub_id = ds_params.hf_id or HUB_IDS[ds_params.source]
     splits = {name: "train" for name in ds_params.train_splits} | {ds_params.test_split: "test"}
@@ -168,16 +164,10 @@ def _held_out_split(items: list[_Item], params: Params) -> None:
 
 
 def prepare_dataset(params: Params) -> pd.DataFrame:
-    """Build (or reuse) ``<run>/data/images.parquet``; skips bad files and caps per class."""
-    out_dir = Path(params.run.dir) / "data"
-    table = out_dir / "images.parquet"
-    check_fingerprint(out_dir, params.stage_fingerprint("data"), "data")
-    if table.exists():
-        return read_table(table, params.run.dir)
-    if params.smoke.build_dataset:
-        from .tiny import build_smoke_dataset
-
-        build_smoke_dataset(params)
+    """Build (or reuse) the images table; skips bad files and caps per class."""
+    run = RunDir.of(params)
+    if run.images_table.exists():
+        return read_table(run.images_table, run.root)
     ds = params.dataset
     classes, items, skipped = _imagefolder_items(params) if ds.source == "imagefolder" else _hub_items(params)
     usable: list[tuple[_Item, Image.Image]] = []
@@ -209,7 +199,7 @@ def prepare_dataset(params: Params) -> pd.DataFrame:
         n = counters[key] = counters.get(key, 0) + 1
         image_id = f"{item.split}_{item.label:03d}_{n - 1:05d}"
         if isinstance(item.load, bytes):
-            path = out_dir / "files" / f"{image_id}.{(Image.open(io.BytesIO(item.load)).format or 'png').lower()}"
+            path = run.data_file(image_id, (Image.open(io.BytesIO(item.load)).format or "png").lower())
             if not path.exists():
                 write_bytes(path, item.load)
         else:
@@ -230,13 +220,18 @@ def prepare_dataset(params: Params) -> pd.DataFrame:
             f"need at least two. See the skipped files: {[s['reason'] for s in skipped][:5]}"
         )
     df = df[df.label.isin(usable)].reset_index(drop=True)
-    write_table(out_dir / "skipped.csv", pd.DataFrame(skipped, columns=["path", "reason"]))
-    write_table(table, df, params.run.dir)
+    write_table(run.skipped_table, pd.DataFrame(skipped, columns=["path", "reason"]))
+    write_table(run.images_table, df, run.root)
     return df
 
 
 def load_images_table(params: Params) -> pd.DataFrame:
-    return read_table(Path(params.run.dir) / "data" / "images.parquet", params.run.dir)
+    run = RunDir.of(params)
+    return read_table(run.images_table, run.root)
+
+
+def load_skipped(params: Params) -> pd.DataFrame:
+    return read_table(RunDir.of(params).skipped_table)
 
 
 def class_names(df: pd.DataFrame) -> dict[int, str]:

@@ -16,22 +16,24 @@ comes from free GPU memory (``auto_batch_size``) and halves on an out-of-memory 
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
+from compel import CompelForSD
 from PIL import Image
-from tqdm.auto import tqdm
 
-from .data import load_image
 from .batched import generate_many
-from .io import ItemStore, check_fingerprint, read_table, write_png, write_table
+from .data import load_image
+from .guidance import guidance_scale
+from .io import read_table, write_png, write_table
 from .models import load_img2img, resolve_device, resolve_dtype
-from .params import Params
-from .prompts import build_prompt, guidance_scale
+from .prompts import build_prompt
+from .resumable import Batches, run_items
+from .rundir import RunDir, Variant
+from .schema import Params
 from .seeding import derive_seed, generator
-
-VARIANTS = ("raw", "upscaled")
+from .similarity import load_best
 
 # GPU memory one candidate takes in the batched loop at 512 x 512 in fp16: its UNet rows (the CFG pair)
 # and its share of the VAE decode, about 1.5 GiB by diffusers users' reports, not measured here. Only the
@@ -61,8 +63,6 @@ class PromptEncoder:
     """compel's weighted-prompt embeddings for the pipeline's own tokenizer and text encoder."""
 
     def __init__(self, pipe) -> None:
-        from compel import CompelForSD
-
         self.compel = CompelForSD(pipe)
 
     @torch.inference_mode()
@@ -85,92 +85,112 @@ def generate_candidates(
     return out.images
 
 
-def sources_for(params: Params, variant: str, images: pd.DataFrame) -> pd.DataFrame:
-    """Training images with their chosen caption; the 'upscaled' variant keeps only small sources."""
-    from .similarity import load_best
-
-    best = load_best(params)
-    df = best.merge(images, on="image_id", how="inner")
+def sources_for(params: Params, variant: Variant, images: pd.DataFrame) -> pd.DataFrame:
+    """Training images with their chosen caption and model-input size; 'upscaled' keeps only small sources."""
+    gen, cur = params.generation, params.curation
+    df = load_best(params).merge(images, on="image_id", how="inner")
+    upscale_to = None
     if variant == "upscaled":
-        df = df[df[["width", "height"]].min(axis=1) < params.curation.upscale_threshold]
-    return df.reset_index(drop=True)
+        df = df[df[["width", "height"]].min(axis=1) < cur.upscale_threshold]
+        upscale_to = cur.upscale_to or cur.upscale_threshold
+    sizes = [model_input_size(w, h, gen.max_side, upscale_to) for w, h in zip(df.width, df.height)]
+    return df.assign(in_w=[w for w, _ in sizes], in_h=[h for _, h in sizes]).reset_index(drop=True)
 
 
-def run_generation(params: Params, variant: str = "raw") -> pd.DataFrame | None:
-    """Generate k candidates per source; resumable per image; returns the manifest (one row per candidate)."""
-    from .pipeline import ensure_inputs, in_batches, my_share
-
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}")
-    images = ensure_inputs(params)
+def load_generator(params: Params) -> tuple[Any, PromptEncoder, torch.device]:
+    """The img2img pipeline in the run's dtype (channels-last and optionally compiled on CUDA) and its prompt encoder."""
     gen = params.generation
-    stage_dir = Path(params.run.dir) / "generation" / variant
-    check_fingerprint(stage_dir, params.stage_fingerprint("generate" if variant == "raw" else "generate_upscaled"),
-                      f"generate ({variant})")
-    sources = sources_for(params, variant, images)
-    store = ItemStore(stage_dir / "items")
-    todo = sources[sources.image_id.isin(store.todo(my_share(sources.image_id)))]
-    upscale_to = (params.curation.upscale_to or params.curation.upscale_threshold) if variant == "upscaled" else None
-    if len(todo):
-        device = resolve_device(params)
-        pipe = load_img2img(params.models.diffusion, str(device), resolve_dtype(gen.dtype, device))
-        if device.type == "cuda":
-            pipe.unet.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
-            if gen.compile and not hasattr(pipe.unet, "_orig_mod"):
-                pipe.unet = torch.compile(pipe.unet)
-        encode = PromptEncoder(pipe)
-        sizes = [model_input_size(w, h, gen.max_side, upscale_to) for w, h in zip(todo.width, todo.height)]
-        todo = todo.assign(in_w=[w for w, _ in sizes], in_h=[h for _, h in sizes]).sort_values(["in_w", "in_h", "image_id"], kind="stable")
-        largest = todo.iloc[(todo.in_w * todo.in_h).argmax()]
-        if gen.batch_size is not None:
-            batch = gen.batch_size
-        elif device.type == "cuda":
-            batch = auto_batch_size(torch.cuda.mem_get_info(device)[0], largest.in_w, largest.in_h, gen.num_candidates, pipe.unet.dtype)
-        else:
-            batch = 1
-        # The reference path, when asked for or on the CPU by default; never switched on by free GPU memory,
-        # so a resumed run does not mix paths.
-        reference = gen.batch_size == 1 or (gen.batch_size is None and device.type != "cuda")
-        bar = tqdm(total=len(todo), desc=f"generate ({variant})", unit="img")
+    device = resolve_device(params)
+    pipe = load_img2img(params.models.diffusion, str(device), resolve_dtype(gen.dtype, device))
+    if device.type == "cuda":
+        pipe.unet.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
+        if gen.compile and not hasattr(pipe.unet, "_orig_mod"):
+            pipe.unet = torch.compile(pipe.unet)
+    return pipe, PromptEncoder(pipe), device
 
-        def generate_chunk(start: int, stop: int) -> None:
-            chunk = list(todo.iloc[start:stop].itertuples())
+
+def start_batch_size(params: Params, pipe, device: torch.device, largest: tuple[int, int]) -> int:
+    """generation.batch_size; unset: from free GPU memory for the largest input on CUDA, 1 on the CPU."""
+    gen = params.generation
+    if gen.batch_size is not None:
+        return gen.batch_size
+    if device.type == "cuda":
+        return auto_batch_size(torch.cuda.mem_get_info(device)[0], *largest, gen.num_candidates, pipe.unet.dtype)
+    return 1
+
+
+def candidate_records(params: Params, variant: Variant, source, prompt: str, scale: float, seeds: list[int],
+                      outputs: list[Image.Image], original: Image.Image) -> list[dict]:
+    """Save one source's candidates (resized back to the source's size) and describe each."""
+    run = RunDir.of(params)
+    records = []
+    for k, (seed, out) in enumerate(zip(seeds, outputs)):
+        path = write_png(run.generated_image(variant, source.image_id, k), out.resize(original.size, Image.Resampling.LANCZOS))
+        records.append({
+            "image_id": source.image_id, "variant": variant, "k": k, "seed": seed,
+            "path": str(path.relative_to(run.root)),
+            "prompt": prompt, "s_star": float(source.s_star), "guidance_scale": scale,
+            "input_width": source.in_w, "input_height": source.in_h,
+            "source_width": original.width, "source_height": original.height,
+        })
+    return records
+
+
+def generate(params: Params, variant: Variant, images: pd.DataFrame) -> pd.DataFrame | None:
+    """Generate k candidates per source; resumable per image; the manifest (one row per candidate) once all are done."""
+    run = RunDir.of(params)
+    gen = params.generation
+    sources = sources_for(params, variant, images)
+    sources.index = sources.image_id.to_numpy()
+
+    def start(todo: list[str]) -> Batches:
+        pipe, encode, device = load_generator(params)
+        mine = sources.loc[todo].sort_values(["in_w", "in_h", "image_id"], kind="stable")  # same sizes share a loop
+        largest = mine.iloc[(mine.in_w * mine.in_h).argmax()]
+        # The reference path (the diffusers pipeline itself), when asked for or on the CPU by default; never
+        # switched on by free GPU memory, so a resumed run does not mix paths.
+        reference = gen.batch_size == 1 or (gen.batch_size is None and device.type != "cuda")
+
+        def process(ids: list[str]) -> dict[str, list[dict]]:
+            chunk = list(sources.loc[ids].itertuples(index=False))
             originals = [load_image(r.path) for r in chunk]
             inputs = [src.resize((r.in_w, r.in_h), Image.Resampling.LANCZOS) if (r.in_w, r.in_h) != src.size else src
                       for r, src in zip(chunk, originals)]
             prompts = [build_prompt(r.caption, r.class_name, gen) for r in chunk]
             scales = [guidance_scale(r.s_star, gen.guidance) for r in chunk]
-            seeds = [[derive_seed(params.run.seed, r.image_id, k, purpose="generate") for k in range(gen.num_candidates)] for r in chunk]
+            seeds = [[derive_seed(params.run.seed, r.image_id, k, purpose="generate") for k in range(gen.num_candidates)]
+                     for r in chunk]
             embeds = [encode(p, gen.negative_prompt) for p in prompts]
-            if reference:  # the diffusers pipeline itself
+            if reference:
                 outputs = [generate_candidates(pipe, *embeds[0], inputs[0], scales[0], gen.strength, gen.num_inference_steps, seeds[0])]
             else:
                 outputs = generate_many(pipe, inputs, [e for e, _ in embeds], [n for _, n in embeds], scales,
                                         gen.strength, gen.num_inference_steps, seeds, batch_size=len(chunk))
-            for r, src, prompt, scale, item_seeds, images in zip(chunk, originals, prompts, scales, seeds, outputs):
-                records = []
-                for k, (seed, out) in enumerate(zip(item_seeds, images)):
-                    path = stage_dir / "images" / f"{r.image_id}_k{k}.png"
-                    write_png(path, out.resize(src.size, Image.Resampling.LANCZOS))
-                    records.append({
-                        "image_id": r.image_id, "variant": variant, "k": k, "seed": seed,
-                        "path": str(path.relative_to(params.run.dir)),
-                        "prompt": prompt, "s_star": float(r.s_star), "guidance_scale": scale,
-                        "input_width": r.in_w, "input_height": r.in_h, "source_width": src.width, "source_height": src.height,
-                    })
-                store.put(r.image_id, records)
-            bar.update(len(chunk))
+            return {r.image_id: candidate_records(params, variant, r, *rest)
+                    for r, *rest in zip(chunk, prompts, scales, seeds, outputs, originals)}
 
-        in_batches(len(todo), batch, generate_chunk, shrink=gen.batch_size is None,
-                   what=f"generating ({variant}) from sources up to {largest.in_w}x{largest.in_h}",
-                   setting="generation.batch_size", other=f", or lower generation.max_side (now {gen.max_side})")
-        bar.close()
-    if not store.complete(sources.image_id):
+        return Batches(process, start_batch_size(params, pipe, device, (largest.in_w, largest.in_h)),
+                       f"generating ({variant}) from sources up to {largest.in_w}x{largest.in_h}",
+                       "generation.batch_size", order=list(mine.index),
+                       other=f", or lower generation.max_side (now {gen.max_side})")
+
+    records = run_items(run.items(run.generation_stage(variant)), list(sources.image_id), start)
+    if records is None:
         return None
-    manifest = pd.DataFrame([r for recs in store.records(sources.image_id) for r in recs])
-    write_table(stage_dir / "manifest.parquet", manifest, params.run.dir)
+    write_table(run.manifest(variant), pd.DataFrame([r for recs in records for r in recs]), run.root)
     return load_manifest(params, variant)
 
 
-def load_manifest(params: Params, variant: str = "raw") -> pd.DataFrame:
-    return read_table(Path(params.run.dir) / "generation" / variant / "manifest.parquet", params.run.dir)
+def run_generation(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
+    """Stage 03: k candidates for every training image at its own resolution (the report's first pass)."""
+    return generate(params, "raw", images)
+
+
+def run_upscaled(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
+    """Stage 04's regeneration: the sources below curation.upscale_threshold, upscaled first."""
+    return generate(params, "upscaled", images)
+
+
+def load_manifest(params: Params, variant: Variant = "raw") -> pd.DataFrame:
+    run = RunDir.of(params)
+    return read_table(run.manifest(variant), run.root)

@@ -1,7 +1,8 @@
 """Files are the interface between stages: atomic writes, per-item records, stage fingerprints.
 
 Every file is written to a temporary name in the same folder and renamed into
-place, so a reader (or a resumed run) never sees half a file. Long stages keep
+place by ``write_atomic`` (tables, images, JSON, checkpoints, figures alike), so a
+reader (or a resumed run) never sees half a file. Long stages keep
 one small JSON record per finished item, so a kill loses at most the items in
 flight, and a rerun skips what is done.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,12 +21,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .errors import StaleOutputsError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# Fault injection for the kill-and-resume tests: SIGKILL this process right after its N-th atomic write.
+_KILL_AFTER = int(os.environ.get("SGID_FAULT_KILL_AFTER_WRITES", 0))
+_writes = 0
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temporary path)`` in the target's folder, then rename the result onto ``path``."""
+    global _writes
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -36,11 +44,14 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _writes += 1
+    if _writes == _KILL_AFTER:
+        os.kill(os.getpid(), signal.SIGKILL)
     return path
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    return _atomic(path, lambda t: t.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str)))
+    return write_atomic(path, lambda t: t.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str)))
 
 
 def read_json(path: Path) -> Any:
@@ -50,11 +61,12 @@ def read_json(path: Path) -> Any:
 PATH_COLUMNS = ("path", "source_path")
 
 
-def write_table(path: Path, df: pd.DataFrame, root: Path | None = None) -> Path:
+def write_table(path: Path, df: pd.DataFrame, root: Path | None = None, caption: str | None = None) -> Path:
     """Write a table as parquet (or csv/md by suffix), atomically.
 
     With ``root`` (the run directory), file paths under it are stored relative to it, so a run
-    directory can move (another Drive mount, another machine) and its tables stay valid.
+    directory can move (another Drive mount, another machine) and its tables stay valid. A markdown
+    table may have a ``caption`` paragraph above it.
     """
     path = Path(path)
     if root is not None:
@@ -63,11 +75,12 @@ def write_table(path: Path, df: pd.DataFrame, root: Path | None = None) -> Path:
             if col in df:
                 df[col] = [_relative(v, Path(root)) for v in df[col]]
     if path.suffix == ".parquet":
-        return _atomic(path, lambda t: df.to_parquet(t, index=False))
+        return write_atomic(path, lambda t: df.to_parquet(t, index=False))
     if path.suffix == ".csv":
-        return _atomic(path, lambda t: df.to_csv(t, index=False))
+        return write_atomic(path, lambda t: df.to_csv(t, index=False))
     if path.suffix == ".md":
-        return _atomic(path, lambda t: t.write_text(df.to_markdown(index=False) + "\n"))
+        head = f"{caption}\n\n" if caption else ""
+        return write_atomic(path, lambda t: t.write_text(head + df.to_markdown(index=False) + "\n"))
     raise ValueError(f"unsupported table format: {path}")
 
 
@@ -93,11 +106,11 @@ def read_table(path: Path, root: Path | None = None) -> pd.DataFrame:
 
 def write_png(path: Path, image: Image.Image) -> Path:
     """PNG without timestamps, so identical pixels give identical bytes."""
-    return _atomic(path, lambda t: image.save(t, format="PNG"))
+    return write_atomic(path, lambda t: image.save(t, format="PNG"))
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
-    return _atomic(path, lambda t: t.write_bytes(data))
+    return write_atomic(path, lambda t: t.write_bytes(data))
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> Path:
@@ -105,11 +118,11 @@ def write_npz(path: Path, **arrays: np.ndarray) -> Path:
         with t.open("wb") as f:
             np.savez(f, **arrays)
 
-    return _atomic(path, write)
+    return write_atomic(path, write)
 
 
 def write_text(path: Path, text: str) -> Path:
-    return _atomic(path, lambda t: t.write_text(text))
+    return write_atomic(path, lambda t: t.write_text(text))
 
 
 class ItemStore:
@@ -143,14 +156,10 @@ class ItemStore:
         return not self.todo(item_ids)
 
 
-class StaleOutputsError(RuntimeError):
-    """A stage folder was produced with different params than the ones now in force."""
-
-
-def check_fingerprint(stage_dir: Path, fingerprint: dict[str, Any], stage: str) -> None:
-    """Record the params that produce ``stage_dir``; refuse to mix outputs of different params."""
-    stage_dir = Path(stage_dir)
-    file = stage_dir / "_params.json"
+def check_fingerprint(file: Path, fingerprint: dict[str, Any], stage: str) -> None:
+    """Record in ``file`` the params that produce a stage folder; refuse to mix outputs of different params."""
+    file = Path(file)
+    stage_dir = file.parent
     current = json.loads(json.dumps(fingerprint, default=str))
     if file.exists():
         before = read_json(file)

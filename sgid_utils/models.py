@@ -11,13 +11,13 @@ import functools
 import os
 from typing import Any
 
+import timm
 import torch
+from diffusers import StableDiffusionImg2ImgPipeline
+from transformers import BlipForConditionalGeneration, BlipProcessor, CLIPModel, CLIPProcessor
 
-from .params import Params
-
-
-class ModelLoadError(RuntimeError):
-    """A model (or hub data set) could not be loaded; the message says which and what to do."""
+from .errors import ModelLoadError
+from .schema import Params
 
 
 def model_load_error(ref: str, stage: str, exc: BaseException, what: str = "models.*") -> ModelLoadError:
@@ -56,8 +56,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 @functools.lru_cache(maxsize=4)
 def load_captioner(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """BLIP captioning model and processor (Salesforce/blip-image-captioning-base)."""
-    from transformers import BlipForConditionalGeneration, BlipProcessor
-
     try:
         processor = BlipProcessor.from_pretrained(ref)
         model = BlipForConditionalGeneration.from_pretrained(ref, dtype=dtype)
@@ -69,8 +67,6 @@ def load_captioner(ref: str, device: str = "cpu", dtype: torch.dtype = torch.flo
 @functools.lru_cache(maxsize=4)
 def load_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """CLIP model and processor (openai/clip-vit-base-patch32)."""
-    from transformers import CLIPModel, CLIPProcessor
-
     try:
         processor = CLIPProcessor.from_pretrained(ref)
         model = CLIPModel.from_pretrained(ref, dtype=dtype)
@@ -82,8 +78,6 @@ def load_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32)
 @functools.lru_cache(maxsize=2)
 def load_img2img(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
     """Stable Diffusion img2img pipeline without the safety checker (augmentation, not publication)."""
-    from diffusers import StableDiffusionImg2ImgPipeline
-
     try:
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
             ref,
@@ -104,8 +98,6 @@ def create_classifier(ref: str, num_classes: int, img_size: int | None = None) -
 
     ``img_size`` other than the pretrained one makes timm resample the position embeddings.
     """
-    import timm
-
     kwargs = {"img_size": img_size} if img_size else {}
     try:
         return timm.create_model(ref, pretrained=True, num_classes=num_classes, **kwargs)

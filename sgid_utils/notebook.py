@@ -8,17 +8,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .params import Params, load_params
+import papermill
+import torch
+import transformers
+from diffusers.utils import logging as diffusers_logging
 
-NOTEBOOKS = [
-    "01_captioning",
-    "02_similarity",
-    "03_generation",
-    "04_error_analysis_upscaling",
-    "05_training",
-    "06_results",
-    "07_quality_and_statistics",
-]
+from .params import Params, load_params
+from .rundir import RunDir
+from .stages import notebooks
+
 _PACKAGES = ["torch", "torchvision", "transformers", "diffusers", "compel", "timm", "datasets"]
 
 
@@ -30,10 +28,6 @@ def setup(params_file: str, run_dir: str | None = None, overrides: dict[str, Any
     if run_dir:
         overrides["run.dir"] = str(Path(run_dir).resolve())
     params = load_params(params_file, overrides)
-    import torch
-    import transformers
-    from diffusers.utils import logging as diffusers_logging
-
     transformers.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
@@ -50,14 +44,11 @@ def setup(params_file: str, run_dir: str | None = None, overrides: dict[str, Any
 
 
 def run_notebooks(params_file: str, notebooks_dir: Path, names: list[str] | None = None, kernel: str = "python3") -> list[Path]:
-    """Execute the numbered notebooks in order with papermill; executed copies go to <reports_dir>/notebooks."""
-    import papermill
-
-    params = load_params(params_file)
-    out_dir = Path(params.run.reports_dir) / "notebooks"
+    """Execute the numbered notebooks (default: every stage's, in order) with papermill; copies go to the reports."""
+    out_dir = RunDir.of(load_params(params_file)).notebooks
     out_dir.mkdir(parents=True, exist_ok=True)
     done = []
-    for name in names or NOTEBOOKS:
+    for name in names or notebooks():
         out = out_dir / f"{name}.ipynb"
         print(f"[sgid] {name} -> {out}", flush=True)
         papermill.execute_notebook(

@@ -1,29 +1,16 @@
-"""SGID's weighted prompt and the similarity-to-guidance mapping.
+"""SGID's weighted prompt (the guidance mapping is in ``sgid_utils.guidance``).
 
 Prompt: ``"<c*>. A picture of <label>"`` with the caption weighted 0.9 and the
 label 1.5, written in compel's syntax ``(text)weight``. Captions come from BLIP,
 so characters that mean something to compel are neutralised first: a stray ``)``
 would otherwise end the weighted group early and silently drop the 0.9 weight.
-
-Guidance: f(s*) = a*s*^2 + b*s* + c with the paper's (-4, 2, 1). How f(s*)
-becomes the scale passed to classifier-free guidance is a parameter:
-
-- ``direct`` (default): guidance_scale = f(s*), the report's literal reading
-  ("the guidance mapping function ... is the guidance scale").
-- ``scaled``: guidance_scale = base_scale * f(s*), for readers who take f as a
-  modulation of SD's usual 7.5.
-- ``fixed``: guidance_scale = base_scale for every image (ablation).
-
-A scale <= 1 turns classifier-free guidance off, exactly as diffusers does.
 """
 
 from __future__ import annotations
 
 import re
 
-import numpy as np
-
-from .params import GenerationParams, GuidanceParams
+from .schema import GenerationParams
 
 _SIGN = re.compile(r"(?<![A-Za-z0-9])[+-]+|[+-]+(?![A-Za-z0-9])")
 
@@ -59,18 +46,3 @@ def build_prompt(caption: str, label: str, gen: GenerationParams) -> str:
 def plain_prompt(caption: str, label: str, gen: GenerationParams) -> str:
     """The same prompt without weights, for display."""
     return gen.prompt_template.format(caption=caption, label=label).lstrip(". ").strip()
-
-
-def guidance_curve(s: np.ndarray | float, coefficients: tuple[float, float, float]) -> np.ndarray | float:
-    a, b, c = coefficients
-    return a * np.square(s) + b * np.asarray(s) + c
-
-
-def guidance_scale(s_star: float, guidance: GuidanceParams) -> float:
-    """The classifier-free guidance scale used for an image whose chosen caption scored s*."""
-    f = float(guidance_curve(float(s_star), guidance.coefficients))
-    if guidance.mode == "direct":
-        return f
-    if guidance.mode == "scaled":
-        return guidance.base_scale * f
-    return guidance.base_scale

@@ -6,17 +6,17 @@ source and its generated candidates).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .captioning import load_captions
 from .data import load_image
-from .io import ItemStore, check_fingerprint, read_table, write_table
+from .io import read_table, write_table
 from .models import load_clip, resolve_device
-from .params import Params
+from .resumable import Batches, run_items
+from .rundir import RunDir
+from .schema import Params
 
 
 def _features(out) -> torch.Tensor:
@@ -55,43 +55,38 @@ def pick_best(scores: pd.DataFrame) -> pd.DataFrame:
     return best.rename(columns={"score": "s_star"}).reset_index(drop=True)
 
 
-def run_similarity(params: Params) -> pd.DataFrame | None:
+def run_similarity(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     """Score every caption against its image; write scores.parquet and best.parquet (once all are done)."""
-    from .captioning import load_captions
-    from .pipeline import ensure_inputs, gpu_memory_hint, my_share
-
-    images = ensure_inputs(params).set_index("image_id")
+    run = RunDir.of(params)
+    paths = images.set_index("image_id").path
     captions = load_captions(params)
-    stage_dir = Path(params.run.dir) / "similarity"
-    check_fingerprint(stage_dir, params.stage_fingerprint("similarity"), "similarity")
-    store = ItemStore(stage_dir / "items")
-    ids = list(dict.fromkeys(captions.image_id))
-    todo = store.todo(my_share(ids))
-    if todo:
+    by_image = captions.groupby("image_id")
+
+    def start(todo: list[str]) -> Batches:
         device = resolve_device(params)
         model, processor = load_clip(params.models.clip, str(device))
-        by_image = captions.groupby("image_id")
-        bs = params.similarity.batch_size
-        for start in tqdm(range(0, len(todo), bs), desc="similarity", unit="batch"):
-            batch = todo[start:start + bs]
-            with gpu_memory_hint("scoring captions", f"Lower similarity.batch_size (now {bs})."):
-                groups = [by_image.get_group(i) for i in batch]
-                scores = score_captions(model, processor, [load_image(images.loc[i, "path"]) for i in batch],
-                                        [g.caption.tolist() for g in groups])
-            for image_id, group, score in zip(batch, groups, scores):
-                store.put(image_id, group.assign(score=score).to_dict("records"))
-    if not store.complete(ids):
+
+        def process(ids: list[str]) -> dict[str, list[dict]]:
+            groups = [by_image.get_group(i) for i in ids]
+            scores = score_captions(model, processor, [load_image(paths[i]) for i in ids],
+                                    [g.caption.tolist() for g in groups])
+            return {i: g.assign(score=s).to_dict("records") for i, g, s in zip(ids, groups, scores)}
+
+        return Batches(process, params.similarity.batch_size, "similarity", "similarity.batch_size")
+
+    records = run_items(run.items("similarity"), list(dict.fromkeys(captions.image_id)), start)
+    if records is None:
         return None
-    scores = pd.DataFrame([r for recs in store.records(ids) for r in recs])
-    write_table(stage_dir / "scores.parquet", scores)
+    scores = pd.DataFrame([r for recs in records for r in recs])
+    write_table(run.scores_table, scores)
     best = pick_best(scores)
-    write_table(stage_dir / "best.parquet", best)
+    write_table(run.best_table, best)
     return best
 
 
 def load_scores(params: Params) -> pd.DataFrame:
-    return read_table(Path(params.run.dir) / "similarity" / "scores.parquet")
+    return read_table(RunDir.of(params).scores_table)
 
 
 def load_best(params: Params) -> pd.DataFrame:
-    return read_table(Path(params.run.dir) / "similarity" / "best.parquet")
+    return read_table(RunDir.of(params).best_table)

@@ -11,15 +11,13 @@ models, not the spread between training runs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats as st
 from statsmodels.stats.contingency_tables import mcnemar
-
-from .io import read_table
 
 Predictions = Mapping[str, pd.DataFrame] | Callable[[str], pd.DataFrame]
 
@@ -39,11 +37,12 @@ def paired_difference(method_acc: Mapping[int, float] | pd.Series, baseline_acc:
     diff = method[seeds].to_numpy() - baseline[seeds].to_numpy()
     n, mean = len(diff), float(diff.mean())
     std = float(diff.std(ddof=1)) if n > 1 else float("nan")
+    low = high = float("nan")
     if n > 1:
-        half = float(st.t.ppf((1 + confidence) / 2, df=n - 1)) * std / np.sqrt(n)
-        low, high = mean - half, mean + half
-    else:
-        low = high = float("nan")
+        with warnings.catch_warnings():  # equal differences on every seed are a result, not a numerical accident
+            warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+            interval = st.ttest_rel(method[seeds], baseline[seeds]).confidence_interval(confidence)
+        low, high = float(interval.low), float(interval.high)
     return {"mean_diff": mean, "std_diff": std, "n_seeds": n, "seeds": [int(s) for s in seeds], "ci_low": low,
             "ci_high": high, "confidence": confidence, "significant": bool(n > 1 and (low > 0 or high < 0))}
 
@@ -88,11 +87,6 @@ def per_class_change(pred_method: pd.DataFrame, pred_baseline: pd.DataFrame, cla
     return table.sort_values(["change", "label_idx"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
-def load_predictions(run_dir: str | Path, config: str) -> pd.DataFrame:
-    """The test predictions training saved for one configuration (e.g. 'cutmix_seed0')."""
-    return read_table(Path(run_dir) / "training" / config / "predictions.parquet")
-
-
 def setting_predictions(results: pd.DataFrame, setting: str, predictions: Predictions) -> pd.DataFrame:
     """All seeds' prediction tables of one setting, stacked with a ``seed`` column."""
     get = predictions.__getitem__ if isinstance(predictions, Mapping) else predictions
@@ -108,7 +102,7 @@ def compare_to_baseline(results: pd.DataFrame, predictions: Predictions, baselin
 
     ``results`` has columns setting, seed, test_acc, config; ``predictions`` maps a
     config name to its prediction table (a dict, or a loader such as
-    ``lambda c: load_predictions(run_dir, c)``). Seeds pair by number. ``significant``
+    ``lambda c: training.load_predictions(params, c)``). Seeds pair by number. ``significant``
     comes from the confidence interval alone. ``mcnemar_p`` lists the per-seed p-values
     (seed order); ``mcnemar_max_p`` is their maximum: below alpha only if every seed's
     pair of models differs at level alpha (an intersection-union test), a simple and

@@ -19,16 +19,18 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from timm.data import resolve_data_config
-from timm.data.mixup import cutmix_bbox_and_lam
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
-from torchvision.transforms.functional import pil_to_tensor
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import load_image, load_images_table
-from .io import check_fingerprint, read_json, read_table, write_json, write_table
+from .augmentations import cutmix_batch, mixed_loss, randaugment
+from .curation import load_curated
+from .data import load_images_table
+from .image_cache import CachedImages, shared_cache
+from .io import read_json, read_table, write_atomic, write_json, write_table
 from .models import create_classifier, resolve_device
-from .params import Params, TrainingParams
+from .resumable import gpu_memory_hint, my_share
+from .rundir import RunDir
+from .schema import Params, TrainingParams
 from .seeding import derive_seed, seed_everything
 
 METHOD_NAMES = {"baseline": "Baseline", "cutmix": "CutMix", "randaugment": "RandAugment", "sgid": "SGID",
@@ -76,74 +78,6 @@ def sgid_subset(curated: pd.DataFrame, proportion: float, run_seed: int) -> pd.D
     return order.head(int(proportion * len(curated) + 0.5)).reset_index(drop=True)  # half rounds up
 
 
-class ImageCache:
-    """Decoded, resized uint8 CHW tensors by path: decode once, train many configurations."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._store: dict[str, torch.Tensor] = {}
-
-    def get(self, path: str) -> torch.Tensor:
-        if path not in self._store:
-            img = load_image(path).resize((self.size, self.size), resample=3)  # bicubic, as timm's ViT config
-            self._store[path] = pil_to_tensor(img)
-        return self._store[path]
-
-    def warm(self, paths: list[str]) -> None:
-        for p in tqdm([p for p in dict.fromkeys(paths) if p not in self._store], desc="decode images", unit="img", leave=False):
-            self.get(p)
-
-
-_CACHES: dict[int, ImageCache] = {}
-
-
-class ImageTable(Dataset):
-    """(image, label) pairs from cached uint8 tensors, optionally RandAugment-ed, then normalised."""
-
-    def __init__(self, paths: list[str], labels: list[int], cache: ImageCache, mean, std, augment=None):
-        self.paths, self.labels, self.cache, self.augment = paths, labels, cache, augment
-        self.normalize = transforms.Normalize(mean, std)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        x = self.cache.get(self.paths[i])
-        if self.augment is not None:
-            x = self.augment(x)
-        return self.normalize(x.float() / 255.0), self.labels[i]
-
-
-def randaugment(t: TrainingParams) -> transforms.RandAugment:
-    """torchvision's RandAugment with the report's N=2, M=9 (torchvision's own defaults)."""
-    return transforms.RandAugment(num_ops=t.randaugment_num_ops, magnitude=t.randaugment_magnitude)
-
-
-def cutmix_batch(x: torch.Tensor, y: torch.Tensor, alpha: float, prob: float):
-    """CutMix as in the official CutMix-PyTorch train loop.
-
-    With probability ``prob``: lambda ~ Beta(alpha, alpha), a random permutation of the batch
-    pastes a box into each image, and lambda is corrected to the exact pasted area (timm's
-    ``cutmix_bbox_and_lam`` draws the box as the official ``rand_bbox`` does). Returns
-    (x, y_a, y_b, lam); the loss is lam * CE(y_a) + (1 - lam) * CE(y_b). Draws use numpy's and
-    torch's global RNGs, which training seeds and checkpoints.
-    """
-    if alpha <= 0 or np.random.rand() >= prob:
-        return x, y, y, 1.0
-    lam = float(np.random.beta(alpha, alpha))
-    index = torch.randperm(x.size(0), device=x.device)
-    (yl, yh, xl, xh), lam = cutmix_bbox_and_lam(x.shape, lam, correct_lam=True)
-    x = x.clone()
-    x[:, :, yl:yh, xl:xh] = x[index, :, yl:yh, xl:xh]
-    return x, y, y[index], float(lam)
-
-
-def mixed_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float) -> torch.Tensor:
-    """The CutMix loss: lam * CE(y_a) + (1 - lam) * CE(y_b); plain CE when lam == 1."""
-    logits = logits.float()
-    return lam * F.cross_entropy(logits, y_a) + (1.0 - lam) * F.cross_entropy(logits, y_b)
-
-
 def train_step(model, optimizer, scaler, x: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float,
                use_amp: bool) -> torch.Tensor:
     """One optimisation step on a batch (CutMix-ed when lam < 1), under AMP when asked; returns the loss."""
@@ -188,74 +122,104 @@ def evaluate(model, loader, device) -> tuple[float, float, list[int]]:
     return correct / n, loss_sum / n, preds
 
 
-def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd.DataFrame, num_classes: int) -> dict:
-    """Train one configuration (resuming from its checkpoint); returns and saves its result."""
+@dataclass
+class Loop:
+    """What one configuration's training needs from step to step; saved whole at every epoch boundary."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loader_gen: torch.Generator
+    history: list[dict]
+    epoch: int = 0
+
+    def save(self, path: Path) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "rng": _rng_state(self.loader_gen), "history": self.history,
+                 "epoch": self.epoch}
+        write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+    def resume(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], self.loader_gen)
+        self.history, self.epoch = state["history"], state["epoch"]
+
+
+def make_loaders(params: Params, cfg: TrainConfig, model, train: pd.DataFrame, test: pd.DataFrame,
+                 loader_gen: torch.Generator, device: torch.device) -> tuple[DataLoader, DataLoader]:
+    """Train and test loaders over the decoded-once image cache, with the model's own preprocessing."""
     t = params.training
-    out_dir = Path(params.run.dir) / "training" / cfg.name
-    result_file = out_dir / "result.json"
-    if result_file.exists():
-        return read_json(result_file)
-    device = resolve_device(params)
-    seed = derive_seed(params.run.seed, "train", cfg.seed, purpose="training")
-    seed_everything(seed)  # head init, data order (via loader_gen), CutMix and RandAugment draws
-    model = create_classifier(params.models.classifier, num_classes, t.image_size)
     data_cfg = resolve_data_config({}, model=model)
     size = t.image_size or data_cfg["input_size"][-1]
-    cache = _CACHES.setdefault(size, ImageCache(size))
+    cache = shared_cache(size)
     augment = randaugment(t) if cfg.method == "randaugment" else None
-    train_ds = ImageTable(train.path.tolist(), train.label_idx.tolist(), cache, data_cfg["mean"], data_cfg["std"], augment)
-    test_ds = ImageTable(test.path.tolist(), test.label_idx.tolist(), cache, data_cfg["mean"], data_cfg["std"])
+    train_ds = CachedImages(train.path.tolist(), train.label_idx.tolist(), cache, data_cfg["mean"], data_cfg["std"], augment)
+    test_ds = CachedImages(test.path.tolist(), test.label_idx.tolist(), cache, data_cfg["mean"], data_cfg["std"])
     cache.warm(train_ds.paths + test_ds.paths)
-    loader_gen = torch.Generator().manual_seed(seed)
     pin = device.type == "cuda"
     workers = t.num_workers if device.type == "cuda" else 0
     train_loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=True, generator=loader_gen,
                               num_workers=workers, pin_memory=pin, persistent_workers=False)
     test_loader = DataLoader(test_ds, batch_size=t.eval_batch_size, num_workers=workers, pin_memory=pin)
+    return train_loader, test_loader
+
+
+def train_epoch(loop: Loop, loader: DataLoader, cfg: TrainConfig, t: TrainingParams, device: torch.device,
+                use_amp: bool, desc: str) -> float:
+    """One pass over the training set; returns the mean training loss."""
+    loop.model.train()
+    loss_sum, seen = 0.0, 0
+    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch"):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        y_b, lam = y, 1.0
+        if cfg.method == "cutmix":
+            x, y, y_b, lam = cutmix_batch(x, y, t.cutmix_alpha, t.cutmix_prob)
+        loss = train_step(loop.model, loop.optimizer, loop.scaler, x, y, y_b, lam, use_amp)
+        loss_sum += loss.item() * len(y)
+        seen += len(y)
+    return loss_sum / seen
+
+
+def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd.DataFrame, num_classes: int) -> dict:
+    """Train one configuration (resuming from its checkpoint); returns and saves its result."""
+    t, run = params.training, RunDir.of(params)
+    if run.result(cfg.name).exists():
+        return read_json(run.result(cfg.name))
+    device = resolve_device(params)
+    seed = derive_seed(params.run.seed, "train", cfg.seed, purpose="training")
+    seed_everything(seed)  # head init, data order (via loader_gen), CutMix and RandAugment draws
+    model = create_classifier(params.models.classifier, num_classes, t.image_size)
+    loader_gen = torch.Generator().manual_seed(seed)
+    train_loader, test_loader = make_loaders(params, cfg, model, train, test, loader_gen, device)
     model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     use_amp = t.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    history: list[dict] = []
-    start_epoch, preds = 0, None
-    ckpt = out_dir / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], loader_gen)
-        history, start_epoch = state["history"], state["epoch"]
-    for epoch in range(start_epoch, t.epochs):
-        model.train()
-        began, loss_sum, seen = time.time(), 0.0, 0
-        for x, y in tqdm(train_loader, desc=f"{cfg.name} epoch {epoch + 1}/{t.epochs}", leave=False, unit="batch"):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            y_b, lam = y, 1.0
-            if cfg.method == "cutmix":
-                x, y, y_b, lam = cutmix_batch(x, y, t.cutmix_alpha, t.cutmix_prob)
-            loss = train_step(model, optimizer, scaler, x, y, y_b, lam, use_amp)
-            loss_sum += loss.item() * len(y)
-            seen += len(y)
+    loop = Loop(model, torch.optim.Adam(model.parameters(), lr=t.lr), torch.amp.GradScaler("cuda", enabled=use_amp),
+                loader_gen, [])
+    if run.checkpoint(cfg.name).exists():
+        loop.resume(run.checkpoint(cfg.name))
+    preds = None
+    while loop.epoch < t.epochs:
+        began = time.time()
+        train_loss = train_epoch(loop, train_loader, cfg, t, device, use_amp, f"{cfg.name} epoch {loop.epoch + 1}/{t.epochs}")
         test_acc = test_loss = float("nan")
-        if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+        if (loop.epoch + 1) % t.eval_every == 0 or loop.epoch + 1 == t.epochs:
             test_acc, test_loss, preds = evaluate(model, test_loader, device)
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "test_loss": test_loss,
-                        "test_acc": test_acc, "seconds": time.time() - began})
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / ".checkpoint.pt.tmp"
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "rng": _rng_state(loader_gen), "history": history, "epoch": epoch + 1}, tmp)
-        tmp.replace(ckpt)
-    write_table(out_dir / "metrics.csv", pd.DataFrame(history))
+        loop.history.append({"epoch": loop.epoch + 1, "train_loss": train_loss, "test_loss": test_loss,
+                             "test_acc": test_acc, "seconds": time.time() - began})
+        loop.epoch += 1
+        loop.save(run.checkpoint(cfg.name))
+    write_table(run.history(cfg.name), pd.DataFrame(loop.history))
     if preds is None:  # resumed after the last epoch's checkpoint: predictions were not kept
         _, _, preds = evaluate(model, test_loader, device)
-    write_table(out_dir / "predictions.parquet", test[["image_id", "label_idx"]].assign(pred=preds))
+    write_table(run.predictions(cfg.name), test[["image_id", "label_idx"]].assign(pred=preds))
     result = {"config": cfg.name, "method": cfg.method, "setting": cfg.setting, "proportion": cfg.proportion,
-              "seed": cfg.seed, "test_acc": history[-1]["test_acc"], "epochs": t.epochs,
+              "seed": cfg.seed, "test_acc": loop.history[-1]["test_acc"], "epochs": t.epochs,
               "train_images": len(train), "generated_images": int((train.origin == "generated").sum())}
-    write_json(result_file, result)
-    ckpt.unlink(missing_ok=True)  # the result is final; the checkpoint (hundreds of MB for ViT-B) is not needed
+    write_json(run.result(cfg.name), result)
+    run.checkpoint(cfg.name).unlink(missing_ok=True)  # the result is final; the checkpoint (hundreds of MB for ViT-B) is not
     return result
 
 
@@ -273,8 +237,6 @@ def training_sets(params: Params, images: pd.DataFrame | None = None,
     additions: dict[tuple[str, float], pd.DataFrame] = {}
     for cfg in configs(params):
         if cfg.method in GENERATIVE and (cfg.method, cfg.proportion) not in additions:
-            from .curation import load_curated
-
             curated = load_curated(params, filtered=cfg.method == "sgid_filtered")
             curated = curated.assign(label_idx=lambda d: d.label.map(index), origin="generated")
             subset = sgid_subset(curated, cfg.proportion, params.run.seed)
@@ -282,17 +244,13 @@ def training_sets(params: Params, images: pd.DataFrame | None = None,
     return train.reset_index(drop=True), test.reset_index(drop=True), additions, len(labels)
 
 
-def run_training(params: Params) -> pd.DataFrame | None:
-    """Train every (method, proportion, seed); write training/results.parquet (one row per run).
+def run_training(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
+    """Train every (method, proportion, seed); write the results table (one row per run).
 
     Under several processes (``--shard`` or ``accelerate launch``) each trains its share of the
     configurations on its own GPU; the table is written once every configuration has a result.
     """
-    from .pipeline import ensure_inputs, gpu_memory_hint, my_share
-
-    images = ensure_inputs(params)
-    stage_dir = Path(params.run.dir) / "training"
-    check_fingerprint(stage_dir, params.stage_fingerprint("train"), "train")
+    run = RunDir.of(params)
     train, test, additions, num_classes = training_sets(params, images)
     all_configs = configs(params)
     mine = set(my_share(c.name for c in all_configs))
@@ -301,22 +259,24 @@ def run_training(params: Params) -> pd.DataFrame | None:
         data = pd.concat([train, extra], ignore_index=True) if extra is not None else train
         with gpu_memory_hint(f"training {cfg.name}", f"Lower training.batch_size (now {params.training.batch_size})."):
             train_config(params, cfg, data, test, num_classes)
-    result_files = [stage_dir / c.name / "result.json" for c in all_configs]
-    if not all(f.exists() for f in result_files):
+    if not all(run.result(c.name).exists() for c in all_configs):
         return None
-    table = pd.DataFrame([read_json(f) for f in result_files])
-    write_table(stage_dir / "results.parquet", table)
+    table = pd.DataFrame([read_json(run.result(c.name)) for c in all_configs])
+    write_table(run.results_table, table)
     return table
 
 
 def load_results(params: Params) -> pd.DataFrame:
-    return read_table(Path(params.run.dir) / "training" / "results.parquet")
+    return read_table(RunDir.of(params).results_table)
 
 
 def load_history(params: Params) -> pd.DataFrame:
-    frames = []
-    for cfg in configs(params):
-        f = Path(params.run.dir) / "training" / cfg.name / "metrics.csv"
-        if f.exists():
-            frames.append(read_table(f).assign(setting=cfg.setting, seed=cfg.seed))
+    run = RunDir.of(params)
+    frames = [read_table(run.history(cfg.name)).assign(setting=cfg.setting, seed=cfg.seed)
+              for cfg in configs(params) if run.history(cfg.name).exists()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_predictions(params: Params, config: str) -> pd.DataFrame:
+    """The test predictions training saved for one configuration (e.g. 'cutmix_seed0')."""
+    return read_table(RunDir.of(params).predictions(config))

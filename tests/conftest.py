@@ -6,6 +6,7 @@ Nothing reaches a model hub: the HF variables below make any hub access fail at 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -45,11 +46,19 @@ def write_params(folder: Path, models: Path, data: Path, **sections) -> Path:
     return path
 
 
+def copy_stages(source, target, *stages: str) -> None:
+    """Copy finished stage folders from one run into another (the upstream of the stage a test runs)."""
+    from sgid_utils.rundir import RunDir
+
+    for stage in stages:
+        shutil.copytree(RunDir.of(source).stage(stage), RunDir.of(target).stage(stage))
+
+
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory) -> tuple[Path, Path]:
     """(models folder, data folder), built once."""
     from sgid_utils.params import load_params
-    from sgid_utils.tiny import ensure_smoke_assets
+    from sgid_utils.smoke import ensure_smoke_assets
 
     root = tmp_path_factory.mktemp("assets")
     params = load_params(write_params(root / "p", root / "models", root / "data"))
@@ -70,20 +79,10 @@ def make_params(assets, tmp_path):
 
 @pytest.fixture(scope="session")
 def pipeline_run(assets, tmp_path_factory):
-    """The whole chain once (captions -> results) on the tiny assets; tests read its files."""
-    from sgid_utils.captioning import run_captions
-    from sgid_utils.curation import run_curation
-    from sgid_utils.generation import run_generation
+    """The whole chain once (every registered stage, in order) on the tiny assets; tests read its files."""
     from sgid_utils.params import load_params
-    from sgid_utils.results import run_results
-    from sgid_utils.similarity import run_similarity
-    from sgid_utils.training import run_training
+    from sgid_utils.runner import run_all
 
     params = load_params(write_params(tmp_path_factory.mktemp("pipeline"), *assets))
-    run_captions(params)
-    run_similarity(params)
-    run_generation(params)
-    run_curation(params)
-    run_training(params)
-    run_results(params)
+    run_all(params)
     return params

@@ -5,10 +5,11 @@ import pytest
 import yaml
 
 from sgid_utils.ablations import run_ablations, variant_params
+from sgid_utils.errors import StageError
 from sgid_utils.params import ParamsError, load_params
-from sgid_utils.pipeline import StageError
+from sgid_utils.rundir import RunDir
 
-from .conftest import REPO
+from .conftest import REPO, copy_stages
 
 
 def test_extends_merges_sections_over_the_base(tmp_path):
@@ -33,27 +34,25 @@ def test_bad_ablation_override_stops_before_any_work(make_params, tmp_path):
     params = make_params("abl-bad", ablations=[{"name": "x", "set": {"generation.strenght": 0.2}}])
     with pytest.raises(ParamsError, match="Did you mean 'strength'"):
         run_ablations(params)
-    assert not (tmp_path / "abl-bad" / "run-x").exists()
+    assert not RunDir.of(params).variant_root("x").exists()
 
 
 def test_a_label_only_variant_reuses_upstream_and_reports_its_own_comparison(make_params, pipeline_run):
-    import shutil
-
     params = make_params("abl", ablations=[{"name": "label-only", "set": {"generation.prompt": "label_only"}}])
-    for stage in ("data", "captions", "similarity", "training"):
-        shutil.copytree(pipeline_run.run.dir / stage, params.run.dir / stage)
+    copy_stages(pipeline_run, params, "data", "captions", "similarity", "train")
     table = run_ablations(params)
-    variant = params.run.dir.with_name(params.run.dir.name + "-label-only")
-    assert all(os.path.islink(variant / s) for s in ("data", "captions", "similarity"))
+    variant = RunDir.of(variant_params(params, "label-only", {"generation.prompt": "label_only"}))
+    assert all(os.path.islink(variant.stage(s)) for s in ("data", "captions", "similarity"))
     # The Baseline does not depend on generation: the base run's models are reused, not retrained.
-    assert all(os.path.islink(variant / "training" / f"baseline_seed{s}") for s in (0, 1))
-    assert not os.path.islink(variant / "training" / "sgid100_seed0")
-    prompts = pd.read_parquet(variant / "generation" / "raw" / "manifest.parquet").prompt
+    assert all(os.path.islink(variant.config_dir(f"baseline_seed{s}")) for s in (0, 1))
+    assert not os.path.islink(variant.config_dir("sgid100_seed0"))
+    prompts = pd.read_parquet(variant.manifest("raw")).prompt
     assert prompts.str.fullmatch(r"A picture of [A-Za-z ]+").all()
     row = table.set_index("Variant").loc["label-only"]
     assert row["Changes"] == "generation.prompt=label_only" and "(n=2)" in row["SGID (100%)"]
-    assert (params.run.reports_dir / "tables" / "ablations.md").exists()
-    results = pd.read_parquet(variant / "training" / "results.parquet")
+    assert RunDir.of(params).table("ablations.md").exists()
+    assert variant.significance_table.exists() and variant.table("accuracy.md").exists()  # the variant's own results stage
+    results = pd.read_parquet(variant.results_table)
     assert sorted(results.setting.unique()) == ["Baseline", "SGID (100%)"]
 
 
@@ -63,12 +62,13 @@ def test_variants_on_the_same_subset_share_its_captions_and_baselines(make_param
         {"name": "s5", "set": {"dataset.max_per_class": 3, "generation.strength": 0.5}},
     ])
     run_ablations(params)
-    first, second = (params.run.dir.with_name(f"{params.run.dir.name}-{n}") for n in ("s2", "s5"))
-    assert not os.path.islink(first / "captions")  # nothing made with the base data to share
-    assert all(os.path.realpath(second / s) == str((first / s).resolve()) for s in ("data", "captions", "similarity"))
-    assert all(os.path.realpath(second / "training" / f"baseline_seed{s}") == str((first / "training" / f"baseline_seed{s}").resolve())
+    first, second = (RunDir.of(params).variant_root(n) for n in ("s2", "s5"))
+    first, second = (RunDir(root, RunDir.of(params).reports) for root in (first, second))
+    assert not os.path.islink(first.stage("captions"))  # nothing made with the base data to share
+    assert all(os.path.realpath(second.stage(s)) == str(first.stage(s).resolve()) for s in ("data", "captions", "similarity"))
+    assert all(os.path.realpath(second.config_dir(f"baseline_seed{s}")) == str(first.config_dir(f"baseline_seed{s}").resolve())
                for s in (0, 1))
-    assert not os.path.islink(second / "generation")
+    assert not os.path.islink(second.stage("generate"))
 
     monkeypatch.setenv("SGID_SHARD", "0/2")
     with pytest.raises(StageError, match="one process"):

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from sgid_utils.data import load_image, prepare_dataset
+from sgid_utils.rundir import RunDir
 
 GOOD = (64, 48)
 
@@ -71,7 +72,7 @@ def test_every_bad_file_is_converted_or_skipped_with_a_reason(make_params, tmp_p
     params = make_params(dataset={"path": str(root), "test_path": None, "test_fraction": 0.2},
                          smoke={"build_dataset": False})
     images = prepare_dataset(params)
-    skipped = pd.read_csv(params.run.dir / "data" / "skipped.csv")
+    skipped = pd.read_csv(RunDir.of(params).skipped_table)
     reasons = {os.path.relpath(p, root) if p.startswith(str(root)) else p: r for p, r in zip(skipped.path, skipped.reason)}
     kept = {os.path.relpath(p, root) for p in images.origin}
     for rel, outcome in expect.items():
@@ -89,7 +90,7 @@ def test_every_bad_file_is_converted_or_skipped_with_a_reason(make_params, tmp_p
 
 
 def test_fewer_than_two_usable_classes_fails_early_with_the_reasons(make_params, tmp_path):
-    from sgid_utils.data import DatasetError
+    from sgid_utils.errors import DatasetError
 
     root = tmp_path / "wild"
     (root / "a").mkdir(parents=True)

@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sgid_utils import builders
 from sgid_utils.batched import generate_batch, generate_many, plan_batches
+from sgid_utils.flops import img2img_flops
 from sgid_utils.generation import PromptEncoder, generate_candidates
 from sgid_utils.models import load_img2img
 from sgid_utils.seeding import derive_seed, generator
@@ -173,13 +175,11 @@ def test_rejects_what_one_loop_cannot_run(pipe, ddim_pipe, prompts):
 
 def test_real_architectures_and_their_flops():
     """The --arch real configs are the published models: parameter counts, and FLOPs at 512 x 512."""
-    from sgid_utils import archs
-
     with torch.device("meta"):
-        pipe = archs.build_sd15_img2img()
-        blip, _ = archs.build_blip_base()
-        clip, _ = archs.build_clip_b32()
-        vit = archs.build_vit_b16(num_classes=0)
+        pipe = builders.stable_diffusion("real")
+        blip, _ = builders.blip("real")
+        clip, _ = builders.clip("real")
+        vit = builders.vit("real", num_classes=0)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(pipe.unet) == 859_520_964
     assert count(pipe.vae) == 83_653_863
@@ -187,7 +187,7 @@ def test_real_architectures_and_their_flops():
     assert count(clip) == 151_277_313
     assert count(blip) == 223_971_644  # 247.4M on the Hub, which also stores the tied 30524 x 768 LM head
     assert count(vit) == 85_798_656
-    flops = archs.img2img_flops(pipe, 512, 512)
+    flops = img2img_flops(pipe, 512, 512)
     assert flops["unet_cfg_pair"] / 1e12 == pytest.approx(1.607, abs=1e-3)
     assert flops["vae_encode"] / 1e12 == pytest.approx(1.117, abs=1e-3)
     assert flops["vae_decode"] / 1e12 == pytest.approx(2.515, abs=1e-3)

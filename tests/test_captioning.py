@@ -1,11 +1,12 @@
 import pandas as pd
 
-from sgid_utils.captioning import run_captions
+from sgid_utils.rundir import RunDir
+from sgid_utils.runner import run_stage
 
 
 def test_captions_per_image_with_method_and_rank(pipeline_run):
-    caps = pd.read_parquet(pipeline_run.run.dir / "captions" / "captions.parquet")
-    images = pd.read_parquet(pipeline_run.run.dir / "data" / "images.parquet")
+    caps = pd.read_parquet(RunDir.of(pipeline_run).captions_table)
+    images = pd.read_parquet(RunDir.of(pipeline_run).images_table)
     assert set(caps.image_id) == set(images[images.split == "train"].image_id)
     per = caps.groupby(["image_id", "method"]).size().unstack()
     assert (per["nucleus"] == 3).all() and (per["beam"] == 2).all()
@@ -13,14 +14,16 @@ def test_captions_per_image_with_method_and_rank(pipeline_run):
     assert caps.caption.str.len().gt(0).any()
 
 
-def test_captions_do_not_depend_on_batch_size_or_resuming(make_params):
-    one = run_captions(make_params("a", captioning={"batch_size": 1}))
+def test_captions_do_not_depend_on_batch_size_or_resuming(make_params, monkeypatch):
+    one = run_stage("captions", make_params("a", captioning={"batch_size": 1}))
     params = make_params("b", captioning={"batch_size": 4})
-    ids = sorted(one.image_id.unique())
-    run_captions(params, image_ids=ids[:3])  # a first, partial run (as if killed)
-    items = params.run.dir / "captions" / "items"
+    monkeypatch.setenv("SGID_SHARD", "0/3")
+    assert run_stage("captions", params) is None  # a first, partial run (a third of the images, as if killed)
+    monkeypatch.delenv("SGID_SHARD")
+    items = RunDir.of(params).items("captions")
     before = {p.name: p.stat().st_mtime_ns for p in items.glob("*.json")}
-    four = run_captions(params)
+    assert 0 < len(before) < one.image_id.nunique()
+    four = run_stage("captions", params)
     assert {p.name: p.stat().st_mtime_ns for p in items.glob("*.json") if p.name in before} == before  # not redone
     pd.testing.assert_frame_equal(one.reset_index(drop=True), four.reset_index(drop=True))
 

@@ -1,6 +1,7 @@
 import pandas as pd
 
 from sgid_utils.curation import select_best
+from sgid_utils.rundir import RunDir
 
 
 def test_select_best_prefers_upscaled_then_similarity():
@@ -18,8 +19,8 @@ def test_select_best_prefers_upscaled_then_similarity():
 
 def test_small_sources_are_upscaled_and_each_source_gets_one_image(pipeline_run):
     p = pipeline_run
-    cands = pd.read_parquet(p.run.dir / "curation" / "candidates.parquet")
-    curated = pd.read_parquet(p.run.dir / "curation" / "curated.parquet")
+    cands = pd.read_parquet(RunDir.of(p).candidates_table)
+    curated = pd.read_parquet(RunDir.of(p).curated_table())
     threshold = p.curation.upscale_threshold
     up = cands[cands.variant == "upscaled"]
     assert len(up) and (up.short_side < threshold).all()
@@ -47,7 +48,7 @@ def test_quality_scores_filters_and_the_filtered_set(pipeline_run):
     assert (comp[comp.dropped_by == "label"].consistent == False).all()  # noqa: E712
     assert (comp[comp.kept.astype(bool)].similarity >= summary["similarity_threshold"]).all()
     assert comp[comp.kept.astype(bool)].consistent.all()
-    filtered = pd.read_parquet(p.run.dir / "curation" / "curated_filtered.parquet")
+    filtered = pd.read_parquet(RunDir.of(p).curated_table(filtered=True))
     kept = comp[comp.kept.astype(bool)]
     assert filtered.image_id.is_unique and set(filtered.image_id) == set(kept.image_id)
     for row in filtered.itertuples():  # the best kept candidate of its source
@@ -55,10 +56,15 @@ def test_quality_scores_filters_and_the_filtered_set(pipeline_run):
 
 
 def test_set_metrics_cover_real_and_generated_sets(pipeline_run):
-    from sgid_utils.curation import set_metrics
+    """The quality stage (notebook 07's tables) ran with the chain and wrote what it returns."""
+    from sgid_utils.quality_report import set_metrics
 
     m = set_metrics(pipeline_run).set_index("set")
     assert {"real (sources)", "generated (raw)", "curated (best of k)", "curated (filtered)"} <= set(m.index)
-    assert m.loc["real (sources)", "images"] == pd.read_parquet(pipeline_run.run.dir / "similarity/best.parquet").shape[0]
+    assert m.loc["real (sources)", "images"] == pd.read_parquet(RunDir.of(pipeline_run).best_table).shape[0]
+    written = pd.read_csv(RunDir.of(pipeline_run).table("set_metrics.csv")).set_index("set")
+    pd.testing.assert_frame_equal(written, m, check_dtype=False)
+    change = pd.read_csv(RunDir.of(pipeline_run).table("per_class_change.csv"))
+    assert set(change.class_name) == set(pd.read_parquet(RunDir.of(pipeline_run).images_table).class_name)
     assert m["zero-shot accuracy"].between(0, 1).all()
     assert m.drop(index="real (sources)")["distance to source"].between(0, 2).all()

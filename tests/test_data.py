@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sgid_utils.data import DatasetError, load_image, prepare_dataset, readable_class_name
+from sgid_utils.data import load_image, prepare_dataset, readable_class_name
+from sgid_utils.errors import DatasetError
+from sgid_utils.rundir import RunDir
 
 
 @pytest.mark.parametrize(("raw", "case", "nice"), [
@@ -66,7 +68,7 @@ def test_imagefolder_with_bad_files_skips_and_records(make_params, tmp_path):
     params = make_params(dataset={"path": str(root), "test_path": None, "test_fraction": 0.2},
                          smoke={"build_dataset": False})
     df = prepare_dataset(params)
-    skipped = pd.read_csv(params.run.dir / "data" / "skipped.csv")
+    skipped = pd.read_csv(RunDir.of(params).skipped_table)
     reasons = " | ".join(skipped.reason)
     assert "not a readable image" in reasons and "hidden file" in reasons and "too small" in reasons
     assert "class has no usable training image" in reasons

@@ -2,9 +2,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sgid_utils.generation import load_manifest, model_input_size, run_generation
-from sgid_utils.prompts import build_prompt, guidance_scale
+from sgid_utils.errors import StageError
+from sgid_utils.generation import MAX_AUTO_BATCH, auto_batch_size, load_manifest, model_input_size
+from sgid_utils.guidance import guidance_scale
+from sgid_utils.prompts import build_prompt
+from sgid_utils.resumable import in_batches
+from sgid_utils.rundir import RunDir
+from sgid_utils.runner import run_stage
 from sgid_utils.seeding import derive_seed
+
+from .conftest import copy_stages
 
 
 @pytest.mark.parametrize(("size", "max_side", "short", "expected"), [
@@ -21,9 +28,9 @@ def test_model_input_size(size, max_side, short, expected):
 def test_manifest_images_seeds_and_prompts(pipeline_run):
     p = pipeline_run
     manifest = load_manifest(p)
-    assert not any(v.startswith("/") for v in pd.read_parquet(p.run.dir / "generation/raw/manifest.parquet").path)
-    best = pd.read_parquet(p.run.dir / "similarity" / "best.parquet").merge(
-        pd.read_parquet(p.run.dir / "data" / "images.parquet"), on="image_id")
+    run = RunDir.of(p)
+    assert not any(v.startswith("/") for v in pd.read_parquet(run.manifest("raw")).path)
+    best = pd.read_parquet(run.best_table).merge(pd.read_parquet(run.images_table), on="image_id")
     assert len(manifest) == len(best) * p.generation.num_candidates
     for row in manifest.itertuples():
         assert row.seed == derive_seed(p.run.seed, row.image_id, row.k, purpose="generate")
@@ -35,18 +42,15 @@ def test_manifest_images_seeds_and_prompts(pipeline_run):
 
 def test_generation_is_deterministic_and_resumable(make_params, pipeline_run):
     """A second run directory (run partly, 'killed', resumed) gives byte-identical PNGs."""
-    import shutil
-
     params = make_params("again")
-    for stage in ("data", "captions", "similarity"):
-        shutil.copytree(pipeline_run.run.dir / stage, params.run.dir / stage)
+    copy_stages(pipeline_run, params, "data", "captions", "similarity")
     first = load_manifest(pipeline_run)
     ids = first.image_id.unique()
-    items = params.run.dir / "generation" / "raw" / "items"
-    run_generation(params)
+    items = RunDir.of(params).items("generate")
+    run_stage("generate", params)
     for image_id in ids[::2]:  # forget half the items, as if the run had died before them
         (items / f"{image_id}.json").unlink()
-    again = run_generation(params)
+    again = run_stage("generate", params)
     assert len(again) == len(first)
     for a, b in zip(sorted(first.path), sorted(again.path)):
         assert open(a, "rb").read() == open(b, "rb").read()
@@ -54,14 +58,11 @@ def test_generation_is_deterministic_and_resumable(make_params, pipeline_run):
 
 def test_batched_stage_matches_the_per_image_pipeline(make_params, pipeline_run):
     """generation.batch_size > 1 (the CUDA default) gives the per-image pipeline's images within a level or two."""
-    import shutil
-
     import numpy as np
 
     params = make_params("batched", generation={"batch_size": 4})
-    for stage in ("data", "captions", "similarity"):
-        shutil.copytree(pipeline_run.run.dir / stage, params.run.dir / stage)
-    batched = load_manifest(params) if run_generation(params) is not None else None
+    copy_stages(pipeline_run, params, "data", "captions", "similarity")
+    batched = load_manifest(params) if run_stage("generate", params) is not None else None
     reference = load_manifest(pipeline_run)
     assert batched is not None and len(batched) == len(reference)
     cols = ["image_id", "k", "seed", "prompt", "guidance_scale", "input_width", "input_height"]
@@ -75,7 +76,6 @@ def test_batched_stage_matches_the_per_image_pipeline(make_params, pipeline_run)
 def test_auto_batch_size_follows_free_memory_and_input_size():
     import torch
 
-    from sgid_utils.generation import MAX_AUTO_BATCH, auto_batch_size
 
     gib = 2**30
     assert auto_batch_size(75 * gib, 512, 512, 3, torch.float16) == 13  # an idle H100
@@ -89,8 +89,6 @@ def test_auto_batch_size_follows_free_memory_and_input_size():
 def test_in_batches_halves_on_out_of_memory_only_when_chosen_automatically():
     import torch
 
-    from sgid_utils.pipeline import StageError, in_batches
-
     done: list[tuple[int, int]] = []
 
     def work(start: int, stop: int) -> None:
@@ -98,16 +96,15 @@ def test_in_batches_halves_on_out_of_memory_only_when_chosen_automatically():
             raise torch.OutOfMemoryError("CUDA out of memory")
         done.append((start, stop))
 
-    in_batches(10, 8, work, shrink=True, what="testing", setting="x.batch_size")
+    in_batches(10, 8, work, what="testing", setting="x.batch_size")
     assert done == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]  # every item once, in order, at the size that fits
     done.clear()
-    in_batches(13, 16, work, shrink=True, what="testing", setting="x.batch_size")
+    in_batches(13, 16, work, what="testing", setting="x.batch_size")
     assert done == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 13)]  # halved from the failed chunk's 13, not from 16
-    with pytest.raises(StageError, match=r"while testing \(8 per batch\)\. Lower x.batch_size below 8, or y\."):
-        in_batches(10, 8, work, shrink=False, what="testing", setting="x.batch_size", other=", or y")
 
     def never_fits(start: int, stop: int) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    with pytest.raises(StageError, match="Even one item does not fit"):
-        in_batches(4, 4, never_fits, shrink=True, what="testing", setting="x.batch_size")
+    with pytest.raises(StageError, match=r"while testing, even at 1 per batch \(x.batch_size was halved down to 1\)\. "
+                                         r"Free GPU memory \(another process may hold it\), or y\."):
+        in_batches(4, 4, never_fits, what="testing", setting="x.batch_size", other=", or y")

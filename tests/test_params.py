@@ -127,14 +127,16 @@ def test_smoke_profile_is_offline():
 
 
 def test_code_versions_make_older_outputs_stale(make_params, tmp_path):
-    from sgid_utils.io import StaleOutputsError, check_fingerprint
-    from sgid_utils.params import CODE_VERSIONS
+    from sgid_utils.errors import StaleOutputsError
+    from sgid_utils.fingerprints import CODE_VERSIONS, fingerprint
+    from sgid_utils.io import check_fingerprint
 
     params = make_params()
-    for stage in ("captions", "similarity", "generate", "curate", "train"):
-        assert params.stage_fingerprint(stage)["captioning.code_version"] == CODE_VERSIONS["captioning"]
-    assert "captioning.code_version" not in params.stage_fingerprint("data")
-    older = {k: v for k, v in params.stage_fingerprint("captions").items() if k != "captioning.code_version"}
-    check_fingerprint(tmp_path / "captions", older, "captions")  # a run dir captioned by the code before version 2
+    for stage in ("captions", "similarity", "generate", "upscale", "curate", "train"):
+        assert fingerprint(params, stage)["captioning.code_version"] == CODE_VERSIONS["captioning"]
+    assert "captioning.code_version" not in fingerprint(params, "data")
+    older = {k: v for k, v in fingerprint(params, "captions").items() if k != "captioning.code_version"}
+    file = tmp_path / "captions" / "_params.json"
+    check_fingerprint(file, older, "captions")  # a run dir captioned by the code before version 2
     with pytest.raises(StaleOutputsError, match="captioning.code_version: was None, now 2"):
-        check_fingerprint(tmp_path / "captions", params.stage_fingerprint("captions"), "captions")
+        check_fingerprint(file, fingerprint(params, "captions"), "captions")

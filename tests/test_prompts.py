@@ -2,8 +2,9 @@ import pytest
 import torch
 from compel import PromptParser
 
-from sgid_utils.params import GenerationParams, GuidanceParams
-from sgid_utils.prompts import build_prompt, escape_for_compel, guidance_curve, guidance_scale, plain_prompt
+from sgid_utils.guidance import guidance_curve, guidance_scale
+from sgid_utils.prompts import build_prompt, escape_for_compel, plain_prompt
+from sgid_utils.schema import GenerationParams, GuidanceParams
 
 
 def fragments(prompt: str) -> list[tuple[str, float]]:

@@ -8,21 +8,18 @@ from scipy import linalg
 
 from sgid_utils.curation import select_best
 from sgid_utils.data import load_image
-from sgid_utils.models import load_clip
-from sgid_utils.quality import (
+from sgid_utils.filters import (
     apply_filters,
     class_prompts,
-    consistency_metrics,
     detector_filter,
-    fid_kid,
     label_consistency,
     real_vs_generated,
     similarity_filter,
-    source_distance,
     suggest_threshold,
-    within_class_spread,
     zero_shot_scores,
 )
+from sgid_utils.models import load_clip
+from sgid_utils.set_metrics import consistency_metrics, fid_kid, source_distance, within_class_spread
 from sgid_utils.similarity import image_embeddings, text_embeddings
 
 

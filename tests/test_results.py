@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sgid_utils.results import format_mean_std, summary_table, write_summary
+from sgid_utils.results import format_mean_std, load_significance, summary_table, write_summary
+from sgid_utils.rundir import RunDir
 
 
 def test_summary_mean_std_order_and_references(make_params):
@@ -10,6 +11,8 @@ def test_summary_mean_std_order_and_references(make_params):
                                                   "values": {"Baseline": 0.92, "SGID (100%)": 0.93}}]})
     results = pd.DataFrame({
         "setting": ["SGID (100%)", "Baseline", "Baseline", "CutMix", "SGID (25%)", "SGID (100%)"],
+        "method": ["sgid", "baseline", "baseline", "cutmix", "sgid", "sgid"],
+        "proportion": [1.0, None, None, None, 0.25, 1.0],
         "test_acc": [0.90, 0.80, 0.84, 0.81, 0.70, 0.92],
     })
     t = summary_table(results, params)
@@ -32,13 +35,19 @@ def test_format_mean_std():
 
 
 def test_run_results_writes_tables_and_figures(pipeline_run):
-    reports = pipeline_run.run.reports_dir
-    assert (reports / "tables" / "accuracy.md").exists() and (reports / "tables" / "accuracy.csv").exists()
-    assert (reports / "figures" / "accuracy_by_method.png").stat().st_size > 1000
-    assert (reports / "figures" / "originals_vs_sgid.png").exists()
-    table = pd.read_csv(reports / "tables" / "accuracy.csv")
+    run = RunDir.of(pipeline_run)
+    assert run.table("accuracy.md").exists() and run.table("accuracy.csv").exists()
+    assert run.figure("accuracy_by_method").stat().st_size > 1000
+    assert run.figure("originals_vs_sgid").exists()
+    table = pd.read_csv(run.table("accuracy.csv"))
     assert {"Δ vs Baseline (95% CI)", "Significant"} <= set(table.columns)
     assert table.set_index("Method").loc["Baseline", "Significant"] == "–"
-    results = pd.read_parquet(pipeline_run.run.dir / "training" / "results.parquet")
+    # Significance is computed once and written; the table's Δ column is read from that file.
+    sig = load_significance(pipeline_run).set_index("setting")
+    assert set(sig.index) == set(table.Method) - {"Baseline"}
+    assert pd.read_csv(run.table("significance.csv")).setting.tolist() == sig.index.tolist()
+    for method, significant in table.set_index("Method").Significant.drop("Baseline").items():
+        assert significant == ("yes" if sig.loc[method, "significant"] else "no")
+    results = pd.read_parquet(run.results_table)
     assert table.set_index("Method")["mean"].to_dict() == pytest.approx(
         results.groupby("setting").test_acc.mean().round(4).to_dict())

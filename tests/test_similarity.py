@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from sgid_utils.data import load_image
 from sgid_utils.models import load_clip
+from sgid_utils.rundir import RunDir
 from sgid_utils.similarity import pick_best
 
 
@@ -19,11 +20,11 @@ def test_pick_best_takes_the_highest_score_per_image():
 
 
 def test_scores_are_clip_cosine_similarities(pipeline_run):
-    run = pipeline_run.run.dir
-    scores = pd.read_parquet(run / "similarity" / "scores.parquet")
-    best = pd.read_parquet(run / "similarity" / "best.parquet")
-    images = pd.read_parquet(run / "data" / "images.parquet").set_index("image_id")
-    assert len(scores) == len(pd.read_parquet(run / "captions" / "captions.parquet"))
+    run = RunDir.of(pipeline_run)
+    scores = pd.read_parquet(run.scores_table)
+    best = pd.read_parquet(run.best_table)
+    images = pd.read_parquet(run.images_table).set_index("image_id")
+    assert len(scores) == len(pd.read_parquet(run.captions_table))
     top = scores.loc[scores.groupby("image_id").score.idxmax()].set_index("image_id")
     assert top.score.to_dict() == pytest.approx(best.set_index("image_id").s_star.to_dict())
     # Recompute one score directly with the CLIP model.

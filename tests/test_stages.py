@@ -2,48 +2,66 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 import torch
 
-from sgid_utils.captioning import run_captions
-from sgid_utils.generation import load_manifest, run_generation
-from sgid_utils.io import StaleOutputsError
-from sgid_utils.pipeline import StageError, ensure_inputs, gpu_memory_hint
+from sgid_utils.errors import StageError, StaleOutputsError
+from sgid_utils.fingerprints import fingerprint
+from sgid_utils.generation import load_manifest
+from sgid_utils.resumable import gpu_memory_hint
+from sgid_utils.rundir import RunDir
+from sgid_utils.runner import run_stage
+from sgid_utils.stages import NAMES, STAGES, notebooks, upstream_closure
+
+from .conftest import copy_stages
 
 
 def test_changed_output_params_are_refused_but_speed_params_are_not(make_params):
-    import shutil
-
-    from sgid_utils.similarity import run_similarity
-
-    run_captions(make_params("stale"))
-    run_similarity(make_params("stale"))
+    run_stage("captions", make_params("stale"))
+    run_stage("similarity", make_params("stale"))
     with pytest.raises(StaleOutputsError, match=r"captioning: was .*'top_p': 0.9.*now .*'top_p': 0.5"):
-        run_captions(make_params("stale", captioning={"top_p": 0.5}))
-    run_captions(make_params("stale", captioning={"batch_size": 1}))  # speed only: reuses the work
+        run_stage("captions", make_params("stale", captioning={"top_p": 0.5}))
+    run_stage("captions", make_params("stale", captioning={"batch_size": 1}))  # speed only: reuses the work
     # Recomputing captions with new params must not let similarity reuse scores of the old captions.
     changed = make_params("stale", captioning={"top_p": 0.5})
-    shutil.rmtree(changed.run.dir / "captions")
-    run_captions(changed)
+    shutil.rmtree(RunDir.of(changed).stage("captions"))
+    run_stage("captions", changed)
     with pytest.raises(StaleOutputsError, match="similarity.*captioning"):
-        run_similarity(changed)
+        run_stage("similarity", changed)
 
 
 def test_training_batch_size_is_not_a_speed_only_key(make_params):
     a, b = make_params("x"), make_params("x", training={"batch_size": 8})
     c = make_params("x", training={"eval_batch_size": 8, "seeds": [5]})
-    assert a.stage_fingerprint("train") != b.stage_fingerprint("train")
-    assert a.stage_fingerprint("train") == c.stage_fingerprint("train")
+    assert fingerprint(a, "train") != fingerprint(b, "train")
+    assert fingerprint(a, "train") == fingerprint(c, "train")
+
+
+def test_the_registry_orders_stages_notebooks_and_fingerprint_chains(make_params):
+    assert NAMES[0] == "data" and NAMES.index("upscale") < NAMES.index("curate") < NAMES.index("train")
+    for stage in STAGES:  # upstream stages come earlier, and every entry resolves to a function
+        assert all(NAMES.index(u) < NAMES.index(stage.name) for u in stage.upstream) and callable(stage.function)
+    assert notebooks() == sorted(notebooks()) and len(notebooks()) == 7
+    assert notebooks(last="train")[-1] == "05_training" and notebooks(first="results")[0] == "06_results"
+    assert upstream_closure("similarity") == ["data", "captions", "similarity"]
+    params = make_params("fp")
+    # The chain: a key inside a section already in the fingerprint is not repeated.
+    assert {"curation.upscale_threshold", "curation.upscale_to"} <= set(fingerprint(params, "upscale"))
+    assert "curation" in fingerprint(params, "curate") and "curation.upscale_to" not in fingerprint(params, "curate")
+    baseline = fingerprint(params, "train", upstream=("data",))
+    assert set(baseline) == {"dataset", "run.seed", "models.classifier", "training"}
 
 
 def test_unwritable_run_dir_and_full_disk_stop_before_work(make_params, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(StageError, match="not writable"):
-        ensure_inputs(make_params("w", run={"dir": str(blocker / "run")}))
+        run_stage("data", make_params("w", run={"dir": str(blocker / "run")}))
     with pytest.raises(StageError, match="run.min_free_gb"):
-        ensure_inputs(make_params("d", run={"min_free_gb": 1e9}))
+        run_stage("data", make_params("d", run={"min_free_gb": 1e9}))
 
 
 def test_gpu_out_of_memory_names_the_setting_to_lower():
@@ -53,19 +71,15 @@ def test_gpu_out_of_memory_names_the_setting_to_lower():
 
 
 def test_two_shards_give_what_one_process_gives(make_params, pipeline_run, monkeypatch):
-    import shutil
-
     params = make_params("shards")
-    for folder in ("data", "captions", "similarity"):
-        shutil.copytree(pipeline_run.run.dir / folder, params.run.dir / folder)
-    shutil.rmtree(params.run.dir / "captions")
+    copy_stages(pipeline_run, params, "data", "similarity")
     monkeypatch.setenv("SGID_SHARD", "0/2")
-    assert run_captions(params) is None  # half done: no table yet
-    assert run_generation(params) is None
+    assert run_stage("captions", params) is None  # half done: no table yet
+    assert run_stage("generate", params) is None
     monkeypatch.setenv("SGID_SHARD", "1/2")
-    captions = run_captions(params)
-    run_generation(params)
-    ref = pd.read_parquet(pipeline_run.run.dir / "captions" / "captions.parquet")
+    captions = run_stage("captions", params)
+    run_stage("generate", params)
+    ref = pd.read_parquet(RunDir.of(pipeline_run).captions_table)
     pd.testing.assert_frame_equal(captions.reset_index(drop=True), ref)
     one, two = load_manifest(pipeline_run), load_manifest(params)
     for a, b in zip(one.sort_values("path").path, two.sort_values("path").path):
@@ -73,20 +87,14 @@ def test_two_shards_give_what_one_process_gives(make_params, pipeline_run, monke
 
 
 def test_sharded_curation_is_finished_by_the_last_shard(make_params, pipeline_run, monkeypatch):
-    import shutil
-
-    from sgid_utils.curation import run_curation
-
     params = make_params("curate-shards")
-    for folder in ("data", "captions", "similarity"):
-        shutil.copytree(pipeline_run.run.dir / folder, params.run.dir / folder)
-    shutil.copytree(pipeline_run.run.dir / "generation" / "raw", params.run.dir / "generation" / "raw")
+    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate")
     monkeypatch.setenv("SGID_SHARD", "0/2")
-    assert run_curation(params) is None
+    assert run_stage("curate", params) is None
     monkeypatch.setenv("SGID_SHARD", "1/2")
-    curated = run_curation(params)
-    ref = pd.read_parquet(pipeline_run.run.dir / "curation" / "curated.parquet")
-    got = pd.read_parquet(params.run.dir / "curation" / "curated.parquet")
+    curated = run_stage("curate", params)
+    ref = pd.read_parquet(RunDir.of(pipeline_run).curated_table())
+    got = pd.read_parquet(RunDir.of(params).curated_table())
     pd.testing.assert_frame_equal(got.drop(columns=["source_path"]), ref.drop(columns=["source_path"]))
     assert curated is not None and len(curated) == len(ref)
 
@@ -95,7 +103,6 @@ def test_accelerate_launch_with_two_processes_gives_what_one_process_gives(make_
     """The README's multi-GPU command, on the CPU: ``--multi_gpu`` starts the same torch elastic launcher
     (RANK, WORLD_SIZE, a gloo process group) that accelerate uses on a machine with several GPUs."""
     import os
-    import shutil
     import socket
     import subprocess
     import sys
@@ -119,17 +126,16 @@ def test_accelerate_launch_with_two_processes_gives_what_one_process_gives(make_
         )
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stderr.count(f"[sgid] stage {stage}") == 2  # both processes ran the stage
-    run_dir = params.run.dir
-    for table in ("captions/captions.parquet", "similarity/best.parquet"):
-        pd.testing.assert_frame_equal(pd.read_parquet(run_dir / table), pd.read_parquet(pipeline_run.run.dir / table))
-    got = pd.read_parquet(run_dir / "generation" / "raw" / "manifest.parquet")
-    ref = pd.read_parquet(pipeline_run.run.dir / "generation" / "raw" / "manifest.parquet")
+    run, reference = RunDir.of(params), RunDir.of(pipeline_run)
+    for table in ("captions_table", "best_table"):
+        pd.testing.assert_frame_equal(pd.read_parquet(getattr(run, table)), pd.read_parquet(getattr(reference, table)))
+    got, ref = pd.read_parquet(run.manifest("raw")), pd.read_parquet(reference.manifest("raw"))
     assert list(got.path) == list(ref.path)
     import numpy as np
     from PIL import Image
 
     # torchrun gives each process one thread (OMP_NUM_THREADS=1): other summation orders, the same images to 1/255
     for rel in ref.path:
-        a, b = (np.asarray(Image.open(d / rel), dtype=np.int16) for d in (run_dir, pipeline_run.run.dir))
+        a, b = (np.asarray(Image.open(d.root / rel), dtype=np.int16) for d in (run, reference))
         assert np.abs(a - b).max() <= 1, rel
-    shutil.rmtree(run_dir)
+    shutil.rmtree(run.root)

@@ -4,10 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sgid_utils.io import write_table
 from sgid_utils.stats import (
     compare_to_baseline,
-    load_predictions,
     mcnemar_test,
     paired_difference,
     per_class_change,
@@ -103,11 +101,9 @@ def _results_and_predictions():
     return pd.DataFrame(results), preds
 
 
-def test_compare_to_baseline_pairs_seeds_and_runs_mcnemar(tmp_path):
+def test_compare_to_baseline_pairs_seeds_and_runs_mcnemar():
     results, preds = _results_and_predictions()
-    for config, table in preds.items():
-        write_table(tmp_path / "training" / config / "predictions.parquet", table)
-    table = compare_to_baseline(results, lambda c: load_predictions(tmp_path, c))
+    table = compare_to_baseline(results, lambda c: preds[c])
     assert table.equals(compare_to_baseline(results, preds))  # a dict or a loader
     row = table.iloc[0]
     assert len(table) == 1 and row.setting == "SGID (100%)" and row.baseline == "Baseline"

@@ -4,8 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sgid_utils.params import TrainingParams
-from sgid_utils.training import TrainConfig, configs, cutmix_batch, mixed_loss, randaugment, sgid_subset, train_config, training_sets
+from sgid_utils.augmentations import cutmix_batch, mixed_loss, randaugment
+from sgid_utils.rundir import RunDir
+from sgid_utils.schema import TrainingParams
+from sgid_utils.training import TrainConfig, configs, sgid_subset, train_config, training_sets
+
+from .conftest import copy_stages
 
 
 def _batch(n=8, size=32):
@@ -76,9 +80,10 @@ def test_configs_cover_methods_proportions_and_seeds(make_params):
 
 def test_training_results_metrics_and_predictions(pipeline_run):
     p = pipeline_run
-    results = pd.read_parquet(p.run.dir / "training" / "results.parquet")
-    curated = pd.read_parquet(p.run.dir / "curation" / "curated.parquet")
-    filtered = pd.read_parquet(p.run.dir / "curation" / "curated_filtered.parquet")
+    run = RunDir.of(p)
+    results = pd.read_parquet(run.results_table)
+    curated = pd.read_parquet(run.curated_table())
+    filtered = pd.read_parquet(run.curated_table(filtered=True))
     assert len(results) == 12
     sgid = results[results.method.isin(["sgid", "sgid_filtered"])].set_index("setting")
     assert sgid.loc["SGID filtered (100%)", "generated_images"].tolist() == [len(filtered)] * 2
@@ -86,25 +91,22 @@ def test_training_results_metrics_and_predictions(pipeline_run):
     assert sgid.loc["SGID (50%)", "generated_images"].tolist() == [int(len(curated) * 0.5 + 0.5)] * 2
     assert (results[~results.method.str.startswith("sgid")].generated_images == 0).all()
     for row in results.itertuples():
-        folder = p.run.dir / "training" / row.config
-        metrics = pd.read_csv(folder / "metrics.csv")
-        preds = pd.read_parquet(folder / "predictions.parquet")
+        metrics = pd.read_csv(run.history(row.config))
+        preds = pd.read_parquet(run.predictions(row.config))
         assert metrics.epoch.tolist() == list(range(1, p.training.epochs + 1))
         assert metrics.test_acc.iloc[-1] == row.test_acc
         assert (preds.pred == preds.label_idx).mean() == pytest.approx(row.test_acc)
-        assert not (folder / "checkpoint.pt").exists()
+        assert not run.checkpoint(row.config).exists()
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params, pipeline_run, monkeypatch):
-    import shutil
-
     import sgid_utils.training as tr
 
     cfg = TrainConfig("cutmix", seed=0)
     runs = {}
     for name in ("straight", "killed"):
         runs[name] = make_params(name, training={"epochs": 2, "methods": ["cutmix"]})
-        shutil.copytree(pipeline_run.run.dir / "data", runs[name].run.dir / "data")
+        copy_stages(pipeline_run, runs[name], "data")
     train, test, _, n = training_sets(runs["straight"])
     full = train_config(runs["straight"], cfg, train, test, n)
 
@@ -122,21 +124,18 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params
     with pytest.raises(KeyboardInterrupt):
         train_config(runs["killed"], cfg, train, test, n)
     monkeypatch.setattr(tr, "evaluate", original_evaluate)
-    folder = runs["killed"].run.dir / "training" / cfg.name
-    assert (folder / "checkpoint.pt").exists() and not (folder / "result.json").exists()
+    killed, straight = RunDir.of(runs["killed"]), RunDir.of(runs["straight"])
+    assert killed.checkpoint(cfg.name).exists() and not killed.result(cfg.name).exists()
     resumed = train_config(runs["killed"], cfg, train, test, n)
     assert resumed["test_acc"] == full["test_acc"]
-    straight = runs["straight"].run.dir / "training" / cfg.name
-    pd.testing.assert_frame_equal(pd.read_parquet(folder / "predictions.parquet"), pd.read_parquet(straight / "predictions.parquet"))
-    a, b = pd.read_csv(folder / "metrics.csv"), pd.read_csv(straight / "metrics.csv")
+    pd.testing.assert_frame_equal(pd.read_parquet(killed.predictions(cfg.name)), pd.read_parquet(straight.predictions(cfg.name)))
+    a, b = pd.read_csv(killed.history(cfg.name)), pd.read_csv(straight.history(cfg.name))
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
 
 
 def test_image_size_other_than_the_pretrained_one_trains(make_params, pipeline_run):
-    import shutil
-
     params = make_params("size", training={"image_size": 48, "methods": ["baseline"], "seeds": [0]})
-    shutil.copytree(pipeline_run.run.dir / "data", params.run.dir / "data")
+    copy_stages(pipeline_run, params, "data")
     train, test, _, n = training_sets(params)
     result = train_config(params, TrainConfig("baseline", seed=0), train, test, n)
     assert 0 <= result["test_acc"] <= 1

@@ -1,0 +1,56 @@
+"""Which params (and which version of the code) a stage's outputs depend on.
+
+A stage folder records its fingerprint in ``_params.json`` and refuses, with a clear
+message, to mix in outputs of other params (``io.check_fingerprint``). A stage's
+fingerprint holds its own keys and those of every upstream stage (the chain comes
+from the registry), so recomputing captions with new settings invalidates the
+similarity scores made from the old ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .schema import Params
+from .stages import get, upstream_closure
+
+# Keys that change only speed (batch sizes, compilation) or only how much is done (which methods, seeds and
+# proportions to train): changing them reuses finished work.
+NOT_IN_FINGERPRINT = {
+    "captioning.batch_size", "similarity.batch_size", "curation.batch_size", "generation.batch_size",
+    "generation.compile", "training.eval_batch_size", "training.methods", "training.seeds",
+    "training.sgid_proportions", "training.filtered_proportions",
+}
+# Bumped when a section's code gives other outputs for the same params, so that a run dir keeps one version's files.
+# captioning 2: nucleus sampling batched, each image's tokens drawn from its own seed (SeededNucleusSampler).
+CODE_VERSIONS = {"captioning": 2}
+
+
+def stage_keys(stage: str, upstream: tuple[str, ...] | None = None) -> list[str]:
+    """The params keys of ``stage`` and of its upstream chain (or of the chain through ``upstream``).
+
+    A key inside a section that is itself a key (``curation.upscale_to`` beside ``curation``) is dropped.
+    """
+    chain = upstream_closure(stage) if upstream is None else [n for u in upstream for n in upstream_closure(u)] + [stage]
+    keys = list(dict.fromkeys(k for name in chain for k in get(name).keys))
+    return [k for k in keys if not any(k.startswith(f"{other}.") for other in keys)]
+
+
+def fingerprint(params: Params, stage: str, upstream: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The params that determine ``stage``'s output, upstream stages' included (recorded beside it).
+
+    ``upstream`` replaces the stage's own upstream chain: the Baseline training runs use no generated
+    image, so their fingerprint is ``fingerprint(params, "train", upstream=("data",))``.
+    """
+    data = params.model_dump(mode="json", exclude={"source_file"})
+    out: dict[str, Any] = {}
+    for dotted in stage_keys(stage, upstream):
+        node: Any = data
+        for part in dotted.split("."):
+            node = node[part]
+        if isinstance(node, dict):
+            node = {k: v for k, v in node.items() if f"{dotted}.{k}" not in NOT_IN_FINGERPRINT}
+        out[dotted] = node
+        if dotted in CODE_VERSIONS:
+            out[f"{dotted}.code_version"] = CODE_VERSIONS[dotted]
+    return out

@@ -1,0 +1,66 @@
+"""Figures every notebook uses: one ``save_fig`` writing to the reports folder, image grids, the accuracy chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .data import load_image
+from .io import write_atomic
+from .rundir import RunDir
+from .schema import Params
+
+
+def save_fig(fig, params: Params, name: str) -> Path:
+    """Every figure goes to reports/<run>/figures/<name>.png, atomically."""
+    return write_atomic(RunDir.of(params).figure(name), lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+
+
+def accuracy_bar_chart(results: pd.DataFrame, table: pd.DataFrame, params: Params):
+    """Mean test accuracy per setting (``table``: the results stage's summary) with ±1 std error bars,
+    seeds as dots, references as markers."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(table)), 4))
+    x = np.arange(len(table))
+    ax.bar(x, table["mean"], yerr=table["std"].fillna(0), color=sns.color_palette("muted", len(table)), capsize=4, alpha=0.85, label="ours (mean ± std)")
+    for i, setting in enumerate(table.Method):
+        accs = results.loc[results.setting == setting, "test_acc"]
+        ax.scatter(np.full(len(accs), i), accs, color="black", s=10, zorder=3)
+    for j, ref in enumerate(params.results.references):
+        vals = table[ref.label].to_numpy(dtype=float)
+        ax.scatter(x, vals, marker=["D", "s", "^"][j % 3], s=40, zorder=4, label=ref.label)
+    ax.set_xticks(x, table.Method, rotation=30, ha="right")
+    lo = np.nanmin(np.concatenate([results.test_acc.to_numpy(), *[table[r.label].to_numpy(dtype=float) for r in params.results.references]]))
+    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{params.run.name}: augmentation methods")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(rows: list[list[str]], titles: list[list[str]] | None = None, size: float = 2.2):
+    """A grid of images given by path; each inner list is one row."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < len(row):
+                ax.imshow(load_image(row[j]))
+                if titles:
+                    ax.set_title(titles[i][j], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def originals_vs_generated(curated: pd.DataFrame, n: int):
+    """Original beside its curated SGID image, for n sources spread over classes."""
+    picks = curated.sort_values(["label", "image_id"]).groupby("label").head(max(1, n // max(1, curated.label.nunique()) + 1)).head(n)
+    rows = [[r.source_path, r.path] for r in picks.itertuples()]
+    titles = [[f"{r.class_name} (original)", f"SGID, sim {r.similarity:.2f}"] for r in picks.itertuples()]
+    return image_grid(rows, titles)

@@ -1,0 +1,168 @@
+"""The run-directory map: the one place that knows where every file of a run lives.
+
+Stages, notebooks, ablations and tests ask a ``RunDir`` for a path and never join
+paths under ``run.dir`` or ``run.reports_dir`` themselves, so moving a file means
+changing one property here. Layout (``<run>`` is ``run.dir``, ``<reports>`` is
+``run.reports_dir``)::
+
+    <run>/params.yaml                        the validated params of the last stage started
+    <run>/data/                              images.parquet, skipped.csv, files/ (hub images)
+    <run>/captions/                          items/<image>.json, captions.parquet
+    <run>/similarity/                        items/, scores.parquet, best.parquet
+    <run>/generation/{raw,upscaled}/         items/, images/<image>_k<k>.png, manifest.parquet
+    <run>/curation/                          scores_<variant>/, embeddings_<variant>/, candidates.parquet,
+                                             curated[_filtered].parquet, quality.json
+    <run>/training/                          <config>/{checkpoint.pt,metrics.csv,predictions.parquet,result.json},
+                                             results.parquet
+    <run>/results/                           significance.parquet
+    <reports>/tables/  <reports>/figures/  <reports>/notebooks/  <reports>/ablations/<variant>/
+
+Every stage folder with outputs holds ``_params.json``, the fingerprint of the params
+that made it (``sgid_utils.fingerprints``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .schema import Params
+
+Variant = Literal["raw", "upscaled"]
+VARIANTS: tuple[Variant, ...] = ("raw", "upscaled")
+
+# Folder of each registered stage that keeps its own outputs (the others write tables and figures to reports/).
+_STAGE_FOLDERS = {
+    "data": "data", "captions": "captions", "similarity": "similarity", "generate": "generation/raw",
+    "upscale": "generation/upscaled", "curate": "curation", "train": "training", "results": "results",
+}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+    reports: Path
+
+    @classmethod
+    def of(cls, params: Params) -> RunDir:
+        return cls(Path(params.run.dir), Path(params.run.reports_dir))
+
+    # --- the run as a whole ---------------------------------------------------------------------------------------
+    @property
+    def params_copy(self) -> Path:
+        return self.root / "params.yaml"
+
+    def stage(self, name: str) -> Path:
+        """The folder a registered stage writes (``KeyError`` for a stage that keeps no folder of its own)."""
+        return self.root / _STAGE_FOLDERS[name]
+
+    def fingerprint(self, stage: str) -> Path:
+        return self.stage(stage) / "_params.json"
+
+    def items(self, stage: str) -> Path:
+        """One JSON record per finished item of a per-item stage."""
+        return self.stage(stage) / "items"
+
+    def variant_root(self, name: str) -> Path:
+        """An ablation variant's own run directory, beside this one."""
+        return Path(f"{self.root}-{name}")
+
+    # --- data -----------------------------------------------------------------------------------------------------
+    @property
+    def images_table(self) -> Path:
+        return self.stage("data") / "images.parquet"
+
+    @property
+    def skipped_table(self) -> Path:
+        return self.stage("data") / "skipped.csv"
+
+    def data_file(self, image_id: str, extension: str) -> Path:
+        """Where an image that came as bytes (a hub data set) is written."""
+        return self.stage("data") / "files" / f"{image_id}.{extension}"
+
+    # --- captions and similarity ----------------------------------------------------------------------------------
+    @property
+    def captions_table(self) -> Path:
+        return self.stage("captions") / "captions.parquet"
+
+    @property
+    def scores_table(self) -> Path:
+        return self.stage("similarity") / "scores.parquet"
+
+    @property
+    def best_table(self) -> Path:
+        return self.stage("similarity") / "best.parquet"
+
+    # --- generation -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def generation_stage(variant: Variant) -> str:
+        return "generate" if variant == "raw" else "upscale"
+
+    def generated_image(self, variant: Variant, image_id: str, k: int) -> Path:
+        return self.stage(self.generation_stage(variant)) / "images" / f"{image_id}_k{k}.png"
+
+    def manifest(self, variant: Variant) -> Path:
+        return self.stage(self.generation_stage(variant)) / "manifest.parquet"
+
+    # --- curation -------------------------------------------------------------------------------------------------
+    def candidate_scores(self, variant: Variant) -> Path:
+        """Per-source records of the CLIP similarity of each candidate to its source."""
+        return self.stage("curate") / f"scores_{variant}"
+
+    def embeddings(self, variant: Variant, image_id: str) -> Path:
+        return self.stage("curate") / f"embeddings_{variant}" / f"{image_id}.npz"
+
+    @property
+    def candidates_table(self) -> Path:
+        return self.stage("curate") / "candidates.parquet"
+
+    def curated_table(self, filtered: bool = False) -> Path:
+        return self.stage("curate") / ("curated_filtered.parquet" if filtered else "curated.parquet")
+
+    @property
+    def quality_summary(self) -> Path:
+        return self.stage("curate") / "quality.json"
+
+    # --- training -------------------------------------------------------------------------------------------------
+    def config_dir(self, config: str) -> Path:
+        """One training configuration's folder, e.g. ``training/sgid100_seed0``."""
+        return self.stage("train") / config
+
+    def result(self, config: str) -> Path:
+        return self.config_dir(config) / "result.json"
+
+    def checkpoint(self, config: str) -> Path:
+        return self.config_dir(config) / "checkpoint.pt"
+
+    def history(self, config: str) -> Path:
+        return self.config_dir(config) / "metrics.csv"
+
+    def predictions(self, config: str) -> Path:
+        return self.config_dir(config) / "predictions.parquet"
+
+    @property
+    def results_table(self) -> Path:
+        return self.stage("train") / "results.parquet"
+
+    # --- results --------------------------------------------------------------------------------------------------
+    @property
+    def significance_table(self) -> Path:
+        """Every setting against its Baseline, computed once by the results stage."""
+        return self.stage("results") / "significance.parquet"
+
+    # --- reports --------------------------------------------------------------------------------------------------
+    def table(self, name: str) -> Path:
+        """A report table, e.g. ``table("accuracy.md")``."""
+        return self.reports / "tables" / name
+
+    def figure(self, name: str) -> Path:
+        return self.reports / "figures" / f"{name}.png"
+
+    @property
+    def notebooks(self) -> Path:
+        """Executed copies of the numbered notebooks."""
+        return self.reports / "notebooks"
+
+    def variant_reports(self, name: str) -> Path:
+        return self.reports / "ablations" / name

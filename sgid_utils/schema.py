@@ -1,0 +1,220 @@
+"""The typed params schema: one pydantic model per section of a params file.
+
+An unknown key, a wrong type or an out-of-range value is a validation error that
+``sgid_utils.params.load_params`` turns into a message naming the file, the key and
+what is allowed. Which keys each stage's output depends on is declared in the stage
+registry (``sgid_utils.stages``), not here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunParams(_Section):
+    name: str = Field(min_length=1, description="Run name: reports land in reports_dir, stage files in dir.")
+    dir: Path = Field(description="Run directory holding every stage's files (put it on Google Drive on Colab).")
+    reports_dir: Path = Field(description="Where executed notebooks, figures and tables are written.")
+    seed: int = Field(0, ge=0, description="Run seed; every per-item seed derives from it.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    min_free_gb: float = Field(2.0, ge=0, description="Stages refuse to start with less free disk than this in run.dir.")
+
+
+class DatasetParams(_Section):
+    source: Literal["pets", "flowers", "imagefolder"]
+    hf_id: str | None = Field(None, description="Hugging Face data set id or local folder; defaults per source.")
+    path: Path | None = Field(None, description="imagefolder: <path>/<class>/*.jpg training images.")
+    test_path: Path | None = Field(None, description="imagefolder: optional separate <test_path>/<class>/ folder.")
+    train_splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
+    test_split: str = "test"
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="imagefolder without test_path: held-out share per class.")
+    image_column: str = "image"
+    label_column: str = "label"
+    class_name_case: Literal["title", "keep"] = "title"
+    max_per_class: int | None = Field(None, ge=1, description="Cap on training images per class (quick runs).")
+    max_test_per_class: int | None = Field(None, ge=1)
+    min_side: int = Field(16, ge=1, description="Images whose short side is below this are skipped as unusable.")
+    max_aspect: float = Field(8.0, ge=1, description="Images more elongated than this (long/short side) are skipped.")
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> "DatasetParams":
+        if self.source == "imagefolder" and self.path is None:
+            raise ValueError("dataset.source is 'imagefolder', so dataset.path must name the image folder")
+        return self
+
+
+class ModelParams(_Section):
+    captioner: str = "Salesforce/blip-image-captioning-base"
+    clip: str = "openai/clip-vit-base-patch32"
+    diffusion: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    classifier: str = Field(
+        "vit_base_patch16_224.orig_in21k",
+        description="timm model name (pretrained from the hub) or 'local-dir:FOLDER'.",
+    )
+
+
+class CaptioningParams(_Section):
+    num_nucleus: int = Field(10, ge=0)
+    num_beam: int = Field(10, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    num_beams: int = Field(10, ge=1, description="Beam width; must be >= num_beam (beams returned).")
+    max_new_tokens: int = Field(30, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _beams(self) -> "CaptioningParams":
+        if self.num_beam > self.num_beams:
+            raise ValueError(f"captioning.num_beam ({self.num_beam}) cannot exceed captioning.num_beams ({self.num_beams})")
+        if self.num_nucleus + self.num_beam == 0:
+            raise ValueError("captioning needs at least one caption per image (num_nucleus + num_beam > 0)")
+        return self
+
+
+class SimilarityParams(_Section):
+    batch_size: int = Field(64, ge=1)
+
+
+class GuidanceParams(_Section):
+    """f(s*) = a*s*^2 + b*s* + c, the paper's mapping from caption similarity to guidance."""
+
+    coefficients: tuple[float, float, float] = (-4.0, 2.0, 1.0)
+    mode: Literal["direct", "scaled", "fixed"] = Field(
+        "direct",
+        description="direct: guidance = f(s*); scaled: guidance = base_scale * f(s*); fixed: guidance = base_scale.",
+    )
+    base_scale: float = Field(7.5, ge=0)
+
+
+class GenerationParams(_Section):
+    prompt: Literal["sgid", "label_only", "caption_only"] = Field(
+        "sgid", description="sgid: weighted caption + label; label_only: 'A picture of <label>'; caption_only: '<c*>'."
+    )
+    prompt_template: str = "{caption}. A picture of {label}"
+    caption_weight: float = Field(0.9, gt=0)
+    label_weight: float = Field(1.5, gt=0)
+    negative_prompt: str = ""
+    guidance: GuidanceParams = Field(default_factory=GuidanceParams)
+    strength: float = Field(0.3, gt=0, le=1)
+    num_inference_steps: int = Field(50, ge=1)
+    num_candidates: int = Field(3, ge=1, description="k candidates per source image.")
+    max_side: int = Field(768, ge=64, description="Sources larger than this (long side) are downscaled for the model.")
+    batch_size: int | None = Field(None, ge=1, description="Sources per denoising loop; None: from free GPU memory on CUDA (halved on out-of-memory), 1 (the pipeline itself) on the CPU.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU.")
+    compile: bool = Field(False, description="torch.compile the UNet on CUDA (pays off on long runs; recompiles per input size).")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{label}" not in v:
+            raise ValueError("generation.prompt_template must contain {label}")
+        return v
+
+
+class CurationParams(_Section):
+    upscale_threshold: int = Field(512, ge=1, description="Sources with a short side below this are upscaled and regenerated.")
+    upscale_to: int | None = Field(None, ge=1, description="Target short side when upscaling; defaults to upscale_threshold.")
+    batch_size: int = Field(64, ge=1)
+
+
+class QualityParams(_Section):
+    """Quality control of generated images (beyond the paper): filters applied before best-of-k."""
+
+    filters: list[Literal["similarity", "label", "detector"]] = Field(
+        default_factory=list, description="Filters in the order they apply; the filtered set trains as 'sgid_filtered'."
+    )
+    similarity_threshold: float | None = Field(None, ge=-1, le=1, description="None: the similarity_quantile of the observed scores.")
+    similarity_quantile: float = Field(0.05, ge=0, lt=1)
+    class_noun: str | None = Field(None, description="Label prompts read 'a photo of a <label>, a type of <noun>.'")
+    detector_drop_fraction: float = Field(0.1, ge=0, lt=1, description="Share of the most surely fake candidates the detector drops.")
+    detector_folds: int = Field(5, ge=2)
+
+    @field_validator("filters")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each filter may appear once; got {v}")
+        return v
+
+
+class TrainingParams(_Section):
+    methods: list[Literal["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered"]] = Field(
+        default_factory=lambda: ["baseline", "cutmix", "randaugment", "sgid"], min_length=1
+    )
+    sgid_proportions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    filtered_proportions: list[float] = Field(default_factory=lambda: [1.0], description="Proportions for sgid_filtered.")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    eval_every: int = Field(1, ge=1, description="Evaluate on the test split every N epochs (and always after the last).")
+    lr: float = Field(1e-4, gt=0)
+    image_size: int | None = Field(None, ge=8, description="Defaults to the classifier's pretrained input size.")
+    cutmix_alpha: float = Field(1.0, gt=0)
+    cutmix_prob: float = Field(0.5, ge=0, le=1)
+    randaugment_num_ops: int = Field(2, ge=0)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    num_workers: int = Field(2, ge=0)
+    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on the CPU).")
+
+    @field_validator("sgid_proportions", "filtered_proportions")
+    @classmethod
+    def _props(cls, v: list[float]) -> list[float]:
+        for p in v:
+            if not 0 <= p <= 1:
+                raise ValueError(f"every SGID proportion must lie in [0, 1]; got {p}")
+        return v
+
+
+class ReferenceTable(_Section):
+    label: str
+    source: str
+    values: dict[str, float]
+
+
+class ResultsParams(_Section):
+    references: list[ReferenceTable] = Field(default_factory=list)
+    grid_examples: int = Field(6, ge=1)
+
+
+class AblationParams(_Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Names the variant's run directory <run.dir>-<name>.")
+    set: dict[str, Any] = Field(description="Params overrides, dotted keys as with --set, e.g. generation.prompt: label_only.")
+
+
+class SmokeParams(_Section):
+    """Offline smoke profile: build tiny random models and a small image folder first."""
+
+    build_models: bool = False
+    build_dataset: bool = False
+    classes: list[str] = Field(default_factory=lambda: ["great_pyrenees", "Maine_Coon", "pink primrose"])
+    images_per_class: int = Field(6, ge=2)
+
+
+class Params(_Section):
+    run: RunParams
+    dataset: DatasetParams
+    models: ModelParams = Field(default_factory=ModelParams)
+    captioning: CaptioningParams = Field(default_factory=CaptioningParams)
+    similarity: SimilarityParams = Field(default_factory=SimilarityParams)
+    generation: GenerationParams = Field(default_factory=GenerationParams)
+    curation: CurationParams = Field(default_factory=CurationParams)
+    quality: QualityParams = Field(default_factory=QualityParams)
+    training: TrainingParams = Field(default_factory=TrainingParams)
+    results: ResultsParams = Field(default_factory=ResultsParams)
+    smoke: SmokeParams = Field(default_factory=SmokeParams)
+    ablations: list[AblationParams] = Field(default_factory=list, description="Variants run by 'run ablations'.")
+
+    source_file: Path | None = Field(None, exclude=True, description="The params file this was read from.")
+
+    @model_validator(mode="after")
+    def _filtered_needs_filters(self) -> "Params":
+        if "sgid_filtered" in self.training.methods and not self.quality.filters:
+            raise ValueError("training.methods lists sgid_filtered but quality.filters is empty: name at least one filter")
+        return self
