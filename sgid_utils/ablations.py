@@ -21,6 +21,7 @@ from .errors import ParamsError, StageError
 from .fingerprints import fingerprint
 from .io import read_json, write_table
 from .params import load_params
+from .quality_report import set_metrics
 from .results import format_delta, format_mean_std, load_significance, per_setting
 from .resumable import shard
 from .rundir import RunDir
@@ -95,7 +96,20 @@ def ablation_row(name: str, changes: dict, variant: Params) -> dict[str, str]:
 
     return {"Variant": name, "Changes": ", ".join(f"{k}={v}" for k, v in changes.items()),
             "Baseline": cell(baseline), "SGID (100%)": cell(sgid), "Δ (95% CI)": format_delta(sig),
-            "Significant": "yes" if sig.significant else "no"}
+            "Significant": "yes" if sig.significant else "no",
+            "Baseline nearest to": nearest_reference(variant, acc.loc[baseline, "mean"])}
+
+
+def nearest_reference(params: Params, baseline: float) -> str:
+    """Which reference Baseline (the paper's, the report's: params.results.references) a measured one is nearest to.
+
+    How the Flowers split hypotheses are told apart: each protocol's Baseline lands nearer one published number.
+    """
+    refs = [(r.label, r.values["Baseline"]) for r in params.results.references if "Baseline" in r.values]
+    if not refs:
+        return "–"
+    label, value = min(refs, key=lambda ref: abs(ref[1] - baseline))
+    return f"{label} ({value:.4f}, Δ {baseline - value:+.4f})"
 
 
 def run_ablations(params: Params) -> pd.DataFrame:
@@ -107,6 +121,7 @@ def run_ablations(params: Params) -> pd.DataFrame:
                          "--shard or accelerate launch (shard the base run's stages instead).")
     variants = [(a, variant_params(params, a.name, a.set)) for a in params.ablations]  # validate all first
     rows, finished = [], [params]
+    sets = [curated_set_metrics(params, "base run")] if RunDir.of(params).candidates_table.exists() else []
     for ablation, variant in variants:
         for earlier in finished:  # the first run made with the same upstream params is linked
             share_upstream(earlier, variant)
@@ -115,8 +130,16 @@ def run_ablations(params: Params) -> pd.DataFrame:
             run_stage(stage.name, variant)
         finished.append(variant)
         rows.append(ablation_row(ablation.name, ablation.set, variant))
+        sets.append(curated_set_metrics(variant, ablation.name))
     table = pd.DataFrame(rows)
     run = RunDir.of(params)
     write_table(run.table("ablations.csv"), table)
     write_table(run.table("ablations.md"), table)
+    write_table(run.table("ablation_set_metrics.csv"), pd.DataFrame(sets))
     return table
+
+
+def curated_set_metrics(params: Params, name: str) -> dict:
+    """The curated set of one run on the consistency and diversity axes, for notebook 07's plot of the variants."""
+    row = set_metrics(params).set_index("set").loc["curated (best of k)"]
+    return {"Variant": name, **row.to_dict()}

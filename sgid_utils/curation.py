@@ -4,13 +4,15 @@ The report found that small sources turn into abstract art (SD 1.5 was trained a
 512x512) and fixed it by upscaling them and picking the best of 3 candidates by
 hand. Here: CLIP image-image cosine similarity between each source and each of
 its candidates measures the damage; sources whose short side is below
-``curation.upscale_threshold`` are upscaled (Lanczos) and regenerated; the best
-of the k candidates by that similarity is chosen automatically (``curated.parquet``).
+``curation.upscale_threshold`` are upscaled (Lanczos) and regenerated; one of the
+k candidates is chosen automatically by ``curation.select`` (``sgid_utils.selection``),
+giving ``curated.parquet``.
 
-Beyond the paper, every competing candidate also gets a label-consistency score
-(CLIP zero-shot against the class prompts) and an out-of-fold probability of being
-generated (a real-vs-generated detector on CLIP embeddings); the filters named in
-``quality.filters`` apply in order before best-of-k, giving ``curated_filtered.parquet``.
+Every competing candidate also gets a label-consistency score (CLIP zero-shot against
+the class prompts), which the default selection rule uses, and (beyond the paper) an
+out-of-fold probability of being generated (a real-vs-generated detector on CLIP
+embeddings); the filters named in ``quality.filters`` apply in order before the
+selection, giving ``curated_filtered.parquet``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .resumable import Batches, run_items
 from .rundir import RunDir, Variant
 from .runner import run_stage
 from .schema import Params
+from .selection import RULES, competing, select
 from .similarity import image_embeddings, text_embeddings
 
 
@@ -78,12 +81,6 @@ def load_embeddings(params: Params, candidates: pd.DataFrame) -> tuple[np.ndarra
     return np.stack(order.to_list()), sources
 
 
-def competing(candidates: pd.DataFrame) -> pd.Series:
-    """The candidates that compete in best-of-k: the upscaled regeneration where there is one, else raw."""
-    upscaled = candidates.groupby("image_id").variant.transform(lambda v: (v == "upscaled").any())
-    return (candidates.variant == "upscaled") | ~upscaled
-
-
 def class_prompt_embeddings(params: Params, candidates: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, dict[int, int]]:
     """CLIP embeddings of the class prompts: (one row per class sorted by label, text embeddings, label -> row)."""
     device = resolve_device(params)
@@ -112,22 +109,32 @@ def add_quality_scores(params: Params, candidates: pd.DataFrame) -> tuple[pd.Dat
     return out, summary
 
 
-def filter_candidates(params: Params, candidates: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
-    """Apply quality.filters (in order) to the competing candidates; returns them and the similarity threshold used."""
+def similarity_threshold(params: Params, candidates: pd.DataFrame) -> float:
+    """quality.similarity_threshold, or the quality.similarity_quantile of the competing candidates' similarities."""
     q = params.quality
-    comp = candidates[candidates.competing]
-    threshold = q.similarity_threshold
-    if threshold is None:
-        threshold = suggest_threshold(comp.similarity, q.similarity_quantile)
-    return apply_filters(comp, q.filters, threshold, q.detector_drop_fraction), threshold
+    if q.similarity_threshold is not None:
+        return q.similarity_threshold
+    return suggest_threshold(candidates[candidates.competing].similarity, q.similarity_quantile)
 
 
-def select_best(candidates: pd.DataFrame) -> pd.DataFrame:
-    """Best candidate per source by similarity; an upscaled regeneration replaces the raw one."""
-    preferred = candidates.assign(_rank=(candidates.variant == "upscaled").astype(int))
-    latest = preferred[preferred._rank == preferred.groupby("image_id")._rank.transform("max")]
-    ordered = latest.sort_values(["image_id", "similarity", "k"], ascending=[True, False, True], kind="stable")
-    return ordered.groupby("image_id").head(1).drop(columns="_rank").reset_index(drop=True)
+def filter_candidates(params: Params, candidates: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Apply quality.filters (in order) to the competing candidates."""
+    q = params.quality
+    return apply_filters(candidates[candidates.competing], q.filters, threshold, q.detector_drop_fraction)
+
+
+def choose(params: Params, candidates: pd.DataFrame, threshold: float, rule: str | None = None) -> pd.DataFrame:
+    """One candidate per source by ``rule`` (default curation.select); its similarity floor is
+    curation.min_similarity, or else ``threshold`` (the quality similarity threshold)."""
+    floor = threshold if params.curation.min_similarity is None else params.curation.min_similarity
+    return select(candidates, rule or params.curation.select, floor, params.run.seed)
+
+
+def selections(params: Params, candidates: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """What each selection rule picks from this run's candidates (the rule in force wrote curated.parquet)."""
+    candidates = load_candidates(params) if candidates is None else candidates
+    threshold = load_quality_summary(params)["similarity_threshold"]
+    return {rule: choose(params, candidates, threshold, rule) for rule in RULES}
 
 
 def run_curation(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
@@ -143,14 +150,17 @@ def run_curation(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     candidates = candidates.join(info, on="image_id")
     candidates["short_side"] = candidates[["width", "height"]].min(axis=1)
     candidates, detector = add_quality_scores(params, candidates)
-    filtered, threshold = filter_candidates(params, candidates)
+    threshold = similarity_threshold(params, candidates)
     if params.quality.filters:
+        filtered = filter_candidates(params, candidates, threshold)
         candidates = candidates.join(filtered[["kept", "dropped_by"]])
-        write_table(run.curated_table(filtered=True), select_best(filtered[filtered.kept]), run.root)
+        write_table(run.curated_table(filtered=True), choose(params, filtered[filtered.kept], threshold), run.root)
+    curated = choose(params, candidates, threshold)
     write_json(run.quality_summary, {"detector": detector, "similarity_threshold": threshold,
-                                     "filters": params.quality.filters})
+                                     "filters": params.quality.filters, "select": params.curation.select,
+                                     "select_fallbacks": int(curated.fallback.sum())})
     write_table(run.candidates_table, candidates, run.root)
-    write_table(run.curated_table(), select_best(candidates), run.root)
+    write_table(run.curated_table(), curated, run.root)
     return load_curated(params)
 
 

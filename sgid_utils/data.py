@@ -64,10 +64,13 @@ def load_image(source: str | Path | bytes) -> Image.Image:
 
 
 def readable_class_name(raw: str, case: str = "title") -> str:
-    """'great_pyrenees' -> 'Great Pyrenees'; 'Maine_Coon' -> 'Maine Coon' (prompts want words)."""
-    words = raw.replace("_", " ").replace("-", " ").split()
+    """'great_pyrenees' -> 'Great Pyrenees'; 'Maine_Coon' -> 'Maine Coon' (prompts want words).
+
+    Hyphens are part of a name ('hard-leaved pocket orchid') and stay.
+    """
+    words = raw.replace("_", " ").split()
     if case == "title":
-        words = [w if w[:1].isupper() else w[:1].upper() + w[1:] for w in words]
+        words = ["-".join(p[:1].upper() + p[1:] for p in w.split("-")) for w in words]
     return " ".join(words)
 
 
@@ -83,7 +86,8 @@ def _scan_folder(root: Path) -> tuple[list[str], list[tuple[str, Path]], list[di
     """Class folders under root -> (sorted class names, (class, file) pairs, skips)."""
     if not root.is_dir():
         raise DatasetError(f"Image folder not found: {root}. Expected {root}/<class>/*.jpg (dataset.path / dataset.test_path).")
-    skipped: list[dict] = []
+    skipped: list[dict] = [{"path": str(p), "reason": "not inside a class folder (expected <folder>/<class>/<image>)"}
+                           for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")]
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files: list[tuple[str, Path]] = []
     for cls in classes:
@@ -220,7 +224,19 @@ def prepare_dataset(params: Params) -> pd.DataFrame:
             f"need at least two. See the skipped files: {[s['reason'] for s in skipped][:5]}"
         )
     df = df[df.label.isin(usable)].reset_index(drop=True)
+    untested = [classes[label] for label in usable if not ((df.split == "test") & (df.label == label)).any()]
+    skipped += [{"path": name, "reason": "class has no test image: its accuracy is not measured"} for name in untested]
     write_table(run.skipped_table, pd.DataFrame(skipped, columns=["path", "reason"]))
+    if len(untested) == len(usable):
+        raise DatasetError(
+            f"No test image for any training class of {ds.path or ds.hf_id or ds.source}: every later stage would run "
+            "for hours and training could not be scored. With dataset.test_path, its class folders must be named like "
+            f"dataset.path's ({', '.join(classes[label] for label in usable[:5])}, ...); or leave dataset.test_path unset "
+            "to hold out dataset.test_fraction of each class. The skipped files and why: " + str(run.skipped_table)
+        )
+    if untested:
+        warnings.warn(f"{len(untested)} training class(es) have no test image ({', '.join(untested[:5])}); "
+                      f"listed in {run.skipped_table}", UserWarning, stacklevel=2)
     write_table(run.images_table, df, run.root)
     return df
 

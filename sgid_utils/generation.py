@@ -49,14 +49,18 @@ def auto_batch_size(free_bytes: int, width: int, height: int, k: int, dtype: tor
 
 
 def model_input_size(width: int, height: int, max_side: int, short_side: int | None = None, multiple: int = 8) -> tuple[int, int]:
-    """Size the source enters SD at: optionally upscaled to ``short_side``, capped at ``max_side``, multiple of 8."""
-    scale = 1.0
-    if short_side is not None and min(width, height) < short_side:
-        scale = short_side / min(width, height)
+    """Size the source enters SD at: optionally upscaled to ``short_side``, capped at ``max_side``, multiple of 8.
+
+    At its own size a source is rounded down (never enlarged); an upscaled one is rounded to the nearest
+    multiple, so a 500x333 Pets image reaches the 512 px target at 768x512 (rounding down gave 768x504).
+    ``max_side`` still caps sources more elongated than max_side / short_side (3:2 at the defaults):
+    a 500x312 source enters at 768x480.
+    """
+    upscale = short_side is not None and min(width, height) < short_side
+    scale = short_side / min(width, height) if upscale else 1.0
     scale = min(scale, max_side / max(width, height)) if max(width, height) * scale > max_side else scale
-    w = max(multiple, int(width * scale) // multiple * multiple)
-    h = max(multiple, int(height * scale) // multiple * multiple)
-    return w, h
+    to_grid = (lambda v: round(v / multiple) * multiple) if upscale else (lambda v: int(v) // multiple * multiple)
+    return max(multiple, to_grid(width * scale)), max(multiple, to_grid(height * scale))
 
 
 class PromptEncoder:
@@ -85,12 +89,31 @@ def generate_candidates(
     return out.images
 
 
+def raw_pass(params: Params, sources: pd.DataFrame) -> pd.Series:
+    """Which sources the raw pass generates for: those at or above the upscale threshold, and for the error analysis
+    a seeded sample of ``curation.error_analysis_sample`` small ones per class ('all': every source).
+
+    Every small source is regenerated upscaled anyway, so its raw candidates serve only notebook 04's
+    analysis: a sample shows the failure without generating every small source twice.
+    """
+    cur = params.curation
+    small = sources[["width", "height"]].min(axis=1) < cur.upscale_threshold
+    if cur.error_analysis_sample == "all":
+        return pd.Series(True, index=sources.index)
+    key = pd.Series([derive_seed(params.run.seed, i, purpose="error-analysis") for i in sources.image_id], index=sources.index)
+    ranked = key[small].groupby(sources.label[small]).rank(method="first")
+    return ~small | ranked.reindex(sources.index).le(cur.error_analysis_sample)
+
+
 def sources_for(params: Params, variant: Variant, images: pd.DataFrame) -> pd.DataFrame:
-    """Training images with their chosen caption and model-input size; 'upscaled' keeps only small sources."""
+    """Training images with their chosen caption and model-input size: the raw pass's (``raw_pass``), or for
+    'upscaled' every source below the upscale threshold."""
     gen, cur = params.generation, params.curation
     df = load_best(params).merge(images, on="image_id", how="inner")
     upscale_to = None
-    if variant == "upscaled":
+    if variant == "raw":
+        df = df[raw_pass(params, df)]
+    else:
         df = df[df[["width", "height"]].min(axis=1) < cur.upscale_threshold]
         upscale_to = cur.upscale_to or cur.upscale_threshold
     sizes = [model_input_size(w, h, gen.max_side, upscale_to) for w, h in zip(df.width, df.height)]

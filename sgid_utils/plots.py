@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -10,9 +11,10 @@ import pandas as pd
 import seaborn as sns
 
 from .data import load_image
+from .guidance import guidance_scale
 from .io import write_atomic
 from .rundir import RunDir
-from .schema import Params
+from .schema import GuidanceParams, Params
 
 
 def save_fig(fig, params: Params, name: str) -> Path:
@@ -38,6 +40,27 @@ def accuracy_bar_chart(results: pd.DataFrame, table: pd.DataFrame, params: Param
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{params.run.name}: augmentation methods")
     ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def guidance_readings(s_star: Sequence[float], guidance: GuidanceParams):
+    """The guidance scale over s* under both readings of f(s*): ``direct`` (f) and ``scaled`` (base_scale * f),
+    with the run's observed s* as dots and the range real CLIP ViT-B/32 caption scores take shaded."""
+    s_star = np.asarray(s_star, dtype=float)
+    grid = np.linspace(min(s_star.min(), 0.0), max(s_star.max(), 0.5), 200)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, mode in zip(axes, ("direct", "scaled")):
+        reading = guidance.model_copy(update={"mode": mode})
+        ax.plot(grid, [guidance_scale(v, reading) for v in grid], label="f(s*) = %g s*² + %g s* + %g" % guidance.coefficients)
+        ax.scatter(s_star, [guidance_scale(v, reading) for v in s_star], s=12, color="C1", label="this run's images")
+        ax.axvspan(0.25, 0.40, color="grey", alpha=0.15, label="real CLIP B/32 caption scores")
+        ax.axhline(1.0, color="grey", ls=":", lw=1)
+        formula = "f(s*)" if mode == "direct" else f"{guidance.base_scale:g} · f(s*)"
+        ax.set_title(f"{mode}: scale = {formula}" + ("  (in force)" if mode == guidance.mode else ""), fontsize=9)
+        ax.set_xlabel("s* (CLIP similarity of the chosen caption)")
+        ax.set_ylabel("guidance scale")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .curation import class_prompt_embeddings, load_candidates, load_embeddings, select_best
+from .curation import class_prompt_embeddings, load_candidates, load_curated, load_embeddings, selections
 from .data import class_names
 from .io import write_table
 from .rundir import RunDir
@@ -37,7 +37,8 @@ def set_metrics(params: Params) -> pd.DataFrame:
 
     Semantic consistency: mean CLIP score of each image with its own class prompt, and the accuracy
     of CLIP zero-shot classification over the class prompts. Diversity: mean (1 - cosine) between a
-    generated image and its source, and the mean pairwise (1 - cosine) within each class.
+    generated image and its source, and the mean pairwise (1 - cosine) within each class. Besides the
+    sets the run made, one row per selection rule ("selected: <rule>") shows what each rule would pick.
     """
     candidates = load_candidates(params)
     emb, sources = load_embeddings(params, candidates)
@@ -48,9 +49,11 @@ def set_metrics(params: Params) -> pd.DataFrame:
     real_labels = source_label.loc[real_ids].map(position).to_numpy()
     sets = {"real (sources)": None, "generated (raw)": candidates.variant == "raw",
             "generated (upscaled)": candidates.variant == "upscaled",
-            "curated (best of k)": _chosen(candidates, select_best(candidates))}
-    if "kept" in candidates:
-        sets["curated (filtered)"] = _chosen(candidates, select_best(candidates[candidates.kept.fillna(False).astype(bool)]))
+            "curated (best of k)": _chosen(candidates, load_curated(params))}
+    if RunDir.of(params).curated_table(filtered=True).exists():
+        sets["curated (filtered)"] = _chosen(candidates, load_curated(params, filtered=True))
+    for rule, picked in selections(params, candidates).items():
+        sets[f"selected: {rule}"] = _chosen(candidates, picked)
     rows = []
     for name, mask in sets.items():
         if mask is None:

@@ -107,12 +107,13 @@ def _set_rng_state(state: dict, loader_gen: torch.Generator) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device) -> tuple[float, float, list[int]]:
+def evaluate(model, loader, device, use_amp: bool) -> tuple[float, float, list[int]]:
+    """Test accuracy, mean loss and per-image predictions; under autocast only when training used it."""
     model.eval()
     correct, loss_sum, preds = 0, 0.0, []
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, enabled=use_amp):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         p = logits.argmax(1)
@@ -206,14 +207,14 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
         train_loss = train_epoch(loop, train_loader, cfg, t, device, use_amp, f"{cfg.name} epoch {loop.epoch + 1}/{t.epochs}")
         test_acc = test_loss = float("nan")
         if (loop.epoch + 1) % t.eval_every == 0 or loop.epoch + 1 == t.epochs:
-            test_acc, test_loss, preds = evaluate(model, test_loader, device)
+            test_acc, test_loss, preds = evaluate(model, test_loader, device, use_amp)
         loop.history.append({"epoch": loop.epoch + 1, "train_loss": train_loss, "test_loss": test_loss,
                              "test_acc": test_acc, "seconds": time.time() - began})
         loop.epoch += 1
         loop.save(run.checkpoint(cfg.name))
     write_table(run.history(cfg.name), pd.DataFrame(loop.history))
     if preds is None:  # resumed after the last epoch's checkpoint: predictions were not kept
-        _, _, preds = evaluate(model, test_loader, device)
+        _, _, preds = evaluate(model, test_loader, device, use_amp)
     write_table(run.predictions(cfg.name), test[["image_id", "label_idx"]].assign(pred=preds))
     result = {"config": cfg.name, "method": cfg.method, "setting": cfg.setting, "proportion": cfg.proportion,
               "seed": cfg.seed, "test_acc": loop.history[-1]["test_acc"], "epochs": t.epochs,

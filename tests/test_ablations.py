@@ -73,3 +73,13 @@ def test_variants_on_the_same_subset_share_its_captions_and_baselines(make_param
     monkeypatch.setenv("SGID_SHARD", "0/2")
     with pytest.raises(StageError, match="one process"):
         run_ablations(params)
+
+
+def test_the_ablation_table_says_which_published_baseline_a_protocol_lands_nearer():
+    from sgid_utils.ablations import nearest_reference
+
+    flowers = load_params(REPO / "params" / "flowers.yaml")  # Paper 0.9570, report 0.9822
+    assert nearest_reference(flowers, 0.9601).startswith("Paper (Li et al. 2023) (0.9570, Δ +0.0031)")
+    assert nearest_reference(flowers, 0.9790).startswith("Reproduction report")
+    assert nearest_reference(load_params(REPO / "params" / "smoke.yaml").model_copy(
+        update={"results": flowers.results.model_copy(update={"references": []})}), 0.5) == "–"

@@ -1,20 +1,44 @@
 import pandas as pd
+import pytest
 
-from sgid_utils.curation import select_best
 from sgid_utils.rundir import RunDir
+from sgid_utils.selection import select
 
 
-def test_select_best_prefers_upscaled_then_similarity():
-    c = pd.DataFrame({
-        "image_id": ["a"] * 4 + ["b"] * 2,
-        "variant": ["raw", "raw", "upscaled", "upscaled", "raw", "raw"],
-        "k": [0, 1, 0, 1, 0, 1],
-        "similarity": [0.99, 0.5, 0.6, 0.7, 0.3, 0.8],
-        "path": list("pqrstu"),
+def _candidates() -> pd.DataFrame:
+    """Source a: raw k0-1 and an upscaled regeneration k0-2; source b: raw only."""
+    return pd.DataFrame({
+        "image_id": ["a"] * 5 + ["b"] * 3,
+        "variant": ["raw", "raw", "upscaled", "upscaled", "upscaled", "raw", "raw", "raw"],
+        "k": [0, 1, 0, 1, 2, 0, 1, 2],
+        "similarity": [0.99, 0.5, 0.6, 0.7, 0.9, 0.3, 0.8, 0.75],
+        "consistent": [True, True, True, True, True, False, False, False],
+        "path": list("pqrstuvw"),
     })
-    best = select_best(c).set_index("image_id")
-    assert best.loc["a", "path"] == "s"  # the upscaled regeneration replaces raw, best of its k
-    assert best.loc["b", "path"] == "u"
+
+
+def test_most_similar_prefers_the_upscaled_regeneration_then_similarity():
+    best = select(_candidates(), "most_similar").set_index("image_id")
+    assert best.loc["a", "path"] == "t"  # the upscaled regeneration replaces raw (0.99 is raw), best of its k
+    assert best.loc["b", "path"] == "v"
+    assert not best.fallback.any()
+
+
+def test_most_diverse_consistent_takes_the_least_similar_acceptable_candidate():
+    best = select(_candidates(), "most_diverse_consistent", min_similarity=0.65).set_index("image_id")
+    assert best.loc["a", "path"] == "s"  # 0.7 >= 0.65 and consistent; 0.6 is below the floor; 0.9 is closer
+    assert best.loc["b", "path"] == "v"  # nothing consistent: falls back to the most similar, and says so
+    assert best.fallback.to_dict() == {"a": False, "b": True}
+    assert select(_candidates(), "most_diverse_consistent", min_similarity=0.5).set_index("image_id").loc["a", "path"] == "r"
+    with pytest.raises(ValueError, match="min_similarity"):
+        select(_candidates(), "most_diverse_consistent")
+
+
+def test_random_selection_is_seeded_and_covers_every_source():
+    picks = {seed: select(_candidates(), "random", seed=seed).path.tolist() for seed in range(12)}
+    assert picks[3] == select(_candidates(), "random", seed=3).path.tolist()  # the same seed, the same picks
+    assert all(p[0] in "rst" and p[1] in "uvw" for p in picks.values())  # only competing candidates, one per source
+    assert len({p[0] for p in picks.values()}) > 1  # and the seed matters
 
 
 def test_small_sources_are_upscaled_and_each_source_gets_one_image(pipeline_run):
@@ -51,8 +75,9 @@ def test_quality_scores_filters_and_the_filtered_set(pipeline_run):
     filtered = pd.read_parquet(RunDir.of(p).curated_table(filtered=True))
     kept = comp[comp.kept.astype(bool)]
     assert filtered.image_id.is_unique and set(filtered.image_id) == set(kept.image_id)
-    for row in filtered.itertuples():  # the best kept candidate of its source
-        assert row.similarity == kept[kept.image_id == row.image_id].similarity.max()
+    expected = select(kept, p.curation.select, summary["similarity_threshold"], p.run.seed)  # the rule in force
+    keys = ["image_id", "variant", "k"]
+    assert filtered[keys].sort_values(keys).values.tolist() == expected[keys].sort_values(keys).values.tolist()
 
 
 def test_set_metrics_cover_real_and_generated_sets(pipeline_run):

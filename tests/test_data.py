@@ -9,11 +9,14 @@ from sgid_utils.data import load_image, prepare_dataset, readable_class_name
 from sgid_utils.errors import DatasetError
 from sgid_utils.rundir import RunDir
 
+from .conftest import REPO
+
 
 @pytest.mark.parametrize(("raw", "case", "nice"), [
     ("great_pyrenees", "title", "Great Pyrenees"), ("Maine_Coon", "title", "Maine Coon"),
     ("american_pit_bull_terrier", "title", "American Pit Bull Terrier"), ("pink primrose", "keep", "pink primrose"),
-    ("english-setter", "title", "English Setter"),
+    ("english-setter", "title", "English-Setter"), ("hard-leaved pocket orchid", "keep", "hard-leaved pocket orchid"),
+    ("hard-leaved pocket orchid", "title", "Hard-Leaved Pocket Orchid"),
 ])
 def test_readable_class_names(raw, case, nice):
     assert readable_class_name(raw, case) == nice
@@ -124,3 +127,62 @@ def test_unreachable_hub_dataset_names_the_id(make_params):
                          smoke={"build_dataset": False})
     with pytest.raises(ModelLoadError, match="nobody/no-such-dataset"):
         prepare_dataset(params)
+
+
+def test_a_test_folder_without_the_training_classes_stops_at_the_data_stage(make_params, tmp_path):
+    _folder(tmp_path / "train", {"cat": 3, "dog": 3})
+    _folder(tmp_path / "test", {"Cat": 2, "Dog": 2})  # named otherwise: no class in common
+    params = make_params(dataset={"path": str(tmp_path / "train"), "test_path": str(tmp_path / "test")},
+                         smoke={"build_dataset": False})
+    with pytest.raises(DatasetError, match="No test image for any training class.*dataset.test_path"):
+        prepare_dataset(params)
+    assert not RunDir.of(params).images_table.exists()  # nothing later can start
+    reasons = pd.read_csv(RunDir.of(params).skipped_table).reason.tolist()
+    assert reasons.count("class has no test image: its accuracy is not measured") == 2
+
+
+def test_a_class_without_test_images_is_warned_about_and_listed(make_params, tmp_path):
+    _folder(tmp_path / "train", {"cat": 3, "dog": 3})
+    _folder(tmp_path / "test", {"cat": 2})
+    params = make_params(dataset={"path": str(tmp_path / "train"), "test_path": str(tmp_path / "test")},
+                         smoke={"build_dataset": False})
+    with pytest.warns(UserWarning, match="1 training class.*dog"):
+        prepare_dataset(params)
+    skipped = pd.read_csv(RunDir.of(params).skipped_table)
+    assert skipped.set_index("path").loc["dog", "reason"] == "class has no test image: its accuracy is not measured"
+
+
+def test_loose_files_at_the_top_of_the_folder_are_listed(make_params, tmp_path):
+    _folder(tmp_path / "imgs", {"a": 4, "b": 4})
+    Image.new("RGB", (40, 30)).save(tmp_path / "imgs" / "loose.jpg")
+    params = make_params(dataset={"path": str(tmp_path / "imgs"), "test_path": None}, smoke={"build_dataset": False})
+    prepare_dataset(params)
+    skipped = pd.read_csv(RunDir.of(params).skipped_table).set_index("path")
+    assert skipped.loc[str(tmp_path / "imgs" / "loose.jpg"), "reason"].startswith("not inside a class folder")
+
+
+def test_the_flowers_split_variant_trains_on_the_train_split_alone(make_params, tmp_path):
+    """params/flowers_ablations.yaml's 'train-split-only' against the default train + validation, on a local copy."""
+    import datasets
+
+    from sgid_utils.ablations import variant_params
+    from sgid_utils.params import load_params
+
+    flowers = load_params(REPO / "params" / "flowers_ablations.yaml")
+    split_only = next(a for a in flowers.ablations if a.name == "train-split-only")
+    assert flowers.dataset.train_splits == ["train", "validation"]
+    assert variant_params(flowers, split_only.name, split_only.set).dataset.train_splits == ["train"]
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["pink primrose", "hard-leaved pocket orchid"])})
+    for split, n in (("train", 4), ("validation", 6), ("test", 2)):
+        imgs = [Image.new("RGB", (30 + i, 30), (i * 30, 0, 0)) for i in range(n)]
+        ds = datasets.Dataset.from_dict({"image": imgs, "label": [i % 2 for i in range(n)]}, features=feats)
+        (tmp_path / "hub" / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(tmp_path / "hub" / "data" / f"{split}-00000-of-00001.parquet"))
+    rows = {}
+    for name, splits in (("both", ["train", "validation"]), ("train", split_only.set["dataset.train_splits"])):
+        params = make_params(name, dataset={"source": "flowers", "hf_id": str(tmp_path / "hub"), "path": None, "test_path": None,
+                                            "train_splits": splits, "class_name_case": "keep"}, smoke={"build_dataset": False})
+        df = prepare_dataset(params)
+        rows[name] = df.split.value_counts().to_dict()
+        assert set(df.class_name) == {"pink primrose", "hard-leaved pocket orchid"}  # hyphens kept
+    assert rows == {"both": {"train": 10, "test": 2}, "train": {"train": 4, "test": 2}}

@@ -19,6 +19,8 @@ from .conftest import copy_stages
     ((1600, 1200), 768, None, (768, 576)),    # large sources are capped
     ((500, 375), 768, 512, (680, 512)),       # upscaled so the short side is 512
     ((300, 100), 768, 512, (768, 256)),       # ... but never past max_side
+    ((500, 333), 768, 512, (768, 512)),       # 3:2 reaches the target (rounding down gave 768x504)
+    ((500, 312), 768, 512, (768, 480)),       # more elongated than max_side / target: the cap wins
     ((600, 600), 768, 512, (600, 600)),       # big enough: untouched
 ])
 def test_model_input_size(size, max_side, short, expected):
@@ -108,3 +110,24 @@ def test_in_batches_halves_on_out_of_memory_only_when_chosen_automatically():
     with pytest.raises(StageError, match=r"while testing, even at 1 per batch \(x.batch_size was halved down to 1\)\. "
                                          r"Free GPU memory \(another process may hold it\), or y\."):
         in_batches(4, 4, never_fits, what="testing", setting="x.batch_size", other=", or y")
+
+
+def test_the_raw_pass_samples_small_sources_per_class_seeded():
+    from types import SimpleNamespace
+
+    from sgid_utils.generation import raw_pass
+
+    sizes = [(100, 80)] * 7 + [(600, 520)] * 2  # per class: 7 small sources, 2 at or above the threshold
+    sources = pd.DataFrame({"image_id": [f"c{c}_{i}" for c in range(3) for i in range(9)], "label": [c for c in range(3) for _ in range(9)],
+                            "width": [w for _ in range(3) for w, _ in sizes], "height": [h for _ in range(3) for _, h in sizes]})
+
+    def params(sample, seed=0):
+        return SimpleNamespace(curation=SimpleNamespace(upscale_threshold=512, error_analysis_sample=sample), run=SimpleNamespace(seed=seed))
+
+    chosen = raw_pass(params(5), sources)
+    large = sources.width >= 512
+    assert chosen[large].all()  # every source at or above the threshold
+    assert (chosen & ~large).groupby(sources.label).sum().tolist() == [5, 5, 5]  # 5 small ones per class
+    assert chosen.equals(raw_pass(params(5), sources))  # seeded: the same sample every time
+    assert not chosen.equals(raw_pass(params(5, seed=1), sources))  # and the run seed picks it
+    assert raw_pass(params(20), sources).all() and raw_pass(params("all"), sources).all()

@@ -6,7 +6,6 @@ import pytest
 import torch
 from scipy import linalg
 
-from sgid_utils.curation import select_best
 from sgid_utils.data import load_image
 from sgid_utils.filters import (
     apply_filters,
@@ -19,6 +18,7 @@ from sgid_utils.filters import (
     zero_shot_scores,
 )
 from sgid_utils.models import load_clip
+from sgid_utils.selection import select
 from sgid_utils.set_metrics import consistency_metrics, fid_kid, source_distance, within_class_spread
 from sgid_utils.similarity import image_embeddings, text_embeddings
 
@@ -116,7 +116,7 @@ def test_apply_filters_in_order_records_who_dropped_what():
     assert out.kept_by_similarity.tolist() == [True, False, True, True, True]
     assert out.kept_by_label.tolist() == [True, pd.NA, False, True, True]
     assert out.kept_by_detector.tolist() == [True, pd.NA, pd.NA, False, True]
-    best = select_best(out[out.kept])
+    best = select(out[out.kept], "most_similar")
     assert best.path.tolist() == ["c4"]  # source b lost all its candidates: it contributes nothing
 
 

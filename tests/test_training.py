@@ -139,3 +139,22 @@ def test_image_size_other_than_the_pretrained_one_trains(make_params, pipeline_r
     train, test, _, n = training_sets(params)
     result = train_config(params, TrainConfig("baseline", seed=0), train, test, n)
     assert 0 <= result["test_acc"] <= 1
+
+
+def test_evaluation_autocasts_only_when_training_does():
+    """training.amp: false must hold at evaluation too (it used to autocast on CUDA regardless)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from sgid_utils.training import evaluate
+
+    class Recorder(torch.nn.Linear):
+        def forward(self, x):
+            self.seen.append(torch.is_autocast_enabled("cpu"))
+            return super().forward(x)
+
+    model = Recorder(4, 3)
+    loader = DataLoader(TensorDataset(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])), batch_size=3)
+    for use_amp in (False, True):
+        model.seen = []
+        acc, loss, preds = evaluate(model, loader, torch.device("cpu"), use_amp)
+        assert model.seen == [use_amp, use_amp] and len(preds) == 6 and 0 <= acc <= 1
