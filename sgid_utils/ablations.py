@@ -21,7 +21,7 @@ from .errors import ParamsError, StageError
 from .fingerprints import fingerprint
 from .io import read_json, write_table
 from .params import load_params
-from .quality_report import set_metrics
+from .quality_report import CURATED, set_metrics
 from .results import format_delta, format_mean_std, load_significance, per_setting
 from .resumable import shard
 from .rundir import RunDir
@@ -30,8 +30,9 @@ from .schema import Params
 from .stages import between, upstream_closure
 from .training import TrainConfig, load_results
 
-# The stages before generation, which every variant changes: shared when their params are unchanged.
-SHARED_STAGES = upstream_closure("generate")[:-1]
+# The stages before curation: shared while their params are unchanged (a selection-rule variant reuses the
+# generated images; a prompt variant only the captions and scores).
+SHARED_STAGES = upstream_closure("curate")[:-1]
 
 
 def variant_params(params: Params, name: str, overrides: dict) -> Params:
@@ -49,7 +50,7 @@ def _link(src, dst) -> None:
 
 
 def share_upstream(base: Params, variant: Params) -> list[str]:
-    """Link the base run's data/captions/similarity into the variant when they were made with the same params."""
+    """Link the base run's stage folders into the variant, in order, while they were made with the same params."""
     have, want = RunDir.of(base), RunDir.of(variant)
     linked = []
     for stage in SHARED_STAGES:
@@ -97,7 +98,8 @@ def ablation_row(name: str, changes: dict, variant: Params) -> dict[str, str]:
     return {"Variant": name, "Changes": ", ".join(f"{k}={v}" for k, v in changes.items()),
             "Baseline": cell(baseline), "SGID (100%)": cell(sgid), "Δ (95% CI)": format_delta(sig),
             "Significant": "yes" if sig.significant else "no",
-            "Baseline nearest to": nearest_reference(variant, acc.loc[baseline, "mean"])}
+            "Baseline nearest to": nearest_reference(variant, acc.loc[baseline, "mean"])
+            if any(k.startswith("dataset.train_splits") for k in changes) else "–"}
 
 
 def nearest_reference(params: Params, baseline: float) -> str:
@@ -141,5 +143,5 @@ def run_ablations(params: Params) -> pd.DataFrame:
 
 def curated_set_metrics(params: Params, name: str) -> dict:
     """The curated set of one run on the consistency and diversity axes, for notebook 07's plot of the variants."""
-    row = set_metrics(params).set_index("set").loc["curated (best of k)"]
+    row = set_metrics(params).set_index("set").loc[CURATED].drop("kind")
     return {"Variant": name, **row.to_dict()}

@@ -17,8 +17,6 @@ selection, giving ``curated_filtered.parquet``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -27,7 +25,7 @@ from .filters import apply_filters, class_prompts, label_consistency, real_vs_ge
 from .generation import load_manifest
 from .io import read_json, read_table, write_json, write_npz, write_table
 from .models import load_clip, resolve_device
-from .resumable import Batches, run_items
+from .resumable import Batches, launched_worker, run_items
 from .rundir import RunDir, Variant
 from .runner import run_stage
 from .schema import Params
@@ -55,7 +53,7 @@ def score_candidates(params: Params, manifest: pd.DataFrame, variant: Variant, i
             records = {}
             for row, (image_id, emb) in enumerate(zip(ids, every.split([len(groups[i]) for i in ids]))):
                 scored = groups[image_id].assign(similarity=(emb @ src[row]).cpu().tolist())
-                scored["path"] = [str(Path(p).relative_to(run.root)) for p in scored.path]
+                scored["path"] = [run.relative(p) for p in scored.path]
                 write_npz(run.embeddings(variant, image_id), source=src[row].cpu().numpy(), candidates=emb.cpu().numpy())
                 records[image_id] = scored.to_dict("records")
             return records
@@ -65,7 +63,7 @@ def score_candidates(params: Params, manifest: pd.DataFrame, variant: Variant, i
 
     records = run_items(run.candidate_scores(variant), list(groups), start, sharded=False)
     scored = pd.DataFrame([r for recs in records for r in recs])
-    scored["path"] = [str(run.root / p) for p in scored.path]
+    scored["path"] = [str(run.absolute(p)) for p in scored.path]
     return scored
 
 
@@ -123,26 +121,34 @@ def filter_candidates(params: Params, candidates: pd.DataFrame, threshold: float
     return apply_filters(candidates[candidates.competing], q.filters, threshold, q.detector_drop_fraction)
 
 
-def choose(params: Params, candidates: pd.DataFrame, threshold: float, rule: str | None = None) -> pd.DataFrame:
-    """One candidate per source by ``rule`` (default curation.select); its similarity floor is
-    curation.min_similarity, or else ``threshold`` (the quality similarity threshold)."""
-    floor = threshold if params.curation.min_similarity is None else params.curation.min_similarity
+def selection_floor(params: Params, candidates: pd.DataFrame) -> float:
+    """curation.min_similarity, or the median similarity of the competing candidates: the default rule picks among
+    the better half, away from the near-failures a low floor would admit."""
+    if params.curation.min_similarity is not None:
+        return params.curation.min_similarity
+    return float(candidates[candidates.competing].similarity.median())
+
+
+def choose(params: Params, candidates: pd.DataFrame, floor: float, rule: str | None = None) -> pd.DataFrame:
+    """One candidate per source by ``rule`` (default curation.select) with ``selection_floor``'s floor."""
     return select(candidates, rule or params.curation.select, floor, params.run.seed)
 
 
 def selections(params: Params, candidates: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """What each selection rule picks from this run's candidates (the rule in force wrote curated.parquet)."""
     candidates = load_candidates(params) if candidates is None else candidates
-    threshold = load_quality_summary(params)["similarity_threshold"]
-    return {rule: choose(params, candidates, threshold, rule) for rule in RULES}
+    floor = selection_floor(params, candidates)
+    return {rule: choose(params, candidates, floor, rule) for rule in RULES}
 
 
 def run_curation(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
-    """Score raw candidates, upscale and regenerate small sources, score again, filter, pick best-of-k."""
+    """Upscale and regenerate small sources, score every candidate, filter, pick one per source (curation.select)."""
     run = RunDir.of(params)
     upscaled_manifest = run_stage("upscale", params)  # sharded: the expensive part
     if upscaled_manifest is None:
         return None  # other shards are still regenerating; the last one to finish completes the stage
+    if launched_worker():
+        return None  # under accelerate launch the main process scores and selects once all have regenerated
     raw = score_candidates(params, load_manifest(params, "raw"), "raw", images)
     upscaled = score_candidates(params, upscaled_manifest, "upscaled", images) if len(upscaled_manifest) else raw.iloc[:0]
     candidates = pd.concat([raw, upscaled], ignore_index=True)
@@ -150,15 +156,15 @@ def run_curation(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     candidates = candidates.join(info, on="image_id")
     candidates["short_side"] = candidates[["width", "height"]].min(axis=1)
     candidates, detector = add_quality_scores(params, candidates)
-    threshold = similarity_threshold(params, candidates)
+    threshold, floor = similarity_threshold(params, candidates), selection_floor(params, candidates)
     if params.quality.filters:
         filtered = filter_candidates(params, candidates, threshold)
         candidates = candidates.join(filtered[["kept", "dropped_by"]])
-        write_table(run.curated_table(filtered=True), choose(params, filtered[filtered.kept], threshold), run.root)
-    curated = choose(params, candidates, threshold)
+        write_table(run.curated_table(filtered=True), choose(params, filtered[filtered.kept], floor), run.root)
+    curated = choose(params, candidates, floor)
     write_json(run.quality_summary, {"detector": detector, "similarity_threshold": threshold,
                                      "filters": params.quality.filters, "select": params.curation.select,
-                                     "select_fallbacks": int(curated.fallback.sum())})
+                                     "select_floor": floor, "select_fallbacks": int(curated.fallback.sum())})
     write_table(run.candidates_table, candidates, run.root)
     write_table(run.curated_table(), curated, run.root)
     return load_curated(params)

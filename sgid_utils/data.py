@@ -86,8 +86,9 @@ def _scan_folder(root: Path) -> tuple[list[str], list[tuple[str, Path]], list[di
     """Class folders under root -> (sorted class names, (class, file) pairs, skips)."""
     if not root.is_dir():
         raise DatasetError(f"Image folder not found: {root}. Expected {root}/<class>/*.jpg (dataset.path / dataset.test_path).")
-    skipped: list[dict] = [{"path": str(p), "reason": "not inside a class folder (expected <folder>/<class>/<image>)"}
-                           for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    skipped: list[dict] = [{"path": str(p), "reason": "hidden file" if p.name.startswith(".") else
+                            "not inside a class folder (expected <folder>/<class>/<image>)"}
+                           for p in sorted(root.iterdir()) if not p.is_dir()]
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files: list[tuple[str, Path]] = []
     for cls in classes:

@@ -1,4 +1,4 @@
-"""Quality control of generated images: three filters applied before best-of-k (beyond the paper).
+"""Quality control of generated images: three filters applied before the selection (beyond the paper).
 
 Three filters decide which generated candidates may enter training, each from
 CLIP embeddings the stages already compute: image-image similarity to the source

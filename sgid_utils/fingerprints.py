@@ -23,7 +23,10 @@ NOT_IN_FINGERPRINT = {
 }
 # Bumped when a section's code gives other outputs for the same params, so that a run dir keeps one version's files.
 # captioning 2: nucleus sampling batched, each image's tokens drawn from its own seed (SeededNucleusSampler).
-CODE_VERSIONS = {"captioning": 2}
+# dataset 2: hyphens kept in class names; loose files and classes without test images listed.
+# curation.upscale_to 2: upscaled sizes rounded to the nearest multiple of 8, the target winning over max_side.
+# training 2: evaluation autocasts only when training does (training.amp).
+CODE_VERSIONS = {"captioning": 2, "dataset": 2, "curation.upscale_to": 2, "training": 2}
 
 
 def stage_keys(stage: str, upstream: tuple[str, ...] | None = None) -> list[str]:

@@ -51,14 +51,15 @@ def auto_batch_size(free_bytes: int, width: int, height: int, k: int, dtype: tor
 def model_input_size(width: int, height: int, max_side: int, short_side: int | None = None, multiple: int = 8) -> tuple[int, int]:
     """Size the source enters SD at: optionally upscaled to ``short_side``, capped at ``max_side``, multiple of 8.
 
-    At its own size a source is rounded down (never enlarged); an upscaled one is rounded to the nearest
-    multiple, so a 500x333 Pets image reaches the 512 px target at 768x512 (rounding down gave 768x504).
-    ``max_side`` still caps sources more elongated than max_side / short_side (3:2 at the defaults):
-    a 500x312 source enters at 768x480.
+    At its own size a source is rounded down (never enlarged). An upscaled one is rounded to the nearest
+    multiple, and the upscale target wins over ``max_side`` up to a 2:1 source: a 500x333 Pets image enters
+    at 768x512, a 500x312 one at 824x512 (with ``max_side`` alone they gave 768x504 and 768x480). Only a
+    source more elongated than 2:1 stops at a long side of 2 x ``short_side``, so memory stays bounded.
     """
     upscale = short_side is not None and min(width, height) < short_side
     scale = short_side / min(width, height) if upscale else 1.0
-    scale = min(scale, max_side / max(width, height)) if max(width, height) * scale > max_side else scale
+    cap = max(max_side, 2 * short_side) if upscale else max_side
+    scale = min(scale, cap / max(width, height)) if max(width, height) * scale > cap else scale
     to_grid = (lambda v: round(v / multiple) * multiple) if upscale else (lambda v: int(v) // multiple * multiple)
     return max(multiple, to_grid(width * scale)), max(multiple, to_grid(height * scale))
 
@@ -151,7 +152,7 @@ def candidate_records(params: Params, variant: Variant, source, prompt: str, sca
         path = write_png(run.generated_image(variant, source.image_id, k), out.resize(original.size, Image.Resampling.LANCZOS))
         records.append({
             "image_id": source.image_id, "variant": variant, "k": k, "seed": seed,
-            "path": str(path.relative_to(run.root)),
+            "path": run.relative(path),
             "prompt": prompt, "s_star": float(source.s_star), "guidance_scale": scale,
             "input_width": source.in_w, "input_height": source.in_h,
             "source_width": original.width, "source_height": original.height,

@@ -45,11 +45,11 @@ def setup(params_file: str, run_dir: str | None = None, overrides: dict[str, Any
 
 def run_notebooks(params_file: str, notebooks_dir: Path, names: list[str] | None = None, kernel: str = "python3") -> list[Path]:
     """Execute the numbered notebooks (default: every stage's, in order) with papermill; copies go to the reports."""
-    out_dir = RunDir.of(load_params(params_file)).notebooks
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir.of(load_params(params_file))
+    run.notebooks.mkdir(parents=True, exist_ok=True)
     done = []
     for name in names or notebooks():
-        out = out_dir / f"{name}.ipynb"
+        out = run.notebook(name)
         print(f"[sgid] {name} -> {out}", flush=True)
         papermill.execute_notebook(
             str(Path(notebooks_dir) / f"{name}.ipynb"), str(out),

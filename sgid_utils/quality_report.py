@@ -32,6 +32,9 @@ def _chosen(candidates: pd.DataFrame, picked: pd.DataFrame) -> np.ndarray:
     return candidates.set_index(keys).index.isin(picked.set_index(keys).index)
 
 
+CURATED = "curated (selected)"  # the set curation.select picked: the one SGID trains on
+
+
 def set_metrics(params: Params) -> pd.DataFrame:
     """The paper's two axes for each image set, from the saved CLIP embeddings.
 
@@ -47,15 +50,15 @@ def set_metrics(params: Params) -> pd.DataFrame:
     real_ids = list(sources)
     real = np.stack([sources[i] for i in real_ids])
     real_labels = source_label.loc[real_ids].map(position).to_numpy()
-    sets = {"real (sources)": None, "generated (raw)": candidates.variant == "raw",
-            "generated (upscaled)": candidates.variant == "upscaled",
-            "curated (best of k)": _chosen(candidates, load_curated(params))}
+    sets = {"real (sources)": ("run", None), "generated (raw)": ("run", candidates.variant == "raw"),
+            "generated (upscaled)": ("run", candidates.variant == "upscaled"),
+            CURATED: ("run", _chosen(candidates, load_curated(params)))}
     if RunDir.of(params).curated_table(filtered=True).exists():
-        sets["curated (filtered)"] = _chosen(candidates, load_curated(params, filtered=True))
+        sets["curated (filtered)"] = ("run", _chosen(candidates, load_curated(params, filtered=True)))
     for rule, picked in selections(params, candidates).items():
-        sets[f"selected: {rule}"] = _chosen(candidates, picked)
+        sets[f"rule: {rule}"] = ("selection rule", _chosen(candidates, picked))
     rows = []
-    for name, mask in sets.items():
+    for name, (kind, mask) in sets.items():
         if mask is None:
             e, labels, dist = real, real_labels, np.nan
         else:
@@ -66,7 +69,7 @@ def set_metrics(params: Params) -> pd.DataFrame:
             e, labels = emb[mask], sub.label.map(position).to_numpy()
             dist = float(source_distance(e, np.stack([sources[i] for i in sub.image_id])).mean())
         c = consistency_metrics(e, text, labels)
-        rows.append({"set": name, "images": len(e), "label score": c["mean_label_score"],
+        rows.append({"set": name, "kind": kind, "images": len(e), "label score": c["mean_label_score"],
                      "zero-shot accuracy": c["zero_shot_accuracy"], "distance to source": dist,
                      "within-class spread": within_class_spread(e, labels)})
     return pd.DataFrame(rows)

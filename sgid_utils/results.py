@@ -37,9 +37,10 @@ def format_delta(row: pd.Series) -> str:
 
 def significance(results: pd.DataFrame, params: Params) -> pd.DataFrame:
     """Each setting against the Baseline: paired seed difference with its 95% CI, McNemar per seed."""
-    if "Baseline" not in set(results.setting):
+    baseline = results.loc[results.method == "baseline", "setting"]
+    if baseline.empty:
         return pd.DataFrame(columns=SIGNIFICANCE_COLUMNS)
-    return compare_to_baseline(results, lambda config: load_predictions(params, config))
+    return compare_to_baseline(results, lambda config: load_predictions(params, config), baseline=baseline.iloc[0])
 
 
 def load_significance(params: Params) -> pd.DataFrame:

@@ -44,6 +44,11 @@ def shard() -> tuple[int, int]:
     return index, count
 
 
+def launched_worker() -> bool:
+    """True in a process of ``accelerate launch`` / torchrun other than the main one (not under ``--shard``)."""
+    return not os.environ.get("SGID_SHARD") and int(os.environ.get("WORLD_SIZE", 1)) > 1 and shard()[0] != 0
+
+
 def my_share(items: Iterable[str]) -> list[str]:
     """This process's items: every count-th of the full, ordered list (stable while items finish)."""
     index, count = shard()

@@ -28,15 +28,10 @@ from pathlib import Path
 from typing import Literal
 
 from .schema import Params
+from .stages import get
 
 Variant = Literal["raw", "upscaled"]
 VARIANTS: tuple[Variant, ...] = ("raw", "upscaled")
-
-# Folder of each registered stage that keeps its own outputs (the others write tables and figures to reports/).
-_STAGE_FOLDERS = {
-    "data": "data", "captions": "captions", "similarity": "similarity", "generate": "generation/raw",
-    "upscale": "generation/upscaled", "curate": "curation", "train": "training", "results": "results",
-}
 
 
 @dataclass(frozen=True)
@@ -53,9 +48,25 @@ class RunDir:
     def params_copy(self) -> Path:
         return self.root / "params.yaml"
 
+    @property
+    def assets_lock(self) -> Path:
+        """Held while the smoke profile's tiny models and image folder are built (one process builds, others wait)."""
+        return self.root / ".smoke-assets.lock"
+
     def stage(self, name: str) -> Path:
-        """The folder a registered stage writes (``KeyError`` for a stage that keeps no folder of its own)."""
-        return self.root / _STAGE_FOLDERS[name]
+        """The folder a registered stage writes (its ``folder`` in the registry; KeyError for a stage without one)."""
+        folder = get(name).folder
+        if folder is None:
+            raise KeyError(f"stage '{name}' keeps no folder in the run directory; it writes report tables only")
+        return self.root / folder
+
+    def relative(self, path: Path | str) -> str:
+        """A path inside the run directory as stored in records and tables: relative, so the run dir can move."""
+        return str(Path(path).relative_to(self.root))
+
+    def absolute(self, stored: str) -> Path:
+        """A stored (relative) path back inside this run directory."""
+        return self.root / stored
 
     def fingerprint(self, stage: str) -> Path:
         return self.stage(stage) / "_params.json"
@@ -163,6 +174,9 @@ class RunDir:
     def notebooks(self) -> Path:
         """Executed copies of the numbered notebooks."""
         return self.reports / "notebooks"
+
+    def notebook(self, name: str) -> Path:
+        return self.notebooks / f"{name}.ipynb"
 
     def variant_reports(self, name: str) -> Path:
         return self.reports / "ablations" / name

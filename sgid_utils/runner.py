@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +29,17 @@ from .schema import Params
 from .smoke import ensure_smoke_assets
 from .stages import NAMES, get
 
+BARRIER_TIMEOUT = timedelta(hours=48)
+
 
 def ensure_writable(folder: Path, min_free_gb: float) -> None:
     """Fail before any work when the run directory cannot be written or the disk is nearly full."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)  # one per process: shards do not race
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise StageError(f"Run directory {folder} is not writable ({exc.strerror}); set run.dir or --run-dir to a folder you can write.") from None
     free = shutil.disk_usage(folder).free / 2**30
@@ -77,7 +81,9 @@ def run_distributed(name: str, params: Params) -> Any:
     """``run_stage`` for one of several processes; under ``accelerate launch`` the main one finishes the table."""
     result = run_stage(name, params)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not os.environ.get("SGID_SHARD"):
-        state = PartialState()
+        # Shards can finish hours apart (a resumed run, training configurations of unequal size): the barrier waits,
+        # instead of the process group's default 30-minute timeout aborting the early ones.
+        state = PartialState(timeout=BARRIER_TIMEOUT)
         state.wait_for_everyone()
         if result is None and state.is_main_process:
             result = run_stage(name, params)  # every item is done now: this only assembles the stage's table

@@ -9,7 +9,7 @@ registry (``sgid_utils.stages``), not here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -120,18 +120,19 @@ class GenerationParams(_Section):
 class CurationParams(_Section):
     upscale_threshold: int = Field(512, ge=1, description="Sources with a short side below this are upscaled and regenerated.")
     upscale_to: int | None = Field(None, ge=1, description="Target short side when upscaling; defaults to upscale_threshold.")
-    error_analysis_sample: int | Literal["all"] = Field(
-        5, ge=1, description="Small sources per class (seeded) that also get the raw pass, for the error analysis; "
+    error_analysis_sample: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
+        5, description="Small sources per class (seeded) that also get the raw pass, for the error analysis; "
         "'all': every source, as the report did (sources at or above the threshold always do).")
     select: Literal["most_diverse_consistent", "most_similar", "random"] = Field(
         "most_diverse_consistent", description="Which candidate of a source enters training (sgid_utils/selection.py).")
     min_similarity: float | None = Field(
-        None, ge=-1, le=1, description="most_diverse_consistent's similarity floor; None: quality's similarity threshold.")
+        None, ge=-1, le=1, description="most_diverse_consistent's similarity floor; None: the median similarity of the "
+        "competing candidates (the better half).")
     batch_size: int = Field(64, ge=1)
 
 
 class QualityParams(_Section):
-    """Quality control of generated images (beyond the paper): filters applied before best-of-k."""
+    """Quality control of generated images (beyond the paper): filters applied before the selection."""
 
     filters: list[Literal["similarity", "label", "detector"]] = Field(
         default_factory=list, description="Filters in the order they apply; the filtered set trains as 'sgid_filtered'."

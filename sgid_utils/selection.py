@@ -1,19 +1,23 @@
 """Which of a source's k candidates enters training: the selection rule (``curation.select``).
 
-The report's human looked at the candidates of each source and kept one that looked
-realistic and still showed the subject. Three automatic stand-ins, all over the
-candidates that compete (the upscaled regeneration where there is one, else the raw pass):
+The report: "3 images are generated per original image and human-in-the-loop approach is used
+to select the best image out of the 3", where the aim is "realistic-looking images ... that still
+retain the style, background, and camera angle while introducing some variation from the original
+image". Three automatic stand-ins, all over the candidates that compete (the upscaled regeneration
+where there is one, else the raw pass):
 
-- ``most_diverse_consistent`` (default): among the candidates that CLIP still labels as the
-  source's class and whose image-image similarity to the source is at least
-  ``min_similarity``, the *least* similar one: it keeps the subject (label check), is not
-  a failure (similarity floor) and adds the most that the source does not already show,
-  which is what SGID exists for. A source none of whose candidates passes falls back to
-  its most similar candidate (counted in ``curation/quality.json``), so every source still
-  contributes one image, as in the report.
-- ``most_similar``: the highest similarity, the package's former rule. At strength 0.3
-  with a guidance scale near 1 that is the *least changed* candidate, often a near-copy.
-- ``random``: one candidate per source, drawn from (run seed, image id): no preference at all.
+- ``most_diverse_consistent`` (default; this package's reading, a hypothesis): among the candidates
+  that CLIP still labels as the source's class and whose image-image similarity to the source is at
+  least the floor (``curation.min_similarity``, by default the median of all competing candidates,
+  so the better half), the *least* similar one: it keeps the subject (label check), stays
+  realistic (the floor keeps near-failures out) and brings the most variation, which is what SGID
+  exists for. A source none of whose candidates passes falls back to its most similar candidate
+  (counted in ``curation/quality.json``), so every source still contributes one image, as in the report.
+- ``most_similar``: the highest similarity, the package's former rule. At strength 0.3 with a
+  guidance scale near 1 that is the *least changed* candidate, often a near-copy of the source.
+- ``random``: one candidate per source, drawn from (run seed, image id, k): no preference at all.
+
+The ablation profiles train the other two rules as variants, so the default is measured, not assumed.
 """
 
 from __future__ import annotations

@@ -6,13 +6,15 @@ sizes, some below the upscaling threshold, so every code path runs.
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .builders import save_tiny_models
-from .params import Params
+from .rundir import RunDir
+from .schema import Params
 
 
 def _smoke_image(rng: np.random.Generator, label: int, size: tuple[int, int]) -> Image.Image:
@@ -60,8 +62,18 @@ def build_smoke_dataset(params: Params) -> None:
 
 
 def ensure_smoke_assets(params: Params) -> None:
-    """Build what the smoke section asks for: the tiny models and the image folder."""
-    if params.smoke.build_models:
-        save_tiny_models(params)
-    if params.smoke.build_dataset:
-        build_smoke_dataset(params)
+    """Build what the smoke section asks for: the tiny models and the image folder.
+
+    Under a lock in the run directory: processes of a sharded or ``accelerate launch`` run start
+    together, and the first builds while the others wait and then find the assets complete.
+    """
+    if not (params.smoke.build_models or params.smoke.build_dataset):
+        return
+    lock = RunDir.of(params).assets_lock
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if params.smoke.build_models:
+            save_tiny_models(params)
+        if params.smoke.build_dataset:
+            build_smoke_dataset(params)

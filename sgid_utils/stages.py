@@ -7,16 +7,19 @@ fingerprint chain and the tests all read this list. Each stage names:
 - ``entry``: its function as ``"module:function"`` in ``sgid_utils``, the way Python
   entry points name code. A string, so that stage modules can import this registry
   (for their fingerprints) without an import cycle; ``Stage.function`` resolves it.
-  Every function takes ``(params, images)``: the params and the data stage's table.
+  Every function but the data stage's takes ``(params, images)``: the params and the
+  data stage's table, which the runner makes first (``data:prepare_dataset`` takes the params).
 - ``notebook``: the numbered notebook that narrates it.
 - ``upstream``: the stages whose outputs it reads.
 - ``keys``: the params keys its own outputs depend on; its fingerprint adds the
   upstream stages' keys (``sgid_utils.fingerprints``). A stage without keys keeps no
   fingerprint: it is recomputed from its inputs every time it runs.
+- ``folder``: where under the run directory it keeps its files (``sgid_utils.rundir``
+  gives every file in it a name); None for a stage that writes only report tables.
 
 To add a stage: write its function (a per-item stage only says how to process a batch,
-see ``sgid_utils.resumable``), give its files properties in ``sgid_utils.rundir``, add
-a line here, and call ``run_stage("name", params)`` from its notebook.
+see ``sgid_utils.resumable``), add a line here, give its files properties in
+``sgid_utils.rundir``, and call ``run_stage("name", params)`` from its notebook.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Stage:
     notebook: str
     upstream: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()
+    folder: str | None = None
 
     @property
     def function(self) -> Callable[..., Any]:
@@ -42,16 +46,20 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "data:prepare_dataset", "01_captioning", (), ("dataset", "run.seed")),
-    Stage("captions", "captioning:run_captions", "01_captioning", ("data",), ("models.captioner", "captioning")),
-    Stage("similarity", "similarity:run_similarity", "02_similarity", ("captions",), ("models.clip",)),
+    Stage("data", "data:prepare_dataset", "01_captioning", (), ("dataset", "run.seed"), "data"),
+    Stage("captions", "captioning:run_captions", "01_captioning", ("data",), ("models.captioner", "captioning"),
+          "captions"),
+    Stage("similarity", "similarity:run_similarity", "02_similarity", ("captions",), ("models.clip",), "similarity"),
     Stage("generate", "generation:run_generation", "03_generation", ("similarity",),
-          ("models.diffusion", "generation", "curation.upscale_threshold", "curation.error_analysis_sample")),
-    Stage("upscale", "generation:run_upscaled", "04_error_analysis_upscaling", ("generate",),
-          ("curation.upscale_threshold", "curation.upscale_to")),
-    Stage("curate", "curation:run_curation", "04_error_analysis_upscaling", ("upscale",), ("curation", "quality")),
-    Stage("train", "training:run_training", "05_training", ("curate",), ("models.classifier", "training")),
-    Stage("results", "results:run_results", "06_results", ("train",)),
+          ("models.diffusion", "generation", "curation.upscale_threshold", "curation.error_analysis_sample"),
+          "generation/raw"),
+    # The upscaled regeneration does not depend on which small sources the raw pass sampled.
+    Stage("upscale", "generation:run_upscaled", "04_error_analysis_upscaling", ("similarity",),
+          ("models.diffusion", "generation", "curation.upscale_threshold", "curation.upscale_to"), "generation/upscaled"),
+    Stage("curate", "curation:run_curation", "04_error_analysis_upscaling", ("generate", "upscale"),
+          ("curation", "quality"), "curation"),
+    Stage("train", "training:run_training", "05_training", ("curate",), ("models.classifier", "training"), "training"),
+    Stage("results", "results:run_results", "06_results", ("train",), (), "results"),
     Stage("quality", "quality_report:run_quality_report", "07_quality_and_statistics", ("results",)),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}

@@ -188,6 +188,7 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
     """Train one configuration (resuming from its checkpoint); returns and saves its result."""
     t, run = params.training, RunDir.of(params)
     if run.result(cfg.name).exists():
+        run.checkpoint(cfg.name).unlink(missing_ok=True)  # a run killed between its result and this cleanup
         return read_json(run.result(cfg.name))
     device = resolve_device(params)
     seed = derive_seed(params.run.seed, "train", cfg.seed, purpose="training")

@@ -18,9 +18,9 @@ from .conftest import copy_stages
     ((500, 375), 768, None, (496, 368)),      # native size, rounded down to multiples of 8
     ((1600, 1200), 768, None, (768, 576)),    # large sources are capped
     ((500, 375), 768, 512, (680, 512)),       # upscaled so the short side is 512
-    ((300, 100), 768, 512, (768, 256)),       # ... but never past max_side
+    ((300, 100), 768, 512, (1024, 344)),      # beyond 2:1 the long side stops at 2 x the target
     ((500, 333), 768, 512, (768, 512)),       # 3:2 reaches the target (rounding down gave 768x504)
-    ((500, 312), 768, 512, (768, 480)),       # more elongated than max_side / target: the cap wins
+    ((500, 312), 768, 512, (824, 512)),       # up to 2:1 the target wins over max_side (it gave 768x480)
     ((600, 600), 768, 512, (600, 600)),       # big enough: untouched
 ])
 def test_model_input_size(size, max_side, short, expected):
@@ -33,7 +33,12 @@ def test_manifest_images_seeds_and_prompts(pipeline_run):
     run = RunDir.of(p)
     assert not any(v.startswith("/") for v in pd.read_parquet(run.manifest("raw")).path)
     best = pd.read_parquet(run.best_table).merge(pd.read_parquet(run.images_table), on="image_id")
-    assert len(manifest) == len(best) * p.generation.num_candidates
+    small = best[["width", "height"]].min(axis=1) < p.curation.upscale_threshold
+    # The raw pass: every large source and error_analysis_sample (1) small one per class, k candidates each.
+    per_class = manifest.drop_duplicates("image_id").merge(best[small], on="image_id").groupby("label").size()
+    assert (per_class == 1).all() and len(per_class) == best[small].label.nunique()
+    assert set(best[~small].image_id) <= set(manifest.image_id)
+    assert len(manifest) == manifest.image_id.nunique() * p.generation.num_candidates < len(best) * p.generation.num_candidates
     for row in manifest.itertuples():
         assert row.seed == derive_seed(p.run.seed, row.image_id, row.k, purpose="generate")
         src = best.set_index("image_id").loc[row.image_id]
@@ -88,7 +93,7 @@ def test_auto_batch_size_follows_free_memory_and_input_size():
     assert auto_batch_size(1 * gib, 768, 768, 3, torch.float16) == 1  # never below one
 
 
-def test_in_batches_halves_on_out_of_memory_only_when_chosen_automatically():
+def test_in_batches_halves_a_batch_that_runs_out_of_memory_down_to_one():
     import torch
 
     done: list[tuple[int, int]] = []
@@ -131,3 +136,13 @@ def test_the_raw_pass_samples_small_sources_per_class_seeded():
     assert chosen.equals(raw_pass(params(5), sources))  # seeded: the same sample every time
     assert not chosen.equals(raw_pass(params(5, seed=1), sources))  # and the run seed picks it
     assert raw_pass(params(20), sources).all() and raw_pass(params("all"), sources).all()
+
+
+def test_error_analysis_sample_all_and_bad_values_through_the_params_file(make_params):
+    from sgid_utils.params import ParamsError
+
+    assert make_params("all", curation={"error_analysis_sample": "all"}).curation.error_analysis_sample == "all"
+    assert make_params("three", curation={"error_analysis_sample": 3}).curation.error_analysis_sample == 3
+    for bad in (0, "some"):
+        with pytest.raises(ParamsError, match="curation.error_analysis_sample"):
+            make_params(f"bad{bad}", curation={"error_analysis_sample": bad})

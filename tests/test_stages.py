@@ -52,7 +52,8 @@ def test_the_registry_orders_stages_notebooks_and_fingerprint_chains(make_params
     assert {"curation.upscale_threshold", "curation.upscale_to"} <= set(fingerprint(params, "upscale"))
     assert "curation" in fingerprint(params, "curate") and "curation.upscale_to" not in fingerprint(params, "curate")
     baseline = fingerprint(params, "train", upstream=("data",))
-    assert set(baseline) == {"dataset", "run.seed", "models.classifier", "training"}
+    assert set(baseline) == {"dataset", "run.seed", "models.classifier", "training",
+                             "dataset.code_version", "training.code_version"}
 
 
 def test_unwritable_run_dir_and_full_disk_stop_before_work(make_params, tmp_path):
