@@ -47,15 +47,36 @@ def machine() -> dict[str, str | int]:
 
 
 def record_stage(params: Params, stage: str) -> Path:
-    """Write this stage's start record (time in UTC, requested device, machine, versions, shard)."""
-    record = {"stage": stage, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "run.device": params.run.device, "shard": os.environ.get("SGID_SHARD") or os.environ.get("RANK", "-"),
-              **machine(), **versions()}
-    return write_json(RunDir.of(params).provenance(stage), record)
+    """Add this start (UTC time, requested device, machine, versions, shard) to the stage's record.
+
+    Every start is kept, so a stage that ran on a GPU and was later rerun (resumed, or only reread by its
+    notebook) on a laptop shows both. Shards starting together may each rewrite the file; a start can then be
+    missing from the list, but the file is always whole (atomic write).
+    """
+    path = RunDir.of(params).provenance(stage)
+    starts = read_json(path)["starts"] if path.exists() else []
+    starts.append({"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run.device": params.run.device,
+                   "shard": os.environ.get("SGID_SHARD") or os.environ.get("RANK", "-"), **machine(), **versions()})
+    return write_json(path, {"stage": stage, "starts": starts})
+
+
+def describe(start: dict) -> str:
+    """One start's machine in words: its GPUs, or the CPU when there were none."""
+    if start["gpus"]:
+        return f"{start['gpus']} × {start['gpu']} (CUDA {start['cuda']})"
+    return f"CPU only ({start['cpu']}, {start['cpu_cores']} cores)"
 
 
 def load_provenance(params: Params, stages: list[str]) -> pd.DataFrame:
-    """One row per stage that left a record, in the order given (empty for a run made before records existed)."""
+    """One row per stage that left a record, in the order given: its first and last start, how many starts,
+    and each distinct machine and torch version among them (empty for a run made before records existed)."""
     run = RunDir.of(params)
-    rows = [read_json(run.provenance(s)) for s in stages if run.provenance(s).exists()]
+    rows = []
+    for stage in stages:
+        if not run.provenance(stage).exists():
+            continue
+        starts = read_json(run.provenance(stage))["starts"]
+        rows.append({"stage": stage, "first started": starts[0]["started"], "last started": starts[-1]["started"],
+                     "starts": len(starts), "machine": " / ".join(dict.fromkeys(describe(s) for s in starts)),
+                     "torch": " / ".join(dict.fromkeys(s["torch"] for s in starts))})
     return pd.DataFrame(rows)

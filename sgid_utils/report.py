@@ -98,8 +98,8 @@ def table_data(df: pd.DataFrame) -> dict[str, list]:
     return {"columns": [str(c) for c in df.columns], "rows": [[cell(v) for v in row] for row in df.astype(object).itertuples(index=False)]}
 
 
-def key_facts(params: Params) -> list[tuple[str, str]]:
-    """The run in a few lines: data set and its sizes, models, seeds, training length."""
+def key_facts(params: Params, provenance: pd.DataFrame) -> list[tuple[str, str]]:
+    """The run in a few lines: data set and its sizes, models, seeds, training length, when and where it ran."""
     ds, run = params.dataset, RunDir.of(params)
     images = load_images_table(params)
     train, test = images[images.split != ds.test_split], images[images.split == ds.test_split]
@@ -115,8 +115,18 @@ def key_facts(params: Params) -> list[tuple[str, str]]:
         ("Seeds", f"run seed {params.run.seed}; training seeds {params.training.seeds}"),
         ("Training", f"{params.training.epochs} epochs, batch size {params.training.batch_size}, "
                      f"methods {', '.join(params.training.methods)}"),
+        ("Ran", ran(provenance)),
         ("Params file", str(params.source_file)),
     ]
+
+
+def ran(provenance: pd.DataFrame) -> str:
+    """When the stages started and on which machines, in one line (the table under "When and where" has the rest)."""
+    if provenance.empty:
+        return "not recorded (this run directory predates the runner's stage records)"
+    machines = dict.fromkeys(m for ms in provenance.machine for m in ms.split(" / "))
+    return (f"stages started {provenance['first started'].min()} to {provenance['last started'].max()} (UTC) on "
+            f"{'; '.join(machines)}; torch {' / '.join(dict.fromkeys(provenance.torch))}")
 
 
 def render_notebooks(params: Params) -> list[dict[str, str]]:
@@ -165,7 +175,7 @@ def context(params: Params) -> dict[str, Any]:
     return {
         "title": f"SGID reproduction: {params.run.name}",
         "smoke": params.smoke.build_models,
-        "facts": key_facts(params),
+        "facts": key_facts(params, provenance),
         "differences": table_data(differences_from_defaults(params)),
         "accuracy": table_data(accuracy.drop(columns=list(ACCURACY_HIDDEN))),
         "accuracy_caption": table_caption(params, load_results(params)),
@@ -173,8 +183,7 @@ def context(params: Params) -> dict[str, Any]:
         "figures": main, "other_figures": other,
         "ablations": table_data(ablations) if ablations is not None else None,
         "set_metrics": table_data(set_metrics) if set_metrics is not None else None,
-        "provenance": table_data(provenance[["stage", "started", "gpu", "cpu", "cpu_cores", "torch", "cuda", "shard"]])
-        if len(provenance) else None,
+        "provenance": table_data(provenance) if len(provenance) else None,
         "notebooks": render_notebooks(params),
         "files": files(params),
         "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -14,6 +14,7 @@ import pytest
 
 from sgid_utils.io import read_json, write_table
 from sgid_utils.params import load_params
+from sgid_utils.provenance import load_provenance, record_stage
 from sgid_utils.quality_report import CONSISTENCY_DIVERSITY, load_set_metrics
 from sgid_utils.report import build_report, differences_from_defaults
 from sgid_utils.results import load_accuracy_table
@@ -28,6 +29,7 @@ class Page(HTMLParser):
 
     def __init__(self, text: str):
         super().__init__()
+        self.text = text
         self.refs: list[str] = []
         self.tables: dict[str, list[list[str]]] = {}
         self._table = self._row = self._cell = None
@@ -120,15 +122,30 @@ def test_the_page_numbers_are_the_run_tables(report_params, page):
 
 def test_provenance_and_settings_come_from_the_run(report_params, pipeline_run, page):
     run = RunDir.of(pipeline_run)
-    records = [read_json(run.provenance(stage)) for stage in NAMES]  # the runner recorded every stage's start
+    records = [read_json(run.provenance(stage))["starts"] for stage in NAMES]  # the runner recorded every stage's start
     shown = page.frame("provenance")
     assert shown.stage.tolist() == NAMES
-    assert shown.started.tolist() == [r["started"] for r in records]
-    assert shown.torch.tolist() == [r["torch"] for r in records]
+    assert shown["first started"].tolist() == [r[0]["started"] for r in records]
+    assert shown.starts.tolist() == [str(len(r)) for r in records]
+    assert shown.torch.tolist() == [r[0]["torch"] for r in records]
+    first, last = min(r[0]["started"] for r in records), max(r[-1]["started"] for r in records)
+    assert f"stages started {first} to {last} (UTC)" in page.text  # the key facts' one line
     settings = page.frame("settings").set_index("key")
     assert settings.loc["training.epochs", "this run"] == "1" and settings.loc["training.epochs", "paper (schema default)"] == "10"
     assert settings.loc["generation.num_candidates", "this run"] == "2"
     assert not any(k.startswith(("results.", "run.name", "run.dir")) for k in settings.index)
+
+
+def test_every_start_of_a_stage_is_kept(make_params, monkeypatch):
+    params = make_params("prov")
+    record_stage(params, "captions")
+    monkeypatch.setenv("SGID_SHARD", "1/2")
+    record_stage(params, "captions")
+    starts = read_json(RunDir.of(params).provenance("captions"))["starts"]
+    assert [s["shard"] for s in starts] == ["-", "1/2"] and starts[0]["run.device"] == "cpu"
+    row = load_provenance(params, ["data", "captions"]).iloc[0]  # 'data' has no record: no row
+    assert (row.stage, row.starts, row["first started"]) == ("captions", 2, starts[0]["started"])
+    assert row.machine.startswith("CPU only") or " × " in row.machine
 
 
 def test_differences_from_the_paper_for_the_shipped_profiles():
