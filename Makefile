@@ -9,7 +9,7 @@ PARAMS ?= params/pets.yaml params/flowers.yaml
 # Offline, quiet, and a throwaway HF cache for the smoke profile and tests: nothing reaches for a hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install smoke reproduce ablations test bench clean
+.PHONY: help install smoke reproduce ablations report lab test bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,20 +28,31 @@ RUN_ENV ?=
 # The stage registry (sgid_utils/stages.py) orders everything; the Makefile asks it which notebooks run.
 NOTEBOOKS = $(addprefix notebooks/,$(addsuffix .ipynb,$(shell $(PY) -m sgid_utils stages --notebooks)))
 
-smoke: $(STAMP) ## Run every notebook and the ablations offline on params/smoke.yaml (tiny models, CPU); outputs in reports/smoke/
+smoke: $(STAMP) ## Run every notebook and the ablations offline on params/smoke.yaml (tiny models, CPU); page reports/smoke/index.html
 	$(MAKE) --no-print-directory reproduce PARAMS=params/smoke.yaml RUN_ENV="$(OFFLINE)"
 
-# Per data set: the notebooks of the stages up to training, its ablation profile if there is one, then the
-# notebooks from the results stage on (which show the ablations).
+# Per data set: the notebooks of the stages up to training, its ablation profile if there is one, the
+# notebooks from the results stage on (which show the ablations), then the run's HTML page.
 reproduce: $(STAMP) ## Run every notebook and ablation profile for each params file (PARAMS=params/pets.yaml for one); outputs in reports/<run>/
 	for p in $(PARAMS); do \
 	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --to-stage train || exit 1; \
 	  a=$${p%.yaml}_ablations.yaml; if [ -f $$a ]; then $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$a || exit 1; fi; \
 	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --from-stage results || exit 1; \
+	  $(RUN_ENV) $(PY) -m sgid_utils report --params $$p || exit 1; \
 	done
 
 ablations: $(STAMP) ## Run the ablation profiles alone (PARAMS=params/pets.yaml -> params/pets_ablations.yaml)
 	for p in $(PARAMS); do $(PY) -m sgid_utils run ablations --params $${p%.yaml}_ablations.yaml || exit 1; done
+
+report: $(STAMP) ## Write reports/<run>/index.html for each params file from its tables, figures and notebooks (no server needed)
+	for p in $(PARAMS); do $(PY) -m sgid_utils report --params $$p || exit 1; done
+
+# JupyterLab is an extra ([lab] in pyproject.toml), installed on first use, never by `make install` or `make test`.
+# LAB_ARGS passes options through, e.g. LAB_ARGS="--no-browser --port 8890", or --allow-root in a container.
+LAB_ARGS ?=
+lab: $(STAMP) ## Open notebooks/ in JupyterLab with the project's kernel (installs the [lab] extra into .venv once)
+	$(PY) -c "import jupyterlab" 2> /dev/null || $(PY) -m pip install -q -c constraints.txt -e '.[lab]'
+	$(VENV)/bin/jupyter lab notebooks/ --MappingKernelManager.default_kernel_name=python3 $(LAB_ARGS)
 
 test: $(STAMP) ## Unit tests, then every notebook under nbval on the smoke profile
 	$(OFFLINE) $(PY) -m pytest -q tests

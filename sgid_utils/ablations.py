@@ -19,7 +19,7 @@ import pandas as pd
 
 from .errors import ParamsError, StageError
 from .fingerprints import fingerprint
-from .io import read_json, write_table
+from .io import read_json, read_table, write_table
 from .params import load_params
 from .quality_report import CURATED, set_metrics
 from .results import format_delta, format_mean_std, load_significance, per_setting
@@ -139,6 +139,12 @@ def run_ablations(params: Params) -> pd.DataFrame:
     write_table(run.table("ablations.md"), table)
     write_table(run.table("ablation_set_metrics.csv"), pd.DataFrame(sets))
     return table
+
+
+def load_ablation_table(params: Params) -> pd.DataFrame | None:
+    """The ablation table ``run ablations`` wrote for this run, or None before its profile has run."""
+    path = RunDir.of(params).table("ablations.csv")
+    return read_table(path) if path.exists() else None
 
 
 def curated_set_metrics(params: Params, name: str) -> dict:

@@ -2,7 +2,8 @@
 
 Runs stages through the same runner the notebooks call: what a cluster job,
 ``accelerate launch`` or a test that kills and resumes a stage uses. Also
-``notebooks`` (papermill, in stage order) and ``stages`` (the registry, for the Makefile).
+``notebooks`` (papermill, in stage order), ``stages`` (the registry, for the Makefile),
+``report`` (the run's HTML page) and ``export`` (the curated set as a Hugging Face image folder).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 
 from .ablations import run_ablations
 from .errors import USER_ERRORS
+from .export import export_curated
 from .notebook import run_notebooks
 from .params import load_params, parse_override
+from .report import build_report
 from .runner import run_all
 from .stages import NAMES, STAGES, notebooks
 
@@ -47,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("--from-stage", choices=NAMES, help="start with the notebook of this stage")
     nb.add_argument("--to-stage", choices=NAMES, help="end with the notebook of this stage")
     nb.add_argument("--notebooks-dir", default="notebooks", help="folder holding the numbered notebooks")
+    rep = sub.add_parser("report", help="write reports/<run>/index.html from the run's tables, figures and notebooks")
+    rep.add_argument("--params", required=True)
+    rep.add_argument("--run-dir", help="override run.dir")
+    exp = sub.add_parser("export", help="write the curated generated set as a Hugging Face `datasets` image folder")
+    exp.add_argument("--params", required=True)
+    exp.add_argument("--run-dir", help="override run.dir")
+    exp.add_argument("--to", required=True, type=Path, help="a new (or empty) folder: DIR/train/<class>/*.png, metadata.csv, README.md")
     st = sub.add_parser("stages", help="list the registered stages in order (with --notebooks: their notebooks)")
     st.add_argument("--notebooks", action="store_true", help="print the notebook of each stage, once each, in order")
     st.add_argument("--from-stage", choices=NAMES)
@@ -74,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
             names = args.only or notebooks(args.from_stage, args.to_stage)
             run_notebooks(args.params, Path(args.notebooks_dir).resolve(), names)
             return 0
-        overrides = dict(parse_override(s) for s in args.set)
+        overrides = dict(parse_override(s) for s in getattr(args, "set", []))
         if args.run_dir:
             overrides["run.dir"] = str(Path(args.run_dir).resolve())
         params = load_params(args.params, overrides)
-        if args.stage == "ablations":
+        if args.command == "report":
+            print(f"[sgid] report: {build_report(params)}")
+        elif args.command == "export":
+            print(f"[sgid] curated set exported to {export_curated(params, args.to)}")
+        elif args.stage == "ablations":
             run_ablations(params)
         else:
             run_all(params, None if args.stage == "all" else [args.stage])

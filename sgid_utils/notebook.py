@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +12,9 @@ import transformers
 from diffusers.utils import logging as diffusers_logging
 
 from .params import Params, load_params
+from .provenance import versions
 from .rundir import RunDir
 from .stages import notebooks
-
-_PACKAGES = ["torch", "torchvision", "transformers", "diffusers", "compel", "timm", "datasets"]
 
 
 def setup(params_file: str, run_dir: str | None = None, overrides: dict[str, Any] | None = None) -> Params:
@@ -32,8 +29,7 @@ def setup(params_file: str, run_dir: str | None = None, overrides: dict[str, Any
     transformers.logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     diffusers_logging.set_verbosity_error()
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in _PACKAGES)
-    print(f"Python {platform.python_version()}; {versions}")
+    print(", ".join(f"{name} {version}" for name, version in versions().items()))
     if torch.cuda.is_available():
         print(f"Device: CUDA, {torch.cuda.get_device_name(0)}")
     else:
@@ -49,7 +45,7 @@ def run_notebooks(params_file: str, notebooks_dir: Path, names: list[str] | None
     run.notebooks.mkdir(parents=True, exist_ok=True)
     done = []
     for name in names or notebooks():
-        out = run.notebook(name)
+        out = run.executed_notebook(name)
         print(f"[sgid] {name} -> {out}", flush=True)
         papermill.execute_notebook(
             str(Path(notebooks_dir) / f"{name}.ipynb"), str(out),

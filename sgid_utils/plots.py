@@ -1,4 +1,5 @@
-"""Figures every notebook uses: one ``save_fig`` writing to the reports folder, image grids, the accuracy chart."""
+"""Figures every notebook uses: one ``save_fig`` writing to the reports folder, image grids, the accuracy chart,
+the consistency-diversity plot."""
 
 from __future__ import annotations
 
@@ -87,3 +88,21 @@ def originals_vs_generated(curated: pd.DataFrame, n: int):
     rows = [[r.source_path, r.path] for r in picks.itertuples()]
     titles = [[f"{r.class_name} (original)", f"SGID, sim {r.similarity:.2f}"] for r in picks.itertuples()]
     return image_grid(rows, titles)
+
+
+def consistency_diversity(metrics: pd.DataFrame, variants: pd.DataFrame | None = None):
+    """The paper's two axes: each generated set of ``metrics`` (the quality stage's set_metrics) as a dot, the
+    ablation variants' curated sets (``ablation_set_metrics.csv``) as crosses, the real images' label score as a line."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    gen = metrics[metrics.set != "real (sources)"]
+    sns.scatterplot(gen, x="distance to source", y="label score", hue="set", style="kind", s=90, alpha=0.8, ax=ax)
+    if variants is not None:
+        ax.scatter(variants["distance to source"], variants["label score"], marker="x", color="black", s=50)
+        for name, x, y in zip(variants.Variant, variants["distance to source"], variants["label score"]):
+            ax.annotate(name, (x, y), fontsize=7)
+    real = metrics[metrics.set == "real (sources)"].iloc[0]
+    ax.axhline(real["label score"], color="grey", ls=":", label="real images' label score")
+    ax.set_xlabel("diversity: mean 1 - cosine to the source")
+    ax.set_ylabel("consistency: CLIP label score")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return fig

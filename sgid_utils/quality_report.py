@@ -6,24 +6,31 @@ Two tables beyond the paper's accuracy table:
   the curated set, the filtered one) on the paper's two axes, semantic consistency and
   diversity, from the CLIP embeddings curation saved;
 - ``per_class_change.csv``: per-class test accuracy of SGID at its largest proportion
-  against the Baseline (averaged over seeds), largest gain first.
+  against the Baseline (averaged over seeds), largest gain first;
+
+and the consistency-diversity figure of the first (with the ablation variants' curated sets when
+their profile has run), so the report page has it whether or not notebook 07 ran.
 
 The significance of every setting comes from the results stage (``results.load_significance``).
 """
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from .curation import class_prompt_embeddings, load_candidates, load_curated, load_embeddings, selections
 from .data import class_names
-from .io import write_table
+from .io import read_table, write_table
+from .plots import consistency_diversity, save_fig
 from .rundir import RunDir
 from .schema import Params
 from .set_metrics import consistency_metrics, source_distance, within_class_spread
 from .stats import per_class_change, setting_predictions
 from .training import load_predictions, load_results
+
+CONSISTENCY_DIVERSITY = "07_consistency_vs_diversity"
 
 
 def _chosen(candidates: pd.DataFrame, picked: pd.DataFrame) -> np.ndarray:
@@ -96,11 +103,26 @@ def class_changes(params: Params, images: pd.DataFrame, results: pd.DataFrame) -
                             [names[label] for label in sorted(names)])
 
 
+def load_set_metrics(params: Params) -> pd.DataFrame | None:
+    """The sets' consistency and diversity as the quality stage wrote them, or None before it has run."""
+    path = RunDir.of(params).table("set_metrics.csv")
+    return read_table(path) if path.exists() else None
+
+
+def load_variant_set_metrics(params: Params) -> pd.DataFrame | None:
+    """The ablation variants' curated sets on the two axes (written by ``run ablations``), if that has run."""
+    path = RunDir.of(params).table("ablation_set_metrics.csv")
+    return read_table(path) if path.exists() else None
+
+
 def run_quality_report(params: Params, images: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Write set_metrics.csv and per_class_change.csv to the reports' tables; return them."""
+    """Write set_metrics.csv, per_class_change.csv and the consistency-diversity figure; return the tables."""
     run = RunDir.of(params)
     out = {"set_metrics": set_metrics(params)}
     write_table(run.table("set_metrics.csv"), out["set_metrics"])
+    fig = consistency_diversity(out["set_metrics"], load_variant_set_metrics(params))
+    save_fig(fig, params, CONSISTENCY_DIVERSITY)
+    plt.close(fig)
     change = class_changes(params, images, load_results(params))
     if change is not None:
         out["per_class_change"] = change

@@ -47,6 +47,11 @@ def load_significance(params: Params) -> pd.DataFrame:
     return read_table(RunDir.of(params).significance_table)
 
 
+def load_accuracy_table(params: Params) -> pd.DataFrame:
+    """The accuracy table as the results stage wrote it (``summary_table``'s columns)."""
+    return read_table(RunDir.of(params).table("accuracy.csv"))
+
+
 def per_setting(results: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample std and count of test accuracy per setting, in method order (then proportion)."""
     grouped = results.groupby("setting").agg(method=("method", "first"), proportion=("proportion", "first"),

@@ -6,6 +6,7 @@ changing one property here. Layout (``<run>`` is ``run.dir``, ``<reports>`` is
 ``run.reports_dir``)::
 
     <run>/params.yaml                        the validated params of the last stage started
+    <run>/provenance/<stage>.json            when, on what machine and with which versions each stage last started
     <run>/data/                              images.parquet, skipped.csv, files/ (hub images)
     <run>/captions/                          items/<image>.json, captions.parquet
     <run>/similarity/                        items/, scores.parquet, best.parquet
@@ -15,7 +16,9 @@ changing one property here. Layout (``<run>`` is ``run.dir``, ``<reports>`` is
     <run>/training/                          <config>/{checkpoint.pt,metrics.csv,predictions.parquet,result.json},
                                              results.parquet
     <run>/results/                           significance.parquet
-    <reports>/tables/  <reports>/figures/  <reports>/notebooks/  <reports>/ablations/<variant>/
+    <reports>/index.html                     the run's report page (``sgid_utils.report``)
+    <reports>/tables/  <reports>/figures/  <reports>/notebooks/{NN_name.ipynb,NN_name.html}
+    <reports>/ablations/<variant>/
 
 Every stage folder with outputs holds ``_params.json``, the fingerprint of the params
 that made it (``sgid_utils.fingerprints``).
@@ -52,6 +55,10 @@ class RunDir:
     def assets_lock(self) -> Path:
         """Held while the smoke profile's tiny models and image folder are built (one process builds, others wait)."""
         return self.root / ".smoke-assets.lock"
+
+    def provenance(self, stage: str) -> Path:
+        """The record the runner writes as a stage starts (``sgid_utils.provenance``)."""
+        return self.root / "provenance" / f"{stage}.json"
 
     def stage(self, name: str) -> Path:
         """The folder a registered stage writes (its ``folder`` in the registry; KeyError for a stage without one)."""
@@ -163,20 +170,37 @@ class RunDir:
         return self.stage("results") / "significance.parquet"
 
     # --- reports --------------------------------------------------------------------------------------------------
+    @property
+    def tables(self) -> Path:
+        return self.reports / "tables"
+
     def table(self, name: str) -> Path:
         """A report table, e.g. ``table("accuracy.md")``."""
-        return self.reports / "tables" / name
+        return self.tables / name
+
+    @property
+    def figures(self) -> Path:
+        return self.reports / "figures"
 
     def figure(self, name: str) -> Path:
-        return self.reports / "figures" / f"{name}.png"
+        return self.figures / f"{name}.png"
 
     @property
     def notebooks(self) -> Path:
         """Executed copies of the numbered notebooks."""
         return self.reports / "notebooks"
 
-    def notebook(self, name: str) -> Path:
+    def executed_notebook(self, name: str) -> Path:
         return self.notebooks / f"{name}.ipynb"
+
+    def notebook_html(self, name: str) -> Path:
+        """An executed notebook rendered as HTML beside it, for the report page to link."""
+        return self.notebooks / f"{name}.html"
+
+    @property
+    def report_page(self) -> Path:
+        """The run's one HTML page (tables, figures, links to the rendered notebooks)."""
+        return self.reports / "index.html"
 
     def variant_reports(self, name: str) -> Path:
         return self.reports / "ablations" / name

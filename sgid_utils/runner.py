@@ -2,7 +2,7 @@
 
 ``run_stage(name, params)``: the run directory must be writable with room to spare, the
 smoke profile's assets are built if asked, the params are copied into the run
-directory, the data stage's table is made (or reused), the stage's fingerprint is
+directory, the stage's start is recorded (time, machine, versions: ``provenance``), the data stage's table is made (or reused), the stage's fingerprint is
 checked against its folder, and then the stage's function runs. Under a distributed
 launch every process runs its share and the main one assembles the stage's table.
 """
@@ -24,6 +24,7 @@ from accelerate import PartialState
 from .errors import StageError
 from .fingerprints import fingerprint
 from .io import check_fingerprint, write_text
+from .provenance import record_stage
 from .rundir import RunDir
 from .schema import Params
 from .smoke import ensure_smoke_assets
@@ -69,6 +70,7 @@ def run_stage(name: str, params: Params) -> Any:
     """Run one registered stage in this process; its result (usually its table), or None while shards work."""
     stage = get(name)
     prepare_run(params)
+    record_stage(params, name)
     check_stage(params, "data")
     images: pd.DataFrame = get("data").function(params)  # every stage reads the data stage's table
     if name == "data":

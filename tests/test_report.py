@@ -1,0 +1,171 @@
+"""The run's HTML page: built from the run's files, every reference resolves, its numbers are the tables' numbers."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlparse
+
+import nbformat
+import pandas as pd
+import pytest
+
+from sgid_utils.io import read_json, write_table
+from sgid_utils.params import load_params
+from sgid_utils.provenance import load_provenance, record_stage
+from sgid_utils.quality_report import CONSISTENCY_DIVERSITY, load_set_metrics
+from sgid_utils.report import build_report, differences_from_defaults
+from sgid_utils.results import load_accuracy_table
+from sgid_utils.rundir import RunDir
+from sgid_utils.stages import NAMES
+
+from .conftest import REPO, write_params
+
+
+class Page(HTMLParser):
+    """What a page references (img src, a href) and its tables by class: header and rows of cell texts."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+        self.refs: list[str] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table = self._row = self._cell = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.refs.append(attrs["src"])
+        elif tag == "a":
+            self.refs.append(attrs["href"])
+        elif tag == "table":
+            self._table = self.tables.setdefault(attrs.get("class", "").split()[-1], [])
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = ""
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append(self._cell.strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self._table.append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+    def frame(self, name: str) -> pd.DataFrame:
+        """A table of the page by its class; the first row is the header."""
+        header, *rows = self.tables[name]
+        return pd.DataFrame(rows, columns=header)
+
+
+@pytest.fixture(scope="module")
+def report_params(pipeline_run, assets, tmp_path_factory):
+    """A copy of the pipeline run (run dir and reports) with one executed notebook, so building the page
+    leaves the shared run as it was."""
+    params = load_params(write_params(tmp_path_factory.mktemp("report"), *assets))
+    src, dst = RunDir.of(pipeline_run), RunDir.of(params)
+    shutil.copytree(src.root, dst.root, symlinks=True)
+    shutil.copytree(src.reports, dst.reports)
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "print('executed')", execution_count=1, outputs=[nbformat.v4.new_output("stream", name="stdout", text="executed cell output\n")])])
+    dst.notebooks.mkdir(parents=True)
+    nbformat.write(notebook, dst.executed_notebook("06_results"))
+    return params
+
+
+@pytest.fixture(scope="module")
+def page(report_params) -> Page:
+    return Page(build_report(report_params).read_text())
+
+
+def test_every_image_and_link_of_the_page_exists(report_params, page):
+    run = RunDir.of(report_params)
+    local = [r for r in page.refs if not r.startswith("#") and not urlparse(r).scheme]
+    for ref in local:
+        assert (run.report_page.parent / ref).is_file(), ref
+    # the figures and the rendered notebook the page must show, linked relative to it
+    for figure in ("accuracy_by_method", CONSISTENCY_DIVERSITY, "originals_vs_sgid"):
+        assert f"figures/{figure}.png" in local
+    assert "notebooks/06_results.html" in local and "notebooks/06_results.ipynb" in local
+    assert "executed cell output" in run.notebook_html("06_results").read_text()
+    assert not any(Path(r).is_absolute() for r in local)  # the folder can be zipped and moved
+
+
+def _shown(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else (
+        f"{value:.4f}" if isinstance(value, float) else str(value))
+
+
+def test_the_page_numbers_are_the_run_tables(report_params, page):
+    accuracy = load_accuracy_table(report_params)
+    shown = page.frame("accuracy")
+    assert shown.Method.tolist() == accuracy.Method.tolist()
+    for column in shown.columns:
+        assert shown[column].tolist() == [_shown(v) for v in accuracy[column]], column
+    assert "mean" not in shown.columns  # the report's format: the numeric copies stay in the CSV
+    metrics = load_set_metrics(report_params)
+    shown = page.frame("set-metrics")
+    assert shown.columns.tolist() == metrics.columns.tolist()
+    for column in metrics.columns:
+        assert shown[column].tolist() == [_shown(v) for v in metrics[column]], column
+
+
+def test_provenance_and_settings_come_from_the_run(report_params, pipeline_run, page):
+    run = RunDir.of(pipeline_run)
+    records = [read_json(run.provenance(stage))["starts"] for stage in NAMES]  # the runner recorded every stage's start
+    shown = page.frame("provenance")
+    assert shown.stage.tolist() == NAMES
+    assert shown["first started"].tolist() == [r[0]["started"] for r in records]
+    assert shown.starts.tolist() == [str(len(r)) for r in records]
+    assert shown.torch.tolist() == [r[0]["torch"] for r in records]
+    first, last = min(r[0]["started"] for r in records), max(r[-1]["started"] for r in records)
+    assert f"stages started {first} to {last} (UTC)" in page.text  # the key facts' one line
+    settings = page.frame("settings").set_index("key")
+    assert settings.loc["training.epochs", "this run"] == "1" and settings.loc["training.epochs", "paper (schema default)"] == "10"
+    assert settings.loc["generation.num_candidates", "this run"] == "2"
+    assert not any(k.startswith(("results.", "run.name", "run.dir")) for k in settings.index)
+
+
+def test_every_start_of_a_stage_is_kept(make_params, monkeypatch):
+    params = make_params("prov")
+    record_stage(params, "captions")
+    monkeypatch.setenv("SGID_SHARD", "1/2")
+    record_stage(params, "captions")
+    starts = read_json(RunDir.of(params).provenance("captions"))["starts"]
+    assert [s["shard"] for s in starts] == ["-", "1/2"] and starts[0]["run.device"] == "cpu"
+    row = load_provenance(params, ["data", "captions"]).iloc[0]  # 'data' has no record: no row
+    assert (row.stage, row.starts, row["first started"]) == ("captions", 2, starts[0]["started"])
+    assert row.machine.startswith("CPU only") or " × " in row.machine
+
+
+def test_differences_from_the_paper_for_the_shipped_profiles():
+    pets = differences_from_defaults(load_params(REPO / "params" / "pets.yaml")).set_index("key")
+    # pets.yaml keeps the paper's generation and training recipe; it adds the filters and the filtered method
+    assert not any(k.startswith(("generation.", "captioning.", "models.")) for k in pets.index)
+    assert {"quality.filters", "training.methods"} <= set(pets.index)
+    smoke = differences_from_defaults(load_params(REPO / "params" / "smoke.yaml")).set_index("key")
+    assert smoke.loc["training.epochs", "this run"] == "2" and "models.diffusion" in smoke.index
+    assert "generation.strength" not in smoke.index  # smoke.yaml sets it, to the paper's 0.3
+
+
+def test_ablation_table_is_shown_when_the_profile_has_run(report_params, page):
+    assert "ablations" not in page.tables and "No ablation profile has run" in build_report(report_params).read_text()
+    table = pd.DataFrame([{"Variant": "label-only", "Changes": "generation.prompt=label_only", "Baseline": "0.5000 ± 0.1000 (n=2)",
+                           "SGID (100%)": "0.4000 ± 0.0500 (n=2)", "Δ (95% CI)": "-0.1000 [-0.3000, +0.1000]", "Significant": "no",
+                           "Baseline nearest to": "–"}])
+    path = write_table(RunDir.of(report_params).table("ablations.csv"), table)
+    try:
+        shown = Page(build_report(report_params).read_text()).frame("ablations")
+    finally:
+        path.unlink()
+    pd.testing.assert_frame_equal(shown, table.astype(str))
