@@ -20,14 +20,24 @@ from pathlib import Path
 
 import huggingface_hub
 import pandas as pd
+import timm.models
 from huggingface_hub.errors import CacheNotFound
 from packaging.requirements import Requirement
-from PIL import Image
 
+from .data import HUB_IDS
 from .errors import USER_ERRORS
 from .io import read_table, write_text
 from .models import create_classifier, resolve_device
-from .projection import Counts, disk_need_bytes, full_run_counts, gib, hms, images_per_config, project_seconds
+from .projection import (
+    disk_need_bytes,
+    full_run_counts,
+    gib,
+    hms,
+    images_per_config,
+    other_bytes,
+    png_bytes_per_pixel,
+    project_seconds,
+)
 from .rundir import RunDir
 from .runner import run_stage
 from .schema import Params
@@ -93,7 +103,7 @@ def _hub_check(name: str, repo_id: str, repo_type: str, key: str) -> Check:
     size = _cached(repo_id, repo_type)
     if size is not None:
         return Check(name, True, f"{repo_id} in the Hugging Face cache ({gib(size)})")
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
+    if huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         return Check(name, False, f"{repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE=1", fix)
     try:
         api = huggingface_hub.HfApi()
@@ -119,8 +129,6 @@ def check_model(params: Params, key: str) -> Check:
                      f"download the model into it or set models.{key} to a hub id")
     repo_id = ref
     if key == "classifier":  # a timm name: its weights live in the hub repo its pretrained config names
-        import timm.models
-
         try:
             repo_id = timm.models.get_pretrained_cfg(ref).hf_hub_id or f"timm/{ref}"
         except Exception:  # noqa: BLE001 - an unknown name is reported by the hub check below
@@ -135,8 +143,6 @@ def check_dataset(params: Params) -> Check:
         if not missing or params.smoke.build_dataset:
             return Check("dataset", True, f"image folder {ds.path}" + (" (built by the smoke profile)" if missing else ""))
         return Check("dataset", False, f"image folder(s) {', '.join(missing)} not found", "set dataset.path / dataset.test_path")
-    from .data import HUB_IDS
-
     hub_id = ds.hf_id or HUB_IDS[ds.source]
     if Path(hub_id).exists():
         return Check("dataset", True, f"local data set {hub_id}")
@@ -230,19 +236,6 @@ def _canary_items(canary: Params, stage: str, images: pd.DataFrame) -> int:
     return 1
 
 
-def canary_images_classes(canary: Params) -> int:
-    """Classes in the canary's data table (the classifier's head size when the full run's table does not exist)."""
-    return int(read_table(RunDir.of(canary).images_table, RunDir.of(canary).root).label.nunique())
-
-
-def png_bytes_per_pixel(canary: Params) -> float:
-    """Bytes per pixel of the canary's own generated PNGs (0 when it generated none)."""
-    run = RunDir.of(canary)
-    files = [p for s in ("generate", "upscale") for p in run.files(s) if p.suffix == ".png"]
-    pixels = sum(Image.open(p).size[0] * Image.open(p).size[1] for p in files)
-    return sum(p.stat().st_size for p in files) / pixels if pixels else 0.0
-
-
 def run_canary(params: Params, report: Preflight) -> tuple[Params, dict[str, float], dict[str, int]] | None:
     """Every registered stage on the canary params, timed; a stage that fails becomes a ✗ line and stops the canary."""
     canary = canary_params(params)
@@ -271,7 +264,7 @@ def run_canary(params: Params, report: Preflight) -> tuple[Params, dict[str, flo
 def _project(params: Params, report: Preflight, canary: Params, seconds: dict[str, float], items: dict[str, int]) -> None:
     run = RunDir.of(params)
     full = read_table(run.images_table, run.root) if run.images_table.exists() else None
-    counts: Counts = full_run_counts(params, full)
+    counts = full_run_counts(params, full)
     per_item = {s: seconds[s] / max(1, items[s]) for s in seconds}
     expected = project_seconds(per_item, counts)
     for stage in seconds:
@@ -280,15 +273,13 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
                             "full-run items": int(counts.items(stage)), "expected": hms(expected[stage]), "basis": basis})
     report.rows.append({"stage": "total (make reproduce, without ablations)", "canary items": "", "measured s/item": "",
                         "full-run items": "", "expected": hms(sum(expected.values())), "basis": ""})
-    bpp = png_bytes_per_pixel(canary)
     crun = RunDir.of(canary)
-    classes = full.label.nunique() if full is not None else int(canary_images_classes(canary))
-    n_params = sum(p.numel() for p in create_classifier(params.models.classifier, classes).parameters())
-    other = sum(f.stat().st_size for s in ("data", "captions", "similarity", "curate", "train", "results")
-                for f in crun.files(s) if f.suffix != ".png")
-    n_canary = max(1, items.get("captions", 1))
+    bpp = png_bytes_per_pixel(crun)
+    classes = (full if full is not None else read_table(crun.images_table)).label.nunique()
+    n_params = sum(p.numel() for p in create_classifier(params.models.classifier, int(classes)).parameters())
+    other = other_bytes(crun) / max(1, items.get("captions", 1))
     need = disk_need_bytes(bpp, params.generation.num_candidates, counts.raw_pixels, counts.small_pixels, n_params,
-                           other / n_canary, counts.train_images)
+                           other, counts.train_images)
     free = shutil.disk_usage(_existing(Path(params.run.dir))).free
     report.checks.append(Check("disk for the full run", free - need >= params.run.min_free_gb * 2**30,
                                f"needs ~{gib(need)} (PNG {bpp:.2f} B/px measured, {n_params:,} classifier parameters x 4 B x 3 "

@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from .generation import raw_pass
+from .rundir import RunDir
 from .schema import Params
 from .training import GENERATIVE, configs
 
@@ -116,6 +117,22 @@ def disk_need_bytes(bytes_per_pixel: float, k: int, raw_pixels: float, small_pix
     one checkpoint at a time (a finished configuration deletes its own), and the tables and records."""
     images = bytes_per_pixel * k * (raw_pixels + small_pixels)
     return images + checkpoint_bytes(n_params, optimizer_factor) + other_bytes_per_image * n_train
+
+
+def png_bytes_per_pixel(canary: RunDir) -> float:
+    """Bytes per pixel of a canary's own generated PNGs (0 when it generated none)."""
+    files = [p for stage in ("generate", "upscale") for p in canary.files(stage) if p.suffix == ".png"]
+    pixels = 0
+    for path in files:
+        with Image.open(path) as img:
+            pixels += img.width * img.height
+    return sum(p.stat().st_size for p in files) / pixels if pixels else 0.0
+
+
+def other_bytes(canary: RunDir) -> int:
+    """Bytes of a canary's files other than generated PNGs: hub image copies, records, tables, embeddings."""
+    stages = ("data", "captions", "similarity", "curate", "train", "results")
+    return sum(f.stat().st_size for stage in stages for f in canary.files(stage) if f.suffix != ".png")
 
 
 def hms(seconds: float) -> str:

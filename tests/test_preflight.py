@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import time
 
 from sgid_utils.cli import main
-from tests.conftest import REPO
 from sgid_utils.params import load_params
 from sgid_utils.preflight import canary_params, check_versions, preflight
 from sgid_utils.projection import Counts, checkpoint_bytes, disk_need_bytes, full_run_counts, images_per_config, project_seconds
 from sgid_utils.rundir import RunDir
+
+from .conftest import REPO
 
 
 def _failed(report) -> dict[str, str]:
@@ -72,7 +73,9 @@ def test_counts_from_split_sizes():
 def test_uncached_hub_id_fails_fast_offline(make_params):
     params = make_params()
     params.models.clip = "openai/clip-vit-base-patch32"  # never downloaded: conftest points HF_HOME at an empty folder
+    start = time.perf_counter()
     report = preflight(params)
+    assert time.perf_counter() - start < 15, "an offline check must not wait on the network"
     failed = _failed(report)
     assert list(failed) == ["models.clip"]
     assert "openai/clip-vit-base-patch32" in failed["models.clip"] and "hf download openai/clip-vit-base-patch32" in failed["models.clip"]
