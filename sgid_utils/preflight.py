@@ -99,7 +99,7 @@ def _cached(repo_id: str, repo_type: str) -> int | None:
 def _hub_check(name: str, repo_id: str, repo_type: str, key: str) -> Check:
     """A hub id: ✓ when cached or (online) on the Hub; offline and not cached: ✗ with the download command."""
     flag = " --repo-type dataset" if repo_type == "dataset" else ""
-    fix = f"hf download {repo_id}{flag} --local-dir DIR, then set {key} to DIR (or go online)"
+    fix = f"hf download {repo_id}{flag} --local-dir DIR, then set {key} (or go online)"
     size = _cached(repo_id, repo_type)
     if size is not None:
         return Check(name, True, f"{repo_id} in the Hugging Face cache ({gib(size)})")
@@ -133,7 +133,7 @@ def check_model(params: Params, key: str) -> Check:
             repo_id = timm.models.get_pretrained_cfg(ref).hf_hub_id or f"timm/{ref}"
         except Exception:  # noqa: BLE001 - an unknown name is reported by the hub check below
             repo_id = f"timm/{ref}"
-    return _hub_check(f"models.{key}", repo_id, "model", f"models.{key}" + (" (as local-dir:DIR)" if key == "classifier" else ""))
+    return _hub_check(f"models.{key}", repo_id, "model", f"models.{key} to {'local-dir:' if key == 'classifier' else ''}DIR")
 
 
 def check_dataset(params: Params) -> Check:
@@ -146,7 +146,7 @@ def check_dataset(params: Params) -> Check:
     hub_id = ds.hf_id or HUB_IDS[ds.source]
     if Path(hub_id).exists():
         return Check("dataset", True, f"local data set {hub_id}")
-    return _hub_check("dataset", hub_id, "dataset", "dataset.hf_id")
+    return _hub_check("dataset", hub_id, "dataset", "dataset.hf_id to DIR")
 
 
 def check_versions(constraints: Path = CONSTRAINTS) -> Check:
@@ -290,6 +290,8 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
         "for long stages) and the PNG bytes per pixel. Extrapolated: everything in the 'expected' column.",
         f"Generation ran at generation.batch_size {batch if batch else 'auto (from free GPU memory on CUDA, 1 on the CPU)'}, "
         f"on at most {items.get('generate', 0)} source(s): a full run's batches can be larger, so GPU figures are pessimistic.",
+        "Not in the total: the ablation profiles (make reproduce runs them after training; each variant repeats the stages "
+        "whose params it changes) and each notebook's kernel start-up.",
         "Items: captions/similarity/curate = training images; generate = raw-pass sources; upscale = sources under "
         "curation.upscale_threshold; train = images x epochs summed over configurations.",
     ]
