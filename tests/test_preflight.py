@@ -109,3 +109,12 @@ def test_version_mismatch_is_a_warning(tmp_path):
     pins.write_text("# comment\npytest==0.0.1\nnot-a-package-sgid==1.0\n")
     check = check_versions(pins)
     assert check.ok and "0/2" in check.detail and "pytest" in check.detail and "not-a-package-sgid not installed" in check.detail
+
+
+def test_cli_no_canary_passes_and_starts_nothing(make_params, capsys):
+    params = make_params()
+    assert main(["preflight", "--params", str(params.source_file), "--no-canary"]) == 0
+    out = capsys.readouterr().out
+    assert "✓ models.clip" in out and "✗" not in out and "## Projection" not in out
+    assert not RunDir.of(params).root.exists() and not RunDir.of(params).canary.root.exists()
+    assert RunDir.of(params).preflight_report.read_text().startswith("# Preflight")
