@@ -9,7 +9,7 @@ PARAMS ?= params/pets.yaml params/flowers.yaml
 # Offline, quiet, and a throwaway HF cache for the smoke profile and tests: nothing reaches for a hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install smoke reproduce ablations report lab test bench clean
+.PHONY: help install smoke preflight reproduce ablations report lab test bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,12 @@ NOTEBOOKS = $(addprefix notebooks/,$(addsuffix .ipynb,$(shell $(PY) -m sgid_util
 
 smoke: $(STAMP) ## Run every notebook and the ablations offline on params/smoke.yaml (tiny models, CPU); page reports/smoke/index.html
 	$(MAKE) --no-print-directory reproduce PARAMS=params/smoke.yaml RUN_ENV="$(OFFLINE)"
+
+# Before a long GPU run: checks that start nothing, then a canary of every stage on 2 images per class, and the
+# projected wall-clock and disk, for each params file `make reproduce` would run (PARAMS=params/smoke.yaml offline).
+# Every file is checked; the exit status is 1 when a check of any of them failed.
+preflight: $(STAMP) ## Check ids, versions, device and disk, run a tiny canary, project time and disk (reports/<run>/preflight.md)
+	status=0; for p in $(PARAMS); do $(RUN_ENV) $(PY) -m sgid_utils preflight --params $$p || status=1; done; exit $$status
 
 # Per data set: the notebooks of the stages up to training, its ablation profile if there is one, the
 # notebooks from the results stage on (which show the ablations), then the run's HTML page.
@@ -57,7 +63,7 @@ lab: $(STAMP) ## Open notebooks/ in JupyterLab with the project's kernel (instal
 test: $(STAMP) ## Unit tests, then every notebook under nbval on the smoke profile
 	$(OFFLINE) $(PY) -m pytest -q tests
 	rm -rf runs/nbval reports/nbval
-	$(OFFLINE) SGID_RUN_DIR=$(CURDIR)/runs/nbval SGID_REPORTS_DIR=$(CURDIR)/reports/nbval $(PY) -m pytest -q --nbval-lax --nbval-kernel-name python3 $(NOTEBOOKS)
+	$(OFFLINE) SGID_RUN_DIR=$(CURDIR)/runs/nbval SGID_REPORTS_DIR=$(CURDIR)/reports/nbval $(PY) -m pytest -q --nbval-lax --nbval-kernel-name python3 notebooks/00_preflight.ipynb $(NOTEBOOKS)
 
 bench: $(STAMP) ## Benchmark per-image vs batched stages on the CPU with the tiny models (bench/README.md for --arch real on a GPU)
 	$(OFFLINE) $(PY) bench/bench.py

@@ -3,7 +3,9 @@
 Runs stages through the same runner the notebooks call: what a cluster job,
 ``accelerate launch`` or a test that kills and resumes a stage uses. Also
 ``notebooks`` (papermill, in stage order), ``stages`` (the registry, for the Makefile),
-``report`` (the run's HTML page) and ``export`` (the curated set as a Hugging Face image folder).
+``report`` (the run's HTML page), ``export`` (the curated set as a Hugging Face image folder) and
+``preflight`` (checks, a canary and the projected wall-clock and disk; exit status 1 when a
+check fails, 2 for an unusable params file, like every command).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .errors import USER_ERRORS
 from .export import export_curated
 from .notebook import run_notebooks
 from .params import load_params, parse_override
+from .preflight import preflight
 from .report import build_report
 from .runner import run_all
 from .stages import NAMES, STAGES, notebooks
@@ -61,7 +64,18 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--notebooks", action="store_true", help="print the notebook of each stage, once each, in order")
     st.add_argument("--from-stage", choices=NAMES)
     st.add_argument("--to-stage", choices=NAMES)
+    pf = sub.add_parser("preflight", help="check ids, versions, device and disk, run a tiny canary, project time and disk")
+    pf.add_argument("--params", required=True)
+    pf.add_argument("--run-dir", help="override run.dir")
+    pf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key")
+    pf.add_argument("--no-canary", action="store_true", help="only the checks that start nothing (no stage, no model)")
     return parser
+
+
+def _preflight(params, canary: bool) -> int:
+    report = preflight(params, canary=canary)
+    print(report.markdown(), end="")
+    return 0 if report.ok else 1
 
 
 def _list_stages(args: argparse.Namespace) -> None:
@@ -88,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.run_dir:
             overrides["run.dir"] = str(Path(args.run_dir).resolve())
         params = load_params(args.params, overrides)
+        if args.command == "preflight":
+            return _preflight(params, not args.no_canary)
         if args.command == "report":
             print(f"[sgid] report: {build_report(params)}")
         elif args.command == "export":

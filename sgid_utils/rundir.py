@@ -19,6 +19,7 @@ changing one property here. Layout (``<run>`` is ``run.dir``, ``<reports>`` is
     <reports>/index.html                     the run's report page (``sgid_utils.report``)
     <reports>/tables/  <reports>/figures/  <reports>/notebooks/{NN_name.ipynb,NN_name.html}
     <reports>/ablations/<variant>/
+    <reports>/preflight.md  <reports>/preflight/{run,reports}/   the preflight report and its canary's scratch run
 
 Every stage folder with outputs holds ``_params.json``, the fingerprint of the params
 that made it (``sgid_utils.fingerprints``).
@@ -204,3 +205,18 @@ class RunDir:
 
     def variant_reports(self, name: str) -> Path:
         return self.reports / "ablations" / name
+
+    # --- preflight ------------------------------------------------------------------------------------------------
+    @property
+    def preflight_report(self) -> Path:
+        return self.reports / "preflight.md"
+
+    @property
+    def canary(self) -> RunDir:
+        """The preflight canary's scratch run: under the reports, never inside the user's run directory."""
+        return RunDir(self.reports / "preflight" / "run", self.reports / "preflight" / "reports")
+
+    def files(self, stage: str) -> list[Path]:
+        """Every file a stage folder holds (empty when it has none yet)."""
+        folder = self.stage(stage)
+        return [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []

@@ -1,0 +1,120 @@
+"""Preflight: the checks, the canary on the tiny models, and the projection arithmetic by hand."""
+
+from __future__ import annotations
+
+import time
+
+from sgid_utils.cli import main
+from sgid_utils.params import load_params
+from sgid_utils.preflight import canary_params, check_versions, preflight
+from sgid_utils.projection import Counts, checkpoint_bytes, disk_need_bytes, full_run_counts, images_per_config, project_seconds
+from sgid_utils.rundir import RunDir
+
+from .conftest import REPO
+
+
+def _failed(report) -> dict[str, str]:
+    return {c.name: c.line for c in report.checks if not c.ok}
+
+
+# The canary keeps the run's settings; fewer denoising steps keep this test's canary to seconds.
+FAST = {"generation": {"num_inference_steps": 4, "num_candidates": 2}}
+
+
+def test_smoke_preflight_passes_offline_with_canary(make_params):
+    params = make_params(**FAST)
+    report = preflight(params)
+    assert report.ok, "\n".join(c.line for c in report.checks)
+    stages = [r["stage"] for r in report.rows]
+    assert stages[:7] == ["data", "captions", "similarity", "generate", "upscale", "curate", "train"]
+    assert stages[-1].startswith("total")
+    assert any(c.name == "disk for the full run" and c.ok for c in report.checks)
+    text = RunDir.of(params).preflight_report.read_text()
+    assert "✓ canary" in text and "| generate" in text
+    assert not RunDir.of(params).root.exists(), "the canary must not write into the user's run directory"
+    canary = RunDir.of(params).canary
+    assert canary.images_table.exists() and list(canary.stage("train").glob("*/result.json"))
+
+
+def test_canary_params_shrink_the_run(make_params):
+    params = make_params()
+    canary = canary_params(params)
+    assert canary.dataset.max_per_class == 2 and canary.dataset.max_test_per_class == 2
+    assert canary.training.seeds == [0] and canary.training.epochs == 1 and canary.training.sgid_proportions == [1.0]
+    assert canary.training.methods == params.training.methods
+    assert RunDir.of(canary).root == RunDir.of(params).canary.root != RunDir.of(params).root
+
+
+def test_projection_formula_by_hand(make_params):
+    counts = Counts(train_images=100, raw_sources=40, small_sources=70, raw_pixels=40 * 250_000, small_pixels=70 * 100_000,
+                    train_image_epochs=3_000, source="hand")
+    seconds = project_seconds({"data": 2.0, "captions": 0.5, "generate": 3.0, "upscale": 2.0, "train": 0.01}, counts)
+    assert seconds == {"data": 2.0, "captions": 50.0, "generate": 120.0, "upscale": 140.0, "train": 30.0}
+    assert checkpoint_bytes(1_000_000) == 12_000_000  # 4 bytes x (weights + 2 Adam moments)
+    # 1.5 B/px x 3 candidates x (10 M + 7 M px) = 76.5 MB; + 12 MB checkpoint; + 100 images x 1 kB
+    assert disk_need_bytes(1.5, 3, counts.raw_pixels, counts.small_pixels, 1_000_000, 1_000, 100) == 76_500_000 + 12_000_000 + 100_000
+    # Training images per configuration: baseline 10; SGID 50 % adds 5, 100 % adds 10 (one curated image per source).
+    params = make_params(training={"methods": ["baseline", "sgid"], "seeds": [0], "sgid_proportions": [0.5, 1.0]})
+    assert images_per_config(params, 10) == [10, 15, 20]
+
+
+def test_counts_from_split_sizes():
+    params = load_params(REPO / "params/pets.yaml")
+    counts = full_run_counts(params)
+    assert counts.train_images == 3680 and counts.small_sources == 3312  # 90 % assumed small
+    assert counts.raw_sources == 3680 - 3312 + 5 * 37
+    # 5 methods: 3 plain x 3680 + SGID 25/50/75/100 % + filtered 100 %, 3 seeds, 10 epochs
+    extra = sum(int(p * 3680 + 0.5) for p in (0.25, 0.5, 0.75, 1.0, 1.0))
+    assert counts.train_image_epochs == 10 * 3 * (8 * 3680 + extra)
+    flowers = full_run_counts(load_params(REPO / "params/flowers.yaml"))
+    assert flowers.train_images == 2040 and flowers.small_sources == 2040 and flowers.raw_sources == 510
+
+
+def test_uncached_hub_id_fails_fast_offline(make_params):
+    params = make_params()
+    params.models.clip = "openai/clip-vit-base-patch32"  # never downloaded: conftest points HF_HOME at an empty folder
+    start = time.perf_counter()
+    report = preflight(params)
+    assert time.perf_counter() - start < 15, "an offline check must not wait on the network"
+    failed = _failed(report)
+    assert list(failed) == ["models.clip"]
+    assert "openai/clip-vit-base-patch32" in failed["models.clip"] and "hf download openai/clip-vit-base-patch32" in failed["models.clip"]
+    assert not report.rows and not RunDir.of(params).root.exists()
+    assert not RunDir.of(params).canary.root.exists(), "no stage may start after a failed check"
+
+
+def test_uncached_hub_dataset_names_repo_type(make_params):
+    params = make_params(dataset={"source": "pets", "path": None, "test_path": None})
+    failed = _failed(preflight(params, canary=False))
+    assert "hf download timm/oxford-iiit-pet --repo-type dataset" in failed["dataset"]
+
+
+def test_unwritable_run_dir_and_full_disk_are_lines_not_tracebacks(make_params, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    params = make_params("unwritable", run={"dir": str(blocker / "run")})
+    failed = _failed(preflight(params))
+    assert list(failed) == ["run.dir writable"] and "cannot write" in failed["run.dir writable"]
+
+    roomy = make_params("full-disk")
+    code = main(["preflight", "--params", str(roomy.source_file), "--set", "run.min_free_gb=1000000"])
+    out = capsys.readouterr()
+    assert code == 1 and "Traceback" not in out.err + out.out
+    assert "✗ free disk" in out.out and "run.min_free_gb 1e+06" in out.out and "fix:" in out.out
+    assert not RunDir.of(roomy).root.exists()
+
+
+def test_version_mismatch_is_a_warning(tmp_path):
+    pins = tmp_path / "constraints.txt"
+    pins.write_text("# comment\npytest==0.0.1\nnot-a-package-sgid==1.0\n")
+    check = check_versions(pins)
+    assert check.ok and "0/2" in check.detail and "pytest" in check.detail and "not-a-package-sgid not installed" in check.detail
+
+
+def test_cli_no_canary_passes_and_starts_nothing(make_params, capsys):
+    params = make_params()
+    assert main(["preflight", "--params", str(params.source_file), "--no-canary"]) == 0
+    out = capsys.readouterr().out
+    assert "✓ models.clip" in out and "✗" not in out and "## Projection" not in out
+    assert not RunDir.of(params).root.exists() and not RunDir.of(params).canary.root.exists()
+    assert RunDir.of(params).preflight_report.read_text().startswith("# Preflight")
