@@ -1,11 +1,11 @@
 """The import-time version check: below, at and above a bound, a missing library, the message and the escape hatch."""
 
 import json
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 from sgid_utils.errors import VersionError
