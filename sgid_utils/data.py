@@ -128,7 +128,7 @@ def _hub_items(params: Params) -> tuple[list[str], list[_Item], list[dict]]:
     try:
         loaded = {name: datasets.load_dataset(hub_id, split=name) for name in splits}
     except Exception as exc:  # noqa: BLE001 - turned into one clear message
-        raise model_load_error(hub_id, "data set", exc, what="dataset.hf_id") from None
+        raise model_load_error(hub_id, "data set", exc, what="dataset.hf_id", repo_type="dataset") from None
     first = next(iter(loaded.values()))
     for col in (ds_params.image_column, ds_params.label_column):
         if col not in first.column_names:

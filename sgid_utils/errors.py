@@ -27,4 +27,8 @@ class StaleOutputsError(RuntimeError):
     """A stage folder was produced with different params than the ones now in force."""
 
 
+class VersionError(ImportError):
+    """An installed library is outside the range sgid was tested with; raised when sgid_utils is imported."""
+
+
 USER_ERRORS = (ParamsError, DatasetError, ModelLoadError, StageError, StaleOutputsError, FileNotFoundError)

@@ -20,7 +20,9 @@ from .errors import ModelLoadError
 from .schema import Params
 
 
-def model_load_error(ref: str, stage: str, exc: BaseException, what: str = "models.*") -> ModelLoadError:
+def model_load_error(ref: str, stage: str, exc: BaseException, what: str = "models.*",
+                     repo_type: str = "model") -> ModelLoadError:
+    """One actionable message for a model or hub data set that cannot be loaded (``repo_type``: model or dataset)."""
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(exc).lower() or "offline" in str(exc).lower()
     hint = (
         "This machine may be offline (no access to the Hugging Face Hub). "
@@ -30,7 +32,8 @@ def model_load_error(ref: str, stage: str, exc: BaseException, what: str = "mode
     return ModelLoadError(
         f"Could not load '{ref}' for the {stage} stage ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
         f"{hint}Check the id for typos and that you accepted any licence on the Hub; or download it once "
-        f"(huggingface-cli download {ref} --local-dir DIR) and set {what} to that folder; "
+        f"(hf download {ref}{' --repo-type dataset' if repo_type == 'dataset' else ''} --local-dir DIR) and set {what} "
+        "to that folder; "
         "or run the offline smoke profile, params/smoke.yaml."
     )
 
