@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+from sgid_utils.checks import check_versions
 from sgid_utils.cli import main
 from sgid_utils.params import load_params
-from sgid_utils.preflight import canary_params, check_versions, preflight
+from sgid_utils.preflight import canary_params, preflight
 from sgid_utils.projection import Counts, checkpoint_bytes, disk_need_bytes, full_run_counts, images_per_config, project_seconds
 from sgid_utils.rundir import RunDir
 
@@ -118,3 +119,14 @@ def test_cli_no_canary_passes_and_starts_nothing(make_params, capsys):
     assert "✓ models.clip" in out and "✗" not in out and "## Projection" not in out
     assert not RunDir.of(params).root.exists() and not RunDir.of(params).canary.root.exists()
     assert RunDir.of(params).preflight_report.read_text().startswith("# Preflight")
+
+
+def test_a_colab_run_dir_outside_drive_is_flagged():
+    from pathlib import Path
+
+    from sgid_utils.checks import check_persistent
+
+    assert not check_persistent(Path("/content/runs/pets")).ok
+    assert "drive.mount" in check_persistent(Path("/content/runs/pets")).fix
+    assert check_persistent(Path("/content/drive/MyDrive/sgid/pets")).ok
+    assert check_persistent(Path("/tmp/runs/pets")).ok
