@@ -38,7 +38,7 @@ def version_problems(reqs: list[Requirement], installed: Callable[[str], str] = 
         try:
             version = installed(req.name)
         except metadata.PackageNotFoundError:
-            problems.append(f"{req.name} is not installed (needs {req.name}{req.specifier})")
+            problems.append(f"{req.name} not installed (needs {req.name}{req.specifier})")
             continue
         if req.specifier and not req.specifier.contains(version, prereleases=True):
             problems.append(f"{req.name} {version} is installed; sgid needs {req.name}{req.specifier}")

@@ -29,7 +29,7 @@ def test_below_at_and_above_the_lower_bound():
     below = version_problems(reqs, _installed({"diffusers": "0.30.0", "transformers": "6.0.0"}))
     assert below == ["diffusers 0.30.0 is installed; sgid needs diffusers>=0.36",
                      "transformers 6.0.0 is installed; sgid needs transformers<6,>=5",
-                     "pyyaml is not installed (needs pyyaml>=6)"]
+                     "pyyaml not installed (needs pyyaml>=6)"]
 
 
 def test_the_message_names_each_library_and_the_fix(monkeypatch):
