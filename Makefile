@@ -9,7 +9,7 @@ PARAMS ?= params/pets.yaml params/flowers.yaml
 # Offline, quiet, and a throwaway HF cache for the smoke profile and tests: nothing reaches for a hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install smoke preflight reproduce ablations report lab test bench check-lower-bounds clean
+.PHONY: help install smoke preflight reproduce ablations backbones report lab test bench check-lower-bounds clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,15 @@ reproduce: $(STAMP) ## Run every notebook and ablation profile for each params f
 
 ablations: $(STAMP) ## Run the ablation profiles alone (PARAMS=params/pets.yaml -> params/pets_ablations.yaml)
 	for p in $(PARAMS); do $(PY) -m sgid_utils run ablations --params $${p%.yaml}_ablations.yaml || exit 1; done
+
+# The paper's whole claim: params/<name>_backbones.yaml trains ResNet-50 (scratch), ViT-B/16 and CLIP-ViT with every
+# method on the generated images of the main run (run.reuse: run the main profile first), all its notebooks (the
+# stages before training are linked, not recomputed) and its page.
+backbones: $(STAMP) ## Train the three backbones and the combined methods (PARAMS=params/pets.yaml -> params/pets_backbones.yaml)
+	for p in $(PARAMS); do b=$${p%.yaml}_backbones.yaml; \
+	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$b || exit 1; \
+	  $(RUN_ENV) $(PY) -m sgid_utils report --params $$b || exit 1; \
+	done
 
 report: $(STAMP) ## Write reports/<run>/index.html for each params file from its tables, figures and notebooks (no server needed)
 	for p in $(PARAMS); do $(PY) -m sgid_utils report --params $$p || exit 1; done

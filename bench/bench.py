@@ -10,6 +10,10 @@ Stages:
   get the same prompt embeddings, scales f(s*) and seeds; prompt encoding is left
   out of both. Also reported: the FLOP floor, the time the counted FLOPs of one
   generated image take at the device's peak, as a fraction of the measured time.
+- controlnet: the same two paths under ``generation.generator: controlnet`` (SD img2img
+  with a Canny-edge ControlNet, each source's edge map from ``edges.canny_edges``): the
+  ControlNet pipeline once per source against the batched loop with the ControlNet's
+  residuals. The edge maps are computed once, outside the timing, as the stage does.
 - captioning: BLIP's 10 nucleus-sampled and 10 beam-search captions of each image,
   one image per ``generate`` call (the report's way) against ``captioning``'s
   batched calls (a batch of images per call, each image's sampling seeded by itself).
@@ -41,6 +45,7 @@ import huggingface_hub
 import numpy as np
 import torch
 import transformers
+from diffusers import StableDiffusionControlNetImg2ImgPipeline
 from PIL import Image
 from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
@@ -48,11 +53,12 @@ from torch.utils.data import DataLoader
 from sgid_utils import builders
 from sgid_utils.batched import generate_many
 from sgid_utils.captioning import beam_captions, nucleus_captions, pixel_inputs
+from sgid_utils.edges import canny_edges
 from sgid_utils.flops import img2img_flops
 from sgid_utils.generation import PromptEncoder, generate_candidates
 from sgid_utils.guidance import guidance_scale
 from sgid_utils.image_cache import CachedImages, ImageCache
-from sgid_utils.models import create_classifier, load_captioner, load_clip, load_img2img, resolve_dtype
+from sgid_utils.models import create_classifier, load_captioner, load_clip, load_controlnet_img2img, load_img2img, resolve_dtype
 from sgid_utils.prompts import build_prompt
 from sgid_utils.schema import CaptioningParams, GenerationParams, TrainingParams
 from sgid_utils.seeding import derive_seed
@@ -122,17 +128,30 @@ def table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
-    gen = GenerationParams()
+def generation_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path, controlnet: bool):
+    """The tiny models through sgid_utils.models (as the smoke profile loads them), or the real architectures."""
     if args.arch == "tiny":
-        builders.save_tiny("diffusion", workdir / "sd")
-        pipe = load_img2img(str(workdir / "sd"), str(device), dtype)
-    else:
-        with torch.device(device):
-            pipe = builders.stable_diffusion("real")
-        pipe.to(device, dtype)
+        for family, folder in (("diffusion", "sd"), ("controlnet", "controlnet")):
+            if not (workdir / folder).exists() and (controlnet or family == "diffusion"):
+                builders.save_tiny(family, workdir / folder)
+        if controlnet:
+            return load_controlnet_img2img(str(workdir / "sd"), str(workdir / "controlnet"), str(device), dtype)
+        return load_img2img(str(workdir / "sd"), str(device), dtype)
+    with torch.device(device):
+        pipe = builders.stable_diffusion("real")
+        if controlnet:
+            pipe = StableDiffusionControlNetImg2ImgPipeline.from_pipe(pipe, controlnet=builders.controlnet("real"))
+    return pipe.to(device, dtype)
+
+
+def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path,
+                     controlnet: bool = False) -> tuple[float, float]:
+    gen = GenerationParams()
+    pipe = generation_pipeline(args, device, dtype, workdir, controlnet)
     width, height = args.size
     images = source_images(args.n_images, width, height)
+    cn = gen.controlnet
+    edges = [canny_edges(image, cn.low_threshold, cn.high_threshold) for image in images] if controlnet else None
     rng = np.random.default_rng(0)
     encode = PromptEncoder(pipe)
     prompts = [encode(build_prompt(" ".join(rng.choice(WORDS, 8)), LABELS[i % len(LABELS)], gen), gen.negative_prompt)
@@ -144,10 +163,12 @@ def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torc
 
     def per_image() -> None:
         for i, image in enumerate(images):
-            generate_candidates(pipe, embeds[i], negatives[i], image, scales[i], args.strength, args.steps, seeds[i])
+            generate_candidates(pipe, embeds[i], negatives[i], image, scales[i], args.strength, args.steps, seeds[i],
+                                edges[i] if edges else None, cn.conditioning_scale)
 
     def batched() -> None:
-        generate_many(pipe, images, embeds, negatives, scales, args.strength, args.steps, seeds, batch_size=args.batch_size)
+        generate_many(pipe, images, embeds, negatives, scales, args.strength, args.steps, seeds, batch_size=args.batch_size,
+                      control_images=edges, conditioning_scale=cn.conditioning_scale)
 
     seconds = best_times({"per-image": per_image, "batched": batched}, args.repeats, device)
     n_out = args.n_images * args.k
@@ -156,19 +177,20 @@ def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torc
     unet_steps = len(pipe.get_timesteps(args.steps, args.strength, "cpu")[0])
     model_h, model_w = pipe.image_processor.get_default_height_width(images[0])
     flops = img2img_flops(pipe, model_h, model_w, prompt_length=embeds[0].shape[1])
-    per_output = unet_steps * flops["unet_cfg_pair"] + flops["vae_encode"] + flops["vae_decode"]
+    per_output = unet_steps * (flops["unet_cfg_pair"] + flops.get("controlnet_cfg_pair", 0)) + flops["vae_encode"] + flops["vae_decode"]
     peak, peak_source = (args.peak_tflops * 1e12, "--peak-tflops") if args.peak_tflops else peak_flops(device, dtype)
     floor = per_output / peak
 
-    print(f"\n== generation: arch {args.arch}, {where(device)} {str(dtype).removeprefix('torch.')}, {model_w}x{model_h} px, "
+    print(f"\n== {'controlnet' if controlnet else 'generation'}: arch {args.arch}, {where(device)} {str(dtype).removeprefix('torch.')}, {model_w}x{model_h} px, "
           f"{args.n_images} sources x k={args.k}, strength {args.strength} of {args.steps} steps = {unet_steps} UNet steps "
           f"({type(pipe.scheduler).__name__}), batch {args.batch_size} sources, best of {args.repeats}")
     rows = [("path", "seconds", "img/s", "ms/img", "fraction of floor")]
     for name, s in seconds.items():
         rows.append((name, f"{s:.3f}", f"{n_out / s:.3g}", f"{1e3 * s / n_out:.1f}", f"{floor / (s / n_out):.2%}"))
     print(table(rows))
-    print(f"FLOPs per generated image: {per_output / 1e12:.4g} TFLOP = {unet_steps} x UNet CFG pair "
-          f"{flops['unet_cfg_pair'] / 1e12:.4g} + VAE encode {flops['vae_encode'] / 1e12:.4g} + decode "
+    with_controlnet = f" + ControlNet CFG pair {flops['controlnet_cfg_pair'] / 1e12:.4g})" if controlnet else ""
+    print(f"FLOPs per generated image: {per_output / 1e12:.4g} TFLOP = {unet_steps} x {'(' * controlnet}UNet CFG pair "
+          f"{flops['unet_cfg_pair'] / 1e12:.4g}{with_controlnet} + VAE encode {flops['vae_encode'] / 1e12:.4g} + decode "
           f"{flops['vae_decode'] / 1e12:.4g}; peak {peak / 1e12:.4g} TFLOP/s ({peak_source}): floor {1e3 * floor:.3g} ms/img")
     return n_out / seconds["per-image"], n_out / seconds["batched"]
 
@@ -238,7 +260,7 @@ def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.
         builders.save_tiny("classifier", workdir / "vit")
         model = create_classifier(f"local-dir:{workdir / 'vit'}", num_classes)
     else:
-        model = builders.vit("real", num_classes)
+        model = builders.classifier(builders.VIT_B16, "real", num_classes)
     model = model.to(device).train()
     data_cfg = resolve_data_config({}, model=model)
     size = data_cfg["input_size"][-1]
@@ -276,9 +298,13 @@ def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.
     return len(paths) / seconds["decode each epoch"], len(paths) / seconds["cached"]
 
 
-STAGES = {"generation": bench_generation, "captioning": bench_captioning, "similarity": bench_similarity,
-          "training": bench_training}
-DEFAULT_STAGES = ["generation", "captioning", "similarity"]
+def bench_controlnet(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
+    return bench_generation(args, device, dtype, workdir, controlnet=True)
+
+
+STAGES = {"generation": bench_generation, "controlnet": bench_controlnet, "captioning": bench_captioning,
+          "similarity": bench_similarity, "training": bench_training}
+DEFAULT_STAGES = ["generation", "controlnet", "captioning", "similarity"]
 # The two paths of each stage, as the summary lines name them.
 PATHS = {"training": ("decode each epoch", "cached")}
 

@@ -3,7 +3,8 @@
 An ablation profile (``params/*_ablations.yaml``) extends a data set's params file and
 lists variants, each a set of overrides of the generation stage: a label-only prompt
 (the Real-Guidance-style baseline), a caption-only prompt, a fixed guidance scale
-instead of f(s*), other strengths on a subset. Each variant is its own run directory,
+instead of f(s*), other strengths on a subset, the ControlNet generator (SGID + ControlNet) at the
+paper's strength and above. Each variant is its own run directory,
 ``<run.dir>-<name>``, trained with the same seeds as Baseline and SGID at 100 %, so
 every row carries its own mean ± std and its own paired comparison to its Baseline.
 Captions, similarity and the Baseline runs are shared with the base run, or with a variant
@@ -13,8 +14,6 @@ run before, through symbolic links when the variant leaves what they depend on u
 
 from __future__ import annotations
 
-import os
-
 import pandas as pd
 
 from .errors import ParamsError, StageError
@@ -22,45 +21,34 @@ from .fingerprints import fingerprint
 from .io import read_json, read_table, write_table
 from .params import load_params
 from .quality_report import CURATED, set_metrics
-from .results import format_delta, format_mean_std, load_significance, per_setting
+from .results import format_delta, format_mean_std, load_significance, per_setting, primary
 from .resumable import shard
 from .rundir import RunDir
 from .runner import run_stage
 from .schema import Params
+from .sharing import link, link_stages
 from .stages import between, upstream_closure
-from .training import TrainConfig, load_results
+from .training import TrainConfig, backbones, load_results
 
 # The stages before curation: shared while their params are unchanged (a selection-rule variant reuses the
 # generated images; a prompt variant only the captions and scores).
 SHARED_STAGES = upstream_closure("curate")[:-1]
+# What a strength / generator sweep variant may change (notebook 07 tabulates those by strength and generator).
+SWEEP_KEYS = {"generation.strength", "generation.generator", "models.controlnet", "dataset.max_per_class"}
 
 
 def variant_params(params: Params, name: str, overrides: dict) -> Params:
-    """The params of one variant: the base file with its overrides, in its own run directory."""
+    """The params of one variant: the base file with its overrides, in its own run directory, trained as Baseline
+    and SGID (100 %) on the first backbone only (a variant changes generation, not the classifier)."""
     run = RunDir.of(params)
     sets = {**overrides, "run.dir": str(run.variant_root(name)), "run.name": f"{params.run.name}-{name}",
             "run.reports_dir": str(run.variant_reports(name)),
-            "training.methods": ["baseline", "sgid"], "training.sgid_proportions": [1.0]}
+            "training.methods": ["baseline", "sgid"], "training.sgid_proportions": [1.0],
+            "training.backbones": [b.model_dump(mode="json") for b in params.training.backbones[:1]],
+            "smoke.tiny_backbones": {k: v for k, v in params.smoke.tiny_backbones.items()
+                                     if k in [b.name for b in params.training.backbones[:1]]},
+            "results.headline": None}  # the per-backbone gains belong to the base run
     return load_params(params.source_file, sets)
-
-
-def _link(src, dst) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(src.resolve(), dst, target_is_directory=True)
-
-
-def share_upstream(base: Params, variant: Params) -> list[str]:
-    """Link the base run's stage folders into the variant, in order, while they were made with the same params."""
-    have, want = RunDir.of(base), RunDir.of(variant)
-    linked = []
-    for stage in SHARED_STAGES:
-        if want.stage(stage).exists() or not have.fingerprint(stage).exists():
-            continue
-        if read_json(have.fingerprint(stage)) != fingerprint(variant, stage):
-            break  # a later stage depends on this one: stop sharing here
-        _link(have.stage(stage), want.stage(stage))
-        linked.append(stage)
-    return linked
 
 
 def share_baselines(base: Params, variant: Params) -> list[str]:
@@ -77,20 +65,20 @@ def share_baselines(base: Params, variant: Params) -> list[str]:
         return []
     linked = []
     for seed in variant.training.seeds:
-        name = TrainConfig("baseline", seed).name
+        name = TrainConfig("baseline", seed, backbone=backbones(variant)[0].name).name
         if have.result(name).exists() and not want.config_dir(name).exists():
-            _link(have.config_dir(name), want.config_dir(name))
+            link(have.config_dir(name), want.config_dir(name))
             linked.append(name)
     return linked
 
 
 def ablation_row(name: str, changes: dict, variant: Params) -> dict[str, str]:
     """One line of the ablation table: the variant's Baseline and SGID at 100 %, and their paired difference."""
-    results = load_results(variant)
+    results = primary(variant, load_results(variant))
     acc = per_setting(results)
     baseline = acc[acc.method == "baseline"].index[0]
     sgid = acc[(acc.method == "sgid") & (acc.proportion == 1.0)].index[0]
-    sig = load_significance(variant).set_index("setting").loc[sgid]
+    sig = primary(variant, load_significance(variant)).set_index("setting").loc[sgid]
 
     def cell(setting: str) -> str:
         return format_mean_std(acc.loc[setting, "mean"], acc.loc[setting, "std"], int(acc.loc[setting, "count"]))
@@ -126,13 +114,13 @@ def run_ablations(params: Params) -> pd.DataFrame:
     sets = [curated_set_metrics(params, "base run")] if RunDir.of(params).candidates_table.exists() else []
     for ablation, variant in variants:
         for earlier in finished:  # the first run made with the same upstream params is linked
-            share_upstream(earlier, variant)
+            link_stages(RunDir.of(earlier), variant, SHARED_STAGES)
             share_baselines(earlier, variant)
         for stage in between("captions", "results"):
             run_stage(stage.name, variant)
         finished.append(variant)
-        rows.append(ablation_row(ablation.name, ablation.set, variant))
-        sets.append(curated_set_metrics(variant, ablation.name))
+        rows.append(ablation_row(ablation.label or ablation.name, ablation.set, variant))
+        sets.append(curated_set_metrics(variant, ablation.label or ablation.name, ablation.set))
     table = pd.DataFrame(rows)
     run = RunDir.of(params)
     write_table(run.table("ablations.csv"), table)
@@ -147,7 +135,14 @@ def load_ablation_table(params: Params) -> pd.DataFrame | None:
     return read_table(path) if path.exists() else None
 
 
-def curated_set_metrics(params: Params, name: str) -> dict:
-    """The curated set of one run on the consistency and diversity axes, for notebook 07's plot of the variants."""
+def curated_set_metrics(params: Params, name: str, changes: dict | None = None) -> dict:
+    """The curated set of one run on the consistency and diversity axes, with the generator and strength that made
+    it, for notebook 07's plot of the variants (SGID + ControlNet beside plain SGID at each strength).
+
+    ``sweep``: the variant changes only the generator, its settings, the strength and the subset, so notebook 07's
+    strength-by-generator table compares like with like (not a prompt or guidance variant at the same strength).
+    """
     row = set_metrics(params).set_index("set").loc[CURATED].drop("kind")
-    return {"Variant": name, **row.to_dict()}
+    sweep = bool(changes) and all(k in SWEEP_KEYS or k.startswith("generation.controlnet.") for k in changes)
+    return {"Variant": name, "generator": params.generation.generator, "strength": params.generation.strength,
+            "sweep": sweep, **row.to_dict()}

@@ -30,8 +30,7 @@ from typing import Any, Literal
 
 import timm
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
-from timm.models import VisionTransformer
+from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
 from transformers import (
     BertTokenizer,
     BlipConfig,
@@ -90,6 +89,8 @@ CLIP_B32_VISION: dict[str, Any] = dict(
     hidden_act="quick_gelu",
 )
 VIT_B16 = "vit_base_patch16_224.orig_in21k"
+RESNET50 = "resnet50"
+CLIP_VIT_B16 = "vit_base_patch16_clip_224.laion2b"
 
 # The tiny configs; vocab sizes and token ids come from the tokenizers.
 _TINY_LAYERS: dict[str, Any] = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
@@ -120,7 +121,14 @@ _SD: dict[Size, tuple[dict[str, Any], ...]] = {
     "real": (SD15_UNET, SD15_VAE, SD15_TEXT_ENCODER, SD15_SCHEDULER),
 }
 # timm keyword arguments over VIT_B16's own (save_for_hf writes them to the tiny model's config).
-_VIT: dict[Size, dict[str, Any]] = {"tiny": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), "real": {}}
+_TINY_VIT: dict[str, Any] = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+# Each classifier's tiny size, per timm architecture (a ViT's width, a ResNet's bottleneck stages); "real" is timm's own.
+_TINY_CLASSIFIER: dict[str, dict[str, Any]] = {
+    "vit_base_patch16_224": _TINY_VIT,
+    "vit_base_patch16_clip_224": _TINY_VIT,
+    "resnet50": dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64)),
+}
+TINY_CLASSIFIER_SIDE = 32
 
 # Small word list: enough for BLIP to emit caption-like text, with compel's special characters in it.
 _WORDS = (
@@ -219,12 +227,54 @@ def stable_diffusion(size: Size) -> StableDiffusionImg2ImgPipeline:
     return pipe
 
 
-def vit(size: Size, num_classes: int = 0) -> VisionTransformer:
-    """The classifier (real: ViT-B/16 at 224 px) with a ``num_classes`` head (0: none), random weights."""
-    model = timm.create_model(VIT_B16, pretrained=False, num_classes=num_classes, **_VIT[size])
-    # timm.data.resolve_data_config reads the input size from here: make it the size the model was built for.
-    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, *model.patch_embed.img_size), "num_classes": num_classes}
+# ControlNet's conditioning encoder downsamples the control image by 2 per block after the first, to the latent size:
+# SD 1.5's (the canny checkpoints') for its 8x VAE, a shorter one for the tiny 4x VAE.
+_CONTROLNET_EMBEDDING: dict[Size, tuple[int, ...]] = {"tiny": (8, 16, 32), "real": (16, 32, 96, 256)}
+
+
+def controlnet(size: Size) -> ControlNetModel:
+    """A ControlNet derived from the SD UNet of this size (as the canny ControlNets were from SD's), random weights.
+
+    Built first after the same seed, the UNet is the one ``stable_diffusion(size)`` builds, so the tiny
+    ControlNet's encoder starts as a copy of the tiny SD UNet's, as a real one starts from SD 1.5's.
+
+    ``from_unet`` zero-initialises the conditioning encoder's last conv and every residual output conv
+    (the ControlNet paper's "zero convolutions"): such a ControlNet adds exactly zero to the UNet and
+    ignores its control image, so no test could see whether the edge map is used. The tiny one gets a
+    seeded He-normal init in those convs and in the rest of the conditioning encoder instead: variance-
+    preserving through its SiLU stack, the edge map then moves the tiny outputs by ~0.1 (on [0, 1]); with
+    PyTorch's default init it moved them by ~2e-4, too close to float noise. Speed (``real``) does not care.
+    """
+    net = ControlNetModel.from_unet(UNet2DConditionModel(**_SD[size][0]), conditioning_embedding_out_channels=_CONTROLNET_EMBEDDING[size])
+    if size == "tiny":
+        encoder = [m for m in net.controlnet_cond_embedding.modules() if isinstance(m, torch.nn.Conv2d)]
+        for conv in [*encoder, *net.controlnet_down_blocks, net.controlnet_mid_block]:
+            torch.nn.init.kaiming_normal_(conv.weight)
+            torch.nn.init.zeros_(conv.bias)
+    return net.eval()
+
+
+def classifier(name: str, size: Size, num_classes: int = 0) -> torch.nn.Module:
+    """Any backbone timm knows (ResNet-50, CLIP ViT-B/16, ...) at tiny or real size, random weights, with the
+    pretrained config of ``name`` (so its preprocessing: mean, std) and, tiny, a 32-pixel input size."""
+    args = _TINY_CLASSIFIER[_architecture(name)] if size == "tiny" else {}
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **args)
+    if size == "tiny":
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, TINY_CLASSIFIER_SIDE, TINY_CLASSIFIER_SIDE),
+                                "num_classes": num_classes}
     return model
+
+
+def save_tiny_classifier(name: str, folder: Path) -> None:
+    """The tiny version of the timm backbone ``name``, saved as timm's ``local-dir:`` loader reads it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    timm.models.save_for_hf(classifier(name, "tiny"), str(folder), model_args=_TINY_CLASSIFIER[_architecture(name)],
+                            safe_serialization=True)
+
+
+def _architecture(name: str) -> str:
+    """'vit_base_patch16_clip_224.laion2b' -> 'vit_base_patch16_clip_224' (a name without a tag is its architecture)."""
+    return timm.get_pretrained_cfg(name).architecture if "." in name else name
 
 
 def _save_pretrained(folder: Path, *parts: Any) -> None:
@@ -237,22 +287,27 @@ _TINY_SAVERS: dict[str, Callable[[Path], None]] = {
     "captioner": lambda folder: _save_pretrained(folder, *blip("tiny")),
     "clip": lambda folder: _save_pretrained(folder, *clip("tiny")),
     "diffusion": lambda folder: _save_pretrained(folder, stable_diffusion("tiny")),
-    "classifier": lambda folder: timm.models.save_for_hf(vit("tiny"), str(folder), model_args=_VIT["tiny"],
-                                                         safe_serialization=True),
+    "controlnet": lambda folder: _save_pretrained(folder, controlnet("tiny")),
+    "classifier": lambda folder: save_tiny_classifier(VIT_B16, folder),
 }
 
 
 def save_tiny(family: str, folder: Path) -> None:
-    """Build the tiny model of a models.* entry (captioner, clip, diffusion, classifier) and save it to ``folder``."""
+    """Build the tiny model of a models.* entry (captioner, clip, diffusion, controlnet, classifier) and save it to ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     _TINY_SAVERS[family](folder)
 
 
 def save_tiny_models(params: Params) -> None:
-    """Write each tiny model to the folder its models.* entry names, unless it is already there."""
+    """Write each tiny model to the folder its models.* entry names, unless it is already there.
+
+    The ControlNet is optional: left as a hub id it is skipped unless the generator needs it.
+    """
     for family in _TINY_SAVERS:
         ref = getattr(params.models, family).removeprefix("local-dir:")
         folder = Path(ref)
+        if family == "controlnet" and not folder.is_absolute() and params.generation.generator != "controlnet":
+            continue
         if not folder.is_absolute():
             raise ValueError(f"smoke.build_models needs models.{family} to be a folder path (./ or ../), got '{ref}'")
         if (folder / ".complete").exists():
@@ -260,3 +315,12 @@ def save_tiny_models(params: Params) -> None:
         torch.manual_seed(0)  # each model's weights independent of which others were built
         save_tiny(family, folder)
         (folder / ".complete").write_text("built by sgid_utils.builders\n")
+    models = {b.name: b.model for b in params.training.backbones}
+    for name, real in params.smoke.tiny_backbones.items():
+        if not models[name].startswith("local-dir:"):  # the schema checked that the name is a listed backbone
+            raise ValueError(f"smoke.tiny_backbones names '{name}', whose training.backbones model must be local-dir:FOLDER")
+        folder = Path(models[name].removeprefix("local-dir:"))
+        if not (folder / ".complete").exists():
+            torch.manual_seed(0)
+            save_tiny_classifier(real, folder)
+            (folder / ".complete").write_text(f"built by sgid_utils.builders: tiny {real}\n")

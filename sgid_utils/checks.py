@@ -73,22 +73,38 @@ def _hub_check(name: str, repo_id: str, repo_type: str, key: str) -> Check:
 
 def check_model(params: Params, key: str) -> Check:
     """A models.* entry: a local folder that exists (or that the smoke profile builds), or a hub id."""
-    ref = getattr(params.models, key)
+    return _check_ref(params, f"models.{key}", getattr(params.models, key), is_timm=key == "classifier")
+
+
+def check_backbones(params: Params) -> list[Check]:
+    """Each training.backbones model: pretrained ones like models.classifier; from-scratch ones download nothing."""
+    out = []
+    for b in params.training.backbones:
+        name = f"training.backbones[{b.name}].model"
+        if b.pretrained or b.model.startswith("local-dir:"):
+            out.append(_check_ref(params, name, b.model, is_timm=True))
+        else:
+            known = timm.is_model(b.model)
+            out.append(Check(name, known, f"{b.model}: timm architecture, random initial weights (nothing to download)",
+                             "name a timm architecture (timm.list_models())"))
+    return out
+
+
+def _check_ref(params: Params, name: str, ref: str, is_timm: bool) -> Check:
     local = ref.removeprefix("local-dir:")
     if ref.startswith("local-dir:") or Path(local).is_absolute() or Path(local).exists():
         if Path(local).is_dir():
-            return Check(f"models.{key}", True, f"local folder {local}")
+            return Check(name, True, f"local folder {local}")
         if params.smoke.build_models:
-            return Check(f"models.{key}", True, f"{local} (the smoke profile builds it on first use)")
-        return Check(f"models.{key}", False, f"local folder {local} does not exist",
-                     f"download the model into it or set models.{key} to a hub id")
+            return Check(name, True, f"{local} (the smoke profile builds it on first use)")
+        return Check(name, False, f"local folder {local} does not exist", f"download the model into it or set {name} to a hub id")
     repo_id = ref
-    if key == "classifier":  # a timm name: its weights live in the hub repo its pretrained config names
+    if is_timm:  # a timm name: its weights live in the hub repo its pretrained config names
         try:
             repo_id = timm.models.get_pretrained_cfg(ref).hf_hub_id or f"timm/{ref}"
         except Exception:  # noqa: BLE001 - an unknown name is reported by the hub check below
             repo_id = f"timm/{ref}"
-    return _hub_check(f"models.{key}", repo_id, "model", f"models.{key} to {'local-dir:' if key == 'classifier' else ''}DIR")
+    return _hub_check(name, repo_id, "model", f"{name} to {'local-dir:' if is_timm else ''}DIR")
 
 
 def check_dataset(params: Params) -> Check:
@@ -167,7 +183,9 @@ def check_disk(folder: Path, min_free_gb: float) -> list[Check]:
 
 def checks(params: Params) -> list[Check]:
     """Every check that starts nothing: ids, data set, versions, device, run directory and disk."""
-    out = [check_model(params, key) for key in ("captioner", "clip", "diffusion", "classifier")]
+    # The ControlNet too under the img2img generator: notebook 03 shows both generators side by side.
+    keys = ("captioner", "clip", "diffusion", "controlnet") + (() if params.training.backbones else ("classifier",))
+    out = [check_model(params, key) for key in keys] + check_backbones(params)
     out += [check_dataset(params), check_versions(), check_device(params)]
     return out + check_disk(Path(params.run.dir), params.run.min_free_gb) + [check_persistent(Path(params.run.dir))]
 

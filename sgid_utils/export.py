@@ -61,7 +61,16 @@ def generator_settings(params: Params) -> dict[str, object]:
             "guidance_coefficients": " ".join(f"{c:g}" for c in gen.guidance.coefficients),
             "guidance_base_scale": gen.guidance.base_scale, "strength": gen.strength,
             "num_inference_steps": gen.num_inference_steps, "num_candidates": gen.num_candidates,
-            "upscale_threshold": cur.upscale_threshold, "selection_rule": cur.select}
+            "upscale_threshold": cur.upscale_threshold, "selection_rule": cur.select,
+            **(controlnet_settings(params) if gen.generator == "controlnet" else
+               {"controlnet": "", "controlnet_canny_thresholds": "", "controlnet_conditioning_scale": None})}
+
+
+def controlnet_settings(params: Params) -> dict[str, object]:
+    net = params.generation.controlnet
+    return {"controlnet": model_name(params.models.controlnet),
+            "controlnet_canny_thresholds": f"{net.low_threshold} {net.high_threshold}",
+            "controlnet_conditioning_scale": net.conditioning_scale}
 
 
 def metadata(params: Params) -> pd.DataFrame:

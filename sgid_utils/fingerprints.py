@@ -19,7 +19,7 @@ from .stages import get, upstream_closure
 NOT_IN_FINGERPRINT = {
     "captioning.batch_size", "similarity.batch_size", "curation.batch_size", "generation.batch_size",
     "generation.compile", "training.eval_batch_size", "training.methods", "training.seeds",
-    "training.sgid_proportions", "training.filtered_proportions",
+    "training.sgid_proportions", "training.filtered_proportions", "training.combined_proportions",
 }
 # Bumped when a section's code gives other outputs for the same params, so that a run dir keeps one version's files.
 # captioning 2: nucleus sampling batched, each image's tokens drawn from its own seed (SeededNucleusSampler).
@@ -27,6 +27,17 @@ NOT_IN_FINGERPRINT = {
 # curation.upscale_to 2: upscaled sizes rounded to the nearest multiple of 8, the target winning over max_side.
 # training 2: evaluation autocasts only when training does (training.amp).
 CODE_VERSIONS = {"captioning": 2, "dataset": 2, "curation.upscale_to": 2, "training": 2}
+# Per backbone, what names it but cannot change its results.
+COSMETIC_BACKBONE_KEYS = ("label", "source")
+
+
+def unused_keys(params: Params) -> set[str]:
+    """Keys that cannot change these params' outputs: the ControlNet's under the img2img generator; and the
+    generator and the backbone list at the values every run had before they existed (img2img; models.classifier
+    alone), so that finished runs stay valid."""
+    keys = set() if params.generation.generator == "controlnet" else {"models.controlnet", "generation.controlnet",
+                                                                      "generation.generator"}
+    return keys | (set() if params.training.backbones else {"training.backbones"})
 
 
 def stage_keys(stage: str, upstream: tuple[str, ...] | None = None) -> list[str]:
@@ -47,12 +58,17 @@ def fingerprint(params: Params, stage: str, upstream: tuple[str, ...] | None = N
     """
     data = params.model_dump(mode="json", exclude={"source_file"})
     out: dict[str, Any] = {}
+    left_out = NOT_IN_FINGERPRINT | unused_keys(params)
     for dotted in stage_keys(stage, upstream):
+        if dotted in left_out:
+            continue
         node: Any = data
         for part in dotted.split("."):
             node = node[part]
         if isinstance(node, dict):
-            node = {k: v for k, v in node.items() if f"{dotted}.{k}" not in NOT_IN_FINGERPRINT}
+            node = {k: v for k, v in node.items() if f"{dotted}.{k}" not in left_out}
+        if dotted == "training" and "backbones" in node:
+            node["backbones"] = [{k: v for k, v in b.items() if k not in COSMETIC_BACKBONE_KEYS} for b in node["backbones"]]
         out[dotted] = node
         if dotted in CODE_VERSIONS:
             out[f"{dotted}.code_version"] = CODE_VERSIONS[dotted]

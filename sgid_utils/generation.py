@@ -12,10 +12,16 @@ denoising loop with a per-sample guidance scale (``sgid_utils.batched``); with 1
 default on the CPU) each source goes through the diffusers pipeline itself, which
 keeps CPU outputs byte-identical across resumes. Left unset on CUDA, the batch size
 comes from free GPU memory (``auto_batch_size``) and halves on an out-of-memory error.
+
+With ``generation.generator: controlnet`` (beyond the paper) the same prompt, scale,
+strength and seeds go through img2img with a Canny-edge ControlNet: each source's
+edge map (``sgid_utils.edges``, at the model-input size) is saved beside its
+candidates and conditions them, per image or in the batched loop alike.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -24,14 +30,15 @@ from compel import CompelForSD
 from PIL import Image
 
 from .batched import generate_many
-from .data import load_image
+from .data import load_image, load_images_table
+from .edges import canny_edges
 from .guidance import guidance_scale
 from .io import read_table, write_png, write_table
-from .models import load_img2img, resolve_device, resolve_dtype
+from .models import load_controlnet_img2img, load_img2img, resolve_device, resolve_dtype
 from .prompts import build_prompt
 from .resumable import Batches, run_items
 from .rundir import RunDir, Variant
-from .schema import Params
+from .schema import GenerationParams, Params
 from .seeding import derive_seed, generator
 from .similarity import load_best
 
@@ -39,12 +46,17 @@ from .similarity import load_best
 # and its share of the VAE decode, about 1.5 GiB by diffusers users' reports, not measured here. Only the
 # starting batch size rests on it: an out-of-memory error halves the batch and retries.
 CANDIDATE_BYTES_512_FP16 = 1.5 * 2**30
+CONTROLNET_MEMORY_FACTOR = 1.4
 MAX_AUTO_BATCH = 16  # 48 candidates at k = 3: enough rows to fill an H100's tensor cores
+GENERATORS = ("img2img", "controlnet")
 
 
-def auto_batch_size(free_bytes: int, width: int, height: int, k: int, dtype: torch.dtype) -> int:
-    """Sources per denoising loop that fit in 80 % of ``free_bytes`` at this input size, between 1 and MAX_AUTO_BATCH."""
-    scale = width * height / 512**2 * torch.finfo(dtype).bits / 16
+def auto_batch_size(free_bytes: int, width: int, height: int, k: int, dtype: torch.dtype, controlnet: bool = False) -> int:
+    """Sources per denoising loop that fit in 80 % of ``free_bytes`` at this input size, between 1 and MAX_AUTO_BATCH.
+
+    Under the ControlNet each row also runs the ControlNet's encoder copy and keeps its residuals: taken as 1.4x the
+    bytes (an estimate from its FLOPs, +31 % per step; an out-of-memory error still halves the batch)."""
+    scale = width * height / 512**2 * torch.finfo(dtype).bits / 16 * (CONTROLNET_MEMORY_FACTOR if controlnet else 1.0)
     return int(max(1, min(MAX_AUTO_BATCH, 0.8 * free_bytes // (k * CANDIDATE_BYTES_512_FP16 * scale))))
 
 
@@ -79,13 +91,17 @@ class PromptEncoder:
 @torch.inference_mode()
 def generate_candidates(
     pipe, embeds: torch.Tensor, negative_embeds: torch.Tensor, image: Image.Image, guidance: float,
-    strength: float, steps: int, seeds: list[int],
+    strength: float, steps: int, seeds: list[int], control_image: Image.Image | None = None, conditioning_scale: float = 1.0,
 ) -> list[Image.Image]:
-    """len(seeds) img2img candidates for one source in one pipeline call (one generator per candidate)."""
+    """len(seeds) img2img candidates for one source in one pipeline call (one generator per candidate).
+
+    A ControlNet pipeline takes ``control_image`` (the edge map) at ``conditioning_scale``.
+    """
+    control = {} if control_image is None else {"control_image": control_image, "controlnet_conditioning_scale": conditioning_scale}
     out = pipe(
         prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, image=image, strength=strength,
         guidance_scale=guidance, num_inference_steps=steps, num_images_per_prompt=len(seeds),
-        generator=[generator(s) for s in seeds], output_type="pil",
+        generator=[generator(s) for s in seeds], output_type="pil", **control,
     )
     return out.images
 
@@ -121,13 +137,20 @@ def sources_for(params: Params, variant: Variant, images: pd.DataFrame) -> pd.Da
     return df.assign(in_w=[w for w, _ in sizes], in_h=[h for _, h in sizes]).reset_index(drop=True)
 
 
-def load_generator(params: Params) -> tuple[Any, PromptEncoder, torch.device]:
-    """The img2img pipeline in the run's dtype (channels-last and optionally compiled on CUDA) and its prompt encoder."""
+def load_generator(params: Params, generator: str | None = None) -> tuple[Any, PromptEncoder, torch.device]:
+    """The pipeline of ``generator`` (default: generation.generator) in the run's dtype (channels-last and optionally
+    compiled on CUDA) and its prompt encoder."""
     gen = params.generation
     device = resolve_device(params)
-    pipe = load_img2img(params.models.diffusion, str(device), resolve_dtype(gen.dtype, device))
+    dtype = resolve_dtype(gen.dtype, device)
+    if (generator or gen.generator) == "controlnet":
+        pipe = load_controlnet_img2img(params.models.diffusion, params.models.controlnet, str(device), dtype)
+    else:
+        pipe = load_img2img(params.models.diffusion, str(device), dtype)
     if device.type == "cuda":
         pipe.unet.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
+        if getattr(pipe, "controlnet", None) is not None:
+            pipe.controlnet.to(memory_format=torch.channels_last)
         if gen.compile and not hasattr(pipe.unet, "_orig_mod"):
             pipe.unet = torch.compile(pipe.unet)
     return pipe, PromptEncoder(pipe), device
@@ -139,23 +162,79 @@ def start_batch_size(params: Params, pipe, device: torch.device, largest: tuple[
     if gen.batch_size is not None:
         return gen.batch_size
     if device.type == "cuda":
-        return auto_batch_size(torch.cuda.mem_get_info(device)[0], *largest, gen.num_candidates, pipe.unet.dtype)
+        return auto_batch_size(torch.cuda.mem_get_info(device)[0], *largest, gen.num_candidates, pipe.unet.dtype,
+                               controlnet=gen.generator == "controlnet")
     return 1
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """A few sources as the generators take them: their rows, images at the source's and the model-input size,
+    SGID prompts, guidance scales f(s*) and per-candidate seeds."""
+
+    rows: list[Any]
+    originals: list[Image.Image]
+    inputs: list[Image.Image]
+    prompts: list[str]
+    scales: list[float]
+    seeds: list[list[int]]
+
+
+def prepare(params: Params, rows: list[Any]) -> Chunk:
+    """Load and size the sources of ``rows`` (from ``sources_for``) and derive their prompts, scales and seeds."""
+    gen = params.generation
+    originals = [load_image(r.path) for r in rows]
+    inputs = [src.resize((r.in_w, r.in_h), Image.Resampling.LANCZOS) if (r.in_w, r.in_h) != src.size else src
+              for r, src in zip(rows, originals)]
+    return Chunk(
+        rows, originals, inputs, [build_prompt(r.caption, r.class_name, gen) for r in rows],
+        [guidance_scale(r.s_star, gen.guidance) for r in rows],
+        [[derive_seed(params.run.seed, r.image_id, k, purpose="generate") for k in range(gen.num_candidates)] for r in rows],
+    )
+
+
+def edge_maps(gen: GenerationParams, inputs: list[Image.Image]) -> list[Image.Image]:
+    """Each model input's Canny edge map, the ControlNet's condition."""
+    return [canny_edges(image, gen.controlnet.low_threshold, gen.controlnet.high_threshold) for image in inputs]
+
+
+def run_generator(pipe, encode: PromptEncoder, gen: GenerationParams, chunk: Chunk, edges: list[Image.Image] | None,
+                  reference: bool) -> list[list[Image.Image]]:
+    """The k candidates of each source of ``chunk``: one pipeline call per source (``reference``) or one batched loop.
+
+    ``edges``: the control images of a ControlNet pipeline, None for plain img2img.
+    """
+    embeds = [encode(p, gen.negative_prompt) for p in chunk.prompts]
+    scale = gen.controlnet.conditioning_scale
+    if reference:
+        controls = edges or [None] * len(embeds)
+        return [generate_candidates(pipe, *embed, image, guidance, gen.strength, gen.num_inference_steps, seeds, control, scale)
+                for embed, image, guidance, seeds, control in zip(embeds, chunk.inputs, chunk.scales, chunk.seeds, controls)]
+    return generate_many(pipe, chunk.inputs, [e for e, _ in embeds], [n for _, n in embeds], chunk.scales, gen.strength,
+                         gen.num_inference_steps, chunk.seeds, batch_size=len(embeds), control_images=edges,
+                         conditioning_scale=scale)
+
+
+def at_source_size(candidate: Image.Image, original: Image.Image) -> Image.Image:
+    """A candidate resized back to its source's size: a drop-in extra training image."""
+    return candidate.resize(original.size, Image.Resampling.LANCZOS)
+
+
 def candidate_records(params: Params, variant: Variant, source, prompt: str, scale: float, seeds: list[int],
-                      outputs: list[Image.Image], original: Image.Image) -> list[dict]:
-    """Save one source's candidates (resized back to the source's size) and describe each."""
+                      outputs: list[Image.Image], original: Image.Image, edges: str | None = None) -> list[dict]:
+    """Save one source's candidates (resized back to the source's size) and describe each (``edges``: its edge map's
+    stored path, under the ControlNet generator)."""
     run = RunDir.of(params)
     records = []
     for k, (seed, out) in enumerate(zip(seeds, outputs)):
-        path = write_png(run.generated_image(variant, source.image_id, k), out.resize(original.size, Image.Resampling.LANCZOS))
+        path = write_png(run.generated_image(variant, source.image_id, k), at_source_size(out, original))
         records.append({
             "image_id": source.image_id, "variant": variant, "k": k, "seed": seed,
             "path": run.relative(path),
             "prompt": prompt, "s_star": float(source.s_star), "guidance_scale": scale,
             "input_width": source.in_w, "input_height": source.in_h,
             "source_width": original.width, "source_height": original.height,
+            **({} if edges is None else {"edges": edges}),
         })
     return records
 
@@ -176,22 +255,14 @@ def generate(params: Params, variant: Variant, images: pd.DataFrame) -> pd.DataF
         reference = gen.batch_size == 1 or (gen.batch_size is None and device.type != "cuda")
 
         def process(ids: list[str]) -> dict[str, list[dict]]:
-            chunk = list(sources.loc[ids].itertuples(index=False))
-            originals = [load_image(r.path) for r in chunk]
-            inputs = [src.resize((r.in_w, r.in_h), Image.Resampling.LANCZOS) if (r.in_w, r.in_h) != src.size else src
-                      for r, src in zip(chunk, originals)]
-            prompts = [build_prompt(r.caption, r.class_name, gen) for r in chunk]
-            scales = [guidance_scale(r.s_star, gen.guidance) for r in chunk]
-            seeds = [[derive_seed(params.run.seed, r.image_id, k, purpose="generate") for k in range(gen.num_candidates)]
-                     for r in chunk]
-            embeds = [encode(p, gen.negative_prompt) for p in prompts]
-            if reference:
-                outputs = [generate_candidates(pipe, *embeds[0], inputs[0], scales[0], gen.strength, gen.num_inference_steps, seeds[0])]
-            else:
-                outputs = generate_many(pipe, inputs, [e for e, _ in embeds], [n for _, n in embeds], scales,
-                                        gen.strength, gen.num_inference_steps, seeds, batch_size=len(chunk))
-            return {r.image_id: candidate_records(params, variant, r, *rest)
-                    for r, *rest in zip(chunk, prompts, scales, seeds, outputs, originals)}
+            chunk = prepare(params, list(sources.loc[ids].itertuples(index=False)))
+            edges, stored = None, [None] * len(ids)
+            if gen.generator == "controlnet":  # saved before the candidates: a finished item has both
+                edges = edge_maps(gen, chunk.inputs)
+                stored = [run.relative(write_png(run.edge_map(variant, i), e)) for i, e in zip(ids, edges)]
+            outputs = run_generator(pipe, encode, gen, chunk, edges, reference)
+            return {r.image_id: candidate_records(params, variant, r, *rest) for r, *rest in
+                    zip(chunk.rows, chunk.prompts, chunk.scales, chunk.seeds, outputs, chunk.originals, stored)}
 
         return Batches(process, start_batch_size(params, pipe, device, (largest.in_w, largest.in_h)),
                        f"generating ({variant}) from sources up to {largest.in_w}x{largest.in_h}",
@@ -213,6 +284,26 @@ def run_generation(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
 def run_upscaled(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     """Stage 04's regeneration: the sources below curation.upscale_threshold, upscaled first."""
     return generate(params, "upscaled", images)
+
+
+def preview_generators(params: Params, image_ids: list[str], variant: Variant = "raw") -> list[dict[str, Any]]:
+    """Notebook 03's side by side: these sources' candidates under both generators, with the same prompts, scales and
+    seeds, through the per-image pipelines; each as {image_id, class_name, source, edges, img2img, controlnet}.
+
+    In memory only: the run directory holds the generator in force's candidates; on the CPU these equal them up to
+    float noise (last bits of multi-threaded sums).
+    """
+    gen = params.generation
+    sources = sources_for(params, variant, load_images_table(params)).set_index("image_id", drop=False)
+    chunk = prepare(params, list(sources.loc[list(image_ids)].itertuples(index=False)))
+    edges = edge_maps(gen, chunk.inputs)
+    outputs = {}
+    for kind in GENERATORS:
+        pipe, encode, _ = load_generator(params, kind)
+        outputs[kind] = run_generator(pipe, encode, gen, chunk, edges if kind == "controlnet" else None, reference=True)
+    return [{"image_id": r.image_id, "class_name": r.class_name, "source": original, "edges": edges[i],
+             **{kind: [at_source_size(c, original) for c in outputs[kind][i]] for kind in GENERATORS}}
+            for i, (r, original) in enumerate(zip(chunk.rows, chunk.originals))]
 
 
 def load_manifest(params: Params, variant: Variant = "raw") -> pd.DataFrame:

@@ -58,7 +58,7 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-PATH_COLUMNS = ("path", "source_path")
+PATH_COLUMNS = ("path", "source_path", "edges")
 
 
 def write_table(path: Path, df: pd.DataFrame, root: Path | None = None, caption: str | None = None) -> Path:

@@ -13,7 +13,8 @@ from typing import Any
 
 import timm
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline
+from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline, StableDiffusionImg2ImgPipeline
+from timm.data import resolve_data_config
 from transformers import BlipForConditionalGeneration, BlipProcessor, CLIPModel, CLIPProcessor
 
 from .errors import ModelLoadError
@@ -93,16 +94,49 @@ def load_img2img(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float
     except Exception as exc:  # noqa: BLE001
         raise model_load_error(ref, "generation", exc, "models.diffusion") from None
     pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)  # diffusers before 0.40 does not take dtype= in from_pretrained: cast here too
+
+
+@functools.lru_cache(maxsize=2)
+def load_controlnet_img2img(diffusion: str, controlnet: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+    """SD img2img with a ControlNet: the img2img pipeline's own components (shared, not loaded twice) plus the ControlNet."""
+    base = load_img2img(diffusion, device, dtype)
+    try:
+        net = ControlNetModel.from_pretrained(controlnet).to(dtype)  # no dtype= (diffusers < 0.40 rejects it in models)
+    except Exception as exc:  # noqa: BLE001
+        raise model_load_error(controlnet, "generation", exc, "models.controlnet") from None
+    # Built from the components, not with from_pipe: from_pipe casts every shared module to its dtype argument
+    # (float32 unless given), which would silently upcast the cached fp16 img2img pipeline's UNet on CUDA.
+    pipe = StableDiffusionControlNetImg2ImgPipeline(**base.components, controlnet=net, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def create_classifier(ref: str, num_classes: int, img_size: int | None = None) -> torch.nn.Module:
-    """timm ViT with a new head: a timm name (pretrained weights from the hub) or 'local-dir:FOLDER'.
+def create_classifier(ref: str, num_classes: int, img_size: int | None = None, pretrained: bool = True,
+                      what: str = "models.classifier") -> torch.nn.Module:
+    """A timm classifier with a new ``num_classes`` head: a timm name (weights from the hub) or 'local-dir:FOLDER'.
 
-    ``img_size`` other than the pretrained one makes timm resample the position embeddings.
+    ``pretrained=False`` builds the architecture (and, for a folder, its saved config and
+    preprocessing) with random weights: timm reads no weight file and asks no hub. ``img_size``
+    other than the pretrained one makes timm resample a ViT's position embeddings (a CNN ignores it).
     """
     kwargs = {"img_size": img_size} if img_size else {}
     try:
-        return timm.create_model(ref, pretrained=True, num_classes=num_classes, **kwargs)
+        try:
+            return timm.create_model(ref, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        except TypeError as exc:  # a CNN takes any input size and has no img_size argument: the loader resizes
+            if "img_size" not in str(exc):
+                raise
+            return timm.create_model(ref, pretrained=pretrained, num_classes=num_classes)
     except Exception as exc:  # noqa: BLE001
-        raise model_load_error(ref, "training", exc, "models.classifier (a timm name or local-dir:FOLDER)") from None
+        raise model_load_error(ref, "training", exc, f"{what} (a timm name or local-dir:FOLDER)") from None
+
+
+def preprocessing(model: torch.nn.Module, image_size: int | None = None) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """(input side, mean, std) from the model's timm pretrained config (resolve_data_config); ``image_size`` overrides the side.
+
+    ViT-B/16 in21k normalises with 0.5/0.5, CLIP image towers with OpenAI's CLIP statistics, ResNet-50
+    with ImageNet's: reading them from timm keeps each backbone's preprocessing the one it was made for.
+    """
+    cfg = resolve_data_config({}, model=model)
+    return image_size or cfg["input_size"][-1], tuple(cfg["mean"]), tuple(cfg["std"])

@@ -20,7 +20,7 @@ from .schema import Params
 
 __all__ = ["Params", "ParamsError", "load_params", "parse_override"]
 
-_PATH_KEYS = ("run.dir", "run.reports_dir", "dataset.path", "dataset.test_path")
+_PATH_KEYS = ("run.dir", "run.reports_dir", "run.reuse", "dataset.path", "dataset.test_path")
 _ENV_OVERRIDES = {"SGID_RUN_DIR": "run.dir", "SGID_REPORTS_DIR": "run.reports_dir"}
 
 
@@ -134,6 +134,8 @@ def load_params(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
     params.models = params.models.model_copy(
         update={k: _resolve_model_ref(v, base) for k, v in params.models.model_dump().items()}
     )
+    for backbone in params.training.backbones:
+        backbone.model = _resolve_model_ref(backbone.model, base)
     params.source_file = file.resolve()
     ds = params.dataset
     if ds.source == "imagefolder" and not params.smoke.build_dataset:

@@ -10,12 +10,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from PIL import Image
 
 from .data import load_image
 from .guidance import guidance_scale
 from .io import write_atomic
 from .rundir import RunDir
 from .schema import GuidanceParams, Params
+from .training import backbones
 
 
 def save_fig(fig, params: Params, name: str) -> Path:
@@ -25,22 +27,30 @@ def save_fig(fig, params: Params, name: str) -> Path:
 
 def accuracy_bar_chart(results: pd.DataFrame, table: pd.DataFrame, params: Params):
     """Mean test accuracy per setting (``table``: the results stage's summary) with ±1 std error bars,
-    seeds as dots, references as markers."""
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(table)), 4))
-    x = np.arange(len(table))
-    ax.bar(x, table["mean"], yerr=table["std"].fillna(0), color=sns.color_palette("muted", len(table)), capsize=4, alpha=0.85, label="ours (mean ± std)")
-    for i, setting in enumerate(table.Method):
-        accs = results.loc[results.setting == setting, "test_acc"]
-        ax.scatter(np.full(len(accs), i), accs, color="black", s=10, zorder=3)
-    for j, ref in enumerate(params.results.references):
-        vals = table[ref.label].to_numpy(dtype=float)
-        ax.scatter(x, vals, marker=["D", "s", "^"][j % 3], s=40, zorder=4, label=ref.label)
-    ax.set_xticks(x, table.Method, rotation=30, ha="right")
+    seeds as dots, references as markers; one panel per backbone, one above the other."""
+    panels = [(bb.label, bb.name) for bb in backbones(params) if (table.Backbone == bb.label).any()]
+    width = max(6, 1.1 * max((table.Backbone == p).sum() for p, _ in panels))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 4 * len(panels)), squeeze=False, sharey=True)
     lo = np.nanmin(np.concatenate([results.test_acc.to_numpy(), *[table[r.label].to_numpy(dtype=float) for r in params.results.references]]))
-    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"{params.run.name}: augmentation methods")
-    ax.legend(fontsize=8, loc="lower left")
+    for ax, (panel, backbone) in zip(axes[:, 0], panels):
+        rows = table[table.Backbone == panel].reset_index(drop=True)
+        own = results[results.backbone == backbone]
+        x = np.arange(len(rows))
+        ax.bar(x, rows["mean"], yerr=rows["std"].fillna(0), color=sns.color_palette("muted", len(rows)), capsize=4, alpha=0.85,
+               label="ours (mean ± std)")
+        for i, setting in enumerate(rows.Method):
+            accs = own.loc[own.setting == setting, "test_acc"]
+            ax.scatter(np.full(len(accs), i), accs, color="black", s=10, zorder=3)
+        for j, ref in enumerate(params.results.references):
+            vals = rows[ref.label].to_numpy(dtype=float)
+            if not np.isnan(vals).all():
+                ax.scatter(x, vals, marker=["D", "s", "^"][j % 3], s=40, zorder=4, label=ref.label)
+        ax.set_xticks(x, rows.Method, rotation=30, ha="right")
+        ax.set_title(panel if len(panels) > 1 else f"{params.run.name}: augmentation methods", fontsize=10)
+        ax.legend(fontsize=8, loc="lower left")
+    axes[0][0].set_ylim(max(0.0, lo - 0.05), 1.0)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy")
     fig.tight_layout()
     return fig
 
@@ -66,8 +76,8 @@ def guidance_readings(s_star: Sequence[float], guidance: GuidanceParams):
     return fig
 
 
-def image_grid(rows: list[list[str]], titles: list[list[str]] | None = None, size: float = 2.2):
-    """A grid of images given by path; each inner list is one row."""
+def image_grid(rows: list[list[str | Image.Image]], titles: list[list[str]] | None = None, size: float = 2.2):
+    """A grid of images given by path (or in memory); each inner list is one row."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows), squeeze=False)
     for i, row in enumerate(rows):
@@ -75,7 +85,7 @@ def image_grid(rows: list[list[str]], titles: list[list[str]] | None = None, siz
             ax = axes[i][j]
             ax.axis("off")
             if j < len(row):
-                ax.imshow(load_image(row[j]))
+                ax.imshow(row[j] if isinstance(row[j], Image.Image) else load_image(row[j]))
                 if titles:
                     ax.set_title(titles[i][j], fontsize=7)
     fig.tight_layout()
@@ -92,12 +102,18 @@ def originals_vs_generated(curated: pd.DataFrame, n: int):
 
 def consistency_diversity(metrics: pd.DataFrame, variants: pd.DataFrame | None = None):
     """The paper's two axes: each generated set of ``metrics`` (the quality stage's set_metrics) as a dot, the
-    ablation variants' curated sets (``ablation_set_metrics.csv``) as crosses, the real images' label score as a line."""
+    ablation variants' curated sets (``ablation_set_metrics.csv``) as crosses (img2img) or triangles (ControlNet),
+    the real images' label score as a line."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     gen = metrics[metrics.set != "real (sources)"]
     sns.scatterplot(gen, x="distance to source", y="label score", hue="set", style="kind", s=90, alpha=0.8, ax=ax)
-    if variants is not None:
-        ax.scatter(variants["distance to source"], variants["label score"], marker="x", color="black", s=50)
+    if variants is not None:  # ControlNet variants as triangles (a table written before them has no generator column)
+        generators = variants["generator"] if "generator" in variants else pd.Series("img2img", index=variants.index)
+        for generator, marker, what in (("img2img", "x", "SGID"), ("controlnet", "^", "SGID + ControlNet")):
+            some = variants[generators == generator]
+            if len(some):
+                ax.scatter(some["distance to source"], some["label score"], marker=marker, color="black", s=50,
+                           label=f"ablation variants: {what}")
         for name, x, y in zip(variants.Variant, variants["distance to source"], variants["label score"]):
             ax.annotate(name, (x, y), fontsize=7)
     real = metrics[metrics.set == "real (sources)"].iloc[0]

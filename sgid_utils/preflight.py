@@ -26,7 +26,7 @@ from .projection import (
     full_run_counts,
     gib,
     hms,
-    images_per_config,
+    image_epochs,
     other_bytes,
     png_bytes_per_pixel,
     project_seconds,
@@ -35,7 +35,7 @@ from .rundir import RunDir
 from .runner import run_stage
 from .schema import Params
 from .stages import NAMES
-from .training import configs
+from .training import backbones, configs
 
 CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
 CANARY_PER_CLASS = 2
@@ -69,10 +69,12 @@ def canary_params(params: Params) -> Params:
     """The same params on 2 images per class, the first seed, one epoch, SGID at 100 %, in the scratch run."""
     run = RunDir.of(params).canary
     doc = params.model_dump(mode="json")
-    doc["run"].update(dir=str(run.root), reports_dir=str(run.reports))
+    doc["run"].update(dir=str(run.root), reports_dir=str(run.reports), reuse=None)
     doc["dataset"].update(max_per_class=CANARY_PER_CLASS, max_test_per_class=CANARY_PER_CLASS)
     doc["training"].update(seeds=params.training.seeds[:1], epochs=1, sgid_proportions=[1.0],
-                           filtered_proportions=[1.0])
+                           filtered_proportions=[1.0], combined_proportions=[1.0])
+    for backbone in doc["training"]["backbones"]:
+        backbone.update(epochs=1, warmup_epochs=0)
     doc["ablations"] = []
     canary = Params.model_validate(doc)
     canary.source_file = params.source_file
@@ -84,7 +86,7 @@ def _canary_items(canary: Params, stage: str, images: pd.DataFrame) -> int:
     if stage in ("generate", "upscale"):
         return len(list(run.items(stage).glob("*.json")))
     if stage == "train":
-        return canary.training.epochs * sum(images_per_config(canary, int((images.split == "train").sum())))
+        return sum(image_epochs(canary, int((images.split == "train").sum())))
     if stage in ("captions", "similarity", "curate"):
         return int((images.split == "train").sum())
     return 1
@@ -130,7 +132,8 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
     crun = RunDir.of(canary)
     bpp = png_bytes_per_pixel(crun)
     classes = (full if full is not None else read_table(crun.images_table)).label.nunique()
-    n_params = sum(p.numel() for p in create_classifier(params.models.classifier, int(classes)).parameters())
+    n_params = max(sum(p.numel() for p in create_classifier(b.model, int(classes), pretrained=False).parameters())
+                   for b in backbones(params))  # the largest backbone's checkpoint (architecture only: nothing downloaded)
     other = other_bytes(crun) / max(1, items.get("captions", 1))
     need = disk_need_bytes(bpp, params.generation.num_candidates, counts.raw_pixels, counts.small_pixels, n_params,
                            other, counts.train_images)

@@ -17,7 +17,7 @@ from PIL import Image
 from .generation import raw_pass
 from .rundir import RunDir
 from .schema import Params
-from .training import GENERATIVE, configs
+from .training import GENERATIVE, backbones, configs
 
 # Official split sizes (images), used when the data stage has not run yet. Pets: the trainval/test lists of
 # Parkhi et al. 2012 as served by timm/oxford-iiit-pet; Flowers102: Nilsback & Zisserman 2008, 10 per class in
@@ -52,9 +52,13 @@ class Counts:
                 "upscale": self.small_sources, "curate": self.train_images, "train": self.train_image_epochs}.get(stage, 1)
 
 
-def images_per_config(params: Params, n_train: int) -> list[int]:
-    """Training images each (method, proportion, seed) sees per epoch: the set, plus p x one curated image per source."""
-    return [n_train + (int(c.proportion * n_train + 0.5) if c.method in GENERATIVE else 0) for c in configs(params)]
+def image_epochs(params: Params, n_train: int) -> list[int]:
+    """Training images each (backbone, method, proportion, seed) sees over its epochs: the set, plus p x one curated
+    image per source, times its backbone's epochs. (Backbones differ in cost per image; the canary's seconds per
+    image-epoch are their mean, so a profile of several backbones gets a rougher training estimate.)"""
+    epochs = {b.name: b.epochs for b in backbones(params)}
+    return [(n_train + (int(c.proportion * n_train + 0.5) if c.method in GENERATIVE else 0)) * epochs[c.backbone]
+            for c in configs(params)]
 
 
 def _folder_sizes(params: Params) -> pd.DataFrame:
@@ -72,7 +76,7 @@ def _counts_from_sizes(params: Params, train: pd.DataFrame, source: str) -> Coun
     small = train[["width", "height"]].min(axis=1) < params.curation.upscale_threshold
     raw = raw_pass(params, train)
     pixels = train.width * train.height
-    epochs = params.training.epochs * sum(images_per_config(params, len(train)))
+    epochs = sum(image_epochs(params, len(train)))
     return Counts(len(train), int(raw.sum()), int(small.sum()), float(pixels[raw].sum()), float(pixels[small].sum()),
                   epochs, source)
 
@@ -94,7 +98,7 @@ def full_run_counts(params: Params, images: pd.DataFrame | None = None) -> Count
     sample = small if params.curation.error_analysis_sample == "all" else min(small, params.curation.error_analysis_sample * classes)
     raw = n - small + sample
     typical = TYPICAL_PIXELS[ds.source]
-    epochs = params.training.epochs * sum(images_per_config(params, n))
+    epochs = sum(image_epochs(params, n))
     notes = [f"{ds.source}: {n} training images from the official split sizes; {SMALL_FRACTION[ds.source]:.0%} assumed "
              f"under {params.curation.upscale_threshold} px and {typical:,} px per image assumed (the size list comes with "
              "the data stage: rerun preflight after `run data` for measured counts)"]

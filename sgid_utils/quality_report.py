@@ -24,6 +24,7 @@ from .curation import class_prompt_embeddings, load_candidates, load_curated, lo
 from .data import class_names
 from .io import read_table, write_table
 from .plots import consistency_diversity, save_fig
+from .results import primary
 from .rundir import RunDir
 from .schema import Params
 from .set_metrics import consistency_metrics, source_distance, within_class_spread
@@ -89,7 +90,8 @@ def top_sgid_setting(results: pd.DataFrame) -> str | None:
 
 
 def class_changes(params: Params, images: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame | None:
-    """Per-class accuracy change of SGID at its largest proportion against the Baseline; None without both."""
+    """Per-class accuracy change of SGID at its largest proportion against the Baseline (first backbone); None without both."""
+    results = primary(params, results)
     top = top_sgid_setting(results)
     if top is None or not (results.method == "baseline").any():
         return None

@@ -30,12 +30,11 @@ from .data import load_images_table
 from .io import write_text
 from .provenance import load_provenance
 from .quality_report import CONSISTENCY_DIVERSITY, load_set_metrics
-from .results import load_accuracy_table, load_significance, table_caption
+from .results import gains_caption, load_accuracy_table, load_significance, table_caption, verdicts
 from .rundir import RunDir
 from .schema import Params
 from .stages import NAMES, notebooks
-from .stats import verdict
-from .training import load_results
+from .training import backbones, load_results, recipe
 
 # Sections that are not settings of the method: reference numbers, and the ablation variants (their own table).
 NOT_SETTINGS = ("results", "ablations")
@@ -111,10 +110,11 @@ def key_facts(params: Params, provenance: pd.DataFrame) -> list[tuple[str, str]]
         ("Data set", f"{ds.source} ({where}); trained on {splits}, tested on '{ds.test_split}'"),
         ("Images", f"{len(train)} training, {len(test)} test, {images.label.nunique()} classes; "
                    f"{curated} curated generated images"),
-        ("Models", f"captioner {m.captioner}; CLIP {m.clip}; diffusion {m.diffusion}; classifier {m.classifier}"),
+        ("Models", f"captioner {m.captioner}; CLIP {m.clip}; diffusion {m.diffusion}"
+                   + (f" with ControlNet {m.controlnet}" if params.generation.generator == "controlnet" else "")
+                   + f"; classifier {m.classifier}"),
         ("Seeds", f"run seed {params.run.seed}; training seeds {params.training.seeds}"),
-        ("Training", f"{params.training.epochs} epochs, batch size {params.training.batch_size}, "
-                     f"methods {', '.join(params.training.methods)}"),
+        ("Training", f"methods {', '.join(params.training.methods)}; " + "; ".join(recipe(bb) for bb in backbones(params))),
         ("Ran", ran(provenance)),
         ("Params file", str(params.source_file)),
     ]
@@ -169,6 +169,8 @@ def context(params: Params) -> dict[str, Any]:
     """Everything the template shows, read from the run's files."""
     accuracy = load_accuracy_table(params)
     sig = load_significance(params)
+    gains_file = RunDir.of(params).table("backbone_gains.csv")
+    gains = pd.read_csv(gains_file) if gains_file.exists() else None
     ablations, set_metrics = load_ablation_table(params), load_set_metrics(params)
     provenance = load_provenance(params, NAMES)
     main, other = figures(params)
@@ -179,7 +181,9 @@ def context(params: Params) -> dict[str, Any]:
         "differences": table_data(differences_from_defaults(params)),
         "accuracy": table_data(accuracy.drop(columns=list(ACCURACY_HIDDEN))),
         "accuracy_caption": table_caption(params, load_results(params)),
-        "verdicts": [verdict(row) for _, row in sig.iterrows()],
+        "verdicts": verdicts(params, sig),
+        "gains": table_data(gains.drop(columns="backbone")) if gains is not None and len(backbones(params)) > 1 else None,
+        "gains_caption": gains_caption(params),
         "figures": main, "other_figures": other,
         "ablations": table_data(ablations) if ablations is not None else None,
         "set_metrics": table_data(set_metrics) if set_metrics is not None else None,

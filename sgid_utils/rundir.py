@@ -10,7 +10,8 @@ changing one property here. Layout (``<run>`` is ``run.dir``, ``<reports>`` is
     <run>/data/                              images.parquet, skipped.csv, files/ (hub images)
     <run>/captions/                          items/<image>.json, captions.parquet
     <run>/similarity/                        items/, scores.parquet, best.parquet
-    <run>/generation/{raw,upscaled}/         items/, images/<image>_k<k>.png, manifest.parquet
+    <run>/generation/{raw,upscaled}/         items/, images/<image>_k<k>.png, manifest.parquet,
+                                             edges/<image>.png (generation.generator: controlnet)
     <run>/curation/                          scores_<variant>/, embeddings_<variant>/, candidates.parquet,
                                              curated[_filtered].parquet, quality.json
     <run>/training/                          <config>/{checkpoint.pt,metrics.csv,predictions.parquet,result.json},
@@ -120,6 +121,10 @@ class RunDir:
 
     def generated_image(self, variant: Variant, image_id: str, k: int) -> Path:
         return self.stage(self.generation_stage(variant)) / "images" / f"{image_id}_k{k}.png"
+
+    def edge_map(self, variant: Variant, image_id: str) -> Path:
+        """The Canny edge map a ControlNet candidate was conditioned on, at the model-input size."""
+        return self.stage(self.generation_stage(variant)) / "edges" / f"{image_id}.png"
 
     def manifest(self, variant: Variant) -> Path:
         return self.stage(self.generation_stage(variant)) / "manifest.parquet"

@@ -27,6 +27,7 @@ from .io import check_fingerprint, write_text
 from .provenance import record_stage
 from .rundir import RunDir
 from .schema import Params
+from .sharing import reuse_run
 from .smoke import ensure_smoke_assets
 from .stages import NAMES, get
 
@@ -56,6 +57,8 @@ def prepare_run(params: Params) -> None:
     run = RunDir.of(params)
     ensure_writable(run.root, params.run.min_free_gb)
     ensure_smoke_assets(params)
+    if params.run.reuse is not None:
+        reuse_run(params)
     dump = yaml.safe_dump(params.model_dump(mode="json", exclude={"source_file"}), sort_keys=False)
     write_text(run.params_copy, dump)
 

@@ -25,6 +25,9 @@ class RunParams(_Section):
     seed: int = Field(0, ge=0, description="Run seed; every per-item seed derives from it.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     min_free_gb: float = Field(2.0, ge=0, description="Stages refuse to start with less free disk than this in run.dir.")
+    reuse: Path | None = Field(None, description="Another run directory whose stage folders up to curation, made with the "
+                               "same params, are linked here instead of recomputed (a training-only profile reuses the "
+                               "data set's generated images).")
 
 
 class DatasetParams(_Section):
@@ -57,6 +60,10 @@ class ModelParams(_Section):
     classifier: str = Field(
         "vit_base_patch16_224.orig_in21k",
         description="timm model name (pretrained from the hub) or 'local-dir:FOLDER'.",
+    )
+    controlnet: str = Field(
+        "lllyasviel/control_v11p_sd15_canny",
+        description="Canny-edge ControlNet for SD 1.5, used when generation.generator is 'controlnet' (docs/ARCHITECTURE.md: why v1.1).",
     )
 
 
@@ -92,7 +99,25 @@ class GuidanceParams(_Section):
     base_scale: float = Field(7.5, ge=0)
 
 
+class ControlNetParams(_Section):
+    """generation.generator: controlnet: the source's Canny edges (OpenCV) condition a ControlNet (beyond the paper)."""
+
+    low_threshold: int = Field(100, ge=0, description="cv2.Canny's lower hysteresis threshold (gradient magnitude).")
+    high_threshold: int = Field(200, ge=1, description="cv2.Canny's upper hysteresis threshold.")
+    conditioning_scale: float = Field(1.0, ge=0, description="controlnet_conditioning_scale: 1 is the weight the ControlNet was trained at; 0 turns it off.")
+
+    @model_validator(mode="after")
+    def _order(self) -> "ControlNetParams":
+        if self.low_threshold > self.high_threshold:
+            raise ValueError(f"generation.controlnet.low_threshold ({self.low_threshold}) cannot exceed high_threshold ({self.high_threshold})")
+        return self
+
+
 class GenerationParams(_Section):
+    generator: Literal["img2img", "controlnet"] = Field(
+        "img2img", description="img2img: SD img2img (the paper's); controlnet: SD img2img with a Canny-edge ControlNet (models.controlnet)."
+    )
+    controlnet: ControlNetParams = Field(default_factory=ControlNetParams)
     prompt: Literal["sgid", "label_only", "caption_only"] = Field(
         "sgid", description="sgid: weighted caption + label; label_only: 'A picture of <label>'; caption_only: '<c*>'."
     )
@@ -151,12 +176,40 @@ class QualityParams(_Section):
         return v
 
 
+class BackboneParams(_Section):
+    """One classifier and its training recipe (sgid_utils/training.py); unset recipe fields take training.*'s values.
+
+    Preprocessing (input size, mean, std) is not set here: it comes from the model's timm pretrained config.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_]*$", description="Id in training run names and tables, e.g. resnet50_scratch.")
+    label: str | None = Field(None, description="Name in tables and figures; defaults to name.")
+    model: str = Field(description="timm model name (e.g. resnet50, vit_base_patch16_clip_224.laion2b) or 'local-dir:FOLDER'.")
+    pretrained: bool = Field(True, description="false: random initial weights (the model's config only; no weights are loaded).")
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float | None = Field(None, gt=0, description="Peak learning rate; None: training.lr.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only).")
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine"] = Field("constant", description="Per-step learning-rate schedule after warm-up.")
+    warmup_epochs: float = Field(0, ge=0, description="Linear warm-up from 0 to lr over this many epochs.")
+    epochs: int | None = Field(None, ge=1, description="None: training.epochs.")
+    batch_size: int | None = Field(None, ge=1, description="None: training.batch_size.")
+    eval_every: int | None = Field(None, ge=1, description="Test every N epochs (and after the last); None: training.eval_every.")
+    image_size: int | None = Field(None, ge=8, description="None: training.image_size, else the model's pretrained input size.")
+    source: str = Field("", description="Where the recipe comes from (shown in the docs and the report).")
+
+
 class TrainingParams(_Section):
-    methods: list[Literal["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered"]] = Field(
+    methods: list[Literal["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered", "sgid_cutmix", "sgid_randaugment"]] = Field(
         default_factory=lambda: ["baseline", "cutmix", "randaugment", "sgid"], min_length=1
     )
     sgid_proportions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     filtered_proportions: list[float] = Field(default_factory=lambda: [1.0], description="Proportions for sgid_filtered.")
+    combined_proportions: list[float] = Field(
+        default_factory=lambda: [1.0], description="Proportions for sgid_cutmix and sgid_randaugment (SGID's images + the augmentation).")
+    backbones: list[BackboneParams] = Field(
+        default_factory=list, description="Classifiers to train, each with its recipe; empty: models.classifier with "
+        "training.* (the report's ViT-B/16 setting).")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -171,7 +224,7 @@ class TrainingParams(_Section):
     num_workers: int = Field(2, ge=0)
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on the CPU).")
 
-    @field_validator("sgid_proportions", "filtered_proportions")
+    @field_validator("sgid_proportions", "filtered_proportions", "combined_proportions")
     @classmethod
     def _props(cls, v: list[float]) -> list[float]:
         for p in v:
@@ -179,20 +232,39 @@ class TrainingParams(_Section):
                 raise ValueError(f"every SGID proportion must lie in [0, 1]; got {p}")
         return v
 
+    @field_validator("backbones")
+    @classmethod
+    def _distinct_backbones(cls, v: list[BackboneParams]) -> list[BackboneParams]:
+        names = [b.name for b in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each backbone name may appear once; got {names}")
+        return v
+
 
 class ReferenceTable(_Section):
     label: str
     source: str
     values: dict[str, float]
+    backbone: str | None = Field(None, description="The training.backbones name these values belong to; None: the first backbone.")
+
+
+class HeadlineGains(_Section):
+    """Published gains of SGID over the best non-generative augmentation, in accuracy points, per backbone name."""
+
+    label: str
+    source: str
+    gains: dict[str, float]
 
 
 class ResultsParams(_Section):
     references: list[ReferenceTable] = Field(default_factory=list)
+    headline: HeadlineGains | None = Field(None, description="Shown beside the per-backbone gain table (results stage).")
     grid_examples: int = Field(6, ge=1)
 
 
 class AblationParams(_Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Names the variant's run directory <run.dir>-<name>.")
+    label: str | None = Field(None, description="How the variant reads in tables and plots, e.g. 'SGID + ControlNet (strength 0.5)'; default: its name.")
     set: dict[str, Any] = Field(description="Params overrides, dotted keys as with --set, e.g. generation.prompt: label_only.")
 
 
@@ -203,6 +275,9 @@ class SmokeParams(_Section):
     build_dataset: bool = False
     classes: list[str] = Field(default_factory=lambda: ["great_pyrenees", "Maine_Coon", "pink primrose"])
     images_per_class: int = Field(6, ge=2)
+    tiny_backbones: dict[str, str] = Field(
+        default_factory=dict, description="training.backbones name -> the timm model it stands in for; a tiny random "
+        "version is built into that backbone's local-dir folder (e.g. resnet50_scratch: resnet50).")
 
 
 class Params(_Section):
@@ -220,6 +295,22 @@ class Params(_Section):
     ablations: list[AblationParams] = Field(default_factory=list, description="Variants run by 'run ablations'.")
 
     source_file: Path | None = Field(None, exclude=True, description="The params file this was read from.")
+
+    @model_validator(mode="after")
+    def _backbone_names(self) -> "Params":
+        names = [b.name for b in self.training.backbones]
+        labels = [b.label or b.name for b in self.training.backbones]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"training.backbones labels must differ (tables and figures are split by them); got {labels}")
+        named = [r.backbone for r in self.results.references if r.backbone is not None]
+        named += list(self.results.headline.gains) if self.results.headline else []
+        unknown = sorted(set(named) - set(names))
+        if unknown:
+            raise ValueError(f"results names backbone(s) {unknown} that training.backbones does not list (has {names})")
+        unknown = sorted(set(self.smoke.tiny_backbones) - set(names))
+        if unknown:
+            raise ValueError(f"smoke.tiny_backbones names backbone(s) {unknown} that training.backbones does not list (has {names})")
+        return self
 
     @model_validator(mode="after")
     def _filtered_needs_filters(self) -> "Params":

@@ -1,14 +1,18 @@
-"""Stage 05: fine-tune ViT-B/16 (ImageNet-21k) with Baseline, CutMix, RandAugment and SGID.
+"""Stage 05: train each backbone with Baseline, CutMix, RandAugment, SGID and SGID combined with CutMix/RandAugment.
 
-Every method shares one schedule: Adam, constant learning rate 1e-4, the same
-epochs, batch size and resize-only preprocessing; they differ only in the
-augmentation. Each (method, proportion, seed) checkpoints at every epoch
-boundary and resumes there; a finished one is not retrained. Images are decoded
-and resized once per process and shared by all configurations.
+A backbone is a timm classifier with its own recipe (``schema.BackboneParams``): the report's
+ViT-B/16 (ImageNet-21k) with Adam at a constant 1e-4 by default, or the ones
+``training.backbones`` lists (ResNet-50 from scratch, CLIP-ViT, ...). Within a
+backbone every method shares the recipe, epochs, batch size and the model's own
+resize-only preprocessing; methods differ only in the augmentation and the
+generated images added. Each (backbone, method, proportion, seed) checkpoints at
+every epoch boundary and resumes there; a finished one is not retrained. Images
+are decoded and resized once per process and shared by all configurations.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -18,7 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -27,15 +30,48 @@ from .curation import load_curated
 from .data import load_images_table
 from .image_cache import CachedImages, shared_cache
 from .io import read_json, read_table, write_atomic, write_json, write_table
-from .models import create_classifier, resolve_device
+from .models import create_classifier, preprocessing, resolve_device
 from .resumable import gpu_memory_hint, my_share
 from .rundir import RunDir
-from .schema import Params, TrainingParams
+from .schema import BackboneParams, Params, TrainingParams
 from .seeding import derive_seed, seed_everything
 
 METHOD_NAMES = {"baseline": "Baseline", "cutmix": "CutMix", "randaugment": "RandAugment", "sgid": "SGID",
-                "sgid_filtered": "SGID filtered"}
-GENERATIVE = ("sgid", "sgid_filtered")
+                "sgid_filtered": "SGID filtered", "sgid_cutmix": "SGID + CutMix", "sgid_randaugment": "SGID + RandAugment"}
+NON_GENERATIVE = ("baseline", "cutmix", "randaugment")
+GENERATIVE = ("sgid", "sgid_filtered", "sgid_cutmix", "sgid_randaugment")
+CUTMIX = ("cutmix", "sgid_cutmix")  # CutMix on every training batch (with its probability)
+RANDAUGMENT = ("randaugment", "sgid_randaugment")  # RandAugment on every training image, generated ones included
+COMBINED = ("sgid_cutmix", "sgid_randaugment")
+_TAGS = {"sgid": "sgid", "sgid_filtered": "sgidf", "sgid_cutmix": "sgidcm", "sgid_randaugment": "sgidra"}
+
+
+# What a listed backbone leaves unset comes from training.* (a BackboneParams field of the same name).
+INHERITED = ("lr", "epochs", "batch_size", "image_size", "eval_every")
+
+
+def backbones(params: Params) -> list[BackboneParams]:
+    """The backbones to train, each with its recipe resolved (``training.*`` fills what it leaves unset).
+
+    None listed: the one implicit backbone, ``models.classifier`` with ``training.*`` (the report's setting),
+    named "" so that its runs keep their unprefixed names (``baseline_seed0``).
+    """
+    t = params.training
+    listed = t.backbones or [BackboneParams.model_construct(
+        name="", model=params.models.classifier, source="training.* (the reproduction report's recipe in params/pets.yaml)")]
+    return [b.model_copy(update={"label": b.label or b.name or b.model,
+                                 **{k: getattr(t, k) for k in INHERITED if getattr(b, k) is None}}) for b in listed]
+
+
+def recipe(bb: BackboneParams) -> str:
+    """One line for tables, the report page and the notebooks: 'ResNet-50 (from scratch): sgd lr 0.05 cosine, ...'."""
+    warmup = f" (warm-up {bb.warmup_epochs:g} epochs)" if bb.warmup_epochs else ""
+    return (f"{bb.label}: {'pretrained' if bb.pretrained else 'from scratch'}, {bb.optimizer} lr {bb.lr:g} {bb.schedule}"
+            f"{warmup}, {bb.epochs} epochs, batch size {bb.batch_size}")
+
+
+def backbone(params: Params, name: str) -> BackboneParams:
+    return next(b for b in backbones(params) if b.name == name)
 
 
 @dataclass(frozen=True)
@@ -43,27 +79,31 @@ class TrainConfig:
     method: str
     seed: int
     proportion: float | None = None
+    backbone: str = ""
 
     @property
     def setting(self) -> str:
-        """Row name in the results table: 'Baseline', 'SGID (25%)', ..."""
+        """Row name in a backbone's results table: 'Baseline', 'SGID (25%)', 'SGID + CutMix (100%)', ..."""
         name = METHOD_NAMES[self.method]
         return f"{name} ({self.proportion:.0%})" if self.method in GENERATIVE else name
 
     @property
     def name(self) -> str:
-        prefix = {"sgid": "sgid", "sgid_filtered": "sgidf"}.get(self.method)
+        prefix = _TAGS.get(self.method)
         tag = f"{prefix}{round(self.proportion * 100):03d}" if prefix else self.method
-        return f"{tag}_seed{self.seed}"
+        return f"{self.backbone}-{tag}_seed{self.seed}" if self.backbone else f"{tag}_seed{self.seed}"
 
 
 def configs(params: Params) -> list[TrainConfig]:
+    """Every (backbone, method, proportion, seed) the params ask for, backbone by backbone."""
     t = params.training
     out = []
-    proportions = {"sgid": t.sgid_proportions, "sgid_filtered": t.filtered_proportions}
-    for method in t.methods:
-        for proportion in proportions.get(method, [None]):
-            out += [TrainConfig(method, seed, proportion) for seed in t.seeds]
+    proportions = {"sgid": t.sgid_proportions, "sgid_filtered": t.filtered_proportions,
+                   "sgid_cutmix": t.combined_proportions, "sgid_randaugment": t.combined_proportions}
+    for bb in backbones(params):
+        for method in t.methods:
+            for proportion in proportions.get(method, [None]):
+                out += [TrainConfig(method, seed, proportion, bb.name) for seed in t.seeds]
     return out
 
 
@@ -129,6 +169,7 @@ class Loop:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     loader_gen: torch.Generator
     history: list[dict]
@@ -136,33 +177,59 @@ class Loop:
 
     def save(self, path: Path) -> None:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict(), "rng": _rng_state(self.loader_gen), "history": self.history,
-                 "epoch": self.epoch}
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "rng": _rng_state(self.loader_gen), "history": self.history, "epoch": self.epoch}
         write_atomic(path, lambda tmp: torch.save(state, tmp))
 
     def resume(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:  # checkpoints from before schedules existed: constant, nothing to restore
+            self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], self.loader_gen)
         self.history, self.epoch = state["history"], state["epoch"]
 
 
-def make_loaders(params: Params, cfg: TrainConfig, model, train: pd.DataFrame, test: pd.DataFrame,
+def optimizer_for(bb: BackboneParams, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if bb.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=bb.lr, momentum=bb.momentum, weight_decay=bb.weight_decay)
+    kind = torch.optim.AdamW if bb.optimizer == "adamw" else torch.optim.Adam
+    return kind(model.parameters(), lr=bb.lr, weight_decay=bb.weight_decay)
+
+
+def lr_factor(bb: BackboneParams, steps_per_epoch: int):
+    """The learning rate's multiplier at optimisation step s: linear warm-up, then constant or half-cosine to zero.
+
+    One per-step function for torch's LambdaLR (whose state the checkpoint keeps), rather than torch's chained
+    schedulers, so that warm-up plus cosine is one readable formula and resumes exactly.
+    """
+    warmup, total = round(bb.warmup_epochs * steps_per_epoch), bb.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if bb.schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return factor
+
+
+def make_loaders(params: Params, cfg: TrainConfig, bb: BackboneParams, model, train: pd.DataFrame, test: pd.DataFrame,
                  loader_gen: torch.Generator, device: torch.device) -> tuple[DataLoader, DataLoader]:
-    """Train and test loaders over the decoded-once image cache, with the model's own preprocessing."""
+    """Train and test loaders over the decoded-once image cache, with the model's own preprocessing (timm config)."""
     t = params.training
-    data_cfg = resolve_data_config({}, model=model)
-    size = t.image_size or data_cfg["input_size"][-1]
+    size, mean, std = preprocessing(model, bb.image_size)
     cache = shared_cache(size)
-    augment = randaugment(t) if cfg.method == "randaugment" else None
-    train_ds = CachedImages(train.path.tolist(), train.label_idx.tolist(), cache, data_cfg["mean"], data_cfg["std"], augment)
-    test_ds = CachedImages(test.path.tolist(), test.label_idx.tolist(), cache, data_cfg["mean"], data_cfg["std"])
+    augment = randaugment(t) if cfg.method in RANDAUGMENT else None
+    train_ds = CachedImages(train.path.tolist(), train.label_idx.tolist(), cache, mean, std, augment)
+    test_ds = CachedImages(test.path.tolist(), test.label_idx.tolist(), cache, mean, std)
     cache.warm(train_ds.paths + test_ds.paths)
     pin = device.type == "cuda"
     workers = t.num_workers if device.type == "cuda" else 0
-    train_loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=True, generator=loader_gen,
+    train_loader = DataLoader(train_ds, batch_size=bb.batch_size, shuffle=True, generator=loader_gen,
                               num_workers=workers, pin_memory=pin, persistent_workers=False)
     test_loader = DataLoader(test_ds, batch_size=t.eval_batch_size, num_workers=workers, pin_memory=pin)
     return train_loader, test_loader
@@ -176,9 +243,10 @@ def train_epoch(loop: Loop, loader: DataLoader, cfg: TrainConfig, t: TrainingPar
     for x, y in tqdm(loader, desc=desc, leave=False, unit="batch"):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         y_b, lam = y, 1.0
-        if cfg.method == "cutmix":
+        if cfg.method in CUTMIX:
             x, y, y_b, lam = cutmix_batch(x, y, t.cutmix_alpha, t.cutmix_prob)
         loss = train_step(loop.model, loop.optimizer, loop.scaler, x, y, y_b, lam, use_amp)
+        loop.scheduler.step()
         loss_sum += loss.item() * len(y)
         seen += len(y)
     return loss_sum / seen
@@ -186,39 +254,41 @@ def train_epoch(loop: Loop, loader: DataLoader, cfg: TrainConfig, t: TrainingPar
 
 def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd.DataFrame, num_classes: int) -> dict:
     """Train one configuration (resuming from its checkpoint); returns and saves its result."""
-    t, run = params.training, RunDir.of(params)
+    t, run, bb = params.training, RunDir.of(params), backbone(params, cfg.backbone)
     if run.result(cfg.name).exists():
         run.checkpoint(cfg.name).unlink(missing_ok=True)  # a run killed between its result and this cleanup
         return read_json(run.result(cfg.name))
     device = resolve_device(params)
     seed = derive_seed(params.run.seed, "train", cfg.seed, purpose="training")
-    seed_everything(seed)  # head init, data order (via loader_gen), CutMix and RandAugment draws
-    model = create_classifier(params.models.classifier, num_classes, t.image_size)
+    seed_everything(seed)  # head (or, from scratch, every weight) init, data order (via loader_gen), CutMix and RandAugment draws
+    what = f"training.backbones[{bb.name}].model" if bb.name else "models.classifier"
+    model = create_classifier(bb.model, num_classes, bb.image_size, pretrained=bb.pretrained, what=what)
     loader_gen = torch.Generator().manual_seed(seed)
-    train_loader, test_loader = make_loaders(params, cfg, model, train, test, loader_gen, device)
+    train_loader, test_loader = make_loaders(params, cfg, bb, model, train, test, loader_gen, device)
     model = model.to(device)
     use_amp = t.amp and device.type == "cuda"
-    loop = Loop(model, torch.optim.Adam(model.parameters(), lr=t.lr), torch.amp.GradScaler("cuda", enabled=use_amp),
-                loader_gen, [])
+    optimizer = optimizer_for(bb, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(bb, len(train_loader)))
+    loop = Loop(model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=use_amp), loader_gen, [])
     if run.checkpoint(cfg.name).exists():
         loop.resume(run.checkpoint(cfg.name))
     preds = None
-    while loop.epoch < t.epochs:
+    while loop.epoch < bb.epochs:
         began = time.time()
-        train_loss = train_epoch(loop, train_loader, cfg, t, device, use_amp, f"{cfg.name} epoch {loop.epoch + 1}/{t.epochs}")
+        train_loss = train_epoch(loop, train_loader, cfg, t, device, use_amp, f"{cfg.name} epoch {loop.epoch + 1}/{bb.epochs}")
         test_acc = test_loss = float("nan")
-        if (loop.epoch + 1) % t.eval_every == 0 or loop.epoch + 1 == t.epochs:
+        if (loop.epoch + 1) % bb.eval_every == 0 or loop.epoch + 1 == bb.epochs:
             test_acc, test_loss, preds = evaluate(model, test_loader, device, use_amp)
         loop.history.append({"epoch": loop.epoch + 1, "train_loss": train_loss, "test_loss": test_loss,
-                             "test_acc": test_acc, "seconds": time.time() - began})
+                             "test_acc": test_acc, "lr": loop.optimizer.param_groups[0]["lr"], "seconds": time.time() - began})
         loop.epoch += 1
         loop.save(run.checkpoint(cfg.name))
     write_table(run.history(cfg.name), pd.DataFrame(loop.history))
     if preds is None:  # resumed after the last epoch's checkpoint: predictions were not kept
         _, _, preds = evaluate(model, test_loader, device, use_amp)
     write_table(run.predictions(cfg.name), test[["image_id", "label_idx"]].assign(pred=preds))
-    result = {"config": cfg.name, "method": cfg.method, "setting": cfg.setting, "proportion": cfg.proportion,
-              "seed": cfg.seed, "test_acc": loop.history[-1]["test_acc"], "epochs": t.epochs,
+    result = {"config": cfg.name, "backbone": cfg.backbone, "method": cfg.method, "setting": cfg.setting,
+              "proportion": cfg.proportion, "seed": cfg.seed, "test_acc": loop.history[-1]["test_acc"], "epochs": bb.epochs,
               "train_images": len(train), "generated_images": int((train.origin == "generated").sum())}
     write_json(run.result(cfg.name), result)
     run.checkpoint(cfg.name).unlink(missing_ok=True)  # the result is final; the checkpoint (hundreds of MB for ViT-B) is not
@@ -239,7 +309,7 @@ def training_sets(params: Params, images: pd.DataFrame | None = None,
     additions: dict[tuple[str, float], pd.DataFrame] = {}
     for cfg in configs(params):
         if cfg.method in GENERATIVE and (cfg.method, cfg.proportion) not in additions:
-            curated = load_curated(params, filtered=cfg.method == "sgid_filtered")
+            curated = load_curated(params, filtered=cfg.method == "sgid_filtered")  # the combined methods add SGID's set
             curated = curated.assign(label_idx=lambda d: d.label.map(index), origin="generated")
             subset = sgid_subset(curated, cfg.proportion, params.run.seed)
             additions[(cfg.method, cfg.proportion)] = subset[["image_id", "path", "label", "label_idx", "origin"]]
@@ -247,7 +317,7 @@ def training_sets(params: Params, images: pd.DataFrame | None = None,
 
 
 def run_training(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
-    """Train every (method, proportion, seed); write the results table (one row per run).
+    """Train every (backbone, method, proportion, seed); write the results table (one row per run).
 
     Under several processes (``--shard`` or ``accelerate launch``) each trains its share of the
     configurations on its own GPU; the table is written once every configuration has a result.
@@ -259,22 +329,24 @@ def run_training(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     for cfg in tqdm([c for c in all_configs if c.name in mine], desc="training runs", unit="run"):
         extra = additions.get((cfg.method, cfg.proportion))
         data = pd.concat([train, extra], ignore_index=True) if extra is not None else train
-        with gpu_memory_hint(f"training {cfg.name}", f"Lower training.batch_size (now {params.training.batch_size})."):
+        size = backbone(params, cfg.backbone).batch_size
+        with gpu_memory_hint(f"training {cfg.name}", f"Lower the batch size (training.batch_size or the backbone's; now {size})."):
             train_config(params, cfg, data, test, num_classes)
     if not all(run.result(c.name).exists() for c in all_configs):
         return None
-    table = pd.DataFrame([read_json(run.result(c.name)) for c in all_configs])
+    table = pd.DataFrame([{"backbone": "", **read_json(run.result(c.name))} for c in all_configs])  # "": made before backbones
     write_table(run.results_table, table)
     return table
 
 
 def load_results(params: Params) -> pd.DataFrame:
-    return read_table(RunDir.of(params).results_table)
+    table = read_table(RunDir.of(params).results_table)
+    return table if "backbone" in table else table.assign(backbone="")  # a table written before backbones existed
 
 
 def load_history(params: Params) -> pd.DataFrame:
     run = RunDir.of(params)
-    frames = [read_table(run.history(cfg.name)).assign(setting=cfg.setting, seed=cfg.seed)
+    frames = [read_table(run.history(cfg.name)).assign(backbone=cfg.backbone, setting=cfg.setting, seed=cfg.seed)
               for cfg in configs(params) if run.history(cfg.name).exists()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

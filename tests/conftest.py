@@ -28,7 +28,8 @@ def write_params(folder: Path, models: Path, data: Path, **sections) -> Path:
         "run": {"name": "test", "dir": str(folder / "run"), "reports_dir": str(folder / "reports"), "seed": 0, "device": "cpu"},
         "dataset": {"source": "imagefolder", "path": str(data / "train"), "test_path": str(data / "test")},
         "models": {"captioner": str(models / "blip"), "clip": str(models / "clip"),
-                   "diffusion": str(models / "sd"), "classifier": f"local-dir:{models / 'vit'}"},
+                   "diffusion": str(models / "sd"), "classifier": f"local-dir:{models / 'vit'}",
+                   "controlnet": str(models / "controlnet")},
         "captioning": {"num_nucleus": 3, "num_beam": 2, "num_beams": 2, "max_new_tokens": 8, "batch_size": 4},
         "generation": {"num_inference_steps": 10, "num_candidates": 2, "max_side": 128},
         "curation": {"upscale_threshold": 48, "error_analysis_sample": 1},
@@ -75,6 +76,38 @@ def make_params(assets, tmp_path):
         return load_params(write_params(tmp_path / name, *assets, **sections))
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: the tiny models' ops are too small to gain from threads (on a busy 2-CPU machine
+    2 threads ran the batched tests 4x slower). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones(tmp_path_factory) -> Path:
+    """Tiny ResNet-50 and CLIP ViT-B/16 (timm's own architectures, random weights), saved as local-dir folders."""
+    import torch
+
+    from sgid_utils import builders
+
+    root = tmp_path_factory.mktemp("backbones")
+    for folder, name in (("resnet50", "resnet50"), ("clip-vit", "vit_base_patch16_clip_224.laion2b")):
+        torch.manual_seed(0)
+        builders.save_tiny_classifier(name, root / folder)
+    return root
+
+
+def resnet_scratch_entry(tiny_backbones: Path) -> dict:
+    """A training.backbones entry: the tiny ResNet from scratch with the ResNet-50 recipe's shape (SGD, warm-up, cosine)."""
+    return {"name": "resnet", "label": "ResNet (scratch)", "model": f"local-dir:{tiny_backbones / 'resnet50'}",
+            "pretrained": False, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 1}
 
 
 @pytest.fixture(scope="session")

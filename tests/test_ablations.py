@@ -8,6 +8,7 @@ from sgid_utils.ablations import run_ablations, variant_params
 from sgid_utils.errors import StageError
 from sgid_utils.params import ParamsError, load_params
 from sgid_utils.rundir import RunDir
+from sgid_utils.training import backbones
 
 from .conftest import REPO, copy_stages
 
@@ -83,3 +84,14 @@ def test_the_ablation_table_says_which_published_baseline_a_protocol_lands_neare
     assert nearest_reference(flowers, 0.9790).startswith("Reproduction report")
     assert nearest_reference(load_params(REPO / "params" / "smoke.yaml").model_copy(
         update={"results": flowers.results.model_copy(update={"references": []})}), 0.5) == "–"
+
+
+@pytest.mark.parametrize("profile", ["smoke_ablations.yaml", "pets_ablations.yaml", "flowers_ablations.yaml"])
+def test_every_shipped_variant_is_valid_params_on_the_first_backbone(profile):
+    """Variants are validated before any work; on the smoke profile (three backbones) each trains the first only."""
+    params = load_params(REPO / "params" / profile)
+    for ablation in params.ablations:
+        variant = variant_params(params, ablation.name, ablation.set)
+        assert len(backbones(variant)) == 1 and backbones(variant)[0].model == backbones(params)[0].model
+        assert variant.training.methods == ["baseline", "sgid"]
+        assert set(variant.smoke.tiny_backbones) <= {b.name for b in backbones(variant)}

@@ -19,13 +19,7 @@ PROMPTS = ["(a dog on grass)0.9. A picture of (pug)1.5", "(a red flower)0.9. A p
 ATOL = 1e-4  # on [0, 1] float images; observed differences are ~1e-6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models' ops are too small to gain from threads; on a busy 2-CPU machine 2 threads ran these tests 4x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +173,7 @@ def test_real_architectures_and_their_flops():
         pipe = builders.stable_diffusion("real")
         blip, _ = builders.blip("real")
         clip, _ = builders.clip("real")
-        vit = builders.vit("real", num_classes=0)
+        vit = builders.classifier(builders.VIT_B16, "real")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(pipe.unet) == 859_520_964
     assert count(pipe.vae) == 83_653_863

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from sgid_utils.params import ParamsError, load_params, parse_override
+from sgid_utils.training import METHOD_NAMES, backbones
 
 from .conftest import REPO
 
@@ -122,8 +123,27 @@ def test_smoke_profile_is_offline():
     p = load_params(REPO / "params" / "smoke.yaml")
     for ref in p.models.model_dump().values():
         assert Path(ref.removeprefix("local-dir:")).is_absolute(), ref
+    for backbone in p.training.backbones:  # every backbone a local folder the profile builds (tiny_backbones or models.classifier)
+        assert backbone.model.startswith("local-dir:/"), backbone.model
+        assert backbone.name in p.smoke.tiny_backbones or backbone.model == p.models.classifier
     assert p.smoke.build_models and p.smoke.build_dataset
-    assert len(p.training.seeds) >= 2 and set(p.training.methods) == {"baseline", "cutmix", "randaugment", "sgid", "sgid_filtered"}
+    assert len(p.training.seeds) >= 2 and set(p.training.methods) == set(METHOD_NAMES)  # every method runs
+    assert {b.pretrained for b in p.training.backbones} == {True, False}  # from scratch and pretrained
+
+
+def test_backbone_profiles_extend_the_data_sets_and_keep_the_vit_recipe():
+    for name in ("pets", "flowers"):
+        base, p = load_params(REPO / "params" / f"{name}.yaml"), load_params(REPO / "params" / f"{name}_backbones.yaml")
+        assert not base.training.backbones  # the report's setting: models.classifier alone
+        assert p.run.reuse == base.run.dir and p.run.dir != base.run.dir
+        vit, resnet, clip = backbones(p)
+        report = backbones(base)[0]
+        assert (vit.model, vit.optimizer, vit.lr, vit.schedule, vit.epochs, vit.batch_size) == (
+            report.model, report.optimizer, report.lr, report.schedule, report.epochs, report.batch_size)
+        assert (resnet.model, resnet.pretrained) == ("resnet50", False)
+        assert clip.model == "vit_base_patch16_clip_224.laion2b" and clip.pretrained
+        assert set(p.results.headline.gains) == {b.name for b in backbones(p)}
+        assert {"sgid_cutmix", "sgid_randaugment"} <= set(p.training.methods)
 
 
 def test_code_versions_make_older_outputs_stale(make_params, tmp_path):

@@ -8,7 +8,7 @@ from sgid_utils.checks import check_versions
 from sgid_utils.cli import main
 from sgid_utils.params import load_params
 from sgid_utils.preflight import canary_params, preflight
-from sgid_utils.projection import Counts, checkpoint_bytes, disk_need_bytes, full_run_counts, images_per_config, project_seconds
+from sgid_utils.projection import Counts, checkpoint_bytes, disk_need_bytes, full_run_counts, image_epochs, project_seconds
 from sgid_utils.rundir import RunDir
 
 from .conftest import REPO
@@ -54,9 +54,15 @@ def test_projection_formula_by_hand(make_params):
     assert checkpoint_bytes(1_000_000) == 12_000_000  # 4 bytes x (weights + 2 Adam moments)
     # 1.5 B/px x 3 candidates x (10 M + 7 M px) = 76.5 MB; + 12 MB checkpoint; + 100 images x 1 kB
     assert disk_need_bytes(1.5, 3, counts.raw_pixels, counts.small_pixels, 1_000_000, 1_000, 100) == 76_500_000 + 12_000_000 + 100_000
-    # Training images per configuration: baseline 10; SGID 50 % adds 5, 100 % adds 10 (one curated image per source).
+    # Training images per configuration: baseline 10; SGID 50 % adds 5, 100 % adds 10 (one curated image per source);
+    # times the epochs (training.epochs: 1 here).
     params = make_params(training={"methods": ["baseline", "sgid"], "seeds": [0], "sgid_proportions": [0.5, 1.0]})
-    assert images_per_config(params, 10) == [10, 15, 20]
+    assert image_epochs(params, 10) == [10, 15, 20]
+    # Each backbone its own epochs: 2 for the first, training.epochs (1) for the second.
+    two = make_params("two", training={"methods": ["baseline", "sgid"], "seeds": [0], "sgid_proportions": [1.0],
+                                       "backbones": [{"name": "a", "model": "resnet50", "pretrained": False, "epochs": 2},
+                                                     {"name": "b", "model": "resnet50", "pretrained": False}]})
+    assert image_epochs(two, 10) == [20, 40, 10, 20]
 
 
 def test_counts_from_split_sizes():

@@ -10,6 +10,7 @@ def test_summary_mean_std_order_and_references(make_params):
     params = make_params(results={"references": [{"label": "Paper", "source": "arXiv 2302.02070",
                                                   "values": {"Baseline": 0.92, "SGID (100%)": 0.93}}]})
     results = pd.DataFrame({
+        "backbone": "",  # the implicit backbone (models.classifier)
         "setting": ["SGID (100%)", "Baseline", "Baseline", "CutMix", "SGID (25%)", "SGID (100%)"],
         "method": ["sgid", "baseline", "baseline", "cutmix", "sgid", "sgid"],
         "proportion": [1.0, None, None, None, 0.25, 1.0],

@@ -9,7 +9,7 @@ from sgid_utils.rundir import RunDir
 from sgid_utils.schema import TrainingParams
 from sgid_utils.training import TrainConfig, configs, sgid_subset, train_config, training_sets
 
-from .conftest import copy_stages
+from .conftest import copy_stages, resnet_scratch_entry
 
 
 def _batch(n=8, size=32):
@@ -99,13 +99,17 @@ def test_training_results_metrics_and_predictions(pipeline_run):
         assert not run.checkpoint(row.config).exists()
 
 
-def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params, pipeline_run, monkeypatch):
+@pytest.mark.parametrize("backbone", ["", "resnet"])
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params, pipeline_run, tiny_backbones, monkeypatch,
+                                                                       backbone):
+    """The report's ViT (Adam, constant lr) and a ResNet from scratch (SGD, warm-up + cosine: the schedule resumes too)."""
     import sgid_utils.training as tr
 
-    cfg = TrainConfig("cutmix", seed=0)
+    cfg = TrainConfig("cutmix", seed=0, backbone=backbone)
+    extra = {"backbones": [resnet_scratch_entry(tiny_backbones)]} if backbone else {}
     runs = {}
     for name in ("straight", "killed"):
-        runs[name] = make_params(name, training={"epochs": 2, "methods": ["cutmix"]})
+        runs[name] = make_params(name, training={"epochs": 2, "methods": ["cutmix"], **extra})
         copy_stages(pipeline_run, runs[name], "data")
     train, test, _, n = training_sets(runs["straight"])
     full = train_config(runs["straight"], cfg, train, test, n)
