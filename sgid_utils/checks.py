@@ -19,9 +19,12 @@ from huggingface_hub.errors import CacheNotFound
 from packaging.requirements import Requirement
 
 from .data import HUB_IDS
+from .errors import StageError
 from .models import resolve_device
 from .projection import gib
 from .schema import Params
+from .sharing import reusable_stages
+from .stages import upstream_closure
 from .versions import version_problems
 
 CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
@@ -181,12 +184,26 @@ def check_disk(folder: Path, min_free_gb: float) -> list[Check]:
     return [Check("run.dir writable", True, str(folder)), room]
 
 
+def check_reuse(params: Params) -> list[Check]:
+    """``run.reuse``: the named run finished curation (else the run would stop), and which stages it will share."""
+    if params.run.reuse is None:
+        return []
+    try:
+        shared = reusable_stages(params)
+    except StageError as exc:
+        return [Check("run.reuse", False, str(exc).split(". ")[0],
+                      "run that data set's profile first, point run.reuse at where it ran, or remove run.reuse")]
+    rest = [s for s in upstream_closure("curate") if s not in shared]
+    made_here = f"; {', '.join(rest)} made here (made there with other params)" if rest else ""
+    return [Check("run.reuse", True, f"{', '.join(shared) or 'no stage'} linked from {params.run.reuse}{made_here}")]
+
+
 def checks(params: Params) -> list[Check]:
     """Every check that starts nothing: ids, data set, versions, device, run directory and disk."""
     # The ControlNet too under the img2img generator: notebook 03 shows both generators side by side.
     keys = ("captioner", "clip", "diffusion", "controlnet") + (() if params.training.backbones else ("classifier",))
     out = [check_model(params, key) for key in keys] + check_backbones(params)
-    out += [check_dataset(params), check_versions(), check_device(params)]
+    out += [check_dataset(params), check_versions(), check_device(params), *check_reuse(params)]
     return out + check_disk(Path(params.run.dir), params.run.min_free_gb) + [check_persistent(Path(params.run.dir))]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +34,7 @@ from .projection import (
 from .rundir import RunDir
 from .runner import run_stage
 from .schema import Params
+from .sharing import reusable_stages, reuse_source
 from .stages import NAMES
 from .training import backbones, configs
 
@@ -118,13 +119,18 @@ def run_canary(params: Params, report: Preflight) -> tuple[Params, dict[str, flo
 
 # --- projection ---------------------------------------------------------------------------------------------------------
 def _project(params: Params, report: Preflight, canary: Params, seconds: dict[str, float], items: dict[str, int]) -> None:
-    run = RunDir.of(params)
+    linked = reusable_stages(params) if params.run.reuse is not None else []
+    run = reuse_source(params) if "data" in linked else RunDir.of(params)
     full = read_table(run.images_table, run.root) if run.images_table.exists() else None
     counts = full_run_counts(params, full)
+    # Stages run.reuse links cost nothing here and write no images.
+    counts = replace(counts, raw_pixels=0.0 if "generate" in linked else counts.raw_pixels,
+                     small_pixels=0.0 if "upscale" in linked else counts.small_pixels)
     per_item = {s: seconds[s] / max(1, items[s]) for s in seconds}
-    expected = project_seconds(per_item, counts)
+    expected = {s: 0.0 if s in linked else t for s, t in project_seconds(per_item, counts).items()}
     for stage in seconds:
         basis = "fixed cost, measured" if counts.items(stage) == 1 else f"extrapolated from {counts.source}"
+        basis = f"linked from run.reuse {params.run.reuse}: not recomputed" if stage in linked else basis
         report.rows.append({"stage": stage, "canary items": items[stage], "measured s/item": round(per_item[stage], 3),
                             "full-run items": int(counts.items(stage)), "expected": hms(expected[stage]), "basis": basis})
     report.rows.append({"stage": "total (make reproduce, without ablations)", "canary items": "", "measured s/item": "",

@@ -32,28 +32,33 @@ def link(src: Path, dst: Path) -> None:
                              "linked to?); remove it to recompute or relink that stage.") from None
 
 
+def made_alike(have: RunDir, params: Params, stage: str) -> bool | None:
+    """Whether ``have`` made ``stage`` with the params ``params`` give it (None: it has no record of the stage)."""
+    recorded = have.fingerprint(stage)
+    return read_json(recorded) == fingerprint(params, stage) if recorded.exists() else None
+
+
 def link_stages(have: RunDir, params: Params, stages: list[str]) -> list[str]:
     """Link ``have``'s folders of ``stages`` (in order) into ``params``' run dir while their fingerprints match."""
     want = RunDir.of(params)
     linked = []
     for stage in stages:
-        if want.stage(stage).exists() or want.stage(stage).is_symlink() or not have.fingerprint(stage).exists():
+        if want.stage(stage).exists() or want.stage(stage).is_symlink():
             continue
-        if read_json(have.fingerprint(stage)) != fingerprint(params, stage):
+        alike = made_alike(have, params, stage)
+        if alike is False:
             break  # a later stage depends on this one: stop sharing here
-        link(have.stage(stage), want.stage(stage))
-        linked.append(stage)
+        if alike:
+            link(have.stage(stage), want.stage(stage))
+            linked.append(stage)
     return linked
 
 
-def reuse_run(params: Params) -> list[str]:
-    """``run.reuse``: link the named run's stages up to curation, which must be finished there (its curated table).
+def reuse_source(params: Params) -> RunDir:
+    """``run.reuse``'s run directory; a clear error unless its stages up to curation are finished (its curated table).
 
-    A missing or unfinished run is an error rather than a silent regeneration (hours on a GPU); stages made there
-    with other params are computed here, and the runner says which were linked.
+    A missing or unfinished run is an error rather than a silent regeneration (hours on a GPU).
     """
-    if RunDir.of(params).stage("curate").exists():
-        return []  # linked (or made here) before
     source = Path(params.run.reuse)
     have = RunDir(source, source)
     if not have.curated_table().exists():
@@ -61,8 +66,27 @@ def reuse_run(params: Params) -> list[str]:
                          f"{have.curated_table()}). Run that data set's profile first (e.g. make reproduce "
                          "PARAMS=params/pets.yaml), point run.reuse at where it ran (on Colab: your Drive run_dir), or "
                          "remove run.reuse to generate the images in this run.")
-    stages = upstream_closure("curate")
-    linked = link_stages(have, params, stages)
+    return have
+
+
+def reusable_stages(params: Params) -> list[str]:
+    """The stages up to curation ``run.reuse`` would link (preflight's projection counts them as done)."""
+    have, shared = reuse_source(params), []
+    for stage in upstream_closure("curate"):
+        alike = made_alike(have, params, stage)
+        if alike is False:
+            break
+        shared += [stage] if alike else []
+    return shared
+
+
+def reuse_run(params: Params) -> list[str]:
+    """``run.reuse``: link the named run's stages up to curation while they were made with the same params; stages
+    made there with other params are computed here, and the runner says which were linked."""
+    if RunDir.of(params).stage("curate").exists():
+        return []  # linked (or made here) before
+    have = reuse_source(params)
+    linked = link_stages(have, params, upstream_closure("curate"))
     if linked:
-        print(f"[sgid] run.reuse: linked {', '.join(linked)} from {source}", file=sys.stderr)
+        print(f"[sgid] run.reuse: linked {', '.join(linked)} from {have.root}", file=sys.stderr)
     return linked

@@ -136,3 +136,26 @@ def test_a_colab_run_dir_outside_drive_is_flagged():
     assert "drive.mount" in check_persistent(Path("/content/runs/pets")).fix
     assert check_persistent(Path("/content/drive/MyDrive/sgid/pets")).ok
     assert check_persistent(Path("/tmp/runs/pets")).ok
+
+
+def test_a_reuse_profile_projects_only_what_it_recomputes(make_params, pipeline_run, tmp_path):
+    """run.reuse: the stages it links cost nothing in the projection; an unfinished run to reuse is a ✗ line."""
+    base = str(RunDir.of(pipeline_run).root)
+    report = preflight(make_params("reuse-preflight", run={"reuse": base}, training={"methods": ["baseline", "sgid"]}))
+    assert report.ok, "\n".join(c.line for c in report.checks)
+    reuse = next(c for c in report.checks if c.name == "run.reuse")
+    assert reuse.detail == f"data, captions, similarity, generate, upscale, curate linked from {base}"
+    rows = {r["stage"]: r for r in report.rows}
+    for stage in ("data", "captions", "similarity", "generate", "upscale", "curate"):
+        assert rows[stage]["expected"] == "0.0 s" and rows[stage]["basis"].startswith("linked from run.reuse")
+        assert rows[stage]["measured s/item"] > 0  # the canary still ran it: measured, then not counted
+    assert rows["train"]["expected"] != "0.0 s" and "the run's data table" in rows["train"]["basis"]
+
+    other = preflight(make_params("reuse-other", run={"reuse": base}, generation={"strength": 0.5}), canary=False)
+    assert next(c for c in other.checks if c.name == "run.reuse").detail == (
+        "data, captions, similarity linked from " + base + "; generate, upscale, curate made here (made there with other params)")
+
+    missing = make_params("reuse-missing", run={"reuse": str(tmp_path / "nowhere")})
+    failed = _failed(preflight(missing))
+    assert list(failed) == ["run.reuse"] and "not finished" in failed["run.reuse"] and "fix:" in failed["run.reuse"]
+    assert not RunDir.of(missing).canary.root.exists(), "no stage may start after a failed check"
