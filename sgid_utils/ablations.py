@@ -17,7 +17,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .errors import ParamsError, StageError
-from .fingerprints import fingerprint
+from .fingerprints import backbone_fingerprint, fingerprint
 from .io import read_json, read_table, write_table
 from .params import load_params
 from .quality_report import CURATED, set_metrics
@@ -41,12 +41,14 @@ def variant_params(params: Params, name: str, overrides: dict) -> Params:
     """The params of one variant: the base file with its overrides, in its own run directory, trained as Baseline
     and SGID (100 %) on the first backbone only (a variant changes generation, not the classifier)."""
     run = RunDir.of(params)
+    first = [b.name for b in params.training.backbones[:1]]
     sets = {**overrides, "run.dir": str(run.variant_root(name)), "run.name": f"{params.run.name}-{name}",
             "run.reports_dir": str(run.variant_reports(name)),
             "training.methods": ["baseline", "sgid"], "training.sgid_proportions": [1.0],
             "training.backbones": [b.model_dump(mode="json") for b in params.training.backbones[:1]],
-            "smoke.tiny_backbones": {k: v for k, v in params.smoke.tiny_backbones.items()
-                                     if k in [b.name for b in params.training.backbones[:1]]},
+            "smoke.tiny_backbones": {k: v for k, v in params.smoke.tiny_backbones.items() if k in first},
+            "results.references": [r.model_dump(mode="json") for r in params.results.references
+                                   if r.backbone is None or r.backbone in first],
             "results.headline": None}  # the per-backbone gains belong to the base run
     return load_params(params.source_file, sets)
 
@@ -63,9 +65,13 @@ def share_baselines(base: Params, variant: Params) -> list[str]:
     before, now = read_json(have.fingerprint("train")), fingerprint(variant, "train", upstream=("data",))
     if any(before.get(k) != v for k, v in now.items()):
         return []
+    bb = backbones(variant)[0]
+    if bb.name and (not have.backbone_fingerprint(bb.name).exists()
+                    or read_json(have.backbone_fingerprint(bb.name)) != backbone_fingerprint(bb)):
+        return []  # the base run trained this backbone with another recipe (or not at all)
     linked = []
     for seed in variant.training.seeds:
-        name = TrainConfig("baseline", seed, backbone=backbones(variant)[0].name).name
+        name = TrainConfig("baseline", seed, backbone=bb.name).name
         if have.result(name).exists() and not want.config_dir(name).exists():
             link(have.config_dir(name), want.config_dir(name))
             linked.append(name)

@@ -200,8 +200,11 @@ def check_reuse(params: Params) -> list[Check]:
 
 def checks(params: Params) -> list[Check]:
     """Every check that starts nothing: ids, data set, versions, device, run directory and disk."""
-    # The ControlNet too under the img2img generator: notebook 03 shows both generators side by side.
-    keys = ("captioner", "clip", "diffusion", "controlnet") + (() if params.training.backbones else ("classifier",))
+    # The ControlNet only where a stage loads it (notebook 03's side by side under img2img says so itself if missing).
+    controlnet = params.generation.generator == "controlnet" or any(
+        a.set.get("generation.generator") == "controlnet" for a in params.ablations)
+    keys = ("captioner", "clip", "diffusion") + (("controlnet",) if controlnet else ()) + (
+        () if params.training.backbones else ("classifier",))
     out = [check_model(params, key) for key in keys] + check_backbones(params)
     out += [check_dataset(params), check_versions(), check_device(params), *check_reuse(params)]
     return out + check_disk(Path(params.run.dir), params.run.min_free_gb) + [check_persistent(Path(params.run.dir))]

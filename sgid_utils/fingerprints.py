@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema import Params
+from .schema import BackboneParams, Params
 from .stages import get, upstream_closure
 
 # Keys that change only speed (batch sizes, compilation) or only how much is done (which methods, seeds and
-# proportions to train): changing them reuses finished work.
+# proportions to train): changing them reuses finished work. Listed backbones are recorded one by one
+# (``backbone_fingerprint``), so adding one or changing one's recipe leaves the others' finished runs valid.
 NOT_IN_FINGERPRINT = {
     "captioning.batch_size", "similarity.batch_size", "curation.batch_size", "generation.batch_size",
     "generation.compile", "training.eval_batch_size", "training.methods", "training.seeds",
     "training.sgid_proportions", "training.filtered_proportions", "training.combined_proportions",
+    "training.backbones",
 }
 # Bumped when a section's code gives other outputs for the same params, so that a run dir keeps one version's files.
 # captioning 2: nucleus sampling batched, each image's tokens drawn from its own seed (SeededNucleusSampler).
@@ -32,12 +34,18 @@ COSMETIC_BACKBONE_KEYS = ("label", "source")
 
 
 def unused_keys(params: Params) -> set[str]:
-    """Keys that cannot change these params' outputs: the ControlNet's under the img2img generator; and the
-    generator and the backbone list at the values every run had before they existed (img2img; models.classifier
-    alone), so that finished runs stay valid."""
+    """Keys that cannot change these params' outputs: the ControlNet's under the img2img generator (and the generator
+    itself at img2img, the value every run had before it existed, so that finished runs stay valid); and
+    ``models.classifier`` when ``training.backbones`` lists the classifiers."""
     keys = set() if params.generation.generator == "controlnet" else {"models.controlnet", "generation.controlnet",
                                                                       "generation.generator"}
-    return keys | (set() if params.training.backbones else {"training.backbones"})
+    return keys | ({"models.classifier"} if params.training.backbones else set())
+
+
+def backbone_fingerprint(bb: BackboneParams) -> dict[str, Any]:
+    """What a listed backbone's runs depend on beyond the train stage's fingerprint: its resolved recipe (without
+    the label and source, which name it but cannot change a result). Recorded beside its runs."""
+    return {k: v for k, v in bb.model_dump(mode="json").items() if k not in COSMETIC_BACKBONE_KEYS}
 
 
 def stage_keys(stage: str, upstream: tuple[str, ...] | None = None) -> list[str]:
@@ -67,8 +75,6 @@ def fingerprint(params: Params, stage: str, upstream: tuple[str, ...] | None = N
             node = node[part]
         if isinstance(node, dict):
             node = {k: v for k, v in node.items() if f"{dotted}.{k}" not in left_out}
-        if dotted == "training" and "backbones" in node:
-            node["backbones"] = [{k: v for k, v in b.items() if k not in COSMETIC_BACKBONE_KEYS} for b in node["backbones"]]
         out[dotted] = node
         if dotted in CODE_VERSIONS:
             out[f"{dotted}.code_version"] = CODE_VERSIONS[dotted]

@@ -156,10 +156,12 @@ class ItemStore:
         return not self.todo(item_ids)
 
 
-def check_fingerprint(file: Path, fingerprint: dict[str, Any], stage: str) -> None:
-    """Record in ``file`` the params that produce a stage folder; refuse to mix outputs of different params."""
+def check_fingerprint(file: Path, fingerprint: dict[str, Any], stage: str, outputs: str | None = None) -> None:
+    """Record in ``file`` the params that produce a stage folder (or, ``outputs``, part of it); refuse to mix
+    outputs of different params."""
     file = Path(file)
     stage_dir = file.parent
+    outputs = outputs or f"{stage_dir} and every later stage's folder"
     current = json.loads(json.dumps(fingerprint, default=str))
     if file.exists():
         before = read_json(file)
@@ -168,8 +170,7 @@ def check_fingerprint(file: Path, fingerprint: dict[str, Any], stage: str) -> No
             detail = "; ".join(f"{k}: was {before.get(k)!r}, now {current.get(k)!r}" for k in changed)
             raise StaleOutputsError(
                 f"Stage '{stage}' already has outputs in {stage_dir} made with other params or code ({detail}). "
-                f"Use a new run.dir (e.g. --run-dir or --set run.dir=...), or delete {stage_dir} and every later "
-                "stage's folder to recompute."
+                f"Use a new run.dir (e.g. --run-dir or --set run.dir=...), or delete {outputs} to recompute."
             )
         return
     write_json(file, current)

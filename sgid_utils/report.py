@@ -112,7 +112,8 @@ def key_facts(params: Params, provenance: pd.DataFrame) -> list[tuple[str, str]]
                    f"{curated} curated generated images"),
         ("Models", f"captioner {m.captioner}; CLIP {m.clip}; diffusion {m.diffusion}"
                    + (f" with ControlNet {m.controlnet}" if params.generation.generator == "controlnet" else "")
-                   + f"; classifier {m.classifier}"),
+                   + "; classifier" + ("s " + ", ".join(f"{b.label} {b.model}" for b in backbones(params))
+                                        if params.training.backbones else f" {m.classifier}")),
         ("Seeds", f"run seed {params.run.seed}; training seeds {params.training.seeds}"),
         ("Training", f"methods {', '.join(params.training.methods)}; " + "; ".join(recipe(bb) for bb in backbones(params))),
         ("Ran", ran(provenance)),

@@ -60,7 +60,8 @@ def significance(results: pd.DataFrame, params: Params) -> pd.DataFrame:
 
 
 def load_significance(params: Params) -> pd.DataFrame:
-    return read_table(RunDir.of(params).significance_table)
+    table = read_table(RunDir.of(params).significance_table)
+    return table if "backbone" in table else table.assign(backbone="")  # written before backbones existed
 
 
 def verdicts(params: Params, sig: pd.DataFrame) -> list[str]:

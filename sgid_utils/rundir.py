@@ -15,7 +15,7 @@ changing one property here. Layout (``<run>`` is ``run.dir``, ``<reports>`` is
     <run>/curation/                          scores_<variant>/, embeddings_<variant>/, candidates.parquet,
                                              curated[_filtered].parquet, quality.json
     <run>/training/                          <config>/{checkpoint.pt,metrics.csv,predictions.parquet,result.json},
-                                             results.parquet
+                                             results.parquet, _backbone-<name>.json (each listed backbone's recipe)
     <run>/results/                           significance.parquet
     <reports>/index.html                     the run's report page (``sgid_utils.report``)
     <reports>/tables/  <reports>/figures/  <reports>/notebooks/{NN_name.ipynb,NN_name.html}
@@ -152,6 +152,10 @@ class RunDir:
     def config_dir(self, config: str) -> Path:
         """One training configuration's folder, e.g. ``training/sgid100_seed0``."""
         return self.stage("train") / config
+
+    def backbone_fingerprint(self, backbone: str) -> Path:
+        """A listed backbone's recipe, recorded beside its runs (``fingerprints.backbone_fingerprint``)."""
+        return self.stage("train") / f"_backbone-{backbone}.json"
 
     def result(self, config: str) -> Path:
         return self.config_dir(config) / "result.json"

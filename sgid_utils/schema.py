@@ -307,6 +307,11 @@ class Params(_Section):
         unknown = sorted(set(named) - set(names))
         if unknown:
             raise ValueError(f"results names backbone(s) {unknown} that training.backbones does not list (has {names})")
+        for b in self.training.backbones:
+            epochs = b.epochs if b.epochs is not None else self.training.epochs
+            if b.warmup_epochs > epochs:
+                raise ValueError(f"training.backbones '{b.name}': warmup_epochs {b.warmup_epochs:g} is longer than its "
+                                 f"{epochs} epochs (the learning rate would never reach lr); shorten the warm-up")
         unknown = sorted(set(self.smoke.tiny_backbones) - set(names))
         if unknown:
             raise ValueError(f"smoke.tiny_backbones names backbone(s) {unknown} that training.backbones does not list (has {names})")

@@ -43,7 +43,10 @@ def link_stages(have: RunDir, params: Params, stages: list[str]) -> list[str]:
     want = RunDir.of(params)
     linked = []
     for stage in stages:
-        if want.stage(stage).exists() or want.stage(stage).is_symlink():
+        if want.stage(stage).is_symlink() and not want.stage(stage).exists():
+            raise StageError(f"{want.stage(stage)} links to {os.readlink(want.stage(stage))}, which no longer exists (a "
+                             "moved or deleted run?); remove the link to recompute or relink that stage.")
+        if want.stage(stage).exists():
             continue
         alike = made_alike(have, params, stage)
         if alike is False:
@@ -86,7 +89,13 @@ def reuse_run(params: Params) -> list[str]:
     if RunDir.of(params).stage("curate").exists():
         return []  # linked (or made here) before
     have = reuse_source(params)
-    linked = link_stages(have, params, upstream_closure("curate"))
-    if linked:
-        print(f"[sgid] run.reuse: linked {', '.join(linked)} from {have.root}", file=sys.stderr)
+    stages = upstream_closure("curate")
+    linked = link_stages(have, params, stages)
+    message = f"[sgid] run.reuse: linked {', '.join(linked) or 'nothing'} from {have.root}"
+    differs = next((s for s in stages if made_alike(have, params, s) is False), None)
+    if differs is not None:
+        before, now = read_json(have.fingerprint(differs)), fingerprint(params, differs)
+        keys = ", ".join(sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)))
+        message += f"; '{differs}' was made there with other params ({keys}): it and every later stage run here"
+    print(message, file=sys.stderr)
     return linked

@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 from .augmentations import cutmix_batch, mixed_loss, randaugment
 from .curation import load_curated
 from .data import load_images_table
+from .fingerprints import backbone_fingerprint
 from .image_cache import CachedImages, shared_cache
-from .io import read_json, read_table, write_atomic, write_json, write_table
+from .io import check_fingerprint, read_json, read_table, write_atomic, write_json, write_table
 from .models import create_classifier, preprocessing, resolve_device
 from .resumable import gpu_memory_hint, my_share
 from .rundir import RunDir
@@ -323,6 +324,11 @@ def run_training(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     configurations on its own GPU; the table is written once every configuration has a result.
     """
     run = RunDir.of(params)
+    for bb in backbones(params):
+        if bb.name:  # a listed backbone; the implicit one's recipe (training.*) is in the stage's own fingerprint
+            check_fingerprint(run.backbone_fingerprint(bb.name), backbone_fingerprint(bb), f"train ({bb.label})",
+                              outputs=f"{run.stage('train')}/{bb.name}-* (that backbone's runs) and "
+                                      f"{run.backbone_fingerprint(bb.name)}")
     train, test, additions, num_classes = training_sets(params, images)
     all_configs = configs(params)
     mine = set(my_share(c.name for c in all_configs))

@@ -4,13 +4,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from sgid_utils.ablations import run_ablations, variant_params
+from sgid_utils.ablations import run_ablations, share_baselines, variant_params
 from sgid_utils.errors import StageError
+from sgid_utils.io import write_json
 from sgid_utils.params import ParamsError, load_params
 from sgid_utils.rundir import RunDir
+from sgid_utils.runner import run_stage
 from sgid_utils.training import backbones
 
-from .conftest import REPO, copy_stages
+from .conftest import REPO, copy_stages, resnet_scratch_entry
 
 
 def test_extends_merges_sections_over_the_base(tmp_path):
@@ -55,6 +57,23 @@ def test_a_label_only_variant_reuses_upstream_and_reports_its_own_comparison(mak
     assert variant.significance_table.exists() and variant.table("accuracy.md").exists()  # the variant's own results stage
     results = pd.read_parquet(variant.results_table)
     assert sorted(results.setting.unique()) == ["Baseline", "SGID (100%)"]
+
+
+def test_a_variant_of_a_several_backbone_run_shares_the_first_backbones_baselines(make_params, pipeline_run, tiny_backbones,
+                                                                                 assets):
+    """Variants train the first backbone: its finished Baselines are linked while its recipe is the one they were made
+    with; a reference table of another backbone stays with the base run."""
+    entries = [{"name": "vit", "label": "ViT", "model": f"local-dir:{assets[0] / 'vit'}"}, resnet_scratch_entry(tiny_backbones)]
+    params = make_params("several", training={"backbones": entries, "methods": ["baseline"]},
+                         results={"references": [{"label": "R", "source": "s", "values": {"Baseline": 0.5}, "backbone": "resnet"}]})
+    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
+    run_stage("train", params)
+    variant = variant_params(params, "label-only", {"generation.prompt": "label_only"})
+    assert variant.results.references == []
+    assert share_baselines(params, variant) == ["vit-baseline_seed0", "vit-baseline_seed1"]
+    other = variant_params(params, "other", {"generation.prompt": "label_only"})
+    write_json(RunDir.of(params).backbone_fingerprint("vit"), {"lr": 1.0})  # as if the base had trained another recipe
+    assert share_baselines(params, other) == []
 
 
 def test_variants_on_the_same_subset_share_its_captions_and_baselines(make_params, monkeypatch):

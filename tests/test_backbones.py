@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from sgid_utils.errors import ModelLoadError, ParamsError, StageError
-from sgid_utils.fingerprints import fingerprint
+from sgid_utils.errors import ModelLoadError, ParamsError, StageError, StaleOutputsError
+from sgid_utils.fingerprints import backbone_fingerprint, fingerprint
 from sgid_utils.models import create_classifier, preprocessing
 from sgid_utils.results import backbone_gains, load_significance
 from sgid_utils.rundir import RunDir
@@ -95,6 +95,8 @@ def test_backbone_params_are_validated(make_params, tiny_backbones, assets):
         make_params("dup", training={"backbones": [entries[0], entries[0]]})
     with pytest.raises(ParamsError, match="optimizer"):
         make_params("opt", training={"backbones": [{**entries[0], "optimizer": "lamb"}]})
+    with pytest.raises(ParamsError, match="'resnet': warmup_epochs 5 is longer than its 2 epochs"):
+        make_params("warmup", training={"epochs": 2, "backbones": [{**entries[1], "warmup_epochs": 5}]})
     with pytest.raises(ParamsError, match="labels must differ"):
         make_params("labels", training={"backbones": [entries[0], {**entries[1], "label": entries[0]["label"]}]})
     with pytest.raises(ParamsError, match=r"backbone\(s\) \['resnet50'\]"):
@@ -151,10 +153,10 @@ def test_best_non_generative_augmentation_is_read_from_the_numbers(make_params, 
 
 
 def test_every_backbone_is_trained_and_compared_with_its_own_baseline(make_params, pipeline_run, tiny_backbones, assets):
-    params = make_params("backbones", training={"backbones": backbone_entries(tiny_backbones, assets[0] / "vit"),
-                                                "methods": ["baseline", "sgid", "sgid_randaugment"], "seeds": [0, 1],
-                                                "sgid_proportions": [1.0], "epochs": 2},
-                         results={"references": [{"label": "Paper", "source": "Table 1", "values": {"Baseline": 0.92}}]})
+    entries = backbone_entries(tiny_backbones, assets[0] / "vit")
+    training = {"methods": ["baseline", "sgid", "sgid_randaugment"], "seeds": [0, 1], "sgid_proportions": [1.0], "epochs": 2}
+    references = {"references": [{"label": "Paper", "source": "Table 1", "values": {"Baseline": 0.92}}]}
+    params = make_params("backbones", training={**training, "backbones": entries}, results=references)
     copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
     run_stage("train", params)
     paths = run_stage("results", params)
@@ -176,6 +178,16 @@ def test_every_backbone_is_trained_and_compared_with_its_own_baseline(make_param
     history = pd.read_csv(RunDir.of(params).history("resnet-baseline_seed0"))
     assert history.lr.iloc[-1] < 0.05 * 0.01 and np.isfinite(history.train_loss).all()
 
+    # Each backbone records its own recipe: one changed makes only its runs stale; one dropped retrains nothing.
+    changed = make_params("backbones", training={**training, "backbones": [entries[0], {**entries[1], "lr": 0.1}, entries[2]]},
+                          results=references)
+    with pytest.raises(StaleOutputsError, match=r"train \(ResNet \(scratch\)\).*lr: was 0\.05, now 0\.1.*resnet-\*"):
+        run_stage("train", changed)
+    finished = RunDir.of(params).result("clip-baseline_seed0").stat().st_mtime_ns
+    fewer = make_params("backbones", training={**training, "backbones": [entries[0], entries[2]]}, results=references)
+    assert len(run_stage("train", fewer)) == 2 * 3 * 2
+    assert RunDir.of(params).result("clip-baseline_seed0").stat().st_mtime_ns == finished
+
 
 def test_fingerprints_keep_older_runs_valid_and_see_every_recipe_change(make_params, tiny_backbones, assets):
     plain = make_params("plain")
@@ -185,12 +197,17 @@ def test_fingerprints_keep_older_runs_valid_and_see_every_recipe_change(make_par
     renamed = make_params("renamed", training={"backbones": [{**entries[0], "label": "ViT-B", "source": "typo fixed"},
                                                              *entries[1:]]})
     faster = make_params("faster", training={"backbones": [entries[0], {**entries[1], "lr": 0.1}, entries[2]]})
-    assert fingerprint(renamed, "train") == fingerprint(listed, "train")  # names cannot change a result
-    assert fingerprint(faster, "train") != fingerprint(listed, "train")
+    # The stage's fingerprint leaves the list out; each backbone's recipe is recorded beside its runs.
+    assert fingerprint(faster, "train") == fingerprint(renamed, "train") == fingerprint(listed, "train")
+    assert "models.classifier" not in fingerprint(listed, "train")  # listed backbones replace it
+    recipes = {name: [backbone_fingerprint(b) for b in backbones(p)] for name, p in
+               (("listed", listed), ("renamed", renamed), ("faster", faster))}
+    assert recipes["renamed"] == recipes["listed"]  # names cannot change a result
+    assert [a == b for a, b in zip(recipes["faster"], recipes["listed"])] == [True, False, True]
     assert fingerprint(listed, "curate") == fingerprint(plain, "curate")  # training choices do not touch generation
 
 
-def test_run_reuse_links_a_finished_run_and_refuses_an_unfinished_one(make_params, pipeline_run, tmp_path):
+def test_run_reuse_links_a_finished_run_and_refuses_an_unfinished_one(make_params, pipeline_run, tmp_path, capsys):
     base = RunDir.of(pipeline_run)
     params = make_params("reuse", run={"reuse": str(base.root)},
                          training={"methods": ["baseline", "sgid"], "seeds": [0], "sgid_proportions": [1.0]})
@@ -204,6 +221,13 @@ def test_run_reuse_links_a_finished_run_and_refuses_an_unfinished_one(make_param
     prepare_run(other)
     linked = [s for s in upstream_closure("curate") if RunDir.of(other).stage(s).is_symlink()]
     assert linked == ["data", "captions", "similarity"]
+    assert "'generate' was made there with other params (generation): it and every later stage run here" in capsys.readouterr().err
+    # A link left pointing at a run that has moved: a clear error, not a write through a dangling link.
+    broken = make_params("reuse-broken", run={"reuse": str(base.root)})
+    RunDir.of(broken).root.mkdir(parents=True)
+    RunDir.of(broken).stage("data").symlink_to(tmp_path / "moved-away", target_is_directory=True)
+    with pytest.raises(StageError, match="no longer exists"):
+        prepare_run(broken)
     # A run that is missing (or has not finished curation) is an error, not hours of silent regeneration.
     with pytest.raises(StageError, match="run.reuse names .* not finished"):
         run_stage("data", make_params("reuse-missing", run={"reuse": str(tmp_path / "nowhere")}))

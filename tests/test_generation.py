@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -68,12 +69,13 @@ def test_generation_is_deterministic_and_resumable(make_params, pipeline_run):
     other = load_manifest(pipeline_run)
     pd.testing.assert_frame_equal(again.sort_values(["image_id", "k"])[cols].reset_index(drop=True),
                                   other.sort_values(["image_id", "k"])[cols].reset_index(drop=True))
+    for a, b in zip(again.sort_values(["image_id", "k"]).path, other.sort_values(["image_id", "k"]).path):
+        diff = np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int))
+        assert diff.max() <= 2, (a, diff.max())  # the other run's pixels too, within a level or two
 
 
 def test_batched_stage_matches_the_per_image_pipeline(make_params, pipeline_run):
     """generation.batch_size > 1 (the CUDA default) gives the per-image pipeline's images within a level or two."""
-    import numpy as np
-
     params = make_params("batched", generation={"batch_size": 4})
     copy_stages(pipeline_run, params, "data", "captions", "similarity")
     batched = load_manifest(params) if run_stage("generate", params) is not None else None

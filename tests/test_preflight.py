@@ -159,3 +159,16 @@ def test_a_reuse_profile_projects_only_what_it_recomputes(make_params, pipeline_
     failed = _failed(preflight(missing))
     assert list(failed) == ["run.reuse"] and "not finished" in failed["run.reuse"] and "fix:" in failed["run.reuse"]
     assert not RunDir.of(missing).canary.root.exists(), "no stage may start after a failed check"
+
+
+def test_the_controlnet_is_checked_only_where_a_stage_loads_it(make_params):
+    missing = "lllyasviel/not-downloaded"
+    plain = make_params("cn-unused")
+    plain.models.controlnet = missing
+    assert "models.controlnet" not in _failed(preflight(plain, canary=False))
+    used = make_params("cn-used", generation={"generator": "controlnet"})
+    used.models.controlnet = missing
+    assert f"hf download {missing}" in _failed(preflight(used, canary=False))["models.controlnet"]
+    variant = make_params("cn-variant", ablations=[{"name": "cn", "set": {"generation.generator": "controlnet"}}])
+    variant.models.controlnet = missing
+    assert "models.controlnet" in _failed(preflight(variant, canary=False))
