@@ -22,14 +22,17 @@ from .errors import USER_ERRORS
 from .io import read_table, write_text
 from .models import create_classifier
 from .projection import (
+    Counts,
     disk_need_bytes,
     full_run_counts,
     gib,
     hms,
     image_epochs,
+    image_epochs_by_backbone,
     other_bytes,
     png_bytes_per_pixel,
     project_seconds,
+    train_seconds_by_backbone,
 )
 from .rundir import RunDir
 from .runner import run_stage
@@ -118,6 +121,22 @@ def run_canary(params: Params, report: Preflight) -> tuple[Params, dict[str, flo
 
 
 # --- projection ---------------------------------------------------------------------------------------------------------
+def _train_rows(params: Params, canary: Params, seconds: float, counts: Counts, basis: str) -> list[dict]:
+    """One training row per backbone, each at its own measured seconds per image-epoch (and a 'seconds' key)."""
+    crun = RunDir.of(canary)
+    n_canary = int((read_table(crun.images_table).split == "train").sum())
+    split = train_seconds_by_backbone(canary, seconds)
+    canary_items = image_epochs_by_backbone(canary, n_canary)
+    full_items = image_epochs_by_backbone(params, counts.train_images)
+    rows = []
+    for bb in backbones(params):
+        per = split[bb.name] / max(1, canary_items[bb.name])
+        rows.append({"stage": f"train: {bb.label}", "canary items": canary_items[bb.name], "measured s/item": round(per, 3),
+                     "full-run items": full_items[bb.name], "expected": hms(per * full_items[bb.name]), "basis": basis,
+                     "seconds": per * full_items[bb.name]})
+    return rows
+
+
 def _project(params: Params, report: Preflight, canary: Params, seconds: dict[str, float], items: dict[str, int]) -> None:
     linked = reusable_stages(params) if params.run.reuse is not None else []
     run = reuse_source(params) if "data" in linked else RunDir.of(params)
@@ -131,6 +150,11 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
     for stage in seconds:
         basis = "fixed cost, measured" if counts.items(stage) == 1 else f"extrapolated from {counts.source}"
         basis = f"linked from run.reuse {params.run.reuse}: not recomputed" if stage in linked else basis
+        if stage == "train" and len(backbones(params)) > 1:
+            rows = _train_rows(params, canary, seconds[stage], counts, basis)
+            expected[stage] = sum(r.pop("seconds") for r in rows)
+            report.rows += rows
+            continue
         report.rows.append({"stage": stage, "canary items": items[stage], "measured s/item": round(per_item[stage], 3),
                             "full-run items": int(counts.items(stage)), "expected": hms(expected[stage]), "basis": basis})
     report.rows.append({"stage": "total (make reproduce, without ablations)", "canary items": "", "measured s/item": "",
@@ -156,7 +180,9 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
         "Not in the total: the ablation profiles (make reproduce runs them after training; each variant repeats the stages "
         "whose params it changes) and each notebook's kernel start-up.",
         "Items: captions/similarity/curate = training images; generate = raw-pass sources; upscale = sources under "
-        "curation.upscale_threshold; train = images x epochs summed over configurations.",
+        "curation.upscale_threshold; train = images x epochs summed over configurations (one row per backbone when "
+        "there are several, each at its own measured rate; the canary tests after its one epoch, so a backbone that "
+        "tests only every few epochs is projected a little high).",
     ]
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from .generation import raw_pass
+from .io import read_table
 from .rundir import RunDir
 from .schema import Params
 from .training import GENERATIVE, backbones, configs
@@ -54,11 +55,29 @@ class Counts:
 
 def image_epochs(params: Params, n_train: int) -> list[int]:
     """Training images each (backbone, method, proportion, seed) sees over its epochs: the set, plus p x one curated
-    image per source, times its backbone's epochs. (Backbones differ in cost per image; the canary's seconds per
-    image-epoch are their mean, so a profile of several backbones gets a rougher training estimate.)"""
+    image per source, times its backbone's epochs."""
     epochs = {b.name: b.epochs for b in backbones(params)}
     return [(n_train + (int(c.proportion * n_train + 0.5) if c.method in GENERATIVE else 0)) * epochs[c.backbone]
             for c in configs(params)]
+
+
+def image_epochs_by_backbone(params: Params, n_train: int) -> dict[str, int]:
+    """``image_epochs`` summed per backbone name."""
+    out: dict[str, int] = {}
+    for cfg, n in zip(configs(params), image_epochs(params, n_train)):
+        out[cfg.backbone] = out.get(cfg.backbone, 0) + n
+    return out
+
+
+def train_seconds_by_backbone(canary: Params, total: float) -> dict[str, float]:
+    """The canary's train-stage seconds split among its backbones in proportion to their runs' measured epoch seconds
+    (metrics.csv), so that model loading and image caching are shared out the same way. Backbones differ several-fold
+    in cost per image (a ResNet-50's forward is a quarter of a ViT-B/16's), so each is projected at its own rate."""
+    run, measured = RunDir.of(canary), {}
+    for cfg in configs(canary):
+        measured[cfg.backbone] = measured.get(cfg.backbone, 0.0) + float(read_table(run.history(cfg.name)).seconds.sum())
+    whole = sum(measured.values())
+    return {name: total * s / whole if whole else total / len(measured) for name, s in measured.items()}
 
 
 def _folder_sizes(params: Params) -> pd.DataFrame:

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from sgid_utils.checks import check_versions
 from sgid_utils.cli import main
+from sgid_utils.io import read_table
 from sgid_utils.params import load_params
 from sgid_utils.preflight import canary_params, preflight
-from sgid_utils.projection import Counts, checkpoint_bytes, disk_need_bytes, full_run_counts, image_epochs, project_seconds
+from sgid_utils.projection import (
+    Counts,
+    checkpoint_bytes,
+    disk_need_bytes,
+    full_run_counts,
+    image_epochs,
+    image_epochs_by_backbone,
+    project_seconds,
+    train_seconds_by_backbone,
+)
 from sgid_utils.rundir import RunDir
+from sgid_utils.training import configs
 
-from .conftest import REPO
+from .conftest import REPO, resnet_scratch_entry
 
 
 def _failed(report) -> dict[str, str]:
@@ -172,3 +185,24 @@ def test_the_controlnet_is_checked_only_where_a_stage_loads_it(make_params):
     variant = make_params("cn-variant", ablations=[{"name": "cn", "set": {"generation.generator": "controlnet"}}])
     variant.models.controlnet = missing
     assert "models.controlnet" in _failed(preflight(variant, canary=False))
+
+
+def test_each_backbone_is_projected_at_its_own_measured_rate(make_params, tiny_backbones, assets):
+    entries = [{"name": "vit", "label": "ViT", "model": f"local-dir:{assets[0] / 'vit'}"},
+               {**resnet_scratch_entry(tiny_backbones), "epochs": 3}]
+    params = make_params("per-backbone", training={"backbones": entries, "methods": ["baseline", "sgid"], "seeds": [0]}, **FAST)
+    report = preflight(params)
+    assert report.ok, "\n".join(c.line for c in report.checks)
+    rows = {r["stage"]: r for r in report.rows}
+    assert "train" not in rows
+    vit, resnet = rows["train: ViT"], rows["train: ResNet (scratch)"]
+    n = full_run_counts(params).train_images  # counted from the image folder, as the projection counts it
+    assert (vit["full-run items"], resnet["full-run items"]) == tuple(image_epochs_by_backbone(params, n).values())
+    assert resnet["full-run items"] == 3 * vit["full-run items"]  # 3 epochs against 1
+    # The canary's train seconds, split by the runs' own epoch seconds, add back up to what the canary measured.
+    canary = canary_params(params)
+    split = train_seconds_by_backbone(canary, 10.0)
+    assert sum(split.values()) == pytest.approx(10.0) and set(split) == {"vit", "resnet"}
+    measured = {b: sum(read_table(RunDir.of(canary).history(c.name)).seconds.sum() for c in configs(canary) if c.backbone == b)
+                for b in split}
+    assert split["vit"] / split["resnet"] == pytest.approx(measured["vit"] / measured["resnet"])
