@@ -23,8 +23,7 @@ from .errors import StageError
 from .models import resolve_device
 from .projection import gib
 from .schema import Params
-from .sharing import reusable_stages
-from .stages import upstream_closure
+from .sharing import reuse_plan
 from .versions import version_problems
 
 CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
@@ -189,13 +188,14 @@ def check_reuse(params: Params) -> list[Check]:
     if params.run.reuse is None:
         return []
     try:
-        shared = reusable_stages(params)
+        plan = reuse_plan(params)
     except StageError as exc:
         return [Check("run.reuse", False, str(exc).split(". ")[0],
-                      "run that data set's profile first, point run.reuse at where it ran, or remove run.reuse")]
-    rest = [s for s in upstream_closure("curate") if s not in shared]
-    made_here = f"; {', '.join(rest)} made here (made there with other params)" if rest else ""
-    return [Check("run.reuse", True, f"{', '.join(shared) or 'no stage'} linked from {params.run.reuse}{made_here}")]
+                      "run that data set's profile first, point run.reuse at where it ran, or remove run.reuse "
+                      "(a dangling link: remove it)")]
+    detail = f"{', '.join(plan.shared) or 'no stage'} linked from {params.run.reuse}"
+    detail += f"; made there with other params, so run here: {', '.join(plan.differ)}" if plan.differ else ""
+    return [Check("run.reuse", True, detail)]
 
 
 def checks(params: Params) -> list[Check]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema import BackboneParams, Params
+from .schema import INHERITED, BackboneParams, Params
 from .stages import get, upstream_closure
 
 # Keys that change only speed (batch sizes, compilation) or only how much is done (which methods, seeds and
@@ -35,11 +35,13 @@ COSMETIC_BACKBONE_KEYS = ("label", "source")
 
 def unused_keys(params: Params) -> set[str]:
     """Keys that cannot change these params' outputs: the ControlNet's under the img2img generator (and the generator
-    itself at img2img, the value every run had before it existed, so that finished runs stay valid); and
-    ``models.classifier`` when ``training.backbones`` lists the classifiers."""
+    itself at img2img, the value every run had before it existed, so that finished runs stay valid); and, when
+    ``training.backbones`` lists the classifiers, ``models.classifier`` and the ``training.*`` fields a backbone
+    inherits (in each backbone's own record, resolved: retuning one backbone leaves the others' runs valid)."""
     keys = set() if params.generation.generator == "controlnet" else {"models.controlnet", "generation.controlnet",
                                                                       "generation.generator"}
-    return keys | ({"models.classifier"} if params.training.backbones else set())
+    listed = {"models.classifier", *(f"training.{k}" for k in INHERITED)} if params.training.backbones else set()
+    return keys | listed
 
 
 def backbone_fingerprint(bb: BackboneParams) -> dict[str, Any]:

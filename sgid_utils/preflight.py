@@ -22,6 +22,7 @@ from .errors import USER_ERRORS
 from .io import read_table, write_text
 from .models import create_classifier
 from .projection import (
+    OTHER_BYTES_STAGES,
     Counts,
     disk_need_bytes,
     full_run_counts,
@@ -37,7 +38,7 @@ from .projection import (
 from .rundir import RunDir
 from .runner import run_stage
 from .schema import Params
-from .sharing import reusable_stages, reuse_source
+from .sharing import reuse_plan, reuse_source
 from .stages import NAMES
 from .training import backbones, configs
 
@@ -138,7 +139,7 @@ def _train_rows(params: Params, canary: Params, seconds: float, counts: Counts, 
 
 
 def _project(params: Params, report: Preflight, canary: Params, seconds: dict[str, float], items: dict[str, int]) -> None:
-    linked = reusable_stages(params) if params.run.reuse is not None else []
+    linked = reuse_plan(params).shared if params.run.reuse is not None else []
     run = reuse_source(params) if "data" in linked else RunDir.of(params)
     full = read_table(run.images_table, run.root) if run.images_table.exists() else None
     counts = full_run_counts(params, full)
@@ -164,7 +165,7 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
     classes = (full if full is not None else read_table(crun.images_table)).label.nunique()
     n_params = max(sum(p.numel() for p in create_classifier(b.model, int(classes), pretrained=False).parameters())
                    for b in backbones(params))  # the largest backbone's checkpoint (architecture only: nothing downloaded)
-    other = other_bytes(crun) / max(1, items.get("captions", 1))
+    other = other_bytes(crun, [s for s in OTHER_BYTES_STAGES if s not in linked]) / max(1, items.get("captions", 1))
     need = disk_need_bytes(bpp, params.generation.num_candidates, counts.raw_pixels, counts.small_pixels, n_params,
                            other, counts.train_images)
     free = shutil.disk_usage(existing_folder(Path(params.run.dir))).free

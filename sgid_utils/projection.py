@@ -152,9 +152,12 @@ def png_bytes_per_pixel(canary: RunDir) -> float:
     return sum(p.stat().st_size for p in files) / pixels if pixels else 0.0
 
 
-def other_bytes(canary: RunDir) -> int:
-    """Bytes of a canary's files other than generated PNGs: hub image copies, records, tables, embeddings."""
-    stages = ("data", "captions", "similarity", "curate", "train", "results")
+OTHER_BYTES_STAGES = ("data", "captions", "similarity", "curate", "train", "results")
+
+
+def other_bytes(canary: RunDir, stages: list[str] | tuple[str, ...] = OTHER_BYTES_STAGES) -> int:
+    """Bytes of a canary's files other than generated PNGs (hub image copies, records, tables, embeddings) in
+    ``stages`` (those a full run writes itself: not the ones run.reuse links)."""
     return sum(f.stat().st_size for stage in stages for f in canary.files(stage) if f.suffix != ".png")
 
 

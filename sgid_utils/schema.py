@@ -176,6 +176,10 @@ class QualityParams(_Section):
         return v
 
 
+# What a listed backbone leaves unset comes from training.* (a BackboneParams field of the same name).
+INHERITED = ("lr", "epochs", "batch_size", "image_size", "eval_every")
+
+
 class BackboneParams(_Section):
     """One classifier and its training recipe (sgid_utils/training.py); unset recipe fields take training.*'s values.
 

@@ -3,14 +3,15 @@
 Ablation variants share their base run's captions, scores and images this way, and a profile that only
 changes training (``params/pets_backbones.yaml``) names the data set's main run in ``run.reuse`` and trains
 on its generated images instead of generating them again. A stage is linked only when its recorded
-fingerprint equals the one this run's params give; linking stops at the first stage that differs, because
-every later stage depends on it.
+fingerprint equals the one this run's params give; a fingerprint holds every upstream stage's keys, so a stage
+downstream of one made with other params differs too and is computed here.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StageError
@@ -38,23 +39,42 @@ def made_alike(have: RunDir, params: Params, stage: str) -> bool | None:
     return read_json(recorded) == fingerprint(params, stage) if recorded.exists() else None
 
 
-def link_stages(have: RunDir, params: Params, stages: list[str]) -> list[str]:
-    """Link ``have``'s folders of ``stages`` (in order) into ``params``' run dir while their fingerprints match."""
-    want = RunDir.of(params)
-    linked = []
+@dataclass
+class LinkPlan:
+    """What this run shares with ``have``: ``shared`` (linked already or to link now, in order), ``to_link`` (the
+    part not linked yet) and ``differ`` (stages ``have`` made with other params; they are computed here)."""
+
+    shared: list[str]
+    to_link: list[str]
+    differ: list[str]
+
+
+def plan_links(have: RunDir, params: Params, stages: list[str]) -> LinkPlan:
+    """Which of ``stages`` this run can take from ``have``: each whose recorded fingerprint equals this run's, since a
+    fingerprint holds every upstream stage's keys too. A stage this run made itself is kept; a dangling link (the run
+    it pointed at moved) is an error."""
+    want, plan = RunDir.of(params), LinkPlan([], [], [])
     for stage in stages:
-        if want.stage(stage).is_symlink() and not want.stage(stage).exists():
-            raise StageError(f"{want.stage(stage)} links to {os.readlink(want.stage(stage))}, which no longer exists (a "
-                             "moved or deleted run?); remove the link to recompute or relink that stage.")
-        if want.stage(stage).exists():
-            continue
-        alike = made_alike(have, params, stage)
-        if alike is False:
-            break  # a later stage depends on this one: stop sharing here
-        if alike:
-            link(have.stage(stage), want.stage(stage))
-            linked.append(stage)
-    return linked
+        mine = want.stage(stage)
+        if mine.is_symlink() and not mine.exists():
+            raise StageError(f"{mine} links to {os.readlink(mine)}, which no longer exists (a moved or deleted run?); "
+                             "remove the link to recompute or relink that stage.")
+        if mine.is_symlink():
+            plan.shared.append(stage)
+        elif not mine.exists():
+            alike = made_alike(have, params, stage)
+            plan.shared += [stage] if alike else []
+            plan.to_link += [stage] if alike else []
+            plan.differ += [stage] if alike is False else []
+    return plan
+
+
+def link_stages(have: RunDir, params: Params, stages: list[str]) -> LinkPlan:
+    """Link ``have``'s folders of ``stages`` into ``params``' run dir where their fingerprints match."""
+    plan = plan_links(have, params, stages)
+    for stage in plan.to_link:
+        link(have.stage(stage), RunDir.of(params).stage(stage))
+    return plan
 
 
 def reuse_source(params: Params) -> RunDir:
@@ -72,30 +92,28 @@ def reuse_source(params: Params) -> RunDir:
     return have
 
 
-def reusable_stages(params: Params) -> list[str]:
-    """The stages up to curation ``run.reuse`` would link (preflight's projection counts them as done)."""
-    have, shared = reuse_source(params), []
-    for stage in upstream_closure("curate"):
-        alike = made_alike(have, params, stage)
-        if alike is False:
-            break
-        shared += [stage] if alike else []
-    return shared
+def reuse_plan(params: Params) -> LinkPlan:
+    """What ``run.reuse`` shares, without linking (preflight's check and projection)."""
+    return plan_links(reuse_source(params), params, upstream_closure("curate"))
+
+
+def differing_keys(have: RunDir, params: Params, stage: str) -> list[str]:
+    before, now = read_json(have.fingerprint(stage)), fingerprint(params, stage)
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
 
 
 def reuse_run(params: Params) -> list[str]:
-    """``run.reuse``: link the named run's stages up to curation while they were made with the same params; stages
-    made there with other params are computed here, and the runner says which were linked."""
+    """``run.reuse``: link the named run's stages up to curation that were made with the same params; the others are
+    computed here. Says so once, when it links (the first stage call of a run)."""
     if RunDir.of(params).stage("curate").exists():
         return []  # linked (or made here) before
-    have = reuse_source(params)
-    stages = upstream_closure("curate")
-    linked = link_stages(have, params, stages)
-    message = f"[sgid] run.reuse: linked {', '.join(linked) or 'nothing'} from {have.root}"
-    differs = next((s for s in stages if made_alike(have, params, s) is False), None)
-    if differs is not None:
-        before, now = read_json(have.fingerprint(differs)), fingerprint(params, differs)
-        keys = ", ".join(sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)))
-        message += f"; '{differs}' was made there with other params ({keys}): it and every later stage run here"
-    print(message, file=sys.stderr)
-    return linked
+    have, stages, want = reuse_source(params), upstream_closure("curate"), RunDir.of(params)
+    first = not any(want.stage(s).exists() or want.stage(s).is_symlink() for s in stages)
+    plan = link_stages(have, params, stages)
+    if first or plan.to_link:
+        message = f"[sgid] run.reuse: linked {', '.join(plan.to_link) or 'nothing'} from {have.root}"
+        if plan.differ:
+            keys = sorted({k for stage in plan.differ for k in differing_keys(have, params, stage)})
+            message += f"; made there with other params ({', '.join(keys)}), so run here: {', '.join(plan.differ)}"
+        print(message, file=sys.stderr)
+    return plan.to_link

@@ -34,7 +34,7 @@ from .io import check_fingerprint, read_json, read_table, write_atomic, write_js
 from .models import create_classifier, preprocessing, resolve_device
 from .resumable import gpu_memory_hint, my_share
 from .rundir import RunDir
-from .schema import BackboneParams, Params, TrainingParams
+from .schema import INHERITED, BackboneParams, Params, TrainingParams
 from .seeding import derive_seed, seed_everything
 
 METHOD_NAMES = {"baseline": "Baseline", "cutmix": "CutMix", "randaugment": "RandAugment", "sgid": "SGID",
@@ -45,10 +45,6 @@ CUTMIX = ("cutmix", "sgid_cutmix")  # CutMix on every training batch (with its p
 RANDAUGMENT = ("randaugment", "sgid_randaugment")  # RandAugment on every training image, generated ones included
 COMBINED = ("sgid_cutmix", "sgid_randaugment")
 _TAGS = {"sgid": "sgid", "sgid_filtered": "sgidf", "sgid_cutmix": "sgidcm", "sgid_randaugment": "sgidra"}
-
-
-# What a listed backbone leaves unset comes from training.* (a BackboneParams field of the same name).
-INHERITED = ("lr", "epochs", "batch_size", "image_size", "eval_every")
 
 
 def backbones(params: Params) -> list[BackboneParams]:

@@ -204,6 +204,11 @@ def test_fingerprints_keep_older_runs_valid_and_see_every_recipe_change(make_par
                (("listed", listed), ("renamed", renamed), ("faster", faster))}
     assert recipes["renamed"] == recipes["listed"]  # names cannot change a result
     assert [a == b for a, b in zip(recipes["faster"], recipes["listed"])] == [True, False, True]
+    # A training.* value some backbones inherit: only theirs change (here the ViT's; ResNet and CLIP set their own lr).
+    inherited = make_params("inherited", training={"backbones": entries, "lr": 2e-4})
+    assert fingerprint(inherited, "train") == fingerprint(listed, "train")
+    assert [a == b for a, b in zip(map(backbone_fingerprint, backbones(inherited)), recipes["listed"])] == [False, True, True]
+    assert fingerprint(make_params("plain-lr", training={"lr": 2e-4}), "train") != fingerprint(plain, "train")
     assert fingerprint(listed, "curate") == fingerprint(plain, "curate")  # training choices do not touch generation
 
 
@@ -221,7 +226,8 @@ def test_run_reuse_links_a_finished_run_and_refuses_an_unfinished_one(make_param
     prepare_run(other)
     linked = [s for s in upstream_closure("curate") if RunDir.of(other).stage(s).is_symlink()]
     assert linked == ["data", "captions", "similarity"]
-    assert "'generate' was made there with other params (generation): it and every later stage run here" in capsys.readouterr().err
+    assert ("linked data, captions, similarity from " + str(base.root) + "; made there with other params (generation), "
+            "so run here: generate, upscale, curate") in capsys.readouterr().err
     # A link left pointing at a run that has moved: a clear error, not a write through a dangling link.
     broken = make_params("reuse-broken", run={"reuse": str(base.root)})
     RunDir.of(broken).root.mkdir(parents=True)

@@ -10,7 +10,7 @@ from sgid_utils.checks import check_versions
 from sgid_utils.cli import main
 from sgid_utils.io import read_table
 from sgid_utils.params import load_params
-from sgid_utils.preflight import canary_params, preflight
+from sgid_utils.preflight import _train_rows, canary_params, preflight
 from sgid_utils.projection import (
     Counts,
     checkpoint_bytes,
@@ -166,7 +166,7 @@ def test_a_reuse_profile_projects_only_what_it_recomputes(make_params, pipeline_
 
     other = preflight(make_params("reuse-other", run={"reuse": base}, generation={"strength": 0.5}), canary=False)
     assert next(c for c in other.checks if c.name == "run.reuse").detail == (
-        "data, captions, similarity linked from " + base + "; generate, upscale, curate made here (made there with other params)")
+        "data, captions, similarity linked from " + base + "; made there with other params, so run here: generate, upscale, curate")
 
     missing = make_params("reuse-missing", run={"reuse": str(tmp_path / "nowhere")})
     failed = _failed(preflight(missing))
@@ -199,10 +199,17 @@ def test_each_backbone_is_projected_at_its_own_measured_rate(make_params, tiny_b
     n = full_run_counts(params).train_images  # counted from the image folder, as the projection counts it
     assert (vit["full-run items"], resnet["full-run items"]) == tuple(image_epochs_by_backbone(params, n).values())
     assert resnet["full-run items"] == 3 * vit["full-run items"]  # 3 epochs against 1
-    # The canary's train seconds, split by the runs' own epoch seconds, add back up to what the canary measured.
+    # The canary's train seconds, split by the runs' own epoch seconds, add back up to what the canary measured ...
     canary = canary_params(params)
     split = train_seconds_by_backbone(canary, 10.0)
     assert sum(split.values()) == pytest.approx(10.0) and set(split) == {"vit", "resnet"}
     measured = {b: sum(read_table(RunDir.of(canary).history(c.name)).seconds.sum() for c in configs(canary) if c.backbone == b)
                 for b in split}
     assert split["vit"] / split["resnet"] == pytest.approx(measured["vit"] / measured["resnet"])
+    # ... and each backbone's row projects its own share at its own rate, not the mean rate of all.
+    counts = full_run_counts(params)
+    rows = {r["stage"]: r["seconds"] for r in _train_rows(params, canary, 10.0, counts, "basis")}
+    n_canary = int((read_table(RunDir.of(canary).images_table).split == "train").sum())
+    canary_items, full_items = image_epochs_by_backbone(canary, n_canary), image_epochs_by_backbone(params, n)
+    assert rows == pytest.approx({"train: ViT": split["vit"] / canary_items["vit"] * full_items["vit"],
+                                  "train: ResNet (scratch)": split["resnet"] / canary_items["resnet"] * full_items["resnet"]})
