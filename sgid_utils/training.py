@@ -116,16 +116,18 @@ def sgid_subset(curated: pd.DataFrame, proportion: float, run_seed: int) -> pd.D
 
 
 def train_step(model, optimizer, scaler, x: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float,
-               use_amp: bool) -> torch.Tensor:
-    """One optimisation step on a batch (CutMix-ed when lam < 1), under AMP when asked; returns the loss."""
+               use_amp: bool) -> tuple[torch.Tensor, bool]:
+    """One optimisation step on a batch (CutMix-ed when lam < 1), under AMP when asked; returns the loss and whether
+    the optimizer stepped (fp16's loss scaler skips a step whose gradients overflowed, and lowers its scale)."""
     with torch.autocast(x.device.type, enabled=use_amp):
         logits = model(x)
     loss = mixed_loss(logits, y_a, y_b, lam)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    scale = scaler.get_scale()
     scaler.step(optimizer)
     scaler.update()
-    return loss
+    return loss, scaler.get_scale() >= scale
 
 
 def _rng_state(loader_gen: torch.Generator) -> dict:
@@ -242,8 +244,9 @@ def train_epoch(loop: Loop, loader: DataLoader, cfg: TrainConfig, t: TrainingPar
         y_b, lam = y, 1.0
         if cfg.method in CUTMIX:
             x, y, y_b, lam = cutmix_batch(x, y, t.cutmix_alpha, t.cutmix_prob)
-        loss = train_step(loop.model, loop.optimizer, loop.scaler, x, y, y_b, lam, use_amp)
-        loop.scheduler.step()
+        loss, stepped = train_step(loop.model, loop.optimizer, loop.scaler, x, y, y_b, lam, use_amp)
+        if stepped:  # the schedule counts optimisation steps taken (a skipped fp16 step would shift it and warn)
+            loop.scheduler.step()
         loss_sum += loss.item() * len(y)
         seen += len(y)
     return loss_sum / seen

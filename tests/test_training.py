@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from sgid_utils.augmentations import cutmix_batch, mixed_loss, randaugment
 from sgid_utils.rundir import RunDir
 from sgid_utils.schema import TrainingParams
-from sgid_utils.training import TrainConfig, configs, sgid_subset, train_config, training_sets
+from sgid_utils.training import TrainConfig, configs, sgid_subset, train_config, train_step, training_sets
 
 from .conftest import copy_stages, resnet_scratch_entry
 
@@ -162,3 +162,20 @@ def test_evaluation_autocasts_only_when_training_does():
         model.seen = []
         acc, loss, preds = evaluate(model, loader, torch.device("cpu"), use_amp)
         assert model.seen == [use_amp, use_amp] and len(preds) == 6 and 0 <= acc <= 1
+
+
+def test_a_step_the_loss_scaler_skips_is_reported_and_changes_nothing():
+    """fp16's GradScaler (here on the CPU, the same class) skips a step whose gradients overflow: the weights stay, and
+    train_step says so, so that the learning-rate schedule counts only the steps taken."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    y = torch.tensor([0, 1])
+    before = model.weight.detach().clone()
+    _, stepped = train_step(model, optimizer, scaler, torch.full((2, 4), float("inf")), y, y, 1.0, use_amp=False)
+    assert not stepped and torch.equal(model.weight, before)
+    _, stepped = train_step(model, optimizer, scaler, torch.randn(2, 4), y, y, 1.0, use_amp=False)
+    assert stepped and not torch.equal(model.weight, before)
+    off = torch.amp.GradScaler("cpu", enabled=False)  # no AMP (the CPU default): every step counts
+    assert train_step(model, optimizer, off, torch.randn(2, 4), y, y, 1.0, use_amp=False)[1]
