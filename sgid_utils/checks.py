@@ -189,10 +189,9 @@ def check_reuse(params: Params) -> list[Check]:
         return []
     try:
         plan = reuse_plan(params)
-    except StageError as exc:
-        return [Check("run.reuse", False, str(exc).split(". ")[0],
-                      "run that data set's profile first, point run.reuse at where it ran, or remove run.reuse "
-                      "(a dangling link: remove it)")]
+    except StageError as exc:  # what is wrong, then (after the first sentence, when there is one) what to do
+        what, _, fix = str(exc).partition(". ")
+        return [Check("run.reuse", False, what, fix)]
     detail = f"{', '.join(plan.shared) or 'no stage'} linked from {params.run.reuse}"
     detail += f"; made there with other params, so run here: {', '.join(plan.differ)}" if plan.differ else ""
     return [Check("run.reuse", True, detail)]
