@@ -156,6 +156,11 @@ class ItemStore:
         return not self.todo(item_ids)
 
 
+def changed_keys(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The fingerprint keys whose values differ (or that only one side has)."""
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+
+
 def check_fingerprint(file: Path, fingerprint: dict[str, Any], stage: str, outputs: str | None = None) -> None:
     """Record in ``file`` the params that produce a stage folder (or, ``outputs``, part of it); refuse to mix
     outputs of different params."""
@@ -165,7 +170,7 @@ def check_fingerprint(file: Path, fingerprint: dict[str, Any], stage: str, outpu
     current = json.loads(json.dumps(fingerprint, default=str))
     if file.exists():
         before = read_json(file)
-        changed = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
+        changed = changed_keys(before, current)
         if changed:
             detail = "; ".join(f"{k}: was {before.get(k)!r}, now {current.get(k)!r}" for k in changed)
             raise StaleOutputsError(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import StageError
 from .fingerprints import fingerprint
-from .io import read_json
+from .io import changed_keys, read_json
 from .rundir import RunDir
 from .schema import Params
 from .stages import upstream_closure
@@ -97,11 +97,6 @@ def reuse_plan(params: Params) -> LinkPlan:
     return plan_links(reuse_source(params), params, upstream_closure("curate"))
 
 
-def differing_keys(have: RunDir, params: Params, stage: str) -> list[str]:
-    before, now = read_json(have.fingerprint(stage)), fingerprint(params, stage)
-    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-
-
 def reuse_run(params: Params) -> list[str]:
     """``run.reuse``: link the named run's stages up to curation that were made with the same params; the others are
     computed here. Says so once, when it links (the first stage call of a run)."""
@@ -113,7 +108,8 @@ def reuse_run(params: Params) -> list[str]:
     if first or plan.to_link:
         message = f"[sgid] run.reuse: linked {', '.join(plan.to_link) or 'nothing'} from {have.root}"
         if plan.differ:
-            keys = sorted({k for stage in plan.differ for k in differing_keys(have, params, stage)})
+            keys = sorted({k for stage in plan.differ
+                           for k in changed_keys(read_json(have.fingerprint(stage)), fingerprint(params, stage))})
             message += f"; made there with other params ({', '.join(keys)}), so run here: {', '.join(plan.differ)}"
         print(message, file=sys.stderr)
     return plan.to_link
