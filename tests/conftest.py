@@ -110,6 +110,30 @@ def resnet_scratch_entry(tiny_backbones: Path) -> dict:
             "pretrained": False, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 1}
 
 
+# The batched-generation tests' shared settings (img2img in test_batched, the ControlNet in test_controlnet).
+STRENGTH, STEPS = 0.3, 10
+GUIDANCE = [0.8, 1.2, 7.5]  # no CFG, SGID's typical f(s*), SD's usual scale
+PROMPTS = ["(a dog on grass)0.9. A picture of (pug)1.5", "(a red flower)0.9. A picture of (rose)1.5",
+           "(two kittens)0.9. A picture of (cat)1.5"]
+ATOL = 1e-4  # batched against per-image, on [0, 1] float images; observed differences are ~1e-6
+
+
+def seeds_for(i: int, k: int = 2) -> list[int]:
+    """Candidate seeds of a test source, derived as the generation stage derives them."""
+    from sgid_utils.seeding import derive_seed
+
+    return [derive_seed(0, f"img{i}", j, purpose="generate") for j in range(k)]
+
+
+@pytest.fixture(scope="module")
+def prompts(pipe):
+    """PROMPTS as compel embeddings from the requesting module's own ``pipe`` fixture."""
+    from sgid_utils.generation import PromptEncoder
+
+    encode = PromptEncoder(pipe)
+    return [encode(p, "") for p in PROMPTS]
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(assets, tmp_path_factory):
     """The whole chain once (every registered stage, in order) on the tiny assets; tests read its files."""

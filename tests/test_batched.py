@@ -10,14 +10,9 @@ from sgid_utils.batched import generate_batch, generate_many, plan_batches
 from sgid_utils.flops import img2img_flops
 from sgid_utils.generation import PromptEncoder, generate_candidates
 from sgid_utils.models import load_img2img
-from sgid_utils.seeding import derive_seed, generator
+from sgid_utils.seeding import generator
 
-STRENGTH, STEPS = 0.3, 10
-GUIDANCE = [0.8, 1.2, 7.5]  # no CFG, SGID's typical f(s*), SD's usual scale
-PROMPTS = ["(a dog on grass)0.9. A picture of (pug)1.5", "(a red flower)0.9. A picture of (rose)1.5",
-           "(two kittens)0.9. A picture of (cat)1.5"]
-ATOL = 1e-4  # on [0, 1] float images; observed differences are ~1e-6
-
+from .conftest import ATOL, GUIDANCE, PROMPTS, STEPS, STRENGTH, seeds_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,16 +34,6 @@ def sources(assets):
     """Five smoke-folder images of varied sizes."""
     paths = sorted((assets[1] / "train").rglob("*.jpg"))[:5]
     return [Image.open(p).convert("RGB") for p in paths]
-
-
-@pytest.fixture(scope="module")
-def prompts(pipe):
-    encode = PromptEncoder(pipe)
-    return [encode(p, "") for p in PROMPTS]
-
-
-def seeds_for(i: int, k: int = 2) -> list[int]:
-    return [derive_seed(0, f"img{i}", j, purpose="generate") for j in range(k)]
 
 
 def per_image(pipe, image, embeds, guidance, seeds, eta=0.0):

@@ -10,21 +10,14 @@ from PIL import Image
 from sgid_utils.batched import generate_batch, generate_many
 from sgid_utils.edges import canny_edges
 from sgid_utils.fingerprints import fingerprint
-from sgid_utils.generation import PromptEncoder, generate_candidates, load_manifest, preview_generators
+from sgid_utils.generation import generate_candidates, load_manifest, preview_generators
 from sgid_utils.models import ModelLoadError, load_controlnet_img2img, load_img2img
 from sgid_utils.params import ParamsError
 from sgid_utils.rundir import RunDir
 from sgid_utils.runner import run_stage
-from sgid_utils.seeding import derive_seed, generator
+from sgid_utils.seeding import generator
 
-from .conftest import copy_stages
-
-STRENGTH, STEPS = 0.3, 10
-GUIDANCE = [0.8, 1.2, 7.5]  # no CFG, SGID's typical f(s*), SD's usual scale
-PROMPTS = ["(a dog on grass)0.9. A picture of (pug)1.5", "(a red flower)0.9. A picture of (rose)1.5",
-           "(two kittens)0.9. A picture of (cat)1.5"]
-ATOL = 1e-4  # the img2img batched tests' tolerance on [0, 1] float images
-
+from .conftest import ATOL, GUIDANCE, STEPS, STRENGTH, copy_stages, seeds_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,16 +39,6 @@ def same_size(assets):
 @pytest.fixture(scope="module")
 def edges(same_size):
     return [canny_edges(image, 100, 200) for image in same_size]
-
-
-@pytest.fixture(scope="module")
-def prompts(pipe):
-    encode = PromptEncoder(pipe)
-    return [encode(p, "") for p in PROMPTS]
-
-
-def seeds_for(i: int, k: int = 2) -> list[int]:
-    return [derive_seed(0, f"img{i}", j, purpose="generate") for j in range(k)]
 
 
 def per_image(pipe, image, embeds, guidance, seeds, control, scale=1.0):
