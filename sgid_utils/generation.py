@@ -22,7 +22,7 @@ candidates and conditions them, per image or in the batched loop alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import pandas as pd
 import torch
@@ -38,7 +38,7 @@ from .models import load_controlnet_img2img, load_img2img, resolve_device, resol
 from .prompts import build_prompt
 from .resumable import Batches, run_items
 from .rundir import RunDir, Variant
-from .schema import GenerationParams, Params
+from .schema import GenerationParams, Generator, Params
 from .seeding import derive_seed, generator
 from .similarity import load_best
 
@@ -48,7 +48,7 @@ from .similarity import load_best
 CANDIDATE_BYTES_512_FP16 = 1.5 * 2**30
 CONTROLNET_MEMORY_FACTOR = 1.4
 MAX_AUTO_BATCH = 16  # 48 candidates at k = 3: enough rows to fill an H100's tensor cores
-GENERATORS = ("img2img", "controlnet")
+GENERATORS: tuple[str, ...] = get_args(Generator)
 
 
 def auto_batch_size(free_bytes: int, width: int, height: int, k: int, dtype: torch.dtype, controlnet: bool = False) -> int:

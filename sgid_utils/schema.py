@@ -99,6 +99,9 @@ class GuidanceParams(_Section):
     base_scale: float = Field(7.5, ge=0)
 
 
+Generator = Literal["img2img", "controlnet"]  # generation.generator
+
+
 class ControlNetParams(_Section):
     """generation.generator: controlnet: the source's Canny edges (OpenCV) condition a ControlNet (beyond the paper)."""
 
@@ -114,7 +117,7 @@ class ControlNetParams(_Section):
 
 
 class GenerationParams(_Section):
-    generator: Literal["img2img", "controlnet"] = Field(
+    generator: Generator = Field(
         "img2img", description="img2img: SD img2img (the paper's); controlnet: SD img2img with a Canny-edge ControlNet (models.controlnet)."
     )
     controlnet: ControlNetParams = Field(default_factory=ControlNetParams)
