@@ -14,7 +14,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_M
 
 from sgid_utils.errors import ModelLoadError, ParamsError, StageError, StaleOutputsError
 from sgid_utils.fingerprints import backbone_fingerprint, fingerprint
+from sgid_utils.io import write_table
 from sgid_utils.models import create_classifier, preprocessing
+from sgid_utils.report import key_facts
 from sgid_utils.results import backbone_gains, load_significance
 from sgid_utils.rundir import RunDir
 from sgid_utils.runner import prepare_run, run_stage
@@ -237,3 +239,17 @@ def test_run_reuse_links_a_finished_run_and_refuses_an_unfinished_one(make_param
     # A run that is missing (or has not finished curation) is an error, not hours of silent regeneration.
     with pytest.raises(StageError, match="run.reuse names .* not finished"):
         run_stage("data", make_params("reuse-missing", run={"reuse": str(tmp_path / "nowhere")}))
+
+
+def test_tables_from_before_backbones_still_load_and_the_report_names_each_classifier(make_params, pipeline_run,
+                                                                                       tiny_backbones, assets):
+    params = make_params("old-tables", training={"backbones": backbone_entries(tiny_backbones, assets[0] / "vit")})
+    copy_stages(pipeline_run, params, "data")
+    run = RunDir.of(params)
+    old = pd.DataFrame({"setting": ["SGID (100%)"], "mean_diff": [0.01], "ci_low": [-0.1], "ci_high": [0.12],
+                        "significant": [False]})  # significance.parquet as written before backbones existed
+    write_table(run.significance_table, old)
+    assert load_significance(params).backbone.tolist() == [""]
+    models = dict(key_facts(params, pd.DataFrame()))["Models"]
+    assert models.endswith("; classifiers " + ", ".join(f"{e['label']} {e['model']}" for e in
+                                                       backbone_entries(tiny_backbones, assets[0] / "vit")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -29,6 +30,13 @@ from .conftest import REPO, resnet_scratch_entry
 
 def _failed(report) -> dict[str, str]:
     return {c.name: c.line for c in report.checks if not c.ok}
+
+
+def disk_need(report) -> float:
+    """The bytes the disk check says a full run needs ('needs ~1.2 MiB ...')."""
+    detail = next(c.detail for c in report.checks if c.name == "disk for the full run")
+    number, unit = re.search(r"needs ~([\d.]+) (MiB|GiB)", detail).groups()
+    return float(number) * 2 ** (20 if unit == "MiB" else 30)
 
 
 # The canary keeps the run's settings; fewer denoising steps keep this test's canary to seconds.
@@ -163,6 +171,9 @@ def test_a_reuse_profile_projects_only_what_it_recomputes(make_params, pipeline_
         assert rows[stage]["expected"] == "0.0 s" and rows[stage]["basis"].startswith("linked from run.reuse")
         assert rows[stage]["measured s/item"] > 0  # the canary still ran it: measured, then not counted
     assert rows["train"]["expected"] != "0.0 s" and "the run's data table" in rows["train"]["basis"]
+    # Nor do their files count in the disk need: the same run without run.reuse writes its images and tables too.
+    alone = preflight(make_params("reuse-alone", training={"methods": ["baseline", "sgid"]}))
+    assert disk_need(report) < disk_need(alone)
 
     other = preflight(make_params("reuse-other", run={"reuse": base}, generation={"strength": 0.5}), canary=False)
     assert next(c for c in other.checks if c.name == "run.reuse").detail == (
