@@ -1,15 +1,24 @@
-"""Ablations and generative baselines under the same protocol (beyond the paper).
+"""Ablations, generative baselines and two controls under the same protocol (beyond the paper).
 
 An ablation profile (``params/*_ablations.yaml``) extends a data set's params file and
-lists variants, each a set of overrides of the generation stage: a label-only prompt
-(the Real-Guidance-style baseline), a caption-only prompt, a fixed guidance scale
-instead of f(s*), other strengths on a subset, the ControlNet generator (SGID + ControlNet) at the
-paper's strength and above. Each variant is its own run directory,
-``<run.dir>-<name>``, trained with the same seeds as Baseline and SGID at 100 %, so
-every row carries its own mean ± std and its own paired comparison to its Baseline.
-Captions, similarity and the Baseline runs are shared with the base run, or with a variant
-run before, through symbolic links when the variant leaves what they depend on unchanged
-(the strength variants share one data subset, its captions and its Baselines).
+lists variants, each a set of overrides: a label-only prompt (the Real-Guidance-style
+baseline), a caption-only prompt, a fixed guidance scale instead of f(s*), another
+selection rule, other strengths on a subset, the ControlNet generator (SGID + ControlNet)
+at the report's strength 0.3 and above. Two variants are controls of the main verdict:
+
+- ``sgid-equal-steps`` (``training.equal_steps: true``): SGID at 100 % trained for the
+  Baseline's number of optimisation steps, so its row says whether SGID's gain survives
+  equal compute (with equal epochs it takes twice the Baseline's steps);
+- ``second-draw`` (``run.draw: 1``): captions, candidates and selection redrawn, trained
+  on the same data split and training seeds, so its row says whether the gain holds on a
+  new generation draw (every other interval covers training seeds on one draw).
+
+Each variant is its own run directory, ``<run.dir>-<name>``, trained with the same seeds
+as Baseline and SGID at 100 %, so every row carries its own mean ± std and its own paired
+comparison to its Baseline. Stages up to curation and the Baseline runs are shared with the
+base run, or with a variant run before, through symbolic links when the variant leaves
+what they depend on unchanged (the strength variants share one data subset, its captions
+and its Baselines; both controls share the base run's Baselines).
 """
 
 from __future__ import annotations
@@ -17,11 +26,11 @@ from __future__ import annotations
 import pandas as pd
 
 from .errors import ParamsError, StageError
-from .fingerprints import backbone_fingerprint, fingerprint
+from .fingerprints import backbone_fingerprint, baseline_fingerprint, baseline_view
 from .io import read_json, read_table, write_table
 from .params import load_params
 from .quality_report import CURATED, set_metrics
-from .results import format_delta, format_mean_std, load_significance, per_setting, primary
+from .results import format_delta, format_mean_std, load_significance, per_setting, primary, verdict_cell
 from .resumable import shard
 from .rundir import RunDir
 from .runner import run_stage
@@ -30,9 +39,9 @@ from .sharing import link, link_stages
 from .stages import between, upstream_closure
 from .training import TrainConfig, backbones, load_results
 
-# The stages before curation: shared while their params are unchanged (a selection-rule variant reuses the
-# generated images; a prompt variant only the captions and scores).
-SHARED_STAGES = upstream_closure("curate")[:-1]
+# The stages up to curation: shared while their params are unchanged (a training-only variant such as equal steps
+# reuses the curated set; a selection-rule variant the generated images; a prompt variant only the captions and scores).
+SHARED_STAGES = upstream_closure("curate")
 # What a strength / generator sweep variant may change (notebook 07 tabulates those by strength and generator).
 SWEEP_KEYS = {"generation.strength", "generation.generator", "models.controlnet", "dataset.max_per_class"}
 
@@ -62,7 +71,7 @@ def share_baselines(base: Params, variant: Params) -> list[str]:
     have, want = RunDir.of(base), RunDir.of(variant)
     if not have.fingerprint("train").exists():
         return []
-    before, now = read_json(have.fingerprint("train")), fingerprint(variant, "train", upstream=("data",))
+    before, now = baseline_view(read_json(have.fingerprint("train"))), baseline_fingerprint(variant)
     if any(before.get(k) != v for k, v in now.items()):
         return []
     bb = backbones(variant)[0]
@@ -91,9 +100,31 @@ def ablation_row(name: str, changes: dict, variant: Params) -> dict[str, str]:
 
     return {"Variant": name, "Changes": ", ".join(f"{k}={v}" for k, v in changes.items()),
             "Baseline": cell(baseline), "SGID (100%)": cell(sgid), "Δ (95% CI)": format_delta(sig),
-            "Significant": "yes" if sig.significant else "no",
+            "Significant": verdict_cell(sig), "Control": control_answer(changes, sig),
             "Baseline nearest to": nearest_reference(variant, acc.loc[baseline, "mean"])
             if any(k.startswith("dataset.train_splits") for k in changes) else "–"}
+
+
+# The two controls of the main verdict: the key a variant sets, and the question its row answers.
+CONTROLS = {"training.equal_steps": "Does SGID's gain survive equal compute (the Baseline's steps)?",
+            "run.draw": "Does SGID's gain hold on a new generation draw?"}
+
+
+def control_answer(changes: dict, sig: pd.Series) -> str:
+    """For a control variant (``CONTROLS``), its question and the answer its paired comparison gives (unadjusted: one
+    comparison per variant; the interval covers training seeds); '–' for any other variant."""
+    questions = [q for key, q in CONTROLS.items() if key in changes]
+    if not questions:
+        return "–"
+    word = verdict_cell(sig)
+    if word == "yes":
+        answer = "yes: SGID significantly above its Baseline" if sig.mean_diff > 0 else \
+            "no: SGID significantly below its Baseline"
+    elif word == "no":
+        answer = "no significant gain"
+    else:
+        answer = word
+    return f"{' '.join(questions)} {answer} (unadjusted; the interval covers training seeds)"
 
 
 def nearest_reference(params: Params, baseline: float) -> str:

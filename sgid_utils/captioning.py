@@ -1,12 +1,18 @@
 """Stage 01: BLIP captions, 10 by nucleus sampling and 10 by beam search per training image.
 
-Both run batched over images. Beam search is deterministic. Nucleus sampling inside
-``generate`` draws from one global RNG for the whole batch (``generate`` takes no
-per-row generator), so an image's captions would depend on its batch-mates; here
-each image's random numbers come from its own seed, derived from (run seed, image
-id), and ``SeededNucleusSampler`` picks each token with them. An image's random draws
-are then the same whatever the batch size, order, shard or device, and so are its
-captions up to floating-point differences in the logits (exactly, on the CPU in fp32).
+Both run batched over images. Beam search is deterministic; its width (``captioning.num_beams``, 10) is not
+given by the report: returning 10 beam captions forces at least 10 beams, and 10 is that minimum. Nucleus
+sampling inside ``generate`` draws from one global RNG for the whole batch (``generate`` takes no per-row
+generator), so an image's captions would depend on its batch-mates; here each image's random numbers come
+from its own seed, derived from (the generation draw's seed, ``seeding.draw_seed``; image id), and
+``SeededNucleusSampler`` picks each token with them. An image's random draws are then the same whatever the
+batch size, order, shard or device, and so are its captions up to floating-point differences in the logits
+(exactly, on the CPU in fp32).
+
+Nucleus sampling can return the same caption twice (short captions from a peaked model often do). Duplicates
+are kept, as 20 captions per image is the method's pool, and counted: the table's ``duplicate`` column is True
+where the image already has that exact caption at an earlier row (nucleus ranks first, then beam ranks), so
+``captions.groupby("image_id").duplicate.sum()`` is how many of an image's captions repeat another.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ from .models import load_captioner, resolve_device, resolve_dtype
 from .resumable import Batches, run_items
 from .rundir import RunDir
 from .schema import CaptioningParams, Params
-from .seeding import derive_seed
+from .seeding import derive_seed, draw_seed
 
-CAPTION_COLUMNS = ["image_id", "method", "rank", "caption"]
+CAPTION_COLUMNS = ["image_id", "method", "rank", "caption", "duplicate"]
 
 
 def _clean(texts: list[str]) -> list[str]:
@@ -118,7 +124,7 @@ def run_captions(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
 
         def process(ids: list[str]) -> dict[str, list[dict]]:
             inputs = pixel_inputs(model, processor, [load_image(train.path[i]) for i in ids])
-            seeds = [derive_seed(params.run.seed, i, purpose="nucleus") for i in ids]
+            seeds = [derive_seed(draw_seed(params), i, purpose="nucleus") for i in ids]
             nucleus = nucleus_captions(model, processor, inputs, cfg, seeds)
             beams = beam_captions(model, processor, inputs, cfg)
             return {i: caption_records(i, sampled, beam) for i, sampled, beam in zip(ids, nucleus, beams)}
@@ -128,10 +134,18 @@ def run_captions(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     records = run_items(run.items("captions"), list(train.index), start)
     if records is None:
         return None
-    table = pd.DataFrame([r for recs in records for r in recs], columns=CAPTION_COLUMNS)
+    table = mark_duplicates(pd.DataFrame([r for recs in records for r in recs], columns=CAPTION_COLUMNS[:-1]))
     write_table(run.captions_table, table)
     return table
 
 
+def mark_duplicates(captions: pd.DataFrame) -> pd.DataFrame:
+    """``duplicate``: True where the image already has this exact caption at an earlier row (the first copy is not)."""
+    return captions.assign(duplicate=captions.duplicated(["image_id", "caption"], keep="first"))
+
+
 def load_captions(params: Params) -> pd.DataFrame:
-    return read_table(RunDir.of(params).captions_table)
+    """The captions table; one written before the ``duplicate`` column existed gets it here (the captions are the
+    same, so the stage is not rerun for it)."""
+    table = read_table(RunDir.of(params).captions_table)
+    return table if "duplicate" in table else mark_duplicates(table)

@@ -1,18 +1,23 @@
 """Stage 04: error analysis with upscaling, and the curated generated set training uses.
 
 The report found that small sources turn into abstract art (SD 1.5 was trained at
-512x512) and fixed it by upscaling them and picking the best of 3 candidates by
-hand. Here: CLIP image-image cosine similarity between each source and each of
-its candidates measures the damage; sources whose short side is below
-``curation.upscale_threshold`` are upscaled (Lanczos) and regenerated; one of the
-k candidates is chosen automatically by ``curation.select`` (``sgid_utils.selection``),
-giving ``curated.parquet``.
+512x512) and fixed it by upscaling them and picking "the best image out of the 3" by
+hand. Here: the cosine similarity between the CLIP image embeddings of each source and
+each of its candidates (the image tower of ``models.clip``, openai/clip-vit-base-patch32 in
+the shipped profiles, the same model that scores the captions) measures the damage; sources
+whose short side is below ``curation.upscale_threshold`` are upscaled (Lanczos) and
+regenerated; one of the k candidates is chosen automatically by ``curation.select``
+(``sgid_utils.selection``; default ``most_similar``, the closest automatic reading of the
+report's hand pick), giving ``curated.parquet``.
 
 Every competing candidate also gets a label-consistency score (CLIP zero-shot against
-the class prompts), which the default selection rule uses, and (beyond the paper) an
-out-of-fold probability of being generated (a real-vs-generated detector on CLIP
-embeddings); the filters named in ``quality.filters`` apply in order before the
-selection, giving ``curated_filtered.parquet``.
+the class prompts), which ``most_diverse_consistent`` (a hypothesis of this package, an
+ablation variant) and the label filter use, and (beyond the paper) an out-of-fold
+probability of being generated (a real-vs-generated detector on CLIP embeddings); the
+filters named in ``quality.filters`` apply in order before the selection, giving
+``curated_filtered.parquet``. The random choices here (the ``random`` rule, the detector's
+folds) draw from the generation draw's seed (``seeding.draw_seed``): they belong to the
+generated set, which ``run.draw`` redraws as a whole.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from .resumable import Batches, launched_worker, run_items
 from .rundir import RunDir, Variant
 from .runner import run_stage
 from .schema import Params
+from .seeding import draw_seed
 from .selection import RULES, competing, select
 from .similarity import image_embeddings, text_embeddings
 
@@ -100,7 +106,8 @@ def add_quality_scores(params: Params, candidates: pd.DataFrame) -> tuple[pd.Dat
         competing=competing(candidates).to_numpy(),
     )
     comp = out.competing.to_numpy()
-    detector = real_vs_generated(np.stack(list(sources.values())), emb[comp], folds=params.quality.detector_folds, seed=params.run.seed)
+    detector = real_vs_generated(np.stack(list(sources.values())), emb[comp], folds=params.quality.detector_folds,
+                                 seed=draw_seed(params))
     out["fake_probability"] = np.nan
     out.loc[comp, "fake_probability"] = detector["fake_probability"]
     summary = {k: v for k, v in detector.items() if k != "fake_probability"}
@@ -122,8 +129,8 @@ def filter_candidates(params: Params, candidates: pd.DataFrame, threshold: float
 
 
 def selection_floor(params: Params, candidates: pd.DataFrame) -> float:
-    """curation.min_similarity, or the median similarity of the competing candidates: the default rule picks among
-    the better half, away from the near-failures a low floor would admit."""
+    """curation.min_similarity, or the median similarity of the competing candidates: ``most_diverse_consistent``
+    picks among the better half, away from the near-failures a low floor would admit (the other rules ignore it)."""
     if params.curation.min_similarity is not None:
         return params.curation.min_similarity
     return float(candidates[candidates.competing].similarity.median())
@@ -131,7 +138,7 @@ def selection_floor(params: Params, candidates: pd.DataFrame) -> float:
 
 def choose(params: Params, candidates: pd.DataFrame, floor: float, rule: str | None = None) -> pd.DataFrame:
     """One candidate per source by ``rule`` (default curation.select) with ``selection_floor``'s floor."""
-    return select(candidates, rule or params.curation.select, floor, params.run.seed)
+    return select(candidates, rule or params.curation.select, floor, draw_seed(params))
 
 
 def selections(params: Params, candidates: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:

@@ -2,9 +2,11 @@
 
 Three filters decide which generated candidates may enter training, each from
 CLIP embeddings the stages already compute: image-image similarity to the source
-(drops "abstract art"), label consistency (a zero-shot CLIP classifier must still
-see the source's class) and a real-vs-generated detector (drops the candidates a
-linear probe finds most surely fake). ``apply_filters`` chains them in a chosen
+(drops "abstract art"; the one the report proposes, under "Possible Improvements": discard
+a generated image whose cosine similarity to the original misses a threshold), label
+consistency (a zero-shot CLIP classifier must still see the source's class; this
+package's) and a real-vs-generated detector (drops the candidates a linear probe finds
+most surely fake; this package's). ``apply_filters`` chains them in a chosen
 order and records which filter dropped each candidate. The metrics of a whole
 set are in ``sgid_utils.set_metrics``.
 """
@@ -106,7 +108,8 @@ def real_vs_generated(real_emb: Embeddings, gen_emb: Embeddings, folds: int = 5,
     ``folds`` used, and ``fake_probability``: each generated image's out-of-fold
     probability of being generated (aligned with ``gen_emb``), so the most surely fake
     can be dropped without the probe having seen them. Accuracy near chance means the
-    generated images are indistinguishable from real ones to CLIP.
+    generated images are indistinguishable from real ones to CLIP. ``seed``: any non-negative int (a 63-bit
+    draw seed too), shuffling the folds.
     """
     if folds < 2:
         raise ValueError(f"cross-validation needs folds >= 2, got {folds}")
@@ -118,7 +121,7 @@ def real_vs_generated(real_emb: Embeddings, gen_emb: Embeddings, folds: int = 5,
     x = np.vstack([real, gen])
     y = np.r_[np.zeros(len(real), dtype=int), np.ones(len(gen), dtype=int)]
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed % (1 << 32))  # numpy takes 32 bits
     out = cross_validate(probe, x, y, cv=cv, scoring="accuracy", return_estimator=True, return_indices=True)
     prob = np.empty(len(y))
     for est, test in zip(out["estimator"], out["indices"]["test"]):

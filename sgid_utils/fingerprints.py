@@ -37,11 +37,16 @@ def unused_keys(params: Params) -> set[str]:
     """Keys that cannot change these params' outputs: the ControlNet's under the img2img generator (and the generator
     itself at img2img, the value every run had before it existed, so that finished runs stay valid); and, when
     ``training.backbones`` lists the classifiers, ``models.classifier`` and the ``training.*`` fields a backbone
-    inherits (in each backbone's own record, resolved: retuning one backbone leaves the others' runs valid)."""
+    inherits (in each backbone's own record, resolved: retuning one backbone leaves the others' runs valid).
+
+    Likewise ``run.draw`` at 0 and ``training.equal_steps`` at false, the behaviour of every run before they existed:
+    recorded only when set, so finished runs stay valid."""
     keys = set() if params.generation.generator == "controlnet" else {"models.controlnet", "generation.controlnet",
                                                                       "generation.generator"}
     listed = {"models.classifier", *(f"training.{k}" for k in INHERITED)} if params.training.backbones else set()
-    return keys | listed
+    defaults = ({"run.draw"} if params.run.draw == 0 else set()) | (
+        set() if params.training.equal_steps else {"training.equal_steps"})
+    return keys | listed | defaults
 
 
 def backbone_fingerprint(bb: BackboneParams) -> dict[str, Any]:
@@ -58,6 +63,20 @@ def stage_keys(stage: str, upstream: tuple[str, ...] | None = None) -> list[str]
     chain = upstream_closure(stage) if upstream is None else [n for u in upstream for n in upstream_closure(u)] + [stage]
     keys = list(dict.fromkeys(k for name in chain for k in get(name).keys))
     return [k for k in keys if not any(k.startswith(f"{other}.") for other in keys)]
+
+
+def baseline_view(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A train-stage fingerprint as a Baseline run sees it: without ``training.equal_steps``, since a Baseline trains
+    for its own number of steps either way."""
+    training = recorded.get("training")
+    return {**recorded, "training": {k: v for k, v in training.items() if k != "equal_steps"}} if isinstance(
+        training, dict) else recorded
+
+
+def baseline_fingerprint(params: Params) -> dict[str, Any]:
+    """What a Baseline run depends on: the train stage's keys over the data stage alone (it uses no generated image),
+    seen through ``baseline_view``."""
+    return baseline_view(fingerprint(params, "train", upstream=("data",)))
 
 
 def fingerprint(params: Params, stage: str, upstream: tuple[str, ...] | None = None) -> dict[str, Any]:

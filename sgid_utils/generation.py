@@ -1,8 +1,10 @@
 """Stage 03: Stable Diffusion img2img with SGID's weighted prompt and similarity-mapped guidance.
 
 For each training image: prompt "(c*)0.9. A picture of (label)1.5" encoded by
-compel into prompt embeddings, guidance scale from f(s*), strength 0.3, k
-candidates whose seeds derive from (run seed, image id, k). The source enters
+compel into prompt embeddings, guidance scale from f(s*), strength 0.3 (the report's
+"Gaussian noise of 0.3", read as diffusers' img2img ``strength=0.3``: the source is noised to 30 % of the schedule
+and denoised from there), k candidates whose seeds derive from (the generation draw's seed, image id, k):
+``run.draw`` gives another set of candidates for the same sources. The source enters
 the model at its own resolution (downscaled only above ``generation.max_side``):
 that is what the report did, and what stage 04 diagnoses and fixes by upscaling.
 Each candidate is resized back to the source's size and saved as PNG.
@@ -39,7 +41,7 @@ from .prompts import build_prompt
 from .resumable import Batches, run_items
 from .rundir import RunDir, Variant
 from .schema import GenerationParams, Generator, Params
-from .seeding import derive_seed, generator
+from .seeding import derive_seed, draw_seed, generator
 from .similarity import load_best
 
 # GPU memory one candidate takes in the batched loop at 512 x 512 in fp16: its UNet rows (the CFG pair)
@@ -111,7 +113,9 @@ def raw_pass(params: Params, sources: pd.DataFrame) -> pd.Series:
     a seeded sample of ``curation.error_analysis_sample`` small ones per class ('all': every source).
 
     Every small source is regenerated upscaled anyway, so its raw candidates serve only notebook 04's
-    analysis: a sample shows the failure without generating every small source twice.
+    analysis: a sample shows the failure without generating every small source twice. The sample is drawn
+    from ``run.seed``, not from the generation draw: it chooses sources, not random numbers of generation, so a
+    second draw (``run.draw``) analyses the same sources and its error analysis compares with the first's.
     """
     cur = params.curation
     small = sources[["width", "height"]].min(axis=1) < cur.upscale_threshold
@@ -189,7 +193,8 @@ def prepare(params: Params, rows: list[Any]) -> Chunk:
     return Chunk(
         rows, originals, inputs, [build_prompt(r.caption, r.class_name, gen) for r in rows],
         [guidance_scale(r.s_star, gen.guidance) for r in rows],
-        [[derive_seed(params.run.seed, r.image_id, k, purpose="generate") for k in range(gen.num_candidates)] for r in rows],
+        [[derive_seed(draw_seed(params), r.image_id, k, purpose="generate") for k in range(gen.num_candidates)]
+         for r in rows],
     )
 
 

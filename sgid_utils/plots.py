@@ -20,44 +20,50 @@ from .schema import GuidanceParams, Params
 from .training import backbones
 
 
+REPORT_CAPTION_SCORES = (0.301, 0.396)  # the report, Generation of Augmented Images §2: its two example captions
+
+
 def save_fig(fig, params: Params, name: str) -> Path:
     """Every figure goes to reports/<run>/figures/<name>.png, atomically."""
     return write_atomic(RunDir.of(params).figure(name), lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
 def accuracy_bar_chart(results: pd.DataFrame, table: pd.DataFrame, params: Params):
-    """Mean test accuracy per setting (``table``: the results stage's summary) with ±1 std error bars,
+    """Mean test accuracy per setting in percent (``table``: the results stage's summary) with ±1 std error bars,
     seeds as dots, references as markers; one panel per backbone, one above the other."""
     panels = [(bb.label, bb.name) for bb in backbones(params) if (table.Backbone == bb.label).any()]
     width = max(6, 1.1 * max((table.Backbone == p).sum() for p, _ in panels))
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, 4 * len(panels)), squeeze=False, sharey=True)
-    lo = np.nanmin(np.concatenate([results.test_acc.to_numpy(), *[table[r.label].to_numpy(dtype=float) for r in params.results.references]]))
+    refs = [table[r.label].to_numpy(dtype=float) for r in params.results.references]
+    lo = 100 * np.nanmin(np.concatenate([results.test_acc.to_numpy(), *refs]))
     for ax, (panel, backbone) in zip(axes[:, 0], panels):
         rows = table[table.Backbone == panel].reset_index(drop=True)
         own = results[results.backbone == backbone]
         x = np.arange(len(rows))
-        ax.bar(x, rows["mean"], yerr=rows["std"].fillna(0), color=sns.color_palette("muted", len(rows)), capsize=4, alpha=0.85,
+        ax.bar(x, 100 * rows["mean"], yerr=100 * rows["std"].fillna(0), color=sns.color_palette("muted", len(rows)),
+               capsize=4, alpha=0.85,
                label="ours (mean ± std)")
         for i, setting in enumerate(rows.Method):
             accs = own.loc[own.setting == setting, "test_acc"]
-            ax.scatter(np.full(len(accs), i), accs, color="black", s=10, zorder=3)
+            ax.scatter(np.full(len(accs), i), 100 * accs, color="black", s=10, zorder=3)
         for j, ref in enumerate(params.results.references):
-            vals = rows[ref.label].to_numpy(dtype=float)
+            vals = 100 * rows[ref.label].to_numpy(dtype=float)
             if not np.isnan(vals).all():
                 ax.scatter(x, vals, marker=["D", "s", "^"][j % 3], s=40, zorder=4, label=ref.label)
         ax.set_xticks(x, rows.Method, rotation=30, ha="right")
         ax.set_title(panel if len(panels) > 1 else f"{params.run.name}: augmentation methods", fontsize=10)
         ax.legend(fontsize=8, loc="lower left")
-    axes[0][0].set_ylim(max(0.0, lo - 0.05), 1.0)
+    axes[0][0].set_ylim(max(0.0, lo - 5), 100)
     for ax in axes[:, 0]:
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("test accuracy (%)")
     fig.tight_layout()
     return fig
 
 
 def guidance_readings(s_star: Sequence[float], guidance: GuidanceParams):
     """The guidance scale over s* under both readings of f(s*): ``direct`` (f) and ``scaled`` (base_scale * f),
-    with the run's observed s* as dots and the range real CLIP ViT-B/32 caption scores take shaded."""
+    with the run's observed s* as dots and the report's two example caption scores (CLIP ViT-B/32: 0.396 for its
+    beam-search caption, 0.301 for its nucleus caption) as lines; the range real captions take was not measured here."""
     s_star = np.asarray(s_star, dtype=float)
     grid = np.linspace(min(s_star.min(), 0.0), max(s_star.max(), 0.5), 200)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -65,7 +71,9 @@ def guidance_readings(s_star: Sequence[float], guidance: GuidanceParams):
         reading = guidance.model_copy(update={"mode": mode})
         ax.plot(grid, [guidance_scale(v, reading) for v in grid], label="f(s*) = %g s*² + %g s* + %g" % guidance.coefficients)
         ax.scatter(s_star, [guidance_scale(v, reading) for v in s_star], s=12, color="C1", label="this run's images")
-        ax.axvspan(0.25, 0.40, color="grey", alpha=0.15, label="real CLIP B/32 caption scores")
+        for k, score in enumerate(REPORT_CAPTION_SCORES):
+            ax.axvline(score, color="grey", ls="--", lw=1,
+                       label="the report's two example scores (CLIP B/32)" if k == 0 else None)
         ax.axhline(1.0, color="grey", ls=":", lw=1)
         formula = "f(s*)" if mode == "direct" else f"{guidance.base_scale:g} · f(s*)"
         ax.set_title(f"{mode}: scale = {formula}" + ("  (in force)" if mode == guidance.mode else ""), fontsize=9)
@@ -103,22 +111,28 @@ def originals_vs_generated(curated: pd.DataFrame, n: int):
 def consistency_diversity(metrics: pd.DataFrame, variants: pd.DataFrame | None = None):
     """The paper's two axes: each generated set of ``metrics`` (the quality stage's set_metrics) as a dot, the
     ablation variants' curated sets (``ablation_set_metrics.csv``) as crosses (img2img) or triangles (ControlNet),
-    the real images' label score as a line."""
+    the real images' label score as a line. Variants are numbered on the plot and named in a numbered legend, so no
+    two names can overlap however close their points lie."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     gen = metrics[metrics.set != "real (sources)"]
     sns.scatterplot(gen, x="distance to source", y="label score", hue="set", style="kind", s=90, alpha=0.8, ax=ax)
-    if variants is not None:  # ControlNet variants as triangles (a table written before them has no generator column)
+    handles, labels = ax.get_legend_handles_labels()
+    if variants is not None and len(variants):  # ControlNet as triangles (older tables have no generator column)
         generators = variants["generator"] if "generator" in variants else pd.Series("img2img", index=variants.index)
-        for generator, marker, what in (("img2img", "x", "SGID"), ("controlnet", "^", "SGID + ControlNet")):
+        for generator, marker, what in (("img2img", "X", "SGID"), ("controlnet", "^", "SGID + ControlNet")):
             some = variants[generators == generator]
             if len(some):
-                ax.scatter(some["distance to source"], some["label score"], marker=marker, color="black", s=50,
-                           label=f"ablation variants: {what}")
-        for name, x, y in zip(variants.Variant, variants["distance to source"], variants["label score"]):
-            ax.annotate(name, (x, y), fontsize=7)
+                ax.scatter(some["distance to source"], some["label score"], marker=marker, color="black", s=50)
+        for number, (x, y) in enumerate(zip(variants["distance to source"], variants["label score"]), start=1):
+            ax.annotate(str(number), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7,
+                        bbox={"boxstyle": "circle,pad=0.15", "fc": "white", "ec": "black", "lw": 0.5, "alpha": 0.8})
+        for number, (name, generator) in enumerate(zip(variants.Variant, generators), start=1):
+            handles.append(plt.Line2D([], [], ls="", marker="^" if generator == "controlnet" else "X", color="black"))
+            labels.append(f"{number}: {name}")
     real = metrics[metrics.set == "real (sources)"].iloc[0]
-    ax.axhline(real["label score"], color="grey", ls=":", label="real images' label score")
+    handles.append(ax.axhline(real["label score"], color="grey", ls=":"))
+    labels.append("real images' label score")
     ax.set_xlabel("diversity: mean 1 - cosine to the source")
     ax.set_ylabel("consistency: CLIP label score")
-    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    ax.legend(handles, labels, fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     return fig

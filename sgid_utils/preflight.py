@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .ablations import variant_params
 from .checks import Check, checks, existing_folder
 from .errors import USER_ERRORS
 from .io import read_table, write_text
@@ -34,6 +35,7 @@ from .projection import (
     png_bytes_per_pixel,
     project_seconds,
     train_seconds_by_backbone,
+    variant_costs,
 )
 from .rundir import RunDir
 from .runner import run_stage
@@ -138,6 +140,22 @@ def _train_rows(params: Params, canary: Params, seconds: float, counts: Counts, 
     return rows
 
 
+def _ablation_rows(params: Params, per_item: dict[str, float], train_rate: float, images: pd.DataFrame | None,
+                   ) -> tuple[list[dict], float, float]:
+    """One row per ablation variant (the stages it computes itself, at the canary's rates; training at the first
+    backbone's rate), and the pixels the variants generate: (rows, raw pixels, small pixels)."""
+    variants = [(a.name, variant_params(params, a.name, a.set)) for a in params.ablations]
+    rows, raw, small = [], 0.0, 0.0
+    for cost in variant_costs(params, variants, images):
+        seconds = {s: (train_rate if s == "train" else per_item[s]) * n for s, n in cost.items.items()}
+        what = ", ".join(f"{s} ({n:,.0f})" if s != "results" else s for s, n in cost.items.items())
+        rows.append({"stage": f"ablation {cost.name}", "canary items": "", "measured s/item": "", "full-run items": "",
+                     "expected": hms(sum(seconds.values())), "basis": f"computes {what}; links the rest",
+                     "seconds": sum(seconds.values())})
+        raw, small = raw + cost.raw_pixels, small + cost.small_pixels
+    return rows, raw, small
+
+
 def _project(params: Params, report: Preflight, canary: Params, seconds: dict[str, float], items: dict[str, int]) -> None:
     linked = reuse_plan(params).shared if params.run.reuse is not None else []
     run = reuse_source(params) if "data" in linked else RunDir.of(params)
@@ -148,11 +166,14 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
                      small_pixels=0.0 if "upscale" in linked else counts.small_pixels)
     per_item = {s: seconds[s] / max(1, items[s]) for s in seconds}
     expected = {s: 0.0 if s in linked else t for s, t in project_seconds(per_item, counts).items()}
+    train_rate = per_item["train"]  # seconds per image-epoch of the first backbone (the one variants train)
     for stage in seconds:
         basis = "fixed cost, measured" if counts.items(stage) == 1 else f"extrapolated from {counts.source}"
         basis = f"linked from run.reuse {params.run.reuse}: not recomputed" if stage in linked else basis
         if stage == "train" and len(backbones(params)) > 1:
             rows = _train_rows(params, canary, seconds[stage], counts, basis)
+            first = rows[0]
+            train_rate = first["seconds"] / first["full-run items"] if first["full-run items"] else train_rate
             expected[stage] = sum(r.pop("seconds") for r in rows)
             report.rows += rows
             continue
@@ -160,14 +181,20 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
                             "full-run items": int(counts.items(stage)), "expected": hms(expected[stage]), "basis": basis})
     report.rows.append({"stage": "total (make reproduce, without ablations)", "canary items": "", "measured s/item": "",
                         "full-run items": "", "expected": hms(sum(expected.values())), "basis": ""})
+    ablation_rows, ablation_raw, ablation_small = _ablation_rows(params, per_item, train_rate, full)
+    if ablation_rows:
+        ablations = sum(r.pop("seconds") for r in ablation_rows)
+        report.rows += ablation_rows + [{
+            "stage": "total with the ablation variants", "canary items": "", "measured s/item": "",
+            "full-run items": "", "expected": hms(sum(expected.values()) + ablations), "basis": ""}]
     crun = RunDir.of(canary)
     bpp = png_bytes_per_pixel(crun)
     classes = (full if full is not None else read_table(crun.images_table)).label.nunique()
     n_params = max(sum(p.numel() for p in create_classifier(b.model, int(classes), pretrained=False).parameters())
                    for b in backbones(params))  # the largest backbone's checkpoint (architecture only: nothing downloaded)
     other = other_bytes(crun, [s for s in OTHER_BYTES_STAGES if s not in linked]) / max(1, items.get("captions", 1))
-    need = disk_need_bytes(bpp, params.generation.num_candidates, counts.raw_pixels, counts.small_pixels, n_params,
-                           other, counts.train_images)
+    need = disk_need_bytes(bpp, params.generation.num_candidates, counts.raw_pixels + ablation_raw,
+                           counts.small_pixels + ablation_small, n_params, other, counts.train_images)
     free = shutil.disk_usage(existing_folder(Path(params.run.dir))).free
     report.checks.append(Check("disk for the full run", free - need >= params.run.min_free_gb * 2**30,
                                f"needs ~{gib(need)} (PNG {bpp:.2f} B/px measured, {n_params:,} classifier parameters x 4 B x 3 "
@@ -178,8 +205,13 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
         "for long stages) and the PNG bytes per pixel. Extrapolated: everything in the 'expected' column.",
         f"Generation ran at generation.batch_size {batch if batch else 'auto (from free GPU memory on CUDA, 1 on the CPU)'}, "
         f"on at most {items.get('generate', 0)} source(s): a full run's batches can be larger, so GPU figures are pessimistic.",
-        "Not in the total: the ablation profiles (make reproduce runs them after training; each variant repeats the stages "
-        "whose params it changes) and each notebook's kernel start-up.",
+        ("Ablation variants (one row each): the stages a variant computes itself, those whose params it changes (a "
+         "second generation draw redoes captions, similarity, both generation passes and curation; equal steps only "
+         "its SGID training), at the canary's rates; each trains Baseline and SGID (100 %) on the first backbone, "
+         "its Baselines linked when unchanged. Their generated images are in the disk need. "
+         if params.ablations else "Not in the total: the ablation profiles (make reproduce runs them after "
+         "training; each variant repeats the stages whose params it changes). ")
+        + "Not counted: each notebook's kernel start-up.",
         "Items: captions/similarity/curate = training images; generate = raw-pass sources; upscale = sources under "
         "curation.upscale_threshold; train = images x epochs summed over configurations (one row per backbone when "
         "there are several, each at its own measured rate; the canary tests after its one epoch, so a backbone that "

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from .fingerprints import baseline_fingerprint, fingerprint
 from .generation import raw_pass
 from .io import read_table
 from .rundir import RunDir
@@ -55,10 +56,12 @@ class Counts:
 
 def image_epochs(params: Params, n_train: int) -> list[int]:
     """Training images each (backbone, method, proportion, seed) sees over its epochs: the set, plus p x one curated
-    image per source, times its backbone's epochs."""
+    image per source, times its backbone's epochs. Under ``training.equal_steps`` every configuration takes the
+    Baseline's steps, batches of the same size: the Baseline's images x epochs."""
     epochs = {b.name: b.epochs for b in backbones(params)}
-    return [(n_train + (int(c.proportion * n_train + 0.5) if c.method in GENERATIVE else 0)) * epochs[c.backbone]
-            for c in configs(params)]
+    equal = params.training.equal_steps
+    return [(n_train + (int(c.proportion * n_train + 0.5) if c.method in GENERATIVE and not equal else 0))
+            * epochs[c.backbone] for c in configs(params)]
 
 
 def image_epochs_by_backbone(params: Params, n_train: int) -> dict[str, int]:
@@ -172,3 +175,45 @@ def hms(seconds: float) -> str:
 
 def gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**27 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+# The stages an ablation variant may take from an earlier run by link (``ablations.SHARED_STAGES``), then the ones it
+# always runs itself: training (its SGID runs; its Baselines are linked when shared) and its results.
+VARIANT_LINKABLE = ("data", "captions", "similarity", "generate", "upscale", "curate")
+
+
+@dataclass
+class VariantCost:
+    """What one ablation variant computes itself: items per stage (as ``Counts.items`` counts them), and its pixels."""
+
+    name: str
+    items: dict[str, float]
+    raw_pixels: float
+    small_pixels: float
+
+
+def variant_costs(params: Params, variants: list[tuple[str, Params]], images: pd.DataFrame | None = None,
+                  ) -> list[VariantCost]:
+    """Per variant, in the order ``run ablations`` runs them, the stages it computes itself and their items.
+
+    A stage is linked when the base run or an earlier variant made it with the same fingerprint (``ablations``
+    links it then), so it costs nothing. The train stage counts the variant's SGID runs, and its Baselines unless an
+    earlier run trained them with the same Baseline fingerprint on the same first backbone (``share_baselines``).
+    ``images``: the base run's data table, used for a variant on the same data.
+    """
+    out, earlier = [], [params]
+    for name, variant in variants:
+        same_data = fingerprint(variant, "data") == fingerprint(params, "data")
+        counts = full_run_counts(variant, images if same_data else None)
+        own = [s for s in VARIANT_LINKABLE if all(fingerprint(variant, s) != fingerprint(e, s) for e in earlier)]
+        items = {s: float(counts.items(s)) for s in own}
+        first = backbones(variant)[0]
+        shared = any("baseline" in e.training.methods and backbones(e)[0] == first
+                     and baseline_fingerprint(e) == baseline_fingerprint(variant) for e in earlier)
+        items["train"] = float(sum(n for c, n in zip(configs(variant), image_epochs(variant, counts.train_images))
+                                   if not (shared and c.method == "baseline")))
+        items["results"] = 1.0
+        out.append(VariantCost(name, items, counts.raw_pixels if "generate" in own else 0.0,
+                               counts.small_pixels if "upscale" in own else 0.0))
+        earlier.append(variant)
+    return out

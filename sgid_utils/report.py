@@ -1,7 +1,10 @@
 """The run's one HTML page, ``reports/<run>/index.html``: what someone opens first.
 
-Key facts (data set, models, the settings that differ from the paper's, seeds, when and on
-what machine each stage ran), the accuracy table beside the paper's numbers, the bar chart,
+At the top, per backbone, SGID against the best non-generative method with its interval, both
+verdicts (unadjusted and Holm) and the two controls (equal optimisation steps, a second generation
+draw); then key facts (data set, models, backbones, seeds, when and on what machine each stage ran),
+one wide table of methods by backbones beside the paper's numbers (accuracy in percent, differences
+in points), the settings that differ from the package defaults with each one's source, the bar chart,
 the consistency-diversity figure, the ablation table, and links to every executed notebook
 rendered as HTML beside it (nbconvert). Everything is read from the run's own files through
 their loaders and ``RunDir``, rendered by a jinja2 template shipped with the package
@@ -22,7 +25,6 @@ import nbformat
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from nbconvert import HTMLExporter
-from pydantic import BaseModel
 
 from .ablations import load_ablation_table
 from .curation import load_curated
@@ -30,55 +32,35 @@ from .data import load_images_table
 from .io import write_text
 from .provenance import load_provenance
 from .quality_report import CONSISTENCY_DIVERSITY, load_set_metrics
-from .results import gains_caption, load_accuracy_table, load_significance, table_caption, verdicts
+from .results import (
+    DELTA,
+    OURS,
+    PAPER_DATA_SET_GAIN,
+    SIGNIFICANT,
+    SIGNIFICANT_HOLM,
+    gains_caption,
+    load_accuracy_table,
+    percent,
+    table_caption,
+)
 from .rundir import RunDir
 from .schema import Params
+from .sources import changed_settings
 from .stages import NAMES, notebooks
+from .stats import COVERS
 from .training import backbones, load_results, recipe
 
-# Sections that are not settings of the method: reference numbers, and the ablation variants (their own table).
-NOT_SETTINGS = ("results", "ablations")
-# The accuracy table's numeric copies of the "Ours" column stay in the CSV; the page shows the report's format.
-ACCURACY_HIDDEN = ("mean", "std", "seeds")
+# The two controls of the main verdict (ablation variants; their names are a contract checked outside the repo),
+# with the params key each sets, to find the row when a profile gives the variant a label.
+CONTROLS = (("sgid-equal-steps", "training.equal_steps", "equal steps (SGID trained for the Baseline's steps)"),
+            ("second-draw", "run.draw", "second generation draw (captions, candidates, selection redrawn)"))
 FIGURES = (
     ("accuracy_by_method", "Test accuracy per method: bars are the mean over seeds (±1 std), dots single seeds, "
                            "markers the published numbers."),
     (CONSISTENCY_DIVERSITY, "Each generated set on the paper's two axes: consistency (CLIP label score) against "
-                            "diversity (distance to the source); ablation variants as crosses."),
+                            "diversity (distance to the source); numbered markers are listed in the legend."),
     ("originals_vs_sgid", "Training images beside the curated SGID image made from each."),
 )
-
-
-def differences_from_defaults(params: Params) -> pd.DataFrame:
-    """Every dotted key whose value differs from the params schema's default (the paper's and report's settings).
-
-    Keys without a default (run name and folders, the data set's source) are facts, not choices, and are skipped.
-    """
-    rows = []
-
-    def walk(model: BaseModel, prefix: str) -> None:
-        for name, field in type(model).model_fields.items():
-            value = getattr(model, name)
-            if field.exclude or (not prefix and name in NOT_SETTINGS):
-                continue
-            if isinstance(value, BaseModel):
-                walk(value, f"{prefix}{name}.")
-            elif not field.is_required():
-                default = field.get_default(call_default_factory=True)
-                if value != default:
-                    rows.append({"key": f"{prefix}{name}", "this run": _show(value), "paper (schema default)": _show(default)})
-
-    walk(params, "")
-    return pd.DataFrame(rows, columns=["key", "this run", "paper (schema default)"])
-
-
-def _show(value: Any) -> str:
-    """A params value as it is written in a params file (YAML: true, [0, 1]); unset as a dash."""
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return "–" if value is None else str(value)
 
 
 def cell(value: Any) -> str:
@@ -114,7 +96,7 @@ def key_facts(params: Params, provenance: pd.DataFrame) -> list[tuple[str, str]]
                    + (f" with ControlNet {m.controlnet}" if params.generation.generator == "controlnet" else "")
                    + "; classifier" + ("s " + ", ".join(f"{b.label} {b.model}" for b in backbones(params))
                                         if params.training.backbones else f" {m.classifier}")),
-        ("Seeds", f"run seed {params.run.seed}; training seeds {params.training.seeds}"),
+        ("Seeds", f"run seed {params.run.seed}; generation draw {params.run.draw}; training seeds {params.training.seeds}"),
         ("Training", f"methods {', '.join(params.training.methods)}; " + "; ".join(recipe(bb) for bb in backbones(params))),
         ("Ran", ran(provenance)),
         ("Params file", str(params.source_file)),
@@ -166,10 +148,129 @@ def files(params: Params) -> list[dict[str, str]]:
     return [{"name": p.name, "src": _href(run, p)} for p in paths if p.suffix in (".csv", ".md")]
 
 
+def project_root(params: Params) -> Path:
+    """The folder paths on the page are shown relative to: the one holding params/, else the params file's folder."""
+    folder = Path(params.source_file).resolve().parent
+    return folder.parent if folder.name == "params" else folder
+
+
+def relative(params: Params, text: str) -> str:
+    """``text`` with every absolute path under the project root written relative to it (the page travels)."""
+    root = str(project_root(params))
+    return text.replace(root + os.sep, "").replace(root, ".")
+
+
+def controls(ablations: pd.DataFrame | None) -> dict[str, str]:
+    """Each control's result as one cell ('not run' when its variant has no row in tables/ablations.csv)."""
+    out = {}
+    for name, key, _ in CONTROLS:
+        row = None
+        if ablations is not None and len(ablations):
+            sets_key = ablations.Changes.astype(str).str.contains(key + "=", regex=False)
+            hits = ablations[(ablations.Variant == name) | sets_key]
+            row = hits.iloc[0] if len(hits) else None
+        out[name] = "not run" if row is None else (
+            f"SGID (100%) − Baseline {row['Δ (95% CI)']} points; significant: {row['Significant']}")
+    return out
+
+
+def headline(params: Params, gains: pd.DataFrame | None, accuracy: pd.DataFrame,
+             ablations: pd.DataFrame | None) -> dict[str, Any] | None:
+    """The page's first table: per backbone, SGID against the best non-generative method, both verdicts, the
+    paper's gains (abstract: over seven data sets; this data set: from its quoted table) and the two controls."""
+    if gains is None or gains.empty:
+        return None
+    done = controls(ablations)
+    first = backbones(params)[0].label
+    headline_label = params.results.headline.label if params.results.headline else None
+    rows = []
+    for g in gains.to_dict("records"):
+        best = str(g["Best non-generative"])
+        sgid = accuracy[(accuracy.Backbone == g["Backbone"]) & (accuracy.Method == g["SGID"])]
+        rows.append([
+            g["Backbone"],
+            f"{g['SGID']} vs {'Baseline (no augmentation)' if best == 'Baseline' else best}",
+            str(g["Gain (points, 95% CI)"]),
+            _both(str(g.get("verdict (unadjusted)", "–")), str(g.get("verdict (Holm)", "–"))),
+            str(sgid[DELTA].iloc[0]) if len(sgid) and DELTA in sgid else "–",
+            _points(g.get(headline_label)) if headline_label else "–",
+            _points(g.get(PAPER_DATA_SET_GAIN)),
+            "; ".join(f"{label}: {done[name]}" for name, _, label in CONTROLS) if g["Backbone"] == first
+            else "not run (the control variants train the first backbone only)",
+        ])
+    columns = ["Backbone", "Comparison", "Gain (points, 95% CI)", "Verdict: unadjusted / Holm",
+               "SGID vs Baseline (points, 95% CI)", "Paper's gain, abstract (points; mean over its 7 data sets)",
+               "Paper's gain, this data set (points)", "Controls"]
+    on_baseline = [str(b) for b, n in zip(gains.Backbone, gains["Best non-generative"]) if n == "Baseline"]
+    return {"columns": columns, "rows": rows, "on_baseline": on_baseline}
+
+
+def _both(plain: str, adjusted: str) -> str:
+    """Both verdicts in one cell, named; once when they agree because neither could be given."""
+    if plain == adjusted and plain.startswith("undetermined"):
+        return plain
+    return f"unadjusted: {plain}; Holm: {adjusted}"
+
+
+def _points(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):+.2f}"
+
+
+def wide_table(params: Params, accuracy: pd.DataFrame) -> dict[str, Any]:
+    """Methods as rows, backbones as column groups (accuracy %, Δ in points, verdicts), then each published
+    table in percent: the accuracy table of tables/accuracy.csv, read, not recomputed."""
+    labels = [bb.label for bb in backbones(params) if (accuracy.Backbone == bb.label).any()]
+    methods = list(dict.fromkeys(accuracy.Method))
+    refs = [r.label for r in params.results.references if r.label in accuracy]
+    rows = []
+    for method in methods:
+        row = [method]
+        for label in labels:
+            hit = accuracy[(accuracy.Backbone == label) & (accuracy.Method == method)]
+            if hit.empty:
+                row += ["–", "–", "–"]
+                continue
+            r = hit.iloc[0]
+            row += [str(r[OURS]), str(r.get(DELTA, "–")), _verdicts(r)]
+        for ref in refs:
+            values = accuracy.loc[(accuracy.Method == method) & accuracy[ref].notna(), ref]
+            row.append(percent(float(values.iloc[0])) if len(values) else "–")
+        rows.append(row)
+    reasons = sorted({str(v)[len("undetermined ("):-1] for c in (SIGNIFICANT, SIGNIFICANT_HOLM) if c in accuracy
+                      for v in accuracy[c] if str(v).startswith("undetermined (")})
+    ref_backbones = {r.label: next((bb.label for i, bb in enumerate(backbones(params))
+                                    if (r.backbone == bb.name if r.backbone else i == 0)), "")
+                     for r in params.results.references}
+    return {"backbones": labels, "sub": ["acc. (%)", "Δ (points, 95% CI)", "sig.: unadj. / Holm"],
+            "refs": [f"{ref} (%, {ref_backbones.get(ref, '')})" for ref in refs], "rows": rows, "reasons": reasons}
+
+
+def _verdicts(row: pd.Series) -> str:
+    """'yes / no' (unadjusted / Holm), 'undetermined', or a dash on the Baseline's own row."""
+    plain, adjusted = str(row.get(SIGNIFICANT, "–")), str(row.get(SIGNIFICANT_HOLM, "–"))
+    if plain == "–":
+        return "–"
+    if plain.startswith("undetermined"):
+        return "undetermined"
+    return f"{plain} / {adjusted}"
+
+
+def backbones_table(params: Params) -> dict[str, list]:
+    """The classifiers as a small table: label, model, recipe, and where the recipe comes from."""
+    rows = [[bb.label, relative(params, bb.model), relative(params, recipe(bb)).split(": ", 1)[-1],
+             bb.source or "training.*"] for bb in backbones(params)]
+    return {"columns": ["Backbone", "model", "recipe", "recipe from"], "rows": rows}
+
+
+def settings(params: Params) -> dict[str, list]:
+    """The settings that differ from the package defaults, each with its origin and source (sources.changed_settings),
+    paths written relative to the project."""
+    return table_data(changed_settings(params).map(lambda v: relative(params, v) if isinstance(v, str) else v))
+
+
 def context(params: Params) -> dict[str, Any]:
     """Everything the template shows, read from the run's files."""
     accuracy = load_accuracy_table(params)
-    sig = load_significance(params)
     gains_file = RunDir.of(params).table("backbone_gains.csv")
     gains = pd.read_csv(gains_file) if gains_file.exists() else None
     ablations, set_metrics = load_ablation_table(params), load_set_metrics(params)
@@ -178,13 +279,14 @@ def context(params: Params) -> dict[str, Any]:
     return {
         "title": f"SGID reproduction: {params.run.name}",
         "smoke": params.smoke.build_models,
-        "facts": key_facts(params, provenance),
-        "differences": table_data(differences_from_defaults(params)),
-        "accuracy": table_data(accuracy.drop(columns=list(ACCURACY_HIDDEN))),
+        "headline": headline(params, gains, accuracy, ablations),
+        "covers": COVERS,
+        "facts": [(k, relative(params, v)) for k, v in key_facts(params, provenance)],
+        "backbones": backbones_table(params),
+        "settings": settings(params),
+        "wide": wide_table(params, accuracy),
         "accuracy_caption": table_caption(params, load_results(params)),
-        "verdicts": verdicts(params, sig),
-        "gains": table_data(gains.drop(columns="backbone")) if gains is not None and len(backbones(params)) > 1 else None,
-        "gains_caption": gains_caption(params),
+        "gains_caption": gains_caption(params, gains),
         "figures": main, "other_figures": other,
         "ablations": table_data(ablations) if ablations is not None else None,
         "set_metrics": table_data(set_metrics) if set_metrics is not None else None,

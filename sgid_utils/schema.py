@@ -3,7 +3,8 @@
 An unknown key, a wrong type or an out-of-range value is a validation error that
 ``sgid_utils.params.load_params`` turns into a message naming the file, the key and
 what is allowed. Which keys each stage's output depends on is declared in the stage
-registry (``sgid_utils.stages``), not here.
+registry (``sgid_utils.stages``), not here. Where each default comes from (paper, report or this
+package) is recorded once in ``sgid_utils.sources``; a new field needs an entry there (tests/test_sources.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ class RunParams(_Section):
     dir: Path = Field(description="Run directory holding every stage's files (put it on Google Drive on Colab).")
     reports_dir: Path = Field(description="Where executed notebooks, figures and tables are written.")
     seed: int = Field(0, ge=0, description="Run seed; every per-item seed derives from it.")
+    draw: int = Field(0, ge=0, description="Generation draw: changes only the random draws of caption sampling "
+                      "(nucleus), generation (candidate seeds) and curation (the random rule, the detector's folds); "
+                      "not the data split, not the training seeds. 0 gives run.seed's draws; another value is a "
+                      "second, independent draw (sgid_utils.seeding.draw_seed).")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     min_free_gb: float = Field(2.0, ge=0, description="Stages refuse to start with less free disk than this in run.dir.")
     reuse: Path | None = Field(None, description="Another run directory whose stage folders up to curation, made with the "
@@ -71,7 +76,7 @@ class CaptioningParams(_Section):
     num_nucleus: int = Field(10, ge=0)
     num_beam: int = Field(10, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
-    num_beams: int = Field(10, ge=1, description="Beam width; must be >= num_beam (beams returned).")
+    num_beams: int = Field(10, ge=1, description="Beam width; must be >= num_beam: returning 10 beam captions forces 10 beams.")
     max_new_tokens: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
 
@@ -89,12 +94,14 @@ class SimilarityParams(_Section):
 
 
 class GuidanceParams(_Section):
-    """f(s*) = a*s*^2 + b*s* + c, the paper's mapping from caption similarity to guidance."""
+    """f(s*) = a*s*^2 + b*s* + c: the paper's coefficients as the report quotes them ("defined as in the original paper").
+
+s* is the raw CLIP cosine of the image and its best caption."""
 
     coefficients: tuple[float, float, float] = (-4.0, 2.0, 1.0)
     mode: Literal["direct", "scaled", "fixed"] = Field(
         "direct",
-        description="direct: guidance = f(s*); scaled: guidance = base_scale * f(s*); fixed: guidance = base_scale.",
+        description="direct (a reading: the report never says the scale equals f(s*)): guidance = f(s*); scaled: guidance = base_scale * f(s*); fixed: guidance = base_scale.",
     )
     base_scale: float = Field(7.5, ge=0)
 
@@ -118,7 +125,7 @@ class ControlNetParams(_Section):
 
 class GenerationParams(_Section):
     generator: Generator = Field(
-        "img2img", description="img2img: SD img2img (the paper's); controlnet: SD img2img with a Canny-edge ControlNet (models.controlnet)."
+        "img2img", description="img2img: SD img2img (the report's 'image-to-image'); controlnet: SD img2img with a Canny-edge ControlNet (models.controlnet)."
     )
     controlnet: ControlNetParams = Field(default_factory=ControlNetParams)
     prompt: Literal["sgid", "label_only", "caption_only"] = Field(
@@ -129,7 +136,9 @@ class GenerationParams(_Section):
     label_weight: float = Field(1.5, gt=0)
     negative_prompt: str = ""
     guidance: GuidanceParams = Field(default_factory=GuidanceParams)
-    strength: float = Field(0.3, gt=0, le=1)
+    strength: float = Field(0.3, gt=0, le=1, description="diffusers img2img strength: the report's 'Gaussian noise "
+                            "of 0.3' read as strength=0.3 (the share of the denoising schedule re-run from the noised "
+                            "source).")
     num_inference_steps: int = Field(50, ge=1)
     num_candidates: int = Field(3, ge=1, description="k candidates per source image.")
     max_side: int = Field(768, ge=64, description="Sources larger than this (long side) are downscaled for the model.")
@@ -152,7 +161,10 @@ class CurationParams(_Section):
         5, description="Small sources per class (seeded) that also get the raw pass, for the error analysis; "
         "'all': every source, as the report did (sources at or above the threshold always do).")
     select: Literal["most_diverse_consistent", "most_similar", "random"] = Field(
-        "most_diverse_consistent", description="Which candidate of a source enters training (sgid_utils/selection.py).")
+        "most_similar", description="Which candidate of a source enters training (sgid_utils/selection.py). "
+        "most_similar: the closest automatic reading of the report's hand pick ('select the best image out of the 3'; "
+        "its Figure 4 shows the image-image cosine rising); most_diverse_consistent: a hypothesis of this package; "
+        "random: a control.")
     min_similarity: float | None = Field(
         None, ge=-1, le=1, description="most_diverse_consistent's similarity floor; None: the median similarity of the "
         "competing candidates (the better half).")
@@ -203,7 +215,7 @@ class BackboneParams(_Section):
     batch_size: int | None = Field(None, ge=1, description="None: training.batch_size.")
     eval_every: int | None = Field(None, ge=1, description="Test every N epochs (and after the last); None: training.eval_every.")
     image_size: int | None = Field(None, ge=8, description="None: training.image_size, else the model's pretrained input size.")
-    source: str = Field("", description="Where the recipe comes from (shown in the docs and the report).")
+    source: str = Field("", description="Where the recipe comes from (shown in the docs and on the run's report page).")
 
 
 class TrainingParams(_Section):
@@ -216,13 +228,14 @@ class TrainingParams(_Section):
         default_factory=lambda: [1.0], description="Proportions for sgid_cutmix and sgid_randaugment (SGID's images + the augmentation).")
     backbones: list[BackboneParams] = Field(
         default_factory=list, description="Classifiers to train, each with its recipe; empty: models.classifier with "
-        "training.* (the report's ViT-B/16 setting).")
+        "training.* (ViT-B/16 with Adam at a constant lr 1e-4, which the report gives; epochs and batch size are this "
+        "package's choice).")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(10, ge=1, description="This package's choice: the report does not give the number of epochs.")
+    batch_size: int = Field(32, ge=1, description="This package's choice: the report does not give the batch size.")
     eval_batch_size: int = Field(128, ge=1)
     eval_every: int = Field(1, ge=1, description="Evaluate on the test split every N epochs (and always after the last).")
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-4, gt=0, description="Adam's learning rate, constant: 1e-4 as the report gives.")
     image_size: int | None = Field(None, ge=8, description="Defaults to the classifier's pretrained input size.")
     cutmix_alpha: float = Field(1.0, gt=0)
     cutmix_prob: float = Field(0.5, ge=0, le=1)
@@ -230,6 +243,10 @@ class TrainingParams(_Section):
     randaugment_magnitude: int = Field(9, ge=0, le=30)
     num_workers: int = Field(2, ge=0)
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on the CPU).")
+    equal_steps: bool = Field(False, description="true: every method trains for its backbone's Baseline number of "
+                              "optimisation steps (ceil(n_real / batch_size) * epochs), so a larger SGID set sees "
+                              "fewer epochs (the last one partial) and the schedule shape (warm-up, cosine) spans "
+                              "those steps; false: every method trains for the same number of epochs.")
 
     @field_validator("sgid_proportions", "filtered_proportions", "combined_proportions")
     @classmethod

@@ -1,23 +1,26 @@
 """Which of a source's k candidates enters training: the selection rule (``curation.select``).
 
 The report: "3 images are generated per original image and human-in-the-loop approach is used
-to select the best image out of the 3", where the aim is "realistic-looking images ... that still
-retain the style, background, and camera angle while introducing some variation from the original
-image". Three automatic stand-ins, all over the candidates that compete (the upscaled regeneration
-where there is one, else the raw pass):
+to select the best image out of the 3"; it aims at "realistic-looking images ... that still retain
+the style, background, and camera angle while introducing some variation from the original image",
+and its one worked example (its Figure 4) shows the cosine similarity between original and generated
+image rising about 19x after its steps. Three automatic stand-ins, all over the candidates that compete
+(the upscaled regeneration where there is one, else the raw pass), all scored by the CLIP image-image
+cosine of ``models.clip``:
 
-- ``most_diverse_consistent`` (default; this package's reading, a hypothesis): among the candidates
-  that CLIP still labels as the source's class and whose image-image similarity to the source is at
-  least the floor (``curation.min_similarity``, by default the median of all competing candidates,
-  so the better half), the *least* similar one: it keeps the subject (label check), stays
-  realistic (the floor keeps near-failures out) and brings the most variation, which is what SGID
-  exists for. A source none of whose candidates passes falls back to its most similar candidate
-  (counted in ``curation/quality.json``), so every source still contributes one image, as in the report.
-- ``most_similar``: the highest similarity, the package's former rule. At strength 0.3 with a
-  guidance scale near 1 that is the *least changed* candidate, often a near-copy of the source.
-- ``random``: one candidate per source, drawn from (run seed, image id, k): no preference at all.
+- ``most_similar`` (default): the highest similarity to the source; the closest automatic reading of
+  the report's hand pick.
+- ``most_diverse_consistent`` (a hypothesis of this package, the ablation variant
+  ``select-most-diverse-consistent``): among the candidates that CLIP still labels as the source's
+  class and whose similarity to the source is at least a floor (``curation.min_similarity``; by
+  default the median similarity of all competing candidates of the run), the *least* similar one,
+  on the hypothesis that more variation helps while the label check keeps the subject. A source none
+  of whose candidates passes falls back to its most similar candidate (counted in
+  ``curation/quality.json``), so every source still contributes one image, as in the report.
+- ``random``: one candidate per source, drawn from (the generation draw's seed, image id, k): the control.
 
-The ablation profiles train the other two rules as variants, so the default is measured, not assumed.
+Neither the default nor the hypothesis has yet been run with the real models; the ablation profiles
+train the other two rules as variants so that the difference is measured.
 """
 
 from __future__ import annotations

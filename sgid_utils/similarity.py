@@ -1,7 +1,11 @@
 """Stage 02: CLIP image-caption similarity; the best caption c* and its score s* per image.
 
-The same CLIP embedding helpers serve stage 04 (image-image similarity between a
-source and its generated candidates).
+s* is the raw cosine of the L2-normalised CLIP embeddings, in [-1, 1]: not multiplied by CLIP's logit
+scale, not a softmax over the image's captions, not CLIPScore (2.5 * max(cos, 0)). The report names only
+"the similarity score" (its examples, 0.301 and 0.396, fit a raw cosine), so this is a reading; the
+guidance mapping f(s*) takes it as it is. The same CLIP (``models.clip``) and embedding helpers serve
+stage 04 (image-image similarity between a source and its generated candidates), which is our choice:
+the report does not name the model behind its image-image cosines.
 """
 
 from __future__ import annotations

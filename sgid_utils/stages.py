@@ -47,19 +47,22 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "data:prepare_dataset", "01_captioning", (), ("dataset", "run.seed"), "data"),
-    Stage("captions", "captioning:run_captions", "01_captioning", ("data",), ("models.captioner", "captioning"),
-          "captions"),
+    # run.draw (the generation draw) reaches the captions' nucleus sampling, the candidates' seeds and curation's
+    # random choices; the data and train stages do not read it (a second draw keeps the split and the training seeds).
+    Stage("captions", "captioning:run_captions", "01_captioning", ("data",),
+          ("models.captioner", "captioning", "run.draw"), "captions"),
     Stage("similarity", "similarity:run_similarity", "02_similarity", ("captions",), ("models.clip",), "similarity"),
     Stage("generate", "generation:run_generation", "03_generation", ("similarity",),
           ("models.diffusion", "models.controlnet", "generation", "curation.upscale_threshold",
-           "curation.error_analysis_sample"),
+           "curation.error_analysis_sample", "run.draw"),
           "generation/raw"),
     # The upscaled regeneration does not depend on which small sources the raw pass sampled.
     Stage("upscale", "generation:run_upscaled", "04_error_analysis_upscaling", ("similarity",),
-          ("models.diffusion", "models.controlnet", "generation", "curation.upscale_threshold", "curation.upscale_to"),
+          ("models.diffusion", "models.controlnet", "generation", "curation.upscale_threshold", "curation.upscale_to",
+           "run.draw"),
           "generation/upscaled"),
     Stage("curate", "curation:run_curation", "04_error_analysis_upscaling", ("generate", "upscale"),
-          ("curation", "quality"), "curation"),
+          ("curation", "quality", "run.draw"), "curation"),
     Stage("train", "training:run_training", "05_training", ("curate",), ("models.classifier", "training"), "training"),
     Stage("results", "results:run_results", "06_results", ("train",), (), "results"),
     Stage("quality", "quality_report:run_quality_report", "07_quality_and_statistics", ("results",)),

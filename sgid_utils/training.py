@@ -1,13 +1,18 @@
 """Stage 05: train each backbone with Baseline, CutMix, RandAugment, SGID and SGID combined with CutMix/RandAugment.
 
-A backbone is a timm classifier with its own recipe (``schema.BackboneParams``): the report's
-ViT-B/16 (ImageNet-21k) with Adam at a constant 1e-4 by default, or the ones
-``training.backbones`` lists (ResNet-50 from scratch, CLIP-ViT, ...). Within a
-backbone every method shares the recipe, epochs, batch size and the model's own
-resize-only preprocessing; methods differ only in the augmentation and the
-generated images added. Each (backbone, method, proportion, seed) checkpoints at
-every epoch boundary and resumes there; a finished one is not retrained. Images
-are decoded and resized once per process and shared by all configurations.
+A backbone is a timm classifier with its own recipe (``schema.BackboneParams``): by default the report's
+ViT-B/16 (ImageNet-21k) with Adam at a constant learning rate of 1e-4 (what the report gives), for 10 epochs
+at batch size 32 (this package's choice: the report gives neither), or the ones ``training.backbones`` lists
+(ResNet-50 from scratch, CLIP-ViT, ...). Within a backbone every method shares the recipe, batch size and the
+model's own resize-only preprocessing; methods differ only in the augmentation and the generated images added.
+
+With the same number of epochs, SGID at 100 % (twice the images) takes twice the Baseline's optimisation
+steps. ``training.equal_steps`` separates the two: every method then stops after its backbone's Baseline
+step count, ceil(n_real / batch size) x epochs, its last pass over the larger set partial, with the learning
+rate schedule (warm-up, cosine) laid over those same steps (``step_plan``). Each result records its steps.
+
+Each (backbone, method, proportion, seed) checkpoints at every epoch boundary and resumes there; a finished
+one is not retrained. Images are decoded and resized once per process and shared by all configurations.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +56,14 @@ _TAGS = {"sgid": "sgid", "sgid_filtered": "sgidf", "sgid_cutmix": "sgidcm", "sgi
 def backbones(params: Params) -> list[BackboneParams]:
     """The backbones to train, each with its recipe resolved (``training.*`` fills what it leaves unset).
 
-    None listed: the one implicit backbone, ``models.classifier`` with ``training.*`` (the report's setting),
-    named "" so that its runs keep their unprefixed names (``baseline_seed0``).
+    None listed: the one implicit backbone, ``models.classifier`` with ``training.*`` (Adam at a constant 1e-4 as the
+    report gives; epochs and batch size this package's), named "" so that its runs keep their unprefixed names
+    (``baseline_seed0``).
     """
     t = params.training
     listed = t.backbones or [BackboneParams.model_construct(
-        name="", model=params.models.classifier, source="training.* (the reproduction report's recipe in params/pets.yaml)")]
+        name="", model=params.models.classifier,
+        source="training.* (Adam, constant lr 1e-4: the reproduction report; epochs, batch size: this package)")]
     return [b.model_copy(update={"label": b.label or b.name or b.model,
                                  **{k: getattr(t, k) for k in INHERITED if getattr(b, k) is None}}) for b in listed]
 
@@ -108,7 +116,8 @@ def sgid_subset(curated: pd.DataFrame, proportion: float, run_seed: int) -> pd.D
     """round(proportion * n) curated images, nested across proportions (25% is inside 50%, ...).
 
     The order is a seeded hash of the image id, so it is fixed for a run and independent of the
-    training seed: seeds then measure training noise, not which images were drawn.
+    training seed: seeds then measure training noise, not which images were drawn. The caller passes
+    ``run.seed``, not the generation draw's seed: a second draw (``run.draw``) subsets the same sources.
     """
     order = curated.assign(_key=[derive_seed(run_seed, i, purpose="sgid-subset") for i in curated.image_id])
     order = order.sort_values("_key", kind="stable").drop(columns="_key")
@@ -173,14 +182,16 @@ class Loop:
     loader_gen: torch.Generator
     history: list[dict]
     epoch: int = 0
+    steps: int = 0  # optimisation steps taken (batches trained on), over all epochs
 
     def save(self, path: Path) -> None:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                 "rng": _rng_state(self.loader_gen), "history": self.history, "epoch": self.epoch}
+                 "rng": _rng_state(self.loader_gen), "history": self.history, "epoch": self.epoch, "steps": self.steps}
         write_atomic(path, lambda tmp: torch.save(state, tmp))
 
-    def resume(self, path: Path) -> None:
+    def resume(self, path: Path, steps_per_epoch: int) -> None:
+        """Continue from a checkpoint (one saved before steps were counted had full epochs of ``steps_per_epoch``)."""
         state = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -189,6 +200,7 @@ class Loop:
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], self.loader_gen)
         self.history, self.epoch = state["history"], state["epoch"]
+        self.steps = state.get("steps", self.epoch * steps_per_epoch)
 
 
 def optimizer_for(bb: BackboneParams, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -198,9 +210,35 @@ def optimizer_for(bb: BackboneParams, model: torch.nn.Module) -> torch.optim.Opt
     return kind(model.parameters(), lr=bb.lr, weight_decay=bb.weight_decay)
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """How long one configuration trains, in optimisation steps (one per batch)."""
+
+    steps_per_epoch: int  # batches in one pass over this configuration's training set
+    total: int  # steps to take
+    schedule_epoch: int  # steps one epoch of the schedule spans (warm-up_epochs and the cosine count in these)
+
+    @property
+    def epochs(self) -> int:
+        """Passes over the training set begun: the last one stops at ``total`` (partial under equal steps)."""
+        return math.ceil(self.total / self.steps_per_epoch)
+
+
+def step_plan(bb: BackboneParams, n_train: int, n_real: int, equal_steps: bool) -> StepPlan:
+    """``bb.epochs`` full passes over the ``n_train`` images; with ``equal_steps``, the Baseline's steps instead:
+    ceil(n_real / batch size) x epochs over the ``n_real`` real training images, the schedule's epoch being the
+    Baseline's, so that every method follows the Baseline's learning-rate curve step for step."""
+    if n_train < 1 or not 1 <= n_real <= n_train:
+        raise ValueError(f"need 1 <= real images ({n_real}) <= training images ({n_train})")
+    per_epoch = math.ceil(n_train / bb.batch_size)
+    epoch = math.ceil(n_real / bb.batch_size) if equal_steps else per_epoch
+    return StepPlan(per_epoch, epoch * bb.epochs, epoch)
+
+
 def lr_factor(bb: BackboneParams, steps_per_epoch: int):
     """The learning rate's multiplier at optimisation step s: linear warm-up, then constant or half-cosine to zero.
 
+    ``steps_per_epoch``: the schedule's epoch (``StepPlan.schedule_epoch``); the schedule spans ``bb.epochs`` of them.
     One per-step function for torch's LambdaLR (whose state the checkpoint keeps), rather than torch's chained
     schedulers, so that warm-up plus cosine is one readable formula and resumes exactly.
     """
@@ -235,11 +273,13 @@ def make_loaders(params: Params, cfg: TrainConfig, bb: BackboneParams, model, tr
 
 
 def train_epoch(loop: Loop, loader: DataLoader, cfg: TrainConfig, t: TrainingParams, device: torch.device,
-                use_amp: bool, desc: str) -> float:
-    """One pass over the training set; returns the mean training loss."""
+                use_amp: bool, desc: str, max_steps: int) -> float:
+    """One pass over the training set, stopping after ``max_steps`` batches; returns the mean training loss."""
     loop.model.train()
     loss_sum, seen = 0.0, 0
-    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch"):
+    batches = tqdm(islice(loader, max_steps), desc=desc, leave=False, unit="batch", total=min(len(loader), max_steps))
+    for x, y in batches:
+        loop.steps += 1
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         y_b, lam = y, 1.0
         if cfg.method in CUTMIX:
@@ -268,16 +308,18 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
     model = model.to(device)
     use_amp = t.amp and device.type == "cuda"
     optimizer = optimizer_for(bb, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(bb, len(train_loader)))
+    plan = step_plan(bb, len(train), int((train.origin == "real").sum()), t.equal_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(bb, plan.schedule_epoch))
     loop = Loop(model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=use_amp), loader_gen, [])
     if run.checkpoint(cfg.name).exists():
-        loop.resume(run.checkpoint(cfg.name))
+        loop.resume(run.checkpoint(cfg.name), plan.steps_per_epoch)
     preds = None
-    while loop.epoch < bb.epochs:
+    while loop.epoch < plan.epochs:
         began = time.time()
-        train_loss = train_epoch(loop, train_loader, cfg, t, device, use_amp, f"{cfg.name} epoch {loop.epoch + 1}/{bb.epochs}")
+        train_loss = train_epoch(loop, train_loader, cfg, t, device, use_amp,
+                                 f"{cfg.name} epoch {loop.epoch + 1}/{plan.epochs}", plan.total - loop.steps)
         test_acc = test_loss = float("nan")
-        if (loop.epoch + 1) % bb.eval_every == 0 or loop.epoch + 1 == bb.epochs:
+        if (loop.epoch + 1) % bb.eval_every == 0 or loop.epoch + 1 == plan.epochs:
             test_acc, test_loss, preds = evaluate(model, test_loader, device, use_amp)
         loop.history.append({"epoch": loop.epoch + 1, "train_loss": train_loss, "test_loss": test_loss,
                              "test_acc": test_acc, "lr": loop.optimizer.param_groups[0]["lr"], "seconds": time.time() - began})
@@ -288,7 +330,8 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
         _, _, preds = evaluate(model, test_loader, device, use_amp)
     write_table(run.predictions(cfg.name), test[["image_id", "label_idx"]].assign(pred=preds))
     result = {"config": cfg.name, "backbone": cfg.backbone, "method": cfg.method, "setting": cfg.setting,
-              "proportion": cfg.proportion, "seed": cfg.seed, "test_acc": loop.history[-1]["test_acc"], "epochs": bb.epochs,
+              "proportion": cfg.proportion, "seed": cfg.seed, "test_acc": loop.history[-1]["test_acc"],
+              "epochs": plan.epochs, "steps": loop.steps,
               "train_images": len(train), "generated_images": int((train.origin == "generated").sum())}
     write_json(run.result(cfg.name), result)
     run.checkpoint(cfg.name).unlink(missing_ok=True)  # the result is final; the checkpoint (hundreds of MB for ViT-B) is not

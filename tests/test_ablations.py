@@ -1,16 +1,20 @@
+import math
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from sgid_utils.ablations import run_ablations, share_baselines, variant_params
 from sgid_utils.errors import StageError
 from sgid_utils.io import write_json
 from sgid_utils.params import ParamsError, load_params
+from sgid_utils.projection import full_run_counts, variant_costs
 from sgid_utils.rundir import RunDir
 from sgid_utils.runner import run_stage
-from sgid_utils.training import backbones
+from sgid_utils.training import backbones, load_results
 
 from .conftest import REPO, copy_stages, resnet_scratch_entry
 
@@ -114,3 +118,75 @@ def test_every_shipped_variant_is_valid_params_on_the_first_backbone(profile):
         assert len(backbones(variant)) == 1 and backbones(variant)[0].model == backbones(params)[0].model
         assert variant.training.methods == ["baseline", "sgid"]
         assert set(variant.smoke.tiny_backbones) <= {b.name for b in backbones(variant)}
+
+
+def test_the_two_controls_equal_steps_and_a_second_draw(make_params, pipeline_run):
+    """sgid-equal-steps trains SGID (100 %) for exactly its Baseline's steps; second-draw redraws captions, candidates
+    and selection on the same data split, training seeds and Baselines. Both rows answer their question."""
+    params = make_params("controls", ablations=[{"name": "sgid-equal-steps", "set": {"training.equal_steps": True}},
+                                                {"name": "second-draw", "set": {"run.draw": 1}}])
+    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate", "train")
+    table = run_ablations(params).set_index("Variant")
+    base = RunDir.of(params)
+    equal = variant_params(params, "sgid-equal-steps", {"training.equal_steps": True})
+    draw = variant_params(params, "second-draw", {"run.draw": 1})
+    n_real = int((pd.read_parquet(base.images_table).split == "train").sum())
+    baseline_steps = math.ceil(n_real / params.training.batch_size) * params.training.epochs
+
+    # Equal steps: the Baseline is the base run's model (linked), and SGID at 100 % stops at its step count, where the
+    # base run's SGID at 100 % (twice the images, the same epochs) took about twice as many.
+    results = load_results(equal).set_index("config")
+    assert all(os.path.islink(RunDir.of(equal).config_dir(f"baseline_seed{s}")) for s in (0, 1))
+    assert all(os.path.islink(RunDir.of(equal).stage(s)) for s in ("data", "captions", "generate", "curate"))
+    assert results.steps.tolist() == [baseline_steps] * 4
+    base_sgid = load_results(params).set_index("config").loc[["sgid100_seed0", "sgid100_seed1"], "steps"]
+    assert (base_sgid > baseline_steps).all()
+
+    # Second draw: same split (the data stage linked) and the same Baseline models; new captions and candidates.
+    dr = RunDir.of(draw)
+    assert os.path.islink(dr.stage("data")) and not os.path.islink(dr.stage("captions"))
+    for name in ("baseline_seed0", "baseline_seed1"):
+        assert os.path.realpath(dr.config_dir(name)) == str(base.config_dir(name).resolve())
+    first, second = (pd.read_parquet(r.manifest("raw")).set_index(["image_id", "k"]) for r in (base, dr))
+    assert set(second.index) == set(first.index)  # the same sources (the error-analysis sample is run.seed's)
+    assert not set(first.seed) & set(second.seed)
+    for key in first.index:
+        a = np.asarray(Image.open(base.absolute(first.loc[key, "path"])), dtype=np.int16)
+        b = np.asarray(Image.open(dr.absolute(second.loc[key, "path"])), dtype=np.int16)
+        assert np.abs(a - b).max() > 0, f"candidate {key} is the same in both draws"
+    caps = [pd.read_parquet(r.captions_table).query("method == 'nucleus'").caption.tolist() for r in (base, dr)]
+    assert caps[0] != caps[1]
+    assert load_results(draw).query("method == 'sgid'").seed.tolist() == [0, 1]
+
+    assert table.loc["sgid-equal-steps", "Control"].startswith("Does SGID's gain survive equal compute")
+    assert table.loc["second-draw", "Control"].startswith("Does SGID's gain hold on a new generation draw?")
+
+
+def test_the_controls_are_projected_with_the_stages_they_recompute():
+    """Preflight's projection: the second draw pays captions, similarity, both generation passes and curation again;
+    equal steps only its SGID runs, at the Baseline's image-epochs; both reuse the base run's Baselines."""
+    params = load_params(REPO / "params" / "pets_ablations.yaml")
+    variants = [(a.name, variant_params(params, a.name, a.set)) for a in params.ablations]
+    costs = {c.name: c for c in variant_costs(params, variants)}
+    counts = full_run_counts(params)
+    n, epochs, seeds = counts.train_images, params.training.epochs, len(params.training.seeds)
+    draw = costs["second-draw"]
+    assert draw.items == {"captions": n, "similarity": n, "generate": counts.raw_sources,
+                          "upscale": counts.small_sources, "curate": n, "train": seeds * 2 * n * epochs, "results": 1}
+    assert (draw.raw_pixels, draw.small_pixels) == (counts.raw_pixels, counts.small_pixels)
+    equal = costs["sgid-equal-steps"]
+    assert equal.items == {"train": seeds * n * epochs, "results": 1} and equal.raw_pixels == equal.small_pixels == 0
+    assert costs["select-most-diverse-consistent"].items == {"curate": n, "train": seeds * 2 * n * epochs, "results": 1}
+    # The strength sweep's first variant makes its subset's data, captions and Baselines; the next ones link them.
+    first, second = costs["strength-0.2"].items, costs["strength-0.3"].items
+    assert {"data", "captions"} <= set(first) and not {"data", "captions", "similarity"} & set(second)
+    assert first["train"] == 1.5 * second["train"]  # Baseline (n) + SGID (2n) against SGID alone
+
+
+@pytest.mark.parametrize("profile", ["smoke_ablations.yaml", "pets_ablations.yaml", "flowers_ablations.yaml"])
+def test_every_profile_runs_both_controls_and_the_selection_hypothesis(profile):
+    variants = {a.name: a.set for a in load_params(REPO / "params" / profile).ablations}
+    assert variants["sgid-equal-steps"] == {"training.equal_steps": True}
+    assert variants["second-draw"] == {"run.draw": 1}
+    assert variants["select-most-diverse-consistent"] == {"curation.select": "most_diverse_consistent"}
+    assert "select-most-similar" not in variants  # the default now

@@ -12,6 +12,18 @@ def test_captions_per_image_with_method_and_rank(pipeline_run):
     assert (per["nucleus"] == 3).all() and (per["beam"] == 2).all()
     assert sorted(caps[caps.method == "nucleus"]["rank"].unique()) == [0, 1, 2]
     assert caps.caption.str.len().gt(0).any()
+    # Duplicates are kept and counted: each repeat of an image's caption (not its first copy) is marked.
+    assert (caps.duplicate == caps.duplicated(["image_id", "caption"])).all()
+    assert (caps.groupby("image_id").caption.nunique() + caps.groupby("image_id").duplicate.sum()
+            == caps.groupby("image_id").size()).all()
+
+
+def test_duplicate_captions_are_counted_in_an_older_table_too():
+    from sgid_utils.captioning import mark_duplicates
+
+    table = pd.DataFrame({"image_id": ["a", "a", "a", "b"], "method": ["nucleus", "nucleus", "beam", "nucleus"],
+                          "rank": [0, 1, 0, 0], "caption": ["a dog", "a dog", "a dog", "a dog"]})
+    assert mark_duplicates(table).duplicate.tolist() == [False, True, True, False]
 
 
 def test_captions_do_not_depend_on_batch_size_or_resuming(make_params, monkeypatch):

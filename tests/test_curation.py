@@ -75,9 +75,14 @@ def test_quality_scores_filters_and_the_filtered_set(pipeline_run):
     filtered = pd.read_parquet(RunDir.of(p).curated_table(filtered=True))
     kept = comp[comp.kept.astype(bool)]
     assert filtered.image_id.is_unique and set(filtered.image_id) == set(kept.image_id)
-    floor = summary["select_floor"]
-    assert p.curation.select == "most_diverse_consistent"
+    assert p.curation.select == summary["select"] == "most_similar"  # the default
     for row in filtered.itertuples():  # the rule's property, checked on the candidates themselves
+        assert not row.fallback and row.similarity == kept[kept.image_id == row.image_id].similarity.max()
+    # The hypothesis (an ablation variant) on the same candidates: the least similar eligible one, else a fallback.
+    from sgid_utils.curation import choose
+
+    floor = summary["select_floor"]
+    for row in choose(p, kept, floor, "most_diverse_consistent").itertuples():
         own = kept[kept.image_id == row.image_id]
         eligible = own[own.consistent.astype(bool) & (own.similarity >= floor)]
         if len(eligible):
@@ -86,16 +91,21 @@ def test_quality_scores_filters_and_the_filtered_set(pipeline_run):
             assert row.fallback and row.similarity == own.similarity.max()
 
 
-def test_set_metrics_cover_real_and_generated_sets(pipeline_run):
-    """The quality stage (notebook 07's tables) ran with the chain and wrote what it returns."""
-    from sgid_utils.quality_report import set_metrics
+def test_the_default_selection_is_the_closest_reading_of_the_reports_hand_pick(tmp_path):
+    """curation.select defaults to most_similar; most_diverse_consistent is a hypothesis, as its description says."""
+    from sgid_utils.schema import CurationParams
 
-    m = set_metrics(pipeline_run).set_index("set")
-    assert {"real (sources)", "generated (raw)", "curated (selected)", "curated (filtered)"} <= set(m.index)
-    assert m.loc["real (sources)", "images"] == pd.read_parquet(RunDir.of(pipeline_run).best_table).shape[0]
-    written = pd.read_csv(RunDir.of(pipeline_run).table("set_metrics.csv")).set_index("set")
-    pd.testing.assert_frame_equal(written, m, check_dtype=False)
-    change = pd.read_csv(RunDir.of(pipeline_run).table("per_class_change.csv"))
-    assert set(change.class_name) == set(pd.read_parquet(RunDir.of(pipeline_run).images_table).class_name)
-    assert m["zero-shot accuracy"].between(0, 1).all()
-    assert m.drop(index="real (sources)")["distance to source"].between(0, 2).all()
+    field = CurationParams.model_fields["select"]
+    assert CurationParams().select == "most_similar"
+    assert "closest automatic reading" in field.description and "hypothesis" in field.description
+
+
+def test_the_random_rule_follows_the_generation_draw(make_params):
+    """run.draw redraws curation's random choices too; draw 0 keeps run.seed's."""
+    from sgid_utils.curation import choose
+    from sgid_utils.seeding import draw_seed
+
+    zero, one = make_params("d0", run={"seed": 3}), make_params("d1", run={"seed": 3, "draw": 1})
+    picks = {p.run.draw: choose(p, _candidates(), 0.0, "random").path.tolist() for p in (zero, one)}
+    assert picks[0] == select(_candidates(), "random", seed=3).path.tolist()
+    assert picks[1] == select(_candidates(), "random", seed=draw_seed(one)).path.tolist() != picks[0]

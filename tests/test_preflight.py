@@ -44,12 +44,20 @@ FAST = {"generation": {"num_inference_steps": 4, "num_candidates": 2}}
 
 
 def test_smoke_preflight_passes_offline_with_canary(make_params):
-    params = make_params(**FAST)
+    """The canary, the projection, and a row per ablation variant: the second draw pays for captions and both generation
+    passes again, equal steps only for its SGID training."""
+    params = make_params(**FAST, ablations=[{"name": "sgid-equal-steps", "set": {"training.equal_steps": True}},
+                                            {"name": "second-draw", "set": {"run.draw": 1}}])
     report = preflight(params)
     assert report.ok, "\n".join(c.line for c in report.checks)
     stages = [r["stage"] for r in report.rows]
     assert stages[:7] == ["data", "captions", "similarity", "generate", "upscale", "curate", "train"]
-    assert stages[-1].startswith("total")
+    assert stages[-4:] == ["total (make reproduce, without ablations)", "ablation sgid-equal-steps",
+                           "ablation second-draw", "total with the ablation variants"]
+    rows = {r["stage"]: r for r in report.rows}
+    assert rows["ablation sgid-equal-steps"]["basis"].startswith("computes train (")
+    draw = rows["ablation second-draw"]["basis"]
+    assert all(f"{s} (" in draw for s in ("captions", "similarity", "generate", "upscale", "curate", "train"))
     assert any(c.name == "disk for the full run" and c.ok for c in report.checks)
     text = RunDir.of(params).preflight_report.read_text()
     assert "✓ canary" in text and "| generate" in text

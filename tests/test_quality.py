@@ -224,3 +224,23 @@ def test_zero_shot_with_the_tiny_clip(assets):
     m = consistency_metrics(images, text, labels)
     assert -1 <= m["mean_label_score"] <= 1 and m["zero_shot_accuracy"] == pytest.approx(table.consistent.mean())
     assert within_class_spread(images, labels) >= 0
+
+
+def test_consistency_diversity_numbers_the_variants_so_no_names_overlap():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from sgid_utils.plots import consistency_diversity
+
+    metrics = pd.DataFrame({"set": ["real (sources)", "curated (selected)"], "kind": ["run", "run"],
+                            "label score": [0.30, 0.28], "distance to source": [float("nan"), 0.10]})
+    variants = pd.DataFrame({"Variant": ["label-only", "caption-only", "SGID + ControlNet (strength 0.5)"],
+                             "generator": ["img2img", "img2img", "controlnet"],
+                             "label score": [0.25, 0.25, 0.25], "distance to source": [0.2, 0.2, 0.2]})  # one point
+    fig = consistency_diversity(metrics, variants)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["1", "2", "3"]  # numbers on the plot, not the long names
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ["1: label-only", "2: caption-only", "3: SGID + ControlNet (strength 0.5)"] == [t for t in legend if t[0].isdigit()]
+    assert "real images' label score" in legend
+    plt.close(fig)

@@ -16,8 +16,9 @@ from sgid_utils.io import read_json, write_table
 from sgid_utils.params import load_params
 from sgid_utils.provenance import load_provenance, record_stage
 from sgid_utils.quality_report import CONSISTENCY_DIVERSITY, load_set_metrics
-from sgid_utils.report import build_report, differences_from_defaults
-from sgid_utils.results import load_accuracy_table
+from sgid_utils.report import build_report, project_root
+from sgid_utils.results import DELTA, OURS, SIGNIFICANT, SIGNIFICANT_HOLM, load_accuracy_table
+from sgid_utils.sources import changed_settings, source_of
 from sgid_utils.rundir import RunDir
 from sgid_utils.stages import NAMES
 
@@ -108,16 +109,39 @@ def _shown(value) -> str:
 
 def test_the_page_numbers_are_the_run_tables(report_params, page):
     accuracy = load_accuracy_table(report_params)
-    shown = page.frame("accuracy")
-    assert shown.Method.tolist() == accuracy.Method.tolist()
-    for column in shown.columns:
-        assert shown[column].tolist() == [_shown(v) for v in accuracy[column]], column
-    assert "mean" not in shown.columns  # the report's format: the numeric copies stay in the CSV
+    header, sub, *rows = page.tables["wide"]
+    labels = list(dict.fromkeys(accuracy.Backbone))
+    assert header[0] == "Method" and header[1:1 + len(labels)] == labels  # one column group per backbone
+    assert sub[:3] == ["acc. (%)", "Δ (points, 95% CI)", "sig.: unadj. / Holm"]
+    assert [r[0] for r in rows] == list(dict.fromkeys(accuracy.Method))  # one row per method, not per backbone
+    for row in rows:
+        for i, label in enumerate(labels):
+            mine = accuracy[(accuracy.Backbone == label) & (accuracy.Method == row[0])].iloc[0]
+            acc, delta, verdicts = row[1 + 3 * i: 4 + 3 * i]
+            assert (acc, delta) == (mine[OURS], _shown(mine[DELTA]))
+            assert "±" not in acc or float(acc.split(" ±")[0]) == pytest.approx(100 * mine["mean"], abs=0.006)  # percent
+            plain = mine[SIGNIFICANT]
+            assert verdicts == ("–" if plain == "–" else "undetermined" if plain.startswith("undetermined")
+                                else f"{plain} / {mine[SIGNIFICANT_HOLM]}")
     metrics = load_set_metrics(report_params)
     shown = page.frame("set-metrics")
     assert shown.columns.tolist() == metrics.columns.tolist()
     for column in metrics.columns:
         assert shown[column].tolist() == [_shown(v) for v in metrics[column]], column
+
+
+def test_the_top_of_the_page_gives_the_verdict_in_percent_and_points(page):
+    top = page.frame("headline")
+    assert top.columns.tolist() == ["Backbone", "Comparison", "Gain (points, 95% CI)", "Verdict: unadjusted / Holm",
+                                    "SGID vs Baseline (points, 95% CI)",
+                                    "Paper's gain, abstract (points; mean over its 7 data sets)",
+                                    "Paper's gain, this data set (points)", "Controls"]
+    assert page.text.index('id="verdict"') < page.text.index('id="facts"') < page.text.index('id="results"')
+    assert "equal steps" in top.Controls.iloc[0] and "second generation draw" in top.Controls.iloc[0]
+    assert top.Controls.iloc[0].count("not run") == 2  # no ablation profile has run for this copy
+    assert "covers training seeds on one generation draw" in page.text
+    assert "Li, Xu" not in page.text and "Li et al." in page.text
+    assert "0." not in " ".join(top["Gain (points, 95% CI)"]).replace("+0.", "").replace("-0.", "")  # points, not fractions
 
 
 def test_provenance_and_settings_come_from_the_run(report_params, pipeline_run, page):
@@ -130,10 +154,19 @@ def test_provenance_and_settings_come_from_the_run(report_params, pipeline_run, 
     assert shown.torch.tolist() == [r[0]["torch"] for r in records]
     first, last = min(r[0]["started"] for r in records), max(r[-1]["started"] for r in records)
     assert f"stages started {first} to {last} (UTC)" in page.text  # the key facts' one line
-    settings = page.frame("settings").set_index("key")
-    assert settings.loc["training.epochs", "this run"] == "1" and settings.loc["training.epochs", "paper (schema default)"] == "10"
+    settings = page.frame("settings").set_index("setting")
+    assert settings.columns.tolist() == ["this run", "package default", "origin", "source"]
+    assert settings.loc["training.epochs", "this run"] == "1" and settings.loc["training.epochs", "package default"] == "10"
     assert settings.loc["generation.num_candidates", "this run"] == "2"
-    assert not any(k.startswith(("results.", "run.name", "run.dir")) for k in settings.index)
+    expected = changed_settings(report_params).set_index("setting")
+    assert settings.index.tolist() == expected.index.tolist()
+    for key in ("training.epochs", "generation.num_candidates"):  # each setting's source, from sources.py
+        assert settings.loc[key, "origin"] == source_of(key).origin == expected.loc[key, "origin"]
+        assert settings.loc[key, "source"] == expected.loc[key, "source"] and source_of(key).where in settings.loc[key, "source"]
+    assert "paper (schema default)" not in page.text
+    root = str(project_root(report_params))
+    assert any(root in v for v in changed_settings(report_params)["this run"])  # the run's folders lie under it ...
+    assert not any(root in v for v in settings["this run"])  # ... and the page writes them relative to it
 
 
 def test_every_start_of_a_stage_is_kept(make_params, monkeypatch):
@@ -148,24 +181,21 @@ def test_every_start_of_a_stage_is_kept(make_params, monkeypatch):
     assert row.machine.startswith("CPU only") or " × " in row.machine
 
 
-def test_differences_from_the_paper_for_the_shipped_profiles():
-    pets = differences_from_defaults(load_params(REPO / "params" / "pets.yaml")).set_index("key")
-    # pets.yaml keeps the paper's generation and training recipe; it adds the filters and the filtered method
-    assert not any(k.startswith(("generation.", "captioning.", "models.")) for k in pets.index)
-    assert {"quality.filters", "training.methods"} <= set(pets.index)
-    smoke = differences_from_defaults(load_params(REPO / "params" / "smoke.yaml")).set_index("key")
-    assert smoke.loc["training.epochs", "this run"] == "2" and "models.diffusion" in smoke.index
-    assert "generation.strength" not in smoke.index  # smoke.yaml sets it, to the paper's 0.3
-
-
 def test_ablation_table_is_shown_when_the_profile_has_run(report_params, page):
     assert "ablations" not in page.tables and "No ablation profile has run" in build_report(report_params).read_text()
-    table = pd.DataFrame([{"Variant": "label-only", "Changes": "generation.prompt=label_only", "Baseline": "0.5000 ± 0.1000 (n=2)",
-                           "SGID (100%)": "0.4000 ± 0.0500 (n=2)", "Δ (95% CI)": "-0.1000 [-0.3000, +0.1000]", "Significant": "no",
-                           "Baseline nearest to": "–"}])
+    table = pd.DataFrame([
+        {"Variant": "label-only", "Changes": "generation.prompt=label_only", "Baseline": "50.00 ± 10.00 (n=2)",
+         "SGID (100%)": "40.00 ± 5.00 (n=2)", "Δ (95% CI)": "-10.00 [-30.00, +10.00]", "Significant": "no",
+         "Baseline nearest to": "–"},
+        {"Variant": "sgid-equal-steps", "Changes": "training.equal_steps=True", "Baseline": "50.00 ± 10.00 (n=2)",
+         "SGID (100%)": "52.00 ± 5.00 (n=2)", "Δ (95% CI)": "+2.00 [-1.00, +5.00]", "Significant": "no",
+         "Baseline nearest to": "–"}])
     path = write_table(RunDir.of(report_params).table("ablations.csv"), table)
     try:
-        shown = Page(build_report(report_params).read_text()).frame("ablations")
+        shown = Page(build_report(report_params).read_text())
     finally:
         path.unlink()
-    pd.testing.assert_frame_equal(shown, table.astype(str))
+    pd.testing.assert_frame_equal(shown.frame("ablations"), table.astype(str))
+    controls = shown.frame("headline").Controls.iloc[0]  # the equal-steps row beside the main verdict; no second draw
+    assert "equal steps (SGID trained for the Baseline's steps): SGID (100%) − Baseline +2.00 [-1.00, +5.00] points" in controls
+    assert "second generation draw (captions, candidates, selection redrawn): not run" in controls

@@ -3,7 +3,7 @@ import sys
 
 import torch
 
-from sgid_utils.seeding import derive_seed, generator
+from sgid_utils.seeding import derive_seed, draw_seed, generator
 
 
 def test_seed_depends_on_every_part_and_nothing_else():
@@ -22,3 +22,31 @@ def test_seed_is_stable_across_processes():
 
 def test_generator_reproduces_noise():
     assert torch.equal(torch.randn(4, generator=generator(5)), torch.randn(4, generator=generator(5)))
+
+
+def test_draw_zero_is_the_run_seed_and_every_other_draw_a_new_seed(make_params):
+    """run.draw 0 gives exactly the seeds every run had before the key existed (run.seed itself); draws 1, 2 and another
+    run seed's draw 1 are all different."""
+    seven = make_params("s7", run={"seed": 7})
+    assert draw_seed(seven) == 7
+    draws = {draw_seed(make_params(f"d{d}", run={"seed": 7, "draw": d})) for d in (1, 2)}
+    draws.add(draw_seed(make_params("s8", run={"seed": 8, "draw": 1})))
+    assert len(draws | {7}) == 4 and all(0 <= d < 2**63 for d in draws)
+
+
+def test_the_draw_reaches_captions_generation_and_curation_not_the_data_or_the_baselines(make_params):
+    from sgid_utils.fingerprints import baseline_fingerprint, fingerprint
+    from sgid_utils.stages import get
+
+    zero, one = make_params("f0"), make_params("f1", run={"draw": 1})
+    assert fingerprint(zero, "data") == fingerprint(one, "data")
+    assert baseline_fingerprint(zero) == baseline_fingerprint(one)  # the Baselines are shared
+    for stage in ("captions", "similarity", "generate", "upscale", "curate", "train"):
+        assert fingerprint(zero, stage) != fingerprint(one, stage), stage
+        assert "run.draw" not in fingerprint(zero, stage)  # draw 0: records made before the key stay valid
+    assert all("run.draw" in get(s).keys for s in ("captions", "generate", "upscale", "curate"))
+    assert not any("run.draw" in get(s).keys for s in ("data", "train"))
+    equal = make_params("fe", training={"equal_steps": True})
+    assert fingerprint(equal, "train") != fingerprint(zero, "train")
+    assert "equal_steps" not in fingerprint(zero, "train")["training"]
+    assert baseline_fingerprint(equal) == baseline_fingerprint(zero)

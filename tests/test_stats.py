@@ -4,13 +4,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scipy.stats import t as t_dist
+from statsmodels.stats.multitest import multipletests
+
 from sgid_utils.stats import (
+    add_holm,
     compare_to_baseline,
+    holm,
     mcnemar_test,
     paired_difference,
     per_class_change,
     setting_predictions,
     verdict,
+    verdict_word,
 )
 
 T_975_2 = 4.302652729911275  # t(0.975, df=2), from a table
@@ -23,10 +29,61 @@ def test_paired_difference_by_hand():
     half = T_975_2 * 0.01 / math.sqrt(3)
     assert (d["ci_low"], d["ci_high"]) == pytest.approx((0.02 - half, 0.02 + half))
     assert d["ci_low"] < 0 < d["ci_high"] and d["significant"] is False
+    assert d["determined"] and d["reason"] == ""
+    assert d["p_value"] == pytest.approx(2 * t_dist.sf(0.02 / (0.01 / math.sqrt(3)), df=2))
+
+
+@pytest.mark.parametrize("method, baseline", [
+    ([0.92, 0.84], [0.90, 0.82]),              # 2 seeds, the same +0.02 on both: a zero-width interval
+    ([0.92, 0.84, 0.70], [0.90, 0.82, 0.68]),  # 3 seeds, the same +0.02 on each
+    ([0.90, 0.80, 0.70], [0.90, 0.80, 0.70]),  # 3 seeds, no difference at all
+])
+def test_identical_differences_on_every_seed_are_undetermined(method, baseline):
+    d = paired_difference(method, baseline)
+    assert d["significant"] is False and d["determined"] is False and math.isnan(d["p_value"])
+    assert d["reason"] == ("2 seeds: need at least 3" if len(method) == 2 else "identical difference on every seed: zero spread")
+    row = {"setting": "SGID (100%)", "baseline": "Baseline", **d}
+    assert verdict_word(row) == "undetermined" and "undetermined (" + d["reason"] + ")" in verdict(row)
+
+
+def test_two_seeds_with_spread_still_give_no_verdict():
+    d = paired_difference([0.95, 0.90], [0.80, 0.80])  # +15 and +10 points: an interval, but no verdict from 2 seeds
+    assert not math.isnan(d["ci_low"]) and d["significant"] is False and d["reason"] == "2 seeds: need at least 3"
+
+
+def test_a_clear_four_seed_gain_is_significant():
+    d = paired_difference([0.93, 0.94, 0.92, 0.935], [0.90, 0.905, 0.895, 0.90])
+    assert d["determined"] and d["significant"] and d["ci_low"] > 0 and d["p_value"] < 0.01
+    assert verdict_word({"setting": "s", "baseline": "b", **d}) == "significant"
+
+
+def test_holm_column_is_statsmodels_multipletests():
+    p_values = [0.001, 0.04, 0.03, 0.2, 0.012]
+    adjusted, reject = holm(p_values)
+    expected_reject, expected, _, _ = multipletests(p_values, alpha=0.05, method="holm")
+    assert adjusted == pytest.approx(expected) and reject.tolist() == expected_reject.tolist()
+    assert reject.tolist() != (np.array(p_values) < 0.05).tolist()  # the correction changes a verdict here
+    # An undetermined comparison stays in the family (as p = 1) but gets no adjusted p and rejects nothing.
+    adjusted, reject = holm([0.01, float("nan"), 0.02])
+    expected = multipletests([0.01, 1.0, 0.02], method="holm")[1]
+    assert adjusted[[0, 2]] == pytest.approx(expected[[0, 2]]) and math.isnan(adjusted[1]) and not reject[1]
+
+
+def test_add_holm_adjusts_over_every_row_of_the_table():
+    rows = [paired_difference(m, b) for m, b in (
+        ([0.93, 0.94, 0.92, 0.935], [0.90, 0.905, 0.895, 0.90]),
+        ([0.91, 0.90, 0.92], [0.90, 0.905, 0.895]),
+        ([0.92, 0.84], [0.90, 0.82]))]
+    table = add_holm(pd.DataFrame(rows))
+    expected = multipletests([rows[0]["p_value"], rows[1]["p_value"], 1.0], method="holm")[1]
+    assert table.p_holm[:2].tolist() == pytest.approx(expected[:2]) and math.isnan(table.p_holm[2])
+    assert table.significant_holm.tolist() == [bool(expected[0] < 0.05), False, False]
+    with pytest.raises(ValueError, match="one confidence level"):
+        add_holm(pd.DataFrame(rows).assign(confidence=[0.95, 0.9, 0.95]))
 
 
 def test_paired_difference_significant_and_negative():
-    up = paired_difference([0.90, 0.92, 0.94], [0.80, 0.81, 0.84])  # list positions are the seeds
+    up = paired_difference([0.90, 0.92, 0.94], [0.80, 0.81, 0.84])  # differences 0.10, 0.11, 0.10: a spread  # list positions are the seeds
     assert up["significant"] and up["ci_low"] > 0
     down = paired_difference([0.80, 0.81, 0.84], [0.90, 0.92, 0.94])
     assert down["significant"] and down["ci_high"] < 0 and down["mean_diff"] == pytest.approx(-up["mean_diff"])
@@ -130,16 +187,23 @@ def test_compare_to_baseline_refuses_different_test_sets():
 
 def test_verdict_sentences():
     row = {"setting": "SGID (100%)", "baseline": "Baseline", "mean_diff": 0.0123, "ci_low": 0.004, "ci_high": 0.0206,
-           "n_seeds": 3, "confidence": 0.95, "significant": True}
-    assert verdict(row) == "SGID (100%) is 0.0123 above Baseline (95% CI 0.0040 to 0.0206, n=3 seeds): significant."
-    row.update(mean_diff=-0.002, ci_low=-0.01, ci_high=0.006, significant=False)
-    assert verdict(row) == ("SGID (100%) is 0.0020 below Baseline (95% CI -0.0100 to 0.0060, n=3 seeds): "
-                            "within seed noise (CI includes 0).")
-    row.update(mean_diff=0.01, n_seeds=1, ci_low=float("nan"), ci_high=float("nan"))
-    assert "n=1 seed" in verdict(row) and "cannot be told from seed noise" in verdict(row)
+           "n_seeds": 3, "std_diff": 0.003, "confidence": 0.95, "significant": True, "p_value": 0.012}
+    assert verdict(row) == ("SGID (100%) is 1.23 points above Baseline (95% CI +0.40 to +2.06 points; paired t-test "
+                            "p = 0.012; 3 training seeds on one generation draw): significant unadjusted "
+                            "(the interval excludes 0).")
+    row.update(p_holm=0.06, significant_holm=False)
+    assert verdict(row).endswith("significant unadjusted (the interval excludes 0); not significant after Holm's "
+                                 "correction over all settings of the table (Holm p = 0.06).")
+    row.update(mean_diff=-0.002, ci_low=-0.01, ci_high=0.006, significant=False, p_value=0.5, p_holm=1.0)
+    assert verdict(row).startswith("SGID (100%) is 0.20 points below Baseline (95% CI -1.00 to +0.60 points; ")
+    assert "not significant unadjusted (the interval includes 0)" in verdict(row)
+    row.update(mean_diff=0.01, n_seeds=1, std_diff=float("nan"), ci_low=float("nan"), ci_high=float("nan"))
+    assert verdict(row) == ("SGID (100%) is 1.00 points above Baseline (1 training seed on one generation draw): "
+                            "undetermined (1 seed: need at least 3).")
 
 
 def test_verdict_of_a_compare_row_matches_its_significance():
     results, preds = _results_and_predictions()
     row = compare_to_baseline(results, preds).iloc[0]
-    assert verdict(row).endswith("significant.") == bool(row.significant)
+    assert ("significant unadjusted (the interval excludes 0)" in verdict(row)) == bool(row.significant)
+    assert "3 training seeds on one generation draw" in verdict(row)

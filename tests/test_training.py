@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,7 +9,18 @@ import torch.nn.functional as F
 from sgid_utils.augmentations import cutmix_batch, mixed_loss, randaugment
 from sgid_utils.rundir import RunDir
 from sgid_utils.schema import TrainingParams
-from sgid_utils.training import TrainConfig, configs, sgid_subset, train_config, train_step, training_sets
+from sgid_utils.schema import BackboneParams
+from sgid_utils.training import (
+    TrainConfig,
+    backbones,
+    configs,
+    lr_factor,
+    sgid_subset,
+    step_plan,
+    train_config,
+    train_step,
+    training_sets,
+)
 
 from .conftest import copy_stages, resnet_scratch_entry
 
@@ -99,19 +112,30 @@ def test_training_results_metrics_and_predictions(pipeline_run):
         assert not run.checkpoint(row.config).exists()
 
 
-@pytest.mark.parametrize("backbone", ["", "resnet"])
+@pytest.mark.parametrize("backbone", ["", "resnet", "equal-steps"])
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params, pipeline_run, tiny_backbones, monkeypatch,
                                                                        backbone):
-    """The report's ViT (Adam, constant lr) and a ResNet from scratch (SGD, warm-up + cosine: the schedule resumes too)."""
+    """The report's ViT (Adam, constant lr), a ResNet from scratch (SGD, warm-up + cosine: the schedule resumes too),
+    and SGID (50 %) under equal steps, killed in its partial last epoch."""
     import sgid_utils.training as tr
 
-    cfg = TrainConfig("cutmix", seed=0, backbone=backbone)
-    extra = {"backbones": [resnet_scratch_entry(tiny_backbones)]} if backbone else {}
+    if backbone == "equal-steps":
+        cfg = TrainConfig("sgid", seed=0, proportion=0.5)
+        training = {"epochs": 3, "methods": ["sgid"], "sgid_proportions": [0.5], "equal_steps": True}
+    else:
+        cfg = TrainConfig("cutmix", seed=0, backbone=backbone)
+        listed = {"backbones": [resnet_scratch_entry(tiny_backbones)]} if backbone else {}
+        training = {"epochs": 2, "methods": ["cutmix"], **listed}
     runs = {}
     for name in ("straight", "killed"):
-        runs[name] = make_params(name, training={"epochs": 2, "methods": ["cutmix"], **extra})
-        copy_stages(pipeline_run, runs[name], "data")
-    train, test, _, n = training_sets(runs["straight"])
+        runs[name] = make_params(name, training=training)
+        copy_stages(pipeline_run, runs[name], "data", "generate", "upscale", "curate")
+    train, test, additions, n = training_sets(runs["straight"])
+    if backbone == "equal-steps":
+        real = len(train)
+        train = pd.concat([train, additions[("sgid", 0.5)]], ignore_index=True)
+        plan = step_plan(backbones(runs["straight"])[0], len(train), real, True)
+        assert plan.epochs == 2 and plan.total < 2 * plan.steps_per_epoch  # the second epoch is partial
     full = train_config(runs["straight"], cfg, train, test, n)
 
     # Epoch 1 of 2 completes and checkpoints; the process dies while evaluating epoch 2.
@@ -135,6 +159,25 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params
     pd.testing.assert_frame_equal(pd.read_parquet(killed.predictions(cfg.name)), pd.read_parquet(straight.predictions(cfg.name)))
     a, b = pd.read_csv(killed.history(cfg.name)), pd.read_csv(straight.history(cfg.name))
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+    steps = plan.total if backbone == "equal-steps" else 2 * math.ceil(len(train) / 4)  # batch size 4
+    assert resumed["steps"] == full["steps"] == steps
+
+
+def test_equal_steps_give_every_method_the_baselines_steps_and_schedule():
+    """ceil(n_real / batch) x epochs for every set size; warm-up and cosine laid over those steps, so the learning
+    rate of SGID at 100 % follows the Baseline's step for step and reaches zero at the same last step."""
+    bb = BackboneParams(name="r", model="resnet50", lr=0.1, epochs=3, batch_size=4, schedule="cosine", warmup_epochs=1)
+    baseline = step_plan(bb, 10, 10, equal_steps=True)
+    assert (baseline.steps_per_epoch, baseline.total, baseline.epochs) == (3, 9, 3)
+    assert step_plan(bb, 10, 10, equal_steps=False) == baseline
+    sgid = step_plan(bb, 20, 10, equal_steps=True)  # twice the images: 5 batches a pass, 2 passes, the second partial
+    assert (sgid.steps_per_epoch, sgid.total, sgid.epochs, sgid.schedule_epoch) == (5, 9, 2, 3)
+    assert step_plan(bb, 20, 10, equal_steps=False).total == 15  # equal epochs: more steps
+    same, base = lr_factor(bb, sgid.schedule_epoch), lr_factor(bb, baseline.schedule_epoch)
+    assert [same(s) for s in range(sgid.total + 1)] == [base(s) for s in range(baseline.total + 1)]
+    assert base(baseline.total) == pytest.approx(0.0) and base(2) == 1.0  # warm-up of one (Baseline) epoch: 3 steps
+    with pytest.raises(ValueError, match="real images"):
+        step_plan(bb, 5, 10, equal_steps=True)
 
 
 def test_image_size_other_than_the_pretrained_one_trains(make_params, pipeline_run):
