@@ -9,7 +9,7 @@ PARAMS ?= params/pets.yaml params/flowers.yaml
 # Offline, quiet, and a throwaway HF cache for the smoke profile and tests: nothing reaches for a hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install smoke preflight reproduce ablations backbones report lab test bench check-lower-bounds clean
+.PHONY: help install smoke preflight reproduce ablations backbones report lab test bench gpu-report check-lower-bounds clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -76,6 +76,12 @@ test: $(STAMP) ## Unit tests, then every notebook under nbval on the smoke profi
 
 bench: $(STAMP) ## Benchmark per-image vs batched stages on the CPU with the tiny models (bench/README.md for --arch real on a GPU)
 	$(OFFLINE) $(PY) bench/bench.py
+
+# One run measures everything GPU-specific (bench/README.md): real architectures with random weights on CUDA, the
+# tiny models on the CPU (a minute). On a GPU machine without the venv: bash bench/gpu_setup.sh (same options).
+GPU_REPORT_ARGS ?=
+gpu-report: $(STAMP) ## Measure generation, captioning, training, memory and projections in one run; reports/gpu/gpu_report.md
+	$(OFFLINE) $(PY) bench/gpu_report.py $(GPU_REPORT_ARGS)
 
 check-lower-bounds: $(STAMP) ## Build a throwaway venv with every dependency at its lower bound; run the smoke chain and the unit tests
 	$(PY) scripts/check_lower_bounds.py

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sgid_utils.models import create_classifier, preprocessing
 from sgid_utils.params import load_params
 from sgid_utils.projection import CLASS_COUNTS, SPLIT_SIZES, image_epochs_by_backbone
+from sgid_utils.schema import BackboneParams
 from sgid_utils.training import backbones, configs
 
 
@@ -34,6 +35,11 @@ def forward_flops(model: str, classes: int, image_size: int | None) -> tuple[flo
     return counter.get_total_flops(), side
 
 
+def evaluations(bb: BackboneParams) -> int:
+    """Test-split passes of one training run: every ``eval_every`` epochs, and after the last."""
+    return len(range(bb.eval_every, bb.epochs + 1, bb.eval_every)) + (bb.epochs % bb.eval_every != 0)
+
+
 def profile_costs(path: str, tflops: float) -> pd.DataFrame:
     params = load_params(path)
     ds = params.dataset
@@ -44,8 +50,7 @@ def profile_costs(path: str, tflops: float) -> pd.DataFrame:
         flops, side = forward_flops(bb.model, CLASS_COUNTS[ds.source], bb.image_size)
         mine = [c for c in configs(params) if c.backbone == bb.name]
         image_epochs = image_epochs_by_backbone(params, n_train)[bb.name]
-        evaluations = len(range(bb.eval_every, bb.epochs + 1, bb.eval_every)) + (bb.epochs % bb.eval_every != 0)
-        total = 3 * flops * image_epochs + flops * n_test * evaluations * len(mine)
+        total = 3 * flops * image_epochs + flops * n_test * evaluations(bb) * len(mine)
         rows.append({"profile": params.run.name, "backbone": bb.label, "GFLOPs/image (fwd)": round(flops / 1e9, 2),
                      "input": side, "runs": len(mine), "epochs": bb.epochs, "train image-epochs (M)": round(image_epochs / 1e6, 2),
                      "PFLOP": round(total / 1e15, 1), f"hours at {tflops:g} TFLOP/s (derived)": round(total / tflops / 1e12 / 3600, 2)})

@@ -38,11 +38,13 @@ import argparse
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import diffusers
 import huggingface_hub
 import numpy as np
+import pandas as pd
 import torch
 import transformers
 from diffusers import StableDiffusionControlNetImg2ImgPipeline
@@ -53,16 +55,19 @@ from torch.utils.data import DataLoader
 from sgid_utils import builders
 from sgid_utils.batched import generate_many
 from sgid_utils.captioning import beam_captions, nucleus_captions, pixel_inputs
+from sgid_utils.data import load_image
 from sgid_utils.edges import canny_edges
 from sgid_utils.flops import img2img_flops
 from sgid_utils.generation import PromptEncoder, generate_candidates
 from sgid_utils.guidance import guidance_scale
 from sgid_utils.image_cache import CachedImages, ImageCache
+from sgid_utils.io import write_png, write_table
 from sgid_utils.models import create_classifier, load_captioner, load_clip, load_controlnet_img2img, load_img2img, resolve_dtype
 from sgid_utils.prompts import build_prompt
-from sgid_utils.schema import CaptioningParams, GenerationParams, TrainingParams
+from sgid_utils.resumable import Batches, run_items
+from sgid_utils.schema import CaptioningParams, CurationParams, GenerationParams, TrainingParams
 from sgid_utils.seeding import derive_seed
-from sgid_utils.similarity import score_captions
+from sgid_utils.similarity import image_embeddings, score_captions
 from sgid_utils.training import train_step
 
 # Dense fp16/bf16 tensor-core peaks from NVIDIA's data sheets (TFLOP/s), matched in this order against the GPU name.
@@ -144,40 +149,78 @@ def generation_pipeline(args: argparse.Namespace, device: torch.device, dtype: t
     return pipe.to(device, dtype)
 
 
-def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path,
-                     controlnet: bool = False) -> tuple[float, float]:
+@dataclass
+class GenerationInputs:
+    """What both generation paths get: sources, their edge maps (ControlNet), prompt embeddings, f(s*) and seeds."""
+
+    images: list[Image.Image]
+    edges: list[Image.Image] | None
+    embeds: list[torch.Tensor]
+    negatives: list[torch.Tensor]
+    scales: list[float]
+    seeds: list[list[int]]
+
+    def take(self, n: int) -> GenerationInputs:
+        """The first ``n`` sources, cycling through these when ``n`` is larger (a memory probe's batch)."""
+        pick = [i % len(self.images) for i in range(n)]
+        return GenerationInputs([self.images[i] for i in pick], None if self.edges is None else [self.edges[i] for i in pick],
+                                [self.embeds[i] for i in pick], [self.negatives[i] for i in pick],
+                                [self.scales[i] for i in pick], [self.seeds[i] for i in pick])
+
+
+def generation_inputs(pipe, n: int, k: int, width: int, height: int, controlnet: bool) -> GenerationInputs:
+    """``n`` stand-in sources with SGID prompts (compel), scales f(s*) for s* in 0.2-0.4 and per-candidate seeds."""
     gen = GenerationParams()
-    pipe = generation_pipeline(args, device, dtype, workdir, controlnet)
-    width, height = args.size
-    images = source_images(args.n_images, width, height)
+    images = source_images(n, width, height)
     cn = gen.controlnet
     edges = [canny_edges(image, cn.low_threshold, cn.high_threshold) for image in images] if controlnet else None
     rng = np.random.default_rng(0)
     encode = PromptEncoder(pipe)
     prompts = [encode(build_prompt(" ".join(rng.choice(WORDS, 8)), LABELS[i % len(LABELS)], gen), gen.negative_prompt)
-               for i in range(args.n_images)]
+               for i in range(n)]
     # SGID's scales for s* spread over the CLIP scores seen in practice, 0.2-0.4: f(s*) = 1.16-1.25, all with CFG.
-    scales = [guidance_scale(s, gen.guidance) for s in np.linspace(0.2, 0.4, args.n_images)]
-    seeds = [[derive_seed(0, f"bench{i}", k, purpose="generate") for k in range(args.k)] for i in range(args.n_images)]
-    embeds, negatives = [e for e, _ in prompts], [n for _, n in prompts]
+    scales = [guidance_scale(s, gen.guidance) for s in np.linspace(0.2, 0.4, n)]
+    seeds = [[derive_seed(0, f"bench{i}", j, purpose="generate") for j in range(k)] for i in range(n)]
+    return GenerationInputs(images, edges, [e for e, _ in prompts], [ng for _, ng in prompts], scales, seeds)
 
-    def per_image() -> None:
-        for i, image in enumerate(images):
-            generate_candidates(pipe, embeds[i], negatives[i], image, scales[i], args.strength, args.steps, seeds[i],
-                                edges[i] if edges else None, cn.conditioning_scale)
 
-    def batched() -> None:
-        generate_many(pipe, images, embeds, negatives, scales, args.strength, args.steps, seeds, batch_size=args.batch_size,
-                      control_images=edges, conditioning_scale=cn.conditioning_scale)
+def per_image_generation(pipe, inputs: GenerationInputs, strength: float, steps: int) -> list[list[Image.Image]]:
+    """The report's way: one pipeline call per source, its k candidates in that call."""
+    scale = GenerationParams().controlnet.conditioning_scale
+    return [generate_candidates(pipe, inputs.embeds[i], inputs.negatives[i], image, inputs.scales[i], strength, steps,
+                                inputs.seeds[i], inputs.edges[i] if inputs.edges else None, scale)
+            for i, image in enumerate(inputs.images)]
 
-    seconds = best_times({"per-image": per_image, "batched": batched}, args.repeats, device)
-    n_out = args.n_images * args.k
 
-    pipe.scheduler.set_timesteps(args.steps)
-    unet_steps = len(pipe.get_timesteps(args.steps, args.strength, "cpu")[0])
-    model_h, model_w = pipe.image_processor.get_default_height_width(images[0])
-    flops = img2img_flops(pipe, model_h, model_w, prompt_length=embeds[0].shape[1])
+def batched_generation(pipe, inputs: GenerationInputs, strength: float, steps: int, batch_size: int,
+                       output_type: str = "pil") -> list[list]:
+    """The stage's batched path: ``batch_size`` sources and all their candidates per denoising loop."""
+    return generate_many(pipe, inputs.images, inputs.embeds, inputs.negatives, inputs.scales, strength, steps, inputs.seeds,
+                         batch_size=batch_size, output_type=output_type, control_images=inputs.edges,
+                         conditioning_scale=GenerationParams().controlnet.conditioning_scale)
+
+
+def flops_per_image(pipe, inputs: GenerationInputs, strength: float, steps: int) -> tuple[float, int, dict[str, int]]:
+    """(FLOPs per generated image, UNet steps, the counted parts): steps x CFG pair (+ ControlNet's) + encode + decode."""
+    pipe.scheduler.set_timesteps(steps)
+    unet_steps = len(pipe.get_timesteps(steps, strength, "cpu")[0])
+    model_h, model_w = pipe.image_processor.get_default_height_width(inputs.images[0])
+    flops = img2img_flops(pipe, model_h, model_w, prompt_length=inputs.embeds[0].shape[1])
     per_output = unet_steps * (flops["unet_cfg_pair"] + flops.get("controlnet_cfg_pair", 0)) + flops["vae_encode"] + flops["vae_decode"]
+    return per_output, unet_steps, flops
+
+
+def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path,
+                     controlnet: bool = False) -> tuple[float, float]:
+    pipe = generation_pipeline(args, device, dtype, workdir, controlnet)
+    width, height = args.size
+    inputs = generation_inputs(pipe, args.n_images, args.k, width, height, controlnet)
+    seconds = best_times({"per-image": lambda: per_image_generation(pipe, inputs, args.strength, args.steps),
+                          "batched": lambda: batched_generation(pipe, inputs, args.strength, args.steps, args.batch_size)},
+                         args.repeats, device)
+    n_out = args.n_images * args.k
+    per_output, unet_steps, flops = flops_per_image(pipe, inputs, args.strength, args.steps)
+    model_h, model_w = pipe.image_processor.get_default_height_width(inputs.images[0])
     peak, peak_source = (args.peak_tflops * 1e12, "--peak-tflops") if args.peak_tflops else peak_flops(device, dtype)
     floor = per_output / peak
 
@@ -302,11 +345,127 @@ def bench_controlnet(args: argparse.Namespace, device: torch.device, dtype: torc
     return bench_generation(args, device, dtype, workdir, controlnet=True)
 
 
+SCALING_BATCHES = (1, 2, 4, 8, 16, 32)  # sources per batched loop, on SCALING_BATCH_SOURCES sources
+SCALING_BATCH_SOURCES = 32
+SCALING_SOURCES = (8, 32, 128)  # sources per run, batched at 8 per loop
+
+
+def stage_overheads(sources: list[Image.Image], outputs: list[list[Image.Image]], clip, clip_processor,
+                    folder: Path) -> dict[str, float]:
+    """Seconds of the work around generation that grows with the number of sources, done the stages' way: the per-item
+    records (k PNGs and one JSON record per source through ``resumable.run_items``), the manifest (one parquet table
+    of every candidate) and curation's CLIP candidate scoring (``image_embeddings`` of each source and its k
+    candidates, loaded back from disk, ``curation.batch_size`` images per call)."""
+    ids = [f"src{i:05d}" for i in range(len(sources))]
+    index = {item: i for i, item in enumerate(ids)}
+
+    def write(chunk: list[str]) -> dict[str, list[dict]]:
+        records = {}
+        for item in chunk:
+            paths = [write_png(folder / "images" / f"{item}_{j}.png", out) for j, out in enumerate(outputs[index[item]])]
+            records[item] = [{"image_id": item, "k": j, "path": str(path), "seed": j} for j, path in enumerate(paths)]
+        return records
+
+    start = time.perf_counter()
+    records = run_items(folder / "items", ids, lambda todo: Batches(write, 8, "records", "bench"), sharded=False)
+    records_s = time.perf_counter() - start
+    rows = [r for recs in records for r in recs]
+    start = time.perf_counter()
+    write_table(folder / "manifest.parquet", pd.DataFrame(rows), folder)
+    manifest_s = time.perf_counter() - start
+    k = len(outputs[0])
+    per_call = max(1, CurationParams().batch_size // (k + 1))  # as curation.score_candidates batches sources
+    start = time.perf_counter()
+    for first in range(0, len(ids), per_call):
+        chunk = range(first, min(first + per_call, len(ids)))
+        source_emb = image_embeddings(clip, clip_processor, [sources[i] for i in chunk])
+        every = image_embeddings(clip, clip_processor, [load_image(r["path"]) for i in chunk for r in records[i]])
+        (every.view(len(chunk), k, -1) * source_emb[:, None]).sum(-1).tolist()
+    return {"records": records_s, "manifest": manifest_s, "clip scoring": time.perf_counter() - start}
+
+
+def bench_scaling(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> None:
+    """Generation's img/s against the batch size and against the number of sources, the per-source cost of the work
+    around it; a markdown table on stdout and a plot (``--plot``)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pipe = generation_pipeline(args, device, dtype, workdir, controlnet=False)
+    width, height = args.size
+    everything = generation_inputs(pipe, max(SCALING_SOURCES), args.k, width, height, controlnet=False)
+    if args.arch == "tiny":
+        builders.save_tiny("clip", workdir / "clip")
+        clip, clip_processor = load_clip(str(workdir / "clip"), str(device))
+    else:
+        with torch.device(device):
+            clip, clip_processor = builders.clip("real")
+
+    def rates(n: int, batches: list[int]) -> dict[str, float]:
+        inputs = everything.take(n)
+        paths = {"per-image": lambda: per_image_generation(pipe, inputs, args.strength, args.steps)}
+        paths |= {f"batch {b}": (lambda b=b: batched_generation(pipe, inputs, args.strength, args.steps, b)) for b in batches}
+        return {name: n * args.k / s for name, s in best_times(paths, 2, device).items()}
+
+    by_batch = rates(SCALING_BATCH_SOURCES, list(SCALING_BATCHES))
+    print(f"\n== scaling: arch {args.arch}, {where(device)}, {width}x{height}, k={args.k}, {args.steps} steps at strength "
+          f"{args.strength}; best of 2 timed runs after one untimed, per point")
+    rows = [(str(SCALING_BATCH_SOURCES), name, f"{r:.3g}", f"{1e3 * args.k / r:.1f}") for name, r in by_batch.items()]
+    by_sources, overheads = {}, {}
+    for n in SCALING_SOURCES:
+        by_sources[n] = rates(n, [8])
+        outputs = batched_generation(pipe, everything.take(n), args.strength, args.steps, 8)
+        overheads[n] = stage_overheads(everything.take(n).images, outputs, clip, clip_processor, workdir / f"scaling{n}")
+        rows += [(str(n), name, f"{r:.3g}", f"{1e3 * args.k / r:.1f}") for name, r in by_sources[n].items()]
+        rows += [(str(n), name, "", f"{1e3 * s / n:.2f}") for name, s in overheads[n].items()]
+    print("\n| sources | path | img/s | ms per source |\n|---|---|---|---|")
+    print("\n".join(f"| {' | '.join(r)} |" for r in rows))
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    axes[0].plot(SCALING_BATCHES, [by_batch[f"batch {b}"] for b in SCALING_BATCHES], "o-", label="batched")
+    axes[0].axhline(by_batch["per-image"], color="grey", ls="--", label="per-image pipeline")
+    axes[0].set(xscale="log", xlabel=f"sources per batched loop ({SCALING_BATCH_SOURCES} sources, k = {args.k})",
+                ylabel="generated images / s", title="img/s against batch size")
+    axes[0].set_xticks(SCALING_BATCHES, [str(b) for b in SCALING_BATCHES])
+    for name in ("per-image", "batch 8"):
+        axes[1].plot(SCALING_SOURCES, [by_sources[n][name] for n in SCALING_SOURCES], "o-",
+                     label="batched (8 per loop)" if name == "batch 8" else "per-image pipeline")
+    axes[1].set(xscale="log", xlabel="sources", ylabel="generated images / s", title="img/s against number of sources")
+    axes[1].set_xticks(SCALING_SOURCES, [str(n) for n in SCALING_SOURCES])
+    per_source = {"generation (batched)": [1e3 * args.k / by_sources[n]["batch 8"] for n in SCALING_SOURCES]}
+    per_source |= {name: [1e3 * overheads[n][name] / n for n in SCALING_SOURCES] for name in overheads[SCALING_SOURCES[0]]}
+    for name, values in per_source.items():
+        axes[2].plot(SCALING_SOURCES, values, "o-", label=name)
+    axes[2].set(xscale="log", yscale="log", xlabel="sources", ylabel="ms per source",
+                title="cost per source (flat = linear growth)")
+    axes[2].set_xticks(SCALING_SOURCES, [str(n) for n in SCALING_SOURCES])
+    for ax in axes[:2]:
+        ax.set_ylim(bottom=0)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"SGID generation, {args.arch} models, {where(device)}, {width}×{height}, k = {args.k}, "
+                 f"{args.steps} steps at strength {args.strength}", fontsize=10)
+    fig.tight_layout()
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.plot, dpi=110)
+    print(f"\nplot: {args.plot}")
+
+
 STAGES = {"generation": bench_generation, "controlnet": bench_controlnet, "captioning": bench_captioning,
           "similarity": bench_similarity, "training": bench_training}
 DEFAULT_STAGES = ["generation", "controlnet", "captioning", "similarity"]
 # The two paths of each stage, as the summary lines name them.
 PATHS = {"training": ("decode each epoch", "cached")}
+
+
+def quiet() -> None:
+    """No library progress bars or warnings between the benchmark's own lines."""
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
 
 
 def size(text: str) -> tuple[int, int]:
@@ -334,6 +493,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch's CPU threads (default: 1 on a CPU device, where the tiny models' ops are too small "
                              "to gain and a busy machine makes threads wait on each other; torch's choice otherwise)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="instead of the stages: generation img/s against batch size and number of sources, and the "
+                             "per-source cost of records, manifest and CLIP scoring; a table and a plot (--plot)")
+    parser.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "generation_scaling.png")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="device peak for the FLOP floor (default: data sheet for H100/H200/A100/T4 in fp16/bf16, "
                              "else a measured matmul)")
@@ -346,12 +509,11 @@ def main() -> None:
         torch.set_num_threads(args.threads or 1)
     torch.manual_seed(0)
     results = {}
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.disable_progress_bars()
+    quiet()
     with tempfile.TemporaryDirectory(prefix="sgid-bench-") as workdir:
+        if args.scaling:
+            bench_scaling(args, device, dtype, Path(workdir))
+            return
         for stage in args.stage:
             results[stage] = STAGES[stage](args, device, dtype, Path(workdir))
     print()

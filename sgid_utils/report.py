@@ -262,10 +262,16 @@ def backbones_table(params: Params) -> dict[str, list]:
     return {"columns": ["Backbone", "model", "recipe", "recipe from"], "rows": rows}
 
 
+# Not settings of the method: the published numbers the page shows beside ours, and the ablation variants (own section).
+NOT_SETTINGS = ("results.references", "results.headline", "ablations")
+
+
 def settings(params: Params) -> dict[str, list]:
     """The settings that differ from the package defaults, each with its origin and source (sources.changed_settings),
-    paths written relative to the project."""
-    return table_data(changed_settings(params).map(lambda v: relative(params, v) if isinstance(v, str) else v))
+    paths written relative to the project; reference numbers and ablation variants left out."""
+    rows = changed_settings(params)
+    rows = rows[~rows.setting.str.startswith(NOT_SETTINGS)]
+    return table_data(rows.map(lambda v: relative(params, v) if isinstance(v, str) else v))
 
 
 def context(params: Params) -> dict[str, Any]:

@@ -1,0 +1,122 @@
+"""bench/gpu_report.py end to end at tiny size on the CPU, so that the one-command GPU measurement cannot rot unnoticed
+between the rare runs on a GPU: the same code path, every section written, every rate a positive number."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))  # bench/ is scripts, not a package: import them as `python bench/x.py` does
+
+from gpu_report import largest_batch  # noqa: E402
+
+# Written out here, not read from gpu_report.SECTIONS: a section dropped there must fail this test.
+SECTIONS = (
+    "Setup",
+    "Summary",
+    "Generation: img2img",
+    "Generation: ControlNet",
+    "Captioning and similarity",
+    "Training",
+    "Peak memory and largest batch",
+    "Variants: channels_last and torch.compile",
+    "Projected wall-clock",
+)
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    out = tmp_path_factory.mktemp("gpu") / "gpu_report.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/gpu_report.py",
+            "--size",
+            "tiny",
+            "--device",
+            "cpu",
+            "--channels-last",
+            "--no-compile",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **OFFLINE},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out.read_text(), json.loads(out.with_suffix(".json").read_text())
+
+
+def sections(text: str) -> dict[str, str]:
+    parts = text.split("\n## ")[1:]
+    return {p.split("\n", 1)[0]: p.split("\n", 1)[1] for p in parts}
+
+
+def test_every_section_is_measured(tiny_report: tuple[str, dict]) -> None:
+    found = sections(tiny_report[0])
+    assert list(found) == list(SECTIONS)
+    for title, body in found.items():
+        assert "Not reached." not in body and "**Failed**" not in body, f"{title}: {body[:2000]}"
+
+
+def test_rates_are_positive_numbers(tiny_report: tuple[str, dict]) -> None:
+    numbers = tiny_report[1]
+    rates = [
+        numbers[f"{kind} {size}"][path]
+        for kind in ("img2img", "controlnet")
+        for size in ("64x64", "96x64")
+        for path in ("per_image_img_s", "batched_img_s", "floor_fraction_batched")
+    ]
+    rates += [
+        numbers[stage][path] for stage in ("captioning", "similarity") for path in ("per_image_img_s", "batched_img_s")
+    ]
+    trained = [v for k, v in numbers.items() if k.startswith("train ")]
+    assert len(trained) == 3  # ViT-B/16, ResNet-50, CLIP ViT-B/16: every backbone the profiles name
+    rates += [t[key] for t in trained for key in ("train_img_s", "test_img_s", "epoch_s_pets", "epoch_s_flowers")]
+    rates += [numbers["variant channels_last"]["batched_img_s"]]
+    assert all(isinstance(r, float) and math.isfinite(r) and r > 0 for r in rates), rates
+    assert numbers["variant channels_last"]["max_abs_diff"] < 1e-4  # equal within the batched path's fp32 tolerance
+
+
+def test_projection_covers_each_profile(tiny_report: tuple[str, dict]) -> None:
+    rows = tiny_report[1]["projection"]
+    totals = [r["profile"] for r in rows if "total" in r["stage"]]
+    assert totals == ["pets", "flowers", "pets_backbones", "flowers_backbones"]
+    backbones = [r for r in rows if r["profile"] == "pets_backbones"]
+    assert [r["projected"] for r in backbones if r["stage"] == "generate"] == [
+        "0"
+    ]  # linked from the main run by run.reuse
+    assert sum(r["stage"].startswith("train: ") for r in backbones) == 3
+
+
+def test_largest_batch_doubles_until_out_of_memory() -> None:
+    cpu = torch.device("cpu")
+
+    def fits_below_8(batch: int) -> None:
+        if batch >= 8:
+            raise torch.OutOfMemoryError(f"no room for {batch}")
+
+    assert largest_batch(fits_below_8, 1, 64, cpu)[0] == "4 (8 ran out of memory)"
+    assert largest_batch(fits_below_8, 8, 64, cpu)[0] == "none from 8 (8 ran out of memory)"
+    assert largest_batch(lambda batch: None, 2, 16, cpu)[0] == ">= 16 (the search's cap)"
+    assert (
+        largest_batch(lambda batch: None, 128, 64, cpu)[0] == ">= 128 (the search's cap)"
+    )  # a start above the cap runs once
