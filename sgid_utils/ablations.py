@@ -35,6 +35,7 @@ from .resumable import shard
 from .rundir import RunDir
 from .runner import run_stage
 from .schema import Params
+from .stats import add_holm
 from .sharing import link, link_stages
 from .stages import between, upstream_closure
 from .training import TrainConfig, backbones, load_results
@@ -87,8 +88,14 @@ def share_baselines(base: Params, variant: Params) -> list[str]:
     return linked
 
 
-def ablation_row(name: str, changes: dict, variant: Params) -> dict[str, str]:
-    """One line of the ablation table: the variant's Baseline and SGID at 100 %, and their paired difference."""
+# Column names of the ablation table (the report page reads the first four).
+DELTA, SIGNIFICANT, SIGNIFICANT_HOLM, P_HOLM = ("Δ (points, 95% CI)", "Significant (unadjusted)",
+                                              "Significant (Holm over variants)", "p (Holm)")
+
+
+def ablation_row(name: str, changes: dict, variant: Params) -> tuple[dict[str, str], pd.Series]:
+    """One line of the ablation table (the variant's Baseline and SGID at 100 %, their paired difference) and the
+    significance row behind it, whose p-value joins the table's Holm family."""
     results = primary(variant, load_results(variant))
     acc = per_setting(results)
     baseline = acc[acc.method == "baseline"].index[0]
@@ -98,11 +105,25 @@ def ablation_row(name: str, changes: dict, variant: Params) -> dict[str, str]:
     def cell(setting: str) -> str:
         return format_mean_std(acc.loc[setting, "mean"], acc.loc[setting, "std"], int(acc.loc[setting, "count"]))
 
-    return {"Variant": name, "Changes": ", ".join(f"{k}={v}" for k, v in changes.items()),
-            "Baseline": cell(baseline), "SGID (100%)": cell(sgid), "Δ (95% CI)": format_delta(sig),
-            "Significant": verdict_cell(sig), "Control": control_answer(changes, sig),
-            "Baseline nearest to": nearest_reference(variant, acc.loc[baseline, "mean"])
-            if any(k.startswith("dataset.train_splits") for k in changes) else "–"}
+    row = {"Variant": name, "Changes": ", ".join(f"{k}={v}" for k, v in changes.items()),
+           "Baseline": cell(baseline), "SGID (100%)": cell(sgid), DELTA: format_delta(sig),
+           SIGNIFICANT: verdict_cell(sig), "Control": control_answer(changes, sig),
+           "Baseline nearest to": nearest_reference(variant, acc.loc[baseline, "mean"])
+           if any(k.startswith("dataset.train_splits") for k in changes) else "–"}
+    return row, sig
+
+
+def with_holm(rows: list[dict[str, str]], sigs: list[pd.Series]) -> pd.DataFrame:
+    """The ablation table with Holm's correction over its variants: a reader scanning a dozen rows for a
+    'significant' one makes a dozen comparisons (each variant's own table holds one, so it cannot correct them)."""
+    adjusted = add_holm(pd.DataFrame(sigs).reset_index(drop=True)) if sigs else None
+    table = pd.DataFrame(rows)
+    if adjusted is not None:
+        table.insert(table.columns.get_loc(SIGNIFICANT) + 1, SIGNIFICANT_HOLM,
+                     [verdict_cell(r, adjusted=True) for _, r in adjusted.iterrows()])
+        table.insert(table.columns.get_loc(SIGNIFICANT_HOLM) + 1, P_HOLM,
+                     ["–" if pd.isna(p) else f"{p:.3g}" for p in adjusted.p_holm])
+    return table
 
 
 # The two controls of the main verdict: the key a variant sets, and the question its row answers.
@@ -111,8 +132,8 @@ CONTROLS = {"training.equal_steps": "Does SGID's gain survive equal compute (the
 
 
 def control_answer(changes: dict, sig: pd.Series) -> str:
-    """For a control variant (``CONTROLS``), its question and the answer its paired comparison gives (unadjusted: one
-    comparison per variant; the interval covers training seeds); '–' for any other variant."""
+    """For a control variant (``CONTROLS``), its question and the answer its paired comparison gives (unadjusted;
+    the Holm column beside it corrects over all variants; the interval covers training seeds); '–' otherwise."""
     questions = [q for key, q in CONTROLS.items() if key in changes]
     if not questions:
         return "–"
@@ -136,7 +157,7 @@ def nearest_reference(params: Params, baseline: float) -> str:
     if not refs:
         return "–"
     label, value = min(refs, key=lambda ref: abs(ref[1] - baseline))
-    return f"{label} ({value:.4f}, Δ {baseline - value:+.4f})"
+    return f"{label} ({100 * value:.2f} %, Δ {100 * (baseline - value):+.2f} points)"
 
 
 def run_ablations(params: Params) -> pd.DataFrame:
@@ -147,7 +168,7 @@ def run_ablations(params: Params) -> pd.DataFrame:
         raise StageError("Ablations run their variants' stages one after another in one process; run them without "
                          "--shard or accelerate launch (shard the base run's stages instead).")
     variants = [(a, variant_params(params, a.name, a.set)) for a in params.ablations]  # validate all first
-    rows, finished = [], [params]
+    rows, sigs, finished = [], [], [params]
     sets = [curated_set_metrics(params, "base run")] if RunDir.of(params).candidates_table.exists() else []
     for ablation, variant in variants:
         for earlier in finished:  # the first run made with the same upstream params is linked
@@ -156,9 +177,11 @@ def run_ablations(params: Params) -> pd.DataFrame:
         for stage in between("captions", "results"):
             run_stage(stage.name, variant)
         finished.append(variant)
-        rows.append(ablation_row(ablation.label or ablation.name, ablation.set, variant))
+        row, sig = ablation_row(ablation.label or ablation.name, ablation.set, variant)
+        rows.append(row)
+        sigs.append(sig)
         sets.append(curated_set_metrics(variant, ablation.label or ablation.name, ablation.set))
-    table = pd.DataFrame(rows)
+    table = with_holm(rows, sigs)
     run = RunDir.of(params)
     write_table(run.table("ablations.csv"), table)
     write_table(run.table("ablations.md"), table)

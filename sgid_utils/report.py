@@ -26,6 +26,9 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from nbconvert import HTMLExporter
 
+from .ablations import DELTA as ABLATION_DELTA
+from .ablations import SIGNIFICANT as ABLATION_SIGNIFICANT
+from .ablations import SIGNIFICANT_HOLM as ABLATION_HOLM
 from .ablations import load_ablation_table
 from .curation import load_curated
 from .data import load_images_table
@@ -45,7 +48,7 @@ from .results import (
 )
 from .rundir import RunDir
 from .schema import Params
-from .sources import changed_settings
+from .sources import changed_settings, settings_table
 from .stages import NAMES, notebooks
 from .stats import COVERS
 from .training import backbones, load_results, recipe
@@ -170,7 +173,10 @@ def controls(ablations: pd.DataFrame | None) -> dict[str, str]:
             hits = ablations[(ablations.Variant == name) | sets_key]
             row = hits.iloc[0] if len(hits) else None
         out[name] = "not run" if row is None else (
-            f"SGID (100%) − Baseline {row['Δ (95% CI)']} points; significant: {row['Significant']}")
+            # an ablation table written before the columns were renamed has 'Δ (95% CI)' and 'Significant'
+            f"SGID (100%) − Baseline {row.get(ABLATION_DELTA, row.get('Δ (95% CI)'))} points; significant: "
+            f"{row.get(ABLATION_SIGNIFICANT, row.get('Significant'))} unadjusted"
+            + (f", {row[ABLATION_HOLM]} after Holm over the variants" if ABLATION_HOLM in row else ""))
     return out
 
 
@@ -266,10 +272,10 @@ def backbones_table(params: Params) -> dict[str, list]:
 NOT_SETTINGS = ("results.references", "results.headline", "ablations")
 
 
-def settings(params: Params) -> dict[str, list]:
-    """The settings that differ from the package defaults, each with its origin and source (sources.changed_settings),
-    paths written relative to the project; reference numbers and ablation variants left out."""
-    rows = changed_settings(params)
+def settings(params: Params, every: bool = False) -> dict[str, list]:
+    """The settings that differ from the package defaults (``every``: all of them), each with its origin and source
+    (sgid_utils.sources), paths written relative to the project; reference numbers and ablation variants left out."""
+    rows = settings_table(params) if every else changed_settings(params)
     rows = rows[~rows.setting.str.startswith(NOT_SETTINGS)]
     return table_data(rows.map(lambda v: relative(params, v) if isinstance(v, str) else v))
 
@@ -290,6 +296,7 @@ def context(params: Params) -> dict[str, Any]:
         "facts": [(k, relative(params, v)) for k, v in key_facts(params, provenance)],
         "backbones": backbones_table(params),
         "settings": settings(params),
+        "all_settings": settings(params, every=True),
         "wide": wide_table(params, accuracy),
         "accuracy_caption": table_caption(params, load_results(params)),
         "gains_caption": gains_caption(params, gains),

@@ -103,7 +103,7 @@ def test_the_ablation_table_says_which_published_baseline_a_protocol_lands_neare
     from sgid_utils.ablations import nearest_reference
 
     flowers = load_params(REPO / "params" / "flowers.yaml")  # Paper 0.9570, report 0.9822
-    assert nearest_reference(flowers, 0.9601).startswith("Paper (Li et al. 2023) (0.9570, Δ +0.0031)")
+    assert nearest_reference(flowers, 0.9601).startswith("Paper (Li et al. 2023) (95.70 %, Δ +0.31 points)")
     assert nearest_reference(flowers, 0.9790).startswith("Reproduction report")
     assert nearest_reference(load_params(REPO / "params" / "smoke.yaml").model_copy(
         update={"results": flowers.results.model_copy(update={"references": []})}), 0.5) == "–"
@@ -190,3 +190,24 @@ def test_every_profile_runs_both_controls_and_the_selection_hypothesis(profile):
     assert variants["second-draw"] == {"run.draw": 1}
     assert variants["select-most-diverse-consistent"] == {"curation.select": "most_diverse_consistent"}
     assert "select-most-similar" not in variants  # the default now
+
+
+def test_the_ablation_table_corrects_its_variants_with_holm():
+    """Each variant's own table holds one comparison; the ablation table's Holm column corrects over all its rows."""
+    import pandas as pd
+    from statsmodels.stats.multitest import multipletests
+
+    from sgid_utils.ablations import P_HOLM, SIGNIFICANT, SIGNIFICANT_HOLM, with_holm
+    from sgid_utils.stats import paired_difference
+
+    baseline = {0: 0.80, 1: 0.81, 2: 0.79, 3: 0.80}
+    methods = [{0: 0.83, 1: 0.835, 2: 0.815, 3: 0.826}, {0: 0.81, 1: 0.815, 2: 0.80, 3: 0.804}, {0: 0.80, 1: 0.82}]
+    sigs = [pd.Series({**paired_difference(m, baseline), "setting": f"v{i}", "baseline": "baseline"})
+            for i, m in enumerate(methods)]
+    rows = [{"Variant": f"v{i}", SIGNIFICANT: "x", "Control": "–"} for i in range(3)]
+    table = with_holm(rows, sigs)
+    determined = [s.p_value for s in sigs[:2]]
+    expected = multipletests(determined + [1.0], method="holm")[1][:2]
+    assert [float(p) for p in table[P_HOLM][:2]] == pytest.approx(expected, rel=1e-2)
+    assert table[P_HOLM][2] == "–" and table[SIGNIFICANT_HOLM][2].startswith("undetermined (2 seeds")
+    assert table.columns.tolist().index(SIGNIFICANT_HOLM) == table.columns.tolist().index(SIGNIFICANT) + 1

@@ -165,6 +165,11 @@ def test_provenance_and_settings_come_from_the_run(report_params, pipeline_run, 
         assert settings.loc[key, "origin"] == source_of(key).origin == expected.loc[key, "origin"]
         assert settings.loc[key, "source"] == expected.loc[key, "source"] and source_of(key).where in settings.loc[key, "source"]
     assert "paper (schema default)" not in page.text
+    every = page.frame("all-settings").set_index("setting")  # unchanged settings too, each with its default's source
+    assert settings.index.isin(every.index).all()
+    strength = every.loc["generation.strength"]
+    assert (strength.origin, strength.source) == ("report", source_of("generation.strength").text())
+    assert every.loc["curation.select", "package default"] == "most_similar"
     root = str(project_root(report_params))
     assert any(root in v for v in changed_settings(report_params)["this run"])  # the run's folders lie under it ...
     assert not any(root in v for v in settings["this run"])  # ... and the page writes them relative to it
