@@ -9,7 +9,7 @@ PARAMS ?= params/pets.yaml params/flowers.yaml
 # Offline, quiet, and a throwaway HF cache for the smoke profile and tests: nothing reaches for a hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install smoke preflight reproduce ablations backbones report lab test bench gpu-report check-lower-bounds clean
+.PHONY: help install smoke preflight reproduce ablations backbones report lab lint test bench gpu-report check-lower-bounds clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP) ## Create .venv/ with the pinned versions and a Jupyter kernel
 
 RUN_ENV ?=
-# The stage registry (sgid_utils/stages.py) orders everything; the Makefile asks it which notebooks run.
+# The stage registry (sgid_utils/core/registry.py) orders everything; the Makefile asks it which notebooks run.
 NOTEBOOKS = $(addprefix notebooks/,$(addsuffix .ipynb,$(shell $(PY) -m sgid_utils stages --notebooks)))
 
 smoke: $(STAMP) ## Run every notebook and the ablations offline on params/smoke.yaml (tiny models, CPU); page reports/smoke/index.html
@@ -69,7 +69,11 @@ lab: $(STAMP) ## Open notebooks/ in JupyterLab with the project's kernel (instal
 	$(PY) -c "import jupyterlab" 2> /dev/null || $(PY) -m pip install -q -c constraints.txt -e '.[lab]'
 	$(VENV)/bin/jupyter lab notebooks/ --MappingKernelManager.default_kernel_name=python3 $(LAB_ARGS)
 
-test: $(STAMP) ## Unit tests, then every notebook under nbval on the smoke profile
+lint: $(STAMP) ## ruff: lint and formatting (configured in pyproject.toml); fails on a finding
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) lint ## Lint, unit tests, then every notebook under nbval on the smoke profile
 	$(OFFLINE) $(PY) -m pytest -q tests
 	rm -rf runs/nbval reports/nbval
 	$(OFFLINE) SGID_RUN_DIR=$(CURDIR)/runs/nbval SGID_REPORTS_DIR=$(CURDIR)/reports/nbval $(PY) -m pytest -q --nbval-lax --nbval-kernel-name python3 notebooks/00_preflight.ipynb $(NOTEBOOKS)

@@ -18,11 +18,11 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sgid_utils.models import create_classifier, preprocessing
-from sgid_utils.params import load_params
-from sgid_utils.projection import CLASS_COUNTS, SPLIT_SIZES, image_epochs_by_backbone
-from sgid_utils.schema import BackboneParams
-from sgid_utils.training import backbones, configs
+from sgid_utils.config.backbones import backbones, configs
+from sgid_utils.config.load import load_params
+from sgid_utils.config.schema import BackboneParams
+from sgid_utils.models.loading import create_classifier, preprocessing
+from sgid_utils.preflight.projection import CLASS_COUNTS, SPLIT_SIZES, image_epochs_by_backbone
 
 
 def forward_flops(model: str, classes: int, image_size: int | None) -> tuple[float, int]:

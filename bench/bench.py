@@ -4,7 +4,7 @@
     python bench/bench.py --arch real --device cuda      # SD v1.5 / CLIP ViT-B/32 sizes, random weights
 
 Stages:
-- generation: ``generation.generate_candidates`` once per source (one pipeline call,
+- generation: ``method.generation.generate_candidates`` once per source (one pipeline call,
   k candidates, one guidance scale) against ``batched.generate_many`` (several
   sources and their candidates in one denoising loop, per-sample guidance). Both
   get the same prompt embeddings, scales f(s*) and seeds; prompt encoding is left
@@ -18,8 +18,8 @@ Stages:
   one image per ``generate`` call (the report's way) against ``captioning``'s
   batched calls (a batch of images per call, each image's sampling seeded by itself).
 - similarity: CLIP scores of 20 captions per image, one image and its captions per
-  call (the report's way) against ``similarity.score_captions`` on a batch of images
-  and all their captions (what ``similarity.run_similarity`` runs).
+  call (the report's way) against ``method.embeddings.score_captions`` on a batch of images
+  and all their captions (what ``stages.similarity.run`` runs).
 - training (only with ``--stage training``): one epoch of the classifier's training
   steps with JPEG decoding and resizing in every epoch (what a folder dataset does)
   against the stage's cache of decoded images, through the stage's own ``CachedImages``
@@ -52,23 +52,30 @@ from PIL import Image
 from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 
-from sgid_utils import builders
-from sgid_utils.batched import generate_many
-from sgid_utils.captioning import beam_captions, nucleus_captions, pixel_inputs
-from sgid_utils.data import load_image
-from sgid_utils.edges import canny_edges
-from sgid_utils.flops import img2img_flops
-from sgid_utils.generation import PromptEncoder, generate_candidates
-from sgid_utils.guidance import guidance_scale
-from sgid_utils.image_cache import CachedImages, ImageCache
-from sgid_utils.io import write_png, write_table
-from sgid_utils.models import create_classifier, load_captioner, load_clip, load_controlnet_img2img, load_img2img, resolve_dtype
-from sgid_utils.prompts import build_prompt
-from sgid_utils.resumable import Batches, run_items
-from sgid_utils.schema import CaptioningParams, CurationParams, GenerationParams, TrainingParams
-from sgid_utils.seeding import derive_seed
-from sgid_utils.similarity import image_embeddings, score_captions
-from sgid_utils.training import train_step
+from sgid_utils.config.schema import CaptioningParams, CurationParams, GenerationParams, TrainingParams
+from sgid_utils.core.files import write_png, write_table
+from sgid_utils.core.images import load_image
+from sgid_utils.core.resumable import Batches, run_items
+from sgid_utils.core.seeding import derive_seed
+from sgid_utils.method.batched import generate_many
+from sgid_utils.method.edges import canny_edges
+from sgid_utils.method.embeddings import image_embeddings, score_captions
+from sgid_utils.method.generation import PromptEncoder, generate_candidates
+from sgid_utils.method.guidance import guidance_scale
+from sgid_utils.method.image_cache import CachedImages, ImageCache
+from sgid_utils.method.prompts import build_prompt
+from sgid_utils.method.training import train_step
+from sgid_utils.models import builders
+from sgid_utils.models.flops import img2img_flops
+from sgid_utils.models.loading import (
+    create_classifier,
+    load_captioner,
+    load_clip,
+    load_controlnet_img2img,
+    load_img2img,
+    resolve_dtype,
+)
+from sgid_utils.stages.captions import beam_captions, nucleus_captions, pixel_inputs
 
 # Dense fp16/bf16 tensor-core peaks from NVIDIA's data sheets (TFLOP/s), matched in this order against the GPU name.
 SPEC_PEAKS_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),
@@ -134,7 +141,7 @@ def table(rows: list[tuple[str, ...]]) -> str:
 
 
 def generation_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path, controlnet: bool):
-    """The tiny models through sgid_utils.models (as the smoke profile loads them), or the real architectures."""
+    """The tiny models through sgid_utils.models.loading (as the smoke profile loads them), or the real architectures."""
     if args.arch == "tiny":
         for family, folder in (("diffusion", "sd"), ("controlnet", "controlnet")):
             if not (workdir / folder).exists() and (controlnet or family == "diffusion"):
@@ -283,7 +290,7 @@ def bench_similarity(args: argparse.Namespace, device: torch.device, dtype: torc
         for image, caps in zip(images, texts):
             score_captions(model, processor, [image], [caps])
 
-    def batched() -> None:  # run_similarity's: a batch of images and all their captions in one call each
+    def batched() -> None:  # the similarity stage's: a batch of images and all their captions in one call each
         for batch in batches:
             score_captions(model, processor, [images[i] for i in batch], [texts[i] for i in batch])
 

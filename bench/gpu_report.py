@@ -16,10 +16,10 @@ the projections and the docs need (reports/gpu/gpu_report.md, and the same numbe
 - optional variants of the batched loop (channels_last, torch.compile on the UNet), timed within the run
   and compared with the plain loop's images against the batched path's tolerance;
 - the wall-clock of params/pets.yaml, flowers.yaml and the backbone profiles projected from these rates
-  with ``sgid_utils.projection`` (preflight's arithmetic), beside the FLOP-derived figures of README.md's table.
+  with ``sgid_utils.preflight.projection`` (preflight's arithmetic), beside the FLOP-derived figures of README.md's table.
 
 ``--size real`` (the default on CUDA) builds the full-size architectures with random weights
-(``sgid_utils.builders``): speed does not depend on the weight values, and nothing is downloaded.
+(``sgid_utils.models.builders``): speed does not depend on the weight values, and nothing is downloaded.
 ``--size tiny`` (the default without CUDA) runs the same code with the smoke profile's tiny models:
 its rates say nothing about a GPU; it keeps this path from rotting (tests/test_gpu_report.py).
 Every section is written as soon as it is measured; a section that fails is reported, the others still run,
@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from backbone_costs import evaluations, profile_costs
 from diffusers import StableDiffusionControlNetImg2ImgPipeline
 
-from backbone_costs import evaluations, profile_costs
 from bench import (
     CAPTIONS_PER_IMAGE,
     WORDS,
@@ -60,19 +60,9 @@ from bench import (
     source_images,
     sync,
 )
-from sgid_utils import builders
-from sgid_utils.captioning import beam_captions, nucleus_captions, pixel_inputs
-from sgid_utils.models import preprocessing, resolve_dtype
-from sgid_utils.params import load_params
-from sgid_utils.projection import (
-    CLASS_COUNTS,
-    SPLIT_SIZES,
-    full_run_counts,
-    hms,
-    image_epochs_by_backbone,
-    project_seconds,
-)
-from sgid_utils.schema import (
+from sgid_utils.config.backbones import backbones, configs
+from sgid_utils.config.load import load_params
+from sgid_utils.config.schema import (
     BackboneParams,
     CaptioningParams,
     GenerationParams,
@@ -80,9 +70,20 @@ from sgid_utils.schema import (
     SimilarityParams,
     TrainingParams,
 )
-from sgid_utils.similarity import score_captions
-from sgid_utils.stages import upstream_closure
-from sgid_utils.training import backbones, configs, optimizer_for, train_step
+from sgid_utils.core.registry import upstream_closure
+from sgid_utils.method.embeddings import score_captions
+from sgid_utils.method.training import optimizer_for, train_step
+from sgid_utils.models import builders
+from sgid_utils.models.loading import preprocessing, resolve_dtype
+from sgid_utils.preflight.projection import (
+    CLASS_COUNTS,
+    SPLIT_SIZES,
+    full_run_counts,
+    hms,
+    image_epochs_by_backbone,
+    project_seconds,
+)
+from sgid_utils.stages.captions import beam_captions, nucleus_captions, pixel_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("params/pets.yaml", "params/flowers.yaml", "params/pets_backbones.yaml", "params/flowers_backbones.yaml")
@@ -265,7 +266,7 @@ def run_section(report: Report, title: str, measure: Callable[[], list[str]]) ->
 # --- generation -------------------------------------------------------------------------------------------------------
 def build_pipeline(ctx: Context, controlnet: bool):
     """SD 1.5 img2img (and its ControlNet) at this size, random weights, in the run's dtype, contiguous as
-    ``generation.load_generator`` loads it (the variants section measures channels_last and torch.compile)."""
+    ``method.generation.load_generator`` loads it (the variants section measures channels_last and torch.compile)."""
     torch.manual_seed(0)
     with torch.device(ctx.device):
         pipe = builders.stable_diffusion(ctx.size)
@@ -702,7 +703,7 @@ def measure_projection(ctx: Context, report: Report) -> list[str]:
     return [
         *caveat,
         "Projected = the full run's items (official split sizes, as `make preflight` before the data stage: "
-        "sgid_utils.projection.full_run_counts) × this run's seconds per item (`project_seconds`); training = image-"
+        "sgid_utils.preflight.projection.full_run_counts) × this run's seconds per item (`project_seconds`); training = image-"
         "epochs per backbone (`image_epochs_by_backbone`) at its measured rate plus every test pass. Generation is "
         "projected at the 512 × 512 rate for the raw pass (sources at their own size, ~500 × 375: a little "
         "pessimistic) and the 768 × 512 rate for the upscaled pass. Derived = README.md's 'Expected wall-clock' "

@@ -16,15 +16,10 @@ import os
 import sys
 from pathlib import Path
 
-from .ablations import run_ablations
-from .errors import USER_ERRORS
-from .export import export_curated
-from .notebook import run_notebooks
-from .params import load_params, parse_override
-from .preflight import preflight
-from .report import build_report
-from .runner import run_all
-from .stages import NAMES, STAGES, notebooks
+# Only the registry and the error types at import: `stages` (which the Makefile asks on every call) stays instant,
+# and each command imports the libraries it needs (torch, diffusers, ...) when it runs.
+from sgid_utils.core.errors import USER_ERRORS
+from sgid_utils.core.registry import NAMES, STAGES, notebooks
 
 
 def _shard_arg(text: str) -> str:
@@ -62,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--to", required=True, type=Path, help="a new (or empty) folder: DIR/train/<class>/*.png, metadata.csv, README.md")
     st = sub.add_parser("stages", help="list the registered stages in order (with --notebooks: their notebooks)")
     st.add_argument("--notebooks", action="store_true", help="print the notebook of each stage, once each, in order")
+    st.add_argument("--files", action="store_true", help="print each stage's input and output files and their paths")
     st.add_argument("--from-stage", choices=NAMES)
     st.add_argument("--to-stage", choices=NAMES)
     pf = sub.add_parser("preflight", help="check ids, versions, device and disk, run a tiny canary, project time and disk")
@@ -73,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _preflight(params, canary: bool) -> int:
+    from sgid_utils.preflight.command import preflight
+
     report = preflight(params, canary=canary)
     print(report.markdown(), end="")
     return 0 if report.ok else 1
@@ -81,6 +79,11 @@ def _preflight(params, canary: bool) -> int:
 def _list_stages(args: argparse.Namespace) -> None:
     if args.notebooks:
         print("\n".join(notebooks(args.from_stage, args.to_stage)))
+        return
+    if args.files:
+        from sgid_utils.core.catalog import files_table
+
+        print(files_table(), end="")
         return
     for stage in STAGES:
         print(f"{stage.name:<11} {stage.notebook:<28} upstream: {', '.join(stage.upstream) or '-'}")
@@ -95,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SGID_SHARD"] = args.shard
     try:
         if args.command == "notebooks":
+            from sgid_utils.core.notebooks import run_notebooks
+
             names = args.only or notebooks(args.from_stage, args.to_stage)
             run_notebooks(args.params, Path(args.notebooks_dir).resolve(), names)
             return 0
+        from sgid_utils.config.load import load_params, parse_override
+
         overrides = dict(parse_override(s) for s in getattr(args, "set", []))
         if args.run_dir:
             overrides["run.dir"] = str(Path(args.run_dir).resolve())
@@ -105,12 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "preflight":
             return _preflight(params, not args.no_canary)
         if args.command == "report":
+            from sgid_utils.reporting.page import build_report
+
             print(f"[sgid] report: {build_report(params)}")
         elif args.command == "export":
+            from sgid_utils.reporting.export import export_curated
+
             print(f"[sgid] curated set exported to {export_curated(params, args.to)}")
         elif args.stage == "ablations":
-            run_ablations(params)
+            from sgid_utils.stages import ablations
+
+            ablations.run(params)
         else:
+            from sgid_utils.core.runner import run_all
+
             run_all(params, None if args.stage == "all" else [args.stage])
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -49,7 +49,7 @@ def write_params(folder: Path, models: Path, data: Path, **sections) -> Path:
 
 def copy_stages(source, target, *stages: str) -> None:
     """Copy finished stage folders from one run into another (the upstream of the stage a test runs)."""
-    from sgid_utils.rundir import RunDir
+    from sgid_utils.core.rundir import RunDir
 
     for stage in stages:
         shutil.copytree(RunDir.of(source).stage(stage), RunDir.of(target).stage(stage))
@@ -58,8 +58,8 @@ def copy_stages(source, target, *stages: str) -> None:
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory) -> tuple[Path, Path]:
     """(models folder, data folder), built once."""
-    from sgid_utils.params import load_params
-    from sgid_utils.smoke import ensure_smoke_assets
+    from sgid_utils.config.load import load_params
+    from sgid_utils.models.tiny import ensure_smoke_assets
 
     root = tmp_path_factory.mktemp("assets")
     params = load_params(write_params(root / "p", root / "models", root / "data"))
@@ -70,7 +70,7 @@ def assets(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture
 def make_params(assets, tmp_path):
     """Factory: params for a fresh run directory over the shared tiny assets, with section overrides."""
-    from sgid_utils.params import load_params
+    from sgid_utils.config.load import load_params
 
     def make(name: str = "p", **sections):
         return load_params(write_params(tmp_path / name, *assets, **sections))
@@ -95,7 +95,7 @@ def tiny_backbones(tmp_path_factory) -> Path:
     """Tiny ResNet-50 and CLIP ViT-B/16 (timm's own architectures, random weights), saved as local-dir folders."""
     import torch
 
-    from sgid_utils import builders
+    from sgid_utils.models import builders
 
     root = tmp_path_factory.mktemp("backbones")
     for folder, name in (("resnet50", "resnet50"), ("clip-vit", "vit_base_patch16_clip_224.laion2b")):
@@ -120,7 +120,7 @@ ATOL = 1e-4  # batched against per-image, on [0, 1] float images; observed diffe
 
 def seeds_for(i: int, k: int = 2) -> list[int]:
     """Candidate seeds of a test source, derived as the generation stage derives them."""
-    from sgid_utils.seeding import derive_seed
+    from sgid_utils.core.seeding import derive_seed
 
     return [derive_seed(0, f"img{i}", j, purpose="generate") for j in range(k)]
 
@@ -128,7 +128,7 @@ def seeds_for(i: int, k: int = 2) -> list[int]:
 @pytest.fixture(scope="module")
 def prompts(pipe):
     """PROMPTS as compel embeddings from the requesting module's own ``pipe`` fixture."""
-    from sgid_utils.generation import PromptEncoder
+    from sgid_utils.method.generation import PromptEncoder
 
     encode = PromptEncoder(pipe)
     return [encode(p, "") for p in PROMPTS]
@@ -137,8 +137,8 @@ def prompts(pipe):
 @pytest.fixture(scope="session")
 def pipeline_run(assets, tmp_path_factory):
     """The whole chain once (every registered stage, in order) on the tiny assets; tests read its files."""
-    from sgid_utils.params import load_params
-    from sgid_utils.runner import run_all
+    from sgid_utils.config.load import load_params
+    from sgid_utils.core.runner import run_all
 
     params = load_params(write_params(tmp_path_factory.mktemp("pipeline"), *assets))
     run_all(params)

@@ -7,14 +7,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from sgid_utils.ablations import run_ablations, share_baselines, variant_params
-from sgid_utils.errors import StageError
-from sgid_utils.io import write_json
-from sgid_utils.params import ParamsError, load_params
-from sgid_utils.projection import full_run_counts, variant_costs
-from sgid_utils.rundir import RunDir
-from sgid_utils.runner import run_stage
-from sgid_utils.training import backbones, load_results
+from sgid_utils.config.backbones import backbones
+from sgid_utils.config.load import ParamsError, load_params, variant_params
+from sgid_utils.core import catalog
+from sgid_utils.core.errors import StageError
+from sgid_utils.core.files import write_json
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.runner import run_stage
+from sgid_utils.preflight.projection import full_run_counts, variant_costs
+from sgid_utils.stages import ablations
+from sgid_utils.stages.ablations import share_baselines
 
 from .conftest import REPO, copy_stages, resnet_scratch_entry
 
@@ -40,14 +42,14 @@ def test_extends_merges_sections_over_the_base(tmp_path):
 def test_bad_ablation_override_stops_before_any_work(make_params, tmp_path):
     params = make_params("abl-bad", ablations=[{"name": "x", "set": {"generation.strenght": 0.2}}])
     with pytest.raises(ParamsError, match="Did you mean 'strength'"):
-        run_ablations(params)
+        ablations.run(params)
     assert not RunDir.of(params).variant_root("x").exists()
 
 
 def test_a_label_only_variant_reuses_upstream_and_reports_its_own_comparison(make_params, pipeline_run):
     params = make_params("abl", ablations=[{"name": "label-only", "set": {"generation.prompt": "label_only"}}])
     copy_stages(pipeline_run, params, "data", "captions", "similarity", "train")
-    table = run_ablations(params)
+    table = ablations.run(params)
     variant = RunDir.of(variant_params(params, "label-only", {"generation.prompt": "label_only"}))
     assert all(os.path.islink(variant.stage(s)) for s in ("data", "captions", "similarity"))
     # The Baseline does not depend on generation: the base run's models are reused, not retrained.
@@ -59,7 +61,7 @@ def test_a_label_only_variant_reuses_upstream_and_reports_its_own_comparison(mak
     assert row["Changes"] == "generation.prompt=label_only" and "(n=2)" in row["SGID (100%)"]
     assert RunDir.of(params).table("ablations.md").exists()
     assert variant.significance_table.exists() and variant.table("accuracy.md").exists()  # the variant's own results stage
-    results = pd.read_parquet(variant.results_table)
+    results = pd.read_parquet(variant.training_table)
     assert sorted(results.setting.unique()) == ["Baseline", "SGID (100%)"]
 
 
@@ -85,7 +87,7 @@ def test_variants_on_the_same_subset_share_its_captions_and_baselines(make_param
         {"name": "s2", "set": {"dataset.max_per_class": 3, "generation.strength": 0.2}},
         {"name": "s5", "set": {"dataset.max_per_class": 3, "generation.strength": 0.5}},
     ])
-    run_ablations(params)
+    ablations.run(params)
     first, second = (RunDir.of(params).variant_root(n) for n in ("s2", "s5"))
     first, second = (RunDir(root, RunDir.of(params).reports) for root in (first, second))
     assert not os.path.islink(first.stage("captions"))  # nothing made with the base data to share
@@ -96,11 +98,11 @@ def test_variants_on_the_same_subset_share_its_captions_and_baselines(make_param
 
     monkeypatch.setenv("SGID_SHARD", "0/2")
     with pytest.raises(StageError, match="one process"):
-        run_ablations(params)
+        ablations.run(params)
 
 
 def test_the_ablation_table_says_which_published_baseline_a_protocol_lands_nearer():
-    from sgid_utils.ablations import nearest_reference
+    from sgid_utils.stages.ablations import nearest_reference
 
     flowers = load_params(REPO / "params" / "flowers.yaml")  # Paper 0.9570, report 0.9822
     assert nearest_reference(flowers, 0.9601).startswith("Paper (Li et al. 2023) (95.70 %, Δ +0.31 points)")
@@ -126,7 +128,7 @@ def test_the_two_controls_equal_steps_and_a_second_draw(make_params, pipeline_ru
     params = make_params("controls", ablations=[{"name": "sgid-equal-steps", "set": {"training.equal_steps": True}},
                                                 {"name": "second-draw", "set": {"run.draw": 1}}])
     copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate", "train")
-    table = run_ablations(params).set_index("Variant")
+    table = ablations.run(params).set_index("Variant")
     base = RunDir.of(params)
     equal = variant_params(params, "sgid-equal-steps", {"training.equal_steps": True})
     draw = variant_params(params, "second-draw", {"run.draw": 1})
@@ -135,11 +137,11 @@ def test_the_two_controls_equal_steps_and_a_second_draw(make_params, pipeline_ru
 
     # Equal steps: the Baseline is the base run's model (linked), and SGID at 100 % stops at its step count, where the
     # base run's SGID at 100 % (twice the images, the same epochs) took about twice as many.
-    results = load_results(equal).set_index("config")
+    results = catalog.load(equal, "training_results").set_index("config")
     assert all(os.path.islink(RunDir.of(equal).config_dir(f"baseline_seed{s}")) for s in (0, 1))
     assert all(os.path.islink(RunDir.of(equal).stage(s)) for s in ("data", "captions", "generate", "curate"))
     assert results.steps.tolist() == [baseline_steps] * 4
-    base_sgid = load_results(params).set_index("config").loc[["sgid100_seed0", "sgid100_seed1"], "steps"]
+    base_sgid = catalog.load(params, "training_results").set_index("config").loc[["sgid100_seed0", "sgid100_seed1"], "steps"]
     assert (base_sgid > baseline_steps).all()
 
     # Second draw: same split (the data stage linked) and the same Baseline models; new captions and candidates.
@@ -156,7 +158,7 @@ def test_the_two_controls_equal_steps_and_a_second_draw(make_params, pipeline_ru
         assert np.abs(a - b).max() > 0, f"candidate {key} is the same in both draws"
     caps = [pd.read_parquet(r.captions_table).query("method == 'nucleus'").caption.tolist() for r in (base, dr)]
     assert caps[0] != caps[1]
-    assert load_results(draw).query("method == 'sgid'").seed.tolist() == [0, 1]
+    assert catalog.load(draw, "training_results").query("method == 'sgid'").seed.tolist() == [0, 1]
 
     assert table.loc["sgid-equal-steps", "Control"].startswith("Does SGID's gain survive equal compute")
     assert table.loc["second-draw", "Control"].startswith("Does SGID's gain hold on a new generation draw?")
@@ -197,17 +199,20 @@ def test_the_ablation_table_corrects_its_variants_with_holm():
     import pandas as pd
     from statsmodels.stats.multitest import multipletests
 
-    from sgid_utils.ablations import P_HOLM, SIGNIFICANT, SIGNIFICANT_HOLM, with_holm
-    from sgid_utils.stats import paired_difference
+    from sgid_utils.reporting.stats import paired_difference
+    from sgid_utils.reporting.tables import ABLATION_P_HOLM, ABLATION_SIGNIFICANT, ABLATION_SIGNIFICANT_HOLM
+    from sgid_utils.stages.ablations import with_holm
 
     baseline = {0: 0.80, 1: 0.81, 2: 0.79, 3: 0.80}
     methods = [{0: 0.83, 1: 0.835, 2: 0.815, 3: 0.826}, {0: 0.81, 1: 0.815, 2: 0.80, 3: 0.804}, {0: 0.80, 1: 0.82}]
     sigs = [pd.Series({**paired_difference(m, baseline), "setting": f"v{i}", "baseline": "baseline"})
             for i, m in enumerate(methods)]
-    rows = [{"Variant": f"v{i}", SIGNIFICANT: "x", "Control": "–"} for i in range(3)]
+    rows = [{"Variant": f"v{i}", ABLATION_SIGNIFICANT: "x", "Control": "–"} for i in range(3)]
     table = with_holm(rows, sigs)
     determined = [s.p_value for s in sigs[:2]]
     expected = multipletests(determined + [1.0], method="holm")[1][:2]
-    assert [float(p) for p in table[P_HOLM][:2]] == pytest.approx(expected, rel=1e-2)
-    assert table[P_HOLM][2] == "–" and table[SIGNIFICANT_HOLM][2].startswith("undetermined (2 seeds")
-    assert table.columns.tolist().index(SIGNIFICANT_HOLM) == table.columns.tolist().index(SIGNIFICANT) + 1
+    assert [float(p) for p in table[ABLATION_P_HOLM][:2]] == pytest.approx(expected, rel=1e-2)
+    assert table[ABLATION_P_HOLM][2] == "–"
+    assert table[ABLATION_SIGNIFICANT_HOLM][2].startswith("undetermined (2 seeds")
+    columns = table.columns.tolist()
+    assert columns.index(ABLATION_SIGNIFICANT_HOLM) == columns.index(ABLATION_SIGNIFICANT) + 1

@@ -12,17 +12,20 @@ import torch
 from safetensors.torch import load_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from sgid_utils.errors import ModelLoadError, ParamsError, StageError, StaleOutputsError
-from sgid_utils.fingerprints import backbone_fingerprint, fingerprint
-from sgid_utils.io import write_table
-from sgid_utils.models import create_classifier, preprocessing
-from sgid_utils.report import key_facts
-from sgid_utils.results import backbone_gains, load_significance
-from sgid_utils.rundir import RunDir
-from sgid_utils.runner import prepare_run, run_stage
-from sgid_utils.schema import BackboneParams
-from sgid_utils.stages import upstream_closure
-from sgid_utils.training import backbones, configs, load_results, lr_factor, training_sets
+from sgid_utils.config.backbones import backbones, configs
+from sgid_utils.config.schema import BackboneParams
+from sgid_utils.core import catalog
+from sgid_utils.core.errors import ModelLoadError, ParamsError, StageError, StaleOutputsError
+from sgid_utils.core.files import write_table
+from sgid_utils.core.fingerprints import backbone_fingerprint, fingerprint
+from sgid_utils.core.registry import upstream_closure
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.runner import prepare_run, run_stage
+from sgid_utils.method.training import lr_factor
+from sgid_utils.models.loading import create_classifier, preprocessing
+from sgid_utils.reporting.page import key_facts
+from sgid_utils.stages.results import backbone_gains
+from sgid_utils.stages.train import training_sets
 
 from .conftest import copy_stages, resnet_scratch_entry
 
@@ -162,9 +165,9 @@ def test_every_backbone_is_trained_and_compared_with_its_own_baseline(make_param
     copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
     run_stage("train", params)
     paths = run_stage("results", params)
-    results = load_results(params)
+    results = catalog.load(params, "training_results")
     assert sorted(results.backbone.unique()) == ["clip", "resnet", "vit"] and len(results) == 3 * 3 * 2
-    sig = load_significance(params)
+    sig = catalog.load(params, "significance")
     assert sorted(sig.backbone.unique()) == ["clip", "resnet", "vit"]
     assert set(sig.setting) == {"SGID (100%)", "SGID + RandAugment (100%)"}
     for row in sig.itertuples():  # the difference is against that backbone's own Baseline, seed by seed
@@ -249,7 +252,7 @@ def test_tables_from_before_backbones_still_load_and_the_report_names_each_class
     old = pd.DataFrame({"setting": ["SGID (100%)"], "mean_diff": [0.01], "ci_low": [-0.1], "ci_high": [0.12],
                         "significant": [False]})  # significance.parquet as written before backbones existed
     write_table(run.significance_table, old)
-    assert load_significance(params).backbone.tolist() == [""]
+    assert catalog.load(params, "significance").backbone.tolist() == [""]
     models = dict(key_facts(params, pd.DataFrame()))["Models"]
     assert models.endswith("; classifiers " + ", ".join(f"{e['label']} {e['model']}" for e in
                                                        backbone_entries(tiny_backbones, assets[0] / "vit")))

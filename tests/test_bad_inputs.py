@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sgid_utils.data import load_image, prepare_dataset
-from sgid_utils.rundir import RunDir
+from sgid_utils.core.images import load_image
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.stages import data
 
 GOOD = (64, 48)
 
@@ -71,7 +72,7 @@ def test_every_bad_file_is_converted_or_skipped_with_a_reason(make_params, tmp_p
     expect = build_bad_folder(root)
     params = make_params(dataset={"path": str(root), "test_path": None, "test_fraction": 0.2},
                          smoke={"build_dataset": False})
-    images = prepare_dataset(params)
+    images = data.run(params)
     skipped = pd.read_csv(RunDir.of(params).skipped_table)
     reasons = {os.path.relpath(p, root) if p.startswith(str(root)) else p: r for p, r in zip(skipped.path, skipped.reason)}
     kept = {os.path.relpath(p, root) for p in images.origin}
@@ -90,7 +91,7 @@ def test_every_bad_file_is_converted_or_skipped_with_a_reason(make_params, tmp_p
 
 
 def test_fewer_than_two_usable_classes_fails_early_with_the_reasons(make_params, tmp_path):
-    from sgid_utils.errors import DatasetError
+    from sgid_utils.core.errors import DatasetError
 
     root = tmp_path / "wild"
     (root / "a").mkdir(parents=True)
@@ -100,4 +101,4 @@ def test_fewer_than_two_usable_classes_fails_early_with_the_reasons(make_params,
     (root / "b" / "z.jpg").write_bytes(b"nope")
     params = make_params(dataset={"path": str(root), "test_path": None}, smoke={"build_dataset": False})
     with pytest.raises(DatasetError, match="need at least two.*not a readable image"):
-        prepare_dataset(params)
+        data.run(params)

@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sgid_utils import builders
-from sgid_utils.batched import generate_batch, generate_many, plan_batches
-from sgid_utils.flops import img2img_flops
-from sgid_utils.generation import PromptEncoder, generate_candidates
-from sgid_utils.models import load_img2img
-from sgid_utils.seeding import generator
+from sgid_utils.core.seeding import generator
+from sgid_utils.method.batched import generate_batch, generate_many, plan_batches
+from sgid_utils.method.generation import PromptEncoder, generate_candidates
+from sgid_utils.models import builders
+from sgid_utils.models.flops import img2img_flops
+from sgid_utils.models.loading import load_img2img
 
 from .conftest import ATOL, GUIDANCE, PROMPTS, STEPS, STRENGTH, seeds_for
 

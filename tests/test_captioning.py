@@ -1,7 +1,7 @@
 import pandas as pd
 
-from sgid_utils.rundir import RunDir
-from sgid_utils.runner import run_stage
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.runner import run_stage
 
 
 def test_captions_per_image_with_method_and_rank(pipeline_run):
@@ -19,7 +19,7 @@ def test_captions_per_image_with_method_and_rank(pipeline_run):
 
 
 def test_duplicate_captions_are_counted_in_an_older_table_too():
-    from sgid_utils.captioning import mark_duplicates
+    from sgid_utils.stages.captions import mark_duplicates
 
     table = pd.DataFrame({"image_id": ["a", "a", "a", "b"], "method": ["nucleus", "nucleus", "beam", "nucleus"],
                           "rank": [0, 1, 0, 0], "caption": ["a dog", "a dog", "a dog", "a dog"]})
@@ -43,7 +43,7 @@ def test_captions_do_not_depend_on_batch_size_or_resuming(make_params, monkeypat
 def test_seeded_nucleus_sampler_draws_from_the_nucleus_in_proportion():
     import torch
 
-    from sgid_utils.captioning import SeededNucleusSampler
+    from sgid_utils.stages.captions import SeededNucleusSampler
 
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])  # top_p 0.7: nucleus {0, 1}, renormalised to 0.625 / 0.375
     rows = 4000
@@ -62,7 +62,7 @@ def test_seeded_nucleus_sampler_refuses_more_steps_than_drawn():
     import pytest
     import torch
 
-    from sgid_utils.captioning import SeededNucleusSampler
+    from sgid_utils.stages.captions import SeededNucleusSampler
 
     sampler = SeededNucleusSampler(0.9, torch.rand(2, 1))
     sampler(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 5))

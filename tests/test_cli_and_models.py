@@ -4,7 +4,13 @@ import sys
 import pytest
 import yaml
 
-from sgid_utils.models import ModelLoadError, create_classifier, load_captioner, load_clip, load_img2img
+from sgid_utils.models.loading import (
+    ModelLoadError,
+    create_classifier,
+    load_captioner,
+    load_clip,
+    load_img2img,
+)
 
 from .conftest import REPO
 

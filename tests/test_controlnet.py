@@ -7,15 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from sgid_utils.batched import generate_batch, generate_many
-from sgid_utils.edges import canny_edges
-from sgid_utils.fingerprints import fingerprint
-from sgid_utils.generation import generate_candidates, load_manifest, preview_generators
-from sgid_utils.models import ModelLoadError, load_controlnet_img2img, load_img2img
-from sgid_utils.params import ParamsError
-from sgid_utils.rundir import RunDir
-from sgid_utils.runner import run_stage
-from sgid_utils.seeding import generator
+from sgid_utils.config.load import ParamsError
+from sgid_utils.core import catalog
+from sgid_utils.core.fingerprints import fingerprint
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.runner import run_stage
+from sgid_utils.core.seeding import generator
+from sgid_utils.method.batched import generate_batch, generate_many
+from sgid_utils.method.edges import canny_edges
+from sgid_utils.method.generation import generate_candidates, preview_generators
+from sgid_utils.models.loading import ModelLoadError, load_controlnet_img2img, load_img2img
 
 from .conftest import ATOL, GUIDANCE, STEPS, STRENGTH, copy_stages, seeds_for
 
@@ -172,7 +173,7 @@ def test_the_generator_is_in_the_fingerprint_and_controlnet_settings_only_when_u
 @pytest.fixture(scope="module")
 def controlnet_run(assets, pipeline_run, tmp_path_factory):
     """The generate stage under the ControlNet generator, on the pipeline run's captions and scores."""
-    from sgid_utils.params import load_params
+    from sgid_utils.config.load import load_params
 
     from .conftest import write_params
 
@@ -184,7 +185,7 @@ def controlnet_run(assets, pipeline_run, tmp_path_factory):
 
 def test_the_stage_saves_edge_maps_beside_its_candidates(controlnet_run, pipeline_run):
     params, run = controlnet_run, RunDir.of(controlnet_run)
-    manifest, plain = load_manifest(params), load_manifest(pipeline_run)
+    manifest, plain = catalog.load(params, "manifest_raw"), catalog.load(pipeline_run, "manifest_raw")
     assert sorted(manifest.image_id) == sorted(plain.image_id)  # same sources, candidates, seeds, prompts, scales
     cols = ["image_id", "k", "seed", "prompt", "guidance_scale", "input_width", "input_height"]
     pd.testing.assert_frame_equal(manifest.sort_values(["image_id", "k"])[cols].reset_index(drop=True),
@@ -200,7 +201,7 @@ def test_the_stage_saves_edge_maps_beside_its_candidates(controlnet_run, pipelin
 
 
 def test_controlnet_stage_resumes_byte_identically_and_batched_matches(make_params, controlnet_run):
-    first = load_manifest(controlnet_run)
+    first = catalog.load(controlnet_run, "manifest_raw")
     for name, generation in (("again", {"generator": "controlnet"}), ("batched", {"generator": "controlnet", "batch_size": 4})):
         params = make_params(name, generation=generation)
         copy_stages(controlnet_run, params, "data", "captions", "similarity")
@@ -220,7 +221,7 @@ def test_controlnet_stage_resumes_byte_identically_and_batched_matches(make_para
 def test_preview_shows_both_generators_as_the_stages_make_them(pipeline_run, controlnet_run):
     """Notebook 03's side by side equals the candidates each generator's stage saved (CPU, per-image pipeline), up to
     a level or two: with several CPU threads, float sums over differently aligned buffers differ in the last bits."""
-    plain, controlled = load_manifest(pipeline_run), load_manifest(controlnet_run)
+    plain, controlled = catalog.load(pipeline_run, "manifest_raw"), catalog.load(controlnet_run, "manifest_raw")
     ids = list(plain.image_id.drop_duplicates()[:2])
     shown = preview_generators(pipeline_run, ids)
     assert [s["image_id"] for s in shown] == ids
@@ -238,8 +239,8 @@ def test_the_flop_floor_counts_the_controlnet():
     """The real SD 1.5 ControlNet (encoder half of the UNet, random weights, meta device) adds ~35 % per UNet step."""
     from diffusers import StableDiffusionControlNetImg2ImgPipeline
 
-    from sgid_utils import builders
-    from sgid_utils.flops import img2img_flops
+    from sgid_utils.models import builders
+    from sgid_utils.models.flops import img2img_flops
 
     with torch.device("meta"):
         pipe = builders.stable_diffusion("real")
@@ -263,7 +264,7 @@ def test_the_controlnet_pipeline_shares_the_img2img_modules_in_their_dtype(asset
 
 
 def test_the_ablation_profiles_pair_each_controlnet_strength_with_plain_sgid():
-    from sgid_utils.params import load_params
+    from sgid_utils.config.load import load_params
 
     from .conftest import REPO
 
@@ -280,14 +281,13 @@ def test_the_ablation_profiles_pair_each_controlnet_strength_with_plain_sgid():
 
 def test_a_controlnet_variant_trains_and_is_labelled(make_params, pipeline_run):
     """The whole chain after generation runs unchanged on ControlNet candidates; the row and the set carry the label."""
-    from sgid_utils.ablations import run_ablations
-    from sgid_utils.quality_report import load_variant_set_metrics
+    from sgid_utils.stages import ablations
 
     label = "SGID + ControlNet (strength 0.3)"
     params = make_params("abl-cn", ablations=[{"name": "controlnet-0.3", "label": label,
                                                "set": {"generation.generator": "controlnet"}}])
     copy_stages(pipeline_run, params, "data", "captions", "similarity", "train")
-    table = run_ablations(params).set_index("Variant")
+    table = ablations.run(params).set_index("Variant")
     assert list(table.index) == [label] and "(n=2)" in table.loc[label, "SGID (100%)"]
-    sets = load_variant_set_metrics(params).set_index("Variant")
+    sets = catalog.load(params, "ablation_set_metrics", missing=None).set_index("Variant")
     assert sets.loc[label, "generator"] == "controlnet" and sets.loc[label, "strength"] == 0.3

@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sgid_utils.data import load_image, prepare_dataset, readable_class_name
-from sgid_utils.errors import DatasetError
-from sgid_utils.rundir import RunDir
+from sgid_utils.core.errors import DatasetError
+from sgid_utils.core.images import load_image, readable_class_name
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.stages import data
 
 from .conftest import REPO
 
@@ -70,7 +71,7 @@ def test_imagefolder_with_bad_files_skips_and_records(make_params, tmp_path):
     Image.new("RGB", (4, 4)).save(root / "dog b" / "tiny.png")
     params = make_params(dataset={"path": str(root), "test_path": None, "test_fraction": 0.2},
                          smoke={"build_dataset": False})
-    df = prepare_dataset(params)
+    df = data.run(params)
     skipped = pd.read_csv(RunDir.of(params).skipped_table)
     reasons = " | ".join(skipped.reason)
     assert "not a readable image" in reasons and "hidden file" in reasons and "too small" in reasons
@@ -78,7 +79,7 @@ def test_imagefolder_with_bad_files_skips_and_records(make_params, tmp_path):
     assert set(df.class_name) == {"Cat A", "Dog B"}
     assert df.groupby(["class_name", "split"]).size().to_dict() == {
         ("Cat A", "test"): 1, ("Cat A", "train"): 4, ("Dog B", "test"): 1, ("Dog B", "train"): 4}
-    again = prepare_dataset(params)  # the second call reuses the table
+    again = data.run(params)  # the second call reuses the table
     pd.testing.assert_frame_equal(df, again)
 
 
@@ -86,17 +87,17 @@ def test_per_class_cap_and_too_few_classes(make_params, tmp_path):
     root = tmp_path / "imgs"
     _folder(root, {"a": 6, "b": 6})
     params = make_params(dataset={"path": str(root), "test_path": None, "max_per_class": 2}, smoke={"build_dataset": False})
-    df = prepare_dataset(params)
+    df = data.run(params)
     assert df[df.split == "train"].groupby("label").size().tolist() == [2, 2]
     lonely = tmp_path / "lonely"
     _folder(lonely, {"only": 4})
     params = make_params("q", dataset={"path": str(lonely), "test_path": None}, smoke={"build_dataset": False})
     with pytest.raises(DatasetError, match="need at least two"):
-        prepare_dataset(params)
+        data.run(params)
 
 
 def test_missing_folder_stops_at_params_time(make_params, tmp_path):
-    from sgid_utils.params import ParamsError
+    from sgid_utils.config.load import ParamsError
 
     with pytest.raises(ParamsError, match="'dataset.path' names a folder that does not exist"):
         make_params(dataset={"path": str(tmp_path / "nowhere"), "test_path": None}, smoke={"build_dataset": False})
@@ -114,19 +115,19 @@ def test_hub_source_reads_splits_and_class_label_names(make_params, tmp_path):
         ds.to_parquet(str(tmp_path / "hub" / "data" / f"{split}-00000-of-00001.parquet"))
     params = make_params(dataset={"source": "pets", "hf_id": str(tmp_path / "hub"), "path": None, "test_path": None},
                          smoke={"build_dataset": False})
-    df = prepare_dataset(params)
+    df = data.run(params)
     assert sorted(set(df.class_name)) == ["Great Pyrenees", "Maine Coon"]
     assert df.split.value_counts().to_dict() == {"train": 4, "test": 4}
     assert all(load_image(p).size[1] == 30 for p in df.path)
 
 
 def test_unreachable_hub_dataset_names_the_id(make_params):
-    from sgid_utils.models import ModelLoadError
+    from sgid_utils.models.loading import ModelLoadError
 
     params = make_params(dataset={"source": "flowers", "hf_id": "nobody/no-such-dataset", "path": None, "test_path": None},
                          smoke={"build_dataset": False})
     with pytest.raises(ModelLoadError, match="nobody/no-such-dataset"):
-        prepare_dataset(params)
+        data.run(params)
 
 
 def test_a_test_folder_without_the_training_classes_stops_at_the_data_stage(make_params, tmp_path):
@@ -135,7 +136,7 @@ def test_a_test_folder_without_the_training_classes_stops_at_the_data_stage(make
     params = make_params(dataset={"path": str(tmp_path / "train"), "test_path": str(tmp_path / "test")},
                          smoke={"build_dataset": False})
     with pytest.raises(DatasetError, match="No test image for any training class.*dataset.test_path"):
-        prepare_dataset(params)
+        data.run(params)
     assert not RunDir.of(params).images_table.exists()  # nothing later can start
     reasons = pd.read_csv(RunDir.of(params).skipped_table).reason.tolist()
     assert reasons.count("class has no test image: its accuracy is not measured") == 2
@@ -147,7 +148,7 @@ def test_a_class_without_test_images_is_warned_about_and_listed(make_params, tmp
     params = make_params(dataset={"path": str(tmp_path / "train"), "test_path": str(tmp_path / "test")},
                          smoke={"build_dataset": False})
     with pytest.warns(UserWarning, match="1 training class.*dog"):
-        prepare_dataset(params)
+        data.run(params)
     skipped = pd.read_csv(RunDir.of(params).skipped_table)
     assert skipped.set_index("path").loc["dog", "reason"] == "class has no test image: its accuracy is not measured"
 
@@ -156,7 +157,7 @@ def test_loose_files_at_the_top_of_the_folder_are_listed(make_params, tmp_path):
     _folder(tmp_path / "imgs", {"a": 4, "b": 4})
     Image.new("RGB", (40, 30)).save(tmp_path / "imgs" / "loose.jpg")
     params = make_params(dataset={"path": str(tmp_path / "imgs"), "test_path": None}, smoke={"build_dataset": False})
-    prepare_dataset(params)
+    data.run(params)
     skipped = pd.read_csv(RunDir.of(params).skipped_table).set_index("path")
     assert skipped.loc[str(tmp_path / "imgs" / "loose.jpg"), "reason"].startswith("not inside a class folder")
 
@@ -165,8 +166,7 @@ def test_the_flowers_split_variant_trains_on_the_train_split_alone(make_params, 
     """params/flowers_ablations.yaml's 'train-split-only' against the default train + validation, on a local copy."""
     import datasets
 
-    from sgid_utils.ablations import variant_params
-    from sgid_utils.params import load_params
+    from sgid_utils.config.load import load_params, variant_params
 
     flowers = load_params(REPO / "params" / "flowers_ablations.yaml")
     split_only = next(a for a in flowers.ablations if a.name == "train-split-only")
@@ -182,7 +182,7 @@ def test_the_flowers_split_variant_trains_on_the_train_split_alone(make_params, 
     for name, splits in (("both", ["train", "validation"]), ("train", split_only.set["dataset.train_splits"])):
         params = make_params(name, dataset={"source": "flowers", "hf_id": str(tmp_path / "hub"), "path": None, "test_path": None,
                                             "train_splits": splits, "class_name_case": "keep"}, smoke={"build_dataset": False})
-        df = prepare_dataset(params)
+        df = data.run(params)
         rows[name] = df.split.value_counts().to_dict()
         assert set(df.class_name) == {"pink primrose", "hard-leaved pocket orchid"}  # hyphens kept
     assert rows == {"both": {"train": 10, "test": 2}, "train": {"train": 4, "test": 2}}

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sgid_utils.curation import load_curated
-from sgid_utils.errors import StageError
-from sgid_utils.export import dataset_card, export_curated, metadata
-from sgid_utils.similarity import load_best
+from sgid_utils.core import catalog
+from sgid_utils.core.errors import StageError
+from sgid_utils.reporting.export import dataset_card, export_curated, metadata
 
 
 def test_export_round_trips_through_the_imagefolder_loader(pipeline_run, tmp_path):
@@ -18,7 +17,7 @@ def test_export_round_trips_through_the_imagefolder_loader(pipeline_run, tmp_pat
     loaded = datasets.load_dataset("imagefolder", data_dir=str(out), cache_dir=str(tmp_path / "cache"))
     assert list(loaded) == ["train"]
     rows = loaded["train"]
-    curated = load_curated(pipeline_run)
+    curated = catalog.load(pipeline_run, "curated")
     assert len(rows) == len(curated) and rows.num_rows == curated.image_id.nunique()
     table = rows.remove_columns("image").to_pandas().set_index("source_image_id").loc[curated.image_id]
     assert table.label.tolist() == curated.class_name.tolist()
@@ -28,7 +27,7 @@ def test_export_round_trips_through_the_imagefolder_loader(pipeline_run, tmp_pat
     np.testing.assert_allclose(table.guidance_scale, curated.guidance_scale, rtol=1e-6)
     np.testing.assert_allclose(table.s_star, curated.s_star, rtol=1e-6)
     # CSV has no empty string: an empty caption (a tiny random BLIP makes some) loads as null
-    captions = load_best(pipeline_run).set_index("image_id").caption.loc[curated.image_id]
+    captions = catalog.load(pipeline_run, "best_captions").set_index("image_id").caption.loc[curated.image_id]
     assert [c if isinstance(c, str) else None for c in table.caption] == [c or None for c in captions]
     assert table.label_consistent.tolist() == curated.consistent.astype(bool).tolist()
     assert table.kept_by_filters.tolist() == curated.kept.astype(bool).tolist()

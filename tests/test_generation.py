@@ -3,14 +3,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sgid_utils.errors import StageError
-from sgid_utils.generation import MAX_AUTO_BATCH, auto_batch_size, load_manifest, model_input_size
-from sgid_utils.guidance import guidance_scale
-from sgid_utils.prompts import build_prompt
-from sgid_utils.resumable import in_batches
-from sgid_utils.rundir import RunDir
-from sgid_utils.runner import run_stage
-from sgid_utils.seeding import derive_seed
+from sgid_utils.core import catalog
+from sgid_utils.core.errors import StageError
+from sgid_utils.core.resumable import in_batches
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.runner import run_stage
+from sgid_utils.core.seeding import derive_seed
+from sgid_utils.method.generation import MAX_AUTO_BATCH, auto_batch_size, model_input_size
+from sgid_utils.method.guidance import guidance_scale
+from sgid_utils.method.prompts import build_prompt
 
 from .conftest import copy_stages
 
@@ -30,7 +31,7 @@ def test_model_input_size(size, max_side, short, expected):
 
 def test_manifest_images_seeds_and_prompts(pipeline_run):
     p = pipeline_run
-    manifest = load_manifest(p)
+    manifest = catalog.load(p, "manifest_raw")
     run = RunDir.of(p)
     assert not any(v.startswith("/") for v in pd.read_parquet(run.manifest("raw")).path)
     best = pd.read_parquet(run.best_table).merge(pd.read_parquet(run.images_table), on="image_id")
@@ -66,7 +67,7 @@ def test_generation_is_deterministic_and_resumable(make_params, pipeline_run):
     for path in again.path:
         assert open(path, "rb").read() == before[path]
     cols = ["image_id", "k", "seed", "prompt", "guidance_scale"]
-    other = load_manifest(pipeline_run)
+    other = catalog.load(pipeline_run, "manifest_raw")
     pd.testing.assert_frame_equal(again.sort_values(["image_id", "k"])[cols].reset_index(drop=True),
                                   other.sort_values(["image_id", "k"])[cols].reset_index(drop=True))
     for a, b in zip(again.sort_values(["image_id", "k"]).path, other.sort_values(["image_id", "k"]).path):
@@ -78,8 +79,8 @@ def test_batched_stage_matches_the_per_image_pipeline(make_params, pipeline_run)
     """generation.batch_size > 1 (the CUDA default) gives the per-image pipeline's images within a level or two."""
     params = make_params("batched", generation={"batch_size": 4})
     copy_stages(pipeline_run, params, "data", "captions", "similarity")
-    batched = load_manifest(params) if run_stage("generate", params) is not None else None
-    reference = load_manifest(pipeline_run)
+    batched = catalog.load(params, "manifest_raw") if run_stage("generate", params) is not None else None
+    reference = catalog.load(pipeline_run, "manifest_raw")
     assert batched is not None and len(batched) == len(reference)
     cols = ["image_id", "k", "seed", "prompt", "guidance_scale", "input_width", "input_height"]
     pd.testing.assert_frame_equal(batched.sort_values(["image_id", "k"])[cols].reset_index(drop=True),
@@ -130,7 +131,7 @@ def test_in_batches_halves_a_batch_that_runs_out_of_memory_down_to_one():
 def test_the_raw_pass_samples_small_sources_per_class_seeded():
     from types import SimpleNamespace
 
-    from sgid_utils.generation import raw_pass
+    from sgid_utils.method.generation import raw_pass
 
     sizes = [(100, 80)] * 7 + [(600, 520)] * 2  # per class: 7 small sources, 2 at or above the threshold
     sources = pd.DataFrame({"image_id": [f"c{c}_{i}" for c in range(3) for i in range(9)], "label": [c for c in range(3) for _ in range(9)],
@@ -149,7 +150,7 @@ def test_the_raw_pass_samples_small_sources_per_class_seeded():
 
 
 def test_error_analysis_sample_all_and_bad_values_through_the_params_file(make_params):
-    from sgid_utils.params import ParamsError
+    from sgid_utils.config.load import ParamsError
 
     assert make_params("all", curation={"error_analysis_sample": "all"}).curation.error_analysis_sample == "all"
     assert make_params("three", curation={"error_analysis_sample": 3}).curation.error_analysis_sample == 3

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sgid_utils.params import ParamsError, load_params, parse_override
-from sgid_utils.training import METHOD_NAMES, backbones
+from sgid_utils.config.backbones import METHOD_NAMES, backbones
+from sgid_utils.config.load import ParamsError, load_params, parse_override
 
 from .conftest import REPO
 
@@ -149,9 +149,9 @@ def test_backbone_profiles_extend_the_data_sets_and_keep_the_vit_recipe():
 
 
 def test_code_versions_make_older_outputs_stale(make_params, tmp_path):
-    from sgid_utils.errors import StaleOutputsError
-    from sgid_utils.fingerprints import CODE_VERSIONS, fingerprint
-    from sgid_utils.io import check_fingerprint
+    from sgid_utils.core.errors import StaleOutputsError
+    from sgid_utils.core.files import check_fingerprint
+    from sgid_utils.core.fingerprints import CODE_VERSIONS, fingerprint
 
     params = make_params()
     for stage in ("captions", "similarity", "generate", "upscale", "curate", "train"):

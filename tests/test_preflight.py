@@ -7,12 +7,14 @@ import time
 
 import pytest
 
-from sgid_utils.checks import check_versions
 from sgid_utils.cli import main
-from sgid_utils.io import read_table
-from sgid_utils.params import load_params
-from sgid_utils.preflight import _train_rows, canary_params, preflight
-from sgid_utils.projection import (
+from sgid_utils.config.backbones import configs
+from sgid_utils.config.load import load_params
+from sgid_utils.core.files import read_table
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.preflight.checks import check_versions
+from sgid_utils.preflight.command import _train_rows, canary_params, preflight
+from sgid_utils.preflight.projection import (
     Counts,
     checkpoint_bytes,
     disk_need_bytes,
@@ -22,8 +24,6 @@ from sgid_utils.projection import (
     project_seconds,
     train_seconds_by_backbone,
 )
-from sgid_utils.rundir import RunDir
-from sgid_utils.training import configs
 
 from .conftest import REPO, resnet_scratch_entry
 
@@ -159,7 +159,7 @@ def test_cli_no_canary_passes_and_starts_nothing(make_params, capsys):
 def test_a_colab_run_dir_outside_drive_is_flagged():
     from pathlib import Path
 
-    from sgid_utils.checks import check_persistent
+    from sgid_utils.preflight.checks import check_persistent
 
     assert not check_persistent(Path("/content/runs/pets")).ok
     assert "drive.mount" in check_persistent(Path("/content/runs/pets")).fix

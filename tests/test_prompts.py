@@ -2,9 +2,9 @@ import pytest
 import torch
 from compel import PromptParser
 
-from sgid_utils.guidance import guidance_curve, guidance_scale
-from sgid_utils.prompts import build_prompt, escape_for_compel, plain_prompt
-from sgid_utils.schema import GenerationParams, GuidanceParams
+from sgid_utils.config.schema import GenerationParams, GuidanceParams
+from sgid_utils.method.guidance import guidance_curve, guidance_scale
+from sgid_utils.method.prompts import build_prompt, escape_for_compel, plain_prompt
 
 
 def fragments(prompt: str) -> list[tuple[str, float]]:
@@ -50,8 +50,8 @@ def test_caption_syntax_cannot_change_the_weights(caption, literal):
 
 
 def test_weights_reach_the_embeddings(assets):
-    from sgid_utils.generation import PromptEncoder
-    from sgid_utils.models import load_img2img
+    from sgid_utils.method.generation import PromptEncoder
+    from sgid_utils.models.loading import load_img2img
 
     models, _ = assets
     encode = PromptEncoder(load_img2img(str(models / "sd")))

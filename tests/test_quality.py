@@ -6,8 +6,9 @@ import pytest
 import torch
 from scipy import linalg
 
-from sgid_utils.data import load_image
-from sgid_utils.filters import (
+from sgid_utils.core.images import load_image
+from sgid_utils.method.embeddings import image_embeddings, text_embeddings
+from sgid_utils.method.filters import (
     apply_filters,
     class_prompts,
     detector_filter,
@@ -17,10 +18,14 @@ from sgid_utils.filters import (
     suggest_threshold,
     zero_shot_scores,
 )
-from sgid_utils.models import load_clip
-from sgid_utils.selection import select
-from sgid_utils.set_metrics import consistency_metrics, fid_kid, source_distance, within_class_spread
-from sgid_utils.similarity import image_embeddings, text_embeddings
+from sgid_utils.method.selection import select
+from sgid_utils.models.loading import load_clip
+from sgid_utils.reporting.set_metrics import (
+    consistency_metrics,
+    fid_kid,
+    source_distance,
+    within_class_spread,
+)
 
 
 def test_similarity_filter_and_threshold():
@@ -230,7 +235,7 @@ def test_consistency_diversity_numbers_the_variants_so_no_names_overlap():
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from sgid_utils.plots import consistency_diversity
+    from sgid_utils.reporting.plots import consistency_diversity
 
     metrics = pd.DataFrame({"set": ["real (sources)", "curated (selected)"], "kind": ["run", "run"],
                             "label score": [0.30, 0.28], "distance to source": [float("nan"), 0.10]})

@@ -12,17 +12,19 @@ import nbformat
 import pandas as pd
 import pytest
 
-from sgid_utils.io import read_json, write_table
-from sgid_utils.params import load_params
-from sgid_utils.provenance import load_provenance, record_stage
-from sgid_utils.quality_report import CONSISTENCY_DIVERSITY, load_set_metrics
-from sgid_utils.report import build_report, project_root
-from sgid_utils.results import DELTA, OURS, SIGNIFICANT, SIGNIFICANT_HOLM, load_accuracy_table
-from sgid_utils.sources import changed_settings, source_of
-from sgid_utils.rundir import RunDir
-from sgid_utils.stages import NAMES
+from sgid_utils.config.load import load_params
+from sgid_utils.config.settings import changed_settings
+from sgid_utils.config.sources import source_of
+from sgid_utils.core import catalog
+from sgid_utils.core.files import read_json, write_table
+from sgid_utils.core.provenance import load_provenance, record_stage
+from sgid_utils.core.registry import NAMES
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.reporting.page import build_report, project_root
+from sgid_utils.reporting.set_metrics import CONSISTENCY_DIVERSITY
+from sgid_utils.reporting.tables import DELTA, OURS, SIGNIFICANT, SIGNIFICANT_HOLM
 
-from .conftest import REPO, write_params
+from .conftest import write_params
 
 
 class Page(HTMLParser):
@@ -108,7 +110,7 @@ def _shown(value) -> str:
 
 
 def test_the_page_numbers_are_the_run_tables(report_params, page):
-    accuracy = load_accuracy_table(report_params)
+    accuracy = catalog.load(report_params, "accuracy")
     header, sub, *rows = page.tables["wide"]
     labels = list(dict.fromkeys(accuracy.Backbone))
     assert header[0] == "Method" and header[1:1 + len(labels)] == labels  # one column group per backbone
@@ -123,7 +125,7 @@ def test_the_page_numbers_are_the_run_tables(report_params, page):
             plain = mine[SIGNIFICANT]
             assert verdicts == ("–" if plain == "–" else "undetermined" if plain.startswith("undetermined")
                                 else f"{plain} / {mine[SIGNIFICANT_HOLM]}")
-    metrics = load_set_metrics(report_params)
+    metrics = catalog.load(report_params, "set_metrics", missing=None)
     shown = page.frame("set-metrics")
     assert shown.columns.tolist() == metrics.columns.tolist()
     for column in metrics.columns:

@@ -1,25 +1,23 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from statsmodels.stats.multitest import multipletests
 
-from sgid_utils.params import load_params
-from sgid_utils.results import (
+from sgid_utils.config.load import load_params
+from sgid_utils.core import catalog
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.reporting.tables import (
     DELTA,
     OURS,
     PAPER_DATA_SET_GAIN,
     SIGNIFICANT,
     SIGNIFICANT_HOLM,
-    backbone_gains,
     format_delta,
     format_mean_std,
     gains_caption,
-    load_significance,
     summary_table,
-    write_summary,
 )
-from sgid_utils.rundir import RunDir
+from sgid_utils.stages.results import backbone_gains, write_summary
 
 from .conftest import REPO
 
@@ -65,7 +63,7 @@ def test_run_results_writes_tables_and_figures(pipeline_run):
     assert {DELTA, SIGNIFICANT, SIGNIFICANT_HOLM, "p (paired t)", "p (Holm)"} <= set(table.columns)
     assert table.set_index("Method").loc["Baseline", SIGNIFICANT] == "–"
     # Significance is computed once and written; the table's Δ column is read from that file.
-    sig = load_significance(pipeline_run).set_index("setting")
+    sig = catalog.load(pipeline_run, "significance").set_index("setting")
     assert set(sig.index) == set(table.Method) - {"Baseline"}
     assert pd.read_csv(run.table("significance.csv")).setting.tolist() == sig.index.tolist()
     assert {"p_value", "p_holm", "significant", "significant_holm", "reason"} <= set(sig.columns)
@@ -76,7 +74,7 @@ def test_run_results_writes_tables_and_figures(pipeline_run):
     if len(determined):  # Holm over every row of the table, undetermined rows counted as p = 1
         expected = multipletests(sig.p_value.fillna(1.0), method="holm")[1]
         assert sig.p_holm.dropna().tolist() == pytest.approx(expected[sig.p_value.notna().to_numpy()].tolist())
-    results = pd.read_parquet(run.results_table)
+    results = pd.read_parquet(run.training_table)
     assert table.set_index("Method")["mean"].to_dict() == pytest.approx(
         results.groupby("setting").test_acc.mean().round(4).to_dict())
 

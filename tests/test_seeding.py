@@ -3,7 +3,7 @@ import sys
 
 import torch
 
-from sgid_utils.seeding import derive_seed, draw_seed, generator
+from sgid_utils.core.seeding import derive_seed, draw_seed, generator
 
 
 def test_seed_depends_on_every_part_and_nothing_else():
@@ -15,7 +15,7 @@ def test_seed_depends_on_every_part_and_nothing_else():
 
 
 def test_seed_is_stable_across_processes():
-    code = "from sgid_utils.seeding import derive_seed; print(derive_seed(7, 'img', 2))"
+    code = "from sgid_utils.core.seeding import derive_seed; print(derive_seed(7, 'img', 2))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert int(out) == derive_seed(7, "img", 2)
 
@@ -35,8 +35,8 @@ def test_draw_zero_is_the_run_seed_and_every_other_draw_a_new_seed(make_params):
 
 
 def test_the_draw_reaches_captions_generation_and_curation_not_the_data_or_the_baselines(make_params):
-    from sgid_utils.fingerprints import baseline_fingerprint, fingerprint
-    from sgid_utils.stages import get
+    from sgid_utils.core.fingerprints import baseline_fingerprint, fingerprint
+    from sgid_utils.core.registry import get
 
     zero, one = make_params("f0"), make_params("f1", run={"draw": 1})
     assert fingerprint(zero, "data") == fingerprint(one, "data")

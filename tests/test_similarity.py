@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sgid_utils.data import load_image
-from sgid_utils.models import load_clip
-from sgid_utils.rundir import RunDir
-from sgid_utils.similarity import pick_best
+from sgid_utils.core.images import load_image
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.models.loading import load_clip
+from sgid_utils.stages.similarity import pick_best
 
 
 def test_pick_best_takes_the_highest_score_per_image():

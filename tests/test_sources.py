@@ -7,10 +7,16 @@ import re
 import pytest
 from pydantic import BaseModel, create_model
 
-from sgid_utils import schema
-from sgid_utils.params import load_params
-from sgid_utils.schema import Params
-from sgid_utils.sources import COLUMNS, SOURCES, Source, changed_settings, schema_keys, settings_table, source_of
+from sgid_utils.config import schema
+from sgid_utils.config.load import load_params
+from sgid_utils.config.schema import Params
+from sgid_utils.config.settings import changed_settings, schema_keys, settings_table
+from sgid_utils.config.sources import (
+    COLUMNS,
+    SOURCES,
+    Source,
+    source_of,
+)
 
 from .conftest import REPO
 

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from sgid_utils.errors import StageError, StaleOutputsError
-from sgid_utils.fingerprints import fingerprint
-from sgid_utils.generation import load_manifest
-from sgid_utils.resumable import gpu_memory_hint
-from sgid_utils.rundir import RunDir
-from sgid_utils.runner import run_stage
-from sgid_utils.stages import NAMES, STAGES, notebooks, upstream_closure
+from sgid_utils.core import catalog
+from sgid_utils.core.errors import StageError, StaleOutputsError
+from sgid_utils.core.fingerprints import fingerprint
+from sgid_utils.core.registry import NAMES, STAGES, notebooks, upstream_closure
+from sgid_utils.core.resumable import gpu_memory_hint
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.runner import run_stage
 
 from .conftest import copy_stages
 
@@ -82,17 +82,19 @@ def test_two_shards_give_what_one_process_gives(make_params, pipeline_run, monke
     run_stage("generate", params)
     ref = pd.read_parquet(RunDir.of(pipeline_run).captions_table)
     pd.testing.assert_frame_equal(captions.reset_index(drop=True), ref)
-    one, two = load_manifest(pipeline_run), load_manifest(params)
+    one, two = catalog.load(pipeline_run, "manifest_raw"), catalog.load(params, "manifest_raw")
     for a, b in zip(one.sort_values("path").path, two.sort_values("path").path):
         assert open(a, "rb").read() == open(b, "rb").read()
 
 
-def test_sharded_curation_is_finished_by_the_last_shard(make_params, pipeline_run, monkeypatch):
+def test_sharded_upscale_is_finished_by_the_last_shard_then_curated(make_params, pipeline_run, monkeypatch):
     params = make_params("curate-shards")
     copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate")
     monkeypatch.setenv("SGID_SHARD", "0/2")
-    assert run_stage("curate", params) is None
+    assert run_stage("upscale", params) is None  # the other shard's sources are not regenerated yet
+    assert run_stage("curate", params) is None  # so curation waits for the last shard
     monkeypatch.setenv("SGID_SHARD", "1/2")
+    assert run_stage("upscale", params) is not None
     curated = run_stage("curate", params)
     ref = pd.read_parquet(RunDir.of(pipeline_run).curated_table())
     got = pd.read_parquet(RunDir.of(params).curated_table())

@@ -3,11 +3,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
 from scipy.stats import t as t_dist
 from statsmodels.stats.multitest import multipletests
 
-from sgid_utils.stats import (
+from sgid_utils.reporting.stats import (
     add_holm,
     compare_to_baseline,
     holm,

@@ -6,21 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sgid_utils.augmentations import cutmix_batch, mixed_loss, randaugment
-from sgid_utils.rundir import RunDir
-from sgid_utils.schema import TrainingParams
-from sgid_utils.schema import BackboneParams
-from sgid_utils.training import (
-    TrainConfig,
-    backbones,
-    configs,
-    lr_factor,
-    sgid_subset,
-    step_plan,
-    train_config,
-    train_step,
-    training_sets,
-)
+from sgid_utils.config.backbones import TrainConfig, backbones, configs
+from sgid_utils.config.schema import BackboneParams, TrainingParams
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.method.augmentations import cutmix_batch, mixed_loss, randaugment
+from sgid_utils.method.training import lr_factor, step_plan, train_step
+from sgid_utils.stages.train import sgid_subset, train_config, training_sets
 
 from .conftest import copy_stages, resnet_scratch_entry
 
@@ -94,7 +85,7 @@ def test_configs_cover_methods_proportions_and_seeds(make_params):
 def test_training_results_metrics_and_predictions(pipeline_run):
     p = pipeline_run
     run = RunDir.of(p)
-    results = pd.read_parquet(run.results_table)
+    results = pd.read_parquet(run.training_table)
     curated = pd.read_parquet(run.curated_table())
     filtered = pd.read_parquet(run.curated_table(filtered=True))
     assert len(results) == 12
@@ -117,7 +108,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params
                                                                        backbone):
     """The report's ViT (Adam, constant lr), a ResNet from scratch (SGD, warm-up + cosine: the schedule resumes too),
     and SGID (50 %) under equal steps, killed in its partial last epoch."""
-    import sgid_utils.training as tr
+    import sgid_utils.stages.train as tr
 
     if backbone == "equal-steps":
         cfg = TrainConfig("sgid", seed=0, proportion=0.5)
@@ -192,7 +183,7 @@ def test_evaluation_autocasts_only_when_training_does():
     """training.amp: false must hold at evaluation too (it used to autocast on CUDA regardless)."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from sgid_utils.training import evaluate
+    from sgid_utils.method.training import evaluate
 
     class Recorder(torch.nn.Linear):
         def forward(self, x):

@@ -1,0 +1,173 @@
+"""Loading a params file: ``extends:``, environment redirects, ``--set`` overrides, validation, paths.
+
+One YAML file per data set (``params/*.yaml``), validated against ``sgid_utils.config.schema``.
+Relative paths in a params file are resolved against the folder that holds the file,
+so a params file means the same thing whether papermill, nbval or a cluster job reads it.
+An ablation variant's params are the base file loaded again with the variant's overrides
+(``variant_params``), so the preflight check and ``run ablations`` derive them the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from sgid_utils.config.schema import Params
+from sgid_utils.core.errors import ParamsError
+from sgid_utils.core.rundir import RunDir
+
+__all__ = ["Params", "ParamsError", "load_params", "parse_override", "variant_params"]
+
+_PATH_KEYS = ("run.dir", "run.reports_dir", "run.reuse", "dataset.path", "dataset.test_path")
+_ENV_OVERRIDES = {"SGID_RUN_DIR": "run.dir", "SGID_REPORTS_DIR": "run.reports_dir"}
+
+
+def _suggest(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return [k for k in model.model_fields if k != "source_file"]
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    lines = [f"Invalid params in {where}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(Params, e["loc"])
+            lines.append(
+                f"  - unknown key '{key}'.{_suggest(str(e['loc'][-1]), allowed)} Allowed here: {', '.join(allowed)}"
+            )
+        elif e["type"] == "missing":
+            lines.append(f"  - missing required key '{key}'")
+        else:
+            got = e.get("input")
+            lines.append(f"  - '{key}': {e['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ParamsError(f"Invalid override in {where}: '{dotted}' descends into '{part}', which is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _with_base(data: dict[str, Any], file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """``extends: other.yaml`` (a file in the same folder): this file's sections merge over that one's."""
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent_file = (file.resolve().parent / str(parent)).resolve()
+    if parent_file.parent != file.resolve().parent or not parent_file.is_file() or parent_file in seen:
+        raise ParamsError(f"Invalid params in {file}: 'extends' must name another params file in the same folder; got {parent!r}")
+    try:
+        base = yaml.safe_load(parent_file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"Params file {parent_file} (extended by {file}) is not valid YAML: {exc}") from None
+    return _merge(_with_base(base, parent_file, seen + (parent_file,)), data)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key.path=value`` (value in YAML syntax: 3, 0.5, true, [0, 1], text)."""
+    if "=" not in text:
+        raise ParamsError(f"Invalid override '{text}': expected key.path=value, e.g. generation.strength=0.3")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_params(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Params:
+    """Read, override and validate a params file; relative paths resolve against its folder.
+
+    The environment variables SGID_RUN_DIR and SGID_REPORTS_DIR, when set, replace
+    run.dir and run.reports_dir (tests and Colab use them to redirect a whole run).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ParamsError(f"Params file not found: {file} (cwd {Path.cwd()}). The shipped ones are in params/.")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"Params file {file} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"Params file {file} must hold a mapping of sections (run:, dataset:, ...)")
+    data = _with_base(data, file)
+    base = file.resolve().parent
+    for env, key in _ENV_OVERRIDES.items():  # the environment first: explicit overrides win over it
+        if os.environ.get(env):
+            _set_dotted(data, key, str(Path(os.environ[env]).resolve()), f"environment variable {env}")
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value, f"{file} (override {key}={value!r})")
+    try:
+        params = Params.model_validate(data)
+    except ValidationError as exc:
+        raise ParamsError(_format_errors(exc, str(file))) from None
+    for dotted in _PATH_KEYS:
+        section, key = dotted.split(".")
+        value = getattr(getattr(params, section), key)
+        if value is not None and not Path(value).is_absolute():
+            setattr(getattr(params, section), key, (base / value).resolve())
+    params.models = params.models.model_copy(
+        update={k: _resolve_model_ref(v, base) for k, v in params.models.model_dump().items()}
+    )
+    for backbone in params.training.backbones:
+        backbone.model = _resolve_model_ref(backbone.model, base)
+    params.source_file = file.resolve()
+    ds = params.dataset
+    if ds.source == "imagefolder" and not params.smoke.build_dataset:
+        for key, folder in (("dataset.path", ds.path), ("dataset.test_path", ds.test_path)):
+            if folder is not None and not Path(folder).is_dir():
+                raise ParamsError(f"Invalid params in {file}: '{key}' names a folder that does not exist: {folder}")
+    return params
+
+
+def variant_params(params: Params, name: str, overrides: dict) -> Params:
+    """The params of one variant: the base file with its overrides, in its own run directory, trained as Baseline
+    and SGID (100 %) on the first backbone only (a variant changes generation, not the classifier)."""
+    run = RunDir.of(params)
+    first = [b.name for b in params.training.backbones[:1]]
+    sets = {**overrides, "run.dir": str(run.variant_root(name)), "run.name": f"{params.run.name}-{name}",
+            "run.reports_dir": str(run.variant_reports(name)),
+            "training.methods": ["baseline", "sgid"], "training.sgid_proportions": [1.0],
+            "training.backbones": [b.model_dump(mode="json") for b in params.training.backbones[:1]],
+            "smoke.tiny_backbones": {k: v for k, v in params.smoke.tiny_backbones.items() if k in first},
+            "results.references": [r.model_dump(mode="json") for r in params.results.references
+                                   if r.backbone is None or r.backbone in first],
+            "results.headline": None}  # the per-backbone gains belong to the base run
+    return load_params(params.source_file, sets)
+
+
+def _resolve_model_ref(ref: str, base: Path) -> str:
+    """A model reference that looks like a relative path ('./x', '../x') becomes absolute; hub ids stay."""
+    prefix = "local-dir:" if ref.startswith("local-dir:") else ""
+    body = ref[len(prefix):]
+    if body.startswith(("./", "../")):
+        return prefix + str((base / body).resolve())
+    return ref

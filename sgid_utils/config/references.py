@@ -1,0 +1,37 @@
+"""The params ``results`` section: the published numbers a run is set beside (reference tables, headline gains).
+
+They are the paper's and the reproduction report's accuracies, not settings of the method: the results stage and the
+report page print them next to this run's, and nothing computed depends on them.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    """Every params section: an unknown key or a wrong type is an error, also when set after loading."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+
+class ReferenceTable(Section):
+    label: str
+    source: str
+    values: dict[str, float]
+    backbone: str | None = Field(None, description="The training.backbones name these values belong to; None: the first backbone.")
+
+
+class HeadlineGains(Section):
+    """Published gains of SGID over the best non-generative augmentation, in accuracy points, per backbone name."""
+
+    label: str
+    source: str
+    gains: dict[str, float]
+
+
+class ResultsParams(Section):
+    references: list[ReferenceTable] = Field(default_factory=list)
+    headline: HeadlineGains | None = Field(None, description="Shown beside the per-backbone gain table (results stage).")
+    grid_examples: int = Field(6, ge=1)

@@ -1,0 +1,102 @@
+"""Which params (and which version of the code) a stage's outputs depend on.
+
+A stage folder records its fingerprint in ``_params.json`` and refuses, with a clear
+message, to mix in outputs of other params (``core.files.check_fingerprint``). A stage's
+fingerprint holds its own keys and those of every upstream stage (the chain comes
+from the registry), so recomputing captions with new settings invalidates the
+similarity scores made from the old ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sgid_utils.config.schema import INHERITED, BackboneParams, Params
+from sgid_utils.core.registry import get, upstream_closure
+
+# Keys that change only speed (batch sizes, compilation) or only how much is done (which methods, seeds and
+# proportions to train): changing them reuses finished work. Listed backbones are recorded one by one
+# (``backbone_fingerprint``), so adding one or changing one's recipe leaves the others' finished runs valid.
+NOT_IN_FINGERPRINT = {
+    "captioning.batch_size", "similarity.batch_size", "curation.batch_size", "generation.batch_size",
+    "generation.compile", "training.eval_batch_size", "training.methods", "training.seeds",
+    "training.sgid_proportions", "training.filtered_proportions", "training.combined_proportions",
+    "training.backbones",
+}
+# Bumped when a section's code gives other outputs for the same params, so that a run dir keeps one version's files.
+# captioning 2: nucleus sampling batched, each image's tokens drawn from its own seed (SeededNucleusSampler).
+# dataset 2: hyphens kept in class names; loose files and classes without test images listed.
+# curation.upscale_to 2: upscaled sizes rounded to the nearest multiple of 8, the target winning over max_side.
+# training 2: evaluation autocasts only when training does (training.amp).
+CODE_VERSIONS = {"captioning": 2, "dataset": 2, "curation.upscale_to": 2, "training": 2}
+# Per backbone, what names it but cannot change its results.
+COSMETIC_BACKBONE_KEYS = ("label", "source")
+
+
+def unused_keys(params: Params) -> set[str]:
+    """Keys that cannot change these params' outputs: the ControlNet's under the img2img generator (and the generator
+    itself at img2img, the value every run had before it existed, so that finished runs stay valid); and, when
+    ``training.backbones`` lists the classifiers, ``models.classifier`` and the ``training.*`` fields a backbone
+    inherits (in each backbone's own record, resolved: retuning one backbone leaves the others' runs valid).
+
+    Likewise ``run.draw`` at 0 and ``training.equal_steps`` at false, the behaviour of every run before they existed:
+    recorded only when set, so finished runs stay valid."""
+    keys = set() if params.generation.generator == "controlnet" else {"models.controlnet", "generation.controlnet",
+                                                                      "generation.generator"}
+    listed = {"models.classifier", *(f"training.{k}" for k in INHERITED)} if params.training.backbones else set()
+    defaults = ({"run.draw"} if params.run.draw == 0 else set()) | (
+        set() if params.training.equal_steps else {"training.equal_steps"})
+    return keys | listed | defaults
+
+
+def backbone_fingerprint(bb: BackboneParams) -> dict[str, Any]:
+    """What a listed backbone's runs depend on beyond the train stage's fingerprint: its resolved recipe (without
+    the label and source, which name it but cannot change a result). Recorded beside its runs."""
+    return {k: v for k, v in bb.model_dump(mode="json").items() if k not in COSMETIC_BACKBONE_KEYS}
+
+
+def stage_keys(stage: str, upstream: tuple[str, ...] | None = None) -> list[str]:
+    """The params keys of ``stage`` and of its upstream chain (or of the chain through ``upstream``).
+
+    A key inside a section that is itself a key (``curation.upscale_to`` beside ``curation``) is dropped.
+    """
+    chain = upstream_closure(stage) if upstream is None else [n for u in upstream for n in upstream_closure(u)] + [stage]
+    keys = list(dict.fromkeys(k for name in chain for k in get(name).keys))
+    return [k for k in keys if not any(k.startswith(f"{other}.") for other in keys)]
+
+
+def baseline_view(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A train-stage fingerprint as a Baseline run sees it: without ``training.equal_steps``, since a Baseline trains
+    for its own number of steps either way."""
+    training = recorded.get("training")
+    return {**recorded, "training": {k: v for k, v in training.items() if k != "equal_steps"}} if isinstance(
+        training, dict) else recorded
+
+
+def baseline_fingerprint(params: Params) -> dict[str, Any]:
+    """What a Baseline run depends on: the train stage's keys over the data stage alone (it uses no generated image),
+    seen through ``baseline_view``."""
+    return baseline_view(fingerprint(params, "train", upstream=("data",)))
+
+
+def fingerprint(params: Params, stage: str, upstream: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The params that determine ``stage``'s output, upstream stages' included (recorded beside it).
+
+    ``upstream`` replaces the stage's own upstream chain: the Baseline training runs use no generated
+    image, so their fingerprint is ``fingerprint(params, "train", upstream=("data",))``.
+    """
+    data = params.model_dump(mode="json", exclude={"source_file"})
+    out: dict[str, Any] = {}
+    left_out = NOT_IN_FINGERPRINT | unused_keys(params)
+    for dotted in stage_keys(stage, upstream):
+        if dotted in left_out:
+            continue
+        node: Any = data
+        for part in dotted.split("."):
+            node = node[part]
+        if isinstance(node, dict):
+            node = {k: v for k, v in node.items() if f"{dotted}.{k}" not in left_out}
+        out[dotted] = node
+        if dotted in CODE_VERSIONS:
+            out[f"{dotted}.code_version"] = CODE_VERSIONS[dotted]
+    return out

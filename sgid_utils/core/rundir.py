@@ -1,0 +1,232 @@
+"""The run-directory map: the one place that knows where every file of a run lives.
+
+Stages, notebooks, ablations and tests ask a ``RunDir`` for a path and never join
+paths under ``run.dir`` or ``run.reports_dir`` themselves, so moving a file means
+changing one property here. Layout (``<run>`` is ``run.dir``, ``<reports>`` is
+``run.reports_dir``)::
+
+    <run>/params.yaml                        the validated params of the last stage started
+    <run>/provenance/<stage>.json            when, on what machine and with which versions each stage last started
+    <run>/data/                              images.parquet, skipped.csv, files/ (hub images)
+    <run>/captions/                          items/<image>.json, captions.parquet
+    <run>/similarity/                        items/, scores.parquet, best.parquet
+    <run>/generation/{raw,upscaled}/         items/, images/<image>_k<k>.png, manifest.parquet,
+                                             edges/<image>.png (generation.generator: controlnet)
+    <run>/curation/                          scores_<variant>/, embeddings_<variant>/, candidates.parquet,
+                                             curated[_filtered].parquet, quality.json
+    <run>/training/                          <config>/{checkpoint.pt,metrics.csv,predictions.parquet,result.json},
+                                             results.parquet, _backbone-<name>.json (each listed backbone's recipe)
+    <run>/results/                           significance.parquet
+    <reports>/index.html                     the run's report page (``sgid_utils.reporting.page``)
+    <reports>/tables/  <reports>/figures/  <reports>/notebooks/{NN_name.ipynb,NN_name.html}
+    <reports>/ablations/<variant>/
+    <reports>/preflight.md  <reports>/preflight/{run,reports}/   the preflight report and its canary's scratch run
+
+Every stage folder with outputs holds ``_params.json``, the fingerprint of the params
+that made it (``sgid_utils.core.fingerprints``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sgid_utils.config.schema import Params
+from sgid_utils.core.registry import get
+
+Variant = Literal["raw", "upscaled"]
+VARIANTS: tuple[Variant, ...] = ("raw", "upscaled")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+    reports: Path
+
+    @classmethod
+    def of(cls, params: Params) -> RunDir:
+        return cls(Path(params.run.dir), Path(params.run.reports_dir))
+
+    # --- the run as a whole ---------------------------------------------------------------------------------------
+    @property
+    def params_copy(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def assets_lock(self) -> Path:
+        """Held while the smoke profile's tiny models and image folder are built (one process builds, others wait)."""
+        return self.root / ".smoke-assets.lock"
+
+    def provenance(self, stage: str) -> Path:
+        """The record the runner writes as a stage starts (``sgid_utils.core.provenance``)."""
+        return self.root / "provenance" / f"{stage}.json"
+
+    def stage(self, name: str) -> Path:
+        """The folder a registered stage writes (its ``folder`` in the registry; KeyError for a stage without one)."""
+        folder = get(name).folder
+        if folder is None:
+            raise KeyError(f"stage '{name}' keeps no folder in the run directory; it writes report tables only")
+        return self.root / folder
+
+    def relative(self, path: Path | str) -> str:
+        """A path inside the run directory as stored in records and tables: relative, so the run dir can move."""
+        return str(Path(path).relative_to(self.root))
+
+    def absolute(self, stored: str) -> Path:
+        """A stored (relative) path back inside this run directory."""
+        return self.root / stored
+
+    def fingerprint(self, stage: str) -> Path:
+        return self.stage(stage) / "_params.json"
+
+    def items(self, stage: str) -> Path:
+        """One JSON record per finished item of a per-item stage."""
+        return self.stage(stage) / "items"
+
+    def variant_root(self, name: str) -> Path:
+        """An ablation variant's own run directory, beside this one."""
+        return Path(f"{self.root}-{name}")
+
+    # --- data -----------------------------------------------------------------------------------------------------
+    @property
+    def images_table(self) -> Path:
+        return self.stage("data") / "images.parquet"
+
+    @property
+    def skipped_table(self) -> Path:
+        return self.stage("data") / "skipped.csv"
+
+    def data_file(self, image_id: str, extension: str) -> Path:
+        """Where an image that came as bytes (a hub data set) is written."""
+        return self.stage("data") / "files" / f"{image_id}.{extension}"
+
+    # --- captions and similarity ----------------------------------------------------------------------------------
+    @property
+    def captions_table(self) -> Path:
+        return self.stage("captions") / "captions.parquet"
+
+    @property
+    def scores_table(self) -> Path:
+        return self.stage("similarity") / "scores.parquet"
+
+    @property
+    def best_table(self) -> Path:
+        return self.stage("similarity") / "best.parquet"
+
+    # --- generation -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def generation_stage(variant: Variant) -> str:
+        return "generate" if variant == "raw" else "upscale"
+
+    def generated_image(self, variant: Variant, image_id: str, k: int) -> Path:
+        return self.stage(self.generation_stage(variant)) / "images" / f"{image_id}_k{k}.png"
+
+    def edge_map(self, variant: Variant, image_id: str) -> Path:
+        """The Canny edge map a ControlNet candidate was conditioned on, at the model-input size."""
+        return self.stage(self.generation_stage(variant)) / "edges" / f"{image_id}.png"
+
+    def manifest(self, variant: Variant) -> Path:
+        return self.stage(self.generation_stage(variant)) / "manifest.parquet"
+
+    # --- curation -------------------------------------------------------------------------------------------------
+    def candidate_scores(self, variant: Variant) -> Path:
+        """Per-source records of the CLIP similarity of each candidate to its source."""
+        return self.stage("curate") / f"scores_{variant}"
+
+    def embeddings(self, variant: Variant, image_id: str) -> Path:
+        return self.stage("curate") / f"embeddings_{variant}" / f"{image_id}.npz"
+
+    @property
+    def candidates_table(self) -> Path:
+        return self.stage("curate") / "candidates.parquet"
+
+    def curated_table(self, filtered: bool = False) -> Path:
+        return self.stage("curate") / ("curated_filtered.parquet" if filtered else "curated.parquet")
+
+    @property
+    def quality_summary(self) -> Path:
+        return self.stage("curate") / "quality.json"
+
+    # --- training -------------------------------------------------------------------------------------------------
+    def config_dir(self, config: str) -> Path:
+        """One training configuration's folder, e.g. ``training/sgid100_seed0``."""
+        return self.stage("train") / config
+
+    def backbone_fingerprint(self, backbone: str) -> Path:
+        """A listed backbone's recipe, recorded beside its runs (``fingerprints.backbone_fingerprint``)."""
+        return self.stage("train") / f"_backbone-{backbone}.json"
+
+    def result(self, config: str) -> Path:
+        return self.config_dir(config) / "result.json"
+
+    def checkpoint(self, config: str) -> Path:
+        return self.config_dir(config) / "checkpoint.pt"
+
+    def history(self, config: str) -> Path:
+        return self.config_dir(config) / "metrics.csv"
+
+    def predictions(self, config: str) -> Path:
+        return self.config_dir(config) / "predictions.parquet"
+
+    @property
+    def training_table(self) -> Path:
+        """One row per training configuration (the train stage's table; the results stage reads it)."""
+        return self.stage("train") / "results.parquet"
+
+    # --- results --------------------------------------------------------------------------------------------------
+    @property
+    def significance_table(self) -> Path:
+        """Every setting against its Baseline, computed once by the results stage."""
+        return self.stage("results") / "significance.parquet"
+
+    # --- reports --------------------------------------------------------------------------------------------------
+    @property
+    def tables(self) -> Path:
+        return self.reports / "tables"
+
+    def table(self, name: str) -> Path:
+        """A report table, e.g. ``table("accuracy.md")``."""
+        return self.tables / name
+
+    @property
+    def figures(self) -> Path:
+        return self.reports / "figures"
+
+    def figure(self, name: str) -> Path:
+        return self.figures / f"{name}.png"
+
+    @property
+    def notebooks(self) -> Path:
+        """Executed copies of the numbered notebooks."""
+        return self.reports / "notebooks"
+
+    def executed_notebook(self, name: str) -> Path:
+        return self.notebooks / f"{name}.ipynb"
+
+    def notebook_html(self, name: str) -> Path:
+        """An executed notebook rendered as HTML beside it, for the report page to link."""
+        return self.notebooks / f"{name}.html"
+
+    @property
+    def report_page(self) -> Path:
+        """The run's one HTML page (tables, figures, links to the rendered notebooks)."""
+        return self.reports / "index.html"
+
+    def variant_reports(self, name: str) -> Path:
+        return self.reports / "ablations" / name
+
+    # --- preflight ------------------------------------------------------------------------------------------------
+    @property
+    def preflight_report(self) -> Path:
+        return self.reports / "preflight.md"
+
+    @property
+    def canary(self) -> RunDir:
+        """The preflight canary's scratch run: under the reports, never inside the user's run directory."""
+        return RunDir(self.reports / "preflight" / "run", self.reports / "preflight" / "reports")
+
+    def files(self, stage: str) -> list[Path]:
+        """Every file a stage folder holds (empty when it has none yet)."""
+        folder = self.stage(stage)
+        return [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []

@@ -1,0 +1,55 @@
+"""SGID's weighted prompt (the guidance mapping is in ``sgid_utils.method.guidance``).
+
+Prompt: ``"<c*>. A picture of <label>"`` with the caption weighted 0.9 and the
+label 1.5, written in compel's syntax ``(text)weight``. Captions come from BLIP,
+so characters that mean something to compel are neutralised first: a stray ``)``
+would otherwise end the weighted group early and silently drop the 0.9 weight.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from sgid_utils.config.schema import GenerationParams
+
+_SIGN = re.compile(r"(?<![A-Za-z0-9])[+-]+|[+-]+(?![A-Za-z0-9])")
+
+
+def escape_for_compel(text: str) -> str:
+    """Make free text literal for compel: escape parentheses, drop +/- weight suffixes and backslashes.
+
+    'well-known' keeps its hyphen (compel reads a hyphen between letters as text);
+    'dog+' or ' - ' would be a weight change, so those signs become spaces.
+    """
+    text = text.replace("\\", " ")
+    text = _SIGN.sub(" ", text)
+    text = text.replace("(", r"\(").replace(")", r"\)")
+    return " ".join(text.split())
+
+
+def build_prompt(caption: str, label: str, gen: GenerationParams) -> str:
+    """The compel prompt for one image, e.g. '(a dog on grass)0.9. A picture of (Great Pyrenees)1.5'.
+
+    The ablations ``label_only`` ('A picture of <label>', the Real-Guidance-style baseline) and
+    ``caption_only`` ('<c*>') are unweighted.
+    """
+    if gen.prompt == "label_only":
+        return escape_for_compel(gen.prompt_template.format(caption="", label=label).lstrip(". "))
+    if gen.prompt == "caption_only":
+        return escape_for_compel(caption)
+    weighted_caption = f"({escape_for_compel(caption)}){gen.caption_weight:g}" if caption.strip() else ""
+    weighted_label = f"({escape_for_compel(label)}){gen.label_weight:g}"
+    text = gen.prompt_template.format(caption=weighted_caption, label=weighted_label)
+    return text.lstrip(". ").strip()
+
+
+def plain_prompt(caption: str, label: str, gen: GenerationParams) -> str:
+    """The same prompt without weights, for display."""
+    return gen.prompt_template.format(caption=caption, label=label).lstrip(". ").strip()
+
+
+def mark_duplicates(captions: pd.DataFrame) -> pd.DataFrame:
+    """``duplicate``: True where the image already has this exact caption at an earlier row (the first copy is not)."""
+    return captions.assign(duplicate=captions.duplicated(["image_id", "caption"], keep="first"))

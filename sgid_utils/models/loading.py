@@ -1,0 +1,151 @@
+"""One loading path for every model: a hub id or a local folder, through the library's from_pretrained.
+
+The smoke profile's tiny models are saved with save_pretrained and loaded back
+through exactly these functions. Each loader imports its library when called: a stage
+process pays only for the models it loads (diffusers and timm take seconds to import). A model that cannot be loaded raises
+``ModelLoadError`` naming the id, the stage and what to do instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+
+from sgid_utils.config.schema import Params
+from sgid_utils.core.errors import ModelLoadError
+
+
+def model_load_error(ref: str, stage: str, exc: BaseException, what: str = "models.*",
+                     repo_type: str = "model") -> ModelLoadError:
+    """One actionable message for a model or hub data set that cannot be loaded (``repo_type``: model or dataset)."""
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(exc).lower() or "offline" in str(exc).lower()
+    hint = (
+        "This machine may be offline (no access to the Hugging Face Hub). "
+        if offline or "LocalEntryNotFound" in type(exc).__name__
+        else ""
+    )
+    return ModelLoadError(
+        f"Could not load '{ref}' for the {stage} stage ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
+        f"{hint}Check the id for typos and that you accepted any licence on the Hub; or download it once "
+        f"(hf download {ref}{' --repo-type dataset' if repo_type == 'dataset' else ''} --local-dir DIR) and set {what} "
+        "to that folder; "
+        "or run the offline smoke profile, params/smoke.yaml."
+    )
+
+
+def resolve_device(params: Params) -> torch.device:
+    want = params.run.device
+    if want == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        # One GPU per process under torchrun / accelerate launch.
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"run.device is '{want}' but no CUDA GPU is visible; use run.device: auto or cpu")
+    return torch.device(want)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+@functools.lru_cache(maxsize=4)
+def load_captioner(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """BLIP captioning model and processor (Salesforce/blip-image-captioning-base)."""
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    try:
+        processor = BlipProcessor.from_pretrained(ref)
+        model = BlipForConditionalGeneration.from_pretrained(ref, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - every failure gets the same actionable message
+        raise model_load_error(ref, "captioning", exc, "models.captioner") from None
+    return model.to(device).eval(), processor
+
+
+@functools.lru_cache(maxsize=4)
+def load_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """CLIP model and processor (openai/clip-vit-base-patch32)."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    try:
+        processor = CLIPProcessor.from_pretrained(ref)
+        model = CLIPModel.from_pretrained(ref, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001
+        raise model_load_error(ref, "similarity", exc, "models.clip") from None
+    return model.to(device).eval(), processor
+
+
+@functools.lru_cache(maxsize=2)
+def load_img2img(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+    """Stable Diffusion img2img pipeline without the safety checker (augmentation, not publication)."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    try:
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+            ref,
+            dtype=dtype,
+            safety_checker=None,
+            feature_extractor=None,
+            image_encoder=None,
+            requires_safety_checker=False,
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise model_load_error(ref, "generation", exc, "models.diffusion") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)  # diffusers before 0.40 does not take dtype= in from_pretrained: cast here too
+
+
+@functools.lru_cache(maxsize=2)
+def load_controlnet_img2img(diffusion: str, controlnet: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+    """SD img2img with a ControlNet: the img2img pipeline's own components (shared, not loaded twice) plus the ControlNet."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline
+
+    base = load_img2img(diffusion, device, dtype)
+    try:
+        net = ControlNetModel.from_pretrained(controlnet).to(dtype)  # no dtype= (diffusers < 0.40 rejects it in models)
+    except Exception as exc:  # noqa: BLE001
+        raise model_load_error(controlnet, "generation", exc, "models.controlnet") from None
+    # Built from the components, not with from_pipe: from_pipe casts every shared module to its dtype argument
+    # (float32 unless given), which would silently upcast the cached fp16 img2img pipeline's UNet on CUDA.
+    pipe = StableDiffusionControlNetImg2ImgPipeline(**base.components, controlnet=net, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def create_classifier(ref: str, num_classes: int, img_size: int | None = None, pretrained: bool = True,
+                      what: str = "models.classifier") -> torch.nn.Module:
+    """A timm classifier with a new ``num_classes`` head: a timm name (weights from the hub) or 'local-dir:FOLDER'.
+
+    ``pretrained=False`` builds the architecture (and, for a folder, its saved config and
+    preprocessing) with random weights: timm reads no weight file and asks no hub. ``img_size``
+    other than the pretrained one makes timm resample a ViT's position embeddings (a CNN ignores it).
+    """
+    import timm
+
+    kwargs = {"img_size": img_size} if img_size else {}
+    try:
+        try:
+            return timm.create_model(ref, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        except TypeError as exc:  # a CNN takes any input size and has no img_size argument: the loader resizes
+            if "img_size" not in str(exc):
+                raise
+            return timm.create_model(ref, pretrained=pretrained, num_classes=num_classes)
+    except Exception as exc:  # noqa: BLE001
+        raise model_load_error(ref, "training", exc, f"{what} (a timm name or local-dir:FOLDER)") from None
+
+
+def preprocessing(model: torch.nn.Module, image_size: int | None = None) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """(input side, mean, std) from the model's timm pretrained config (resolve_data_config); ``image_size`` overrides the side.
+
+    ViT-B/16 in21k normalises with 0.5/0.5, CLIP image towers with OpenAI's CLIP statistics, ResNet-50
+    with ImageNet's: reading them from timm keeps each backbone's preprocessing the one it was made for.
+    """
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    return image_size or cfg["input_size"][-1], tuple(cfg["mean"]), tuple(cfg["std"])

@@ -1,0 +1,316 @@
+"""The run's one HTML page, ``reports/<run>/index.html``: what someone opens first.
+
+At the top, per backbone, SGID against the best non-generative method with its interval, both
+verdicts (unadjusted and Holm) and the two controls (equal optimisation steps, a second generation
+draw); then key facts (data set, models, backbones, seeds, when and on what machine each stage ran),
+one wide table of methods by backbones beside the paper's numbers (accuracy in percent, differences
+in points), the settings that differ from the package defaults with each one's source, the bar chart,
+the consistency-diversity figure, the ablation table, and links to every executed notebook
+rendered as HTML beside it (nbconvert). Everything is read from the run's own files through
+their loaders and ``RunDir``, rendered by a jinja2 template shipped with the package
+(``templates/report.html.j2``); figures are linked relative to the page, so the reports folder
+can be zipped and opened anywhere without a server. Nothing is computed here that a stage
+did not write, so the page's numbers are the tables' numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from nbconvert import HTMLExporter
+
+from sgid_utils.config.backbones import backbones, recipe
+from sgid_utils.config.schema import Params
+from sgid_utils.config.settings import changed_settings, settings_table
+from sgid_utils.core import catalog
+from sgid_utils.core.files import write_text
+from sgid_utils.core.provenance import load_provenance
+from sgid_utils.core.registry import NAMES, notebooks
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.reporting.set_metrics import CONSISTENCY_DIVERSITY
+from sgid_utils.reporting.stats import COVERS
+from sgid_utils.reporting.tables import (
+    ABLATION_DELTA,
+    ABLATION_SIGNIFICANT,
+    ABLATION_SIGNIFICANT_HOLM,
+    DELTA,
+    OURS,
+    PAPER_DATA_SET_GAIN,
+    SIGNIFICANT,
+    SIGNIFICANT_HOLM,
+    gains_caption,
+    percent,
+    table_caption,
+)
+
+# The two controls of the main verdict (ablation variants; their names are a contract checked outside the repo),
+# with the params key each sets, to find the row when a profile gives the variant a label.
+CONTROLS = (("sgid-equal-steps", "training.equal_steps", "equal steps (SGID trained for the Baseline's steps)"),
+            ("second-draw", "run.draw", "second generation draw (captions, candidates, selection redrawn)"))
+FIGURES = (
+    ("accuracy_by_method", "Test accuracy per method: bars are the mean over seeds (±1 std), dots single seeds, "
+                           "markers the published numbers."),
+    (CONSISTENCY_DIVERSITY, "Each generated set on the paper's two axes: consistency (CLIP label score) against "
+                            "diversity (distance to the source); numbered markers are listed in the legend."),
+    ("originals_vs_sgid", "Training images beside the curated SGID image made from each."),
+)
+
+
+def cell(value: Any) -> str:
+    """How a table value is printed on the page: floats to 4 decimals, missing values as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def table_data(df: pd.DataFrame) -> dict[str, list]:
+    """A table as the template loops over it: column names and rows of printed cells."""
+    return {"columns": [str(c) for c in df.columns], "rows": [[cell(v) for v in row] for row in df.astype(object).itertuples(index=False)]}
+
+
+def key_facts(params: Params, provenance: pd.DataFrame) -> list[tuple[str, str]]:
+    """The run in a few lines: data set and its sizes, models, seeds, training length, when and where it ran."""
+    ds, run = params.dataset, RunDir.of(params)
+    images = catalog.load(params, "images")
+    train, test = images[images.split != ds.test_split], images[images.split == ds.test_split]
+    where = (ds.hf_id or ds.source) if ds.source != "imagefolder" else f"image folder {ds.path}"
+    splits = "+".join(ds.train_splits) if ds.source != "imagefolder" else "train folder"
+    curated = len(catalog.load(params, "curated")) if run.curated_table().exists() else 0
+    m = params.models
+    return [
+        ("Data set", f"{ds.source} ({where}); trained on {splits}, tested on '{ds.test_split}'"),
+        ("Images", f"{len(train)} training, {len(test)} test, {images.label.nunique()} classes; "
+                   f"{curated} curated generated images"),
+        ("Models", f"captioner {m.captioner}; CLIP {m.clip}; diffusion {m.diffusion}"
+                   + (f" with ControlNet {m.controlnet}" if params.generation.generator == "controlnet" else "")
+                   + "; classifier" + ("s " + ", ".join(f"{b.label} {b.model}" for b in backbones(params))
+                                        if params.training.backbones else f" {m.classifier}")),
+        ("Seeds", f"run seed {params.run.seed}; generation draw {params.run.draw}; training seeds {params.training.seeds}"),
+        ("Training", f"methods {', '.join(params.training.methods)}; " + "; ".join(recipe(bb) for bb in backbones(params))),
+        ("Ran", ran(provenance)),
+        ("Params file", str(params.source_file)),
+    ]
+
+
+def ran(provenance: pd.DataFrame) -> str:
+    """When the stages started and on which machines, in one line (the table under "When and where" has the rest)."""
+    if provenance.empty:
+        return "not recorded (this run directory predates the runner's stage records)"
+    machines = dict.fromkeys(m for ms in provenance.machine for m in ms.split(" / "))
+    return (f"stages started {provenance['first started'].min()} to {provenance['last started'].max()} (UTC) on "
+            f"{'; '.join(machines)}; torch {' / '.join(dict.fromkeys(provenance.torch))}")
+
+
+def render_notebooks(params: Params) -> list[dict[str, str]]:
+    """Every executed notebook of the run rendered as HTML beside it (redone when the notebook is newer)."""
+    run, exporter = RunDir.of(params), HTMLExporter(template_name="lab")
+    out = []
+    for name in notebooks():
+        source, html = run.executed_notebook(name), run.notebook_html(name)
+        if not source.exists():
+            continue
+        if not html.exists() or html.stat().st_mtime < source.stat().st_mtime:
+            body, _ = exporter.from_notebook_node(nbformat.read(source, as_version=4))
+            write_text(html, body)
+        out.append({"name": name, "html": _href(run, html), "ipynb": _href(run, source)})
+    return out
+
+
+def _href(run: RunDir, path: Path) -> str:
+    """A link relative to the page, so the reports folder works wherever it is unpacked."""
+    return Path(os.path.relpath(path, run.report_page.parent)).as_posix()
+
+
+def figures(params: Params) -> tuple[list[dict[str, str | None]], list[dict[str, str]]]:
+    """The page's main figures (None where not made yet), and links to every other figure of the run."""
+    run = RunDir.of(params)
+    main = [{"name": n, "caption": c, "src": _href(run, run.figure(n)) if run.figure(n).exists() else None} for n, c in FIGURES]
+    shown = {n for n, _ in FIGURES}
+    others = sorted(p for p in run.figures.glob("*.png") if p.stem not in shown) if run.figures.exists() else []
+    return main, [{"name": p.stem, "src": _href(run, p)} for p in others]
+
+
+def files(params: Params) -> list[dict[str, str]]:
+    """Links to every table of the run, for readers who want the numbers themselves."""
+    run = RunDir.of(params)
+    paths = sorted(run.tables.glob("*")) if run.tables.exists() else []
+    return [{"name": p.name, "src": _href(run, p)} for p in paths if p.suffix in (".csv", ".md")]
+
+
+def project_root(params: Params) -> Path:
+    """The folder paths on the page are shown relative to: the one holding params/, else the params file's folder."""
+    folder = Path(params.source_file).resolve().parent
+    return folder.parent if folder.name == "params" else folder
+
+
+def relative(params: Params, text: str) -> str:
+    """``text`` with every absolute path under the project root written relative to it (the page travels)."""
+    root = str(project_root(params))
+    return text.replace(root + os.sep, "").replace(root, ".")
+
+
+def controls(ablations: pd.DataFrame | None) -> dict[str, str]:
+    """Each control's result as one cell ('not run' when its variant has no row in tables/ablations.csv)."""
+    out = {}
+    for name, key, _ in CONTROLS:
+        row = None
+        if ablations is not None and len(ablations):
+            sets_key = ablations.Changes.astype(str).str.contains(key + "=", regex=False)
+            hits = ablations[(ablations.Variant == name) | sets_key]
+            row = hits.iloc[0] if len(hits) else None
+        out[name] = "not run" if row is None else (
+            # an ablation table written before the columns were renamed has 'Δ (95% CI)' and 'Significant'
+            f"SGID (100%) − Baseline {row.get(ABLATION_DELTA, row.get('Δ (95% CI)'))} points; significant: "
+            f"{row.get(ABLATION_SIGNIFICANT, row.get('Significant'))} unadjusted"
+            + (f", {row[ABLATION_SIGNIFICANT_HOLM]} after Holm over the variants"
+               if ABLATION_SIGNIFICANT_HOLM in row else ""))
+    return out
+
+
+def headline(params: Params, gains: pd.DataFrame | None, accuracy: pd.DataFrame,
+             ablations: pd.DataFrame | None) -> dict[str, Any] | None:
+    """The page's first table: per backbone, SGID against the best non-generative method, both verdicts, the
+    paper's gains (abstract: over seven data sets; this data set: from its quoted table) and the two controls."""
+    if gains is None or gains.empty:
+        return None
+    done = controls(ablations)
+    first = backbones(params)[0].label
+    headline_label = params.results.headline.label if params.results.headline else None
+    rows = []
+    for g in gains.to_dict("records"):
+        best = str(g["Best non-generative"])
+        sgid = accuracy[(accuracy.Backbone == g["Backbone"]) & (accuracy.Method == g["SGID"])]
+        rows.append([
+            g["Backbone"],
+            f"{g['SGID']} vs {'Baseline (no augmentation)' if best == 'Baseline' else best}",
+            str(g["Gain (points, 95% CI)"]),
+            _both(str(g.get("verdict (unadjusted)", "–")), str(g.get("verdict (Holm)", "–"))),
+            str(sgid[DELTA].iloc[0]) if len(sgid) and DELTA in sgid else "–",
+            _points(g.get(headline_label)) if headline_label else "–",
+            _points(g.get(PAPER_DATA_SET_GAIN)),
+            "; ".join(f"{label}: {done[name]}" for name, _, label in CONTROLS) if g["Backbone"] == first
+            else "not run (the control variants train the first backbone only)",
+        ])
+    columns = ["Backbone", "Comparison", "Gain (points, 95% CI)", "Verdict: unadjusted / Holm",
+               "SGID vs Baseline (points, 95% CI)", "Paper's gain, abstract (points; mean over its 7 data sets)",
+               "Paper's gain, this data set (points)", "Controls"]
+    on_baseline = [str(b) for b, n in zip(gains.Backbone, gains["Best non-generative"]) if n == "Baseline"]
+    return {"columns": columns, "rows": rows, "on_baseline": on_baseline}
+
+
+def _both(plain: str, adjusted: str) -> str:
+    """Both verdicts in one cell, named; once when they agree because neither could be given."""
+    if plain == adjusted and plain.startswith("undetermined"):
+        return plain
+    return f"unadjusted: {plain}; Holm: {adjusted}"
+
+
+def _points(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):+.2f}"
+
+
+def wide_table(params: Params, accuracy: pd.DataFrame) -> dict[str, Any]:
+    """Methods as rows, backbones as column groups (accuracy %, Δ in points, verdicts), then each published
+    table in percent: the accuracy table of tables/accuracy.csv, read, not recomputed."""
+    labels = [bb.label for bb in backbones(params) if (accuracy.Backbone == bb.label).any()]
+    methods = list(dict.fromkeys(accuracy.Method))
+    refs = [r.label for r in params.results.references if r.label in accuracy]
+    rows = []
+    for method in methods:
+        row = [method]
+        for label in labels:
+            hit = accuracy[(accuracy.Backbone == label) & (accuracy.Method == method)]
+            if hit.empty:
+                row += ["–", "–", "–"]
+                continue
+            r = hit.iloc[0]
+            row += [str(r[OURS]), str(r.get(DELTA, "–")), _verdicts(r)]
+        for ref in refs:
+            values = accuracy.loc[(accuracy.Method == method) & accuracy[ref].notna(), ref]
+            row.append(percent(float(values.iloc[0])) if len(values) else "–")
+        rows.append(row)
+    reasons = sorted({str(v)[len("undetermined ("):-1] for c in (SIGNIFICANT, SIGNIFICANT_HOLM) if c in accuracy
+                      for v in accuracy[c] if str(v).startswith("undetermined (")})
+    ref_backbones = {r.label: next((bb.label for i, bb in enumerate(backbones(params))
+                                    if (r.backbone == bb.name if r.backbone else i == 0)), "")
+                     for r in params.results.references}
+    return {"backbones": labels, "sub": ["acc. (%)", "Δ (points, 95% CI)", "sig.: unadj. / Holm"],
+            "refs": [f"{ref} (%, {ref_backbones.get(ref, '')})" for ref in refs], "rows": rows, "reasons": reasons}
+
+
+def _verdicts(row: pd.Series) -> str:
+    """'yes / no' (unadjusted / Holm), 'undetermined', or a dash on the Baseline's own row."""
+    plain, adjusted = str(row.get(SIGNIFICANT, "–")), str(row.get(SIGNIFICANT_HOLM, "–"))
+    if plain == "–":
+        return "–"
+    if plain.startswith("undetermined"):
+        return "undetermined"
+    return f"{plain} / {adjusted}"
+
+
+def backbones_table(params: Params) -> dict[str, list]:
+    """The classifiers as a small table: label, model, recipe, and where the recipe comes from."""
+    rows = [[bb.label, relative(params, bb.model), relative(params, recipe(bb)).split(": ", 1)[-1],
+             bb.source or "training.*"] for bb in backbones(params)]
+    return {"columns": ["Backbone", "model", "recipe", "recipe from"], "rows": rows}
+
+
+# Not settings of the method: the published numbers the page shows beside ours, and the ablation variants (own section).
+NOT_SETTINGS = ("results.references", "results.headline", "ablations")
+
+
+def settings(params: Params, every: bool = False) -> dict[str, list]:
+    """The settings that differ from the package defaults (``every``: all of them), each with its origin and source
+    (sgid_utils.config.sources), paths written relative to the project; reference numbers and ablation variants left out."""
+    rows = settings_table(params) if every else changed_settings(params)
+    rows = rows[~rows.setting.str.startswith(NOT_SETTINGS)]
+    return table_data(rows.map(lambda v: relative(params, v) if isinstance(v, str) else v))
+
+
+def context(params: Params) -> dict[str, Any]:
+    """Everything the template shows, read from the run's files."""
+    accuracy = catalog.load(params, "accuracy")
+    gains_file = RunDir.of(params).table("backbone_gains.csv")
+    gains = pd.read_csv(gains_file) if gains_file.exists() else None
+    ablations, set_metrics = catalog.load(params, "ablations", missing=None), catalog.load(params, "set_metrics", missing=None)
+    provenance = load_provenance(params, NAMES)
+    main, other = figures(params)
+    return {
+        "title": f"SGID reproduction: {params.run.name}",
+        "smoke": params.smoke.build_models,
+        "headline": headline(params, gains, accuracy, ablations),
+        "covers": COVERS,
+        "facts": [(k, relative(params, v)) for k, v in key_facts(params, provenance)],
+        "backbones": backbones_table(params),
+        "settings": settings(params),
+        "all_settings": settings(params, every=True),
+        "wide": wide_table(params, accuracy),
+        "accuracy_caption": table_caption(params, catalog.load(params, "training_results")),
+        "gains_caption": gains_caption(params, gains),
+        "figures": main, "other_figures": other,
+        "ablations": table_data(ablations) if ablations is not None else None,
+        "set_metrics": table_data(set_metrics) if set_metrics is not None else None,
+        "provenance": table_data(provenance) if len(provenance) else None,
+        "notebooks": render_notebooks(params),
+        "files": files(params),
+        "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def build_report(params: Params) -> Path:
+    """Write ``reports/<run>/index.html`` (and the notebooks' HTML) from the run's files; return the page's path."""
+    env = Environment(loader=PackageLoader("sgid_utils.reporting", "templates"), autoescape=select_autoescape(["html", "j2"]),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    page = env.get_template("report.html.j2").render(**context(params))
+    return write_text(RunDir.of(params).report_page, page)

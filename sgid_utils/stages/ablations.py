@@ -1,0 +1,191 @@
+"""Ablations, generative baselines and two controls under the same protocol (beyond the paper).
+
+An ablation profile (``params/*_ablations.yaml``) extends a data set's params file and
+lists variants, each a set of overrides: a label-only prompt (the Real-Guidance-style
+baseline), a caption-only prompt, a fixed guidance scale instead of f(s*), another
+selection rule, other strengths on a subset, the ControlNet generator (SGID + ControlNet)
+at the report's strength 0.3 and above. Two variants are controls of the main verdict:
+
+- ``sgid-equal-steps`` (``training.equal_steps: true``): SGID at 100 % trained for the
+  Baseline's number of optimisation steps, so its row says whether SGID's gain survives
+  equal compute (with equal epochs it takes twice the Baseline's steps);
+- ``second-draw`` (``run.draw: 1``): captions, candidates and selection redrawn, trained
+  on the same data split and training seeds, so its row says whether the gain holds on a
+  new generation draw (every other interval covers training seeds on one draw).
+
+Each variant is its own run directory, ``<run.dir>-<name>``, trained with the same seeds
+as Baseline and SGID at 100 %, so every row carries its own mean ± std and its own paired
+comparison to its Baseline. Stages up to curation and the Baseline runs are shared with the
+base run, or with a variant run before, through symbolic links when the variant leaves
+what they depend on unchanged (the strength variants share one data subset, its captions
+and its Baselines; both controls share the base run's Baselines).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sgid_utils.config.backbones import TrainConfig, backbones
+from sgid_utils.config.load import variant_params
+from sgid_utils.config.schema import Params
+from sgid_utils.core import catalog
+from sgid_utils.core.errors import ParamsError, StageError
+from sgid_utils.core.files import read_json
+from sgid_utils.core.fingerprints import backbone_fingerprint, baseline_fingerprint, baseline_view
+from sgid_utils.core.registry import between, upstream_closure
+from sgid_utils.core.resumable import shard
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.runner import run_stage
+from sgid_utils.core.sharing import link, link_stages
+from sgid_utils.reporting.set_metrics import CURATED, set_metrics
+from sgid_utils.reporting.stats import add_holm
+from sgid_utils.reporting.tables import (
+    ABLATION_DELTA,
+    ABLATION_P_HOLM,
+    ABLATION_SIGNIFICANT,
+    ABLATION_SIGNIFICANT_HOLM,
+    format_delta,
+    format_mean_std,
+    per_setting,
+    primary,
+    verdict_cell,
+)
+
+# The stages up to curation: shared while their params are unchanged (a training-only variant such as equal steps
+# reuses the curated set; a selection-rule variant the generated images; a prompt variant only the captions and scores).
+SHARED_STAGES = upstream_closure("curate")
+# What a strength / generator sweep variant may change (notebook 07 tabulates those by strength and generator).
+SWEEP_KEYS = {"generation.strength", "generation.generator", "models.controlnet", "dataset.max_per_class"}
+
+
+def share_baselines(base: Params, variant: Params) -> list[str]:
+    """Link the base run's finished Baseline runs into the variant.
+
+    A Baseline does not depend on generation, so a prompt or guidance variant would retrain exactly
+    the same models; a variant that changes the data (a subset) trains its own.
+    """
+    have, want = RunDir.of(base), RunDir.of(variant)
+    if not have.fingerprint("train").exists():
+        return []
+    before, now = baseline_view(read_json(have.fingerprint("train"))), baseline_fingerprint(variant)
+    if any(before.get(k) != v for k, v in now.items()):
+        return []
+    bb = backbones(variant)[0]
+    if bb.name and (not have.backbone_fingerprint(bb.name).exists()
+                    or read_json(have.backbone_fingerprint(bb.name)) != backbone_fingerprint(bb)):
+        return []  # the base run trained this backbone with another recipe (or not at all)
+    linked = []
+    for seed in variant.training.seeds:
+        name = TrainConfig("baseline", seed, backbone=bb.name).name
+        if have.result(name).exists() and not want.config_dir(name).exists():
+            link(have.config_dir(name), want.config_dir(name))
+            linked.append(name)
+    return linked
+
+
+def ablation_row(name: str, changes: dict, variant: Params) -> tuple[dict[str, str], pd.Series]:
+    """One line of the ablation table (the variant's Baseline and SGID at 100 %, their paired difference) and the
+    significance row behind it, whose p-value joins the table's Holm family."""
+    results = primary(variant, catalog.load(variant, "training_results"))
+    acc = per_setting(results)
+    baseline = acc[acc.method == "baseline"].index[0]
+    sgid = acc[(acc.method == "sgid") & (acc.proportion == 1.0)].index[0]
+    sig = primary(variant, catalog.load(variant, "significance")).set_index("setting").loc[sgid]
+
+    def cell(setting: str) -> str:
+        return format_mean_std(acc.loc[setting, "mean"], acc.loc[setting, "std"], int(acc.loc[setting, "count"]))
+
+    row = {"Variant": name, "Changes": ", ".join(f"{k}={v}" for k, v in changes.items()),
+           "Baseline": cell(baseline), "SGID (100%)": cell(sgid), ABLATION_DELTA: format_delta(sig),
+           ABLATION_SIGNIFICANT: verdict_cell(sig), "Control": control_answer(changes, sig),
+           "Baseline nearest to": nearest_reference(variant, acc.loc[baseline, "mean"])
+           if any(k.startswith("dataset.train_splits") for k in changes) else "–"}
+    return row, sig
+
+
+def with_holm(rows: list[dict[str, str]], sigs: list[pd.Series]) -> pd.DataFrame:
+    """The ablation table with Holm's correction over its variants: a reader scanning a dozen rows for a
+    'significant' one makes a dozen comparisons (each variant's own table holds one, so it cannot correct them)."""
+    adjusted = add_holm(pd.DataFrame(sigs).reset_index(drop=True)) if sigs else None
+    table = pd.DataFrame(rows)
+    if adjusted is not None:
+        table.insert(table.columns.get_loc(ABLATION_SIGNIFICANT) + 1, ABLATION_SIGNIFICANT_HOLM,
+                     [verdict_cell(r, adjusted=True) for _, r in adjusted.iterrows()])
+        table.insert(table.columns.get_loc(ABLATION_SIGNIFICANT_HOLM) + 1, ABLATION_P_HOLM,
+                     ["–" if pd.isna(p) else f"{p:.3g}" for p in adjusted.p_holm])
+    return table
+
+
+# The two controls of the main verdict: the key a variant sets, and the question its row answers.
+CONTROLS = {"training.equal_steps": "Does SGID's gain survive equal compute (the Baseline's steps)?",
+            "run.draw": "Does SGID's gain hold on a new generation draw?"}
+
+
+def control_answer(changes: dict, sig: pd.Series) -> str:
+    """For a control variant (``CONTROLS``), its question and the answer its paired comparison gives (unadjusted;
+    the Holm column beside it corrects over all variants; the interval covers training seeds); '–' otherwise."""
+    questions = [q for key, q in CONTROLS.items() if key in changes]
+    if not questions:
+        return "–"
+    word = verdict_cell(sig)
+    if word == "yes":
+        answer = "yes: SGID significantly above its Baseline" if sig.mean_diff > 0 else \
+            "no: SGID significantly below its Baseline"
+    elif word == "no":
+        answer = "no significant gain"
+    else:
+        answer = word
+    return f"{' '.join(questions)} {answer} (unadjusted; the interval covers training seeds)"
+
+
+def nearest_reference(params: Params, baseline: float) -> str:
+    """Which reference Baseline (the paper's, the report's: params.results.references) a measured one is nearest to.
+
+    How the Flowers split hypotheses are told apart: each protocol's Baseline lands nearer one published number.
+    """
+    refs = [(r.label, r.values["Baseline"]) for r in params.results.references if "Baseline" in r.values]
+    if not refs:
+        return "–"
+    label, value = min(refs, key=lambda ref: abs(ref[1] - baseline))
+    return f"{label} ({100 * value:.2f} %, Δ {100 * (baseline - value):+.2f} points)"
+
+
+def run(params: Params) -> pd.DataFrame:
+    """Run every variant of ``params.ablations`` from captions to results; tabulate their comparisons."""
+    if not params.ablations:
+        raise ParamsError(f"{params.source_file} lists no ablations: use an ablation profile such as params/pets_ablations.yaml")
+    if shard()[1] > 1:
+        raise StageError("Ablations run their variants' stages one after another in one process; run them without "
+                         "--shard or accelerate launch (shard the base run's stages instead).")
+    variants = [(a, variant_params(params, a.name, a.set)) for a in params.ablations]  # validate all first
+    rows, sigs, finished = [], [], [params]
+    sets = [curated_set_metrics(params, "base run")] if RunDir.of(params).candidates_table.exists() else []
+    for ablation, variant in variants:
+        for earlier in finished:  # the first run made with the same upstream params is linked
+            link_stages(RunDir.of(earlier), variant, SHARED_STAGES)
+            share_baselines(earlier, variant)
+        for stage in between("captions", "results"):
+            run_stage(stage.name, variant)
+        finished.append(variant)
+        row, sig = ablation_row(ablation.label or ablation.name, ablation.set, variant)
+        rows.append(row)
+        sigs.append(sig)
+        sets.append(curated_set_metrics(variant, ablation.label or ablation.name, ablation.set))
+    table = with_holm(rows, sigs)
+    catalog.save(params, "ablations", table)
+    catalog.save(params, "ablations_md", table)
+    catalog.save(params, "ablation_set_metrics", pd.DataFrame(sets))
+    return table
+
+
+def curated_set_metrics(params: Params, name: str, changes: dict | None = None) -> dict:
+    """The curated set of one run on the consistency and diversity axes, with the generator and strength that made
+    it, for notebook 07's plot of the variants (SGID + ControlNet beside plain SGID at each strength).
+
+    ``sweep``: the variant changes only the generator, its settings, the strength and the subset, so notebook 07's
+    strength-by-generator table compares like with like (not a prompt or guidance variant at the same strength).
+    """
+    row = set_metrics(params).set_index("set").loc[CURATED].drop("kind")
+    sweep = bool(changes) and all(k in SWEEP_KEYS or k.startswith("generation.controlnet.") for k in changes)
+    return {"Variant": name, "generator": params.generation.generator, "strength": params.generation.strength,
+            "sweep": sweep, **row.to_dict()}

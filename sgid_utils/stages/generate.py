@@ -1,0 +1,19 @@
+"""Stage 03: the raw pass, k candidates for every training image at its own resolution.
+
+That is what the report did, and what stage 04 diagnoses and fixes by upscaling (``stages.upscale``).
+How a candidate is made (the weighted prompt, the guidance scale f(s*), strength, seeds, the batched
+loop, the ControlNet generator) is ``method.generation``, shared by both passes.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sgid_utils.config.schema import Params
+from sgid_utils.core import catalog
+from sgid_utils.method.generation import generate
+
+
+def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
+    """Stage 03: k candidates for every training image at its own resolution (the report's first pass)."""
+    return None if generate(params, "raw", images) is None else catalog.load(params, "manifest_raw")

@@ -1,0 +1,20 @@
+"""Stage 04's regeneration: the sources below ``curation.upscale_threshold``, upscaled first.
+
+SD 1.5 was trained at 512x512, and the report found that small sources come out as abstract art; it
+fixed that by upscaling them before img2img. This pass regenerates every such source at
+``curation.upscale_to`` (default the threshold) with the raw pass's prompts, scales and seeds
+(``method.generation``); it runs before curation (``stages.curate``), which scores and compares both passes.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sgid_utils.config.schema import Params
+from sgid_utils.core import catalog
+from sgid_utils.method.generation import generate
+
+
+def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
+    """Stage 04's regeneration: the sources below curation.upscale_threshold, upscaled first."""
+    return None if generate(params, "upscaled", images) is None else catalog.load(params, "manifest_upscaled")
