@@ -69,14 +69,17 @@ lab: $(STAMP) ## Open notebooks/ in JupyterLab with the project's kernel (instal
 	$(PY) -c "import jupyterlab" 2> /dev/null || $(PY) -m pip install -q -c constraints.txt -e '.[lab]'
 	$(VENV)/bin/jupyter lab notebooks/ --MappingKernelManager.default_kernel_name=python3 $(LAB_ARGS)
 
-lint: $(STAMP) ## ruff: lint and formatting (configured in pyproject.toml); fails on a finding
+lint: $(STAMP) ## ruff (rules and line length in pyproject.toml); fails on a finding
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP) lint ## Lint, unit tests, then every notebook under nbval on the smoke profile
-	$(OFFLINE) $(PY) -m pytest -q tests
+# One pytest session on both cores: the unit tests spread over two workers, the notebooks (nbval, smoke profile) in
+# order on one of them (notebooks/conftest.py groups their cells). One torch thread per process: the tiny models'
+# ops are too small to gain from threads, and two workers with two threads each fight over the two cores.
+TEST_ENV = $(OFFLINE) OMP_NUM_THREADS=1 SGID_NBVAL_RUN_DIR=$(CURDIR)/runs/nbval SGID_NBVAL_REPORTS_DIR=$(CURDIR)/reports/nbval
+test: $(STAMP) lint ## Lint, then the unit tests and every notebook under nbval on the smoke profile (two workers)
 	rm -rf runs/nbval reports/nbval
-	$(OFFLINE) SGID_RUN_DIR=$(CURDIR)/runs/nbval SGID_REPORTS_DIR=$(CURDIR)/reports/nbval $(PY) -m pytest -q --nbval-lax --nbval-kernel-name python3 notebooks/00_preflight.ipynb $(NOTEBOOKS)
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadgroup --nbval-lax --nbval-kernel-name python3 \
+	  tests notebooks/00_preflight.ipynb $(NOTEBOOKS)
 
 bench: $(STAMP) ## Benchmark per-image vs batched stages on the CPU with the tiny models (bench/README.md for --arch real on a GPU)
 	$(OFFLINE) $(PY) bench/bench.py

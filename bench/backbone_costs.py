@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sgid_utils.config.backbones import backbones, configs
 from sgid_utils.config.load import load_params
-from sgid_utils.config.schema import BackboneParams
+from sgid_utils.config.training import BackboneParams
 from sgid_utils.models.loading import create_classifier, preprocessing
 from sgid_utils.preflight.projection import CLASS_COUNTS, SPLIT_SIZES, image_epochs_by_backbone
 
@@ -52,8 +52,9 @@ def profile_costs(path: str, tflops: float) -> pd.DataFrame:
         image_epochs = image_epochs_by_backbone(params, n_train)[bb.name]
         total = 3 * flops * image_epochs + flops * n_test * evaluations(bb) * len(mine)
         rows.append({"profile": params.run.name, "backbone": bb.label, "GFLOPs/image (fwd)": round(flops / 1e9, 2),
-                     "input": side, "runs": len(mine), "epochs": bb.epochs, "train image-epochs (M)": round(image_epochs / 1e6, 2),
-                     "PFLOP": round(total / 1e15, 1), f"hours at {tflops:g} TFLOP/s (derived)": round(total / tflops / 1e12 / 3600, 2)})
+                     "input": side, "runs": len(mine), "epochs": bb.epochs,
+                     "train image-epochs (M)": round(image_epochs / 1e6, 2), "PFLOP": round(total / 1e15, 1),
+                     f"hours at {tflops:g} TFLOP/s (derived)": round(total / tflops / 1e12 / 3600, 2)})
     return pd.DataFrame(rows)
 
 

@@ -52,7 +52,8 @@ from PIL import Image
 from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 
-from sgid_utils.config.schema import CaptioningParams, CurationParams, GenerationParams, TrainingParams
+from sgid_utils.config.schema import CaptioningParams, CurationParams, GenerationParams
+from sgid_utils.config.training import TrainingParams
 from sgid_utils.core.files import write_png, write_table
 from sgid_utils.core.images import load_image
 from sgid_utils.core.resumable import Batches, run_items
@@ -111,7 +112,8 @@ def best_times(paths: dict[str, Callable[[], object]], repeats: int, device: tor
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
-    """The device's peak FLOP/s for ``dtype``: a data-sheet figure for known GPUs in fp16/bf16, else a measured matmul."""
+    """The device's peak FLOP/s for ``dtype``: a data-sheet figure for known GPUs in fp16/bf16,
+    else a measured matmul."""
     if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
         name = torch.cuda.get_device_name(device)
         for key, tflops in SPEC_PEAKS_TFLOPS:
@@ -128,7 +130,8 @@ def source_images(n: int, width: int, height: int, seed: int = 0) -> list[Image.
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 1, height)[:, None, None]
     return [Image.fromarray(np.clip(rng.uniform(60, 200, 3) + ramp * rng.uniform(-60, 60, 3)
-                                    + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)) for _ in range(n)]
+                                    + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8))
+            for _ in range(n)]
 
 
 def captions(rng: np.random.Generator, n: int) -> list[str]:
@@ -140,8 +143,10 @@ def table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def generation_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path, controlnet: bool):
-    """The tiny models through sgid_utils.models.loading (as the smoke profile loads them), or the real architectures."""
+def generation_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path,
+                        controlnet: bool):
+    """The tiny models through sgid_utils.models.loading (as the smoke profile loads them),
+    or the real architectures."""
     if args.arch == "tiny":
         for family, folder in (("diffusion", "sd"), ("controlnet", "controlnet")):
             if not (workdir / folder).exists() and (controlnet or family == "diffusion"):
@@ -170,7 +175,8 @@ class GenerationInputs:
     def take(self, n: int) -> GenerationInputs:
         """The first ``n`` sources, cycling through these when ``n`` is larger (a memory probe's batch)."""
         pick = [i % len(self.images) for i in range(n)]
-        return GenerationInputs([self.images[i] for i in pick], None if self.edges is None else [self.edges[i] for i in pick],
+        return GenerationInputs([self.images[i] for i in pick],
+                                None if self.edges is None else [self.edges[i] for i in pick],
                                 [self.embeds[i] for i in pick], [self.negatives[i] for i in pick],
                                 [self.scales[i] for i in pick], [self.seeds[i] for i in pick])
 
@@ -202,18 +208,20 @@ def per_image_generation(pipe, inputs: GenerationInputs, strength: float, steps:
 def batched_generation(pipe, inputs: GenerationInputs, strength: float, steps: int, batch_size: int,
                        output_type: str = "pil") -> list[list]:
     """The stage's batched path: ``batch_size`` sources and all their candidates per denoising loop."""
-    return generate_many(pipe, inputs.images, inputs.embeds, inputs.negatives, inputs.scales, strength, steps, inputs.seeds,
-                         batch_size=batch_size, output_type=output_type, control_images=inputs.edges,
+    return generate_many(pipe, inputs.images, inputs.embeds, inputs.negatives, inputs.scales, strength, steps,
+                         inputs.seeds, batch_size=batch_size, output_type=output_type, control_images=inputs.edges,
                          conditioning_scale=GenerationParams().controlnet.conditioning_scale)
 
 
 def flops_per_image(pipe, inputs: GenerationInputs, strength: float, steps: int) -> tuple[float, int, dict[str, int]]:
-    """(FLOPs per generated image, UNet steps, the counted parts): steps x CFG pair (+ ControlNet's) + encode + decode."""
+    """(FLOPs per generated image, UNet steps, the counted parts):
+    steps x CFG pair (+ ControlNet's) + encode + decode."""
     pipe.scheduler.set_timesteps(steps)
     unet_steps = len(pipe.get_timesteps(steps, strength, "cpu")[0])
     model_h, model_w = pipe.image_processor.get_default_height_width(inputs.images[0])
     flops = img2img_flops(pipe, model_h, model_w, prompt_length=inputs.embeds[0].shape[1])
-    per_output = unet_steps * (flops["unet_cfg_pair"] + flops.get("controlnet_cfg_pair", 0)) + flops["vae_encode"] + flops["vae_decode"]
+    per_output = (unet_steps * (flops["unet_cfg_pair"] + flops.get("controlnet_cfg_pair", 0))
+                  + flops["vae_encode"] + flops["vae_decode"])
     return per_output, unet_steps, flops
 
 
@@ -223,7 +231,8 @@ def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torc
     width, height = args.size
     inputs = generation_inputs(pipe, args.n_images, args.k, width, height, controlnet)
     seconds = best_times({"per-image": lambda: per_image_generation(pipe, inputs, args.strength, args.steps),
-                          "batched": lambda: batched_generation(pipe, inputs, args.strength, args.steps, args.batch_size)},
+                          "batched": lambda: batched_generation(pipe, inputs, args.strength, args.steps,
+                                                                args.batch_size)},
                          args.repeats, device)
     n_out = args.n_images * args.k
     per_output, unet_steps, flops = flops_per_image(pipe, inputs, args.strength, args.steps)
@@ -231,8 +240,9 @@ def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torc
     peak, peak_source = (args.peak_tflops * 1e12, "--peak-tflops") if args.peak_tflops else peak_flops(device, dtype)
     floor = per_output / peak
 
-    print(f"\n== {'controlnet' if controlnet else 'generation'}: arch {args.arch}, {where(device)} {str(dtype).removeprefix('torch.')}, {model_w}x{model_h} px, "
-          f"{args.n_images} sources x k={args.k}, strength {args.strength} of {args.steps} steps = {unet_steps} UNet steps "
+    print(f"\n== {'controlnet' if controlnet else 'generation'}: arch {args.arch}, {where(device)} "
+          f"{str(dtype).removeprefix('torch.')}, {model_w}x{model_h} px, {args.n_images} sources x "
+          f"k={args.k}, strength {args.strength} of {args.steps} steps = {unet_steps} UNet steps "
           f"({type(pipe.scheduler).__name__}), batch {args.batch_size} sources, best of {args.repeats}")
     rows = [("path", "seconds", "img/s", "ms/img", "fraction of floor")]
     for name, s in seconds.items():
@@ -240,12 +250,14 @@ def bench_generation(args: argparse.Namespace, device: torch.device, dtype: torc
     print(table(rows))
     with_controlnet = f" + ControlNet CFG pair {flops['controlnet_cfg_pair'] / 1e12:.4g})" if controlnet else ""
     print(f"FLOPs per generated image: {per_output / 1e12:.4g} TFLOP = {unet_steps} x {'(' * controlnet}UNet CFG pair "
-          f"{flops['unet_cfg_pair'] / 1e12:.4g}{with_controlnet} + VAE encode {flops['vae_encode'] / 1e12:.4g} + decode "
-          f"{flops['vae_decode'] / 1e12:.4g}; peak {peak / 1e12:.4g} TFLOP/s ({peak_source}): floor {1e3 * floor:.3g} ms/img")
+          f"{flops['unet_cfg_pair'] / 1e12:.4g}{with_controlnet} + VAE encode "
+          f"{flops['vae_encode'] / 1e12:.4g} + decode {flops['vae_decode'] / 1e12:.4g}; peak "
+          f"{peak / 1e12:.4g} TFLOP/s ({peak_source}): floor {1e3 * floor:.3g} ms/img")
     return n_out / seconds["per-image"], n_out / seconds["batched"]
 
 
-def bench_captioning(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
+def bench_captioning(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+                     workdir: Path) -> tuple[float, float]:
     if args.arch == "tiny":
         builders.save_tiny("captioner", workdir / "blip")
         model, processor = load_captioner(str(workdir / "blip"), str(device), dtype)
@@ -266,15 +278,16 @@ def bench_captioning(args: argparse.Namespace, device: torch.device, dtype: torc
         return captions_all
 
     seconds = best_times({"per-image": run(1), "batched": run(args.batch_size)}, args.repeats, device)
-    print(f"\n== captioning: arch {args.arch}, {where(device)} {str(dtype).removeprefix('torch.')}, {args.n_images} images x "
-          f"({cfg.num_nucleus} nucleus + {cfg.num_beam} beam, {cfg.num_beams} beams), up to {cfg.max_new_tokens} tokens, "
-          f"batch {args.batch_size} images, best of {args.repeats}")
+    print(f"\n== captioning: arch {args.arch}, {where(device)} {str(dtype).removeprefix('torch.')}, "
+          f"{args.n_images} images x ({cfg.num_nucleus} nucleus + {cfg.num_beam} beam, {cfg.num_beams} beams), up to "
+          f"{cfg.max_new_tokens} tokens, batch {args.batch_size} images, best of {args.repeats}")
     rows = [("path", "seconds", "img/s")] + [(n, f"{s:.3f}", f"{args.n_images / s:.3g}") for n, s in seconds.items()]
     print(table(rows))
     return args.n_images / seconds["per-image"], args.n_images / seconds["batched"]
 
 
-def bench_similarity(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
+def bench_similarity(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+                     workdir: Path) -> tuple[float, float]:
     if args.arch == "tiny":
         builders.save_tiny("clip", workdir / "clip")
         model, processor = load_clip(str(workdir / "clip"), str(device))
@@ -284,7 +297,8 @@ def bench_similarity(args: argparse.Namespace, device: torch.device, dtype: torc
     rng = np.random.default_rng(0)
     images = source_images(args.n_images, *args.size)
     texts = [captions(rng, CAPTIONS_PER_IMAGE) for _ in images]
-    batches = [range(start, min(start + args.batch_size, len(images))) for start in range(0, len(images), args.batch_size)]
+    batches = [range(start, min(start + args.batch_size, len(images)))
+               for start in range(0, len(images), args.batch_size)]
 
     def per_image() -> None:  # the report's way: one image and its captions per call
         for image, caps in zip(images, texts):
@@ -295,14 +309,15 @@ def bench_similarity(args: argparse.Namespace, device: torch.device, dtype: torc
             score_captions(model, processor, [images[i] for i in batch], [texts[i] for i in batch])
 
     seconds = best_times({"per-image": per_image, "batched": batched}, args.repeats, device)
-    print(f"\n== similarity: arch {args.arch}, {where(device)} float32, {args.n_images} images x {CAPTIONS_PER_IMAGE} captions, "
-          f"batch {args.batch_size} images, best of {args.repeats}")
+    print(f"\n== similarity: arch {args.arch}, {where(device)} float32, {args.n_images} images x "
+          f"{CAPTIONS_PER_IMAGE} captions, batch {args.batch_size} images, best of {args.repeats}")
     rows = [("path", "seconds", "img/s")] + [(n, f"{s:.3f}", f"{args.n_images / s:.3g}") for n, s in seconds.items()]
     print(table(rows))
     return args.n_images / seconds["per-image"], args.n_images / seconds["batched"]
 
 
-def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
+def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+                   workdir: Path) -> tuple[float, float]:
 
     t = TrainingParams()
     num_classes = 37
@@ -339,16 +354,19 @@ def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.
 
     cached = table_with(ImageCache(size))
     cached.cache.warm(paths)
-    seconds = best_times({"decode each epoch": epoch(lambda: table_with(ImageCache(size))), "cached": epoch(lambda: cached)},
+    seconds = best_times({"decode each epoch": epoch(lambda: table_with(ImageCache(size))),
+                          "cached": epoch(lambda: cached)},
                          args.repeats, device)
     print(f"\n== training: arch {args.arch}, {where(device)}, AMP {use_amp}, {workers} loader workers, "
-          f"{len(paths)} JPEGs of {args.size[0]}x{args.size[1]} -> {size} px, batch {t.batch_size}, one epoch, best of {args.repeats}")
+          f"{len(paths)} JPEGs of {args.size[0]}x{args.size[1]} -> {size} px, batch {t.batch_size}, "
+          f"one epoch, best of {args.repeats}")
     rows = [("path", "seconds", "img/s")] + [(n, f"{s:.3f}", f"{len(paths) / s:.3g}") for n, s in seconds.items()]
     print(table(rows))
     return len(paths) / seconds["decode each epoch"], len(paths) / seconds["cached"]
 
 
-def bench_controlnet(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, workdir: Path) -> tuple[float, float]:
+def bench_controlnet(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+                     workdir: Path) -> tuple[float, float]:
     return bench_generation(args, device, dtype, workdir, controlnet=True)
 
 
@@ -369,7 +387,8 @@ def stage_overheads(sources: list[Image.Image], outputs: list[list[Image.Image]]
     def write(chunk: list[str]) -> dict[str, list[dict]]:
         records = {}
         for item in chunk:
-            paths = [write_png(folder / "images" / f"{item}_{j}.png", out) for j, out in enumerate(outputs[index[item]])]
+            paths = [write_png(folder / "images" / f"{item}_{j}.png", out)
+                     for j, out in enumerate(outputs[index[item]])]
             records[item] = [{"image_id": item, "k": j, "path": str(path), "seed": j} for j, path in enumerate(paths)]
         return records
 
@@ -411,18 +430,20 @@ def bench_scaling(args: argparse.Namespace, device: torch.device, dtype: torch.d
     def rates(n: int, batches: list[int]) -> dict[str, float]:
         inputs = everything.take(n)
         paths = {"per-image": lambda: per_image_generation(pipe, inputs, args.strength, args.steps)}
-        paths |= {f"batch {b}": (lambda b=b: batched_generation(pipe, inputs, args.strength, args.steps, b)) for b in batches}
+        paths |= {f"batch {b}": (lambda b=b: batched_generation(pipe, inputs, args.strength, args.steps, b))
+                  for b in batches}
         return {name: n * args.k / s for name, s in best_times(paths, 2, device).items()}
 
     by_batch = rates(SCALING_BATCH_SOURCES, list(SCALING_BATCHES))
-    print(f"\n== scaling: arch {args.arch}, {where(device)}, {width}x{height}, k={args.k}, {args.steps} steps at strength "
-          f"{args.strength}; best of 2 timed runs after one untimed, per point")
+    print(f"\n== scaling: arch {args.arch}, {where(device)}, {width}x{height}, k={args.k}, {args.steps} "
+          f"steps at strength {args.strength}; best of 2 timed runs after one untimed, per point")
     rows = [(str(SCALING_BATCH_SOURCES), name, f"{r:.3g}", f"{1e3 * args.k / r:.1f}") for name, r in by_batch.items()]
     by_sources, overheads = {}, {}
     for n in SCALING_SOURCES:
         by_sources[n] = rates(n, [8])
         outputs = batched_generation(pipe, everything.take(n), args.strength, args.steps, 8)
-        overheads[n] = stage_overheads(everything.take(n).images, outputs, clip, clip_processor, workdir / f"scaling{n}")
+        overheads[n] = stage_overheads(everything.take(n).images, outputs, clip, clip_processor,
+                                       workdir / f"scaling{n}")
         rows += [(str(n), name, f"{r:.3g}", f"{1e3 * args.k / r:.1f}") for name, r in by_sources[n].items()]
         rows += [(str(n), name, "", f"{1e3 * s / n:.2f}") for name, s in overheads[n].items()]
     print("\n| sources | path | img/s | ms per source |\n|---|---|---|---|")
@@ -440,7 +461,8 @@ def bench_scaling(args: argparse.Namespace, device: torch.device, dtype: torch.d
     axes[1].set(xscale="log", xlabel="sources", ylabel="generated images / s", title="img/s against number of sources")
     axes[1].set_xticks(SCALING_SOURCES, [str(n) for n in SCALING_SOURCES])
     per_source = {"generation (batched)": [1e3 * args.k / by_sources[n]["batch 8"] for n in SCALING_SOURCES]}
-    per_source |= {name: [1e3 * overheads[n][name] / n for n in SCALING_SOURCES] for name in overheads[SCALING_SOURCES[0]]}
+    per_source |= {name: [1e3 * overheads[n][name] / n for n in SCALING_SOURCES]
+                   for name in overheads[SCALING_SOURCES[0]]}
     for name, values in per_source.items():
         axes[2].plot(SCALING_SOURCES, values, "o-", label=name)
     axes[2].set(xscale="log", yscale="log", xlabel="sources", ylabel="ms per source",
@@ -485,25 +507,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", nargs="+", choices=list(STAGES), default=DEFAULT_STAGES)
     parser.add_argument("--arch", choices=["tiny", "real"], default="tiny",
-                        help="tiny: the smoke profile's models (CPU-friendly); real: full-size architectures, random weights")
+                        help="tiny: the smoke profile's models (CPU-friendly); real: full-size architectures, "
+                             "random weights")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                        help="generation's and captioning's dtype; auto: fp16 on CUDA, fp32 on CPU (CLIP always runs in fp32, as in stage 02)")
+                        help="generation's and captioning's dtype; auto: fp16 on CUDA, fp32 on CPU "
+                             "(CLIP always runs in fp32, as in stage 02)")
     parser.add_argument("--n-images", type=int, default=8, help="source images per path")
     parser.add_argument("--batch-size", type=int, default=8, help="source images per batched call")
     parser.add_argument("--k", type=int, default=gen.num_candidates, help="candidates per source")
     parser.add_argument("--steps", type=int, default=gen.num_inference_steps)
     parser.add_argument("--strength", type=float, default=gen.strength)
-    parser.add_argument("--size", type=size, default=None, help="WxH of every source (default: 64x64 tiny, 512x512 real)")
+    parser.add_argument("--size", type=size, default=None,
+                        help="WxH of every source (default: 64x64 tiny, 512x512 real)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-images", type=int, default=256, help="JPEGs in the training benchmark's epoch")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch's CPU threads (default: 1 on a CPU device, where the tiny models' ops are too small "
-                             "to gain and a busy machine makes threads wait on each other; torch's choice otherwise)")
+                        help="torch's CPU threads (default: 1 on a CPU device, where the tiny models' ops are too "
+                             "small to gain and a busy machine makes threads wait on each other; torch's choice "
+                             "otherwise)")
     parser.add_argument("--scaling", action="store_true",
-                        help="instead of the stages: generation img/s against batch size and number of sources, and the "
-                             "per-source cost of records, manifest and CLIP scoring; a table and a plot (--plot)")
-    parser.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "generation_scaling.png")
+                        help="instead of the stages: generation img/s against batch size and number of sources, "
+                             "and the per-source cost of records, manifest and CLIP scoring; a table and a plot "
+                             "(--plot)")
+    parser.add_argument("--plot", type=Path,
+                        default=Path(__file__).resolve().parent.parent / "docs" / "generation_scaling.png")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="device peak for the FLOP floor (default: data sheet for H100/H200/A100/T4 in fp16/bf16, "
                              "else a measured matmul)")

@@ -16,7 +16,8 @@ the projections and the docs need (reports/gpu/gpu_report.md, and the same numbe
 - optional variants of the batched loop (channels_last, torch.compile on the UNet), timed within the run
   and compared with the plain loop's images against the batched path's tolerance;
 - the wall-clock of params/pets.yaml, flowers.yaml and the backbone profiles projected from these rates
-  with ``sgid_utils.preflight.projection`` (preflight's arithmetic), beside the FLOP-derived figures of README.md's table.
+  with ``sgid_utils.preflight.projection`` (preflight's arithmetic), beside the FLOP-derived figures
+  of README.md's table.
 
 ``--size real`` (the default on CUDA) builds the full-size architectures with random weights
 (``sgid_utils.models.builders``): speed does not depend on the weight values, and nothing is downloaded.
@@ -62,14 +63,8 @@ from bench import (
 )
 from sgid_utils.config.backbones import backbones, configs
 from sgid_utils.config.load import load_params
-from sgid_utils.config.schema import (
-    BackboneParams,
-    CaptioningParams,
-    GenerationParams,
-    Params,
-    SimilarityParams,
-    TrainingParams,
-)
+from sgid_utils.config.schema import CaptioningParams, GenerationParams, Params, SimilarityParams
+from sgid_utils.config.training import BackboneParams, TrainingParams
 from sgid_utils.core.registry import upstream_closure
 from sgid_utils.method.embeddings import score_captions
 from sgid_utils.method.training import optimizer_for, train_step
@@ -192,7 +187,8 @@ class Report:
     def write(self) -> None:
         out = ["# GPU report", ""]
         for title in SECTIONS:
-            out += [f"## {title}", "", *self.sections.get(title, ["Not reached: not in --sections, or the run stopped before it."]), ""]
+            out += [f"## {title}", "",
+                    *self.sections.get(title, ["Not reached: not in --sections, or the run stopped before it."]), ""]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("\n".join(out))
         self.path.with_suffix(".json").write_text(json.dumps(self.numbers, indent=1, sort_keys=True))
@@ -289,8 +285,8 @@ def measure_generation(ctx: Context, report: Report, controlnet: bool) -> list[s
         reset_peak(ctx.device)
         seconds = best_times(
             {
-                "per-image": lambda: per_image_generation(pipe, few, gen.strength, gen.num_inference_steps),
-                "batched": lambda: batched_generation(
+                "per-image": lambda few=few: per_image_generation(pipe, few, gen.strength, gen.num_inference_steps),
+                "batched": lambda inputs=inputs: batched_generation(
                     pipe, inputs, gen.strength, gen.num_inference_steps, plan.gen_batch
                 ),
             },
@@ -324,7 +320,9 @@ def measure_generation(ctx: Context, report: Report, controlnet: bool) -> list[s
             )
         )
         probe = largest_batch(
-            lambda b: batched_generation(pipe, inputs.take(b), PROBE_STRENGTH, gen.num_inference_steps, b),
+            lambda b, inputs=inputs: batched_generation(
+                pipe, inputs.take(b), PROBE_STRENGTH, gen.num_inference_steps, b
+            ),
             1,
             plan.gen_cap,
             ctx.device,
@@ -356,8 +354,9 @@ def measure_generation(ctx: Context, report: Report, controlnet: bool) -> list[s
     return [
         f"{plan.sources} sources × k = {k} batched ({plan.per_image_sources} through the per-image pipeline), "
         f"strength {gen.strength} of {gen.num_inference_steps} steps ({type(pipe.scheduler).__name__}), guidance "
-        f"f(s*) 1.16–1.25 (every image with its CFG pair), batched {plan.gen_batch} sources per loop, {str(ctx.dtype).removeprefix('torch.')}, best of {plan.repeats} after one "
-        "untimed run; prompt encoding (compel) left out of both paths.",
+        f"f(s*) 1.16–1.25 (every image with its CFG pair), batched {plan.gen_batch} sources per loop, "
+        f"{str(ctx.dtype).removeprefix('torch.')}, best of {plan.repeats} after one untimed run; prompt "
+        "encoding (compel) left out of both paths.",
         "",
         *markdown_table(head, rows),
         "",
@@ -367,14 +366,12 @@ def measure_generation(ctx: Context, report: Report, controlnet: bool) -> list[s
 
 
 # --- captioning and similarity ----------------------------------------------------------------------------------------
-def measure_text_stages(ctx: Context, report: Report) -> list[str]:
-    plan, cfg, sim = ctx.plan, CaptioningParams(), SimilarityParams()
-    torch.manual_seed(0)
-    with torch.device(ctx.device):
-        blip, blip_processor = builders.blip(ctx.size)
-    blip = blip.to(ctx.dtype)
-    side = blip_processor.image_processor.size["height"]
-    images = source_images(max(plan.caption_images, plan.similarity_images), side, side)
+def measure_captioning(
+    ctx: Context, cfg: CaptioningParams, blip, blip_processor, images: list, few: list
+) -> dict[str, float]:
+    """Captioning images/s per path (per-image, batched) over ``few``, and its row of the memory table; the caller
+    frees the model."""
+    plan = ctx.plan
 
     def caption(imgs: list, batch: int) -> None:
         for start in range(0, len(imgs), batch):
@@ -382,7 +379,6 @@ def measure_text_stages(ctx: Context, report: Report) -> list[str]:
             nucleus_captions(blip, blip_processor, inputs, cfg, list(range(start, start + len(inputs["pixel_values"]))))
             beam_captions(blip, blip_processor, inputs, cfg)
 
-    few = images[: plan.caption_images]
     reset_peak(ctx.device)
     seconds = best_times(
         {"per-image": lambda: caption(few, 1), "batched": lambda: caption(few, cfg.batch_size)},
@@ -402,6 +398,19 @@ def measure_text_stages(ctx: Context, report: Report) -> list[str]:
             probe[1],
         )
     )
+    return cap_rates
+
+
+def measure_text_stages(ctx: Context, report: Report) -> list[str]:
+    plan, cfg, sim = ctx.plan, CaptioningParams(), SimilarityParams()
+    torch.manual_seed(0)
+    with torch.device(ctx.device):
+        blip, blip_processor = builders.blip(ctx.size)
+    blip = blip.to(ctx.dtype)
+    side = blip_processor.image_processor.size["height"]
+    images = source_images(max(plan.caption_images, plan.similarity_images), side, side)
+    few = images[: plan.caption_images]
+    cap_rates = measure_captioning(ctx, cfg, blip, blip_processor, images, few)
     del blip
     free_memory()
 
@@ -488,13 +497,13 @@ def measure_training(ctx: Context, report: Report) -> list[str]:
         optimizer = optimizer_for(bb, model)
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-        def step(batch: int) -> None:
+        def step(batch: int, model=model, optimizer=optimizer, scaler=scaler, side=side) -> None:
             x = torch.randn(batch, 3, side, side, device=ctx.device)
             y = torch.randint(classes, (batch,), device=ctx.device)
             train_step(model, optimizer, scaler, x, y, y, 1.0, use_amp)
 
-        def steps(n: int) -> Callable[[], None]:
-            return lambda: [step(bb.batch_size) for _ in range(n)]
+        def steps(n: int, step=step, batch=bb.batch_size) -> Callable[[], None]:
+            return lambda: [step(batch) for _ in range(n)]
 
         reset_peak(ctx.device)
         train_s = best_times({"train": steps(plan.train_steps)}, 1, ctx.device)["train"]
@@ -503,7 +512,7 @@ def measure_training(ctx: Context, report: Report) -> list[str]:
         x = torch.randn(t.eval_batch_size, 3, side, side, device=ctx.device)
 
         @torch.inference_mode()
-        def test_pass() -> None:
+        def test_pass(model=model, x=x) -> None:
             with torch.autocast(ctx.device.type, enabled=use_amp):
                 for _ in range(plan.train_steps):
                     model(x)
@@ -540,7 +549,7 @@ def measure_training(ctx: Context, report: Report) -> list[str]:
                 hms(epochs["flowers"]),
             )
         )
-        del model, optimizer
+        del model, optimizer, step, steps, test_pass  # the functions hold the model too
         free_memory()
     return [
         f"Synthetic batches already on the device (the stage's image cache and loader feed it: `bench.py --stage "
@@ -703,14 +712,15 @@ def measure_projection(ctx: Context, report: Report) -> list[str]:
     return [
         *caveat,
         "Projected = the full run's items (official split sizes, as `make preflight` before the data stage: "
-        "sgid_utils.preflight.projection.full_run_counts) × this run's seconds per item (`project_seconds`); training = image-"
-        "epochs per backbone (`image_epochs_by_backbone`) at its measured rate plus every test pass. Generation is "
-        "projected at the 512 × 512 rate for the raw pass (sources at their own size, ~500 × 375: a little "
-        "pessimistic) and the 768 × 512 rate for the upscaled pass. Derived = README.md's 'Expected wall-clock' "
-        f"method on this device: FLOPs at {DERIVED_FRACTION['generation']:.0%} of {peak:.4g} TFLOP/s for generation, "
-        f"{DERIVED_FRACTION['training']:.0%} for training (bench/backbone_costs.py); the README's table does the same "
-        "for an H100 at 790 TFLOP/s. Not projected: the data, curation and results stages, model loading, notebook "
-        "start-up and the ablation profiles.",
+        "sgid_utils.preflight.projection.full_run_counts) × this run's seconds per item (`project_seconds`); "
+        "training = image-epochs per backbone (`image_epochs_by_backbone`) at its measured rate plus every "
+        "test pass. Generation is projected at the 512 × 512 rate for the raw pass (sources at their own "
+        "size, ~500 × 375: a little pessimistic) and the 768 × 512 rate for the upscaled pass. Derived = "
+        "README.md's 'Expected wall-clock' method on this device: FLOPs at "
+        f"{DERIVED_FRACTION['generation']:.0%} of {peak:.4g} TFLOP/s for generation, "
+        f"{DERIVED_FRACTION['training']:.0%} for training (bench/backbone_costs.py); the README's table does "
+        "the same for an H100 at 790 TFLOP/s. Not projected: the data, curation and results stages, model "
+        "loading, notebook start-up and the ablation profiles.",
         "",
         *markdown_table(("profile", "stage", "full-run items", "measured rate", "projected", "derived (FLOPs)"), rows),
     ]
@@ -757,7 +767,7 @@ def summary_lines(ctx: Context) -> list[str]:
         return ["Generation was not measured: see its section."]
     batched, per_image = ctx.rates[key], ctx.rates[f"{key} per-image"]
     fraction = ctx.flops[key] / ctx.peak * batched
-    verdict = lambda ok: "met" if ok else "not met"  # noqa: E731
+    verdict = lambda ok: "met" if ok else "not met"  # noqa: E731 - a one-line helper of this summary
     return [
         f"- img2img {w} × {h}: batched **{batched:.3g} img/s** = {fraction:.1%} of the FLOP floor (goal "
         f"≥ {GOAL_FLOOR_FRACTION:.0%} on an H100: {verdict(fraction >= GOAL_FLOOR_FRACTION)}); per-image "

@@ -22,7 +22,8 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parent.parent
 MAKEFILE_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
 
 
 def lower_bounds() -> list[str]:
@@ -66,7 +67,8 @@ def main() -> int:
     steps = [
         ("create the venv", [sys.executable, "-m", "venv", str(venv)]),
         ("install torch as the Makefile does", [str(py), "-m", "pip", "install", "-q", *MAKEFILE_PINS]),
-        ("install every dependency at its lower bound", [str(py), "-m", "pip", "install", "-q", *pins, "pytest", "nbformat"]),
+        ("install every dependency at its lower bound",
+         [str(py), "-m", "pip", "install", "-q", *pins, "pytest", "nbformat"]),
         ("install sgid itself (no dependency changes)", [str(py), "-m", "pip", "install", "-q", "--no-deps", "."]),
         ("pip check", [str(py), "-m", "pip", "check"]),
         ("smoke chain: run all --params params/smoke.yaml",

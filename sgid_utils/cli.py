@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("stage", choices=NAMES + ["ablations", "all"])
     run.add_argument("--params", required=True, help="params YAML file (params/pets.yaml, params/smoke.yaml, ...)")
     run.add_argument("--run-dir", help="override run.dir (e.g. a Google Drive folder)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key, e.g. generation.strength=0.3")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a params key, e.g. generation.strength=0.3")
     run.add_argument("--shard", metavar="I/N", type=_shard_arg,
                      help="run only this process's share, e.g. 0/2 (accelerate launch / torchrun set it themselves)")
     nb = sub.add_parser("notebooks", help="execute the numbered notebooks in stage order through papermill")
@@ -54,13 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write the curated generated set as a Hugging Face `datasets` image folder")
     exp.add_argument("--params", required=True)
     exp.add_argument("--run-dir", help="override run.dir")
-    exp.add_argument("--to", required=True, type=Path, help="a new (or empty) folder: DIR/train/<class>/*.png, metadata.csv, README.md")
+    exp.add_argument("--to", required=True, type=Path,
+                     help="a new (or empty) folder: DIR/train/<class>/*.png, metadata.csv, README.md")
     st = sub.add_parser("stages", help="list the registered stages in order (with --notebooks: their notebooks)")
     st.add_argument("--notebooks", action="store_true", help="print the notebook of each stage, once each, in order")
     st.add_argument("--files", action="store_true", help="print each stage's input and output files and their paths")
     st.add_argument("--from-stage", choices=NAMES)
     st.add_argument("--to-stage", choices=NAMES)
-    pf = sub.add_parser("preflight", help="check ids, versions, device and disk, run a tiny canary, project time and disk")
+    pf = sub.add_parser("preflight",
+                        help="check ids, versions, device and disk, run a tiny canary, project time and disk")
     pf.add_argument("--params", required=True)
     pf.add_argument("--run-dir", help="override run.dir")
     pf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key")
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS):
             print(f"error: cannot write {exc.filename or 'the run directory'}: {exc.strerror}. Files already "
-                  "written are complete (writes are atomic); free space or fix permissions and rerun to resume.", file=sys.stderr)
+                  "written are complete (writes are atomic); free space or fix permissions and rerun to resume.",
+                  file=sys.stderr)
             return 2
         raise
     return 0

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 def write_params(folder: Path, models: Path, data: Path, **sections) -> Path:
     """A small params file for the tiny models: 3 classes x 4 training images, 2 seeds, 1 epoch."""
     doc = {
-        "run": {"name": "test", "dir": str(folder / "run"), "reports_dir": str(folder / "reports"), "seed": 0, "device": "cpu"},
+        "run": {"name": "test", "dir": str(folder / "run"), "reports_dir": str(folder / "reports"), "seed": 0,
+                "device": "cpu"},
         "dataset": {"source": "imagefolder", "path": str(data / "train"), "test_path": str(data / "test")},
         "models": {"captioner": str(models / "blip"), "clip": str(models / "clip"),
                    "diffusion": str(models / "sd"), "classifier": f"local-dir:{models / 'vit'}",
@@ -105,9 +106,11 @@ def tiny_backbones(tmp_path_factory) -> Path:
 
 
 def resnet_scratch_entry(tiny_backbones: Path) -> dict:
-    """A training.backbones entry: the tiny ResNet from scratch with the ResNet-50 recipe's shape (SGD, warm-up, cosine)."""
+    """A training.backbones entry: the tiny ResNet from scratch with the ResNet-50 recipe's shape (SGD, warm-up,
+    cosine)."""
     return {"name": "resnet", "label": "ResNet (scratch)", "model": f"local-dir:{tiny_backbones / 'resnet50'}",
-            "pretrained": False, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 1}
+            "pretrained": False, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine",
+            "warmup_epochs": 1}
 
 
 # The batched-generation tests' shared settings (img2img in test_batched, the ControlNet in test_controlnet).

@@ -26,11 +26,13 @@ def test_extends_merges_sections_over_the_base(tmp_path):
         p = load_params(REPO / "params" / f"{name}_ablations.yaml")
         base = load_params(REPO / "params" / f"{name}.yaml")
         assert p.generation == base.generation and p.run.dir == base.run.dir
-        assert {a.name for a in p.ablations} >= {"label-only", "caption-only", "fixed-guidance", "strength-0.2", "strength-0.5"}
+        assert {a.name for a in p.ablations} >= {"label-only", "caption-only", "fixed-guidance",
+                                                 "strength-0.2", "strength-0.5"}
         for a in p.ablations:  # every variant's overrides are valid params
             variant_params(p, a.name, a.set)
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({"run": {"name": "b", "dir": "r", "reports_dir": "q"},
-                                                        "dataset": {"source": "pets"}, "generation": {"strength": 0.4}}))
+                                                        "dataset": {"source": "pets"},
+                                                        "generation": {"strength": 0.4}}))
     (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "generation": {"num_candidates": 5}}))
     child = load_params(tmp_path / "child.yaml")
     assert (child.generation.strength, child.generation.num_candidates, child.run.name) == (0.4, 5, "b")
@@ -60,18 +62,21 @@ def test_a_label_only_variant_reuses_upstream_and_reports_its_own_comparison(mak
     row = table.set_index("Variant").loc["label-only"]
     assert row["Changes"] == "generation.prompt=label_only" and "(n=2)" in row["SGID (100%)"]
     assert RunDir.of(params).table("ablations.md").exists()
-    assert variant.significance_table.exists() and variant.table("accuracy.md").exists()  # the variant's own results stage
+    # the variant's own results stage
+    assert variant.significance_table.exists() and variant.table("accuracy.md").exists()
     results = pd.read_parquet(variant.training_table)
     assert sorted(results.setting.unique()) == ["Baseline", "SGID (100%)"]
 
 
-def test_a_variant_of_a_several_backbone_run_shares_the_first_backbones_baselines(make_params, pipeline_run, tiny_backbones,
-                                                                                 assets):
+def test_a_variant_of_a_several_backbone_run_shares_the_first_backbones_baselines(make_params, pipeline_run,
+                                                                                  tiny_backbones, assets):
     """Variants train the first backbone: its finished Baselines are linked while its recipe is the one they were made
     with; a reference table of another backbone stays with the base run."""
-    entries = [{"name": "vit", "label": "ViT", "model": f"local-dir:{assets[0] / 'vit'}"}, resnet_scratch_entry(tiny_backbones)]
+    entries = [{"name": "vit", "label": "ViT", "model": f"local-dir:{assets[0] / 'vit'}"},
+               resnet_scratch_entry(tiny_backbones)]
     params = make_params("several", training={"backbones": entries, "methods": ["baseline"]},
-                         results={"references": [{"label": "R", "source": "s", "values": {"Baseline": 0.5}, "backbone": "resnet"}]})
+                         results={"references": [{"label": "R", "source": "s", "values": {"Baseline": 0.5},
+                                                  "backbone": "resnet"}]})
     copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
     run_stage("train", params)
     variant = variant_params(params, "label-only", {"generation.prompt": "label_only"})
@@ -91,9 +96,10 @@ def test_variants_on_the_same_subset_share_its_captions_and_baselines(make_param
     first, second = (RunDir.of(params).variant_root(n) for n in ("s2", "s5"))
     first, second = (RunDir(root, RunDir.of(params).reports) for root in (first, second))
     assert not os.path.islink(first.stage("captions"))  # nothing made with the base data to share
-    assert all(os.path.realpath(second.stage(s)) == str(first.stage(s).resolve()) for s in ("data", "captions", "similarity"))
-    assert all(os.path.realpath(second.config_dir(f"baseline_seed{s}")) == str(first.config_dir(f"baseline_seed{s}").resolve())
-               for s in (0, 1))
+    assert all(os.path.realpath(second.stage(s)) == str(first.stage(s).resolve())
+               for s in ("data", "captions", "similarity"))
+    assert all(os.path.realpath(second.config_dir(f"baseline_seed{s}"))
+               == str(first.config_dir(f"baseline_seed{s}").resolve()) for s in (0, 1))
     assert not os.path.islink(second.stage("generate"))
 
     monkeypatch.setenv("SGID_SHARD", "0/2")
@@ -141,7 +147,8 @@ def test_the_two_controls_equal_steps_and_a_second_draw(make_params, pipeline_ru
     assert all(os.path.islink(RunDir.of(equal).config_dir(f"baseline_seed{s}")) for s in (0, 1))
     assert all(os.path.islink(RunDir.of(equal).stage(s)) for s in ("data", "captions", "generate", "curate"))
     assert results.steps.tolist() == [baseline_steps] * 4
-    base_sgid = catalog.load(params, "training_results").set_index("config").loc[["sgid100_seed0", "sgid100_seed1"], "steps"]
+    base_sgid = (catalog.load(params, "training_results").set_index("config")
+                 .loc[["sgid100_seed0", "sgid100_seed1"], "steps"])
     assert (base_sgid > baseline_steps).all()
 
     # Second draw: same split (the data stage linked) and the same Baseline models; new captions and candidates.

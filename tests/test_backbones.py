@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from sgid_utils.config.backbones import backbones, configs
-from sgid_utils.config.schema import BackboneParams
+from sgid_utils.config.training import BackboneParams
 from sgid_utils.core import catalog
 from sgid_utils.core.errors import ModelLoadError, ParamsError, StageError, StaleOutputsError
 from sgid_utils.core.files import write_table
@@ -109,7 +109,8 @@ def test_backbone_params_are_validated(make_params, tiny_backbones, assets):
                     results={"headline": {"label": "Paper", "source": "abstract", "gains": {"resnet50": 1.72}}})
     params = make_params("ok", training={"backbones": entries, "methods": ["baseline", "sgid_cutmix"], "seeds": [0]})
     assert [c.name for c in configs(params)] == ["vit-baseline_seed0", "vit-sgidcm100_seed0", "resnet-baseline_seed0",
-                                                 "resnet-sgidcm100_seed0", "clip-baseline_seed0", "clip-sgidcm100_seed0"]
+                                                 "resnet-sgidcm100_seed0", "clip-baseline_seed0",
+                                                 "clip-sgidcm100_seed0"]
     resnet = backbones(params)[1]
     assert (resnet.epochs, resnet.batch_size, resnet.lr, resnet.pretrained) == (1, 4, 0.05, False)  # unset: training.*
 
@@ -134,11 +135,14 @@ def test_combined_methods_add_the_generated_images_and_apply_the_augmentation(ma
 
 def test_best_non_generative_augmentation_is_read_from_the_numbers(make_params, tiny_backbones, assets):
     params = make_params("gains", training={"backbones": backbone_entries(tiny_backbones, assets[0] / "vit")[:2]},
-                         results={"headline": {"label": "Paper", "source": "abstract", "gains": {"resnet": 1.72, "vit": 0.33}}})
+                         results={"headline": {"label": "Paper", "source": "abstract",
+                                               "gains": {"resnet": 1.72, "vit": 0.33}}})
     rows = []
     accs = {  # vit: RandAugment best; resnet: CutMix best, and Baseline listed first
-        "vit": {"Baseline": 0.80, "CutMix": 0.81, "RandAugment": 0.84, "SGID (100%)": 0.86, "SGID + CutMix (100%)": 0.85},
-        "resnet": {"Baseline": 0.50, "CutMix": 0.58, "RandAugment": 0.55, "SGID (100%)": 0.57, "SGID + CutMix (100%)": 0.61},
+        "vit": {"Baseline": 0.80, "CutMix": 0.81, "RandAugment": 0.84, "SGID (100%)": 0.86,
+                "SGID + CutMix (100%)": 0.85},
+        "resnet": {"Baseline": 0.50, "CutMix": 0.58, "RandAugment": 0.55, "SGID (100%)": 0.57,
+                   "SGID + CutMix (100%)": 0.61},
     }
     methods = {"Baseline": ("baseline", None), "CutMix": ("cutmix", None), "RandAugment": ("randaugment", None),
                "SGID (100%)": ("sgid", 1.0), "SGID + CutMix (100%)": ("sgid_cutmix", 1.0)}
@@ -157,9 +161,11 @@ def test_best_non_generative_augmentation_is_read_from_the_numbers(make_params, 
     assert gains.loc["resnet", "Paper"] == 1.72 and gains.loc["vit", "Paper"] == 0.33
 
 
-def test_every_backbone_is_trained_and_compared_with_its_own_baseline(make_params, pipeline_run, tiny_backbones, assets):
+def test_every_backbone_is_trained_and_compared_with_its_own_baseline(make_params, pipeline_run,
+                                                                      tiny_backbones, assets):
     entries = backbone_entries(tiny_backbones, assets[0] / "vit")
-    training = {"methods": ["baseline", "sgid", "sgid_randaugment"], "seeds": [0, 1], "sgid_proportions": [1.0], "epochs": 2}
+    training = {"methods": ["baseline", "sgid", "sgid_randaugment"], "seeds": [0, 1],
+                "sgid_proportions": [1.0], "epochs": 2}
     references = {"references": [{"label": "Paper", "source": "Table 1", "values": {"Baseline": 0.92}}]}
     params = make_params("backbones", training={**training, "backbones": entries}, results=references)
     copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
@@ -172,7 +178,8 @@ def test_every_backbone_is_trained_and_compared_with_its_own_baseline(make_param
     assert set(sig.setting) == {"SGID (100%)", "SGID + RandAugment (100%)"}
     for row in sig.itertuples():  # the difference is against that backbone's own Baseline, seed by seed
         own = results[results.backbone == row.backbone]
-        diff = own[own.setting == row.setting].set_index("seed").test_acc - own[own.method == "baseline"].set_index("seed").test_acc
+        diff = (own[own.setting == row.setting].set_index("seed").test_acc
+                - own[own.method == "baseline"].set_index("seed").test_acc)
         assert row.mean_diff == pytest.approx(diff.mean())
     table = pd.read_csv(paths["csv"])
     assert table.Backbone.unique().tolist() == ["ViT", "ResNet (scratch)", "CLIP ViT"]
@@ -184,7 +191,8 @@ def test_every_backbone_is_trained_and_compared_with_its_own_baseline(make_param
     assert history.lr.iloc[-1] < 0.05 * 0.01 and np.isfinite(history.train_loss).all()
 
     # Each backbone records its own recipe: one changed makes only its runs stale; one dropped retrains nothing.
-    changed = make_params("backbones", training={**training, "backbones": [entries[0], {**entries[1], "lr": 0.1}, entries[2]]},
+    changed = make_params("backbones",
+                          training={**training, "backbones": [entries[0], {**entries[1], "lr": 0.1}, entries[2]]},
                           results=references)
     with pytest.raises(StaleOutputsError, match=r"train \(ResNet \(scratch\)\).*lr: was 0\.05, now 0\.1.*resnet-\*"):
         run_stage("train", changed)
@@ -212,7 +220,8 @@ def test_fingerprints_keep_older_runs_valid_and_see_every_recipe_change(make_par
     # A training.* value some backbones inherit: only theirs change (here the ViT's; ResNet and CLIP set their own lr).
     inherited = make_params("inherited", training={"backbones": entries, "lr": 2e-4})
     assert fingerprint(inherited, "train") == fingerprint(listed, "train")
-    assert [a == b for a, b in zip(map(backbone_fingerprint, backbones(inherited)), recipes["listed"])] == [False, True, True]
+    assert ([a == b for a, b in zip(map(backbone_fingerprint, backbones(inherited)), recipes["listed"])]
+            == [False, True, True])
     assert fingerprint(make_params("plain-lr", training={"lr": 2e-4}), "train") != fingerprint(plain, "train")
     assert fingerprint(listed, "curate") == fingerprint(plain, "curate")  # training choices do not touch generation
 

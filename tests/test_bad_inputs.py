@@ -74,7 +74,8 @@ def test_every_bad_file_is_converted_or_skipped_with_a_reason(make_params, tmp_p
                          smoke={"build_dataset": False})
     images = data.run(params)
     skipped = pd.read_csv(RunDir.of(params).skipped_table)
-    reasons = {os.path.relpath(p, root) if p.startswith(str(root)) else p: r for p, r in zip(skipped.path, skipped.reason)}
+    reasons = {os.path.relpath(p, root) if p.startswith(str(root)) else p: r
+               for p, r in zip(skipped.path, skipped.reason)}
     kept = {os.path.relpath(p, root) for p in images.origin}
     for rel, outcome in expect.items():
         if outcome == "ok":

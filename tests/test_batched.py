@@ -56,7 +56,8 @@ def same_size(sources):
 @pytest.mark.parametrize("scheduler", ["pndm", "ddim_eta"])
 def test_batch_matches_per_image_pipeline(request, scheduler, same_size, prompts):
     """PNDM (SD 1.5's) and DDIM with eta > 0, whose steps draw noise from each candidate's generator."""
-    p, eta = (request.getfixturevalue("pipe"), 0.0) if scheduler == "pndm" else (request.getfixturevalue("ddim_pipe"), 0.5)
+    p, eta = ((request.getfixturevalue("pipe"), 0.0) if scheduler == "pndm"
+              else (request.getfixturevalue("ddim_pipe"), 0.5))
     seeds = [seeds_for(i) for i in range(3)]
     out = batched(p, same_size, prompts, GUIDANCE, seeds, eta=eta)
     for i in range(3):
@@ -67,7 +68,8 @@ def test_batch_matches_per_image_pipeline(request, scheduler, same_size, prompts
 
 def test_batch_pil_matches_generate_candidates(pipe, same_size, prompts):
     seeds = [seeds_for(i) for i in range(3)]
-    out = generate_batch(pipe, same_size, [e for e, _ in prompts], [n for _, n in prompts], GUIDANCE, STRENGTH, STEPS, seeds)
+    out = generate_batch(pipe, same_size, [e for e, _ in prompts], [n for _, n in prompts], GUIDANCE,
+                         STRENGTH, STEPS, seeds)
     for i in range(3):
         ref = generate_candidates(pipe, *prompts[i], same_size[i], GUIDANCE[i], STRENGTH, STEPS, seeds[i])
         for a, b in zip(out[i], ref):
@@ -80,7 +82,8 @@ def test_guidance_is_per_sample(pipe, same_size, prompts):
     seeds = [seeds_for(0)]
     own = batched(pipe, same_size[:1], prompts[:1], [1.2], seeds)[0]
     for other in (7.5, 0.8):
-        assert np.abs(np.stack(own) - np.stack(batched(pipe, same_size[:1], prompts[:1], [other], seeds)[0])).max() > 1e-3
+        assert np.abs(np.stack(own)
+                      - np.stack(batched(pipe, same_size[:1], prompts[:1], [other], seeds)[0])).max() > 1e-3
     # At 0.8 the pipeline skips CFG: the result equals scale 1 (the conditional prediction), not 0.8's extrapolation.
     at_one = batched(pipe, same_size[:1], prompts[:1], [1.0], seeds)[0]
     below = batched(pipe, same_size[:1], prompts[:1], [0.8], seeds)[0]
@@ -148,8 +151,8 @@ def test_rejects_what_one_loop_cannot_run(pipe, ddim_pipe, prompts):
         generate_batch(ddim_pipe, [image], [e], [n], [1.2], 0.05, STEPS, [seeds_for(0)])
     lcm_unet = UNet2DConditionModel.from_config({**pipe.unet.config, "time_cond_proj_dim": 8})
     with pytest.raises(ValueError, match="embedding"):
-        generate_batch(StableDiffusionImg2ImgPipeline.from_pipe(pipe, unet=lcm_unet), [image], [e], [n], [1.2], STRENGTH,
-                       STEPS, [seeds_for(0)])
+        generate_batch(StableDiffusionImg2ImgPipeline.from_pipe(pipe, unet=lcm_unet), [image], [e], [n],
+                       [1.2], STRENGTH, STEPS, [seeds_for(0)])
 
 
 def test_real_architectures_and_their_flops():
@@ -159,7 +162,7 @@ def test_real_architectures_and_their_flops():
         blip, _ = builders.blip("real")
         clip, _ = builders.clip("real")
         vit = builders.classifier(builders.VIT_B16, "real")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731 - a one-line helper of the asserts below
     assert count(pipe.unet) == 859_520_964
     assert count(pipe.vae) == 83_653_863
     assert count(pipe.text_encoder) == 123_060_480
@@ -173,7 +176,8 @@ def test_real_architectures_and_their_flops():
 
 
 def test_half_precision_batch_matches_the_pipeline_and_fp32(assets, same_size, pipe):
-    """The CUDA path's dtype plumbing (fp16 weights, fp32 guidance scales), run on the CPU: torch has fp16 kernels there."""
+    """The CUDA path's dtype plumbing (fp16 weights, fp32 guidance scales), run on the CPU: torch has fp16 kernels
+    there."""
     import warnings
 
     with warnings.catch_warnings():  # diffusers warns that fp16 on the CPU may fail; these tiny ops do not

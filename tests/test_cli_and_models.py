@@ -33,7 +33,8 @@ def test_cli_bad_params_stop_before_any_work(tmp_path):
 
 
 def test_cli_set_overrides_are_validated(tmp_path):
-    out = _cli("run", "data", "--params", "params/smoke.yaml", "--run-dir", str(tmp_path / "r"), "--set", "generation.strength=3")
+    out = _cli("run", "data", "--params", "params/smoke.yaml", "--run-dir", str(tmp_path / "r"), "--set",
+               "generation.strength=3")
     assert out.returncode == 2 and "generation.strength" in out.stderr
 
 
@@ -54,7 +55,8 @@ def test_unreachable_model_ids_say_what_to_do(loader):
     with pytest.raises(ModelLoadError) as err:
         loader("Salesforce/no-such-model-xyz")
     msg = str(err.value)
-    assert "Salesforce/no-such-model-xyz" in msg and "offline" in msg and "params/smoke.yaml" in msg and "models." in msg
+    assert ("Salesforce/no-such-model-xyz" in msg and "offline" in msg and "params/smoke.yaml" in msg
+            and "models." in msg)
 
 
 def test_unreachable_classifier_says_what_to_do():

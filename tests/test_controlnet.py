@@ -44,8 +44,9 @@ def edges(same_size):
 
 def per_image(pipe, image, embeds, guidance, seeds, control, scale=1.0):
     return pipe(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], image=image, control_image=control,
-                controlnet_conditioning_scale=scale, strength=STRENGTH, guidance_scale=guidance, num_inference_steps=STEPS,
-                num_images_per_prompt=len(seeds), generator=[generator(s) for s in seeds], output_type="np").images
+                controlnet_conditioning_scale=scale, strength=STRENGTH, guidance_scale=guidance,
+                num_inference_steps=STEPS, num_images_per_prompt=len(seeds), generator=[generator(s) for s in seeds],
+                output_type="np").images
 
 
 def test_canny_edges_are_opencvs_on_three_channels(same_size):
@@ -92,10 +93,11 @@ def per_image_plain(pipe, image, embeds, guidance, seeds):
 
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_batch_matches_the_controlnet_pipeline(pipe, same_size, edges, prompts, scale):
-    """Per-sample guidance (no CFG, 1.2, 7.5) and per-source edge maps in one loop, each equal to its own pipeline call."""
+    """Per-sample guidance (no CFG, 1.2, 7.5) and per-source edge maps in one loop, each equal to its own pipeline
+    call."""
     seeds = [seeds_for(i) for i in range(3)]
-    out = generate_batch(pipe, same_size, [e for e, _ in prompts], [n for _, n in prompts], GUIDANCE, STRENGTH, STEPS, seeds,
-                         output_type="np", control_images=edges, conditioning_scale=scale)
+    out = generate_batch(pipe, same_size, [e for e, _ in prompts], [n for _, n in prompts], GUIDANCE,
+                         STRENGTH, STEPS, seeds, output_type="np", control_images=edges, conditioning_scale=scale)
     for i in range(3):
         ref = per_image(pipe, same_size[i], prompts[i], GUIDANCE[i], seeds[i], edges[i], scale)
         assert np.abs(np.stack(out[i]) - ref).max() < ATOL
@@ -116,8 +118,8 @@ def test_generate_many_with_mixed_sizes_and_pil_output(pipe, same_size, prompts)
     images = [same_size[0], same_size[1].resize((40, 32)), same_size[2]]
     controls = [canny_edges(image, 100, 200) for image in images]
     seeds = [seeds_for(i, k=1 + i % 2) for i in range(3)]
-    out = generate_many(pipe, images, [e for e, _ in prompts], [n for _, n in prompts], GUIDANCE, STRENGTH, STEPS, seeds,
-                        batch_size=2, control_images=controls)
+    out = generate_many(pipe, images, [e for e, _ in prompts], [n for _, n in prompts], GUIDANCE, STRENGTH,
+                        STEPS, seeds, batch_size=2, control_images=controls)
     for i, image in enumerate(images):
         ref = generate_candidates(pipe, *prompts[i], image, GUIDANCE[i], STRENGTH, STEPS, seeds[i], controls[i])
         assert [o.size for o in out[i]] == [r.size for r in ref] and len(ref) == len(seeds[i])
@@ -130,7 +132,8 @@ def test_rejects_missing_or_misfit_control_images(pipe, assets, same_size, edges
     with pytest.raises(ValueError, match="ControlNet pipeline needs them"):
         generate_batch(pipe, same_size[:1], [e], [n], [1.2], STRENGTH, STEPS, [seeds_for(0)])
     with pytest.raises(ValueError, match="control_images go with"):
-        generate_batch(load_img2img(str(assets[0] / "sd")), same_size[:1], [e], [n], [1.2], STRENGTH, STEPS, [seeds_for(0)],
+        generate_batch(load_img2img(str(assets[0] / "sd")), same_size[:1], [e], [n], [1.2], STRENGTH, STEPS,
+                       [seeds_for(0)],
                        control_images=edges[:1])
     with pytest.raises(ValueError, match="of the source's size"):
         generate_batch(pipe, same_size[:1], [e], [n], [1.2], STRENGTH, STEPS, [seeds_for(0)],
@@ -157,12 +160,14 @@ def test_the_generator_is_in_the_fingerprint_and_controlnet_settings_only_when_u
     other_thresholds = make_params("t", generation={"controlnet": {"low_threshold": 50}})
     controlled = make_params("c", generation={"generator": "controlnet"})
     assert "generator" not in fingerprint(plain, "generate")["generation"]  # img2img: as every run before generators
-    assert "models.controlnet" not in fingerprint(plain, "generate") and "controlnet" not in fingerprint(plain, "generate")["generation"]
+    assert ("models.controlnet" not in fingerprint(plain, "generate")
+            and "controlnet" not in fingerprint(plain, "generate")["generation"])
     assert fingerprint(plain, "generate") == fingerprint(other_thresholds, "generate")  # unused settings change nothing
     assert fingerprint(controlled, "upscale")["models.controlnet"] == controlled.models.controlnet
     assert fingerprint(controlled, "curate") != fingerprint(plain, "curate")  # downstream stages follow
     assert fingerprint(controlled, "generate")["generation"]["generator"] == "controlnet"
-    for name, change in (("lo", {"low_threshold": 50}), ("hi", {"high_threshold": 150}), ("sc", {"conditioning_scale": 0.5})):
+    for name, change in (("lo", {"low_threshold": 50}), ("hi", {"high_threshold": 150}),
+                         ("sc", {"conditioning_scale": 0.5})):
         other = make_params(name, generation={"generator": "controlnet", "controlnet": change})
         assert fingerprint(other, "generate") != fingerprint(controlled, "generate"), change
     other_model = controlled.model_copy(deep=True)
@@ -177,7 +182,8 @@ def controlnet_run(assets, pipeline_run, tmp_path_factory):
 
     from .conftest import write_params
 
-    params = load_params(write_params(tmp_path_factory.mktemp("controlnet"), *assets, generation={"generator": "controlnet"}))
+    params = load_params(write_params(tmp_path_factory.mktemp("controlnet"), *assets,
+                                      generation={"generator": "controlnet"}))
     copy_stages(pipeline_run, params, "data", "captions", "similarity")
     assert run_stage("generate", params) is not None
     return params
@@ -202,7 +208,8 @@ def test_the_stage_saves_edge_maps_beside_its_candidates(controlnet_run, pipelin
 
 def test_controlnet_stage_resumes_byte_identically_and_batched_matches(make_params, controlnet_run):
     first = catalog.load(controlnet_run, "manifest_raw")
-    for name, generation in (("again", {"generator": "controlnet"}), ("batched", {"generator": "controlnet", "batch_size": 4})):
+    for name, generation in (("again", {"generator": "controlnet"}),
+                             ("batched", {"generator": "controlnet", "batch_size": 4})):
         params = make_params(name, generation=generation)
         copy_stages(controlnet_run, params, "data", "captions", "similarity")
         run_stage("generate", params)
@@ -232,7 +239,8 @@ def test_preview_shows_both_generators_as_the_stages_make_them(pipeline_run, con
                 diff = np.abs(np.asarray(image, dtype=int) - np.asarray(Image.open(path), dtype=int))
                 assert diff.max() <= 2 and diff.mean() < 0.05, (kind, diff.max(), diff.mean())
         edges = controlled[controlled.image_id == item["image_id"]].edges.iloc[0]
-        assert np.array_equal(np.asarray(item["edges"]), np.asarray(Image.open(RunDir.of(controlnet_run).absolute(edges))))
+        assert np.array_equal(np.asarray(item["edges"]),
+                              np.asarray(Image.open(RunDir.of(controlnet_run).absolute(edges))))
 
 
 def test_the_flop_floor_counts_the_controlnet():
@@ -270,7 +278,8 @@ def test_the_ablation_profiles_pair_each_controlnet_strength_with_plain_sgid():
 
     for name, strengths in (("pets", {0.3, 0.5, 0.7}), ("flowers", {0.3, 0.5, 0.7}), ("smoke", {0.5})):
         profile = load_params(REPO / "params" / f"{name}_ablations.yaml")
-        controlled = {a.set["generation.strength"]: a for a in profile.ablations if a.set.get("generation.generator") == "controlnet"}
+        controlled = {a.set["generation.strength"]: a for a in profile.ablations
+                      if a.set.get("generation.generator") == "controlnet"}
         plain = {a.set["generation.strength"]: a for a in profile.ablations
                  if "generation.strength" in a.set and "generation.generator" not in a.set}
         assert set(controlled) == strengths and strengths <= set(plain), name

@@ -30,7 +30,8 @@ def test_most_diverse_consistent_takes_the_least_similar_acceptable_candidate():
     assert best.loc["a", "path"] == "s"  # 0.7 >= 0.65 and consistent; 0.6 is below the floor; 0.9 is closer
     assert best.loc["b", "path"] == "v"  # nothing consistent: falls back to the most similar, and says so
     assert best.fallback.to_dict() == {"a": False, "b": True}
-    assert select(_candidates(), "most_diverse_consistent", min_similarity=0.5).set_index("image_id").loc["a", "path"] == "r"
+    assert (select(_candidates(), "most_diverse_consistent", min_similarity=0.5).set_index("image_id")
+            .loc["a", "path"] == "r")
     with pytest.raises(ValueError, match="min_similarity"):
         select(_candidates(), "most_diverse_consistent")
 
@@ -69,7 +70,7 @@ def test_quality_scores_filters_and_the_filtered_set(pipeline_run):
     # Every competing candidate was kept or dropped by a named filter, in order.
     assert set(comp.dropped_by.dropna()) <= {"similarity", "label", "detector"}
     assert (comp[comp.dropped_by == "similarity"].similarity < summary["similarity_threshold"]).all()
-    assert (comp[comp.dropped_by == "label"].consistent == False).all()  # noqa: E712
+    assert (comp[comp.dropped_by == "label"].consistent == False).all()  # noqa: E712 - element-wise on a Series
     assert (comp[comp.kept.astype(bool)].similarity >= summary["similarity_threshold"]).all()
     assert comp[comp.kept.astype(bool)].consistent.all()
     filtered = pd.read_parquet(RunDir.of(p).curated_table(filtered=True))

@@ -86,7 +86,8 @@ def test_imagefolder_with_bad_files_skips_and_records(make_params, tmp_path):
 def test_per_class_cap_and_too_few_classes(make_params, tmp_path):
     root = tmp_path / "imgs"
     _folder(root, {"a": 6, "b": 6})
-    params = make_params(dataset={"path": str(root), "test_path": None, "max_per_class": 2}, smoke={"build_dataset": False})
+    params = make_params(dataset={"path": str(root), "test_path": None, "max_per_class": 2},
+                         smoke={"build_dataset": False})
     df = data.run(params)
     assert df[df.split == "train"].groupby("label").size().tolist() == [2, 2]
     lonely = tmp_path / "lonely"
@@ -107,7 +108,8 @@ def test_hub_source_reads_splits_and_class_label_names(make_params, tmp_path):
     """The pets/flowers path, fed by a local parquet data set with the hub copy's layout."""
     import datasets
 
-    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["great_pyrenees", "Maine_Coon"])})
+    feats = datasets.Features({"image": datasets.Image(),
+                               "label": datasets.ClassLabel(names=["great_pyrenees", "Maine_Coon"])})
     imgs = [Image.new("RGB", (30 + i, 30), (i * 30, 0, 0)) for i in range(4)]
     for split in ("train", "test"):
         ds = datasets.Dataset.from_dict({"image": imgs, "label": [0, 1, 0, 1]}, features=feats)
@@ -124,7 +126,8 @@ def test_hub_source_reads_splits_and_class_label_names(make_params, tmp_path):
 def test_unreachable_hub_dataset_names_the_id(make_params):
     from sgid_utils.models.loading import ModelLoadError
 
-    params = make_params(dataset={"source": "flowers", "hf_id": "nobody/no-such-dataset", "path": None, "test_path": None},
+    params = make_params(dataset={"source": "flowers", "hf_id": "nobody/no-such-dataset", "path": None,
+                                  "test_path": None},
                          smoke={"build_dataset": False})
     with pytest.raises(ModelLoadError, match="nobody/no-such-dataset"):
         data.run(params)
@@ -172,7 +175,8 @@ def test_the_flowers_split_variant_trains_on_the_train_split_alone(make_params, 
     split_only = next(a for a in flowers.ablations if a.name == "train-split-only")
     assert flowers.dataset.train_splits == ["train", "validation"]
     assert variant_params(flowers, split_only.name, split_only.set).dataset.train_splits == ["train"]
-    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["pink primrose", "hard-leaved pocket orchid"])})
+    feats = datasets.Features({"image": datasets.Image(),
+                               "label": datasets.ClassLabel(names=["pink primrose", "hard-leaved pocket orchid"])})
     for split, n in (("train", 4), ("validation", 6), ("test", 2)):
         imgs = [Image.new("RGB", (30 + i, 30), (i * 30, 0, 0)) for i in range(n)]
         ds = datasets.Dataset.from_dict({"image": imgs, "label": [i % 2 for i in range(n)]}, features=feats)
@@ -180,8 +184,9 @@ def test_the_flowers_split_variant_trains_on_the_train_split_alone(make_params, 
         ds.to_parquet(str(tmp_path / "hub" / "data" / f"{split}-00000-of-00001.parquet"))
     rows = {}
     for name, splits in (("both", ["train", "validation"]), ("train", split_only.set["dataset.train_splits"])):
-        params = make_params(name, dataset={"source": "flowers", "hf_id": str(tmp_path / "hub"), "path": None, "test_path": None,
-                                            "train_splits": splits, "class_name_case": "keep"}, smoke={"build_dataset": False})
+        params = make_params(name, dataset={"source": "flowers", "hf_id": str(tmp_path / "hub"), "path": None,
+                                            "test_path": None, "train_splits": splits, "class_name_case": "keep"},
+                             smoke={"build_dataset": False})
         df = data.run(params)
         rows[name] = df.split.value_counts().to_dict()
         assert set(df.class_name) == {"pink primrose", "hard-leaved pocket orchid"}  # hyphens kept

@@ -40,7 +40,8 @@ def test_manifest_images_seeds_and_prompts(pipeline_run):
     per_class = manifest.drop_duplicates("image_id").merge(best[small], on="image_id").groupby("label").size()
     assert (per_class == 1).all() and len(per_class) == best[small].label.nunique()
     assert set(best[~small].image_id) <= set(manifest.image_id)
-    assert len(manifest) == manifest.image_id.nunique() * p.generation.num_candidates < len(best) * p.generation.num_candidates
+    assert (len(manifest) == manifest.image_id.nunique() * p.generation.num_candidates
+            < len(best) * p.generation.num_candidates)
     for row in manifest.itertuples():
         assert row.seed == derive_seed(p.run.seed, row.image_id, row.k, purpose="generate")
         src = best.set_index("image_id").loc[row.image_id]
@@ -101,7 +102,8 @@ def test_auto_batch_size_follows_free_memory_and_input_size():
     assert auto_batch_size(13 * gib, 256, 256, 3, torch.float16) == 9  # a quarter of the pixels
     assert auto_batch_size(13 * gib, 512, 512, 3, torch.float32) == 1  # twice the bytes per value
     assert auto_batch_size(1 * gib, 768, 768, 3, torch.float16) == 1  # never below one
-    assert auto_batch_size(75 * gib, 512, 512, 3, torch.float16, controlnet=True) == 9  # the ControlNet's rows: 1.4x bytes
+    # the ControlNet's rows: 1.4x bytes
+    assert auto_batch_size(75 * gib, 512, 512, 3, torch.float16, controlnet=True) == 9
 
 
 def test_in_batches_halves_a_batch_that_runs_out_of_memory_down_to_one():
@@ -134,11 +136,14 @@ def test_the_raw_pass_samples_small_sources_per_class_seeded():
     from sgid_utils.method.generation import raw_pass
 
     sizes = [(100, 80)] * 7 + [(600, 520)] * 2  # per class: 7 small sources, 2 at or above the threshold
-    sources = pd.DataFrame({"image_id": [f"c{c}_{i}" for c in range(3) for i in range(9)], "label": [c for c in range(3) for _ in range(9)],
-                            "width": [w for _ in range(3) for w, _ in sizes], "height": [h for _ in range(3) for _, h in sizes]})
+    sources = pd.DataFrame({"image_id": [f"c{c}_{i}" for c in range(3) for i in range(9)],
+                            "label": [c for c in range(3) for _ in range(9)],
+                            "width": [w for _ in range(3) for w, _ in sizes],
+                            "height": [h for _ in range(3) for _, h in sizes]})
 
     def params(sample, seed=0):
-        return SimpleNamespace(curation=SimpleNamespace(upscale_threshold=512, error_analysis_sample=sample), run=SimpleNamespace(seed=seed))
+        return SimpleNamespace(curation=SimpleNamespace(upscale_threshold=512, error_analysis_sample=sample),
+                               run=SimpleNamespace(seed=seed))
 
     chosen = raw_pass(params(5), sources)
     large = sources.width >= 512

@@ -16,7 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))  # bench/ is scripts, not a package: import them as `python bench/x.py` does
 
-from gpu_report import largest_batch  # noqa: E402
+from gpu_report import largest_batch  # noqa: E402 - importable only once bench/ is on sys.path (above)
 
 # Written out here, not read from gpu_report.SECTIONS: a section dropped there must fail this test.
 SECTIONS = (

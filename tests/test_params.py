@@ -16,7 +16,8 @@ def _write(tmp_path: Path, doc: dict) -> Path:
     return p
 
 
-BASE = {"run": {"name": "x", "dir": "runs/x", "reports_dir": "reports/x"}, "dataset": {"source": "imagefolder", "path": "data"}}
+BASE = {"run": {"name": "x", "dir": "runs/x", "reports_dir": "reports/x"},
+        "dataset": {"source": "imagefolder", "path": "data"}}
 
 
 def _with(section: str, key: str, value) -> dict:
@@ -106,7 +107,8 @@ def test_shipped_profiles_hold_the_published_settings(name):
     assert g.guidance.coefficients == (-4.0, 2.0, 1.0)
     assert g.prompt_template == "{caption}. A picture of {label}"
     assert p.curation.upscale_threshold == 512 and p.curation.select == "most_similar"
-    assert (t.lr, t.cutmix_alpha, t.cutmix_prob, t.randaugment_num_ops, t.randaugment_magnitude) == (1e-4, 1.0, 0.5, 2, 9)
+    assert ((t.lr, t.cutmix_alpha, t.cutmix_prob, t.randaugment_num_ops, t.randaugment_magnitude)
+            == (1e-4, 1.0, 0.5, 2, 9))
     assert t.sgid_proportions == [0.25, 0.5, 0.75, 1.0]
     assert len(t.seeds) >= 2
     paper = p.results.references[0]
@@ -125,7 +127,8 @@ def test_smoke_profile_is_offline():
     p = load_params(REPO / "params" / "smoke.yaml")
     for ref in p.models.model_dump().values():
         assert Path(ref.removeprefix("local-dir:")).is_absolute(), ref
-    for backbone in p.training.backbones:  # every backbone a local folder the profile builds (tiny_backbones or models.classifier)
+    # every backbone a local folder the profile builds (tiny_backbones or models.classifier)
+    for backbone in p.training.backbones:
         assert backbone.model.startswith("local-dir:/"), backbone.model
         assert backbone.name in p.smoke.tiny_backbones or backbone.model == p.models.classifier
     assert p.smoke.build_models and p.smoke.build_dataset

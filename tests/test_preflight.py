@@ -76,21 +76,23 @@ def test_canary_params_shrink_the_run(make_params):
 
 
 def test_projection_formula_by_hand(make_params):
-    counts = Counts(train_images=100, raw_sources=40, small_sources=70, raw_pixels=40 * 250_000, small_pixels=70 * 100_000,
-                    train_image_epochs=3_000, source="hand")
+    counts = Counts(train_images=100, raw_sources=40, small_sources=70, raw_pixels=40 * 250_000,
+                    small_pixels=70 * 100_000, train_image_epochs=3_000, source="hand")
     seconds = project_seconds({"data": 2.0, "captions": 0.5, "generate": 3.0, "upscale": 2.0, "train": 0.01}, counts)
     assert seconds == {"data": 2.0, "captions": 50.0, "generate": 120.0, "upscale": 140.0, "train": 30.0}
     assert checkpoint_bytes(1_000_000) == 12_000_000  # 4 bytes x (weights + 2 Adam moments)
     # 1.5 B/px x 3 candidates x (10 M + 7 M px) = 76.5 MB; + 12 MB checkpoint; + 100 images x 1 kB
-    assert disk_need_bytes(1.5, 3, counts.raw_pixels, counts.small_pixels, 1_000_000, 1_000, 100) == 76_500_000 + 12_000_000 + 100_000
+    assert (disk_need_bytes(1.5, 3, counts.raw_pixels, counts.small_pixels, 1_000_000, 1_000, 100)
+            == 76_500_000 + 12_000_000 + 100_000)
     # Training images per configuration: baseline 10; SGID 50 % adds 5, 100 % adds 10 (one curated image per source);
     # times the epochs (training.epochs: 1 here).
     params = make_params(training={"methods": ["baseline", "sgid"], "seeds": [0], "sgid_proportions": [0.5, 1.0]})
     assert image_epochs(params, 10) == [10, 15, 20]
     # Each backbone its own epochs: 2 for the first, training.epochs (1) for the second.
     two = make_params("two", training={"methods": ["baseline", "sgid"], "seeds": [0], "sgid_proportions": [1.0],
-                                       "backbones": [{"name": "a", "model": "resnet50", "pretrained": False, "epochs": 2},
-                                                     {"name": "b", "model": "resnet50", "pretrained": False}]})
+                                       "backbones": [
+                                           {"name": "a", "model": "resnet50", "pretrained": False, "epochs": 2},
+                                           {"name": "b", "model": "resnet50", "pretrained": False}]})
     assert image_epochs(two, 10) == [20, 40, 10, 20]
 
 
@@ -114,7 +116,8 @@ def test_uncached_hub_id_fails_fast_offline(make_params):
     assert time.perf_counter() - start < 15, "an offline check must not wait on the network"
     failed = _failed(report)
     assert list(failed) == ["models.clip"]
-    assert "openai/clip-vit-base-patch32" in failed["models.clip"] and "hf download openai/clip-vit-base-patch32" in failed["models.clip"]
+    assert ("openai/clip-vit-base-patch32" in failed["models.clip"]
+            and "hf download openai/clip-vit-base-patch32" in failed["models.clip"])
     assert not report.rows and not RunDir.of(params).root.exists()
     assert not RunDir.of(params).canary.root.exists(), "no stage may start after a failed check"
 
@@ -144,7 +147,8 @@ def test_version_mismatch_is_a_warning(tmp_path):
     pins = tmp_path / "constraints.txt"
     pins.write_text("# comment\npytest==0.0.1\nnot-a-package-sgid==1.0\n")
     check = check_versions(pins)
-    assert check.ok and "0/2" in check.detail and "pytest" in check.detail and "not-a-package-sgid not installed" in check.detail
+    assert (check.ok and "0/2" in check.detail and "pytest" in check.detail
+            and "not-a-package-sgid not installed" in check.detail)
 
 
 def test_cli_no_canary_passes_and_starts_nothing(make_params, capsys):
@@ -185,7 +189,8 @@ def test_a_reuse_profile_projects_only_what_it_recomputes(make_params, pipeline_
 
     other = preflight(make_params("reuse-other", run={"reuse": base}, generation={"strength": 0.5}), canary=False)
     assert next(c for c in other.checks if c.name == "run.reuse").detail == (
-        "data, captions, similarity linked from " + base + "; made there with other params, so run here: generate, upscale, curate")
+        "data, captions, similarity linked from " + base + "; made there with other params, so run here: "
+        "generate, upscale, curate")
 
     missing = make_params("reuse-missing", run={"reuse": str(tmp_path / "nowhere")})
     failed = _failed(preflight(missing))
@@ -209,7 +214,8 @@ def test_the_controlnet_is_checked_only_where_a_stage_loads_it(make_params):
 def test_each_backbone_is_projected_at_its_own_measured_rate(make_params, tiny_backbones, assets):
     entries = [{"name": "vit", "label": "ViT", "model": f"local-dir:{assets[0] / 'vit'}"},
                {**resnet_scratch_entry(tiny_backbones), "epochs": 3}]
-    params = make_params("per-backbone", training={"backbones": entries, "methods": ["baseline", "sgid"], "seeds": [0]}, **FAST)
+    params = make_params("per-backbone",
+                         training={"backbones": entries, "methods": ["baseline", "sgid"], "seeds": [0]}, **FAST)
     report = preflight(params)
     assert report.ok, "\n".join(c.line for c in report.checks)
     rows = {r["stage"]: r for r in report.rows}
@@ -222,7 +228,8 @@ def test_each_backbone_is_projected_at_its_own_measured_rate(make_params, tiny_b
     canary = canary_params(params)
     split = train_seconds_by_backbone(canary, 10.0)
     assert sum(split.values()) == pytest.approx(10.0) and set(split) == {"vit", "resnet"}
-    measured = {b: sum(read_table(RunDir.of(canary).history(c.name)).seconds.sum() for c in configs(canary) if c.backbone == b)
+    measured = {b: sum(read_table(RunDir.of(canary).history(c.name)).seconds.sum()
+                       for c in configs(canary) if c.backbone == b)
                 for b in split}
     assert split["vit"] / split["resnet"] == pytest.approx(measured["vit"] / measured["resnet"])
     # ... and each backbone's row projects its own share at its own rate, not the mean rate of all.
@@ -230,5 +237,6 @@ def test_each_backbone_is_projected_at_its_own_measured_rate(make_params, tiny_b
     rows = {r["stage"]: r["seconds"] for r in _train_rows(params, canary, 10.0, counts, "basis")}
     n_canary = int((read_table(RunDir.of(canary).images_table).split == "train").sum())
     canary_items, full_items = image_epochs_by_backbone(canary, n_canary), image_epochs_by_backbone(params, n)
-    assert rows == pytest.approx({"train: ViT": split["vit"] / canary_items["vit"] * full_items["vit"],
-                                  "train: ResNet (scratch)": split["resnet"] / canary_items["resnet"] * full_items["resnet"]})
+    assert rows == pytest.approx({
+        "train: ViT": split["vit"] / canary_items["vit"] * full_items["vit"],
+        "train: ResNet (scratch)": split["resnet"] / canary_items["resnet"] * full_items["resnet"]})

@@ -189,7 +189,8 @@ def test_fid_kid_wiring_with_a_tiny_feature_extractor():
     assert diff["fid"] == pytest.approx(expected, rel=1e-3) and diff["fid"] > 0.01
     assert diff["kid_mean"] > same["kid_mean"] and math.isfinite(diff["kid_std"])
     assert (diff["n_real"], diff["n_generated"], diff["kid_subset_size"]) == (40, 40, 20)
-    seeded = [fid_kid(real, gen, feature=PooledColours(), subset_size=20, subsets=3, seed=3)["kid_mean"] for _ in range(2)]
+    seeded = [fid_kid(real, gen, feature=PooledColours(), subset_size=20, subsets=3, seed=3)["kid_mean"]
+              for _ in range(2)]
     assert seeded[0] == seeded[1]  # KID's random subsets come from the seed
 
 
@@ -225,7 +226,8 @@ def test_zero_shot_with_the_tiny_clip(assets):
     labels = [label for label, _ in paths]
     table = label_consistency(images, text, labels)
     assert len(table) == len(paths) and table.predicted.between(0, len(names) - 1).all()
-    assert table.label_score.to_numpy() == pytest.approx((images @ text.T)[range(len(labels)), labels].numpy(), abs=1e-5)
+    assert table.label_score.to_numpy() == pytest.approx((images @ text.T)[range(len(labels)), labels].numpy(),
+                                                         abs=1e-5)
     m = consistency_metrics(images, text, labels)
     assert -1 <= m["mean_label_score"] <= 1 and m["zero_shot_accuracy"] == pytest.approx(table.consistent.mean())
     assert within_class_spread(images, labels) >= 0
@@ -246,6 +248,7 @@ def test_consistency_diversity_numbers_the_variants_so_no_names_overlap():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.texts] == ["1", "2", "3"]  # numbers on the plot, not the long names
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert ["1: label-only", "2: caption-only", "3: SGID + ControlNet (strength 0.5)"] == [t for t in legend if t[0].isdigit()]
+    assert (["1: label-only", "2: caption-only", "3: SGID + ControlNet (strength 0.5)"]
+            == [t for t in legend if t[0].isdigit()])
     assert "real images' label score" in legend
     plt.close(fig)

@@ -80,7 +80,8 @@ def report_params(pipeline_run, assets, tmp_path_factory):
     shutil.copytree(src.root, dst.root, symlinks=True)
     shutil.copytree(src.reports, dst.reports)
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "print('executed')", execution_count=1, outputs=[nbformat.v4.new_output("stream", name="stdout", text="executed cell output\n")])])
+        "print('executed')", execution_count=1,
+        outputs=[nbformat.v4.new_output("stream", name="stdout", text="executed cell output\n")])])
     dst.notebooks.mkdir(parents=True)
     nbformat.write(notebook, dst.executed_notebook("06_results"))
     return params
@@ -121,7 +122,8 @@ def test_the_page_numbers_are_the_run_tables(report_params, page):
             mine = accuracy[(accuracy.Backbone == label) & (accuracy.Method == row[0])].iloc[0]
             acc, delta, verdicts = row[1 + 3 * i: 4 + 3 * i]
             assert (acc, delta) == (mine[OURS], _shown(mine[DELTA]))
-            assert "±" not in acc or float(acc.split(" ±")[0]) == pytest.approx(100 * mine["mean"], abs=0.006)  # percent
+            # percent
+            assert "±" not in acc or float(acc.split(" ±")[0]) == pytest.approx(100 * mine["mean"], abs=0.006)
             plain = mine[SIGNIFICANT]
             assert verdicts == ("–" if plain == "–" else "undetermined" if plain.startswith("undetermined")
                                 else f"{plain} / {mine[SIGNIFICANT_HOLM]}")
@@ -143,7 +145,8 @@ def test_the_top_of_the_page_gives_the_verdict_in_percent_and_points(page):
     assert top.Controls.iloc[0].count("not run") == 2  # no ablation profile has run for this copy
     assert "covers training seeds on one generation draw" in page.text
     assert "Li, Xu" not in page.text and "Li et al." in page.text
-    assert "0." not in " ".join(top["Gain (points, 95% CI)"]).replace("+0.", "").replace("-0.", "")  # points, not fractions
+    # points, not fractions
+    assert "0." not in " ".join(top["Gain (points, 95% CI)"]).replace("+0.", "").replace("-0.", "")
 
 
 def test_provenance_and_settings_come_from_the_run(report_params, pipeline_run, page):
@@ -158,14 +161,16 @@ def test_provenance_and_settings_come_from_the_run(report_params, pipeline_run, 
     assert f"stages started {first} to {last} (UTC)" in page.text  # the key facts' one line
     settings = page.frame("settings").set_index("setting")
     assert settings.columns.tolist() == ["this run", "package default", "origin", "source"]
-    assert settings.loc["training.epochs", "this run"] == "1" and settings.loc["training.epochs", "package default"] == "10"
+    assert (settings.loc["training.epochs", "this run"] == "1"
+            and settings.loc["training.epochs", "package default"] == "10")
     assert settings.loc["generation.num_candidates", "this run"] == "2"
     expected = changed_settings(report_params).set_index("setting")
     shown = [k for k in expected.index if not k.startswith(("results.references", "results.headline", "ablations"))]
     assert settings.index.tolist() == shown  # every changed setting, without the reference numbers and variants
     for key in ("training.epochs", "generation.num_candidates"):  # each setting's source, from sources.py
         assert settings.loc[key, "origin"] == source_of(key).origin == expected.loc[key, "origin"]
-        assert settings.loc[key, "source"] == expected.loc[key, "source"] and source_of(key).where in settings.loc[key, "source"]
+        assert (settings.loc[key, "source"] == expected.loc[key, "source"]
+                and source_of(key).where in settings.loc[key, "source"])
     assert "paper (schema default)" not in page.text
     every = page.frame("all-settings").set_index("setting")  # unchanged settings too, each with its default's source
     assert settings.index.isin(every.index).all()
@@ -205,5 +210,6 @@ def test_ablation_table_is_shown_when_the_profile_has_run(report_params, page):
         path.unlink()
     pd.testing.assert_frame_equal(shown.frame("ablations"), table.astype(str))
     controls = shown.frame("headline").Controls.iloc[0]  # the equal-steps row beside the main verdict; no second draw
-    assert "equal steps (SGID trained for the Baseline's steps): SGID (100%) − Baseline +2.00 [-1.00, +5.00] points" in controls
+    assert ("equal steps (SGID trained for the Baseline's steps): SGID (100%) − Baseline +2.00 [-1.00, +5.00] points"
+            in controls)
     assert "second generation draw (captions, candidates, selection redrawn): not run" in controls

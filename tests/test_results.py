@@ -100,7 +100,8 @@ def test_gains_show_the_papers_own_data_set_gain_and_both_verdicts():
     assert np.isnan(gains.loc["resnet50_scratch", PAPER_DATA_SET_GAIN])  # no paper table for this backbone
     assert gains.loc["vit_b16_in21k", "Best non-generative"] == "Baseline"
     assert gains.loc["vit_b16_in21k", "verdict (unadjusted)"] == "significant"
-    assert gains.loc["resnet50_scratch", "verdict (unadjusted)"] == "undetermined (identical difference on every seed: zero spread)"
+    assert (gains.loc["resnet50_scratch", "verdict (unadjusted)"]
+            == "undetermined (identical difference on every seed: zero spread)")
     assert gains.loc["vit_b16_in21k", "verdict (Holm)"] in ("significant", "not significant")
     caption = gains_caption(params, backbone_gains(rows, params))
     assert "For ViT-B/16 (ImageNet-21k) the best non-generative method is Baseline" in caption

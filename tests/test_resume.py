@@ -90,7 +90,8 @@ def test_kill_and_resume_matches_an_uninterrupted_run(stage, make_params, pipeli
     copy_stages(pipeline_run, params, *upstream_closure(stage)[:-1])
     kill_after = _kill_point(ref, stage)
     killed = _run(params, stage, kill_after)
-    assert killed.returncode == -signal.SIGKILL, f"stage {stage} was not killed at write {kill_after}: {killed.stderr[-2000:]}"
+    assert killed.returncode == -signal.SIGKILL, (
+        f"stage {stage} was not killed at write {kill_after}: {killed.stderr[-2000:]}")
     done = _run(params, stage)
     assert done.returncode == 0, done.stderr[-2000:]
     for name in get(stage).writes:

@@ -7,7 +7,7 @@ import re
 import pytest
 from pydantic import BaseModel, create_model
 
-from sgid_utils.config import schema
+from sgid_utils.config import schema, training
 from sgid_utils.config.load import load_params
 from sgid_utils.config.schema import Params
 from sgid_utils.config.settings import changed_settings, schema_keys, settings_table
@@ -45,11 +45,12 @@ def test_no_source_names_a_key_the_schema_lacks():
 def test_the_walk_reaches_every_field_of_every_section():
     # Independent of the walk's recursion: every field of every section class is a part of some key.
     parts = {part for k in schema_keys() for part in re.split(r"[.\[\]]+", k)}
-    for section in vars(schema).values():
-        if isinstance(section, type) and issubclass(section, BaseModel) and section.__module__ == schema.__name__:
-            for name, field in section.model_fields.items():
-                if not field.exclude:
-                    assert name in parts, f"{section.__name__}.{name}"
+    for module in (schema, training):
+        for section in vars(module).values():
+            if isinstance(section, type) and issubclass(section, BaseModel) and section.__module__ == module.__name__:
+                for name, field in section.model_fields.items():
+                    if not field.exclude:
+                        assert name in parts, f"{section.__name__}.{name}"
 
 
 def test_a_new_field_without_a_source_is_caught():

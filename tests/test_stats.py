@@ -40,7 +40,8 @@ def test_paired_difference_by_hand():
 def test_identical_differences_on_every_seed_are_undetermined(method, baseline):
     d = paired_difference(method, baseline)
     assert d["significant"] is False and d["determined"] is False and math.isnan(d["p_value"])
-    assert d["reason"] == ("2 seeds: need at least 3" if len(method) == 2 else "identical difference on every seed: zero spread")
+    assert d["reason"] == ("2 seeds: need at least 3" if len(method) == 2
+                           else "identical difference on every seed: zero spread")
     row = {"setting": "SGID (100%)", "baseline": "Baseline", **d}
     assert verdict_word(row) == "undetermined" and "undetermined (" + d["reason"] + ")" in verdict(row)
 
@@ -82,7 +83,9 @@ def test_add_holm_adjusts_over_every_row_of_the_table():
 
 
 def test_paired_difference_significant_and_negative():
-    up = paired_difference([0.90, 0.92, 0.94], [0.80, 0.81, 0.84])  # differences 0.10, 0.11, 0.10: a spread  # list positions are the seeds
+    # differences 0.10, 0.11, 0.10: a spread
+    # list positions are the seeds
+    up = paired_difference([0.90, 0.92, 0.94], [0.80, 0.81, 0.84])
     assert up["significant"] and up["ci_low"] > 0
     down = paired_difference([0.80, 0.81, 0.84], [0.90, 0.92, 0.94])
     assert down["significant"] and down["ci_high"] < 0 and down["mean_diff"] == pytest.approx(-up["mean_diff"])
@@ -151,9 +154,12 @@ def _results_and_predictions():
         method = labels.copy()
         method[1:1 + seed + 1] = (method[1:1 + seed + 1] + 1) % 4  # wrong on images 1..seed+1 only
         method[39] = (method[39] + 1) % 4
-        for setting, config, pred in (("Baseline", f"baseline_seed{seed}", base), ("SGID (100%)", f"sgid100_seed{seed}", method)):
-            preds[config] = pd.DataFrame({"image_id": [f"t{i:02d}" for i in range(40)], "label_idx": labels, "pred": pred})
-            results.append({"setting": setting, "seed": seed, "config": config, "test_acc": float((pred == labels).mean())})
+        for setting, config, pred in (("Baseline", f"baseline_seed{seed}", base),
+                                      ("SGID (100%)", f"sgid100_seed{seed}", method)):
+            preds[config] = pd.DataFrame({"image_id": [f"t{i:02d}" for i in range(40)], "label_idx": labels,
+                                          "pred": pred})
+            results.append({"setting": setting, "seed": seed, "config": config,
+                            "test_acc": float((pred == labels).mean())})
     return pd.DataFrame(results), preds
 
 

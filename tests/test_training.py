@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sgid_utils.config.backbones import TrainConfig, backbones, configs
-from sgid_utils.config.schema import BackboneParams, TrainingParams
+from sgid_utils.config.training import BackboneParams, TrainingParams
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.method.augmentations import cutmix_batch, mixed_loss, randaugment
 from sgid_utils.method.training import lr_factor, step_plan, train_step
@@ -104,8 +104,8 @@ def test_training_results_metrics_and_predictions(pipeline_run):
 
 
 @pytest.mark.parametrize("backbone", ["", "resnet", "equal-steps"])
-def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params, pipeline_run, tiny_backbones, monkeypatch,
-                                                                       backbone):
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params, pipeline_run, tiny_backbones,
+                                                                     monkeypatch, backbone):
     """The report's ViT (Adam, constant lr), a ResNet from scratch (SGD, warm-up + cosine: the schedule resumes too),
     and SGID (50 %) under equal steps, killed in its partial last epoch."""
     import sgid_utils.stages.train as tr
@@ -147,7 +147,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params
     assert killed.checkpoint(cfg.name).exists() and not killed.result(cfg.name).exists()
     resumed = train_config(runs["killed"], cfg, train, test, n)
     assert resumed["test_acc"] == full["test_acc"]
-    pd.testing.assert_frame_equal(pd.read_parquet(killed.predictions(cfg.name)), pd.read_parquet(straight.predictions(cfg.name)))
+    pd.testing.assert_frame_equal(pd.read_parquet(killed.predictions(cfg.name)),
+                                  pd.read_parquet(straight.predictions(cfg.name)))
     a, b = pd.read_csv(killed.history(cfg.name)), pd.read_csv(straight.history(cfg.name))
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
     steps = plan.total if backbone == "equal-steps" else 2 * math.ceil(len(train) / 4)  # batch size 4

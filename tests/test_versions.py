@@ -45,7 +45,8 @@ def test_the_message_names_each_library_and_the_fix(monkeypatch):
 
 
 def test_every_dependency_has_a_lower_bound_and_the_pins_meet_them():
-    reqs = [Requirement(text) for text in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    reqs = [Requirement(text)
+            for text in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
     assert all(any(s.operator == ">=" for s in r.specifier) for r in reqs), [str(r) for r in reqs if not r.specifier]
     pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
                 if line and not line.startswith("#"))

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sgid_utils.config.schema import INHERITED, BackboneParams, Params
+from sgid_utils.config.schema import Params
+from sgid_utils.config.training import INHERITED, BackboneParams
 
 METHOD_NAMES = {"baseline": "Baseline", "cutmix": "CutMix", "randaugment": "RandAugment", "sgid": "SGID",
-                "sgid_filtered": "SGID filtered", "sgid_cutmix": "SGID + CutMix", "sgid_randaugment": "SGID + RandAugment"}
+                "sgid_filtered": "SGID filtered", "sgid_cutmix": "SGID + CutMix",
+                "sgid_randaugment": "SGID + RandAugment"}
 NON_GENERATIVE = ("baseline", "cutmix", "randaugment")
 GENERATIVE = ("sgid", "sgid_filtered", "sgid_cutmix", "sgid_randaugment")
 CUTMIX = ("cutmix", "sgid_cutmix")  # CutMix on every training batch (with its probability)
@@ -41,8 +43,8 @@ def backbones(params: Params) -> list[BackboneParams]:
 def recipe(bb: BackboneParams) -> str:
     """One line for tables, the report page and the notebooks: 'ResNet-50 (from scratch): sgd lr 0.05 cosine, ...'."""
     warmup = f" (warm-up {bb.warmup_epochs:g} epochs)" if bb.warmup_epochs else ""
-    return (f"{bb.label}: {'pretrained' if bb.pretrained else 'from scratch'}, {bb.optimizer} lr {bb.lr:g} {bb.schedule}"
-            f"{warmup}, {bb.epochs} epochs, batch size {bb.batch_size}")
+    return (f"{bb.label}: {'pretrained' if bb.pretrained else 'from scratch'}, {bb.optimizer} lr {bb.lr:g} "
+            f"{bb.schedule}{warmup}, {bb.epochs} epochs, batch size {bb.batch_size}")
 
 
 def backbone(params: Params, name: str) -> BackboneParams:

@@ -87,7 +87,8 @@ def _with_base(data: dict[str, Any], file: Path, seen: tuple[Path, ...] = ()) ->
         return data
     parent_file = (file.resolve().parent / str(parent)).resolve()
     if parent_file.parent != file.resolve().parent or not parent_file.is_file() or parent_file in seen:
-        raise ParamsError(f"Invalid params in {file}: 'extends' must name another params file in the same folder; got {parent!r}")
+        raise ParamsError(f"Invalid params in {file}: 'extends' must name another params file in the same "
+                          f"folder; got {parent!r}")
     try:
         base = yaml.safe_load(parent_file.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -20,7 +20,8 @@ class ReferenceTable(Section):
     label: str
     source: str
     values: dict[str, float]
-    backbone: str | None = Field(None, description="The training.backbones name these values belong to; None: the first backbone.")
+    backbone: str | None = Field(None, description="The training.backbones name these values belong to; "
+                                 "None: the first backbone.")
 
 
 class HeadlineGains(Section):
@@ -33,5 +34,6 @@ class HeadlineGains(Section):
 
 class ResultsParams(Section):
     references: list[ReferenceTable] = Field(default_factory=list)
-    headline: HeadlineGains | None = Field(None, description="Shown beside the per-backbone gain table (results stage).")
+    headline: HeadlineGains | None = Field(None,
+                                           description="Shown beside the per-backbone gain table (results stage).")
     grid_examples: int = Field(6, ge=1)

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sgid_utils.config.references import ResultsParams
 from sgid_utils.config.references import Section as Section
+from sgid_utils.config.training import TrainingParams
 
 
 class RunParams(Section):
@@ -27,11 +28,13 @@ class RunParams(Section):
                       "(nucleus), generation (candidate seeds) and curation (the random rule, the detector's folds); "
                       "not the data split, not the training seeds. 0 gives run.seed's draws; another value is a "
                       "second, independent draw (sgid_utils.core.seeding.draw_seed).")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
-    min_free_gb: float = Field(2.0, ge=0, description="Stages refuse to start with less free disk than this in run.dir.")
-    reuse: Path | None = Field(None, description="Another run directory whose stage folders up to curation, made with the "
-                               "same params, are linked here instead of recomputed (a training-only profile reuses the "
-                               "data set's generated images).")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    min_free_gb: float = Field(2.0, ge=0,
+                               description="Stages refuse to start with less free disk than this in run.dir.")
+    reuse: Path | None = Field(None, description="Another run directory whose stage folders up to curation, "
+                               "made with the same params, are linked here instead of recomputed (a "
+                               "training-only profile reuses the data set's generated images).")
 
 
 class DatasetParams(Section):
@@ -41,7 +44,8 @@ class DatasetParams(Section):
     test_path: Path | None = Field(None, description="imagefolder: optional separate <test_path>/<class>/ folder.")
     train_splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
     test_split: str = "test"
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="imagefolder without test_path: held-out share per class.")
+    test_fraction: float = Field(0.2, gt=0, lt=1,
+                                 description="imagefolder without test_path: held-out share per class.")
     image_column: str = "image"
     label_column: str = "label"
     class_name_case: Literal["title", "keep"] = "title"
@@ -51,7 +55,7 @@ class DatasetParams(Section):
     max_aspect: float = Field(8.0, ge=1, description="Images more elongated than this (long/short side) are skipped.")
 
     @model_validator(mode="after")
-    def _needs_path(self) -> "DatasetParams":
+    def _needs_path(self) -> DatasetParams:
         if self.source == "imagefolder" and self.path is None:
             raise ValueError("dataset.source is 'imagefolder', so dataset.path must name the image folder")
         return self
@@ -67,7 +71,8 @@ class ModelParams(Section):
     )
     controlnet: str = Field(
         "lllyasviel/control_v11p_sd15_canny",
-        description="Canny-edge ControlNet for SD 1.5, used when generation.generator is 'controlnet' (docs/ARCHITECTURE.md: why v1.1).",
+        description="Canny-edge ControlNet for SD 1.5, used when generation.generator is 'controlnet' "
+        "(docs/ARCHITECTURE.md: why v1.1).",
     )
 
 
@@ -75,14 +80,16 @@ class CaptioningParams(Section):
     num_nucleus: int = Field(10, ge=0)
     num_beam: int = Field(10, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
-    num_beams: int = Field(10, ge=1, description="Beam width; must be >= num_beam: returning 10 beam captions forces 10 beams.")
+    num_beams: int = Field(10, ge=1,
+                           description="Beam width; must be >= num_beam: returning 10 beam captions forces 10 beams.")
     max_new_tokens: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
 
     @model_validator(mode="after")
-    def _beams(self) -> "CaptioningParams":
+    def _beams(self) -> CaptioningParams:
         if self.num_beam > self.num_beams:
-            raise ValueError(f"captioning.num_beam ({self.num_beam}) cannot exceed captioning.num_beams ({self.num_beams})")
+            raise ValueError(f"captioning.num_beam ({self.num_beam}) cannot exceed captioning.num_beams "
+                             f"({self.num_beams})")
         if self.num_nucleus + self.num_beam == 0:
             raise ValueError("captioning needs at least one caption per image (num_nucleus + num_beam > 0)")
         return self
@@ -93,14 +100,16 @@ class SimilarityParams(Section):
 
 
 class GuidanceParams(Section):
-    """f(s*) = a*s*^2 + b*s* + c: the paper's coefficients as the report quotes them ("defined as in the original paper").
+    """f(s*) = a*s*^2 + b*s* + c: the paper's coefficients as the report quotes them
+    ("defined as in the original paper").
 
-s* is the raw CLIP cosine of the image and its best caption."""
+    s* is the raw CLIP cosine of the image and its best caption."""
 
     coefficients: tuple[float, float, float] = (-4.0, 2.0, 1.0)
     mode: Literal["direct", "scaled", "fixed"] = Field(
         "direct",
-        description="direct (a reading: the report never says the scale equals f(s*)): guidance = f(s*); scaled: guidance = base_scale * f(s*); fixed: guidance = base_scale.",
+        description="direct (a reading: the report never says the scale equals f(s*)): guidance = f(s*); "
+        "scaled: guidance = base_scale * f(s*); fixed: guidance = base_scale.",
     )
     base_scale: float = Field(7.5, ge=0)
 
@@ -113,18 +122,21 @@ class ControlNetParams(Section):
 
     low_threshold: int = Field(100, ge=0, description="cv2.Canny's lower hysteresis threshold (gradient magnitude).")
     high_threshold: int = Field(200, ge=1, description="cv2.Canny's upper hysteresis threshold.")
-    conditioning_scale: float = Field(1.0, ge=0, description="controlnet_conditioning_scale: 1 is the weight the ControlNet was trained at; 0 turns it off.")
+    conditioning_scale: float = Field(1.0, ge=0, description="controlnet_conditioning_scale: 1 is the weight "
+                                      "the ControlNet was trained at; 0 turns it off.")
 
     @model_validator(mode="after")
-    def _order(self) -> "ControlNetParams":
+    def _order(self) -> ControlNetParams:
         if self.low_threshold > self.high_threshold:
-            raise ValueError(f"generation.controlnet.low_threshold ({self.low_threshold}) cannot exceed high_threshold ({self.high_threshold})")
+            raise ValueError(f"generation.controlnet.low_threshold ({self.low_threshold}) cannot exceed "
+                             f"high_threshold ({self.high_threshold})")
         return self
 
 
 class GenerationParams(Section):
     generator: Generator = Field(
-        "img2img", description="img2img: SD img2img (the report's 'image-to-image'); controlnet: SD img2img with a Canny-edge ControlNet (models.controlnet)."
+        "img2img", description="img2img: SD img2img (the report's 'image-to-image'); controlnet: SD img2img "
+        "with a Canny-edge ControlNet (models.controlnet)."
     )
     controlnet: ControlNetParams = Field(default_factory=ControlNetParams)
     prompt: Literal["sgid", "label_only", "caption_only"] = Field(
@@ -141,9 +153,13 @@ class GenerationParams(Section):
     num_inference_steps: int = Field(50, ge=1)
     num_candidates: int = Field(3, ge=1, description="k candidates per source image.")
     max_side: int = Field(768, ge=64, description="Sources larger than this (long side) are downscaled for the model.")
-    batch_size: int | None = Field(None, ge=1, description="Sources per denoising loop; None: from free GPU memory on CUDA (halved on out-of-memory), 1 (the pipeline itself) on the CPU.")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU.")
-    compile: bool = Field(False, description="torch.compile the UNet on CUDA (pays off on long runs; recompiles per input size).")
+    batch_size: int | None = Field(None, ge=1, description="Sources per denoising loop; None: from free GPU "
+                                   "memory on CUDA (halved on out-of-memory), 1 (the pipeline itself) on the CPU.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: fp16 on CUDA, fp32 on CPU."
+    )
+    compile: bool = Field(False, description="torch.compile the UNet on CUDA (pays off on long runs; "
+                          "recompiles per input size).")
 
     @field_validator("prompt_template")
     @classmethod
@@ -154,8 +170,10 @@ class GenerationParams(Section):
 
 
 class CurationParams(Section):
-    upscale_threshold: int = Field(512, ge=1, description="Sources with a short side below this are upscaled and regenerated.")
-    upscale_to: int | None = Field(None, ge=1, description="Target short side when upscaling; defaults to upscale_threshold.")
+    upscale_threshold: int = Field(512, ge=1,
+                                   description="Sources with a short side below this are upscaled and regenerated.")
+    upscale_to: int | None = Field(None, ge=1,
+                                   description="Target short side when upscaling; defaults to upscale_threshold.")
     error_analysis_sample: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
         5, description="Small sources per class (seeded) that also get the raw pass, for the error analysis; "
         "'all': every source, as the report did (sources at or above the threshold always do).")
@@ -176,10 +194,12 @@ class QualityParams(Section):
     filters: list[Literal["similarity", "label", "detector"]] = Field(
         default_factory=list, description="Filters in the order they apply; the filtered set trains as 'sgid_filtered'."
     )
-    similarity_threshold: float | None = Field(None, ge=-1, le=1, description="None: the similarity_quantile of the observed scores.")
+    similarity_threshold: float | None = Field(None, ge=-1, le=1,
+                                               description="None: the similarity_quantile of the observed scores.")
     similarity_quantile: float = Field(0.05, ge=0, lt=1)
     class_noun: str | None = Field(None, description="Label prompts read 'a photo of a <label>, a type of <noun>.'")
-    detector_drop_fraction: float = Field(0.1, ge=0, lt=1, description="Share of the most surely fake candidates the detector drops.")
+    detector_drop_fraction: float = Field(0.1, ge=0, lt=1,
+                                          description="Share of the most surely fake candidates the detector drops.")
     detector_folds: int = Field(5, ge=2)
 
     @field_validator("filters")
@@ -190,85 +210,13 @@ class QualityParams(Section):
         return v
 
 
-# What a listed backbone leaves unset comes from training.* (a BackboneParams field of the same name).
-INHERITED = ("lr", "epochs", "batch_size", "image_size", "eval_every")
-
-
-class BackboneParams(Section):
-    """One classifier and its training recipe (resolved by sgid_utils.config.backbones); unset recipe fields
-    take training.*'s values.
-
-    Preprocessing (input size, mean, std) is not set here: it comes from the model's timm pretrained config.
-    """
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_]*$", description="Id in training run names and tables, e.g. resnet50_scratch.")
-    label: str | None = Field(None, description="Name in tables and figures; defaults to name.")
-    model: str = Field(description="timm model name (e.g. resnet50, vit_base_patch16_clip_224.laion2b) or 'local-dir:FOLDER'.")
-    pretrained: bool = Field(True, description="false: random initial weights (the model's config only; no weights are loaded).")
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float | None = Field(None, gt=0, description="Peak learning rate; None: training.lr.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only).")
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "cosine"] = Field("constant", description="Per-step learning-rate schedule after warm-up.")
-    warmup_epochs: float = Field(0, ge=0, description="Linear warm-up from 0 to lr over this many epochs.")
-    epochs: int | None = Field(None, ge=1, description="None: training.epochs.")
-    batch_size: int | None = Field(None, ge=1, description="None: training.batch_size.")
-    eval_every: int | None = Field(None, ge=1, description="Test every N epochs (and after the last); None: training.eval_every.")
-    image_size: int | None = Field(None, ge=8, description="None: training.image_size, else the model's pretrained input size.")
-    source: str = Field("", description="Where the recipe comes from (shown in the docs and on the run's report page).")
-
-
-class TrainingParams(Section):
-    methods: list[Literal["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered", "sgid_cutmix", "sgid_randaugment"]] = Field(
-        default_factory=lambda: ["baseline", "cutmix", "randaugment", "sgid"], min_length=1
-    )
-    sgid_proportions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
-    filtered_proportions: list[float] = Field(default_factory=lambda: [1.0], description="Proportions for sgid_filtered.")
-    combined_proportions: list[float] = Field(
-        default_factory=lambda: [1.0], description="Proportions for sgid_cutmix and sgid_randaugment (SGID's images + the augmentation).")
-    backbones: list[BackboneParams] = Field(
-        default_factory=list, description="Classifiers to train, each with its recipe; empty: models.classifier with "
-        "training.* (ViT-B/16 with Adam at a constant lr 1e-4, which the report gives; epochs and batch size are this "
-        "package's choice).")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    epochs: int = Field(10, ge=1, description="This package's choice: the report does not give the number of epochs.")
-    batch_size: int = Field(32, ge=1, description="This package's choice: the report does not give the batch size.")
-    eval_batch_size: int = Field(128, ge=1)
-    eval_every: int = Field(1, ge=1, description="Evaluate on the test split every N epochs (and always after the last).")
-    lr: float = Field(1e-4, gt=0, description="Adam's learning rate, constant: 1e-4 as the report gives.")
-    image_size: int | None = Field(None, ge=8, description="Defaults to the classifier's pretrained input size.")
-    cutmix_alpha: float = Field(1.0, gt=0)
-    cutmix_prob: float = Field(0.5, ge=0, le=1)
-    randaugment_num_ops: int = Field(2, ge=0)
-    randaugment_magnitude: int = Field(9, ge=0, le=30)
-    num_workers: int = Field(2, ge=0)
-    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on the CPU).")
-    equal_steps: bool = Field(False, description="true: every method trains for its backbone's Baseline number of "
-                              "optimisation steps (ceil(n_real / batch_size) * epochs), so a larger SGID set sees "
-                              "fewer epochs (the last one partial) and the schedule shape (warm-up, cosine) spans "
-                              "those steps; false: every method trains for the same number of epochs.")
-
-    @field_validator("sgid_proportions", "filtered_proportions", "combined_proportions")
-    @classmethod
-    def _props(cls, v: list[float]) -> list[float]:
-        for p in v:
-            if not 0 <= p <= 1:
-                raise ValueError(f"every SGID proportion must lie in [0, 1]; got {p}")
-        return v
-
-    @field_validator("backbones")
-    @classmethod
-    def _distinct_backbones(cls, v: list[BackboneParams]) -> list[BackboneParams]:
-        names = [b.name for b in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"each backbone name may appear once; got {names}")
-        return v
-
-
 class AblationParams(Section):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Names the variant's run directory <run.dir>-<name>.")
-    label: str | None = Field(None, description="How the variant reads in tables and plots, e.g. 'SGID + ControlNet (strength 0.5)'; default: its name.")
-    set: dict[str, Any] = Field(description="Params overrides, dotted keys as with --set, e.g. generation.prompt: label_only.")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+                      description="Names the variant's run directory <run.dir>-<name>.")
+    label: str | None = Field(None, description="How the variant reads in tables and plots, e.g. 'SGID + "
+                              "ControlNet (strength 0.5)'; default: its name.")
+    set: dict[str, Any] = Field(description="Params overrides, dotted keys as with --set, e.g. "
+                                "generation.prompt: label_only.")
 
 
 class SmokeParams(Section):
@@ -300,11 +248,12 @@ class Params(Section):
     source_file: Path | None = Field(None, exclude=True, description="The params file this was read from.")
 
     @model_validator(mode="after")
-    def _backbone_names(self) -> "Params":
+    def _backbone_names(self) -> Params:
         names = [b.name for b in self.training.backbones]
         labels = [b.label or b.name for b in self.training.backbones]
         if len(set(labels)) != len(labels):
-            raise ValueError(f"training.backbones labels must differ (tables and figures are split by them); got {labels}")
+            raise ValueError("training.backbones labels must differ (tables and figures are split by them); "
+                             f"got {labels}")
         named = [r.backbone for r in self.results.references if r.backbone is not None]
         named += list(self.results.headline.gains) if self.results.headline else []
         unknown = sorted(set(named) - set(names))
@@ -317,11 +266,13 @@ class Params(Section):
                                  f"{epochs} epochs (the learning rate would never reach lr); shorten the warm-up")
         unknown = sorted(set(self.smoke.tiny_backbones) - set(names))
         if unknown:
-            raise ValueError(f"smoke.tiny_backbones names backbone(s) {unknown} that training.backbones does not list (has {names})")
+            raise ValueError(f"smoke.tiny_backbones names backbone(s) {unknown} that training.backbones does "
+                             f"not list (has {names})")
         return self
 
     @model_validator(mode="after")
-    def _filtered_needs_filters(self) -> "Params":
+    def _filtered_needs_filters(self) -> Params:
         if "sgid_filtered" in self.training.methods and not self.quality.filters:
-            raise ValueError("training.methods lists sgid_filtered but quality.filters is empty: name at least one filter")
+            raise ValueError("training.methods lists sgid_filtered but quality.filters is empty: name at "
+                             "least one filter")
         return self

@@ -8,7 +8,8 @@ A list of sections shows one row per item and field, the item named in the key
 from __future__ import annotations
 
 import types
-from typing import Any, Iterator, Union, get_args, get_origin
+from collections.abc import Iterator
+from typing import Any, Union, get_args, get_origin
 
 import pandas as pd
 from pydantic import BaseModel

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sgid_utils.config.schema import INHERITED, BackboneParams, Params
+from sgid_utils.config.schema import Params
+from sgid_utils.config.training import INHERITED, BackboneParams
 from sgid_utils.core.registry import get, upstream_closure
 
 # Keys that change only speed (batch sizes, compilation) or only how much is done (which methods, seeds and
@@ -60,7 +61,8 @@ def stage_keys(stage: str, upstream: tuple[str, ...] | None = None) -> list[str]
 
     A key inside a section that is itself a key (``curation.upscale_to`` beside ``curation``) is dropped.
     """
-    chain = upstream_closure(stage) if upstream is None else [n for u in upstream for n in upstream_closure(u)] + [stage]
+    chain = (upstream_closure(stage) if upstream is None
+             else [n for u in upstream for n in upstream_closure(u)] + [stage])
     keys = list(dict.fromkeys(k for name in chain for k in get(name).keys))
     return [k for k in keys if not any(k.startswith(f"{other}.") for other in keys)]
 

@@ -38,7 +38,8 @@ def setup(params_file: str, run_dir: str | None = None, overrides: dict[str, Any
     return params
 
 
-def run_notebooks(params_file: str, notebooks_dir: Path, names: list[str] | None = None, kernel: str = "python3") -> list[Path]:
+def run_notebooks(params_file: str, notebooks_dir: Path, names: list[str] | None = None,
+                  kernel: str = "python3") -> list[Path]:
     """Execute the numbered notebooks (default: every stage's, in order) with papermill; copies go to the reports."""
     import papermill
 

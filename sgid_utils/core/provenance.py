@@ -42,8 +42,9 @@ def _cpu_name() -> str:
 def machine() -> dict[str, str | int]:
     """The hardware this process sees: its GPUs (name and count) or none, and the CPU."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return {"gpu": torch.cuda.get_device_name(0) if gpus else "none", "gpus": gpus, "cuda": torch.version.cuda or "none",
-            "cpu": _cpu_name(), "cpu_cores": os.cpu_count() or 0, "platform": platform.platform()}
+    return {"gpu": torch.cuda.get_device_name(0) if gpus else "none", "gpus": gpus,
+            "cuda": torch.version.cuda or "none", "cpu": _cpu_name(), "cpu_cores": os.cpu_count() or 0,
+            "platform": platform.platform()}
 
 
 def record_stage(params: Params, stage: str) -> Path:

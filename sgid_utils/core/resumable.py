@@ -61,7 +61,8 @@ def gpu_memory_hint(what: str, advice: str) -> Iterator[None]:
     try:
         yield
     except torch.OutOfMemoryError:
-        raise StageError(f"GPU out of memory while {what}. {advice} Finished items are kept; rerun to resume.") from None
+        raise StageError(f"GPU out of memory while {what}. {advice} Finished items are kept; "
+                         "rerun to resume.") from None
 
 
 def in_batches(total: int, batch: int, work: Callable[[int, int], None], what: str, setting: str,
@@ -88,7 +89,8 @@ def in_batches(total: int, batch: int, work: Callable[[int, int], None], what: s
                              "Finished items are kept; rerun to resume.")
         batch = failed // 2
         if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # outside the except block, where the failed attempt's tensors are already released
+            # outside the except block, where the failed attempt's tensors are already released
+            torch.cuda.empty_cache()
         print(f"[sgid] GPU out of memory while {what} at {failed} per batch; retrying at {batch}.", file=sys.stderr)
 
 

@@ -2,8 +2,8 @@
 
 ``run_stage(name, params)``: the run directory must be writable with room to spare, the
 smoke profile's assets are built if asked, the params are copied into the run
-directory, the stage's start is recorded (time, machine, versions: ``provenance``), the data stage's table is made (or reused), the stage's fingerprint is
-checked against its folder, and then the stage's function runs. Under a distributed
+directory, the stage's start is recorded (time, machine, versions: ``provenance``), the data stage's table is made (or
+reused), the stage's fingerprint is checked against its folder, and then the stage's function runs. Under a distributed
 launch every process runs its share and the main one assembles the stage's table.
 """
 
@@ -42,7 +42,8 @@ def ensure_writable(folder: Path, min_free_gb: float) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise StageError(f"Run directory {folder} is not writable ({exc.strerror}); set run.dir or --run-dir to a folder you can write.") from None
+        raise StageError(f"Run directory {folder} is not writable ({exc.strerror}); set run.dir or --run-dir "
+                         "to a folder you can write.") from None
     free = shutil.disk_usage(folder).free / 2**30
     if free < min_free_gb:
         raise StageError(
@@ -96,7 +97,8 @@ def run_distributed(name: str, params: Params) -> Any:
         state.wait_for_everyone()
     elif result is None:
         print(f"[sgid] stage {name}: this shard's items are done; other shards are still working. The last shard to "
-              "finish writes the stage's table (or rerun the stage without --shard once all are done).", file=sys.stderr)
+              "finish writes the stage's table (or rerun the stage without --shard once all are done).",
+              file=sys.stderr)
     return result
 
 

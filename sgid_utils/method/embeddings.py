@@ -60,10 +60,12 @@ def load_embeddings(params: Params, candidates: pd.DataFrame) -> tuple[np.ndarra
     return np.stack(order.to_list()), sources
 
 
-def class_prompt_embeddings(params: Params, candidates: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, dict[int, int]]:
+def class_prompt_embeddings(params: Params,
+                            candidates: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, dict[int, int]]:
     """CLIP embeddings of the class prompts: (one row per class sorted by label, text embeddings, label -> row)."""
     device = resolve_device(params)
     model, processor = load_clip(params.models.clip, str(device))
     classes = candidates.drop_duplicates("label").sort_values("label")
-    text = text_embeddings(model, processor, class_prompts(classes.class_name.tolist(), params.quality.class_noun)).cpu().numpy()
+    text = text_embeddings(model, processor,
+                           class_prompts(classes.class_name.tolist(), params.quality.class_noun)).cpu().numpy()
     return classes, text, {int(label): i for i, label in enumerate(classes.label)}

@@ -116,7 +116,8 @@ def real_vs_generated(real_emb: Embeddings, gen_emb: Embeddings, folds: int = 5,
     real, gen = unit_rows(real_emb), unit_rows(gen_emb)
     smaller = min(len(real), len(gen))
     if smaller < 2:
-        raise ValueError(f"the detector needs at least 2 real and 2 generated images; got {len(real)} real, {len(gen)} generated")
+        raise ValueError(f"the detector needs at least 2 real and 2 generated images; got {len(real)} real, "
+                         f"{len(gen)} generated")
     n_splits = min(folds, smaller)
     x = np.vstack([real, gen])
     y = np.r_[np.zeros(len(real), dtype=int), np.ones(len(gen), dtype=int)]

@@ -59,7 +59,8 @@ MAX_AUTO_BATCH = 16  # 48 candidates at k = 3: enough rows to fill an H100's ten
 GENERATORS: tuple[str, ...] = get_args(Generator)
 
 
-def auto_batch_size(free_bytes: int, width: int, height: int, k: int, dtype: torch.dtype, controlnet: bool = False) -> int:
+def auto_batch_size(free_bytes: int, width: int, height: int, k: int, dtype: torch.dtype,
+                    controlnet: bool = False) -> int:
     """Sources per denoising loop that fit in 80 % of ``free_bytes`` at this input size, between 1 and MAX_AUTO_BATCH.
 
     Under the ControlNet each row also runs the ControlNet's encoder copy and keeps its residuals: taken as 1.4x the
@@ -68,7 +69,8 @@ def auto_batch_size(free_bytes: int, width: int, height: int, k: int, dtype: tor
     return int(max(1, min(MAX_AUTO_BATCH, 0.8 * free_bytes // (k * CANDIDATE_BYTES_512_FP16 * scale))))
 
 
-def model_input_size(width: int, height: int, max_side: int, short_side: int | None = None, multiple: int = 8) -> tuple[int, int]:
+def model_input_size(width: int, height: int, max_side: int, short_side: int | None = None,
+                     multiple: int = 8) -> tuple[int, int]:
     """Size the source enters SD at: optionally upscaled to ``short_side``, capped at ``max_side``, multiple of 8.
 
     At its own size a source is rounded down (never enlarged). An upscaled one is rounded to the nearest
@@ -99,13 +101,15 @@ class PromptEncoder:
 @torch.inference_mode()
 def generate_candidates(
     pipe, embeds: torch.Tensor, negative_embeds: torch.Tensor, image: Image.Image, guidance: float,
-    strength: float, steps: int, seeds: list[int], control_image: Image.Image | None = None, conditioning_scale: float = 1.0,
+    strength: float, steps: int, seeds: list[int], control_image: Image.Image | None = None,
+    conditioning_scale: float = 1.0,
 ) -> list[Image.Image]:
     """len(seeds) img2img candidates for one source in one pipeline call (one generator per candidate).
 
     A ControlNet pipeline takes ``control_image`` (the edge map) at ``conditioning_scale``.
     """
-    control = {} if control_image is None else {"control_image": control_image, "controlnet_conditioning_scale": conditioning_scale}
+    control = {} if control_image is None else {"control_image": control_image,
+                                                "controlnet_conditioning_scale": conditioning_scale}
     out = pipe(
         prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, image=image, strength=strength,
         guidance_scale=guidance, num_inference_steps=steps, num_images_per_prompt=len(seeds),
@@ -127,7 +131,8 @@ def raw_pass(params: Params, sources: pd.DataFrame) -> pd.Series:
     small = sources[["width", "height"]].min(axis=1) < cur.upscale_threshold
     if cur.error_analysis_sample == "all":
         return pd.Series(True, index=sources.index)
-    key = pd.Series([derive_seed(params.run.seed, i, purpose="error-analysis") for i in sources.image_id], index=sources.index)
+    key = pd.Series([derive_seed(params.run.seed, i, purpose="error-analysis") for i in sources.image_id],
+                    index=sources.index)
     ranked = key[small].groupby(sources.label[small]).rank(method="first")
     return ~small | ranked.reindex(sources.index).le(cur.error_analysis_sample)
 
@@ -149,7 +154,8 @@ def sources_for(params: Params, variant: Variant, images: pd.DataFrame) -> pd.Da
 
 def load_generator(params: Params, generator: str | None = None) -> tuple[Any, PromptEncoder, torch.device]:
     """The pipeline of ``generator`` (default: generation.generator) in the run's dtype (optionally compiled on CUDA)
-    and its prompt encoder. No channels_last: on an H200 it made the batched loop slower (0.89x, docs/PERFORMANCE.md)."""
+    and its prompt encoder. No channels_last: on an H200 it made the batched loop slower
+    (0.89x, docs/PERFORMANCE.md)."""
     gen = params.generation
     device = resolve_device(params)
     dtype = resolve_dtype(gen.dtype, device)
@@ -215,8 +221,10 @@ def run_generator(pipe, encode: PromptEncoder, gen: GenerationParams, chunk: Chu
     scale = gen.controlnet.conditioning_scale
     if reference:
         controls = edges or [None] * len(embeds)
-        return [generate_candidates(pipe, *embed, image, guidance, gen.strength, gen.num_inference_steps, seeds, control, scale)
-                for embed, image, guidance, seeds, control in zip(embeds, chunk.inputs, chunk.scales, chunk.seeds, controls)]
+        return [generate_candidates(pipe, *embed, image, guidance, gen.strength, gen.num_inference_steps, seeds,
+                                    control, scale)
+                for embed, image, guidance, seeds, control
+                in zip(embeds, chunk.inputs, chunk.scales, chunk.seeds, controls)]
     return generate_many(pipe, chunk.inputs, [e for e, _ in embeds], [n for _, n in embeds], chunk.scales, gen.strength,
                          gen.num_inference_steps, chunk.seeds, batch_size=len(embeds), control_images=edges,
                          conditioning_scale=scale)

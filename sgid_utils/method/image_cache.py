@@ -29,7 +29,8 @@ class ImageCache:
         return self._store[path]
 
     def warm(self, paths: list[str]) -> None:
-        for p in tqdm([p for p in dict.fromkeys(paths) if p not in self._store], desc="decode images", unit="img", leave=False):
+        for p in tqdm([p for p in dict.fromkeys(paths) if p not in self._store], desc="decode images",
+                      unit="img", leave=False):
             self.get(p)
 
 

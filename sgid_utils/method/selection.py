@@ -63,7 +63,8 @@ def select(candidates: pd.DataFrame, rule: str = "most_similar", min_similarity:
             raise ValueError("most_diverse_consistent needs min_similarity")
         ok = pool.consistent.fillna(False).astype(bool).to_numpy() & (pool.similarity.to_numpy() >= min_similarity)
         similarity = pool.similarity.to_numpy(dtype=float)
-        key = np.where(ok, similarity, 3.0 - similarity)  # eligible first, least similar; then most similar (cosine <= 1)
+        # eligible first, least similar; then most similar (cosine <= 1)
+        key = np.where(ok, similarity, 3.0 - similarity)
         fallback = ~ok
     ranked = pool.assign(_key=key, fallback=fallback).sort_values(["image_id", "_key", "k"], kind="stable")
     return ranked.groupby("image_id").head(1).drop(columns="_key").reset_index(drop=True)

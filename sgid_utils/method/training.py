@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sgid_utils.config.backbones import CUTMIX, TrainConfig
-from sgid_utils.config.schema import BackboneParams, TrainingParams
+from sgid_utils.config.training import BackboneParams, TrainingParams
 from sgid_utils.core.files import write_atomic
 from sgid_utils.method.augmentations import cutmix_batch, mixed_loss
 

@@ -77,7 +77,8 @@ SD15_SCHEDULER: dict[str, Any] = dict(
     skip_prk_steps=True, steps_offset=1, clip_sample=False, prediction_type="epsilon",
 )
 BLIP_BASE_VISION: dict[str, Any] = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=384, patch_size=16,
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=384,
+    patch_size=16,
 )
 BLIP_BASE_TEXT: dict[str, Any] = dict(
     vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -89,8 +90,8 @@ CLIP_B32_TEXT: dict[str, Any] = dict(
     max_position_embeddings=77, hidden_act="quick_gelu",
 )
 CLIP_B32_VISION: dict[str, Any] = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=32,
-    hidden_act="quick_gelu",
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224,
+    patch_size=32, hidden_act="quick_gelu",
 )
 VIT_B16 = "vit_base_patch16_224.orig_in21k"
 RESNET50 = "resnet50"
@@ -126,7 +127,8 @@ _SD: dict[Size, tuple[dict[str, Any], ...]] = {
 }
 # timm keyword arguments over VIT_B16's own (save_for_hf writes them to the tiny model's config).
 _TINY_VIT: dict[str, Any] = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
-# Each classifier's tiny size, per timm architecture (a ViT's width, a ResNet's bottleneck stages); "real" is timm's own.
+# Each classifier's tiny size, per timm architecture (a ViT's width, a ResNet's bottleneck stages);
+# "real" is timm's own.
 _TINY_CLASSIFIER: dict[str, dict[str, Any]] = {
     "vit_base_patch16_224": _TINY_VIT,
     "vit_base_patch16_clip_224": _TINY_VIT,
@@ -198,10 +200,13 @@ def blip(size: Size) -> tuple[BlipForConditionalGeneration, BlipProcessor]:
     vision, text, projection_dim = _BLIP[size]
     tokenizer = _bert_tokenizer()
     ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]"),
-               sep_token_id=tokenizer.sep_token_id, eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = BlipForConditionalGeneration(BlipConfig(vision_config=vision, text_config=ids | text, projection_dim=projection_dim))
+               sep_token_id=tokenizer.sep_token_id, eos_token_id=tokenizer.sep_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    model = BlipForConditionalGeneration(BlipConfig(vision_config=vision, text_config=ids | text,
+                                                    projection_dim=projection_dim))
     pixels = vision["image_size"]
-    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": pixels, "width": pixels}), tokenizer=tokenizer)
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": pixels, "width": pixels}),
+                              tokenizer=tokenizer)
     return model.eval(), processor
 
 
@@ -209,7 +214,8 @@ def clip(size: Size) -> tuple[CLIPModel, CLIPProcessor]:
     """CLIP (real: ViT-B/32, 224 px images, 77-token texts), random weights, and its processor."""
     vision, text, projection_dim = _CLIP[size]
     tokenizer = _clip_tokenizer()
-    config = CLIPConfig(text_config=_clip_text_ids(tokenizer) | text, vision_config=vision, projection_dim=projection_dim)
+    config = CLIPConfig(text_config=_clip_text_ids(tokenizer) | text, vision_config=vision,
+                        projection_dim=projection_dim)
     model = CLIPModel(config)
     pixels = vision["image_size"]
     image_processor = CLIPImageProcessor(size={"shortest_edge": pixels}, crop_size={"height": pixels, "width": pixels})
@@ -224,7 +230,8 @@ def stable_diffusion(size: Size) -> StableDiffusionImg2ImgPipeline:
     vae = AutoencoderKL(**vae_config)
     text_encoder = CLIPTextModel(CLIPTextConfig(**(_clip_text_ids(tokenizer) | text_config)))
     pipe = StableDiffusionImg2ImgPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=PNDMScheduler.from_config(scheduler_config),
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=PNDMScheduler.from_config(scheduler_config),
         safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -249,7 +256,8 @@ def controlnet(size: Size) -> ControlNetModel:
     preserving through its SiLU stack, the edge map then moves the tiny outputs by ~0.1 (on [0, 1]); with
     PyTorch's default init it moved them by ~2e-4, too close to float noise. Speed (``real``) does not care.
     """
-    net = ControlNetModel.from_unet(UNet2DConditionModel(**_SD[size][0]), conditioning_embedding_out_channels=_CONTROLNET_EMBEDDING[size])
+    net = ControlNetModel.from_unet(UNet2DConditionModel(**_SD[size][0]),
+                                    conditioning_embedding_out_channels=_CONTROLNET_EMBEDDING[size])
     if size == "tiny":
         encoder = [m for m in net.controlnet_cond_embedding.modules() if isinstance(m, torch.nn.Conv2d)]
         for conv in [*encoder, *net.controlnet_down_blocks, net.controlnet_mid_block]:
@@ -297,6 +305,7 @@ _TINY_SAVERS: dict[str, Callable[[Path], None]] = {
 
 
 def save_tiny(family: str, folder: Path) -> None:
-    """Build the tiny model of a models.* entry (captioner, clip, diffusion, controlnet, classifier) and save it to ``folder``."""
+    """Build the tiny model of a models.* entry (captioner, clip, diffusion, controlnet, classifier) and save it
+    to ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     _TINY_SAVERS[family](folder)

@@ -8,8 +8,8 @@ from diffusers.models.attention_processor import AttnProcessor
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def img2img_flops(pipe: StableDiffusionImg2ImgPipeline | StableDiffusionControlNetImg2ImgPipeline, height: int, width: int,
-                  prompt_length: int = 77) -> dict[str, int]:
+def img2img_flops(pipe: StableDiffusionImg2ImgPipeline | StableDiffusionControlNetImg2ImgPipeline,
+                  height: int, width: int, prompt_length: int = 77) -> dict[str, int]:
     """FLOPs of one UNet CFG pair, one VAE encode and one VAE decode for one image of height x width pixels, and
     of one ControlNet CFG pair when the pipeline has a ControlNet.
 
@@ -29,14 +29,16 @@ def img2img_flops(pipe: StableDiffusionImg2ImgPipeline | StableDiffusionControlN
     latent = (pipe.unet.config.in_channels, height // scale, width // scale)
     with torch.device("meta"):
         calls = {
-            "unet_cfg_pair": lambda: unet(torch.randn(2, *latent), torch.tensor(500),
-                                          encoder_hidden_states=torch.randn(2, prompt_length, unet.config.cross_attention_dim)),
+            "unet_cfg_pair": lambda: unet(
+                torch.randn(2, *latent), torch.tensor(500),
+                encoder_hidden_states=torch.randn(2, prompt_length, unet.config.cross_attention_dim)),
             "vae_encode": lambda: vae.encode(torch.randn(1, vae.config.in_channels, height, width)),
             "vae_decode": lambda: vae.decode(torch.randn(1, vae.config.latent_channels, *latent[1:])),
         }
         if controlnet is not None:
             calls["controlnet_cfg_pair"] = lambda: controlnet(
-                torch.randn(2, *latent), torch.tensor(500), encoder_hidden_states=torch.randn(2, prompt_length, unet.config.cross_attention_dim),
+                torch.randn(2, *latent), torch.tensor(500),
+                encoder_hidden_states=torch.randn(2, prompt_length, unet.config.cross_attention_dim),
                 controlnet_cond=torch.randn(2, controlnet.config.conditioning_channels, height, width))
         flops = {}
         for name, call in calls.items():

@@ -2,8 +2,8 @@
 
 The smoke profile's tiny models are saved with save_pretrained and loaded back
 through exactly these functions. Each loader imports its library when called: a stage
-process pays only for the models it loads (diffusers and timm take seconds to import). A model that cannot be loaded raises
-``ModelLoadError`` naming the id, the stage and what to do instead.
+process pays only for the models it loads (diffusers and timm take seconds to import). A model that cannot be
+loaded raises ``ModelLoadError`` naming the id, the stage and what to do instead.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def load_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32)
     try:
         processor = CLIPProcessor.from_pretrained(ref)
         model = CLIPModel.from_pretrained(ref, dtype=dtype)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - every failure gets the same actionable message
         raise model_load_error(ref, "similarity", exc, "models.clip") from None
     return model.to(device).eval(), processor
 
@@ -94,21 +94,23 @@ def load_img2img(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float
             image_encoder=None,
             requires_safety_checker=False,
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - every failure gets the same actionable message
         raise model_load_error(ref, "generation", exc, "models.diffusion") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)  # diffusers before 0.40 does not take dtype= in from_pretrained: cast here too
 
 
 @functools.lru_cache(maxsize=2)
-def load_controlnet_img2img(diffusion: str, controlnet: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
-    """SD img2img with a ControlNet: the img2img pipeline's own components (shared, not loaded twice) plus the ControlNet."""
+def load_controlnet_img2img(diffusion: str, controlnet: str, device: str = "cpu",
+                            dtype: torch.dtype = torch.float32) -> Any:
+    """SD img2img with a ControlNet: the img2img pipeline's own components (shared, not loaded twice) plus the
+    ControlNet."""
     from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline
 
     base = load_img2img(diffusion, device, dtype)
     try:
         net = ControlNetModel.from_pretrained(controlnet).to(dtype)  # no dtype= (diffusers < 0.40 rejects it in models)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - every failure gets the same actionable message
         raise model_load_error(controlnet, "generation", exc, "models.controlnet") from None
     # Built from the components, not with from_pipe: from_pipe casts every shared module to its dtype argument
     # (float32 unless given), which would silently upcast the cached fp16 img2img pipeline's UNet on CUDA.
@@ -135,12 +137,14 @@ def create_classifier(ref: str, num_classes: int, img_size: int | None = None, p
             if "img_size" not in str(exc):
                 raise
             return timm.create_model(ref, pretrained=pretrained, num_classes=num_classes)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - every failure gets the same actionable message
         raise model_load_error(ref, "training", exc, f"{what} (a timm name or local-dir:FOLDER)") from None
 
 
-def preprocessing(model: torch.nn.Module, image_size: int | None = None) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-    """(input side, mean, std) from the model's timm pretrained config (resolve_data_config); ``image_size`` overrides the side.
+def preprocessing(model: torch.nn.Module,
+                  image_size: int | None = None) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """(input side, mean, std) from the model's timm pretrained config (resolve_data_config); ``image_size`` overrides
+    the side.
 
     ViT-B/16 in21k normalises with 0.5/0.5, CLIP image towers with OpenAI's CLIP statistics, ResNet-50
     with ImageNet's: reading them from timm keeps each backbone's preprocessing the one it was made for.

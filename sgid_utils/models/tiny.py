@@ -54,7 +54,8 @@ def build_smoke_dataset(params: Params) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 # Alternate small sources (below the upscaling threshold) and larger ones.
-                short = int(rng.integers(threshold // 2, threshold)) if i % 2 == 0 else int(rng.integers(threshold, threshold * 2))
+                short = (int(rng.integers(threshold // 2, threshold)) if i % 2 == 0
+                         else int(rng.integers(threshold, threshold * 2)))
                 long = int(short * rng.uniform(1.0, 1.5))
                 size = (long, short) if i % 3 else (short, long)
                 _smoke_image(rng, label, size).save(folder / f"{cls.replace(' ', '_')}_{i:03d}.jpg", quality=92)
@@ -87,7 +88,8 @@ def save_tiny_models(params: Params) -> None:
     models = {b.name: b.model for b in params.training.backbones}
     for name, real in params.smoke.tiny_backbones.items():
         if not models[name].startswith("local-dir:"):  # the schema checked that the name is a listed backbone
-            raise ValueError(f"smoke.tiny_backbones names '{name}', whose training.backbones model must be local-dir:FOLDER")
+            raise ValueError(f"smoke.tiny_backbones names '{name}', whose training.backbones model must be "
+                             "local-dir:FOLDER")
         folder = Path(models[name].removeprefix("local-dir:"))
         if not (folder / ".complete").exists():
             from sgid_utils.models import builders

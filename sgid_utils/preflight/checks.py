@@ -40,7 +40,8 @@ class Check:
 
     @property
     def line(self) -> str:
-        return f"{'✓' if self.ok else '✗'} {self.name}: {self.detail}" + (f"\n    fix: {self.fix}" if self.fix and not self.ok else "")
+        return (f"{'✓' if self.ok else '✗'} {self.name}: {self.detail}"
+                + (f"\n    fix: {self.fix}" if self.fix and not self.ok else ""))
 
 
 def _cached(repo_id: str, repo_type: str) -> int | None:
@@ -60,13 +61,15 @@ def _hub_check(name: str, repo_id: str, repo_type: str, key: str) -> Check:
     size = _cached(repo_id, repo_type)
     if size is not None:
         return Check(name, True, f"{repo_id} in the Hugging Face cache ({gib(size)})")
-    if huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+    if (huggingface_hub.constants.HF_HUB_OFFLINE
+            or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")):
         return Check(name, False, f"{repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE=1", fix)
     try:
         api = huggingface_hub.HfApi()
         info = (api.dataset_info if repo_type == "dataset" else api.model_info)(repo_id, files_metadata=True)
     except Exception as exc:  # noqa: BLE001 - any hub failure is one ✗ line naming the id
-        return Check(name, False, f"{repo_id} not reachable on the Hub ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+        return Check(name, False,
+                     f"{repo_id} not reachable on the Hub ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
                      fix + "; check the id and that you accepted its licence")
     size = sum(s.size or 0 for s in info.siblings or [])
     gated = f"; gated ({info.gated}): accept its licence on the Hub and log in" if info.gated else ""
@@ -99,7 +102,8 @@ def _check_ref(params: Params, name: str, ref: str, is_timm: bool) -> Check:
             return Check(name, True, f"local folder {local}")
         if params.smoke.build_models:
             return Check(name, True, f"{local} (the smoke profile builds it on first use)")
-        return Check(name, False, f"local folder {local} does not exist", f"download the model into it or set {name} to a hub id")
+        return Check(name, False, f"local folder {local} does not exist",
+                     f"download the model into it or set {name} to a hub id")
     repo_id = ref
     if is_timm:  # a timm name: its weights live in the hub repo its pretrained config names
         try:
@@ -114,8 +118,10 @@ def check_dataset(params: Params) -> Check:
     if ds.source == "imagefolder":
         missing = [str(p) for p in (ds.path, ds.test_path) if p is not None and not Path(p).is_dir()]
         if not missing or params.smoke.build_dataset:
-            return Check("dataset", True, f"image folder {ds.path}" + (" (built by the smoke profile)" if missing else ""))
-        return Check("dataset", False, f"image folder(s) {', '.join(missing)} not found", "set dataset.path / dataset.test_path")
+            return Check("dataset", True,
+                         f"image folder {ds.path}" + (" (built by the smoke profile)" if missing else ""))
+        return Check("dataset", False, f"image folder(s) {', '.join(missing)} not found",
+                     "set dataset.path / dataset.test_path")
     hub_id = ds.hf_id or HUB_IDS[ds.source]
     if Path(hub_id).exists():
         return Check("dataset", True, f"local data set {hub_id}")
@@ -139,7 +145,8 @@ def check_device(params: Params) -> Check:
     except RuntimeError as exc:
         return Check("device", False, str(exc), "set run.device: auto or cpu, or pick a GPU runtime")
     if device.type != "cuda":
-        return Check("device", True, f"{device} (no GPU: fine for smoke; the canary's rates below say how slow a full run is)")
+        return Check("device", True,
+                     f"{device} (no GPU: fine for smoke; the canary's rates below say how slow a full run is)")
     free, total = torch.cuda.mem_get_info(device)
     bf16 = "bf16 yes" if torch.cuda.is_bf16_supported() else "bf16 no"
     return Check("device", True, f"{device}: {torch.cuda.get_device_name(device)}, {free / 2**30:.1f} of "
@@ -153,8 +160,8 @@ def check_persistent(folder: Path) -> Check:
     on_drive = folder.is_relative_to("/content/drive")
     if on_colab and not on_drive:
         return Check("run.dir persistent", False, f"{folder} is on the Colab runtime's disk, lost on disconnect",
-                     'mount Drive (from google.colab import drive; drive.mount("/content/drive")) and set run_dir under '
-                     "/content/drive/MyDrive/...")
+                     'mount Drive (from google.colab import drive; drive.mount("/content/drive")) and set '
+                     'run_dir under /content/drive/MyDrive/...')
     return Check("run.dir persistent", True, "on Google Drive" if on_drive else "not a Colab runtime disk")
 
 
@@ -178,7 +185,8 @@ def check_disk(folder: Path, min_free_gb: float) -> list[Check]:
         return [Check("run.dir writable", False, f"cannot write {folder} ({exc.strerror} at {probe_dir})",
                       "set run.dir or --run-dir to a folder you can write")]
     free = shutil.disk_usage(probe_dir).free / 2**30
-    room = Check("free disk", free >= min_free_gb, f"{free:.1f} GiB free under {probe_dir} (run.min_free_gb {min_free_gb:g})",
+    room = Check("free disk", free >= min_free_gb,
+                 f"{free:.1f} GiB free under {probe_dir} (run.min_free_gb {min_free_gb:g})",
                  "free some space or point run.dir elsewhere")
     return [Check("run.dir writable", True, str(folder)), room]
 

@@ -61,7 +61,8 @@ class Preflight:
         return all(c.ok for c in self.checks)
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=["stage", "canary items", "measured s/item", "full-run items", "expected", "basis"])
+        return pd.DataFrame(self.rows,
+                            columns=["stage", "canary items", "measured s/item", "full-run items", "expected", "basis"])
 
     def markdown(self) -> str:
         lines = ["# Preflight", "", *[f"    {c.line}" for c in self.checks], ""]
@@ -119,11 +120,12 @@ def run_canary(params: Params, report: Preflight) -> tuple[Params, dict[str, flo
         images = result if stage == "data" else images
         items[stage] = _canary_items(canary, stage, images)
     report.checks.append(Check("canary", True, f"every stage ran on {int((images.split == 'train').sum())} training "
-                               f"images, {len(configs(canary))} training configuration(s), in {hms(sum(seconds.values()))}"))
+                               f"images, {len(configs(canary))} training configuration(s), in "
+                               f"{hms(sum(seconds.values()))}"))
     return canary, seconds, items
 
 
-# --- projection ---------------------------------------------------------------------------------------------------------
+# --- projection -------------------------------------------------------------------------------------------------------
 def _train_rows(params: Params, canary: Params, seconds: float, counts: Counts, basis: str) -> list[dict]:
     """One training row per backbone, each at its own measured seconds per image-epoch (and a 'seconds' key)."""
     crun = RunDir.of(canary)
@@ -134,9 +136,9 @@ def _train_rows(params: Params, canary: Params, seconds: float, counts: Counts, 
     rows = []
     for bb in backbones(params):
         per = split[bb.name] / max(1, canary_items[bb.name])
-        rows.append({"stage": f"train: {bb.label}", "canary items": canary_items[bb.name], "measured s/item": round(per, 3),
-                     "full-run items": full_items[bb.name], "expected": hms(per * full_items[bb.name]), "basis": basis,
-                     "seconds": per * full_items[bb.name]})
+        rows.append({"stage": f"train: {bb.label}", "canary items": canary_items[bb.name],
+                     "measured s/item": round(per, 3), "full-run items": full_items[bb.name],
+                     "expected": hms(per * full_items[bb.name]), "basis": basis, "seconds": per * full_items[bb.name]})
     return rows
 
 
@@ -156,7 +158,8 @@ def _ablation_rows(params: Params, per_item: dict[str, float], train_rate: float
     return rows, raw, small
 
 
-def _project(params: Params, report: Preflight, canary: Params, seconds: dict[str, float], items: dict[str, int]) -> None:
+def _project(params: Params, report: Preflight, canary: Params, seconds: dict[str, float],
+             items: dict[str, int]) -> None:
     linked = reuse_plan(params).shared if params.run.reuse is not None else []
     run = reuse_source(params) if "data" in linked else RunDir.of(params)
     full = read_table(run.images_table, run.root) if run.images_table.exists() else None
@@ -178,7 +181,8 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
             report.rows += rows
             continue
         report.rows.append({"stage": stage, "canary items": items[stage], "measured s/item": round(per_item[stage], 3),
-                            "full-run items": int(counts.items(stage)), "expected": hms(expected[stage]), "basis": basis})
+                            "full-run items": int(counts.items(stage)), "expected": hms(expected[stage]),
+                            "basis": basis})
     report.rows.append({"stage": "total (make reproduce, without ablations)", "canary items": "", "measured s/item": "",
                         "full-run items": "", "expected": hms(sum(expected.values())), "basis": ""})
     ablation_rows, ablation_raw, ablation_small = _ablation_rows(params, per_item, train_rate, full)
@@ -190,21 +194,24 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
     crun = RunDir.of(canary)
     bpp = png_bytes_per_pixel(crun)
     classes = (full if full is not None else read_table(crun.images_table)).label.nunique()
+    # the largest backbone's checkpoint (architecture only: nothing downloaded)
     n_params = max(sum(p.numel() for p in create_classifier(b.model, int(classes), pretrained=False).parameters())
-                   for b in backbones(params))  # the largest backbone's checkpoint (architecture only: nothing downloaded)
+                   for b in backbones(params))
     other = other_bytes(crun, [s for s in OTHER_BYTES_STAGES if s not in linked]) / max(1, items.get("captions", 1))
     need = disk_need_bytes(bpp, params.generation.num_candidates, counts.raw_pixels + ablation_raw,
                            counts.small_pixels + ablation_small, n_params, other, counts.train_images)
     free = shutil.disk_usage(existing_folder(Path(params.run.dir))).free
     report.checks.append(Check("disk for the full run", free - need >= params.run.min_free_gb * 2**30,
-                               f"needs ~{gib(need)} (PNG {bpp:.2f} B/px measured, {n_params:,} classifier parameters x 4 B x 3 "
-                               f"for one checkpoint), {gib(free)} free", "free space or point run.dir at a larger disk"))
+                               f"needs ~{gib(need)} (PNG {bpp:.2f} B/px measured, {n_params:,} classifier "
+                               f"parameters x 4 B x 3 for one checkpoint), {gib(free)} free",
+                               "free space or point run.dir at a larger disk"))
     batch = params.generation.batch_size
     report.notes += counts.notes + [
         "Measured: each stage's seconds on the canary (model loading included, so per-item figures are upper bounds "
         "for long stages) and the PNG bytes per pixel. Extrapolated: everything in the 'expected' column.",
-        f"Generation ran at generation.batch_size {batch if batch else 'auto (from free GPU memory on CUDA, 1 on the CPU)'}, "
-        f"on at most {items.get('generate', 0)} source(s): a full run's batches can be larger, so GPU figures are pessimistic.",
+        "Generation ran at generation.batch_size "
+        f"{batch if batch else 'auto (from free GPU memory on CUDA, 1 on the CPU)'}, on at most "
+        f"{items.get('generate', 0)} source(s): a full run's batches can be larger, so GPU figures are pessimistic.",
         ("Ablation variants (one row each): the stages a variant computes itself, those whose params it changes (a "
          "second generation draw redoes captions, similarity, both generation passes and curation; equal steps only "
          "its SGID training), at the canary's rates; each trains Baseline and SGID (100 %) on the first backbone, "

@@ -51,7 +51,8 @@ class Counts:
     def items(self, stage: str) -> float:
         """The unit a stage's seconds-per-item multiplies (1: a fixed-cost stage)."""
         return {"captions": self.train_images, "similarity": self.train_images, "generate": self.raw_sources,
-                "upscale": self.small_sources, "curate": self.train_images, "train": self.train_image_epochs}.get(stage, 1)
+                "upscale": self.small_sources, "curate": self.train_images,
+                "train": self.train_image_epochs}.get(stage, 1)
 
 
 def image_epochs(params: Params, n_train: int) -> list[int]:
@@ -78,7 +79,8 @@ def train_seconds_by_backbone(canary: Params, total: float) -> dict[str, float]:
     in cost per image (a ResNet-50's forward is a quarter of a ViT-B/16's), so each is projected at its own rate."""
     run, measured = RunDir.of(canary), {}
     for cfg in configs(canary):
-        measured[cfg.backbone] = measured.get(cfg.backbone, 0.0) + float(read_table(run.history(cfg.name)).seconds.sum())
+        measured[cfg.backbone] = (measured.get(cfg.backbone, 0.0)
+                                  + float(read_table(run.history(cfg.name)).seconds.sum()))
     whole = sum(measured.values())
     return {name: total * s / whole if whole else total / len(measured) for name, s in measured.items()}
 
@@ -90,7 +92,8 @@ def _folder_sizes(params: Params) -> pd.DataFrame:
         files = [f for f in sorted((root / cls).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
         for i, f in enumerate(files[:cap] if cap else files):
             with Image.open(f) as img:
-                rows.append({"image_id": f"train_{label:03d}_{i:05d}", "label": label, "width": img.width, "height": img.height})
+                rows.append({"image_id": f"train_{label:03d}_{i:05d}", "label": label, "width": img.width,
+                             "height": img.height})
     return pd.DataFrame(rows, columns=["image_id", "label", "width", "height"])
 
 
@@ -117,14 +120,16 @@ def full_run_counts(params: Params, images: pd.DataFrame | None = None) -> Count
     if ds.max_per_class:
         n = min(n, ds.max_per_class * classes)
     small = round(n * SMALL_FRACTION[ds.source])
-    sample = small if params.curation.error_analysis_sample == "all" else min(small, params.curation.error_analysis_sample * classes)
+    sample = (small if params.curation.error_analysis_sample == "all"
+              else min(small, params.curation.error_analysis_sample * classes))
     raw = n - small + sample
     typical = TYPICAL_PIXELS[ds.source]
     epochs = sum(image_epochs(params, n))
     notes = [f"{ds.source}: {n} training images from the official split sizes; {SMALL_FRACTION[ds.source]:.0%} assumed "
-             f"under {params.curation.upscale_threshold} px and {typical:,} px per image assumed (the size list comes with "
-             "the data stage: rerun preflight after `run data` for measured counts)"]
-    return Counts(n, raw, small, float(raw * typical), float(small * typical), epochs, "split sizes (extrapolated)", notes)
+             f"under {params.curation.upscale_threshold} px and {typical:,} px per image assumed (the size "
+             "list comes with the data stage: rerun preflight after `run data` for measured counts)"]
+    return Counts(n, raw, small, float(raw * typical), float(small * typical), epochs,
+                  "split sizes (extrapolated)", notes)
 
 
 def project_seconds(per_item: dict[str, float], counts: Counts) -> dict[str, float]:

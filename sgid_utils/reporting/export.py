@@ -27,19 +27,20 @@ from sgid_utils.core.rundir import RunDir
 SPLIT = "train"  # the curated set augments the training split; its sources are training images
 # (licence id for the card's metadata, what is known about the source images' terms)
 LICENCES = {
-    "pets": ("cc-by-sa-4.0", "The Oxford-IIIT Pet Dataset (Parkhi et al., 2012) is available under the Creative Commons "
-             "Attribution-ShareAlike 4.0 International licence; the copyright of the images remains with their owners. "
-             "These images are image-to-image derivatives of its training images, so share them under CC BY-SA 4.0, "
-             "crediting the Oxford-IIIT Pet Dataset."),
-    "flowers": ("unknown", "The Oxford 102 Category Flower Dataset (Nilsback & Zisserman, 2008) states no licence on its "
-                "page; its images were collected from the web. These images derive from its training images, so their "
-                "terms are unknown: check them before redistributing."),
-    "imagefolder": ("other", "These images derive from the run's own image folder: the licence of your own images applies. "
-                    "Replace this paragraph and the card's `license` field before publishing."),
+    "pets": ("cc-by-sa-4.0", "The Oxford-IIIT Pet Dataset (Parkhi et al., 2012) is available under the "
+             "Creative Commons Attribution-ShareAlike 4.0 International licence; the copyright of the images "
+             "remains with their owners. These images are image-to-image derivatives of its training images, "
+             "so share them under CC BY-SA 4.0, crediting the Oxford-IIIT Pet Dataset."),
+    "flowers": ("unknown", "The Oxford 102 Category Flower Dataset (Nilsback & Zisserman, 2008) states no "
+                "licence on its page; its images were collected from the web. These images derive from its "
+                "training images, so their terms are unknown: check them before redistributing."),
+    "imagefolder": ("other", "These images derive from the run's own image folder: the licence of your own "
+                    "images applies. Replace this paragraph and the card's `license` field before publishing."),
 }
 SOURCE_NAMES = {"pets": "Oxford-IIIT Pets", "flowers": "Oxford Flowers102", "imagefolder": "an image folder"}
 GENERATOR_LICENCES = {"stable-diffusion-v1-5": "Stable Diffusion v1.5 is released under the CreativeML OpenRAIL-M "
-                      "licence, whose use-based restrictions (its Attachment A) also govern how its outputs may be used."}
+                      "licence, whose use-based restrictions (its Attachment A) also govern how its outputs "
+                      "may be used."}
 
 
 def folder_name(class_name: str) -> str:
@@ -55,8 +56,9 @@ def model_name(ref: str) -> str:
 def generator_settings(params: Params) -> dict[str, object]:
     """The settings every image of the set was generated and selected with (repeated on each metadata row)."""
     gen, cur = params.generation, params.curation
-    return {"generator": model_name(params.models.diffusion), "prompt_mode": gen.prompt, "caption_weight": gen.caption_weight,
-            "label_weight": gen.label_weight, "negative_prompt": gen.negative_prompt, "guidance_mode": gen.guidance.mode,
+    return {"generator": model_name(params.models.diffusion), "prompt_mode": gen.prompt,
+            "caption_weight": gen.caption_weight, "label_weight": gen.label_weight,
+            "negative_prompt": gen.negative_prompt, "guidance_mode": gen.guidance.mode,
             "guidance_coefficients": " ".join(f"{c:g}" for c in gen.guidance.coefficients),
             "guidance_base_scale": gen.guidance.base_scale, "strength": gen.strength,
             "num_inference_steps": gen.num_inference_steps, "num_candidates": gen.num_candidates,
@@ -90,8 +92,9 @@ def metadata(params: Params) -> pd.DataFrame:
             "source_width": int(r.source_width), "source_height": int(r.source_height),
             "caption": best.loc[r.image_id, "caption"], "caption_method": best.loc[r.image_id, "method"],
             "s_star": r.s_star, "prompt": r.prompt, "guidance_scale": r.guidance_scale, "seed": int(r.seed),
-            "candidate": int(r.k), "generation_pass": r.variant, "input_width": int(r.input_width), "input_height": int(r.input_height),
-            "similarity": r.similarity, "label_score": r.label_score, "clip_predicted_label": names[int(r.predicted_label)],
+            "candidate": int(r.k), "generation_pass": r.variant, "input_width": int(r.input_width),
+            "input_height": int(r.input_height), "similarity": r.similarity, "label_score": r.label_score,
+            "clip_predicted_label": names[int(r.predicted_label)],
             "label_consistent": bool(r.consistent), "fake_probability": r.fake_probability,
             "kept_by_filters": bool(getattr(r, "kept", True)), "dropped_by": getattr(r, "dropped_by", None),
             "in_filtered_set": r.image_id in filtered, "selection_fallback": bool(r.fallback),
@@ -101,17 +104,20 @@ def metadata(params: Params) -> pd.DataFrame:
 
 
 def dataset_card(params: Params, table: pd.DataFrame) -> str:
-    """The README.md of the exported folder: what the images are, how they were made, their licence, how to load them."""
+    """The README.md of the exported folder: what the images are, how they were made, their licence, how to
+    load them."""
     licence, terms = LICENCES[params.dataset.source]
     generator = next((text for key, text in GENERATOR_LICENCES.items() if key in params.models.diffusion), "")
     n = len(table)
     size = "n<1K" if n < 1_000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"
-    env = Environment(loader=PackageLoader("sgid_utils.reporting", "templates"), undefined=StrictUndefined, keep_trailing_newline=True,
-                      trim_blocks=True)
+    env = Environment(loader=PackageLoader("sgid_utils.reporting", "templates"), undefined=StrictUndefined,
+                      keep_trailing_newline=True, trim_blocks=True)
     return env.get_template("dataset_card.md.j2").render(
-        params=params, source_name=SOURCE_NAMES[params.dataset.source], n=n, size=size, licence=licence, terms=terms, generator_terms=generator, split=SPLIT,
+        params=params, source_name=SOURCE_NAMES[params.dataset.source], n=n, size=size, licence=licence,
+        terms=terms, generator_terms=generator, split=SPLIT,
         classes=table.drop_duplicates("label_id").sort_values("label_id").label.tolist(),
-        settings=generator_settings(params), quality=catalog.load(params, "quality_summary"), columns=list(table.columns))
+        settings=generator_settings(params), quality=catalog.load(params, "quality_summary"),
+        columns=list(table.columns))
 
 
 def export_curated(params: Params, to: Path) -> Path:

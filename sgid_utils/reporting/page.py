@@ -76,7 +76,8 @@ def cell(value: Any) -> str:
 
 def table_data(df: pd.DataFrame) -> dict[str, list]:
     """A table as the template loops over it: column names and rows of printed cells."""
-    return {"columns": [str(c) for c in df.columns], "rows": [[cell(v) for v in row] for row in df.astype(object).itertuples(index=False)]}
+    return {"columns": [str(c) for c in df.columns],
+            "rows": [[cell(v) for v in row] for row in df.astype(object).itertuples(index=False)]}
 
 
 def key_facts(params: Params, provenance: pd.DataFrame) -> list[tuple[str, str]]:
@@ -96,8 +97,10 @@ def key_facts(params: Params, provenance: pd.DataFrame) -> list[tuple[str, str]]
                    + (f" with ControlNet {m.controlnet}" if params.generation.generator == "controlnet" else "")
                    + "; classifier" + ("s " + ", ".join(f"{b.label} {b.model}" for b in backbones(params))
                                         if params.training.backbones else f" {m.classifier}")),
-        ("Seeds", f"run seed {params.run.seed}; generation draw {params.run.draw}; training seeds {params.training.seeds}"),
-        ("Training", f"methods {', '.join(params.training.methods)}; " + "; ".join(recipe(bb) for bb in backbones(params))),
+        ("Seeds",
+         f"run seed {params.run.seed}; generation draw {params.run.draw}; training seeds {params.training.seeds}"),
+        ("Training",
+         f"methods {', '.join(params.training.methods)}; " + "; ".join(recipe(bb) for bb in backbones(params))),
         ("Ran", ran(provenance)),
         ("Params file", str(params.source_file)),
     ]
@@ -135,7 +138,8 @@ def _href(run: RunDir, path: Path) -> str:
 def figures(params: Params) -> tuple[list[dict[str, str | None]], list[dict[str, str]]]:
     """The page's main figures (None where not made yet), and links to every other figure of the run."""
     run = RunDir.of(params)
-    main = [{"name": n, "caption": c, "src": _href(run, run.figure(n)) if run.figure(n).exists() else None} for n, c in FIGURES]
+    main = [{"name": n, "caption": c,
+             "src": _href(run, run.figure(n)) if run.figure(n).exists() else None} for n, c in FIGURES]
     shown = {n for n, _ in FIGURES}
     others = sorted(p for p in run.figures.glob("*.png") if p.stem not in shown) if run.figures.exists() else []
     return main, [{"name": p.stem, "src": _href(run, p)} for p in others]
@@ -272,7 +276,8 @@ NOT_SETTINGS = ("results.references", "results.headline", "ablations")
 
 def settings(params: Params, every: bool = False) -> dict[str, list]:
     """The settings that differ from the package defaults (``every``: all of them), each with its origin and source
-    (sgid_utils.config.sources), paths written relative to the project; reference numbers and ablation variants left out."""
+    (sgid_utils.config.sources), paths written relative to the project; reference numbers and ablation variants
+    left out."""
     rows = settings_table(params) if every else changed_settings(params)
     rows = rows[~rows.setting.str.startswith(NOT_SETTINGS)]
     return table_data(rows.map(lambda v: relative(params, v) if isinstance(v, str) else v))
@@ -283,7 +288,8 @@ def context(params: Params) -> dict[str, Any]:
     accuracy = catalog.load(params, "accuracy")
     gains_file = RunDir.of(params).table("backbone_gains.csv")
     gains = pd.read_csv(gains_file) if gains_file.exists() else None
-    ablations, set_metrics = catalog.load(params, "ablations", missing=None), catalog.load(params, "set_metrics", missing=None)
+    ablations, set_metrics = (catalog.load(params, "ablations", missing=None),
+                              catalog.load(params, "set_metrics", missing=None))
     provenance = load_provenance(params, NAMES)
     main, other = figures(params)
     return {
@@ -310,7 +316,8 @@ def context(params: Params) -> dict[str, Any]:
 
 def build_report(params: Params) -> Path:
     """Write ``reports/<run>/index.html`` (and the notebooks' HTML) from the run's files; return the page's path."""
-    env = Environment(loader=PackageLoader("sgid_utils.reporting", "templates"), autoescape=select_autoescape(["html", "j2"]),
+    env = Environment(loader=PackageLoader("sgid_utils.reporting", "templates"),
+                      autoescape=select_autoescape(["html", "j2"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     page = env.get_template("report.html.j2").render(**context(params))
     return write_text(RunDir.of(params).report_page, page)

@@ -24,7 +24,8 @@ REPORT_CAPTION_SCORES = (0.301, 0.396)  # the report, Generation of Augmented Im
 
 def save_fig(fig, params: Params, name: str) -> Path:
     """Every figure goes to reports/<run>/figures/<name>.png, atomically."""
-    return write_atomic(RunDir.of(params).figure(name), lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    return write_atomic(RunDir.of(params).figure(name),
+                        lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
 def accuracy_bar_chart(results: pd.DataFrame, table: pd.DataFrame, params: Params):
@@ -68,7 +69,8 @@ def guidance_readings(s_star: Sequence[float], guidance: GuidanceParams):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, mode in zip(axes, ("direct", "scaled")):
         reading = guidance.model_copy(update={"mode": mode})
-        ax.plot(grid, [guidance_scale(v, reading) for v in grid], label="f(s*) = %g s*² + %g s* + %g" % guidance.coefficients)
+        ax.plot(grid, [guidance_scale(v, reading) for v in grid],
+                label="f(s*) = {:g} s*² + {:g} s* + {:g}".format(*guidance.coefficients))
         ax.scatter(s_star, [guidance_scale(v, reading) for v in s_star], s=12, color="C1", label="this run's images")
         for k, score in enumerate(REPORT_CAPTION_SCORES):
             ax.axvline(score, color="grey", ls="--", lw=1,
@@ -101,7 +103,8 @@ def image_grid(rows: list[list[str | Image.Image]], titles: list[list[str]] | No
 
 def originals_vs_generated(curated: pd.DataFrame, n: int):
     """Original beside its curated SGID image, for n sources spread over classes."""
-    picks = curated.sort_values(["label", "image_id"]).groupby("label").head(max(1, n // max(1, curated.label.nunique()) + 1)).head(n)
+    picks = (curated.sort_values(["label", "image_id"]).groupby("label")
+             .head(max(1, n // max(1, curated.label.nunique()) + 1)).head(n))
     rows = [[r.source_path, r.path] for r in picks.itertuples()]
     titles = [[f"{r.class_name} (original)", f"SGID, sim {r.similarity:.2f}"] for r in picks.itertuples()]
     return image_grid(rows, titles)
@@ -118,7 +121,7 @@ def consistency_diversity(metrics: pd.DataFrame, variants: pd.DataFrame | None =
     handles, labels = ax.get_legend_handles_labels()
     if variants is not None and len(variants):  # ControlNet as triangles (older tables have no generator column)
         generators = variants["generator"] if "generator" in variants else pd.Series("img2img", index=variants.index)
-        for generator, marker, what in (("img2img", "X", "SGID"), ("controlnet", "^", "SGID + ControlNet")):
+        for generator, marker, _what in (("img2img", "X", "SGID"), ("controlnet", "^", "SGID + ControlNet")):
             some = variants[generators == generator]
             if len(some):
                 ax.scatter(some["distance to source"], some["label score"], marker=marker, color="black", s=50)

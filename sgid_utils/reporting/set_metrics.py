@@ -163,11 +163,13 @@ def fid_kid(
     if min(n_real, n_gen) < 2:
         raise ValueError(f"FID/KID need at least 2 images per set; got {n_real} real, {n_gen} generated")
     try:
-        net = FrechetInceptionDistance(feature=feature,
-                                       feature_extractor_weights_path=None if weights_path is None else str(weights_path)).inception
+        net = FrechetInceptionDistance(
+            feature=feature, feature_extractor_weights_path=None if weights_path is None else str(weights_path)
+        ).inception
     except (OSError, ModuleNotFoundError) as exc:  # URLError offline, a missing weights file, no torch-fidelity
         warnings.warn(f"FID/KID skipped: the Inception-v3 feature extractor could not be loaded "
-                      f"({type(exc).__name__}: {exc}). Install torch-fidelity and run once online, or pass weights_path.",
+                      f"({type(exc).__name__}: {exc}). Install torch-fidelity and run once online, "
+                      "or pass weights_path.",
                       RuntimeWarning, stacklevel=2)
         return None
     size = min(subset_size, n_real, n_gen)

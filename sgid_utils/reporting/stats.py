@@ -57,7 +57,8 @@ def paired_difference(method_acc: Mapping[int, float] | pd.Series, baseline_acc:
     method, baseline = pd.Series(method_acc, dtype=float), pd.Series(baseline_acc, dtype=float)
     seeds = sorted(set(method.index) & set(baseline.index))
     if not seeds:
-        raise ValueError(f"no seed in common: method seeds {sorted(method.index)}, baseline seeds {sorted(baseline.index)}")
+        raise ValueError(f"no seed in common: method seeds {sorted(method.index)}, baseline seeds "
+                         f"{sorted(baseline.index)}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     diff = method[seeds].to_numpy() - baseline[seeds].to_numpy()
@@ -117,7 +118,8 @@ def mcnemar_test(correct_a: Sequence[bool] | np.ndarray, correct_b: Sequence[boo
     """
     right_a, right_b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
     if right_a.shape != right_b.shape or right_a.ndim != 1:
-        raise ValueError(f"need two equally long 1-D arrays of per-image correctness; got {right_a.shape} and {right_b.shape}")
+        raise ValueError(f"need two equally long 1-D arrays of per-image correctness; got {right_a.shape} "
+                         f"and {right_b.shape}")
     b, c = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
     table = [[int((right_a & right_b).sum()), b], [c, int((~right_a & ~right_b).sum())]]
     exact = b + c < 25
@@ -133,7 +135,8 @@ def _per_class_accuracy(pred: pd.DataFrame) -> pd.Series:
     return per.groupby("label_idx").mean() if "seed" in pred.columns else per
 
 
-def per_class_change(pred_method: pd.DataFrame, pred_baseline: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+def per_class_change(pred_method: pd.DataFrame, pred_baseline: pd.DataFrame,
+                     class_names: Sequence[str]) -> pd.DataFrame:
     """Per-class test accuracy of a method and of the Baseline and the change, largest gain first.
 
     Inputs are prediction tables (image_id, label_idx, pred, optionally seed: accuracies

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from sgid_utils.config.backbones import METHOD_NAMES, NON_GENERATIVE, backbones, configs, recipe
-from sgid_utils.config.schema import BackboneParams, Params
+from sgid_utils.config.schema import Params
+from sgid_utils.config.training import BackboneParams
 from sgid_utils.core import catalog
 from sgid_utils.reporting.stats import COVERS, reason_of, verdict_word
 
@@ -37,7 +38,8 @@ def percent(value: float, digits: int = 2) -> str:
 
 
 def format_mean_std(mean: float, std: float, n: int) -> str:
-    """'93.38 ± 0.12 (n=3)': mean ± sample std over seeds of an accuracy fraction, in percent (no spread with 1 seed)."""
+    """'93.38 ± 0.12 (n=3)': mean ± sample std over seeds of an accuracy fraction, in percent
+    (no spread with 1 seed)."""
     spread = f" ± {100 * std:.2f}" if n > 1 and not np.isnan(std) else ""
     return f"{100 * mean:.2f}{spread} (n={n})"
 
@@ -63,7 +65,8 @@ def of_backbone(table: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def primary(params: Params, table: pd.DataFrame) -> pd.DataFrame:
-    """The first backbone's rows: the one ablation variants, the quality report and the references compare by default."""
+    """The first backbone's rows: the one ablation variants, the quality report and the references
+    compare by default."""
     return of_backbone(table, backbones(params)[0].name)
 
 
@@ -92,7 +95,8 @@ def summary_table(results: pd.DataFrame, params: Params, sig: pd.DataFrame | Non
     return pd.concat(tables, ignore_index=True)
 
 
-def _backbone_table(results: pd.DataFrame, params: Params, bb: BackboneParams, sig: pd.DataFrame | None, first: bool) -> pd.DataFrame:
+def _backbone_table(results: pd.DataFrame, params: Params, bb: BackboneParams, sig: pd.DataFrame | None,
+                    first: bool) -> pd.DataFrame:
     grouped = per_setting(results)
     table = pd.DataFrame({
         "Backbone": bb.label,

@@ -153,7 +153,8 @@ def nearest_reference(params: Params, baseline: float) -> str:
 def run(params: Params) -> pd.DataFrame:
     """Run every variant of ``params.ablations`` from captions to results; tabulate their comparisons."""
     if not params.ablations:
-        raise ParamsError(f"{params.source_file} lists no ablations: use an ablation profile such as params/pets_ablations.yaml")
+        raise ParamsError(f"{params.source_file} lists no ablations: use an ablation profile such as "
+                          "params/pets_ablations.yaml")
     if shard()[1] > 1:
         raise StageError("Ablations run their variants' stages one after another in one process; run them without "
                          "--shard or accelerate launch (shard the base run's stages instead).")

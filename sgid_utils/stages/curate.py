@@ -59,7 +59,8 @@ def score_candidates(params: Params, manifest: pd.DataFrame, variant: Variant, i
             for row, (image_id, emb) in enumerate(zip(ids, every.split([len(groups[i]) for i in ids]))):
                 scored = groups[image_id].assign(similarity=(emb @ src[row]).cpu().tolist())
                 scored["path"] = [run.relative(p) for p in scored.path]
-                write_npz(run.embeddings(variant, image_id), source=src[row].cpu().numpy(), candidates=emb.cpu().numpy())
+                write_npz(run.embeddings(variant, image_id), source=src[row].cpu().numpy(),
+                          candidates=emb.cpu().numpy())
                 records[image_id] = scored.to_dict("records")
             return records
 
@@ -114,9 +115,11 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     if launched_worker():
         return None  # under accelerate launch the main process scores and selects once all have regenerated
     raw = score_candidates(params, catalog.load(params, "manifest_raw"), "raw", images)
-    upscaled = score_candidates(params, upscaled_manifest, "upscaled", images) if len(upscaled_manifest) else raw.iloc[:0]
+    upscaled = (score_candidates(params, upscaled_manifest, "upscaled", images) if len(upscaled_manifest)
+                else raw.iloc[:0])
     candidates = pd.concat([raw, upscaled], ignore_index=True)
-    info = images.set_index("image_id")[["label", "class_name", "path", "width", "height"]].rename(columns={"path": "source_path"})
+    info = (images.set_index("image_id")[["label", "class_name", "path", "width", "height"]]
+            .rename(columns={"path": "source_path"}))
     candidates = candidates.join(info, on="image_id")
     candidates["short_side"] = candidates[["width", "height"]].min(axis=1)
     candidates, detector = add_quality_scores(params, candidates)

@@ -43,7 +43,8 @@ class _Item:
 def _scan_folder(root: Path) -> tuple[list[str], list[tuple[str, Path]], list[dict]]:
     """Class folders under root -> (sorted class names, (class, file) pairs, skips)."""
     if not root.is_dir():
-        raise DatasetError(f"Image folder not found: {root}. Expected {root}/<class>/*.jpg (dataset.path / dataset.test_path).")
+        raise DatasetError(f"Image folder not found: {root}. Expected {root}/<class>/*.jpg (dataset.path / "
+                           "dataset.test_path).")
     skipped: list[dict] = [{"path": str(p), "reason": "hidden file" if p.name.startswith(".") else
                             "not inside a class folder (expected <folder>/<class>/<image>)"}
                            for p in sorted(root.iterdir()) if not p.is_dir()]
@@ -70,7 +71,8 @@ def _imagefolder_items(params: Params) -> tuple[list[str], list[_Item], list[dic
         test_classes, test_files, test_skipped = _scan_folder(Path(ds.test_path))
         skipped += test_skipped
         for cls in sorted(set(test_classes) - set(classes)):
-            skipped.append({"path": str(Path(ds.test_path) / cls), "reason": "class not present in the training folder"})
+            skipped.append({"path": str(Path(ds.test_path) / cls),
+                            "reason": "class not present in the training folder"})
         test_files = [(c, f) for c, f in test_files if c in classes]
     index = {c: i for i, c in enumerate(classes)}
     # Without a test folder, the held-out split is drawn after validation (see _held_out_split).
@@ -120,7 +122,8 @@ def _held_out_split(items: list[_Item], params: Params) -> None:
         return
     root = Path(params.dataset.path)
     for members in by_class.values():
-        ranked = sorted(members, key=lambda it: derive_seed(params.run.seed, str(Path(it.origin).relative_to(root)), purpose="split"))
+        ranked = sorted(members, key=lambda it: derive_seed(
+            params.run.seed, str(Path(it.origin).relative_to(root)), purpose="split"))
         n_test = max(1, int(round(len(ranked) * params.dataset.test_fraction))) if len(ranked) > 1 else 0
         for i, item in enumerate(ranked):
             item.split = "test" if i < n_test else "train"
@@ -218,8 +221,9 @@ def _require_a_test_image(run: RunDir, ds: DatasetParams, classes: list[str], us
         raise DatasetError(
             f"No test image for any training class of {ds.path or ds.hf_id or ds.source}: every later stage would run "
             "for hours and training could not be scored. With dataset.test_path, its class folders must be named like "
-            f"dataset.path's ({', '.join(classes[label] for label in usable[:5])}, ...); or leave dataset.test_path unset "
-            "to hold out dataset.test_fraction of each class. The skipped files and why: " + str(run.skipped_table)
+            f"dataset.path's ({', '.join(classes[label] for label in usable[:5])}, ...); or leave "
+            "dataset.test_path unset to hold out dataset.test_fraction of each class. The skipped files and "
+            "why: " + str(run.skipped_table)
         )
 
 

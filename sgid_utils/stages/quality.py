@@ -35,7 +35,8 @@ def top_sgid_setting(results: pd.DataFrame) -> str | None:
 
 
 def class_changes(params: Params, images: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame | None:
-    """Per-class accuracy change of SGID at its largest proportion against the Baseline (first backbone); None without both."""
+    """Per-class accuracy change of SGID at its largest proportion against the Baseline (first backbone);
+    None without both."""
     results = primary(params, results)
     top = top_sgid_setting(results)
     if top is None or not (results.method == "baseline").any():

@@ -43,7 +43,8 @@ def significance(results: pd.DataFrame, params: Params) -> pd.DataFrame:
         baseline = rows.loc[rows.method == "baseline", "setting"]
         if baseline.empty or rows.setting.nunique() < 2:
             continue
-        sig = compare_to_baseline(rows, lambda config: catalog.load(params, "predictions", config=config), baseline=baseline.iloc[0])
+        sig = compare_to_baseline(rows, lambda config: catalog.load(params, "predictions", config=config),
+                                  baseline=baseline.iloc[0])
         frames.append(sig.assign(backbone=bb.name))
     if not frames:
         return pd.DataFrame(columns=SIGNIFICANCE_COLUMNS)
@@ -56,7 +57,8 @@ def verdicts(params: Params, sig: pd.DataFrame) -> list[str]:
     one generation draw."""
     labels = {bb.name: bb.label for bb in backbones(params)}
     several = len(labels) > 1
-    return [f"{labels.get(row.backbone, row.backbone)}: {verdict(row)}" if several else verdict(row) for _, row in sig.iterrows()]
+    return [f"{labels.get(row.backbone, row.backbone)}: {verdict(row)}" if several else verdict(row)
+            for _, row in sig.iterrows()]
 
 
 def backbone_gains(results: pd.DataFrame, params: Params) -> pd.DataFrame:
@@ -162,7 +164,8 @@ def run(params: Params, images: pd.DataFrame) -> dict[str, object]:
     paths = write_summary(params, table, table_caption(params, results))
     gains = backbone_gains(results, params)
     paths["gains_csv"] = catalog.save(params, "backbone_gains", gains)
-    paths["gains_md"] = catalog.save(params, "backbone_gains_md", gains.drop(columns="backbone").astype(object).fillna("–"),
+    paths["gains_md"] = catalog.save(params, "backbone_gains_md",
+                                     gains.drop(columns="backbone").astype(object).fillna("–"),
                                      caption=gains_caption(params, gains))
     fig = accuracy_bar_chart(results, table, params)
     paths["bar_chart"] = catalog.save(params, "accuracy_figure", fig)

@@ -23,7 +23,8 @@ from sgid_utils.models.loading import load_clip, resolve_device
 
 def pick_best(scores: pd.DataFrame) -> pd.DataFrame:
     """Per image, the caption with the highest similarity (ties: the first in method/rank order)."""
-    ordered = scores.sort_values(["image_id", "score", "method", "rank"], ascending=[True, False, True, True], kind="stable")
+    ordered = scores.sort_values(["image_id", "score", "method", "rank"], ascending=[True, False, True, True],
+                                 kind="stable")
     best = ordered.groupby("image_id", sort=True).head(1)
     return best.rename(columns={"score": "s_star"}).reset_index(drop=True)
 

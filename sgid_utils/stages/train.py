@@ -1,6 +1,6 @@
 """Stage 05: train each backbone with Baseline, CutMix, RandAugment, SGID and SGID combined with CutMix/RandAugment.
 
-A backbone is a timm classifier with its own recipe (``schema.BackboneParams``): by default the report's
+A backbone is a timm classifier with its own recipe (``config.training.BackboneParams``): by default the report's
 ViT-B/16 (ImageNet-21k) with Adam at a constant learning rate of 1e-4 (what the report gives), for 10 epochs
 at batch size 32 (this package's choice: the report gives neither), or the ones ``training.backbones`` lists
 (ResNet-50 from scratch, CLIP-ViT, ...). Within a backbone every method shares the recipe, batch size and the
@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sgid_utils.config.backbones import GENERATIVE, RANDAUGMENT, TrainConfig, backbone, backbones, configs
-from sgid_utils.config.schema import BackboneParams, Params
+from sgid_utils.config.schema import Params
+from sgid_utils.config.training import BackboneParams
 from sgid_utils.core import catalog
 from sgid_utils.core.files import check_fingerprint, read_json, write_json
 from sgid_utils.core.fingerprints import backbone_fingerprint
@@ -77,7 +78,8 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
         return read_json(run.result(cfg.name))
     device = resolve_device(params)
     seed = derive_seed(params.run.seed, "train", cfg.seed, purpose="training")
-    seed_everything(seed)  # head (or, from scratch, every weight) init, data order (via loader_gen), CutMix and RandAugment draws
+    # head (or, from scratch, every weight) init, data order (via loader_gen), CutMix and RandAugment draws
+    seed_everything(seed)
     what = f"training.backbones[{bb.name}].model" if bb.name else "models.classifier"
     model = create_classifier(bb.model, num_classes, bb.image_size, pretrained=bb.pretrained, what=what)
     loader_gen = torch.Generator().manual_seed(seed)
@@ -99,7 +101,8 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
         if (loop.epoch + 1) % bb.eval_every == 0 or loop.epoch + 1 == plan.epochs:
             test_acc, test_loss, preds = evaluate(model, test_loader, device, use_amp)
         loop.history.append({"epoch": loop.epoch + 1, "train_loss": train_loss, "test_loss": test_loss,
-                             "test_acc": test_acc, "lr": loop.optimizer.param_groups[0]["lr"], "seconds": time.time() - began})
+                             "test_acc": test_acc, "lr": loop.optimizer.param_groups[0]["lr"],
+                             "seconds": time.time() - began})
         loop.epoch += 1
         loop.save(run.checkpoint(cfg.name))
     catalog.save(params, "history", pd.DataFrame(loop.history), config=cfg.name)
@@ -111,7 +114,8 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
               "epochs": plan.epochs, "steps": loop.steps,
               "train_images": len(train), "generated_images": int((train.origin == "generated").sum())}
     write_json(run.result(cfg.name), result)
-    run.checkpoint(cfg.name).unlink(missing_ok=True)  # the result is final; the checkpoint (hundreds of MB for ViT-B) is not
+    # the result is final; the checkpoint (hundreds of MB for ViT-B) is not
+    run.checkpoint(cfg.name).unlink(missing_ok=True)
     return result
 
 
@@ -156,10 +160,12 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
         extra = additions.get((cfg.method, cfg.proportion))
         data = pd.concat([train, extra], ignore_index=True) if extra is not None else train
         size = backbone(params, cfg.backbone).batch_size
-        with gpu_memory_hint(f"training {cfg.name}", f"Lower the batch size (training.batch_size or the backbone's; now {size})."):
+        with gpu_memory_hint(f"training {cfg.name}",
+                             f"Lower the batch size (training.batch_size or the backbone's; now {size})."):
             train_config(params, cfg, data, test, num_classes)
     if not all(run.result(c.name).exists() for c in all_configs):
         return None
-    table = pd.DataFrame([{"backbone": "", **read_json(run.result(c.name))} for c in all_configs])  # "": made before backbones
+    # "": made before backbones
+    table = pd.DataFrame([{"backbone": "", **read_json(run.result(c.name))} for c in all_configs])
     catalog.save(params, "training_results", table)
     return table
