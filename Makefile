@@ -72,14 +72,17 @@ lab: $(STAMP) ## Open notebooks/ in JupyterLab with the project's kernel (instal
 lint: $(STAMP) ## ruff (rules and line length in pyproject.toml); fails on a finding
 	$(VENV)/bin/ruff check .
 
-# One pytest session on both cores: the unit tests spread over two workers, the notebooks (nbval, smoke profile) in
-# order on one of them (notebooks/conftest.py groups their cells). One torch thread per process: the tiny models'
-# ops are too small to gain from threads, and two workers with two threads each fight over the two cores.
-TEST_ENV = $(OFFLINE) OMP_NUM_THREADS=1 SGID_NBVAL_RUN_DIR=$(CURDIR)/runs/nbval SGID_NBVAL_REPORTS_DIR=$(CURDIR)/reports/nbval
-test: $(STAMP) lint ## Lint, then the unit tests and every notebook under nbval on the smoke profile (two workers)
-	rm -rf runs/nbval reports/nbval
-	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadgroup --nbval-lax --nbval-kernel-name python3 \
-	  tests notebooks/00_preflight.ipynb $(NOTEBOOKS)
+# Both cores: the unit tests on two workers, and beside them the notebooks under nbval (smoke profile, in order, in
+# their own run directory), whose output is printed once they end. One torch thread per process: the tiny models'
+# ops are too small to gain from threads, and processes with two threads each fight over the two cores.
+TEST_ENV = $(OFFLINE) OMP_NUM_THREADS=1
+test: $(STAMP) lint ## Lint, then the unit tests and every notebook under nbval on the smoke profile, side by side
+	rm -rf runs/nbval reports/nbval && mkdir -p runs
+	$(TEST_ENV) SGID_RUN_DIR=$(CURDIR)/runs/nbval SGID_REPORTS_DIR=$(CURDIR)/reports/nbval $(PY) -m pytest -q \
+	  --nbval-lax --nbval-kernel-name python3 notebooks/00_preflight.ipynb $(NOTEBOOKS) > runs/nbval.log 2>&1 & \
+	  nbval=$$!; $(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal tests; unit=$$?; \
+	  wait $$nbval; notebooks=$$?; echo "--- notebooks (nbval):"; cat runs/nbval.log; \
+	  exit $$(( unit || notebooks ))
 
 bench: $(STAMP) ## Benchmark per-image vs batched stages on the CPU with the tiny models (bench/README.md for --arch real on a GPU)
 	$(OFFLINE) $(PY) bench/bench.py
