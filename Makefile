@@ -29,7 +29,7 @@ RUN_ENV ?=
 NOTEBOOKS = $(addprefix notebooks/,$(addsuffix .ipynb,$(shell $(PY) -m sgid_utils stages --notebooks)))
 
 smoke: $(STAMP) ## Run every notebook and the ablations offline on params/smoke.yaml (tiny models, CPU); page reports/smoke/index.html
-	$(MAKE) --no-print-directory reproduce PARAMS=params/smoke.yaml RUN_ENV="$(OFFLINE)"
+	$(MAKE) --no-print-directory reproduce PARAMS=params/smoke.yaml RUN_ENV="$(OFFLINE) OMP_NUM_THREADS=1"
 
 # Before a long GPU run: checks that start nothing, then a canary of every stage on 2 images per class, and the
 # projected wall-clock and disk, for each params file `make reproduce` would run (PARAMS=params/smoke.yaml offline).
