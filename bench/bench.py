@@ -56,7 +56,7 @@ from sgid_utils.config.schema import CaptioningParams, CurationParams, Generatio
 from sgid_utils.config.training import TrainingParams
 from sgid_utils.core.files import write_png, write_table
 from sgid_utils.core.images import load_image
-from sgid_utils.core.resumable import Batches, run_items
+from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.seeding import derive_seed
 from sgid_utils.method.batched import generate_many
 from sgid_utils.method.edges import canny_edges
@@ -393,7 +393,7 @@ def stage_overheads(sources: list[Image.Image], outputs: list[list[Image.Image]]
         return records
 
     start = time.perf_counter()
-    records = run_items(folder / "items", ids, lambda todo: Batches(write, 8, "records", "bench"), sharded=False)
+    records = run_items(folder / "items", ids, lambda todo: BatchPlan(write, 8, "records", "bench"), sharded=False)
     records_s = time.perf_counter() - start
     rows = [r for recs in records for r in recs]
     start = time.perf_counter()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sgid_utils.core.seeding import generator
+from sgid_utils.core.seeding import torch_rng
 from sgid_utils.method.batched import generate_batch, generate_many, plan_batches
 from sgid_utils.method.generation import PromptEncoder, generate_candidates
 from sgid_utils.models import builders
@@ -40,7 +40,7 @@ def per_image(pipe, image, embeds, guidance, seeds, eta=0.0):
     """The per-image path (generation.generate_candidates' call) with float output."""
     return pipe(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], image=image, strength=STRENGTH,
                 guidance_scale=guidance, num_inference_steps=STEPS, num_images_per_prompt=len(seeds),
-                generator=[generator(s) for s in seeds], eta=eta, output_type="np").images
+                generator=[torch_rng(s) for s in seeds], eta=eta, output_type="np").images
 
 
 def batched(pipe, images, embeds, guidance, seeds, **kw):

@@ -12,7 +12,7 @@ from sgid_utils.core import catalog
 from sgid_utils.core.fingerprints import fingerprint
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
-from sgid_utils.core.seeding import generator
+from sgid_utils.core.seeding import torch_rng
 from sgid_utils.method.batched import generate_batch, generate_many
 from sgid_utils.method.edges import canny_edges
 from sgid_utils.method.generation import generate_candidates, preview_generators
@@ -45,7 +45,7 @@ def edges(same_size):
 def per_image(pipe, image, embeds, guidance, seeds, control, scale=1.0):
     return pipe(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], image=image, control_image=control,
                 controlnet_conditioning_scale=scale, strength=STRENGTH, guidance_scale=guidance,
-                num_inference_steps=STEPS, num_images_per_prompt=len(seeds), generator=[generator(s) for s in seeds],
+                num_inference_steps=STEPS, num_images_per_prompt=len(seeds), generator=[torch_rng(s) for s in seeds],
                 output_type="np").images
 
 
@@ -88,7 +88,7 @@ def per_image_plain(pipe, image, embeds, guidance, seeds):
     plain = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
     return plain(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], image=image, strength=STRENGTH,
                  guidance_scale=guidance, num_inference_steps=STEPS, num_images_per_prompt=len(seeds),
-                 generator=[generator(s) for s in seeds], output_type="np").images
+                 generator=[torch_rng(s) for s in seeds], output_type="np").images
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.5])

@@ -153,7 +153,7 @@ def test_backbone_profiles_extend_the_data_sets_and_keep_the_vit_recipe():
 
 def test_code_versions_make_older_outputs_stale(make_params, tmp_path):
     from sgid_utils.core.errors import StaleOutputsError
-    from sgid_utils.core.files import check_fingerprint
+    from sgid_utils.core.files import pin_fingerprint
     from sgid_utils.core.fingerprints import CODE_VERSIONS, fingerprint
 
     params = make_params()
@@ -162,6 +162,6 @@ def test_code_versions_make_older_outputs_stale(make_params, tmp_path):
     assert "captioning.code_version" not in fingerprint(params, "data")
     older = {k: v for k, v in fingerprint(params, "captions").items() if k != "captioning.code_version"}
     file = tmp_path / "captions" / "_params.json"
-    check_fingerprint(file, older, "captions")  # a run dir captioned by the code before version 2
+    pin_fingerprint(file, older, "captions")  # a run dir captioned by the code before version 2
     with pytest.raises(StaleOutputsError, match="captioning.code_version: was None, now 2"):
-        check_fingerprint(file, fingerprint(params, "captions"), "captions")
+        pin_fingerprint(file, fingerprint(params, "captions"), "captions")

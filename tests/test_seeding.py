@@ -3,7 +3,7 @@ import sys
 
 import torch
 
-from sgid_utils.core.seeding import derive_seed, draw_seed, generator
+from sgid_utils.core.seeding import derive_seed, draw_seed, torch_rng
 
 
 def test_seed_depends_on_every_part_and_nothing_else():
@@ -21,7 +21,7 @@ def test_seed_is_stable_across_processes():
 
 
 def test_generator_reproduces_noise():
-    assert torch.equal(torch.randn(4, generator=generator(5)), torch.randn(4, generator=generator(5)))
+    assert torch.equal(torch.randn(4, generator=torch_rng(5)), torch.randn(4, generator=torch_rng(5)))
 
 
 def test_draw_zero_is_the_run_seed_and_every_other_draw_a_new_seed(make_params):

@@ -161,7 +161,7 @@ def changed_keys(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
 
 
-def check_fingerprint(file: Path, fingerprint: dict[str, Any], stage: str, outputs: str | None = None) -> None:
+def pin_fingerprint(file: Path, fingerprint: dict[str, Any], stage: str, outputs: str | None = None) -> None:
     """Record in ``file`` the params that produce a stage folder (or, ``outputs``, part of it); refuse to mix
     outputs of different params."""
     file = Path(file)

@@ -1,7 +1,7 @@
 """Which params (and which version of the code) a stage's outputs depend on.
 
 A stage folder records its fingerprint in ``_params.json`` and refuses, with a clear
-message, to mix in outputs of other params (``core.files.check_fingerprint``). A stage's
+message, to mix in outputs of other params (``core.files.pin_fingerprint``). A stage's
 fingerprint holds its own keys and those of every upstream stage (the chain comes
 from the registry), so recomputing captions with new settings invalidates the
 similarity scores made from the old ones.

@@ -1,7 +1,7 @@
 """The loop every per-item stage shares: this process's share, per-item records, batches, out-of-memory back-off.
 
 A per-item stage (captions, similarity, generation, candidate scoring) only says how to
-process a batch of items (``Batches.process``). ``run_items`` does the rest:
+process a batch of items (``BatchPlan.process``). ``run_items`` does the rest:
 
 - skips the items that already have a record, so a rerun resumes and a finished stage is free;
 - takes this process's share under ``--shard`` / ``accelerate launch``;
@@ -95,7 +95,7 @@ def in_batches(total: int, batch: int, work: Callable[[int, int], None], what: s
 
 
 @dataclass
-class Batches:
+class BatchPlan:
     """How a stage processes its items, made once there is work (models load only then)."""
 
     process: Callable[[list[str]], Mapping[str, Any]]  # a batch of item ids -> the record of each
@@ -106,12 +106,12 @@ class Batches:
     other: str = ""  # further settings to lower on out-of-memory, e.g. ", or lower generation.max_side"
 
 
-def run_items(folder: Path, item_ids: Sequence[str], start: Callable[[list[str]], Batches],
+def run_items(folder: Path, item_ids: Sequence[str], start: Callable[[list[str]], BatchPlan],
               sharded: bool = True) -> list[Any] | None:
     """Process the items of ``item_ids`` that have no record in ``folder`` yet; every record once all are done.
 
     ``start(todo)`` is called only when this process has items to do; it loads what the stage
-    needs and returns the ``Batches`` plan. Returns None while other shards are still working.
+    needs and returns the ``BatchPlan`` plan. Returns None while other shards are still working.
     """
     store = ItemStore(folder)
     todo = store.todo(my_share(item_ids) if sharded else item_ids)

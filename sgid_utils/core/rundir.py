@@ -35,8 +35,8 @@ from typing import Literal
 from sgid_utils.config.schema import Params
 from sgid_utils.core.registry import get
 
-Variant = Literal["raw", "upscaled"]
-VARIANTS: tuple[Variant, ...] = ("raw", "upscaled")
+Pass = Literal["raw", "upscaled"]
+PASSES: tuple[Pass, ...] = ("raw", "upscaled")
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class RunDir:
         """A stored (relative) path back inside this run directory."""
         return self.root / stored
 
-    def fingerprint(self, stage: str) -> Path:
+    def fingerprint_file(self, stage: str) -> Path:
         return self.stage(stage) / "_params.json"
 
     def items(self, stage: str) -> Path:
@@ -116,25 +116,25 @@ class RunDir:
 
     # --- generation -----------------------------------------------------------------------------------------------
     @staticmethod
-    def generation_stage(variant: Variant) -> str:
+    def generation_stage(variant: Pass) -> str:
         return "generate" if variant == "raw" else "upscale"
 
-    def generated_image(self, variant: Variant, image_id: str, k: int) -> Path:
+    def generated_image(self, variant: Pass, image_id: str, k: int) -> Path:
         return self.stage(self.generation_stage(variant)) / "images" / f"{image_id}_k{k}.png"
 
-    def edge_map(self, variant: Variant, image_id: str) -> Path:
+    def edge_map(self, variant: Pass, image_id: str) -> Path:
         """The Canny edge map a ControlNet candidate was conditioned on, at the model-input size."""
         return self.stage(self.generation_stage(variant)) / "edges" / f"{image_id}.png"
 
-    def manifest(self, variant: Variant) -> Path:
+    def manifest(self, variant: Pass) -> Path:
         return self.stage(self.generation_stage(variant)) / "manifest.parquet"
 
     # --- curation -------------------------------------------------------------------------------------------------
-    def candidate_scores(self, variant: Variant) -> Path:
+    def candidate_scores(self, variant: Pass) -> Path:
         """Per-source records of the CLIP similarity of each candidate to its source."""
         return self.stage("curate") / f"scores_{variant}"
 
-    def embeddings(self, variant: Variant, image_id: str) -> Path:
+    def embeddings(self, variant: Pass, image_id: str) -> Path:
         return self.stage("curate") / f"embeddings_{variant}" / f"{image_id}.npz"
 
     @property

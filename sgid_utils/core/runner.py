@@ -22,7 +22,7 @@ import yaml
 
 from sgid_utils.config.schema import Params
 from sgid_utils.core.errors import StageError
-from sgid_utils.core.files import check_fingerprint, write_text
+from sgid_utils.core.files import pin_fingerprint, write_text
 from sgid_utils.core.fingerprints import fingerprint
 from sgid_utils.core.provenance import record_stage
 from sgid_utils.core.registry import NAMES, get
@@ -66,7 +66,7 @@ def prepare_run(params: Params) -> None:
 def check_stage(params: Params, name: str) -> None:
     """Refuse to add to a stage folder made with other params (a stage without keys keeps no fingerprint)."""
     if get(name).keys:
-        check_fingerprint(RunDir.of(params).fingerprint(name), fingerprint(params, name), name)
+        pin_fingerprint(RunDir.of(params).fingerprint_file(name), fingerprint(params, name), name)
 
 
 def run_stage(name: str, params: Params) -> Any:

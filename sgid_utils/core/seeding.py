@@ -33,7 +33,7 @@ def draw_seed(params: Params) -> int:
     return run.seed if run.draw == 0 else derive_seed(run.seed, "draw", run.draw, purpose="generation-draw")
 
 
-def generator(seed: int) -> torch.Generator:
+def torch_rng(seed: int) -> torch.Generator:
     """A CPU generator: diffusers draws on the CPU and moves the noise, so CPU and CUDA runs share noise."""
     return torch.Generator(device="cpu").manual_seed(seed)
 

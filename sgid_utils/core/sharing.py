@@ -35,7 +35,7 @@ def link(src: Path, dst: Path) -> None:
 
 def made_alike(have: RunDir, params: Params, stage: str) -> bool | None:
     """Whether ``have`` made ``stage`` with the params ``params`` give it (None: it has no record of the stage)."""
-    recorded = have.fingerprint(stage)
+    recorded = have.fingerprint_file(stage)
     return read_json(recorded) == fingerprint(params, stage) if recorded.exists() else None
 
 
@@ -109,7 +109,7 @@ def reuse_run(params: Params) -> list[str]:
         message = f"[sgid] run.reuse: linked {', '.join(plan.to_link) or 'nothing'} from {have.root}"
         if plan.differ:
             keys = sorted({k for stage in plan.differ
-                           for k in changed_keys(read_json(have.fingerprint(stage)), fingerprint(params, stage))})
+                           for k in changed_keys(read_json(have.fingerprint_file(stage)), fingerprint(params, stage))})
             message += f"; made there with other params ({', '.join(keys)}), so run here: {', '.join(plan.differ)}"
         print(message, file=sys.stderr)
     return plan.to_link

@@ -44,7 +44,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
 from PIL import Image
 
-from sgid_utils.core.seeding import generator
+from sgid_utils.core.seeding import torch_rng
 
 Pipeline = StableDiffusionImg2ImgPipeline | StableDiffusionControlNetImg2ImgPipeline
 
@@ -88,7 +88,7 @@ def generate_batch(
     check_control(pipe, images, control_images)
     device = pipe._execution_device
     counts = [len(s) for s in seeds]
-    generators = [generator(seed) for per_source in seeds for seed in per_source]
+    generators = [torch_rng(seed) for per_source in seeds for seed in per_source]
     n = len(generators)
 
     # Prompt embeddings repeated per candidate, in the pipeline's dtype, by the pipeline's own method.

@@ -41,9 +41,9 @@ from sgid_utils.config.schema import GenerationParams, Generator, Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_png
 from sgid_utils.core.images import load_image
-from sgid_utils.core.resumable import Batches, run_items
-from sgid_utils.core.rundir import RunDir, Variant
-from sgid_utils.core.seeding import derive_seed, draw_seed, generator
+from sgid_utils.core.resumable import BatchPlan, run_items
+from sgid_utils.core.rundir import Pass, RunDir
+from sgid_utils.core.seeding import derive_seed, draw_seed, torch_rng
 from sgid_utils.method.batched import generate_many
 from sgid_utils.method.edges import canny_edges
 from sgid_utils.method.guidance import guidance_scale
@@ -113,7 +113,7 @@ def generate_candidates(
     out = pipe(
         prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, image=image, strength=strength,
         guidance_scale=guidance, num_inference_steps=steps, num_images_per_prompt=len(seeds),
-        generator=[generator(s) for s in seeds], output_type="pil", **control,
+        generator=[torch_rng(s) for s in seeds], output_type="pil", **control,
     )
     return out.images
 
@@ -137,7 +137,7 @@ def raw_pass(params: Params, sources: pd.DataFrame) -> pd.Series:
     return ~small | ranked.reindex(sources.index).le(cur.error_analysis_sample)
 
 
-def sources_for(params: Params, variant: Variant, images: pd.DataFrame) -> pd.DataFrame:
+def sources_for(params: Params, variant: Pass, images: pd.DataFrame) -> pd.DataFrame:
     """Training images with their chosen caption and model-input size: the raw pass's (``raw_pass``), or for
     'upscaled' every source below the upscale threshold."""
     gen, cur = params.generation, params.curation
@@ -235,7 +235,7 @@ def at_source_size(candidate: Image.Image, original: Image.Image) -> Image.Image
     return candidate.resize(original.size, Image.Resampling.LANCZOS)
 
 
-def candidate_records(params: Params, variant: Variant, source, prompt: str, scale: float, seeds: list[int],
+def candidate_records(params: Params, variant: Pass, source, prompt: str, scale: float, seeds: list[int],
                       outputs: list[Image.Image], original: Image.Image, edges: str | None = None) -> list[dict]:
     """Save one source's candidates (resized back to the source's size) and describe each (``edges``: its edge map's
     stored path, under the ControlNet generator)."""
@@ -254,7 +254,7 @@ def candidate_records(params: Params, variant: Variant, source, prompt: str, sca
     return records
 
 
-def generate(params: Params, variant: Variant, images: pd.DataFrame) -> Path | None:
+def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None:
     """Generate k candidates per source; resumable per image; the manifest (one row per candidate) once all are done.
 
     Returns the manifest's path, or None while other shards are still generating; the stage reads the manifest.
@@ -264,7 +264,7 @@ def generate(params: Params, variant: Variant, images: pd.DataFrame) -> Path | N
     sources = sources_for(params, variant, images)
     sources.index = sources.image_id.to_numpy()
 
-    def start(todo: list[str]) -> Batches:
+    def start(todo: list[str]) -> BatchPlan:
         pipe, encode, device = load_generator(params)
         mine = sources.loc[todo].sort_values(["in_w", "in_h", "image_id"], kind="stable")  # same sizes share a loop
         largest = mine.iloc[(mine.in_w * mine.in_h).argmax()]
@@ -282,7 +282,7 @@ def generate(params: Params, variant: Variant, images: pd.DataFrame) -> Path | N
             return {r.image_id: candidate_records(params, variant, r, *rest) for r, *rest in
                     zip(chunk.rows, chunk.prompts, chunk.scales, chunk.seeds, outputs, chunk.originals, stored)}
 
-        return Batches(process, start_batch_size(params, pipe, device, (largest.in_w, largest.in_h)),
+        return BatchPlan(process, start_batch_size(params, pipe, device, (largest.in_w, largest.in_h)),
                        f"generating ({variant}) from sources up to {largest.in_w}x{largest.in_h}",
                        "generation.batch_size", order=list(mine.index),
                        other=f", or lower generation.max_side (now {gen.max_side})")
@@ -293,7 +293,7 @@ def generate(params: Params, variant: Variant, images: pd.DataFrame) -> Path | N
     return catalog.save(params, f"manifest_{variant}", pd.DataFrame([r for recs in records for r in recs]))
 
 
-def preview_generators(params: Params, image_ids: list[str], variant: Variant = "raw") -> list[dict[str, Any]]:
+def preview_generators(params: Params, image_ids: list[str], variant: Pass = "raw") -> list[dict[str, Any]]:
     """Notebook 03's side by side: these sources' candidates under both generators, with the same prompts, scales and
     seeds, through the per-image pipelines; each as {image_id, class_name, source, edges, img2img, controlnet}.
 

@@ -65,9 +65,9 @@ def share_baselines(base: Params, variant: Params) -> list[str]:
     the same models; a variant that changes the data (a subset) trains its own.
     """
     have, want = RunDir.of(base), RunDir.of(variant)
-    if not have.fingerprint("train").exists():
+    if not have.fingerprint_file("train").exists():
         return []
-    before, now = baseline_view(read_json(have.fingerprint("train"))), baseline_fingerprint(variant)
+    before, now = baseline_view(read_json(have.fingerprint_file("train"))), baseline_fingerprint(variant)
     if any(before.get(k) != v for k, v in now.items()):
         return []
     bb = backbones(variant)[0]

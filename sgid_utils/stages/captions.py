@@ -24,7 +24,7 @@ from transformers import LogitsProcessor, TopPLogitsWarper
 from sgid_utils.config.schema import CaptioningParams, Params
 from sgid_utils.core import catalog
 from sgid_utils.core.images import load_image
-from sgid_utils.core.resumable import Batches, run_items
+from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed
 from sgid_utils.method.prompts import mark_duplicates
@@ -119,7 +119,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     train = images[images.split == "train"].set_index("image_id")
     cfg = params.captioning
 
-    def start(todo: list[str]) -> Batches:
+    def start(todo: list[str]) -> BatchPlan:
         device = resolve_device(params)
         model, processor = load_captioner(params.models.captioner, str(device), resolve_dtype("auto", device))
 
@@ -130,7 +130,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
             beams = beam_captions(model, processor, inputs, cfg)
             return {i: caption_records(i, sampled, beam) for i, sampled, beam in zip(ids, nucleus, beams)}
 
-        return Batches(process, cfg.batch_size, "captioning", "captioning.batch_size")
+        return BatchPlan(process, cfg.batch_size, "captioning", "captioning.batch_size")
 
     records = run_items(run.items("captions"), list(train.index), start)
     if records is None:

@@ -29,8 +29,8 @@ from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_npz
 from sgid_utils.core.images import load_image
-from sgid_utils.core.resumable import Batches, launched_worker, run_items, shard
-from sgid_utils.core.rundir import RunDir, Variant
+from sgid_utils.core.resumable import BatchPlan, launched_worker, run_items, shard
+from sgid_utils.core.rundir import Pass, RunDir
 from sgid_utils.core.seeding import draw_seed
 from sgid_utils.method.embeddings import class_prompt_embeddings, image_embeddings, load_embeddings
 from sgid_utils.method.filters import apply_filters, label_consistency, real_vs_generated, suggest_threshold
@@ -38,7 +38,7 @@ from sgid_utils.method.selection import choose, competing, selection_floor
 from sgid_utils.models.loading import load_clip, resolve_device
 
 
-def score_candidates(params: Params, manifest: pd.DataFrame, variant: Variant, images: pd.DataFrame) -> pd.DataFrame:
+def score_candidates(params: Params, manifest: pd.DataFrame, variant: Pass, images: pd.DataFrame) -> pd.DataFrame:
     """Add ``similarity`` (CLIP cosine, source vs candidate) to a complete generation manifest; resumable per source.
 
     Not sharded: CLIP scoring is cheap next to generation, and whichever process gets here
@@ -48,7 +48,7 @@ def score_candidates(params: Params, manifest: pd.DataFrame, variant: Variant, i
     sources = images.set_index("image_id").path
     groups = {i: g for i, g in manifest.groupby("image_id", sort=False)}
 
-    def start(todo: list[str]) -> Batches:
+    def start(todo: list[str]) -> BatchPlan:
         device = resolve_device(params)
         model, processor = load_clip(params.models.clip, str(device))
 
@@ -65,7 +65,7 @@ def score_candidates(params: Params, manifest: pd.DataFrame, variant: Variant, i
             return records
 
         per_batch = max(1, params.curation.batch_size // (params.generation.num_candidates + 1))
-        return Batches(process, per_batch, f"scoring candidates ({variant})", "curation.batch_size")
+        return BatchPlan(process, per_batch, f"scoring candidates ({variant})", "curation.batch_size")
 
     records = run_items(run.candidate_scores(variant), list(groups), start, sharded=False)
     scored = pd.DataFrame([r for recs in records for r in recs])

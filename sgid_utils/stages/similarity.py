@@ -15,7 +15,7 @@ import pandas as pd
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.images import load_image
-from sgid_utils.core.resumable import Batches, run_items
+from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.method.embeddings import score_captions
 from sgid_utils.models.loading import load_clip, resolve_device
@@ -36,7 +36,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     captions = catalog.load(params, "captions")
     by_image = captions.groupby("image_id")
 
-    def start(todo: list[str]) -> Batches:
+    def start(todo: list[str]) -> BatchPlan:
         device = resolve_device(params)
         model, processor = load_clip(params.models.clip, str(device))
 
@@ -46,7 +46,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
                                     [g.caption.tolist() for g in groups])
             return {i: g.assign(score=s).to_dict("records") for i, g, s in zip(ids, groups, scores)}
 
-        return Batches(process, params.similarity.batch_size, "similarity", "similarity.batch_size")
+        return BatchPlan(process, params.similarity.batch_size, "similarity", "similarity.batch_size")
 
     records = run_items(run.items("similarity"), list(dict.fromkeys(captions.image_id)), start)
     if records is None:

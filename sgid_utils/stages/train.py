@@ -29,7 +29,7 @@ from sgid_utils.config.backbones import GENERATIVE, RANDAUGMENT, TrainConfig, ba
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import BackboneParams
 from sgid_utils.core import catalog
-from sgid_utils.core.files import check_fingerprint, read_json, write_json
+from sgid_utils.core.files import pin_fingerprint, read_json, write_json
 from sgid_utils.core.fingerprints import backbone_fingerprint
 from sgid_utils.core.resumable import gpu_memory_hint, my_share
 from sgid_utils.core.rundir import RunDir
@@ -150,7 +150,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     run = RunDir.of(params)
     for bb in backbones(params):
         if bb.name:  # a listed backbone; the implicit one's recipe (training.*) is in the stage's own fingerprint
-            check_fingerprint(run.backbone_fingerprint(bb.name), backbone_fingerprint(bb), f"train ({bb.label})",
+            pin_fingerprint(run.backbone_fingerprint(bb.name), backbone_fingerprint(bb), f"train ({bb.label})",
                               outputs=f"{run.stage('train')}/{bb.name}-* (that backbone's runs) and "
                                       f"{run.backbone_fingerprint(bb.name)}")
     train, test, additions, num_classes = training_sets(params, images)
