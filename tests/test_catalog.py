@@ -88,3 +88,13 @@ def test_a_truncated_table_stops_the_next_stage_with_one_line(make_params, pipel
     out = subprocess.run([sys.executable, "-m", "sgid_utils", "run", "generate", "--params", str(params.source_file)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr and str(best) in out.stderr
+
+
+def test_a_damaged_per_configuration_file_says_to_delete_its_folder(tmp_path):
+    """A configuration with a result is skipped on a rerun: deleting only the damaged file would never redo it."""
+    run = RunDir(tmp_path / "run", tmp_path / "reports")
+    file = catalog.path(run, "predictions", config="baseline_seed0")
+    file.parent.mkdir(parents=True)
+    file.write_bytes(b"PAR1 garbled")
+    with pytest.raises(CorruptFileError, match=f"Delete {file.parent} and rerun"):
+        catalog.load(run, "predictions", config="baseline_seed0")

@@ -78,6 +78,7 @@ def _same(name: str, ref: RunDir, run: RunDir, **keys: str) -> None:
                                b[numbers].drop(columns="seconds", errors="ignore").to_numpy(float), rtol=1e-6,
                                err_msg=name)
     if name.startswith("manifest_"):
+        assert len(a), name
         for rel in a.path.str.replace("<run>/", "", regex=False):
             assert (ref.root / rel).read_bytes() == (run.root / rel).read_bytes(), rel
 

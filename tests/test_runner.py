@@ -91,6 +91,8 @@ def test_sharded_upscale_is_finished_by_the_last_shard_then_curated(make_params,
     params = make_params("curate-shards")
     copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate")
     monkeypatch.setenv("SGID_SHARD", "0/2")
+    with pytest.raises(FileNotFoundError, match="run stage 'upscale' first"):
+        run_stage("curate", params)  # no shard has started the upscaled regeneration: curate says so, never a no-op
     assert run_stage("upscale", params) is None  # the other shard's sources are not regenerated yet
     assert run_stage("curate", params) is None  # so curation waits for the last shard
     monkeypatch.setenv("SGID_SHARD", "1/2")

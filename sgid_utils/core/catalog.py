@@ -121,10 +121,12 @@ def exists(params: Params | RunDir, name: str, **keys: str) -> bool:
 
 
 def _redo(run: RunDir, name: str, file: Path) -> str:
-    """What to delete to redo the file: itself (the stage rewrites it from its kept item records or inputs)."""
+    """What to delete to redo the file: itself, which the stage rewrites from its kept item records or inputs; for a
+    per-configuration file, that configuration's folder (a configuration with a result is otherwise skipped)."""
     stage = writer(name)
     command = "run ablations" if stage == "ablations" else f"run {stage}"
-    return (f"written by stage '{stage}'. Delete {file} and rerun `python -m sgid_utils {command} --params ...` "
+    target = file.parent if entry(name).keys else file
+    return (f"written by stage '{stage}'. Delete {target} and rerun `python -m sgid_utils {command} --params ...` "
             f"(or its notebook); finished work the stage keeps elsewhere is reused")
 
 

@@ -36,7 +36,6 @@ from sgid_utils.config.schema import Params
 from sgid_utils.core.registry import get
 
 Pass = Literal["raw", "upscaled"]
-PASSES: tuple[Pass, ...] = ("raw", "upscaled")
 
 
 @dataclass(frozen=True)

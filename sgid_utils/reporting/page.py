@@ -82,12 +82,12 @@ def table_data(df: pd.DataFrame) -> dict[str, list]:
 
 def key_facts(params: Params, provenance: pd.DataFrame) -> list[tuple[str, str]]:
     """The run in a few lines: data set and its sizes, models, seeds, training length, when and where it ran."""
-    ds, run = params.dataset, RunDir.of(params)
+    ds = params.dataset
     images = catalog.load(params, "images")
     train, test = images[images.split != ds.test_split], images[images.split == ds.test_split]
     where = (ds.hf_id or ds.source) if ds.source != "imagefolder" else f"image folder {ds.path}"
     splits = "+".join(ds.train_splits) if ds.source != "imagefolder" else "train folder"
-    curated = len(catalog.load(params, "curated")) if run.curated_table().exists() else 0
+    curated = len(catalog.load(params, "curated", missing=[]))
     m = params.models
     return [
         ("Data set", f"{ds.source} ({where}); trained on {splits}, tested on '{ds.test_split}'"),
@@ -286,8 +286,7 @@ def settings(params: Params, every: bool = False) -> dict[str, list]:
 def context(params: Params) -> dict[str, Any]:
     """Everything the template shows, read from the run's files."""
     accuracy = catalog.load(params, "accuracy")
-    gains_file = RunDir.of(params).table("backbone_gains.csv")
-    gains = pd.read_csv(gains_file) if gains_file.exists() else None
+    gains = catalog.load(params, "backbone_gains", missing=None)
     ablations, set_metrics = (catalog.load(params, "ablations", missing=None),
                               catalog.load(params, "set_metrics", missing=None))
     provenance = load_provenance(params, NAMES)

@@ -167,7 +167,7 @@ def compare_to_baseline(results: pd.DataFrame, predictions: Predictions, baselin
 
     ``results`` has columns setting, seed, test_acc, config; ``predictions`` maps a
     config name to its prediction table (a dict, or a loader such as
-    ``lambda c: training.catalog.load(params, "predictions", config=c)``). Seeds pair by number. ``significant``
+    ``lambda c: catalog.load(params, "predictions", config=c)``). Seeds pair by number. ``significant``
     comes from the confidence interval alone. ``mcnemar_p`` lists the per-seed p-values
     (seed order); ``mcnemar_max_p`` is their maximum: below alpha only if every seed's
     pair of models differs at level alpha (an intersection-union test), a simple and

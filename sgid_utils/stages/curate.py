@@ -109,7 +109,8 @@ def filter_candidates(params: Params, candidates: pd.DataFrame, threshold: float
 
 def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     """Score every candidate of both passes, filter, pick one per source (curation.select)."""
-    if shard()[1] > 1 and not catalog.exists(params, "manifest_upscaled"):
+    if shard()[1] > 1 and not catalog.exists(params, "manifest_upscaled") and any(RunDir.of(params).items(
+            "upscale").glob("*.json")):
         return None  # other shards are still regenerating; the last one to finish writes the upscale stage's table
     upscaled_manifest = catalog.load(params, "manifest_upscaled")
     if launched_worker():

@@ -23,7 +23,7 @@ from sgid_utils.config.schema import DatasetParams, Params
 from sgid_utils.config.sources import HUB_IDS
 from sgid_utils.core import catalog
 from sgid_utils.core.errors import DatasetError
-from sgid_utils.core.files import read_table, write_bytes
+from sgid_utils.core.files import write_bytes
 from sgid_utils.core.images import load_image, readable_class_name
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed
@@ -230,8 +230,8 @@ def _require_a_test_image(run: RunDir, ds: DatasetParams, classes: list[str], us
 def run(params: Params) -> pd.DataFrame:
     """Build (or reuse) the images table; skips bad files and caps per class."""
     run = RunDir.of(params)
-    if run.images_table.exists():
-        return read_table(run.images_table, run.root)
+    if catalog.exists(params, "images"):
+        return catalog.load(params, "images")
     ds = params.dataset
     classes, items, skipped = _imagefolder_items(params) if ds.source == "imagefolder" else _hub_items(params)
     usable = _open_usable(items, ds, skipped)

@@ -11,7 +11,9 @@ Two tables beyond the paper's accuracy table:
 and the consistency-diversity figure of the first (with the ablation variants' curated sets when
 their profile has run), so the report page has it whether or not notebook 07 ran.
 
-The significance of every setting comes from the results stage (``catalog.load(params, "significance")``).
+It reads the curated sets and the training results through the catalog (``core.catalog``), and, once
+``run ablations`` has written it, the variants' set metrics (``ablation_set_metrics``, optional: no stage of
+the chain writes it, so the registry does not list it among the stage's inputs).
 """
 
 from __future__ import annotations
