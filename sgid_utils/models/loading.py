@@ -54,30 +54,30 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+def _model_and_processor(model_class: str, processor_class: str, ref: str, device: str, dtype: torch.dtype,
+                         stage: str, key: str) -> tuple[Any, Any]:
+    """A transformers model and its processor, both from ``ref``, with one actionable message for any failure."""
+    import transformers
+
+    try:
+        processor = getattr(transformers, processor_class).from_pretrained(ref)
+        model = getattr(transformers, model_class).from_pretrained(ref, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - every failure gets the same actionable message
+        raise model_load_error(ref, stage, exc, key) from None
+    return model.to(device).eval(), processor
+
+
 @functools.lru_cache(maxsize=4)
 def load_captioner(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """BLIP captioning model and processor (Salesforce/blip-image-captioning-base)."""
-    from transformers import BlipForConditionalGeneration, BlipProcessor
-
-    try:
-        processor = BlipProcessor.from_pretrained(ref)
-        model = BlipForConditionalGeneration.from_pretrained(ref, dtype=dtype)
-    except Exception as exc:  # noqa: BLE001 - every failure gets the same actionable message
-        raise model_load_error(ref, "captioning", exc, "models.captioner") from None
-    return model.to(device).eval(), processor
+    return _model_and_processor("BlipForConditionalGeneration", "BlipProcessor", ref, device, dtype, "captioning",
+                                "models.captioner")
 
 
 @functools.lru_cache(maxsize=4)
 def load_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """CLIP model and processor (openai/clip-vit-base-patch32)."""
-    from transformers import CLIPModel, CLIPProcessor
-
-    try:
-        processor = CLIPProcessor.from_pretrained(ref)
-        model = CLIPModel.from_pretrained(ref, dtype=dtype)
-    except Exception as exc:  # noqa: BLE001 - every failure gets the same actionable message
-        raise model_load_error(ref, "similarity", exc, "models.clip") from None
-    return model.to(device).eval(), processor
+    return _model_and_processor("CLIPModel", "CLIPProcessor", ref, device, dtype, "similarity", "models.clip")
 
 
 @functools.lru_cache(maxsize=2)
