@@ -146,3 +146,12 @@ def pipeline_run(assets, tmp_path_factory):
     params = load_params(write_params(tmp_path_factory.mktemp("pipeline"), *assets))
     run_all(params)
     return params
+
+
+# The longest tests (processes killed and resumed, a two-process accelerate launch, the GPU report's tiny run) go
+# first, so that on two xdist workers (`make test`) none of them starts last and leaves one core idle.
+SLOW_FIRST = ("test_resume.py", "test_runner.py::test_accelerate", "test_gpu_report.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not any(slow in item.nodeid for slow in SLOW_FIRST))
