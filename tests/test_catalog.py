@@ -12,7 +12,7 @@ import pytest
 
 from sgid_utils.core import catalog
 from sgid_utils.core.errors import CorruptFileError
-from sgid_utils.core.registry import ABLATIONS_WRITE, NAMES, STAGES, get, writer
+from sgid_utils.core.registry import ABLATIONS_READ, ABLATIONS_WRITE, NAMES, STAGES, get, writer
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 
@@ -23,6 +23,7 @@ def test_every_file_a_stage_reads_is_written_by_an_earlier_stage():
     for stage in STAGES:
         for name in stage.reads:
             assert NAMES.index(writer(name)) < NAMES.index(stage.name), (stage.name, name)
+    assert all(writer(name) in NAMES for name in ABLATIONS_READ)  # `run ablations` reads what the chain wrote
 
 
 def test_every_entry_has_exactly_one_writer_and_a_path_of_its_own():

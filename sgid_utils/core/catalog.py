@@ -25,8 +25,8 @@ import pandas as pd
 
 from sgid_utils.config.schema import Params
 from sgid_utils.core.errors import CorruptFileError
-from sgid_utils.core.files import read_json, read_table, write_atomic, write_json, write_table
-from sgid_utils.core.registry import ABLATIONS_WRITE, STAGES, writer
+from sgid_utils.core.files import read_json, read_table, write_figure, write_json, write_table
+from sgid_utils.core.registry import ABLATIONS_READ, ABLATIONS_WRITE, STAGES, writer
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.method.prompts import mark_duplicates
 
@@ -110,9 +110,13 @@ def entry(name: str) -> Entry:
     return BY_NAME[name]
 
 
+def _rundir(params: Params | RunDir) -> RunDir:
+    return params if isinstance(params, RunDir) else RunDir.of(params)
+
+
 def path(params: Params | RunDir, name: str, **keys: str) -> Path:
     """Where the named file lives in this run."""
-    run = params if isinstance(params, RunDir) else RunDir.of(params)
+    run = _rundir(params)
     return entry(name).path(run, **keys)
 
 
@@ -138,13 +142,13 @@ def load(params: Params | RunDir, name: str, missing: Any = _REQUIRED, **keys: s
 
     A missing file says which stage to run (or gives ``missing``, for a file that is optional where it is read);
     an unreadable one says which file is damaged and what to delete."""
-    run = params if isinstance(params, RunDir) else RunDir.of(params)
+    run = _rundir(params)
     e = entry(name)
     file = e.path(run, **keys)
     if not file.exists():
         if missing is not _REQUIRED:
             return missing
-        raise FileNotFoundError(f"{file} ({name}) does not exist: run stage '{writer(name)}' first")
+        raise FileNotFoundError(f"{file} ({name}: {e.what}) does not exist: run stage '{writer(name)}' first")
     try:
         data = read_json(file) if file.suffix == ".json" else read_table(file, run.root if e.relative else None)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -157,13 +161,13 @@ def load(params: Params | RunDir, name: str, missing: Any = _REQUIRED, **keys: s
 def save(params: Params | RunDir, name: str, obj: Any, caption: str | None = None, **keys: str) -> Path:
     """Write a named file atomically, by its kind: a DataFrame as parquet, csv or markdown (with ``caption`` above
     it), a dict or list as JSON, a matplotlib figure as PNG."""
-    run = params if isinstance(params, RunDir) else RunDir.of(params)
+    run = _rundir(params)
     e = entry(name)
     file = e.path(run, **keys)
     if file.suffix == ".json":
         return write_json(file, obj)
     if file.suffix == ".png":
-        return write_atomic(file, lambda tmp: obj.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+        return write_figure(file, obj)
     return write_table(file, obj, run.root if e.relative else None, caption=caption)
 
 
@@ -173,7 +177,7 @@ def files_table() -> str:
     run = RunDir(Path("<run>"), Path("<reports>"))
     lines = []
     for name, notebook, reads, writes in [(s.name, s.notebook, s.reads, s.writes) for s in STAGES] + [
-            ("ablations", "(run ablations)", ("training_results", "significance"), ABLATIONS_WRITE)]:
+            ("ablations", "(run ablations)", ABLATIONS_READ, ABLATIONS_WRITE)]:
         lines.append(f"{name} ({notebook})")
         for verb, names in (("reads", reads), ("writes", writes)):
             for n in names:

@@ -109,6 +109,11 @@ def write_png(path: Path, image: Image.Image) -> Path:
     return write_atomic(path, lambda t: image.save(t, format="PNG"))
 
 
+def write_figure(path: Path, fig: Any) -> Path:
+    """A matplotlib figure as PNG, the one format and resolution every figure of a run has."""
+    return write_atomic(path, lambda t: fig.savefig(t, format="png", dpi=120, bbox_inches="tight"))
+
+
 def write_bytes(path: Path, data: bytes) -> Path:
     return write_atomic(path, lambda t: t.write_bytes(data))
 

@@ -86,6 +86,7 @@ STAGES: tuple[Stage, ...] = (
 BY_NAME = {stage.name: stage for stage in STAGES}
 NAMES = [stage.name for stage in STAGES]
 # ``run ablations`` is no stage of the chain: it reruns the chain per variant and writes the ablation tables.
+ABLATIONS_READ = ("training_results", "significance")
 ABLATIONS_WRITE = ("ablations", "ablations_md", "ablation_set_metrics")
 
 

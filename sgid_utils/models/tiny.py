@@ -62,16 +62,12 @@ def build_smoke_dataset(params: Params) -> None:
     marker.write_text("built by sgid_utils.models.tiny\n")
 
 
-# The models.* entries with a tiny model (``models.builders.save_tiny``), in the order they are built.
-FAMILIES = ("captioner", "clip", "diffusion", "controlnet", "classifier")
-
-
 def save_tiny_models(params: Params) -> None:
     """Write each tiny model to the folder its models.* entry names, unless it is already there.
 
     The ControlNet is optional: left as a hub id it is skipped unless the generator needs it.
     """
-    for family in FAMILIES:
+    for family in type(params.models).model_fields:  # each models.* entry has a tiny model
         ref = getattr(params.models, family).removeprefix("local-dir:")
         folder = Path(ref)
         if family == "controlnet" and not folder.is_absolute() and params.generation.generator != "controlnet":

@@ -14,7 +14,7 @@ from PIL import Image
 
 from sgid_utils.config.backbones import backbones
 from sgid_utils.config.schema import GuidanceParams, Params
-from sgid_utils.core.files import write_atomic
+from sgid_utils.core.files import write_figure
 from sgid_utils.core.images import load_image
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.method.guidance import guidance_scale
@@ -23,9 +23,8 @@ REPORT_CAPTION_SCORES = (0.301, 0.396)  # the report, Generation of Augmented Im
 
 
 def save_fig(fig, params: Params, name: str) -> Path:
-    """Every figure goes to reports/<run>/figures/<name>.png, atomically."""
-    return write_atomic(RunDir.of(params).figure(name),
-                        lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    """A notebook's figure, to reports/<run>/figures/<name>.png (the stages' own figures are catalog entries)."""
+    return write_figure(RunDir.of(params).figure(name), fig)
 
 
 def accuracy_bar_chart(results: pd.DataFrame, table: pd.DataFrame, params: Params):
