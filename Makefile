@@ -29,7 +29,7 @@ RUN_ENV ?=
 NOTEBOOKS = $(addprefix notebooks/,$(addsuffix .ipynb,$(shell $(PY) -m sgid_utils stages --notebooks)))
 
 smoke: $(STAMP) ## Run every notebook and the ablations offline on params/smoke.yaml (tiny models, CPU); page reports/smoke/index.html
-	$(MAKE) --no-print-directory reproduce PARAMS=params/smoke.yaml RUN_ENV="$(OFFLINE) OMP_NUM_THREADS=1"
+	$(MAKE) --no-print-directory reproduce PARAMS=params/smoke.yaml RUN_ENV="$(OFFLINE) OMP_NUM_THREADS=1" JOBS=2
 
 # Before a long GPU run: checks that start nothing, then a canary of every stage on 2 images per class, and the
 # projected wall-clock and disk, for each params file `make reproduce` would run (PARAMS=params/smoke.yaml offline).
@@ -37,18 +37,29 @@ smoke: $(STAMP) ## Run every notebook and the ablations offline on params/smoke.
 preflight: $(STAMP) ## Check ids, versions, device and disk, run a tiny canary, project time and disk (reports/<run>/preflight.md)
 	status=0; for p in $(PARAMS); do $(RUN_ENV) $(PY) -m sgid_utils preflight --params $$p || status=1; done; exit $$status
 
-# Per data set: the notebooks of the stages up to training, its ablation profile if there is one, the
-# notebooks from the results stage on (which show the ablations), then the run's HTML page.
-reproduce: $(STAMP) ## Run every notebook and ablation profile for each params file (PARAMS=params/pets.yaml for one); outputs in reports/<run>/
-	for p in $(PARAMS); do \
-	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --to-stage train || exit 1; \
-	  a=$${p%.yaml}_ablations.yaml; if [ -f $$a ]; then $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$a || exit 1; fi; \
+# Per data set: its stages up to training in one process (their progress on the terminal), the notebooks of those
+# stages (they find the stages finished and show them) and its ablation profile if there is one, the notebooks from
+# the results stage on (which show the ablations), then the run's HTML page. JOBS=N (N > 1) runs the ablation
+# variants on N processes beside those notebooks: for a CPU with cores to spare, not one GPU (each process loads its
+# own models).
+JOBS ?= 1
+reproduce: $(STAMP) ## Run every stage, notebook and ablation profile for each params file (PARAMS=params/pets.yaml for one); outputs in reports/<run>/
+	for p in $(PARAMS); do a=$${p%.yaml}_ablations.yaml; \
+	  $(RUN_ENV) $(PY) -m sgid_utils run all --to-stage train --params $$p || exit 1; \
+	  if [ -f $$a ] && [ $(JOBS) -gt 1 ]; then \
+	    $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --to-stage train & nb=$$!; \
+	    $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$a --jobs $(JOBS); abl=$$?; \
+	    wait $$nb && [ $$abl = 0 ] || exit 1; \
+	  else \
+	    $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --to-stage train || exit 1; \
+	    if [ -f $$a ]; then $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$a || exit 1; fi; \
+	  fi; \
 	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --from-stage results || exit 1; \
 	  $(RUN_ENV) $(PY) -m sgid_utils report --params $$p || exit 1; \
 	done
 
 ablations: $(STAMP) ## Run the ablation profiles alone (PARAMS=params/pets.yaml -> params/pets_ablations.yaml)
-	for p in $(PARAMS); do $(PY) -m sgid_utils run ablations --params $${p%.yaml}_ablations.yaml || exit 1; done
+	for p in $(PARAMS); do $(PY) -m sgid_utils run ablations --params $${p%.yaml}_ablations.yaml --jobs $(JOBS) || exit 1; done
 
 # The paper's whole claim: params/<name>_backbones.yaml trains ResNet-50 (scratch), ViT-B/16 and CLIP-ViT with every
 # method on the generated images of the main run (run.reuse: run the main profile first), all its notebooks (the

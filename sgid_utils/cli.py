@@ -1,5 +1,7 @@
 """``python -m sgid_utils run STAGE --params FILE [--run-dir DIR] [--set key.path=value ...] [--shard I/N]``.
 
+``run all`` takes ``--from-stage``/``--to-stage``; ``run ablations`` takes ``--jobs N``.
+
 Runs stages through the same runner the notebooks call: what a cluster job,
 ``accelerate launch`` or a test that kills and resumes a stage uses. Also
 ``notebooks`` (papermill, in stage order), ``stages`` (the registry, for the Makefile),
@@ -19,7 +21,7 @@ from pathlib import Path
 # Only the registry and the error types at import: `stages` (which the Makefile asks on every call) stays instant,
 # and each command imports the libraries it needs (torch, diffusers, ...) when it runs.
 from sgid_utils.core.errors import USER_ERRORS
-from sgid_utils.core.registry import NAMES, STAGES, notebooks
+from sgid_utils.core.registry import NAMES, STAGES, between, notebooks
 
 
 def _shard_arg(text: str) -> str:
@@ -30,6 +32,20 @@ def _shard_arg(text: str) -> str:
     if not 0 <= index < count:
         raise argparse.ArgumentTypeError(f"expected 0 <= I < N, got {text!r}")
     return text
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options that belong to one kind of ``run`` say so, instead of being ignored."""
+    if (args.from_stage or args.to_stage) and args.stage != "all":
+        parser.error(f"--from-stage and --to-stage go with 'run all', not 'run {args.stage}'")
+    if args.jobs != 1 and args.stage != "ablations":
+        parser.error(f"--jobs goes with 'run ablations', not 'run {args.stage}' (shard a stage with --shard)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a params key, e.g. generation.strength=0.3")
     run.add_argument("--shard", metavar="I/N", type=_shard_arg,
                      help="run only this process's share, e.g. 0/2 (accelerate launch / torchrun set it themselves)")
+    run.add_argument("--from-stage", choices=NAMES, help="with 'all': start with this stage")
+    run.add_argument("--to-stage", choices=NAMES, help="with 'all': end with this stage")
+    run.add_argument("--jobs", type=_positive, default=1, metavar="N",
+                     help="with 'ablations': run the variants on N processes (on a CPU, up to its cores; on one "
+                          "GPU, 1: each process loads its own models)")
     nb = sub.add_parser("notebooks", help="execute the numbered notebooks in stage order through papermill")
     nb.add_argument("--params", required=True)
     nb.add_argument("--only", nargs="*", help="notebook names, e.g. 06_results (default: all of them)")
@@ -93,7 +114,10 @@ def _list_stages(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        _check_run_args(parser, args)
     if args.command == "stages":
         _list_stages(args)
         return 0
@@ -125,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "ablations":
             from sgid_utils.stages import ablations
 
-            ablations.run(params)
+            ablations.run(params, args.jobs)
         else:
             from sgid_utils.core.runner import run_all
 
-            run_all(params, None if args.stage == "all" else [args.stage])
+            chosen = [s.name for s in between(args.from_stage or NAMES[0], args.to_stage or NAMES[-1])]
+            run_all(params, chosen if args.stage == "all" else [args.stage])
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

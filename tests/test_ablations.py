@@ -107,6 +107,23 @@ def test_variants_on_the_same_subset_share_its_captions_and_baselines(make_param
         ablations.run(params)
 
 
+def test_variants_run_two_at_a_time_link_and_tabulate_what_one_process_does(make_params):
+    variants = [{"name": "s2", "set": {"dataset.max_per_class": 3, "generation.strength": 0.2}},
+                {"name": "label", "set": {"generation.prompt": "label_only"}},
+                {"name": "s5", "set": {"dataset.max_per_class": 3, "generation.strength": 0.5}}]
+    one, two = make_params("one", ablations=variants), make_params("two", ablations=variants)
+    runs = [variant_params(two, v["name"], v["set"]) for v in variants]
+    lent = ablations.lenders(two, runs)  # no base run: s5 takes the subset, captions and Baselines from s2
+    assert [lent[2][k] for k in ("data", "captions", "similarity", "generate", "baselines")] == [0, 0, 0, None, 0]
+    assert set(lent[1].values()) == {None}  # the label-only variant shares nothing with the subset runs
+    pd.testing.assert_frame_equal(ablations.run(one), ablations.run(two, jobs=2))
+    for params in (one, two):
+        s2, s5 = (RunDir(RunDir.of(params).variant_root(n), RunDir.of(params).reports) for n in ("s2", "s5"))
+        assert all(os.path.realpath(s5.stage(s)) == str(s2.stage(s).resolve()) for s in ("data", "captions"))
+        assert os.path.realpath(s5.config_dir("baseline_seed0")) == str(s2.config_dir("baseline_seed0").resolve())
+    assert catalog.load(one, "ablation_set_metrics").equals(catalog.load(two, "ablation_set_metrics"))
+
+
 def test_the_ablation_table_says_which_published_baseline_a_protocol_lands_nearer():
     from sgid_utils.stages.ablations import nearest_reference
 

@@ -41,3 +41,21 @@ def test_cli_runs_a_stage(make_params, tmp_path):
     out = _cli("run", "data", "--params", str(params.source_file), "--run-dir", str(tmp_path / "elsewhere"))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "elsewhere" / "data" / "images.parquet").exists()
+
+
+def test_cli_options_of_one_kind_of_run_are_refused_elsewhere(tmp_path):
+    out = _cli("run", "captions", "--params", "params/smoke.yaml", "--jobs", "2")
+    assert out.returncode == 2 and "--jobs goes with 'run ablations'" in out.stderr
+    out = _cli("run", "captions", "--params", "params/smoke.yaml", "--to-stage", "train")
+    assert out.returncode == 2 and "go with 'run all'" in out.stderr
+    out = _cli("run", "ablations", "--params", "params/smoke_ablations.yaml", "--jobs", "0")
+    assert out.returncode == 2 and "at least 1" in out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_runs_all_between_two_stages(make_params, tmp_path):
+    params = make_params("span")
+    out = _cli("run", "all", "--from-stage", "data", "--to-stage", "captions", "--params", str(params.source_file))
+    assert out.returncode == 0, out.stderr
+    ran = [line.split()[2].rstrip(":") for line in out.stderr.splitlines() if line.startswith("[sgid] stage ")]
+    assert ran == ["data", "captions"]

@@ -21,7 +21,6 @@ from sgid_utils.core.provenance import load_provenance, record_stage
 from sgid_utils.core.registry import NAMES
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.reporting.page import build_report, project_root
-from sgid_utils.reporting.set_metrics import CONSISTENCY_DIVERSITY
 from sgid_utils.reporting.tables import DELTA, OURS, SIGNIFICANT, SIGNIFICANT_HOLM
 
 from .conftest import write_params
@@ -98,7 +97,7 @@ def test_every_image_and_link_of_the_page_exists(report_params, page):
     for ref in local:
         assert (run.report_page.parent / ref).is_file(), ref
     # the figures and the rendered notebook the page must show, linked relative to it
-    for figure in ("accuracy_by_method", CONSISTENCY_DIVERSITY, "originals_vs_sgid"):
+    for figure in ("accuracy_by_method", "07_consistency_vs_diversity", "originals_vs_sgid"):
         assert f"figures/{figure}.png" in local
     assert "notebooks/06_results.html" in local and "notebooks/06_results.ipynb" in local
     assert "executed cell output" in run.notebook_html("06_results").read_text()

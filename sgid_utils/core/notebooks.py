@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +15,13 @@ from sgid_utils.core.rundir import RunDir
 
 def setup(params_file: str, run_dir: str | None = None, overrides: dict[str, Any] | None = None) -> Params:
     """Load and validate params, quiet the progress bars of model loading, print versions and device."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries()
     overrides = dict(overrides or {})
     if run_dir:
         overrides["run.dir"] = str(Path(run_dir).resolve())
     params = load_params(params_file, overrides)
     import torch  # here, not at import: `python -m sgid_utils notebooks` only needs papermill
-    import transformers
-    from diffusers.utils import logging as diffusers_logging
 
-    transformers.logging.disable_progress_bar()
-    transformers.logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    diffusers_logging.set_verbosity_error()
     print(", ".join(f"{name} {version}" for name, version in versions().items()))
     if torch.cuda.is_available():
         print(f"Device: CUDA, {torch.cuda.get_device_name(0)}")
@@ -36,6 +30,25 @@ def setup(params_file: str, run_dir: str | None = None, overrides: dict[str, Any
               "(on Colab: Runtime > Change runtime type > GPU).")
     print(f"Params: {params.source_file}\nRun directory: {params.run.dir}\nReports: {params.run.reports_dir}")
     return params
+
+
+def quiet_libraries() -> None:
+    """Errors only, and no progress bars, from transformers and diffusers while they load models.
+
+    Through their environment variables, read when they are first imported (by the stage that needs them), so a
+    notebook whose stage never loads diffusers does not spend a second and a half importing it here; a library this
+    kernel imported already is quieted directly. ``models.loading`` turns off diffusers' loading bars, which no
+    variable controls.
+    """
+    for name, value in {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
+                        "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}.items():
+        os.environ.setdefault(name, value)
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].logging.disable_progress_bar()
+        sys.modules["transformers"].logging.set_verbosity_error()
+    if "diffusers" in sys.modules:
+        sys.modules["diffusers"].utils.logging.disable_progress_bar()
+        sys.modules["diffusers"].utils.logging.set_verbosity_error()
 
 
 def run_notebooks(params_file: str, notebooks_dir: Path, names: list[str] | None = None,

@@ -15,7 +15,6 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from sgid_utils.config.schema import Params
 from sgid_utils.core.files import read_json, write_json
@@ -41,6 +40,8 @@ def _cpu_name() -> str:
 
 def machine() -> dict[str, str | int]:
     """The hardware this process sees: its GPUs (name and count) or none, and the CPU."""
+    import torch  # here: the report page reads these records and needs no torch
+
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return {"gpu": torch.cuda.get_device_name(0) if gpus else "none", "gpus": gpus,
             "cuda": torch.version.cuda or "none", "cpu": _cpu_name(), "cpu_cores": os.cpu_count() or 0,

@@ -19,10 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_validate
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 FILTERS = ("similarity", "label", "detector")
 # The candidates-table column each filter reads.
@@ -121,6 +117,12 @@ def real_vs_generated(real_emb: Embeddings, gen_emb: Embeddings, folds: int = 5,
     n_splits = min(folds, smaller)
     x = np.vstack([real, gen])
     y = np.r_[np.zeros(len(real), dtype=int), np.ones(len(gen), dtype=int)]
+    # Only the detector needs scikit-learn (a second to import).
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_validate
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed % (1 << 32))  # numpy takes 32 bits
     out = cross_validate(probe, x, y, cv=cv, scoring="accuracy", return_estimator=True, return_indices=True)

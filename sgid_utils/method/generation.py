@@ -34,7 +34,6 @@ from typing import Any, get_args
 
 import pandas as pd
 import torch
-from compel import CompelForSD
 from PIL import Image
 
 from sgid_utils.config.schema import GenerationParams, Generator, Params
@@ -90,6 +89,8 @@ class PromptEncoder:
     """compel's weighted-prompt embeddings for the pipeline's own tokenizer and text encoder."""
 
     def __init__(self, pipe) -> None:
+        from compel import CompelForSD  # 4 s to import: here, so that a finished stage skips without it
+
         self.compel = CompelForSD(pipe)
 
     @torch.inference_mode()

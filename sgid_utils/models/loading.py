@@ -80,11 +80,22 @@ def load_clip(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32)
     return _model_and_processor("CLIPModel", "CLIPProcessor", ref, device, dtype, "similarity", "models.clip")
 
 
+def _quiet_diffusers() -> None:
+    """diffusers' loading bars follow HF_HUB_DISABLE_PROGRESS_BARS (set by the notebooks' setup), as transformers'
+    do: diffusers reads no variable of its own for them."""
+    from diffusers.utils import logging
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    if are_progress_bars_disabled():
+        logging.disable_progress_bar()
+
+
 @functools.lru_cache(maxsize=2)
 def load_img2img(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
     """Stable Diffusion img2img pipeline without the safety checker (augmentation, not publication)."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
+    _quiet_diffusers()
     try:
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
             ref,

@@ -34,7 +34,6 @@ from sgid_utils.core.files import write_text
 from sgid_utils.core.provenance import load_provenance
 from sgid_utils.core.registry import NAMES, notebooks
 from sgid_utils.core.rundir import RunDir
-from sgid_utils.reporting.set_metrics import CONSISTENCY_DIVERSITY
 from sgid_utils.reporting.stats import COVERS
 from sgid_utils.reporting.tables import (
     ABLATION_DELTA,
@@ -54,12 +53,13 @@ from sgid_utils.reporting.tables import (
 # with the params key each sets, to find the row when a profile gives the variant a label.
 CONTROLS = (("sgid-equal-steps", "training.equal_steps", "equal steps (SGID trained for the Baseline's steps)"),
             ("second-draw", "run.draw", "second generation draw (captions, candidates, selection redrawn)"))
+# The page's main figures: their catalog entries and captions.
 FIGURES = (
-    ("accuracy_by_method", "Test accuracy per method: bars are the mean over seeds (±1 std), dots single seeds, "
+    ("accuracy_figure", "Test accuracy per method: bars are the mean over seeds (±1 std), dots single seeds, "
                            "markers the published numbers."),
-    (CONSISTENCY_DIVERSITY, "Each generated set on the paper's two axes: consistency (CLIP label score) against "
-                            "diversity (distance to the source); numbered markers are listed in the legend."),
-    ("originals_vs_sgid", "Training images beside the curated SGID image made from each."),
+    ("consistency_figure", "Each generated set on the paper's two axes: consistency (CLIP label score) against "
+                           "diversity (distance to the source); numbered markers are listed in the legend."),
+    ("originals_figure", "Training images beside the curated SGID image made from each."),
 )
 
 
@@ -138,9 +138,9 @@ def _href(run: RunDir, path: Path) -> str:
 def figures(params: Params) -> tuple[list[dict[str, str | None]], list[dict[str, str]]]:
     """The page's main figures (None where not made yet), and links to every other figure of the run."""
     run = RunDir.of(params)
-    main = [{"name": n, "caption": c,
-             "src": _href(run, run.figure(n)) if run.figure(n).exists() else None} for n, c in FIGURES]
-    shown = {n for n, _ in FIGURES}
+    paths = [(catalog.path(run, name), caption) for name, caption in FIGURES]
+    main = [{"name": f.stem, "caption": c, "src": _href(run, f) if f.exists() else None} for f, c in paths]
+    shown = {f.stem for f, _ in paths}
     others = sorted(p for p in run.figures.glob("*.png") if p.stem not in shown) if run.figures.exists() else []
     return main, [{"name": p.stem, "src": _href(run, p)} for p in others]
 

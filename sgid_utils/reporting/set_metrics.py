@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 from torchvision.transforms.functional import pil_to_tensor
 
 from sgid_utils.config.schema import Params
@@ -28,8 +26,6 @@ from sgid_utils.method.embeddings import class_prompt_embeddings, load_embedding
 from sgid_utils.method.filters import Embeddings, label_consistency, unit_rows
 from sgid_utils.method.selection import selections
 
-# The consistency-diversity figure (figures/<name>.png): the quality stage draws it, the report page links it.
-CONSISTENCY_DIVERSITY = "07_consistency_vs_diversity"
 CURATED = "curated (selected)"  # the set curation.select picked: the one SGID trains on
 
 
@@ -162,6 +158,11 @@ def fid_kid(
     n_real, n_gen = len(real_images), len(gen_images)
     if min(n_real, n_gen) < 2:
         raise ValueError(f"FID/KID need at least 2 images per set; got {n_real} real, {n_gen} generated")
+    # Here, not at import: torchmetrics takes ~3 s to import, and the stages and the page that import this module
+    # for the set metrics never compute FID/KID.
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
     try:
         net = FrechetInceptionDistance(
             feature=feature, feature_extractor_weights_path=None if weights_path is None else str(weights_path)

@@ -23,20 +23,28 @@ and its Baselines; both controls share the base run's Baselines).
 
 from __future__ import annotations
 
+from functools import partial
+
 import pandas as pd
 
 from sgid_utils.config.backbones import TrainConfig, backbones
 from sgid_utils.config.load import variant_params
-from sgid_utils.config.schema import Params
+from sgid_utils.config.schema import AblationParams, Params
 from sgid_utils.core import catalog
 from sgid_utils.core.errors import ParamsError, StageError
 from sgid_utils.core.files import read_json
-from sgid_utils.core.fingerprints import backbone_fingerprint, baseline_fingerprint, baseline_view
+from sgid_utils.core.fingerprints import (
+    backbone_fingerprint,
+    baseline_fingerprint,
+    baseline_view,
+    fingerprint,
+)
 from sgid_utils.core.registry import between, upstream_closure
 from sgid_utils.core.resumable import shard
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
-from sgid_utils.core.sharing import link, link_stages
+from sgid_utils.core.sharing import link, link_stages, made_alike
+from sgid_utils.core.workers import run_ordered
 from sgid_utils.reporting.set_metrics import CURATED, set_metrics
 from sgid_utils.reporting.stats import add_holm
 from sgid_utils.reporting.tables import (
@@ -65,22 +73,35 @@ def share_baselines(base: Params, variant: Params) -> list[str]:
     the same models; a variant that changes the data (a subset) trains its own.
     """
     have, want = RunDir.of(base), RunDir.of(variant)
-    if not have.fingerprint_file("train").exists():
+    if not baselines_alike(have, variant):
         return []
-    before, now = baseline_view(read_json(have.fingerprint_file("train"))), baseline_fingerprint(variant)
-    if any(before.get(k) != v for k, v in now.items()):
-        return []
-    bb = backbones(variant)[0]
-    if bb.name and (not have.backbone_fingerprint(bb.name).exists()
-                    or read_json(have.backbone_fingerprint(bb.name)) != backbone_fingerprint(bb)):
-        return []  # the base run trained this backbone with another recipe (or not at all)
     linked = []
     for seed in variant.training.seeds:
-        name = TrainConfig("baseline", seed, backbone=bb.name).name
+        name = TrainConfig("baseline", seed, backbone=backbones(variant)[0].name).name
         if have.result(name).exists() and not want.config_dir(name).exists():
             link(have.config_dir(name), want.config_dir(name))
             linked.append(name)
     return linked
+
+
+def baselines_alike(have: RunDir, variant: Params) -> bool:
+    """Whether ``have`` trained (or is training) its Baselines with the params ``variant`` gives them: its train
+    stage's record, and the first backbone's recipe (the base run may have trained it with another, or not at all)."""
+    if not have.fingerprint_file("train").exists():
+        return False
+    before, now = baseline_view(read_json(have.fingerprint_file("train"))), baseline_fingerprint(variant)
+    if any(before.get(k) != v for k, v in now.items()):
+        return False
+    bb = backbones(variant)[0]
+    return not bb.name or (have.backbone_fingerprint(bb.name).exists()
+                           and read_json(have.backbone_fingerprint(bb.name)) == backbone_fingerprint(bb))
+
+
+def same_baselines(one: Params, other: Params) -> bool:
+    """Whether two runs' Baselines are the same models, from their params (``baselines_alike`` for a run not made
+    yet)."""
+    return (baseline_fingerprint(one) == baseline_fingerprint(other)
+            and backbone_fingerprint(backbones(one)[0]) == backbone_fingerprint(backbones(other)[0]))
 
 
 def ablation_row(name: str, changes: dict, variant: Params) -> tuple[dict[str, str], pd.Series]:
@@ -150,8 +171,9 @@ def nearest_reference(params: Params, baseline: float) -> str:
     return f"{label} ({100 * value:.2f} %, Δ {100 * (baseline - value):+.2f} points)"
 
 
-def run(params: Params) -> pd.DataFrame:
-    """Run every variant of ``params.ablations`` from captions to results; tabulate their comparisons."""
+def run(params: Params, jobs: int = 1) -> pd.DataFrame:
+    """Run every variant of ``params.ablations`` from captions to results, on ``jobs`` processes (each variant
+    starts once the earlier variants it links from are done: ``lenders``); tabulate their comparisons."""
     if not params.ablations:
         raise ParamsError(f"{params.source_file} lists no ablations: use an ablation profile such as "
                           "params/pets_ablations.yaml")
@@ -159,24 +181,58 @@ def run(params: Params) -> pd.DataFrame:
         raise StageError("Ablations run their variants' stages one after another in one process; run them without "
                          "--shard or accelerate launch (shard the base run's stages instead).")
     variants = [(a, variant_params(params, a.name, a.set)) for a in params.ablations]  # validate all first
-    rows, sigs, finished = [], [], [params]
-    sets = [curated_set_metrics(params, "base run")] if RunDir.of(params).candidates_table.exists() else []
-    for ablation, variant in variants:
-        for earlier in finished:  # the first run made with the same upstream params is linked
-            link_stages(RunDir.of(earlier), variant, SHARED_STAGES)
-            share_baselines(earlier, variant)
-        for stage in between("captions", "results"):
-            run_stage(stage.name, variant)
-        finished.append(variant)
-        row, sig = ablation_row(ablation.label or ablation.name, ablation.set, variant)
-        rows.append(row)
-        sigs.append(sig)
-        sets.append(curated_set_metrics(variant, ablation.label or ablation.name, ablation.set))
+    runs = [v for _, v in variants]
+    lent = lenders(params, runs)
+    after = [{j for j in mine.values() if j not in (None, BASE)} for mine in lent]
+    calls = [partial(run_variant, a, v, params, [runs[j] for j in sorted(deps)])
+             for (a, v), deps in zip(variants, after)]
+    made = [sum(j is None for j in mine.values()) for mine in lent]  # what each makes itself: the longest go first
+    base_set = RunDir.of(params).candidates_table.exists()
+    if base_set:  # the base run's curated set, beside the variants' in notebook 07's plot: a call of its own
+        calls, after, made = [*calls, partial(curated_set_metrics, params, "base run")], [*after, set()], [*made, 0]
+    done = run_ordered(calls, after, jobs, made)
+    sets, done = (done[-1:], done[:-1]) if base_set else ([], done)
+    rows, sigs = [row for row, _, _ in done], [sig for _, sig, _ in done]
     table = with_holm(rows, sigs)
     catalog.save(params, "ablations", table)
     catalog.save(params, "ablations_md", table)
-    catalog.save(params, "ablation_set_metrics", pd.DataFrame(sets))
+    catalog.save(params, "ablation_set_metrics", pd.DataFrame(sets + [metrics for _, _, metrics in done]))
     return table
+
+
+def run_variant(ablation: AblationParams, variant: Params, base: Params,
+                earlier: list[Params]) -> tuple[dict[str, str], pd.Series, dict]:
+    """One variant from captions to results, after linking what the base run and the earlier variants that lend it
+    something (``lenders``) made with the same params: the first that has a stage lends it. Its table row,
+    significance row and curated set's metrics."""
+    for lender in [base, *earlier]:
+        link_stages(RunDir.of(lender), variant, SHARED_STAGES)
+        share_baselines(lender, variant)
+    for stage in between("captions", "results"):
+        run_stage(stage.name, variant)
+    name = ablation.label or ablation.name
+    return *ablation_row(name, ablation.set, variant), curated_set_metrics(variant, name, ablation.set)
+
+
+BASE = -1  # in ``lenders``: the base run lends it
+
+
+def lenders(base: Params, runs: list[Params]) -> list[dict[str, int | None]]:
+    """For each variant, who lends each of its stages up to curation and its Baselines ('baselines'): the first run
+    with the same fingerprint, the base run (``BASE``) first, then the earlier variants (their index); None where the
+    variant makes its own. Under ``jobs`` > 1 a variant starts after its lenders, so it links what a one-process run
+    links, never a half-made folder."""
+    have = RunDir.of(base)
+    found: list[dict[str, int | None]] = []
+    for i, variant in enumerate(runs):
+        mine: dict[str, int | None] = {
+            stage: BASE if made_alike(have, variant, stage) else
+            next((j for j in range(i) if fingerprint(runs[j], stage) == fingerprint(variant, stage)), None)
+            for stage in SHARED_STAGES}
+        mine["baselines"] = BASE if baselines_alike(have, variant) else next(
+            (j for j in range(i) if same_baselines(runs[j], variant)), None)
+        found.append(mine)
+    return found
 
 
 def curated_set_metrics(params: Params, name: str, changes: dict | None = None) -> dict:
