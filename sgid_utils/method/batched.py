@@ -36,17 +36,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import accumulate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import StableDiffusionControlNetImg2ImgPipeline, StableDiffusionImg2ImgPipeline
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
 from PIL import Image
 
 from sgid_utils.core.seeding import torch_rng
 
-Pipeline = StableDiffusionImg2ImgPipeline | StableDiffusionControlNetImg2ImgPipeline
+if TYPE_CHECKING:  # diffusers takes seconds to import: the loop imports what it calls when it runs
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline, StableDiffusionImg2ImgPipeline
+
+    Pipeline = StableDiffusionImg2ImgPipeline | StableDiffusionControlNetImg2ImgPipeline
 
 
 def batch_key(
@@ -86,6 +86,9 @@ def generate_batch(
     if pipe.unet.config.time_cond_proj_dim is not None:
         raise ValueError("this UNet takes guidance as an embedding (LCM-style); per-sample CFG does not apply")
     check_control(pipe, images, control_images)
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
+
     device = pipe._execution_device
     counts = [len(s) for s in seeds]
     generators = [torch_rng(seed) for per_source in seeds for seed in per_source]
