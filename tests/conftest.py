@@ -151,7 +151,7 @@ def pipeline_run(assets, tmp_path_factory):
 # The longest tests (processes killed and resumed, a two-process accelerate launch, the GPU report's tiny run, the
 # ablations run twice) go first, so that on two xdist workers (`make test`) none of them starts last and leaves one
 # core idle.
-SLOW_FIRST = ("test_resume.py", "test_runner.py::test_accelerate", "test_gpu_report.py", "two_at_a_time")
+SLOW_FIRST = ("test_resume.py", "test_runner.py::test_accelerate", "test_gpu_report.py", "one_or_two_processes")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -87,27 +87,8 @@ def test_a_variant_of_a_several_backbone_run_shares_the_first_backbones_baseline
     assert share_baselines(params, other) == []
 
 
-def test_variants_on_the_same_subset_share_its_captions_and_baselines(make_params, monkeypatch):
-    params = make_params("subset", ablations=[
-        {"name": "s2", "set": {"dataset.max_per_class": 3, "generation.strength": 0.2}},
-        {"name": "s5", "set": {"dataset.max_per_class": 3, "generation.strength": 0.5}},
-    ])
-    ablations.run(params)
-    first, second = (RunDir.of(params).variant_root(n) for n in ("s2", "s5"))
-    first, second = (RunDir(root, RunDir.of(params).reports) for root in (first, second))
-    assert not os.path.islink(first.stage("captions"))  # nothing made with the base data to share
-    assert all(os.path.realpath(second.stage(s)) == str(first.stage(s).resolve())
-               for s in ("data", "captions", "similarity"))
-    assert all(os.path.realpath(second.config_dir(f"baseline_seed{s}"))
-               == str(first.config_dir(f"baseline_seed{s}").resolve()) for s in (0, 1))
-    assert not os.path.islink(second.stage("generate"))
-
-    monkeypatch.setenv("SGID_SHARD", "0/2")
-    with pytest.raises(StageError, match="one process"):
-        ablations.run(params)
-
-
-def test_variants_run_two_at_a_time_link_and_tabulate_what_one_process_does(make_params):
+def test_variants_on_the_same_subset_share_its_captions_and_baselines_with_one_or_two_processes(make_params,
+                                                                                                monkeypatch):
     variants = [{"name": "s2", "set": {"dataset.max_per_class": 3, "generation.strength": 0.2}},
                 {"name": "label", "set": {"generation.prompt": "label_only"}},
                 {"name": "s5", "set": {"dataset.max_per_class": 3, "generation.strength": 0.5}}]
@@ -116,12 +97,21 @@ def test_variants_run_two_at_a_time_link_and_tabulate_what_one_process_does(make
     lent = ablations.lenders(two, runs)  # no base run: s5 takes the subset, captions and Baselines from s2
     assert [lent[2][k] for k in ("data", "captions", "similarity", "generate", "baselines")] == [0, 0, 0, None, 0]
     assert set(lent[1].values()) == {None}  # the label-only variant shares nothing with the subset runs
+    # two processes (label beside s2, then s5 after s2) give the one-process run's links, tables and set metrics
     pd.testing.assert_frame_equal(ablations.run(one), ablations.run(two, jobs=2))
-    for params in (one, two):
-        s2, s5 = (RunDir(RunDir.of(params).variant_root(n), RunDir.of(params).reports) for n in ("s2", "s5"))
-        assert all(os.path.realpath(s5.stage(s)) == str(s2.stage(s).resolve()) for s in ("data", "captions"))
-        assert os.path.realpath(s5.config_dir("baseline_seed0")) == str(s2.config_dir("baseline_seed0").resolve())
     assert catalog.load(one, "ablation_set_metrics").equals(catalog.load(two, "ablation_set_metrics"))
+    for params in (one, two):
+        first, second = (RunDir(RunDir.of(params).variant_root(n), RunDir.of(params).reports) for n in ("s2", "s5"))
+        assert not os.path.islink(first.stage("captions"))  # nothing made with the base data to share
+        assert all(os.path.realpath(second.stage(s)) == str(first.stage(s).resolve())
+                   for s in ("data", "captions", "similarity"))
+        assert all(os.path.realpath(second.config_dir(f"baseline_seed{s}"))
+                   == str(first.config_dir(f"baseline_seed{s}").resolve()) for s in (0, 1))
+        assert not os.path.islink(second.stage("generate"))
+
+    monkeypatch.setenv("SGID_SHARD", "0/2")
+    with pytest.raises(StageError, match="one process"):
+        ablations.run(one)
 
 
 def test_the_ablation_table_says_which_published_baseline_a_protocol_lands_nearer():
