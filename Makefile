@@ -47,7 +47,7 @@ reproduce: $(STAMP) ## Run every stage, notebook and ablation profile for each p
 	for p in $(PARAMS); do a=$${p%.yaml}_ablations.yaml; \
 	  $(RUN_ENV) $(PY) -m sgid_utils run all --to-stage train --params $$p || exit 1; \
 	  if [ -f $$a ] && [ $(JOBS) -gt 1 ]; then \
-	    $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --to-stage train & nb=$$!; \
+	    $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --to-stage train & nb=$$!; trap "kill $$nb" INT TERM; \
 	    $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$a --jobs $(JOBS); abl=$$?; \
 	    wait $$nb && [ $$abl = 0 ] || exit 1; \
 	  else \

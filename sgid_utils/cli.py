@@ -44,6 +44,9 @@ def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     """Options that belong to one kind of ``run`` say so, instead of being ignored."""
     if (args.from_stage or args.to_stage) and args.stage != "all":
         parser.error(f"--from-stage and --to-stage go with 'run all', not 'run {args.stage}'")
+    if args.from_stage and args.to_stage and NAMES.index(args.from_stage) > NAMES.index(args.to_stage):
+        parser.error(f"--from-stage {args.from_stage} comes after --to-stage {args.to_stage}; the stages run in the "
+                     f"order {', '.join(NAMES)}")
     if args.jobs != 1 and args.stage != "ablations":
         parser.error(f"--jobs goes with 'run ablations', not 'run {args.stage}' (shard a stage with --shard)")
 

@@ -12,6 +12,7 @@ from sgid_utils.config.load import ParamsError, load_params, variant_params
 from sgid_utils.core import catalog
 from sgid_utils.core.errors import StageError
 from sgid_utils.core.files import write_json
+from sgid_utils.core.fingerprints import backbone_fingerprint, fingerprint
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.preflight.projection import full_run_counts, variant_costs
@@ -197,6 +198,27 @@ def test_the_controls_are_projected_with_the_stages_they_recompute():
     first, second = costs["strength-0.2"].items, costs["strength-0.3"].items
     assert {"data", "captions"} <= set(first) and not {"data", "captions", "similarity"} & set(second)
     assert first["train"] == 1.5 * second["train"]  # Baseline (n) + SGID (2n) against SGID alone
+
+
+@pytest.mark.parametrize("profile", ["pets_ablations.yaml", "flowers_ablations.yaml", "smoke_ablations.yaml"])
+def test_who_lends_a_variant_its_stages_agrees_with_the_projection(profile, tmp_path):
+    """``lenders`` (what ``run ablations`` waits for under --jobs) and preflight's ``variant_costs`` (what it projects)
+    name the same stages as made by each variant itself, once the base run has made everything with its params."""
+    params = load_params(REPO / "params" / profile, {"run.dir": str(tmp_path / "base")})
+    have = RunDir.of(params)
+    for stage in [*ablations.SHARED_STAGES, "train"]:
+        write_json(have.fingerprint_file(stage), fingerprint(params, stage))
+    first = backbones(params)[0]
+    if first.name:
+        write_json(have.backbone_fingerprint(first.name), backbone_fingerprint(first))
+    for name in ablations.baselines(params):
+        have.result(name).parent.mkdir(parents=True, exist_ok=True)
+        have.result(name).write_text("{}")
+    variants = [(a.name, variant_params(params, a.name, a.set)) for a in params.ablations]
+    lent = ablations.lenders(params, [v for _, v in variants])
+    for cost, mine in zip(variant_costs(params, variants), lent):
+        assert {s for s in ablations.SHARED_STAGES if mine[s] is None} == set(cost.items) - {"train", "results"}, \
+            cost.name
 
 
 @pytest.mark.parametrize("profile", ["smoke_ablations.yaml", "pets_ablations.yaml", "flowers_ablations.yaml"])

@@ -50,7 +50,10 @@ def test_cli_options_of_one_kind_of_run_are_refused_elsewhere(tmp_path):
     assert out.returncode == 2 and "go with 'run all'" in out.stderr
     out = _cli("run", "ablations", "--params", "params/smoke_ablations.yaml", "--jobs", "0")
     assert out.returncode == 2 and "at least 1" in out.stderr
-    assert not (tmp_path / "r").exists()
+    out = _cli("run", "all", "--params", "params/smoke.yaml", "--from-stage", "train", "--to-stage", "data",
+               "--run-dir", str(tmp_path / "r"))
+    assert out.returncode == 2 and "comes after" in out.stderr
+    assert not (tmp_path / "r").exists()  # refused before any work
 
 
 def test_cli_runs_all_between_two_stages(make_params, tmp_path):

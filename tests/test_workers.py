@@ -50,12 +50,14 @@ def test_one_job_runs_the_calls_here_in_order(tmp_path):
                                                                                  ["start", "2"]]
 
 
-def test_the_first_error_is_raised_and_its_dependants_never_start(tmp_path):
+def test_the_first_error_stops_new_starts_and_is_raised_once_the_running_calls_end(tmp_path):
     log = tmp_path / "log"
-    calls = [partial(_fails, "variant 0 broke"), partial(_logged, log, 1, 0), partial(_logged, log, 2, 0)]
+    # 0 fails at once while 1 runs beside it; 2 (independent) and 3 (waiting for 0) have not started
+    calls = [partial(_fails, "variant 0 broke"), partial(_logged, log, 1, 1.0), partial(_logged, log, 2, 0),
+             partial(_logged, log, 3, 0)]
     with pytest.raises(ValueError, match="variant 0 broke"):
-        run_ordered(calls, [set(), {0}, {1}], jobs=2)
-    assert not log.exists() or "start 1" not in log.read_text()
+        run_ordered(calls, [set(), set(), set(), {0}], jobs=2, sizes=[0, 2, 1, 0])
+    assert set(_times(log)) == {("start", 1), ("end", 1)}
 
 
 def test_a_call_may_wait_only_for_earlier_ones():

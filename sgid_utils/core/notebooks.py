@@ -43,6 +43,8 @@ def quiet_libraries() -> None:
     for name, value in {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
                         "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}.items():
         os.environ.setdefault(name, value)
+    if "huggingface_hub" in sys.modules:  # it read the variable when imported
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
     if "transformers" in sys.modules:
         sys.modules["transformers"].logging.disable_progress_bar()
         sys.modules["transformers"].logging.set_verbosity_error()

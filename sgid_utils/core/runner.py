@@ -28,6 +28,7 @@ from sgid_utils.core.provenance import record_stage
 from sgid_utils.core.registry import NAMES, get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.sharing import reuse_run
+from sgid_utils.models.loading import release_models
 from sgid_utils.models.tiny import ensure_smoke_assets
 
 BARRIER_TIMEOUT = timedelta(hours=48)
@@ -107,3 +108,4 @@ def run_all(params: Params, names: list[str] | None = None) -> None:
     for name in names or NAMES:
         print(f"[sgid] stage {name}: run dir {params.run.dir}", file=sys.stderr)
         run_distributed(name, params)
+        release_models()  # each stage loads what it needs: one stage's models do not crowd the next one's GPU memory

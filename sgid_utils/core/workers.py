@@ -53,7 +53,8 @@ def run_ordered(calls: Sequence[Callable[[], Any]], after: Sequence[set[int]], j
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(sorted({getattr(c, "func", c).__module__ for c in calls}))
     results: dict[int, Any] = {}
-    waiting, running = _priority(after, sizes or [0] * len(calls)), dict[Future, int]()
+    running: dict[Future, int] = {}
+    waiting = _priority(after, sizes or [0] * len(calls))
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_share_cores,
                              initargs=(max(1, (os.cpu_count() or 1) // jobs),)) as pool:
         while waiting or running:
@@ -69,4 +70,3 @@ def run_ordered(calls: Sequence[Callable[[], Any]], after: Sequence[set[int]], j
                     raise future.exception()
                 results[i] = future.result()
     return [results[i] for i in range(len(calls))]
-

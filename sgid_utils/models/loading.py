@@ -9,6 +9,7 @@ loaded raises ``ModelLoadError`` naming the id, the stage and what to do instead
 from __future__ import annotations
 
 import functools
+import gc
 import os
 from typing import Any
 
@@ -128,6 +129,16 @@ def load_controlnet_img2img(diffusion: str, controlnet: str, device: str = "cpu"
     pipe = StableDiffusionControlNetImg2ImgPipeline(**base.components, controlnet=net, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def release_models() -> None:
+    """Drop the cached models (and the GPU memory they hold) between stages of one process (``run all``): otherwise
+    BLIP and CLIP would stay on the GPU through generation, whose batch size is sized from free memory, and training."""
+    for loader in (load_captioner, load_clip, load_img2img, load_controlnet_img2img):
+        loader.cache_clear()
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def create_classifier(ref: str, num_classes: int, img_size: int | None = None, pretrained: bool = True,

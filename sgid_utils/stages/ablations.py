@@ -76,12 +76,16 @@ def share_baselines(base: Params, variant: Params) -> list[str]:
     if not baselines_alike(have, variant):
         return []
     linked = []
-    for seed in variant.training.seeds:
-        name = TrainConfig("baseline", seed, backbone=backbones(variant)[0].name).name
+    for name in baselines(variant):
         if have.result(name).exists() and not want.config_dir(name).exists():
             link(have.config_dir(name), want.config_dir(name))
             linked.append(name)
     return linked
+
+
+def baselines(variant: Params) -> list[str]:
+    """The variant's Baseline configurations (one per seed, first backbone): what a lender's Baselines must cover."""
+    return [TrainConfig("baseline", seed, backbone=backbones(variant)[0].name).name for seed in variant.training.seeds]
 
 
 def baselines_alike(have: RunDir, variant: Params) -> bool:
@@ -220,8 +224,11 @@ BASE = -1  # in ``lenders``: the base run lends it
 def lenders(base: Params, runs: list[Params]) -> list[dict[str, int | None]]:
     """For each variant, who lends each of its stages up to curation and its Baselines ('baselines'): the first run
     with the same fingerprint, the base run (``BASE``) first, then the earlier variants (their index); None where the
-    variant makes its own. Under ``jobs`` > 1 a variant starts after its lenders, so it links what a one-process run
-    links, never a half-made folder."""
+    variant makes its own (the base run lends the Baselines only when it has every seed's). Under ``jobs`` > 1 a
+    variant starts after the variants that lend it something, so it links what a one-process run links and never a
+    variant's half-made folder. (The base run's stages are finished first: ``make reproduce`` runs them before the
+    ablations. A base stage still unfinished would be finished through their links by every variant that shares it,
+    at once: the same files, atomically written, with the work repeated.)"""
     have = RunDir.of(base)
     found: list[dict[str, int | None]] = []
     for i, variant in enumerate(runs):
@@ -229,7 +236,8 @@ def lenders(base: Params, runs: list[Params]) -> list[dict[str, int | None]]:
             stage: BASE if made_alike(have, variant, stage) else
             next((j for j in range(i) if fingerprint(runs[j], stage) == fingerprint(variant, stage)), None)
             for stage in SHARED_STAGES}
-        mine["baselines"] = BASE if baselines_alike(have, variant) else next(
+        base_has_all = baselines_alike(have, variant) and all(have.result(name).exists() for name in baselines(variant))
+        mine["baselines"] = BASE if base_has_all else next(
             (j for j in range(i) if same_baselines(runs[j], variant)), None)
         found.append(mine)
     return found
