@@ -69,6 +69,19 @@ def test_holm_column_is_statsmodels_multipletests():
     assert adjusted[[0, 2]] == pytest.approx(expected[[0, 2]]) and math.isnan(adjusted[1]) and not reject[1]
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_holm_equals_statsmodels_bit_for_bit_on_random_families(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 30))
+    p = rng.choice([rng.uniform(0, 0.2), 0.05 / 3, 0.01, 0.5, 1.0, float("nan")], size=n)  # ties, boundaries, NaN
+    p = np.where(rng.uniform(size=n) < 0.5, rng.uniform(0, 0.1, size=n), p)
+    adjusted, reject = holm(p)
+    missing = np.isnan(p)
+    expected_reject, expected, _, _ = multipletests(np.where(missing, 1.0, p), alpha=0.05, method="holm")
+    assert np.array_equal(adjusted[~missing], expected[~missing]) and np.isnan(adjusted[missing]).all()
+    assert reject.tolist() == (expected_reject & ~missing).tolist()
+
+
 def test_add_holm_adjusts_over_every_row_of_the_table():
     rows = [paired_difference(m, b) for m, b in (
         ([0.93, 0.94, 0.92, 0.935], [0.90, 0.905, 0.895, 0.90]),

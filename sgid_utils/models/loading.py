@@ -132,13 +132,15 @@ def load_controlnet_img2img(diffusion: str, controlnet: str, device: str = "cpu"
 
 
 def release_models() -> None:
-    """Drop the cached models (and the GPU memory they hold) between stages of one process (``run all``): otherwise
-    BLIP and CLIP would stay on the GPU through generation, whose batch size is sized from free memory, and training."""
+    """On a GPU, drop the cached models and the memory they hold between stages of one process (``run all``):
+    otherwise BLIP and CLIP would stay on the GPU through generation, whose batch size is sized from free memory, and
+    training. On the CPU they stay cached (a later stage of the process reuses them)."""
+    if not torch.cuda.is_initialized():
+        return
     for loader in (load_captioner, load_clip, load_img2img, load_controlnet_img2img):
         loader.cache_clear()
     gc.collect()
-    if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
+    torch.cuda.empty_cache()
 
 
 def create_classifier(ref: str, num_classes: int, img_size: int | None = None, pretrained: bool = True,
