@@ -15,9 +15,9 @@ from sgid_utils.core.files import write_json
 from sgid_utils.core.fingerprints import backbone_fingerprint, fingerprint
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
+from sgid_utils.core.sharing import SHARED_STAGES, baselines, lenders, share_baselines
 from sgid_utils.preflight.projection import full_run_counts, variant_costs
 from sgid_utils.stages import ablations
-from sgid_utils.stages.ablations import share_baselines
 
 from .conftest import REPO, copy_stages, resnet_scratch_entry
 
@@ -95,7 +95,7 @@ def test_variants_on_the_same_subset_share_its_captions_and_baselines_with_one_o
                 {"name": "s5", "set": {"dataset.max_per_class": 3, "generation.strength": 0.5}}]
     one, two = make_params("one", ablations=variants), make_params("two", ablations=variants)
     runs = [variant_params(two, v["name"], v["set"]) for v in variants]
-    lent = ablations.lenders(two, runs)  # no base run: s5 takes the subset, captions and Baselines from s2
+    lent = lenders(two, runs)  # no base run: s5 takes the subset, captions and Baselines from s2
     assert [lent[2][k] for k in ("data", "captions", "similarity", "generate", "baselines")] == [0, 0, 0, None, 0]
     assert set(lent[1].values()) == {None}  # the label-only variant shares nothing with the subset runs
     # two processes (label beside s2, then s5 after s2) give the one-process run's links, tables and set metrics
@@ -202,22 +202,23 @@ def test_the_controls_are_projected_with_the_stages_they_recompute():
 
 @pytest.mark.parametrize("profile", ["pets_ablations.yaml", "flowers_ablations.yaml", "smoke_ablations.yaml"])
 def test_who_lends_a_variant_its_stages_agrees_with_the_projection(profile, tmp_path):
-    """``lenders`` (what ``run ablations`` waits for under --jobs) and preflight's ``variant_costs`` (what it projects)
-    name the same stages as made by each variant itself, once the base run has made everything with its params."""
+    """``lenders`` from the base run's records (what ``run ablations`` links and waits for under --jobs) and from its
+    params (what preflight's ``variant_costs`` projects) name the same stages as made by each variant itself, once the
+    base run has made everything with its params."""
     params = load_params(REPO / "params" / profile, {"run.dir": str(tmp_path / "base")})
     have = RunDir.of(params)
-    for stage in [*ablations.SHARED_STAGES, "train"]:
+    for stage in [*SHARED_STAGES, "train"]:
         write_json(have.fingerprint_file(stage), fingerprint(params, stage))
     first = backbones(params)[0]
     if first.name:
         write_json(have.backbone_fingerprint(first.name), backbone_fingerprint(first))
-    for name in ablations.baselines(params):
+    for name in baselines(params):
         have.result(name).parent.mkdir(parents=True, exist_ok=True)
         have.result(name).write_text("{}")
     variants = [(a.name, variant_params(params, a.name, a.set)) for a in params.ablations]
-    lent = ablations.lenders(params, [v for _, v in variants])
+    lent = lenders(params, [v for _, v in variants])
     for cost, mine in zip(variant_costs(params, variants), lent):
-        assert {s for s in ablations.SHARED_STAGES if mine[s] is None} == set(cost.items) - {"train", "results"}, \
+        assert {s for s in SHARED_STAGES if mine[s] is None} == set(cost.items) - {"train", "results"}, \
             cost.name
 
 

@@ -1,4 +1,4 @@
-"""Reuse another run's finished stage folders, by symbolic link, while they were made with the same params.
+"""Reuse another run's finished stage folders (and Baseline runs), by symbolic link, while made with the same params.
 
 Ablation variants share their base run's captions, scores and images this way, and a profile that only
 changes training (``params/pets_backbones.yaml``) names the data set's main run in ``run.reuse`` and trains
@@ -14,10 +14,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sgid_utils.config.backbones import TrainConfig, backbones
 from sgid_utils.config.schema import Params
 from sgid_utils.core.errors import StageError
 from sgid_utils.core.files import changed_keys, read_json
-from sgid_utils.core.fingerprints import fingerprint
+from sgid_utils.core.fingerprints import (
+    backbone_fingerprint,
+    baseline_fingerprint,
+    baseline_view,
+    fingerprint,
+)
 from sgid_utils.core.registry import upstream_closure
 from sgid_utils.core.rundir import RunDir
 
@@ -113,3 +119,87 @@ def reuse_run(params: Params) -> list[str]:
             message += f"; made there with other params ({', '.join(keys)}), so run here: {', '.join(plan.differ)}"
         print(message, file=sys.stderr)
     return plan.to_link
+
+
+# What an ablation variant may take from the base run or an earlier variant: the stages up to curation, while their
+# params are unchanged (a training-only variant such as equal steps reuses the curated set; a selection-rule variant
+# the generated images; a prompt variant only the captions and scores), and the Baseline runs.
+SHARED_STAGES = upstream_closure("curate")
+
+
+def share_baselines(base: Params, variant: Params) -> list[str]:
+    """Link ``base``'s finished Baseline runs into the variant (``base``: the base run or an earlier variant).
+
+    A Baseline does not depend on generation, so a prompt or guidance variant would retrain exactly
+    the same models; a variant that changes the data (a subset) trains its own.
+    """
+    have, want = RunDir.of(base), RunDir.of(variant)
+    if not baselines_alike(have, variant):
+        return []
+    linked = []
+    for name in baselines(variant):
+        if have.result(name).exists() and not want.config_dir(name).exists():
+            link(have.config_dir(name), want.config_dir(name))
+            linked.append(name)
+    return linked
+
+
+def baselines(variant: Params) -> list[str]:
+    """The variant's Baseline configurations (one per seed, first backbone): what a lender's Baselines must cover."""
+    return [TrainConfig("baseline", seed, backbone=backbones(variant)[0].name).name for seed in variant.training.seeds]
+
+
+def baselines_alike(have: RunDir, variant: Params) -> bool:
+    """Whether ``have`` trained (or is training) its Baselines with the params ``variant`` gives them: its train
+    stage's record, and the first backbone's recipe (the base run may have trained it with another, or not at all)."""
+    if not have.fingerprint_file("train").exists():
+        return False
+    before, now = baseline_view(read_json(have.fingerprint_file("train"))), baseline_fingerprint(variant)
+    if any(before.get(k) != v for k, v in now.items()):
+        return False
+    bb = backbones(variant)[0]
+    return not bb.name or (have.backbone_fingerprint(bb.name).exists()
+                           and read_json(have.backbone_fingerprint(bb.name)) == backbone_fingerprint(bb))
+
+
+def same_baselines(one: Params, other: Params) -> bool:
+    """Whether two runs' Baselines are the same models, from their params (``baselines_alike`` for a run not made
+    yet)."""
+    return (baseline_fingerprint(one) == baseline_fingerprint(other)
+            and backbone_fingerprint(backbones(one)[0]) == backbone_fingerprint(backbones(other)[0]))
+
+
+BASE = -1  # in ``lenders``: the base run lends it
+
+
+def lenders(base: Params, runs: list[Params], recorded: bool = True) -> list[dict[str, int | None]]:
+    """For each ablation variant, who lends each of its stages up to curation and its Baselines ('baselines'): the
+    first run with the same fingerprint, the base run (``BASE``) first, then the earlier variants (their index); None
+    where the variant makes its own. ``recorded``: the base run as its run directory records it (``run ablations``;
+    it lends the Baselines only with every seed's); otherwise as its params would make it (preflight's projection).
+
+    Under ``jobs`` > 1 a variant starts after the variants that lend it something, so it links what a one-process run
+    links and never a variant's half-made folder. (``make reproduce`` finishes the base run's stages first. A base
+    stage still unfinished would be finished through their links by every variant that shares it, at once: the same
+    files, atomically written, with the work repeated.)"""
+    have = RunDir.of(base)
+
+    def base_lends(variant: Params, stage: str) -> bool:
+        return bool(made_alike(have, variant, stage)) if recorded else fingerprint(base, stage) == fingerprint(
+            variant, stage)
+
+    def base_lends_baselines(variant: Params) -> bool:
+        if recorded:
+            return baselines_alike(have, variant) and all(have.result(n).exists() for n in baselines(variant))
+        return "baseline" in base.training.methods and same_baselines(base, variant)
+
+    found: list[dict[str, int | None]] = []
+    for i, variant in enumerate(runs):
+        mine: dict[str, int | None] = {
+            stage: BASE if base_lends(variant, stage) else
+            next((j for j in range(i) if fingerprint(runs[j], stage) == fingerprint(variant, stage)), None)
+            for stage in SHARED_STAGES}
+        mine["baselines"] = BASE if base_lends_baselines(variant) else next(
+            (j for j in range(i) if same_baselines(runs[j], variant)), None)
+        found.append(mine)
+    return found

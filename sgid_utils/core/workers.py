@@ -64,9 +64,7 @@ def run_ordered(calls: Sequence[Callable[[], Any]], after: Sequence[set[int]], j
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 i = running.pop(future)
-                if future.exception() is not None:
-                    waiting.clear()
-                    wait(running)
+                if future.exception() is not None:  # leaving the pool waits for the running calls to end
                     raise future.exception()
                 results[i] = future.result()
     return [results[i] for i in range(len(calls))]

@@ -17,8 +17,9 @@ from PIL import Image
 from sgid_utils.config.backbones import GENERATIVE, backbones, configs
 from sgid_utils.config.schema import Params
 from sgid_utils.core.files import read_table
-from sgid_utils.core.fingerprints import baseline_fingerprint, fingerprint
+from sgid_utils.core.fingerprints import fingerprint
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.sharing import SHARED_STAGES, lenders
 from sgid_utils.method.generation import raw_pass
 
 # Official split sizes (images), used when the data stage has not run yet. Pets: the trainval/test lists of
@@ -182,11 +183,6 @@ def gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**27 else f"{n_bytes / 2**20:.1f} MiB"
 
 
-# The stages an ablation variant may take from an earlier run by link (``ablations.SHARED_STAGES``), then the ones it
-# always runs itself: training (its SGID runs; its Baselines are linked when shared) and its results.
-VARIANT_LINKABLE = ("data", "captions", "similarity", "generate", "upscale", "curate")
-
-
 @dataclass
 class VariantCost:
     """What one ablation variant computes itself: items per stage (as ``Counts.items`` counts them), and its pixels."""
@@ -201,24 +197,23 @@ def variant_costs(params: Params, variants: list[tuple[str, Params]], images: pd
                   ) -> list[VariantCost]:
     """Per variant, in the order ``run ablations`` runs them, the stages it computes itself and their items.
 
-    A stage is linked when the base run or an earlier variant made it with the same fingerprint (``ablations``
-    links it then), so it costs nothing. The train stage counts the variant's SGID runs, and its Baselines unless an
-    earlier run trained them with the same Baseline fingerprint on the same first backbone (``share_baselines``).
+    A stage is linked when the base run or an earlier variant made it with the same fingerprint (``sharing.lenders``),
+    so it costs nothing. The train stage counts the variant's SGID runs, and its Baselines unless an earlier run
+    trained them with the same Baseline fingerprint on the same first backbone.
     ``images``: the base run's data table, used for a variant on the same data.
     """
-    out, earlier = [], [params]
-    for name, variant in variants:
+    out = []
+    # Who lends what, as ``run ablations`` decides it, with the base run as its params would make it.
+    lent = lenders(params, [variant for _, variant in variants], recorded=False)
+    for (name, variant), mine in zip(variants, lent):
         same_data = fingerprint(variant, "data") == fingerprint(params, "data")
         counts = full_run_counts(variant, images if same_data else None)
-        own = [s for s in VARIANT_LINKABLE if all(fingerprint(variant, s) != fingerprint(e, s) for e in earlier)]
+        own = [s for s in SHARED_STAGES if mine[s] is None]
         items = {s: float(counts.items(s)) for s in own}
-        first = backbones(variant)[0]
-        shared = any("baseline" in e.training.methods and backbones(e)[0] == first
-                     and baseline_fingerprint(e) == baseline_fingerprint(variant) for e in earlier)
+        shared = mine["baselines"] is not None
         items["train"] = float(sum(n for c, n in zip(configs(variant), image_epochs(variant, counts.train_images))
                                    if not (shared and c.method == "baseline")))
         items["results"] = 1.0
         out.append(VariantCost(name, items, counts.raw_pixels if "generate" in own else 0.0,
                                counts.small_pixels if "upscale" in own else 0.0))
-        earlier.append(variant)
     return out

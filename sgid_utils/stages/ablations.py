@@ -27,23 +27,15 @@ from functools import partial
 
 import pandas as pd
 
-from sgid_utils.config.backbones import TrainConfig, backbones
 from sgid_utils.config.load import variant_params
 from sgid_utils.config.schema import AblationParams, Params
 from sgid_utils.core import catalog
 from sgid_utils.core.errors import ParamsError, StageError
-from sgid_utils.core.files import read_json
-from sgid_utils.core.fingerprints import (
-    backbone_fingerprint,
-    baseline_fingerprint,
-    baseline_view,
-    fingerprint,
-)
-from sgid_utils.core.registry import between, upstream_closure
+from sgid_utils.core.registry import between
 from sgid_utils.core.resumable import shard
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
-from sgid_utils.core.sharing import link, link_stages, made_alike
+from sgid_utils.core.sharing import BASE, SHARED_STAGES, lenders, link_stages, share_baselines
 from sgid_utils.core.workers import run_ordered
 from sgid_utils.reporting.set_metrics import CURATED, set_metrics
 from sgid_utils.reporting.stats import add_holm
@@ -59,53 +51,8 @@ from sgid_utils.reporting.tables import (
     verdict_cell,
 )
 
-# The stages up to curation: shared while their params are unchanged (a training-only variant such as equal steps
-# reuses the curated set; a selection-rule variant the generated images; a prompt variant only the captions and scores).
-SHARED_STAGES = upstream_closure("curate")
 # What a strength / generator sweep variant may change (notebook 07 tabulates those by strength and generator).
 SWEEP_KEYS = {"generation.strength", "generation.generator", "models.controlnet", "dataset.max_per_class"}
-
-
-def share_baselines(base: Params, variant: Params) -> list[str]:
-    """Link the base run's finished Baseline runs into the variant.
-
-    A Baseline does not depend on generation, so a prompt or guidance variant would retrain exactly
-    the same models; a variant that changes the data (a subset) trains its own.
-    """
-    have, want = RunDir.of(base), RunDir.of(variant)
-    if not baselines_alike(have, variant):
-        return []
-    linked = []
-    for name in baselines(variant):
-        if have.result(name).exists() and not want.config_dir(name).exists():
-            link(have.config_dir(name), want.config_dir(name))
-            linked.append(name)
-    return linked
-
-
-def baselines(variant: Params) -> list[str]:
-    """The variant's Baseline configurations (one per seed, first backbone): what a lender's Baselines must cover."""
-    return [TrainConfig("baseline", seed, backbone=backbones(variant)[0].name).name for seed in variant.training.seeds]
-
-
-def baselines_alike(have: RunDir, variant: Params) -> bool:
-    """Whether ``have`` trained (or is training) its Baselines with the params ``variant`` gives them: its train
-    stage's record, and the first backbone's recipe (the base run may have trained it with another, or not at all)."""
-    if not have.fingerprint_file("train").exists():
-        return False
-    before, now = baseline_view(read_json(have.fingerprint_file("train"))), baseline_fingerprint(variant)
-    if any(before.get(k) != v for k, v in now.items()):
-        return False
-    bb = backbones(variant)[0]
-    return not bb.name or (have.backbone_fingerprint(bb.name).exists()
-                           and read_json(have.backbone_fingerprint(bb.name)) == backbone_fingerprint(bb))
-
-
-def same_baselines(one: Params, other: Params) -> bool:
-    """Whether two runs' Baselines are the same models, from their params (``baselines_alike`` for a run not made
-    yet)."""
-    return (baseline_fingerprint(one) == baseline_fingerprint(other)
-            and backbone_fingerprint(backbones(one)[0]) == backbone_fingerprint(backbones(other)[0]))
 
 
 def ablation_row(name: str, changes: dict, variant: Params) -> tuple[dict[str, str], pd.Series]:
@@ -216,31 +163,6 @@ def run_variant(ablation: AblationParams, variant: Params, base: Params,
         run_stage(stage.name, variant)
     name = ablation.label or ablation.name
     return *ablation_row(name, ablation.set, variant), curated_set_metrics(variant, name, ablation.set)
-
-
-BASE = -1  # in ``lenders``: the base run lends it
-
-
-def lenders(base: Params, runs: list[Params]) -> list[dict[str, int | None]]:
-    """For each variant, who lends each of its stages up to curation and its Baselines ('baselines'): the first run
-    with the same fingerprint, the base run (``BASE``) first, then the earlier variants (their index); None where the
-    variant makes its own (the base run lends the Baselines only when it has every seed's). Under ``jobs`` > 1 a
-    variant starts after the variants that lend it something, so it links what a one-process run links and never a
-    variant's half-made folder. (The base run's stages are finished first: ``make reproduce`` runs them before the
-    ablations. A base stage still unfinished would be finished through their links by every variant that shares it,
-    at once: the same files, atomically written, with the work repeated.)"""
-    have = RunDir.of(base)
-    found: list[dict[str, int | None]] = []
-    for i, variant in enumerate(runs):
-        mine: dict[str, int | None] = {
-            stage: BASE if made_alike(have, variant, stage) else
-            next((j for j in range(i) if fingerprint(runs[j], stage) == fingerprint(variant, stage)), None)
-            for stage in SHARED_STAGES}
-        base_has_all = baselines_alike(have, variant) and all(have.result(name).exists() for name in baselines(variant))
-        mine["baselines"] = BASE if base_has_all else next(
-            (j for j in range(i) if same_baselines(runs[j], variant)), None)
-        found.append(mine)
-    return found
 
 
 def curated_set_metrics(params: Params, name: str, changes: dict | None = None) -> dict:
