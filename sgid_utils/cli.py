@@ -1,6 +1,9 @@
 """``python -m sgid_utils run STAGE --params FILE [--run-dir DIR] [--set key.path=value ...] [--shard I/N]``.
 
-``run all`` takes ``--from-stage``/``--to-stage``; ``run ablations`` takes ``--jobs N``.
+``run all`` takes ``--from-stage``/``--to-stage``; ``run ablations`` takes ``--jobs N``. Every command that works on
+a run (``run``, ``notebooks``, ``report``, ``export``, ``preflight``) takes ``--params`` / ``--run-dir`` / ``--set``
+with one meaning; ``--run-dir`` alone uses the params the run recorded. ``notebooks``, ``report`` and ``export``
+refuse params that disagree with what the run's stages recorded (``core.fingerprints.check_recorded``).
 
 Runs stages through the same runner the notebooks call: what a cluster job,
 ``accelerate launch`` or a test that kills and resumes a stage uses. Also
@@ -51,15 +54,25 @@ def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--jobs goes with 'run ablations', not 'run {args.stage}' (shard a stage with --shard)")
 
 
+def _run_options() -> argparse.ArgumentParser:
+    """The options every command that works on a run takes, with one meaning (``config.load.load_run_params``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    opts = common.add_argument_group("the run (the same for every command)")
+    opts.add_argument("--params", help="params YAML file (params/pets.yaml, params/smoke.yaml, ...); optional with "
+                                       "--run-dir, which then uses the params that run recorded (<run>/params.yaml)")
+    opts.add_argument("--run-dir", help="the run directory (replaces run.dir; e.g. a Google Drive folder)")
+    opts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a params key, e.g. generation.strength=0.3 (repeatable)")
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sgid_utils", description="Run SGID pipeline stages.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one stage, 'all' in order, or 'ablations' (an ablation profile's variants)")
+    common = [_run_options()]
+    run = sub.add_parser("run", parents=common,
+                         help="run one stage, 'all' in order, or 'ablations' (an ablation profile's variants)")
     run.add_argument("stage", choices=NAMES + ["ablations", "all"])
-    run.add_argument("--params", required=True, help="params YAML file (params/pets.yaml, params/smoke.yaml, ...)")
-    run.add_argument("--run-dir", help="override run.dir (e.g. a Google Drive folder)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a params key, e.g. generation.strength=0.3")
     run.add_argument("--shard", metavar="I/N", type=_shard_arg,
                      help="run only this process's share, e.g. 0/2 (accelerate launch / torchrun set it themselves)")
     run.add_argument("--from-stage", choices=NAMES, help="with 'all': start with this stage")
@@ -67,18 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=_positive, default=1, metavar="N",
                      help="with 'ablations': run the variants on N processes (on a CPU, up to its cores; on one "
                           "GPU, 1: each process loads its own models)")
-    nb = sub.add_parser("notebooks", help="execute the numbered notebooks in stage order through papermill")
-    nb.add_argument("--params", required=True)
+    nb = sub.add_parser("notebooks", parents=common,
+                        help="execute the numbered notebooks in stage order through papermill")
     nb.add_argument("--only", nargs="*", help="notebook names, e.g. 06_results (default: all of them)")
     nb.add_argument("--from-stage", choices=NAMES, help="start with the notebook of this stage")
     nb.add_argument("--to-stage", choices=NAMES, help="end with the notebook of this stage")
     nb.add_argument("--notebooks-dir", default="notebooks", help="folder holding the numbered notebooks")
-    rep = sub.add_parser("report", help="write reports/<run>/index.html from the run's tables, figures and notebooks")
-    rep.add_argument("--params", required=True)
-    rep.add_argument("--run-dir", help="override run.dir")
-    exp = sub.add_parser("export", help="write the curated generated set as a Hugging Face `datasets` image folder")
-    exp.add_argument("--params", required=True)
-    exp.add_argument("--run-dir", help="override run.dir")
+    sub.add_parser("report", parents=common,
+                   help="write reports/<run>/index.html from the run's tables, figures and notebooks")
+    exp = sub.add_parser("export", parents=common,
+                         help="write the curated generated set as a Hugging Face `datasets` image folder")
     exp.add_argument("--to", required=True, type=Path,
                      help="a new (or empty) folder: DIR/train/<class>/*.png, metadata.csv, README.md")
     st = sub.add_parser("stages", help="list the registered stages in order (with --notebooks: their notebooks)")
@@ -86,11 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--files", action="store_true", help="print each stage's input and output files and their paths")
     st.add_argument("--from-stage", choices=NAMES)
     st.add_argument("--to-stage", choices=NAMES)
-    pf = sub.add_parser("preflight",
+    pf = sub.add_parser("preflight", parents=common,
                         help="check ids, versions, device and disk, run a tiny canary, project time and disk")
-    pf.add_argument("--params", required=True)
-    pf.add_argument("--run-dir", help="override run.dir")
-    pf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key")
     pf.add_argument("--no-canary", action="store_true", help="only the checks that start nothing (no stage, no model)")
     return parser
 
@@ -131,14 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             from sgid_utils.core.notebooks import run_notebooks
 
             names = args.only or notebooks(args.from_stage, args.to_stage)
-            run_notebooks(args.params, Path(args.notebooks_dir).resolve(), names)
+            run_notebooks(args.params, Path(args.notebooks_dir).resolve(), names, run_dir=args.run_dir,
+                          sets=args.set)
             return 0
-        from sgid_utils.config.load import load_params, parse_override
+        from sgid_utils.config.load import load_run_params
 
-        overrides = dict(parse_override(s) for s in getattr(args, "set", []))
-        if args.run_dir:
-            overrides["run.dir"] = str(Path(args.run_dir).resolve())
-        params = load_params(args.params, overrides)
+        params = load_run_params(args.params, args.run_dir, args.set)
         if args.command == "preflight":
             return _preflight(params, not args.no_canary)
         if args.command == "report":

@@ -23,7 +23,7 @@ from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import prepare_run, run_stage
 from sgid_utils.method.training import lr_factor
 from sgid_utils.models.loading import create_classifier, preprocessing
-from sgid_utils.reporting.page import key_facts
+from sgid_utils.reporting.facts import key_facts
 from sgid_utils.stages.results import backbone_gains
 from sgid_utils.stages.train import training_sets
 

@@ -21,8 +21,10 @@ from sgid_utils.config.schema import Params
 from sgid_utils.core.errors import ParamsError
 from sgid_utils.core.rundir import RunDir
 
-__all__ = ["Params", "ParamsError", "load_params", "parse_override", "variant_params"]
+__all__ = ["Params", "ParamsError", "load_params", "load_run_params", "parse_override", "variant_params"]
 
+# The shipped profiles (params/ beside the package), which ``extends:`` may name from anywhere.
+SHIPPED_PARAMS = Path(__file__).resolve().parents[2] / "params"
 _PATH_KEYS = ("run.dir", "run.reports_dir", "run.reuse", "dataset.path", "dataset.test_path")
 _ENV_OVERRIDES = {"SGID_RUN_DIR": "run.dir", "SGID_REPORTS_DIR": "run.reports_dir"}
 
@@ -81,19 +83,54 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _with_base(data: dict[str, Any], file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """``extends: other.yaml`` (a file in the same folder): this file's sections merge over that one's."""
+    """``extends: OTHER``: this file's sections merge over OTHER's. OTHER is a path relative to this file
+    (``pets.yaml``, ``../sgid/params/pets.yaml``) or the name of a shipped profile (``pets``, ``pets.yaml``), so a
+    params file kept elsewhere (a Colab user's on Drive) can extend a shipped one without copying it. Relative paths
+    in OTHER resolve against OTHER's own folder, as they would if it were loaded alone."""
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    parent_file = (file.resolve().parent / str(parent)).resolve()
-    if parent_file.parent != file.resolve().parent or not parent_file.is_file() or parent_file in seen:
-        raise ParamsError(f"Invalid params in {file}: 'extends' must name another params file in the same "
-                          f"folder; got {parent!r}")
+    parent_file = _extended_file(str(parent), file)
+    if parent_file is None or parent_file in seen or parent_file == file.resolve():
+        shipped = ", ".join(sorted(p.stem for p in SHIPPED_PARAMS.glob("*.yaml"))) or "none found"
+        raise ParamsError(f"Invalid params in {file}: 'extends' must name another params file, by a path relative "
+                          f"to {file.resolve().parent} or as a shipped profile ({shipped}), without a loop; "
+                          f"got {parent!r}")
     try:
         base = yaml.safe_load(parent_file.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ParamsError(f"Params file {parent_file} (extended by {file}) is not valid YAML: {exc}") from None
-    return _merge(_with_base(base, parent_file, seen + (parent_file,)), data)
+    base = _with_base(base, parent_file, seen + (file.resolve(), parent_file))
+    return _merge(_absolute_paths(base, parent_file.parent), data)
+
+
+def _extended_file(name: str, file: Path) -> Path | None:
+    """The file ``extends: name`` in ``file`` means: relative to ``file``'s folder first, then a shipped profile."""
+    beside = (file.resolve().parent / name).resolve()
+    if beside.is_file():
+        return beside
+    shipped = SHIPPED_PARAMS / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    return shipped.resolve() if "/" not in name and shipped.is_file() else None
+
+
+def _absolute_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` (a params mapping before validation) with its relative paths and model folders made absolute
+    against ``folder``: what an extended file's paths mean, wherever the file that extends it lives."""
+    out = {**data}
+    for dotted in _PATH_KEYS:
+        section, key = dotted.split(".")
+        value = (out.get(section) or {}).get(key) if isinstance(out.get(section), dict) else None
+        if isinstance(value, str) and not Path(value).is_absolute():
+            out[section] = {**out[section], key: str((folder / value).resolve())}
+    if isinstance(out.get("models"), dict):
+        out["models"] = {k: _resolve_model_ref(v, folder) if isinstance(v, str) else v
+                         for k, v in out["models"].items()}
+    training = out.get("training")
+    if isinstance(training, dict) and isinstance(training.get("backbones"), list):
+        out["training"] = {**training, "backbones": [
+            {**b, "model": _resolve_model_ref(b["model"], folder)} if isinstance(b, dict)
+            and isinstance(b.get("model"), str) else b for b in training["backbones"]]}
+    return out
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -147,6 +184,28 @@ def load_params(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
             if folder is not None and not Path(folder).is_dir():
                 raise ParamsError(f"Invalid params in {file}: '{key}' names a folder that does not exist: {folder}")
     return params
+
+
+def load_run_params(params_file: str | os.PathLike[str] | None, run_dir: str | os.PathLike[str] | None = None,
+                    sets: list[str] | tuple[str, ...] = ()) -> Params:
+    """The params of ``--params`` / ``--run-dir`` / ``--set``, the same for every command.
+
+    ``--run-dir`` replaces ``run.dir``; without ``--params`` the run's own recorded params (``<run>/params.yaml``,
+    what its last stage started with) are read, so a run directory alone says how it was made. ``--set key=value``
+    overrides a key either way.
+    """
+    overrides = dict(parse_override(s) for s in sets)
+    if run_dir is not None:
+        overrides["run.dir"] = str(Path(run_dir).resolve())
+    if params_file is None:
+        if run_dir is None:
+            raise ParamsError("Give --params FILE (e.g. params/pets.yaml), or --run-dir DIR to use the params that "
+                              "run recorded.")
+        params_file = Path(run_dir) / RunDir.PARAMS_FILE
+        if not params_file.is_file():
+            raise ParamsError(f"{Path(run_dir).resolve()} holds no {RunDir.PARAMS_FILE}: it is not a run directory "
+                              "(or no stage has started in it). Give --params FILE as well.")
+    return load_params(params_file, overrides)
 
 
 def variant_params(params: Params, name: str, overrides: dict) -> Params:

@@ -207,6 +207,9 @@ SOURCES: dict[str, Source] = {
     "training.amp": _ours(_SPEED + " (mixed precision, within floating-point tolerance)"),
     "training.equal_steps": _ours("off: every method trains the same epochs, so SGID at 100 % gets twice the "
                                   "Baseline's steps; the 'sgid-equal-steps' ablation sets it on"),
+    "training.deterministic": _ours("off: a GPU's fastest kernels (cuDNN autotuning, atomics) reorder float sums, "
+                                    "so a GPU rerun matches in accuracy within seed noise, not byte for byte; its "
+                                    "cost on a GPU is unmeasured (docs/GPU.md)"),
     # results
     "results.references": _ours("none by default; the Pets and Flowers profiles list the paper's and the report's "
                                 "numbers as the report's Tables 1 and 2 give them"),

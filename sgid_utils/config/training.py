@@ -79,6 +79,11 @@ class TrainingParams(Section):
                               "optimisation steps (ceil(n_real / batch_size) * epochs), so a larger SGID set sees "
                               "fewer epochs (the last one partial) and the schedule shape (warm-up, cosine) spans "
                               "those steps; false: every method trains for the same number of epochs.")
+    deterministic: bool = Field(False, description="true: training on a GPU uses only deterministic kernels "
+                                "(torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG, cuDNN deterministic, "
+                                "no cuDNN benchmark), so a rerun on the same GPU and software reproduces the training "
+                                "files; false: the same accuracies within seed noise. The CPU is deterministic "
+                                "either way.")
 
     @field_validator("sgid_proportions", "filtered_proportions", "combined_proportions")
     @classmethod

@@ -9,11 +9,16 @@ similarity scores made from the old ones.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from sgid_utils.config.backbones import backbones
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import INHERITED, BackboneParams
-from sgid_utils.core.registry import get, upstream_closure
+from sgid_utils.core.errors import StaleOutputsError
+from sgid_utils.core.files import read_json
+from sgid_utils.core.registry import STAGES, get, upstream_closure
+from sgid_utils.core.rundir import RunDir
 
 # Keys that change only speed (batch sizes, compilation) or only how much is done (which methods, seeds and
 # proportions to train): changing them reuses finished work. Listed backbones are recorded one by one
@@ -40,13 +45,14 @@ def unused_keys(params: Params) -> set[str]:
     ``training.backbones`` lists the classifiers, ``models.classifier`` and the ``training.*`` fields a backbone
     inherits (in each backbone's own record, resolved: retuning one backbone leaves the others' runs valid).
 
-    Likewise ``run.draw`` at 0 and ``training.equal_steps`` at false, the behaviour of every run before they existed:
-    recorded only when set, so finished runs stay valid."""
+    Likewise ``run.draw`` at 0 and ``training.equal_steps`` and ``training.deterministic`` at false, the behaviour of
+    every run before they existed: recorded only when set, so finished runs stay valid (and a run directory records
+    ``training.deterministic`` only when every training run in it was)."""
     keys = set() if params.generation.generator == "controlnet" else {"models.controlnet", "generation.controlnet",
                                                                       "generation.generator"}
     listed = {"models.classifier", *(f"training.{k}" for k in INHERITED)} if params.training.backbones else set()
-    defaults = ({"run.draw"} if params.run.draw == 0 else set()) | (
-        set() if params.training.equal_steps else {"training.equal_steps"})
+    defaults = ({"run.draw"} if params.run.draw == 0 else set()) | {
+        f"training.{k}" for k in ("equal_steps", "deterministic") if not getattr(params.training, k)}
     return keys | listed | defaults
 
 
@@ -102,3 +108,52 @@ def fingerprint(params: Params, stage: str, upstream: tuple[str, ...] | None = N
         if dotted in CODE_VERSIONS:
             out[f"{dotted}.code_version"] = CODE_VERSIONS[dotted]
     return out
+
+
+# Where a run's data live, not what they are: a run directory checked from another mount differs here alone.
+PATH_KEYS = ("dataset.path", "dataset.test_path")
+
+
+def _leaves(node: Any, prefix: str) -> dict[str, Any]:
+    """A fingerprint value as dotted leaves (``generation.guidance.mode``), for a message that names the key."""
+    if isinstance(node, dict):
+        return {k: v for name, value in node.items() for k, v in _leaves(value, f"{prefix}.{name}").items()}
+    return {prefix: node}
+
+
+def recorded_differences(params: Params) -> list[str]:
+    """Each params key on which ``params`` and the run in ``run.dir`` disagree, as '<key>: the run used X
+    (<file>), these params give Y'. Only keys that change outputs are compared (what each stage folder and each
+    listed backbone recorded); batch sizes, seeds, methods and data paths are not."""
+    run = RunDir.of(params)
+    pairs = [(run.fingerprint_file(s.name), fingerprint(params, s.name)) for s in STAGES if s.keys]
+    pairs += [(run.backbone_fingerprint(bb.name), {f"training.backbones[{bb.name}]": backbone_fingerprint(bb)})
+              for bb in backbones(params) if bb.name]
+    out: dict[str, str] = {}
+    for file, now in pairs:
+        if not file.exists():
+            continue
+        recorded = read_json(file)
+        if file.name.startswith("_backbone-"):
+            recorded = {next(iter(now)): recorded}
+        ran = {k: v for key, value in recorded.items() for k, v in _leaves(value, key).items()}
+        given = {k: v for key, value in json.loads(json.dumps(now, default=str)).items()
+                 for k, v in _leaves(value, key).items()}
+        for key in sorted(set(ran) | set(given)):
+            if key not in PATH_KEYS and key not in out and ran.get(key, "unset") != given.get(key, "unset"):
+                out[key] = (f"{key}: the run used {ran.get(key, 'unset')!r} ({file.relative_to(run.root)}), "
+                            f"these params give {given.get(key, 'unset')!r}")
+    return list(out.values())
+
+
+def check_recorded(params: Params, command: str) -> None:
+    """Refuse to describe a run (``report``, ``export``, ``notebooks``) with params that did not make it: a page that
+    states other settings than its numbers' would look authoritative and be wrong."""
+    differences = recorded_differences(params)
+    if differences:
+        run_dir = params.run.dir
+        raise StaleOutputsError(
+            f"{command}: the params given do not match the run in {run_dir}, which was made with other settings: "
+            + "; ".join(differences)
+            + f". Use the run's own params (--run-dir {run_dir} without --params), or give its values with "
+              "--set KEY=VALUE.")

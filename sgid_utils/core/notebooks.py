@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sgid_utils.config.load import Params, load_params
+from sgid_utils.config.load import Params, load_params, load_run_params, parse_override
+from sgid_utils.core.fingerprints import check_recorded
 from sgid_utils.core.provenance import versions
 from sgid_utils.core.registry import notebooks
 from sgid_utils.core.rundir import RunDir
@@ -53,20 +54,28 @@ def quiet_libraries() -> None:
         sys.modules["diffusers"].utils.logging.set_verbosity_error()
 
 
-def run_notebooks(params_file: str, notebooks_dir: Path, names: list[str] | None = None,
-                  kernel: str = "python3") -> list[Path]:
-    """Execute the numbered notebooks (default: every stage's, in order) with papermill; copies go to the reports."""
+def run_notebooks(params_file: str | None, notebooks_dir: Path, names: list[str] | None = None,
+                  kernel: str = "python3", run_dir: str | None = None,
+                  sets: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """Execute the numbered notebooks (default: every stage's, in order) with papermill; copies go to the reports.
+
+    ``params_file`` / ``run_dir`` / ``sets`` mean what ``--params`` / ``--run-dir`` / ``--set`` mean on the command
+    line, and each notebook receives them; params that disagree with what the run's stages recorded are refused.
+    """
     import papermill
 
-    run = RunDir.of(load_params(params_file))
+    params = load_run_params(params_file, run_dir, sets)
+    check_recorded(params, "notebooks")
+    run = RunDir.of(params)
     run.notebooks.mkdir(parents=True, exist_ok=True)
+    parameters = {"params_file": str(params.source_file), "run_dir": str(params.run.dir) if run_dir else None,
+                  "overrides": dict(parse_override(s) for s in sets)}
     done = []
     for name in names or notebooks():
         out = run.executed_notebook(name)
         print(f"[sgid] {name} -> {out}", flush=True)
         papermill.execute_notebook(
-            str(Path(notebooks_dir) / f"{name}.ipynb"), str(out),
-            parameters={"params_file": str(Path(params_file).resolve())},
+            str(Path(notebooks_dir) / f"{name}.ipynb"), str(out), parameters=parameters,
             cwd=str(notebooks_dir), kernel_name=kernel, progress_bar=False,
         )
         done.append(out)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from sgid_utils.config.schema import Params
 from sgid_utils.core.registry import get
@@ -42,6 +42,7 @@ Pass = Literal["raw", "upscaled"]
 class RunDir:
     root: Path
     reports: Path
+    PARAMS_FILE: ClassVar[str] = "params.yaml"  # also what ``--run-dir`` alone reads (``config.load.load_run_params``)
 
     @classmethod
     def of(cls, params: Params) -> RunDir:
@@ -50,7 +51,7 @@ class RunDir:
     # --- the run as a whole ---------------------------------------------------------------------------------------
     @property
     def params_copy(self) -> Path:
-        return self.root / "params.yaml"
+        return self.root / self.PARAMS_FILE
 
     @property
     def assets_lock(self) -> Path:

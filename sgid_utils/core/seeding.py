@@ -10,6 +10,7 @@ generated set while the data and the training runs stay the same.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from typing import TYPE_CHECKING
 
@@ -42,3 +43,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
+
+
+# cuBLAS needs a fixed workspace for reproducible matrix products on CUDA >= 10.2 (PyTorch's reproducibility notes).
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def deterministic_torch(on: bool) -> None:
+    """``training.deterministic``: deterministic kernels only (an op without one raises, naming itself), a fixed
+    cuBLAS workspace, cuDNN without autotuning; off restores PyTorch's defaults. Set before the first CUDA op of
+    a training run; on the CPU the kernels are deterministic either way."""
+    if on:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False

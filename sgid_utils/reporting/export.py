@@ -21,6 +21,7 @@ from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.errors import StageError
 from sgid_utils.core.files import write_bytes, write_table, write_text
+from sgid_utils.core.fingerprints import check_recorded
 from sgid_utils.core.images import class_names
 from sgid_utils.core.rundir import RunDir
 
@@ -122,6 +123,7 @@ def dataset_card(params: Params, table: pd.DataFrame) -> str:
 
 def export_curated(params: Params, to: Path) -> Path:
     """Write the curated set as an image folder with metadata and a card into ``to`` (a new or empty folder)."""
+    check_recorded(params, "export")
     to = Path(to).resolve()
     if to.exists() and any(to.iterdir()):
         raise StageError(f"{to} is not empty; export into a new folder (or delete this one first).")

@@ -31,9 +31,11 @@ from sgid_utils.config.schema import Params
 from sgid_utils.config.settings import changed_settings, settings_table
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_text
+from sgid_utils.core.fingerprints import check_recorded
 from sgid_utils.core.provenance import load_provenance
 from sgid_utils.core.registry import NAMES, notebooks
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.reporting.facts import key_facts
 from sgid_utils.reporting.stats import COVERS
 from sgid_utils.reporting.tables import (
     ABLATION_DELTA,
@@ -78,41 +80,6 @@ def table_data(df: pd.DataFrame) -> dict[str, list]:
     """A table as the template loops over it: column names and rows of printed cells."""
     return {"columns": [str(c) for c in df.columns],
             "rows": [[cell(v) for v in row] for row in df.astype(object).itertuples(index=False)]}
-
-
-def key_facts(params: Params, provenance: pd.DataFrame) -> list[tuple[str, str]]:
-    """The run in a few lines: data set and its sizes, models, seeds, training length, when and where it ran."""
-    ds = params.dataset
-    images = catalog.load(params, "images")
-    train, test = images[images.split != ds.test_split], images[images.split == ds.test_split]
-    where = (ds.hf_id or ds.source) if ds.source != "imagefolder" else f"image folder {ds.path}"
-    splits = "+".join(ds.train_splits) if ds.source != "imagefolder" else "train folder"
-    curated = len(catalog.load(params, "curated", missing=[]))
-    m = params.models
-    return [
-        ("Data set", f"{ds.source} ({where}); trained on {splits}, tested on '{ds.test_split}'"),
-        ("Images", f"{len(train)} training, {len(test)} test, {images.label.nunique()} classes; "
-                   f"{curated} curated generated images"),
-        ("Models", f"captioner {m.captioner}; CLIP {m.clip}; diffusion {m.diffusion}"
-                   + (f" with ControlNet {m.controlnet}" if params.generation.generator == "controlnet" else "")
-                   + "; classifier" + ("s " + ", ".join(f"{b.label} {b.model}" for b in backbones(params))
-                                        if params.training.backbones else f" {m.classifier}")),
-        ("Seeds",
-         f"run seed {params.run.seed}; generation draw {params.run.draw}; training seeds {params.training.seeds}"),
-        ("Training",
-         f"methods {', '.join(params.training.methods)}; " + "; ".join(recipe(bb) for bb in backbones(params))),
-        ("Ran", ran(provenance)),
-        ("Params file", str(params.source_file)),
-    ]
-
-
-def ran(provenance: pd.DataFrame) -> str:
-    """When the stages started and on which machines, in one line (the table under "When and where" has the rest)."""
-    if provenance.empty:
-        return "not recorded (this run directory predates the runner's stage records)"
-    machines = dict.fromkeys(m for ms in provenance.machine for m in ms.split(" / "))
-    return (f"stages started {provenance['first started'].min()} to {provenance['last started'].max()} (UTC) on "
-            f"{'; '.join(machines)}; torch {' / '.join(dict.fromkeys(provenance.torch))}")
 
 
 def render_notebooks(params: Params) -> list[dict[str, str]]:
@@ -314,7 +281,9 @@ def context(params: Params) -> dict[str, Any]:
 
 
 def build_report(params: Params) -> Path:
-    """Write ``reports/<run>/index.html`` (and the notebooks' HTML) from the run's files; return the page's path."""
+    """Write ``reports/<run>/index.html`` (and the notebooks' HTML) from the run's files; return the page's path.
+    Refused when ``params`` disagree with what the run's stages recorded: the page states the run's settings."""
+    check_recorded(params, "report")
     env = Environment(loader=PackageLoader("sgid_utils.reporting", "templates"),
                       autoescape=select_autoescape(["html", "j2"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)

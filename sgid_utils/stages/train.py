@@ -33,7 +33,7 @@ from sgid_utils.core.files import pin_fingerprint, read_json, write_json
 from sgid_utils.core.fingerprints import backbone_fingerprint
 from sgid_utils.core.resumable import gpu_memory_hint, my_share
 from sgid_utils.core.rundir import RunDir
-from sgid_utils.core.seeding import derive_seed, seed_everything
+from sgid_utils.core.seeding import derive_seed, deterministic_torch, seed_everything
 from sgid_utils.method.augmentations import randaugment
 from sgid_utils.method.image_cache import CachedImages, shared_cache
 from sgid_utils.method.training import Loop, evaluate, lr_factor, optimizer_for, step_plan, train_epoch
@@ -148,6 +148,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     configurations on its own GPU; the table is written once every configuration has a result.
     """
     run = RunDir.of(params)
+    deterministic_torch(params.training.deterministic)
     for bb in backbones(params):
         if bb.name:  # a listed backbone; the implicit one's recipe (training.*) is in the stage's own fingerprint
             pin_fingerprint(run.backbone_fingerprint(bb.name), backbone_fingerprint(bb), f"train ({bb.label})",
