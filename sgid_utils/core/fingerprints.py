@@ -140,10 +140,22 @@ def recorded_differences(params: Params) -> list[str]:
         given = {k: v for key, value in json.loads(json.dumps(now, default=str)).items()
                  for k, v in _leaves(value, key).items()}
         for key in sorted(set(ran) | set(given)):
-            if key not in PATH_KEYS and key not in out and ran.get(key, "unset") != given.get(key, "unset"):
+            # a key left out of these params' fingerprint (unused, or at its old default) is compared by its value
+            mine = given[key] if key in given else _value(params, key)
+            if key not in PATH_KEYS and key not in out and ran.get(key, "unset") != mine:
                 out[key] = (f"{key}: the run used {ran.get(key, 'unset')!r} ({file.relative_to(run.root)}), "
-                            f"these params give {given.get(key, 'unset')!r}")
+                            f"these params give {mine!r}")
     return list(out.values())
+
+
+def _value(params: Params, dotted: str) -> Any:
+    """A params key's value by its dotted name ('unset' where the params have no such key, e.g. a backbone's)."""
+    node: Any = params.model_dump(mode="json", exclude={"source_file"})
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "unset"
+        node = node[part]
+    return node
 
 
 def check_recorded(params: Params, command: str) -> None:
