@@ -53,24 +53,33 @@ def _catalog_files(run: RunDir) -> dict[Path, tuple[str, dict[str, str]]]:
     return files
 
 
-def _kind(path: Path, folder: Path, names: set[str]) -> str:
-    """A file's kind: its path in the stage folder with each part that names an item or a configuration as '*'."""
-    parts = []
+def _kind(path: Path, folder: Path, names: set[str]) -> tuple[str, str]:
+    """A file's kind (its path in the stage folder with each part that names an item or a configuration as '*') and
+    the item or configuration it belongs to."""
+    parts, owner = [], ""
     for part in path.relative_to(folder).parts:
         stem = part.split(".")[0]
-        parts.append("*" + part[len(stem):] if re.sub(r"_k\d+$", "", stem) in names else part)
-    return "/".join(parts)
+        if (name := re.sub(r"_k\d+$", "", stem)) in names:
+            parts.append("*" + part[len(stem):])
+            owner = owner or name
+        else:
+            parts.append(part)
+    return "/".join(parts), owner
 
 
 def per_item_kinds(ref: RunDir, stage: str) -> dict[str, list[Path]]:
-    """The files of a finished stage folder that are neither catalog entries nor fingerprints, by kind."""
+    """The files of a finished stage folder that are neither catalog entries nor fingerprints, by kind; up to one per
+    way of damage, each of another item (a damaged record alone redoes its item's files)."""
     names = set(catalog.load(ref, "images").image_id)
     if catalog.exists(ref, "training_results"):
         names |= set(catalog.load(ref, "training_results").config)
-    listed, folder, kinds = _catalog_files(ref), ref.stage(stage), {}
+    listed, folder, kinds, used = _catalog_files(ref), ref.stage(stage), {}, set()
     for path in sorted(ref.files(stage)):
-        if path not in listed and not path.name.startswith("_"):
-            kinds.setdefault(_kind(path, folder, names), []).append(path)
+        kind, owner = _kind(path, folder, names)
+        if path in listed or path.name.startswith("_") or owner in used or len(kinds.get(kind, [])) == len(DAMAGES):
+            continue
+        kinds.setdefault(kind, []).append(path)
+        used |= {owner} - {""}
     return kinds
 
 
@@ -92,14 +101,15 @@ def test_damaged_per_item_files_are_set_aside_and_redone_identically(stage, make
     ref = RunDir.of(pipeline_run)
     kinds = per_item_kinds(ref, stage)
     if stage == "train":  # a finished run keeps no checkpoint: put a damaged one where a killed run leaves it
-        kinds["*/checkpoint.pt"] = [ref.checkpoint(c) for c in catalog.load(ref, "training_results").config[-3:]]
+        kinds["*/checkpoint.pt"] = [ref.checkpoint(c) for c in catalog.load(ref, "training_results").config
+                                    if c not in {p.parent.name for files in kinds.values() for p in files}][:3]
     if not kinds:
         pytest.skip(f"stage {stage} keeps no per-item files")
     params = make_params(f"damage-{stage}")
     ref, run = _copy(pipeline_run, params)
     damaged = []
     for kind, files in kinds.items():
-        for file, how in zip(files[: len(DAMAGES)], DAMAGES):
+        for file, how in zip(files, DAMAGES):
             file = run.root / file.relative_to(ref.root)
             if kind.endswith("checkpoint.pt"):
                 run.result(file.parent.name).unlink()
