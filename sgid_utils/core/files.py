@@ -5,6 +5,11 @@ place by ``write_atomic`` (tables, images, JSON, checkpoints, figures alike), so
 reader (or a resumed run) never sees half a file. Long stages keep
 one small JSON record per finished item, so a kill loses at most the items in
 flight, and a rerun skips what is done.
+
+A file damaged outside these writes (a crash on a network file system, a Drive sync
+conflict, a full disk) is met where it is read: a per-item output (a record, the
+files a record stands for, a training result) is moved aside as ``<name>.damaged``
+(``set_aside``) and redone; a fingerprint is a clear error (``read_fingerprint``).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sgid_utils.core.errors import StaleOutputsError
+from sgid_utils.core.errors import CorruptFileError, StaleOutputsError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -96,12 +103,24 @@ def read_table(path: Path, root: Path | None = None) -> pd.DataFrame:
         raise FileNotFoundError(
             f"{path} does not exist: run the stage that writes it first (see the README's stage list)"
         )
+    if path.suffix == ".csv" and not _ends_a_line(path):
+        raise ValueError("cut short: its last line is unfinished")  # a cut-short CSV otherwise reads as fewer rows
     df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     if root is not None:
         for col in PATH_COLUMNS:
             if col in df:
                 df[col] = [v if Path(v).is_absolute() else str(Path(root) / v) for v in df[col]]
     return df
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether a text file ends with a line end, as every table this package writes does (an empty file does not)."""
+    with Path(path).open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def write_png(path: Path, image: Image.Image) -> Path:
@@ -130,28 +149,118 @@ def write_text(path: Path, text: str) -> Path:
     return write_atomic(path, lambda t: t.write_text(text))
 
 
-class ItemStore:
-    """One JSON record per finished item in ``folder``; the presence of a record means 'done'."""
+PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
-    def __init__(self, folder: Path):
+
+def reason(exc: BaseException) -> str:
+    """An exception as a short reason for a one-line message."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def damage(path: Path) -> str | None:
+    """Why a per-item output file is damaged, or None when it looks whole: empty, or (by kind) not a PNG from its
+    signature to its end chunk, not a zip archive (``.npz``, ``.pt``) with its closing directory, not JSON. Cheap: a
+    PNG costs two 12-byte reads, so a rerun checks every finished item; a PNG garbled inside is met when decoded."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return "empty"
+    if path.suffix == ".png":
+        with path.open("rb") as f:
+            head = f.read(8)
+            f.seek(max(0, size - 12))
+            ok = head == PNG_SIGNATURE and f.read(12) == PNG_END
+        return None if ok else "not a whole PNG: cut short or garbled"
+    if path.suffix in (".npz", ".pt"):
+        return None if zipfile.is_zipfile(path) else "not a whole zip archive: cut short or garbled"
+    if path.suffix == ".json":
+        try:
+            read_json(path)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return reason(exc)
+    return None
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Move a damaged file out of the way as ``<name>.damaged`` (``.damaged2``, ... if one is there already), never
+    deleting it, and say so in one line; the caller redoes its work. Returns where it went."""
+    path = Path(path)
+    target, n = path.with_name(f"{path.name}.damaged"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged{n}")
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:  # another shard moved it a moment earlier
+        return target
+    print(f"[sgid] {path} is damaged ({why}): moved aside as {target.name}", file=sys.stderr)
+    return target
+
+
+def read_record(path: Path) -> Any | None:
+    """A per-item record (JSON): its content; None when there is none or it is damaged (then set aside)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return read_json(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        set_aside(path, reason(exc))
+        return None
+
+
+class ItemStore:
+    """One JSON record per finished item in ``folder``; a readable record means 'done'.
+
+    ``outputs(item_id, record)``: the files the record stands for (a candidate's images); the item is done only while
+    each exists and looks whole (``damage``). A damaged record or output is set aside and the item is done again; a
+    missing output (set aside by a stage that read it) also makes the item to do.
+    """
+
+    def __init__(self, folder: Path, outputs: Callable[[str, Any], Iterable[Path]] | None = None):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.outputs = outputs
+        self._checked: dict[str, Any] = {}
 
     def _path(self, item_id: str) -> Path:
         return self.folder / f"{item_id}.json"
 
+    def _whole(self, item_id: str) -> bool:
+        """Whether the item is done: its record reads, and every file it stands for is there and looks whole."""
+        if item_id in self._checked:
+            return True
+        record = read_record(self._path(item_id))
+        if record is None:
+            return False
+        for file in self.outputs(item_id, record) if self.outputs else ():
+            if not file.exists():
+                return False
+            if why := damage(file):
+                set_aside(file, why)
+                return False
+        self._checked[item_id] = record
+        return True
+
     def done(self, item_id: str) -> bool:
-        return self._path(item_id).exists()
+        return self._whole(item_id)
 
     def todo(self, item_ids: Iterable[str]) -> list[str]:
-        finished = {p.stem for p in self.folder.glob("*.json")}
-        return [i for i in item_ids if i not in finished]
+        present = {p.stem for p in self.folder.glob("*.json")}
+        return [i for i in item_ids if i not in present or not self._whole(i)]
 
     def put(self, item_id: str, record: Any) -> None:
         write_json(self._path(item_id), record)
+        self._checked.pop(item_id, None)  # read back from the file, as a rerun would (sorted keys)
 
     def get(self, item_id: str) -> Any:
-        return read_json(self._path(item_id))
+        if item_id in self._checked:
+            return self._checked[item_id]
+        try:
+            return read_json(self._path(item_id))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptFileError(f"{self._path(item_id)} cannot be read ({reason(exc)}); rerun the stage: it "
+                                   "moves the damaged record aside and redoes that item") from None
 
     def records(self, item_ids: Iterable[str]) -> list[Any]:
         return [self.get(i) for i in item_ids]
@@ -166,6 +275,25 @@ def changed_keys(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
 
 
+def read_fingerprint(file: Path, outputs: str | None = None) -> dict[str, Any]:
+    """A stage's recorded fingerprint; a damaged one is a clear error. It is not rebuilt: it is the only record of the
+    params that made ``outputs`` (default: its folder and every later stage's), so nothing could check them."""
+    file = Path(file)
+    outputs = outputs or f"{file.parent} and every later stage's folder"
+    try:
+        recorded = read_json(file)
+    except (ValueError, UnicodeDecodeError) as exc:
+        recorded, why = None, reason(exc)
+    else:
+        why = "not a JSON object"
+    if not isinstance(recorded, dict):
+        raise CorruptFileError(
+            f"{file} cannot be read ({why}): it records the params that made {outputs}, which cannot be checked "
+            f"without it. If they were made with the params now in force, delete {file} and rerun (it is written "
+            f"again from them); otherwise delete {outputs} to recompute.")
+    return recorded
+
+
 def pin_fingerprint(file: Path, fingerprint: dict[str, Any], stage: str, outputs: str | None = None) -> None:
     """Record in ``file`` the params that produce a stage folder (or, ``outputs``, part of it); refuse to mix
     outputs of different params."""
@@ -174,7 +302,7 @@ def pin_fingerprint(file: Path, fingerprint: dict[str, Any], stage: str, outputs
     outputs = outputs or f"{stage_dir} and every later stage's folder"
     current = json.loads(json.dumps(fingerprint, default=str))
     if file.exists():
-        before = read_json(file)
+        before = read_fingerprint(file, outputs)
         changed = changed_keys(before, current)
         if changed:
             detail = "; ".join(f"{k}: was {before.get(k)!r}, now {current.get(k)!r}" for k in changed)

@@ -2,7 +2,8 @@
 
 The stages, the figures and the image cache open image files with ``load_image``, so EXIF orientation,
 the first frame of an animation, 16-bit greyscale and transparency are handled the same way everywhere
-(the data stage skips what it cannot open; every later stage then sees the same pixels).
+(the data stage skips what it cannot open; every later stage then sees the same pixels, through
+``load_run_image``, which turns an image damaged since into a one-line error, and moves a generated one aside).
 ``readable_class_name`` turns a folder or label name into the words the prompts use, and ``class_names``
 maps the images table's labels to those names.
 """
@@ -15,6 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from sgid_utils.core.errors import CorruptFileError
+from sgid_utils.core.files import set_aside
+from sgid_utils.core.registry import STAGES
 
 
 def load_image(source: str | Path | bytes) -> Image.Image:
@@ -48,6 +53,41 @@ def load_image(source: str | Path | bytes) -> Image.Image:
         background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+def _maker(path: Path) -> str | None:
+    """The per-item stage whose folder holds ``path`` as one of its images (``<folder>/images/<name>``, beside the
+    stage's ``items/`` records), or None for any other file (a source image the data stage listed)."""
+    stage_dir = path.parent.parent
+    if path.parent.name != "images" or not (stage_dir / "items").is_dir():
+        return None
+    for stage in STAGES:
+        parts = Path(stage.folder).parts if stage.folder else ()
+        if parts and stage_dir.parts[-len(parts):] == parts:
+            return stage.name
+    return None
+
+
+def load_run_image(path: str | Path) -> Image.Image:
+    """``load_image`` for an image a stage reads back after the data stage listed it: a source, or a generated
+    candidate. One that no longer decodes is a ``CorruptFileError`` naming it and the fix, never a traceback. A
+    generated one is moved aside (``<name>.damaged``): its stage's next run finds its record incomplete and makes it
+    again from its own seeds. A source is the user's file and is never moved."""
+    path = Path(path)
+    stage = _maker(path)
+    redo = (f"rerun `python -m sgid_utils run {stage} --params ...` (or `run all`), which makes it again from its "
+            "own seeds, then this stage")
+    if stage and not path.exists() and path.with_name(f"{path.name}.damaged").exists():
+        raise CorruptFileError(f"{path} was damaged and moved aside; {redo}.")
+    try:
+        return load_image(path)
+    except ValueError as exc:
+        if stage is None:
+            raise CorruptFileError(
+                f"Image {path} was listed when the data stage ran but can no longer be read ({exc}): restore it, or "
+                "delete the run's data/ folder and every later stage's to rebuild from the current files.") from None
+        set_aside(path, str(exc))
+        raise CorruptFileError(f"{path} cannot be read ({exc}); it is damaged and was moved aside: {redo}.") from None
 
 
 def readable_class_name(raw: str, case: str = "title") -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from sgid_utils.config.schema import Params
-from sgid_utils.core.files import read_json, write_json
+from sgid_utils.core.files import read_json, reason, set_aside, write_json
 from sgid_utils.core.rundir import RunDir
 
 PACKAGES = ["torch", "torchvision", "transformers", "diffusers", "compel", "timm", "datasets"]
@@ -56,10 +56,23 @@ def record_stage(params: Params, stage: str) -> Path:
     missing from the list, but the file is always whole (atomic write).
     """
     path = RunDir.of(params).provenance(stage)
-    starts = read_json(path)["starts"] if path.exists() else []
+    starts = _starts(path, set_aside_damaged=True) or []
     starts.append({"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run.device": params.run.device,
                    "shard": os.environ.get("SGID_SHARD") or os.environ.get("RANK", "-"), **machine(), **versions()})
     return write_json(path, {"stage": stage, "starts": starts})
+
+
+def _starts(path: Path, set_aside_damaged: bool = False) -> list[dict] | None:
+    """A stage's recorded starts; None when it has no record or the record is damaged. The record is rebuilt, not
+    refused: it describes the machines, and no output depends on it. ``set_aside_damaged``: move a damaged one aside
+    (the stage that starts writes it again, beginning with this start)."""
+    try:
+        record = read_json(path) if path.exists() else None
+        return list(record["starts"]) if record is not None else None
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError) as exc:
+        if set_aside_damaged:
+            set_aside(path, reason(exc))
+        return None
 
 
 def describe(start: dict) -> str:
@@ -75,9 +88,9 @@ def load_provenance(params: Params, stages: list[str]) -> pd.DataFrame:
     run = RunDir.of(params)
     rows = []
     for stage in stages:
-        if not run.provenance(stage).exists():
+        starts = _starts(run.provenance(stage))
+        if not starts:  # none yet (a run made before records existed), or damaged (its stage's next start rebuilds it)
             continue
-        starts = read_json(run.provenance(stage))["starts"]
         rows.append({"stage": stage, "first started": starts[0]["started"], "last started": starts[-1]["started"],
                      "starts": len(starts), "machine": " / ".join(dict.fromkeys(describe(s) for s in starts)),
                      "torch": " / ".join(dict.fromkeys(s["torch"] for s in starts))})

@@ -3,7 +3,8 @@
 A per-item stage (captions, similarity, generation, candidate scoring) only says how to
 process a batch of items (``BatchPlan.process``). ``run_items`` does the rest:
 
-- skips the items that already have a record, so a rerun resumes and a finished stage is free;
+- skips the items that already have a record, so a rerun resumes and a finished stage is free (a damaged record, or
+  a damaged file it stands for, is moved aside and its item redone: ``core.files.ItemStore``);
 - takes this process's share under ``--shard`` / ``accelerate launch``;
 - runs batches, halving a batch that runs out of GPU memory and retrying it (the same
   halving and message for every stage; like accelerate's ``find_executable_batch_size``,
@@ -107,13 +108,15 @@ class BatchPlan:
 
 
 def run_items(folder: Path, item_ids: Sequence[str], start: Callable[[list[str]], BatchPlan],
-              sharded: bool = True) -> list[Any] | None:
-    """Process the items of ``item_ids`` that have no record in ``folder`` yet; every record once all are done.
+              sharded: bool = True, outputs: Callable[[str, Any], Iterable[Path]] | None = None) -> list[Any] | None:
+    """Process the items of ``item_ids`` that have no whole record in ``folder`` yet; every record once all are done.
 
     ``start(todo)`` is called only when this process has items to do; it loads what the stage
     needs and returns the ``BatchPlan`` plan. Returns None while other shards are still working.
+    ``outputs(item_id, record)``: the files an item's record stands for; a damaged or missing one redoes the item
+    (``core.files.ItemStore``), as does a damaged record.
     """
-    store = ItemStore(folder)
+    store = ItemStore(folder, outputs)
     todo = store.todo(my_share(item_ids) if sharded else item_ids)
     if todo:
         plan = start(todo)

@@ -23,7 +23,8 @@ changing one property here. Layout (``<run>`` is ``run.dir``, ``<reports>`` is
     <reports>/preflight.md  <reports>/preflight/{run,reports}/   the preflight report and its canary's scratch run
 
 Every stage folder with outputs holds ``_params.json``, the fingerprint of the params
-that made it (``sgid_utils.core.fingerprints``).
+that made it (``sgid_utils.core.fingerprints``). A damaged per-item file is kept beside its
+place as ``<name>.damaged`` (``core.files.set_aside``) while its item is done again.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from pathlib import Path
 from sgid_utils.config.backbones import TrainConfig, backbones
 from sgid_utils.config.schema import Params
 from sgid_utils.core.errors import StageError
-from sgid_utils.core.files import changed_keys, read_json
+from sgid_utils.core.files import changed_keys, read_fingerprint
 from sgid_utils.core.fingerprints import (
     backbone_fingerprint,
     baseline_fingerprint,
@@ -42,7 +42,7 @@ def link(src: Path, dst: Path) -> None:
 def made_alike(have: RunDir, params: Params, stage: str) -> bool | None:
     """Whether ``have`` made ``stage`` with the params ``params`` give it (None: it has no record of the stage)."""
     recorded = have.fingerprint_file(stage)
-    return read_json(recorded) == fingerprint(params, stage) if recorded.exists() else None
+    return read_fingerprint(recorded) == fingerprint(params, stage) if recorded.exists() else None
 
 
 @dataclass
@@ -115,7 +115,8 @@ def reuse_run(params: Params) -> list[str]:
         message = f"[sgid] run.reuse: linked {', '.join(plan.to_link) or 'nothing'} from {have.root}"
         if plan.differ:
             keys = sorted({k for stage in plan.differ
-                           for k in changed_keys(read_json(have.fingerprint_file(stage)), fingerprint(params, stage))})
+                           for k in changed_keys(read_fingerprint(have.fingerprint_file(stage)),
+                                                      fingerprint(params, stage))})
             message += f"; made there with other params ({', '.join(keys)}), so run here: {', '.join(plan.differ)}"
         print(message, file=sys.stderr)
     return plan.to_link
@@ -154,12 +155,12 @@ def baselines_alike(have: RunDir, variant: Params) -> bool:
     stage's record, and the first backbone's recipe (the base run may have trained it with another, or not at all)."""
     if not have.fingerprint_file("train").exists():
         return False
-    before, now = baseline_view(read_json(have.fingerprint_file("train"))), baseline_fingerprint(variant)
+    before, now = baseline_view(read_fingerprint(have.fingerprint_file("train"))), baseline_fingerprint(variant)
     if any(before.get(k) != v for k, v in now.items()):
         return False
     bb = backbones(variant)[0]
     return not bb.name or (have.backbone_fingerprint(bb.name).exists()
-                           and read_json(have.backbone_fingerprint(bb.name)) == backbone_fingerprint(bb))
+                           and read_fingerprint(have.backbone_fingerprint(bb.name)) == backbone_fingerprint(bb))
 
 
 def same_baselines(one: Params, other: Params) -> bool:

@@ -8,12 +8,16 @@ same quantity: L2-normalised embeddings of ``models.clip``, their raw dot produc
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from sgid_utils.config.schema import Params
+from sgid_utils.core.errors import CorruptFileError
+from sgid_utils.core.files import reason, set_aside
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.method.filters import class_prompts
 from sgid_utils.models.loading import load_clip, resolve_device
@@ -53,9 +57,17 @@ def load_embeddings(params: Params, candidates: pd.DataFrame) -> tuple[np.ndarra
     run = RunDir.of(params)
     rows, sources = [], {}
     for (variant, image_id), group in candidates.groupby(["variant", "image_id"], sort=False):
-        with np.load(run.embeddings(variant, image_id)) as f:
-            sources[image_id] = f["source"]
-            rows.append(pd.DataFrame({"_pos": group.index, "_emb": list(f["candidates"][group.k.to_numpy()])}))
+        file = run.embeddings(variant, image_id)
+        try:
+            with np.load(file) as f:  # allow_pickle stays False: arrays only
+                source, every = f["source"], f["candidates"]
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            set_aside(file, reason(exc))
+            raise CorruptFileError(f"{file} cannot be read ({reason(exc)}); it is damaged and was moved aside: rerun "
+                                   "`python -m sgid_utils run curate --params ...`, which scores that source again, "
+                                   "then this stage.") from None
+        sources[image_id] = source
+        rows.append(pd.DataFrame({"_pos": group.index, "_emb": list(every[group.k.to_numpy()])}))
     order = pd.concat(rows).set_index("_pos").loc[candidates.index, "_emb"]
     return np.stack(order.to_list()), sources
 

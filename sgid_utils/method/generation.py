@@ -39,7 +39,7 @@ from PIL import Image
 from sgid_utils.config.schema import GenerationParams, Generator, Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_png
-from sgid_utils.core.images import load_image
+from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.rundir import Pass, RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed, torch_rng
@@ -196,7 +196,7 @@ class Chunk:
 def prepare(params: Params, rows: list[Any]) -> Chunk:
     """Load and size the sources of ``rows`` (from ``sources_for``) and derive their prompts, scales and seeds."""
     gen = params.generation
-    originals = [load_image(r.path) for r in rows]
+    originals = [load_run_image(r.path) for r in rows]
     inputs = [src.resize((r.in_w, r.in_h), Image.Resampling.LANCZOS) if (r.in_w, r.in_h) != src.size else src
               for r, src in zip(rows, originals)]
     return Chunk(
@@ -288,7 +288,8 @@ def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None
                        "generation.batch_size", order=list(mine.index),
                        other=f", or lower generation.max_side (now {gen.max_side})")
 
-    records = run_items(run.items(run.generation_stage(variant)), list(sources.image_id), start)
+    records = run_items(run.items(run.generation_stage(variant)), list(sources.image_id), start,
+                        outputs=lambda _, recs: [run.absolute(r[k]) for r in recs for k in ("path", "edges") if k in r])
     if records is None:
         return None
     return catalog.save(params, f"manifest_{variant}", pd.DataFrame([r for recs in records for r in recs]))

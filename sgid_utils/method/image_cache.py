@@ -12,7 +12,7 @@ from torchvision import transforms
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
-from sgid_utils.core.images import load_image
+from sgid_utils.core.images import load_run_image
 
 
 class ImageCache:
@@ -24,7 +24,7 @@ class ImageCache:
 
     def get(self, path: str) -> torch.Tensor:
         if path not in self._store:
-            img = load_image(path).resize((self.size, self.size), resample=3)  # bicubic, as timm's ViT config
+            img = load_run_image(path).resize((self.size, self.size), resample=3)  # bicubic, as timm's ViT config
             self._store[path] = pil_to_tensor(img)
         return self._store[path]
 

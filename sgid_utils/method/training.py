@@ -3,13 +3,15 @@ and learning-rate schedule, one epoch, and the state a checkpoint keeps.
 
 The training stage (``stages.train``) puts them together per configuration; the benchmarks time
 ``train_step`` and ``optimizer_for`` on their own. Nothing here reads or writes a run directory except
-``Loop.save``/``Loop.resume``, given the checkpoint's path.
+``Loop.save``/``Loop.resume`` (``load_checkpoint``: data only), given the checkpoint's path.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
 import random
+import zipfile
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -22,7 +24,8 @@ from tqdm.auto import tqdm
 
 from sgid_utils.config.backbones import CUTMIX, TrainConfig
 from sgid_utils.config.training import BackboneParams, TrainingParams
-from sgid_utils.core.files import write_atomic
+from sgid_utils.core.errors import CorruptFileError
+from sgid_utils.core.files import damage, reason, set_aside, write_atomic
 from sgid_utils.method.augmentations import cutmix_batch, mixed_loss
 
 
@@ -93,8 +96,11 @@ class Loop:
         write_atomic(path, lambda tmp: torch.save(state, tmp))
 
     def resume(self, path: Path, steps_per_epoch: int) -> None:
-        """Continue from a checkpoint (one saved before steps were counted had full epochs of ``steps_per_epoch``)."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        """Continue from a checkpoint (one saved before steps were counted had full epochs of ``steps_per_epoch``);
+        a damaged one is moved aside and the loop starts afresh, as if there were none (``load_checkpoint``)."""
+        state = load_checkpoint(path)
+        if state is None:
+            return
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:  # checkpoints from before schedules existed: constant, nothing to restore
@@ -103,6 +109,47 @@ class Loop:
         _set_rng_state(state["rng"], self.loader_gen)
         self.history, self.epoch = state["history"], state["epoch"]
         self.steps = state.get("steps", self.epoch * steps_per_epoch)
+
+
+# What a checkpoint holds beyond tensors and Python's plain types: numpy's RNG state (an array of uint32).
+SAFE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """A checkpoint's state, read as data only: torch's ``weights_only`` unpickler, with ``SAFE_GLOBALS`` allowed.
+
+    A run directory travels (Drive, NFS), so a checkpoint is never unpickled freely. A damaged one (cut short, emptied,
+    garbled) is moved aside and None returned: the configuration trains from the start, with the same seeds, as if it
+    had none. A whole archive that asks for any other Python object is refused (``CorruptFileError``): this package
+    never writes one, so something else replaced it; nothing in it is run.
+    """
+    path = Path(path)
+    why = damage(path)
+    if why is None:
+        try:
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            allowed = {f"{o.__module__}.{o.__name__}" for o in SAFE_GLOBALS}
+            foreign = [g for g in _unsafe_globals(path) if g not in allowed]
+            if foreign:
+                raise CorruptFileError(
+                    f"{path} is not a data-only checkpoint: it asks to load {', '.join(foreign)}, which this package "
+                    "never writes, so it was not loaded. If you did not put it there, delete it (that configuration "
+                    "then trains from the start) and check where the run directory came from.") from None
+            why = reason(exc)
+        except (RuntimeError, ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
+            why = reason(exc)
+    set_aside(path, why)
+    return None
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The Python objects a checkpoint's pickle names, read without running it ([] when it cannot be read)."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError):
+        return []
 
 
 def optimizer_for(bb: BackboneParams, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -20,6 +20,7 @@ import pandas as pd
 from sgid_utils.config.backbones import backbones, configs
 from sgid_utils.config.load import variant_params
 from sgid_utils.config.schema import Params
+from sgid_utils.core import catalog
 from sgid_utils.core.errors import USER_ERRORS
 from sgid_utils.core.files import read_table, write_text
 from sgid_utils.core.registry import NAMES
@@ -162,7 +163,7 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
              items: dict[str, int]) -> None:
     linked = reuse_plan(params).shared if params.run.reuse is not None else []
     run = reuse_source(params) if "data" in linked else RunDir.of(params)
-    full = read_table(run.images_table, run.root) if run.images_table.exists() else None
+    full = catalog.load(run, "images", missing=None)  # a damaged table: the catalog's one-line error
     counts = full_run_counts(params, full)
     # Stages run.reuse links cost nothing here and write no images.
     counts = replace(counts, raw_pixels=0.0 if "generate" in linked else counts.raw_pixels,

@@ -15,7 +15,7 @@ from PIL import Image
 from sgid_utils.config.backbones import backbones
 from sgid_utils.config.schema import GuidanceParams, Params
 from sgid_utils.core.files import write_figure
-from sgid_utils.core.images import load_image
+from sgid_utils.core.images import load_run_image
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.method.guidance import guidance_scale
 
@@ -93,7 +93,7 @@ def image_grid(rows: list[list[str | Image.Image]], titles: list[list[str]] | No
             ax = axes[i][j]
             ax.axis("off")
             if j < len(row):
-                ax.imshow(row[j] if isinstance(row[j], Image.Image) else load_image(row[j]))
+                ax.imshow(row[j] if isinstance(row[j], Image.Image) else load_run_image(row[j]))
                 if titles:
                     ax.set_title(titles[i][j], fontsize=7)
     fig.tight_layout()

@@ -20,7 +20,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
-from sgid_utils.core.images import load_image
+from sgid_utils.core.images import load_run_image
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.method.embeddings import class_prompt_embeddings, load_embeddings
 from sgid_utils.method.filters import Embeddings, label_consistency, unit_rows
@@ -195,4 +195,4 @@ def fid_kid(
 
 def image_tensors(paths: Sequence[str] | pd.Series, size: int = 299) -> torch.Tensor:
     """uint8 (N, 3, size, size) tensors of the images at ``paths``, as FID and KID take them."""
-    return torch.stack([pil_to_tensor(load_image(p).resize((size, size))) for p in paths])
+    return torch.stack([pil_to_tensor(load_run_image(p).resize((size, size))) for p in paths])

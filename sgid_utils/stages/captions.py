@@ -23,7 +23,7 @@ from transformers import LogitsProcessor, TopPLogitsWarper
 
 from sgid_utils.config.schema import CaptioningParams, Params
 from sgid_utils.core import catalog
-from sgid_utils.core.images import load_image
+from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed
@@ -124,7 +124,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
         model, processor = load_captioner(params.models.captioner, str(device), resolve_dtype("auto", device))
 
         def process(ids: list[str]) -> dict[str, list[dict]]:
-            inputs = pixel_inputs(model, processor, [load_image(train.path[i]) for i in ids])
+            inputs = pixel_inputs(model, processor, [load_run_image(train.path[i]) for i in ids])
             seeds = [derive_seed(draw_seed(params), i, purpose="nucleus") for i in ids]
             nucleus = nucleus_captions(model, processor, inputs, cfg, seeds)
             beams = beam_captions(model, processor, inputs, cfg)

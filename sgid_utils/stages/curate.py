@@ -28,7 +28,7 @@ import pandas as pd
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_npz
-from sgid_utils.core.images import load_image
+from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, launched_worker, run_items, shard
 from sgid_utils.core.rundir import Pass, RunDir
 from sgid_utils.core.seeding import draw_seed
@@ -53,8 +53,8 @@ def score_candidates(params: Params, manifest: pd.DataFrame, variant: Pass, imag
         model, processor = load_clip(params.models.clip, str(device))
 
         def process(ids: list[str]) -> dict[str, list[dict]]:
-            src = image_embeddings(model, processor, [load_image(sources[i]) for i in ids])
-            every = image_embeddings(model, processor, [load_image(p) for i in ids for p in groups[i].path])
+            src = image_embeddings(model, processor, [load_run_image(sources[i]) for i in ids])
+            every = image_embeddings(model, processor, [load_run_image(p) for i in ids for p in groups[i].path])
             records = {}
             for row, (image_id, emb) in enumerate(zip(ids, every.split([len(groups[i]) for i in ids]))):
                 scored = groups[image_id].assign(similarity=(emb @ src[row]).cpu().tolist())
@@ -67,7 +67,8 @@ def score_candidates(params: Params, manifest: pd.DataFrame, variant: Pass, imag
         per_batch = max(1, params.curation.batch_size // (params.generation.num_candidates + 1))
         return BatchPlan(process, per_batch, f"scoring candidates ({variant})", "curation.batch_size")
 
-    records = run_items(run.candidate_scores(variant), list(groups), start, sharded=False)
+    records = run_items(run.candidate_scores(variant), list(groups), start, sharded=False,
+                        outputs=lambda image_id, _: [run.embeddings(variant, image_id)])
     scored = pd.DataFrame([r for recs in records for r in recs])
     scored["path"] = [str(run.absolute(p)) for p in scored.path]
     return scored

@@ -14,7 +14,7 @@ import pandas as pd
 
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
-from sgid_utils.core.images import load_image
+from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.method.embeddings import score_captions
@@ -42,7 +42,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
 
         def process(ids: list[str]) -> dict[str, list[dict]]:
             groups = [by_image.get_group(i) for i in ids]
-            scores = score_captions(model, processor, [load_image(paths[i]) for i in ids],
+            scores = score_captions(model, processor, [load_run_image(paths[i]) for i in ids],
                                     [g.caption.tolist() for g in groups])
             return {i: g.assign(score=s).to_dict("records") for i, g, s in zip(ids, groups, scores)}
 

@@ -29,7 +29,7 @@ from sgid_utils.config.backbones import GENERATIVE, RANDAUGMENT, TrainConfig, ba
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import BackboneParams
 from sgid_utils.core import catalog
-from sgid_utils.core.files import pin_fingerprint, read_json, write_json
+from sgid_utils.core.files import pin_fingerprint, read_record, write_json
 from sgid_utils.core.fingerprints import backbone_fingerprint
 from sgid_utils.core.resumable import gpu_memory_hint, my_share
 from sgid_utils.core.rundir import RunDir
@@ -73,9 +73,9 @@ def make_loaders(params: Params, cfg: TrainConfig, bb: BackboneParams, model, tr
 def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd.DataFrame, num_classes: int) -> dict:
     """Train one configuration (resuming from its checkpoint); returns and saves its result."""
     t, run, bb = params.training, RunDir.of(params), backbone(params, cfg.backbone)
-    if run.result(cfg.name).exists():
+    if (done := read_record(run.result(cfg.name))) is not None:  # a damaged result is set aside: trained again
         run.checkpoint(cfg.name).unlink(missing_ok=True)  # a run killed between its result and this cleanup
-        return read_json(run.result(cfg.name))
+        return done
     device = resolve_device(params)
     seed = derive_seed(params.run.seed, "train", cfg.seed, purpose="training")
     # head (or, from scratch, every weight) init, data order (via loader_gen), CutMix and RandAugment draws
@@ -164,9 +164,9 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
         with gpu_memory_hint(f"training {cfg.name}",
                              f"Lower the batch size (training.batch_size or the backbone's; now {size})."):
             train_config(params, cfg, data, test, num_classes)
-    if not all(run.result(c.name).exists() for c in all_configs):
+    results = [read_record(run.result(c.name)) for c in all_configs]
+    if any(r is None for r in results):
         return None
-    # "": made before backbones
-    table = pd.DataFrame([{"backbone": "", **read_json(run.result(c.name))} for c in all_configs])
+    table = pd.DataFrame([{"backbone": "", **r} for r in results])  # "": made before backbones
     catalog.save(params, "training_results", table)
     return table
