@@ -16,7 +16,7 @@ from sgid_utils.config.backbones import backbones
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import INHERITED, BackboneParams
 from sgid_utils.core.errors import StaleOutputsError
-from sgid_utils.core.files import read_json
+from sgid_utils.core.files import read_fingerprint
 from sgid_utils.core.registry import STAGES, get, upstream_closure
 from sgid_utils.core.rundir import RunDir
 
@@ -133,7 +133,7 @@ def recorded_differences(params: Params) -> list[str]:
     for file, now in pairs:
         if not file.exists():
             continue
-        recorded = read_json(file)
+        recorded = read_fingerprint(file)
         if file.name.startswith("_backbone-"):
             recorded = {next(iter(now)): recorded}
         ran = {k: v for key, value in recorded.items() for k, v in _leaves(value, key).items()}

@@ -8,7 +8,7 @@ import pandas as pd
 from sgid_utils.config.backbones import backbones, recipe
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
-from sgid_utils.core.files import read_json
+from sgid_utils.core.files import read_fingerprint
 from sgid_utils.core.rundir import RunDir
 
 
@@ -50,7 +50,7 @@ def reproducibility(params: Params, provenance: pd.DataFrame) -> str:
         return ("every stage ran on the CPU: a rerun with the same library versions and thread count reproduces the "
                 "files byte for byte (per-item seeds; the package's kill-and-resume tests check this on the CPU)")
     train = RunDir.of(params).fingerprint_file("train")
-    deterministic = train.exists() and read_json(train).get("training", {}).get("deterministic", False)
+    deterministic = train.exists() and read_fingerprint(train).get("training", {}).get("deterministic", False)
     if deterministic:
         return ("on a GPU, training ran with training.deterministic: rerunning the training stage on these images, "
                 "on the same GPU model and versions, is expected to reproduce its files (not measured by this "
