@@ -168,7 +168,8 @@ def test_every_damaged_catalog_file_names_itself(pipeline_run, tmp_path):
 
 def test_a_damaged_generated_image_stops_its_reader_and_its_stage_makes_it_again(make_params, pipeline_run):
     """Garbled inside (its PNG signature and end intact, so only decoding finds it): training, which reads it, stops
-    with one line and moves it aside; the generate stage then makes it again, byte for byte, from its own seeds."""
+    with one line and moves it aside; the generate stage then finds its record incomplete and makes it again, byte for
+    byte, from its own seeds."""
     params = make_params("damaged-image")
     ref, run = _copy(pipeline_run, params)
     curated = catalog.load(run, "curated")
@@ -184,11 +185,9 @@ def test_a_damaged_generated_image_stops_its_reader_and_its_stage_makes_it_again
     assert image.with_name(f"{image.name}.damaged").exists() and not image.exists()
     with pytest.raises(CorruptFileError, match="moved aside"):  # asked again before regenerating: the same advice
         run_stage("train", params)
-    for stage in ("generate", "train"):
-        assert _run(params, stage).returncode == 0
+    assert _run(params, "generate").returncode == 0  # (training then goes on: the train stage's own test above)
     assert image.read_bytes() == (ref.root / image.relative_to(run.root)).read_bytes()
-    for name in ("training_results", "manifest_raw"):
-        _same(name, ref, run)
+    _same("manifest_raw", ref, run)
 
 
 def test_a_checkpoint_is_read_as_data_only(tmp_path):
