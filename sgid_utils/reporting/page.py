@@ -30,7 +30,8 @@ from sgid_utils.config.backbones import backbones, recipe
 from sgid_utils.config.schema import Params
 from sgid_utils.config.settings import changed_settings, settings_table
 from sgid_utils.core import catalog
-from sgid_utils.core.files import write_text
+from sgid_utils.core.errors import CorruptFileError
+from sgid_utils.core.files import reason, write_text
 from sgid_utils.core.fingerprints import check_recorded
 from sgid_utils.core.provenance import load_provenance
 from sgid_utils.core.registry import NAMES, notebooks
@@ -91,7 +92,12 @@ def render_notebooks(params: Params) -> list[dict[str, str]]:
         if not source.exists():
             continue
         if not html.exists() or html.stat().st_mtime < source.stat().st_mtime:
-            body, _ = exporter.from_notebook_node(nbformat.read(source, as_version=4))
+            try:
+                notebook = nbformat.read(source, as_version=4)
+            except Exception as exc:  # nbformat raises several types (NotJSONError, ValueError, validation errors)
+                raise CorruptFileError(f"{source} cannot be read ({reason(exc)}); rerun that notebook "
+                                       f"(python -m sgid_utils notebooks --only {name} ...) or delete it") from None
+            body, _ = exporter.from_notebook_node(notebook)
             write_text(html, body)
         out.append({"name": name, "html": _href(run, html), "ipynb": _href(run, source)})
     return out
