@@ -161,3 +161,17 @@ def test_the_page_says_what_a_rerun_reproduces(copied_run):
     assert "byte for byte" in reproducibility(copied_run, cpu)
     assert "within seed noise, not the files" in reproducibility(copied_run, gpu)
     assert reproducibility(copied_run, pd.DataFrame()).startswith("not recorded")
+
+
+def test_a_damaged_executed_notebook_is_a_clear_error(copied_run):
+    from sgid_utils.core.errors import CorruptFileError
+
+    run = RunDir.of(copied_run)
+    run.notebooks.mkdir(parents=True, exist_ok=True)
+    damaged = run.executed_notebook("06_results")
+    damaged.write_text('{"cells": [')  # cut short
+    try:
+        with pytest.raises(CorruptFileError, match="06_results.ipynb cannot be read.*--only 06_results"):
+            build_report(copied_run)
+    finally:
+        damaged.unlink()
