@@ -33,10 +33,10 @@ SCANNED = ["README.md", "docs/ARCHITECTURE.md", "docs/EXPERIMENTS.md", "docs/OUT
 ATTRIBUTING = re.compile(r"\b(the paper|the report|the abstract|as in the|faithful\w*|exact)\b", re.IGNORECASE)
 # "the report" also names this package's own page, and "beyond the paper" attributes nothing: those need no evidence.
 OWN_PAGE = re.compile(r"the report (page|stage|folder|command|card)|the report(s)? ?dir", re.IGNORECASE)
-NOT_ATTRIBUTING = re.compile(r"(beyond|neither) (the paper|the report)", re.IGNORECASE)
+NOT_ATTRIBUTING = re.compile(r"(beyond|neither|and|nor) (the paper|the report)|the report is ambiguous", re.IGNORECASE)
 DISCLAIMER = re.compile(r"\b(readings?|read as|our choice|package's choice|our own|ours|not stated|does not (say|give|"
                         r"name|state|mention)|do not (say|give|name|state)|never (says|gives|names|states)|gives no|"
-                        r"names no|states no|not the (paper|report)'s|cannot (be )?(identif|tell))", re.IGNORECASE)
+                        r"names no|names neither|gives neither|gives only|our assumption|states no|not the (paper|report)'s|cannot (be )?(identif|tell))", re.IGNORECASE)
 KEY = re.compile(r"`([a-z_]+(?:\[[^\]`]*\])?(?:\.[a-z_]+(?:\[[^\]`]*\])?)+)`")
 QUOTE = re.compile(r"\"([^\"\n]{6,}?)\"|“([^”]{6,}?)”|(?<![A-Za-z])'([^'\n]{6,}?)'(?![A-Za-z])|"
                    r"\\\"([^\"\n]{6,}?)\\\"")
@@ -93,8 +93,6 @@ def scanned_units() -> list[tuple[str, str]]:
             text = path.read_text()
             if path.suffix == ".ipynb":
                 text = "\n\n".join("".join(cell["source"]) for cell in json.loads(text)["cells"])
-            elif path.suffix == ".yaml":
-                text = "\n".join(line.split("#", 1)[1] if "#" in line else "" for line in text.splitlines())
             for block in re.split(r"\n\s*\n", text):
                 if re.match(r"\s*(\||- |\* |\d+\. )", block):
                     units += [(path.relative_to(REPO).as_posix(), item)
@@ -117,12 +115,12 @@ def unbacked(unit: str, reference: str) -> list[str]:
     flat = re.sub(r"\s+", " ", unit)
     bad = []
     for hit in ATTRIBUTING.finditer(flat):
-        if OWN_PAGE.match(flat, hit.start()) or NOT_ATTRIBUTING.search(flat[max(0, hit.start() - 8):hit.end()]):
+        if OWN_PAGE.match(flat, hit.start()) or NOT_ATTRIBUTING.search(flat[max(0, hit.start() - 8):hit.end() + 13]):
             continue
         near = flat[max(0, hit.start() - NEAR):hit.end() + NEAR]
         quotes = [next(g for g in m.groups() if g) for m in QUOTE.finditer(near)]
         if (DISCLAIMER.search(near) or any(is_key(k) for k in KEY.findall(near))
-                or any(len(q.split()) >= 2 and found(q, reference) for q in quotes)):
+                or any(len(q) >= 10 and found(q, reference) for q in quotes)):
             continue
         bad.append(flat[max(0, hit.start() - 60):hit.end() + 60])
     return bad

@@ -247,16 +247,19 @@ SOURCES: dict[str, Source] = {
     "training.equal_steps": _ours("off: every method trains the same epochs, so SGID at 100 % gets twice the "
                                   "Baseline's steps; the 'sgid-equal-steps' ablation sets it on"),
     # results
-    "results.references": _ours("none by default; the Pets and Flowers profiles list the paper's and the report's "
-                                "numbers as the report's Tables 1 and 2 give them"),
+    "results.references": _ours("none by default; the Pets and Flowers profiles list the report's Tables 1 and 2: "
+                                "its own numbers and its 'Benchmark in Paper' column"),
     "results.references[].label": _ours("names a reference column; each profile sets it"),
     "results.references[].source": _ours("where the reference numbers come from; each profile sets it"),
     "results.references[].values": _ours("the reference numbers; each profile copies them from its source"),
     "results.references[].backbone": _ours("unset: the first backbone"),
+    "results.references[].dataset": _ours("unset: tied to no data set, so no per-data-set paper gain is shown"),
+    "results.references[].assumed_backbone": _ours("unset: the source names its backbone, or none is assumed"),
     "results.headline": _ours("none by default; the backbone profiles give the abstract's gains per backbone"),
     "results.headline.label": _ours("names the headline column; each profile sets it"),
     "results.headline.source": _ours("where the headline gains come from; each profile sets it"),
-    "results.headline.gains": _ours("the published gains; each profile copies them from the abstract"),
+    "results.headline.gains": _ours("the abstract's gains ('1.72%' read as points: a reading); each profile "
+                                    "copies them"),
     "results.grid_examples": _ours("enough examples per image grid to see a pattern"),
     # ablations
     "ablations": _ours("none by default; the *_ablations.yaml profiles list the variants"),

@@ -3,7 +3,7 @@
 At the top, per backbone, SGID against the best non-generative method with its interval, both
 verdicts (unadjusted and Holm) and the two controls (equal optimisation steps, a second generation
 draw); then key facts (data set, models, backbones, seeds, when and on what machine each stage ran),
-one wide table of methods by backbones beside the paper's numbers (accuracy in percent, differences
+one wide table of methods by backbones beside the published numbers (accuracy in percent, differences
 in points), the settings that differ from the package defaults with each one's source, the bar chart,
 the consistency-diversity figure, the ablation table, and links to every executed notebook
 rendered as HTML beside it (nbconvert). Everything is read from the run's own files through
@@ -57,8 +57,9 @@ CONTROLS = (("sgid-equal-steps", "training.equal_steps", "equal steps (SGID trai
 FIGURES = (
     ("accuracy_figure", "Test accuracy per method: bars are the mean over seeds (±1 std), dots single seeds, "
                            "markers the published numbers."),
-    ("consistency_figure", "Each generated set on the paper's two axes: consistency (CLIP label score) against "
-                           "diversity (distance to the source); numbered markers are listed in the legend."),
+    ("consistency_figure", "Each generated set on our two metrics for the abstract's \"semantic consistency and "
+                           "image diversity\": consistency (CLIP label score) against diversity (distance to the "
+                           "source); numbered markers are listed in the legend."),
     ("originals_figure", "Training images beside the curated SGID image made from each."),
 )
 
@@ -185,7 +186,8 @@ def controls(ablations: pd.DataFrame | None) -> dict[str, str]:
 def headline(params: Params, gains: pd.DataFrame | None, accuracy: pd.DataFrame,
              ablations: pd.DataFrame | None) -> dict[str, Any] | None:
     """The page's first table: per backbone, SGID against the best non-generative method, both verdicts, the
-    paper's gains (abstract: over seven data sets; this data set: from its quoted table) and the two controls."""
+    abstract's gains (`results.headline`), the paper's gain on this data set where a reference table names it, and
+    the two controls."""
     if gains is None or gains.empty:
         return None
     done = controls(ablations)
@@ -207,8 +209,8 @@ def headline(params: Params, gains: pd.DataFrame | None, accuracy: pd.DataFrame,
             else "not run (the control variants train the first backbone only)",
         ])
     columns = ["Backbone", "Comparison", "Gain (points, 95% CI)", "Verdict: unadjusted / Holm",
-               "SGID vs Baseline (points, 95% CI)", "Paper's gain, abstract (points; mean over its 7 data sets)",
-               "Paper's gain, this data set (points)", "Controls"]
+               "SGID vs Baseline (points, 95% CI)", "Paper's gain, abstract (% read as points; no data set named)",
+               PAPER_DATA_SET_GAIN, "Controls"]
     on_baseline = [str(b) for b, n in zip(gains.Backbone, gains["Best non-generative"]) if n == "Baseline"]
     return {"columns": columns, "rows": rows, "on_baseline": on_baseline}
 
