@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -36,7 +35,8 @@ OWN_PAGE = re.compile(r"the report (page|stage|folder|command|card)|the report(s
 NOT_ATTRIBUTING = re.compile(r"(beyond|neither|and|nor) (the paper|the report)|the report is ambiguous", re.IGNORECASE)
 DISCLAIMER = re.compile(r"\b(readings?|read as|our choice|package's choice|our own|ours|not stated|does not (say|give|"
                         r"name|state|mention)|do not (say|give|name|state)|never (says|gives|names|states)|gives no|"
-                        r"names no|names neither|gives neither|gives only|our assumption|states no|not the (paper|report)'s|cannot (be )?(identif|tell))", re.IGNORECASE)
+                        r"names no|names neither|gives neither|gives only|our assumption|states no|"
+                        r"not the (paper|report)'s|cannot (be )?(identif|tell))", re.IGNORECASE)
 KEY = re.compile(r"`([a-z_]+(?:\[[^\]`]*\])?(?:\.[a-z_]+(?:\[[^\]`]*\])?)+)`")
 QUOTE = re.compile(r"\"([^\"\n]{6,}?)\"|“([^”]{6,}?)”|(?<![A-Za-z])'([^'\n]{6,}?)'(?![A-Za-z])|"
                    r"\\\"([^\"\n]{6,}?)\\\"")

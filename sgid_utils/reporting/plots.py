@@ -112,10 +112,11 @@ def originals_vs_generated(curated: pd.DataFrame, n: int):
 
 
 def consistency_diversity(metrics: pd.DataFrame, variants: pd.DataFrame | None = None):
-    """Our two metrics for the abstract's 'semantic consistency and image diversity': each generated set of ``metrics`` (the quality stage's set_metrics) as a dot, the
-    ablation variants' curated sets (``ablation_set_metrics.csv``) as crosses (img2img) or triangles (ControlNet),
-    the real images' label score as a line. Variants are numbered on the plot and named in a numbered legend, so no
-    two names can overlap however close their points lie."""
+    """Our two metrics for the abstract's 'semantic consistency and image diversity': each generated set of
+    ``metrics`` (the quality stage's set_metrics) as a dot, the ablation variants' curated sets
+    (``ablation_set_metrics.csv``) as crosses (img2img) or triangles (ControlNet), the real images' label score as
+    a line. Variants are numbered on the plot and named in a numbered legend, so no two names can
+    overlap however close their points lie."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     gen = metrics[metrics.set != "real (sources)"]
     sns.scatterplot(gen, x="distance to source", y="label score", hue="set", style="kind", s=90, alpha=0.8, ax=ax)

@@ -139,8 +139,8 @@ def paper_reference(params: Params, bb: BackboneParams, first: bool):
 
 
 def paper_data_set_gain(params: Params, bb: BackboneParams, first: bool) -> float | None:
-    """The paper-labelled reference table's gain (`results.references`), in points: its SGID (100%) minus the best of its rows among
-    Baseline, CutMix and RandAugment (our pool), or None unless that table names the run's data set.
+    """The paper-labelled reference table's gain (`results.references`), in points: its SGID (100%) minus the
+    best of its rows among Baseline, CutMix and RandAugment (our pool), or None unless it names the run's data set.
 
     The report's 'Benchmark in Paper' column names no backbone (its ``assumed_backbone`` says ours), so this is the
     nearest number to this run's gain, not a like-for-like one.
