@@ -21,7 +21,7 @@ from sgid_utils.core.provenance import load_provenance, record_stage
 from sgid_utils.core.registry import NAMES
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.reporting.page import build_report, project_root
-from sgid_utils.reporting.tables import DELTA, OURS, SIGNIFICANT, SIGNIFICANT_HOLM
+from sgid_utils.reporting.tables import DELTA, JOINT, OURS, SIGNIFICANT, SIGNIFICANT_HOLM, TEST_SET_P
 
 from .conftest import write_params
 
@@ -133,12 +133,19 @@ def test_the_page_numbers_are_the_run_tables(report_params, page):
         assert shown[column].tolist() == [_shown(v) for v in metrics[column]], column
 
 
-def test_the_top_of_the_page_gives_the_verdict_in_percent_and_points(page):
+def test_the_top_of_the_page_gives_the_verdict_in_percent_and_points(page, report_params):
     top = page.frame("headline")
-    assert top.columns.tolist() == ["Backbone", "Comparison", "Gain (points, 95% CI)", "Verdict: unadjusted / Holm",
+    assert top.columns.tolist() == ["Backbone", "Comparison", "Gain (points, 95% CI)",
+                                    "Test-set check (McNemar p, pooled over seeds)",
+                                    "Verdict, seeds and test set: unadjusted / Holm",
                                     "SGID vs Baseline (points, 95% CI)",
-                                    "Paper's gain, abstract (points; mean over its 7 data sets)",
-                                    "Paper's gain, this data set (points)", "Controls"]
+                                    "Paper's gain, abstract (% read as points; no data set named)",
+                                    "Paper's gain, this data set (points, assumed ViT-B/16)", "Controls"]
+    gains = catalog.load(report_params, "backbone_gains")
+    assert top["Test-set check (McNemar p, pooled over seeds)"].tolist() == [str(p) for p in gains[TEST_SET_P]]
+    assert gains[TEST_SET_P].ne("–").all()  # the results stage ran the check from the saved predictions
+    for joint, shown in zip(gains[JOINT], top["Verdict, seeds and test set: unadjusted / Holm"]):
+        assert shown.startswith(joint)  # the verdict of both checks, never the seed interval's alone
     assert page.text.index('id="verdict"') < page.text.index('id="facts"') < page.text.index('id="results"')
     assert "equal steps" in top.Controls.iloc[0] and "second generation draw" in top.Controls.iloc[0]
     assert top.Controls.iloc[0].count("not run") == 2  # no ablation profile has run for this copy

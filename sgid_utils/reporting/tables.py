@@ -15,7 +15,7 @@ from sgid_utils.config.backbones import METHOD_NAMES, NON_GENERATIVE, backbones,
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import BackboneParams
 from sgid_utils.core import catalog
-from sgid_utils.reporting.stats import COVERS, reason_of, verdict_word
+from sgid_utils.reporting.stats import COVERS, TEST_SET_COVERS, reason_of, verdict_word
 
 SIGNIFICANCE_COLUMNS = ["backbone", "setting", "mean_diff", "ci_low", "ci_high", "p_value", "determined", "reason",
                         "significant", "p_holm", "significant_holm"]
@@ -27,6 +27,10 @@ SIGNIFICANT_HOLM = "Significant (Holm)"
 P_VALUE, P_HOLM = "p (paired t)", "p (Holm)"
 # backbone_gains: the paper-labelled reference table's gain (`results.references`), when it names the run's data set.
 PAPER_DATA_SET_GAIN = "Paper's gain, this data set (points, assumed ViT-B/16)"
+# backbone_gains: the test-set check of each gain and the verdict of both checks (stats.joint_verdict).
+TEST_SET_P = "test-set p (McNemar, pooled over seeds)"
+JOINT = "verdict (seeds and test set)"
+JOINT_HOLM = "verdict (Holm, seeds and test set)"
 
 # Column names of the ablation table (the report page reads the first three).
 ABLATION_DELTA, ABLATION_SIGNIFICANT, ABLATION_SIGNIFICANT_HOLM, ABLATION_P_HOLM = (
@@ -164,7 +168,9 @@ def gains_caption(params: Params, gains: pd.DataFrame | None = None) -> str:
         "and RandAugment (our reading of the abstract's unnamed pool): picking the best of three biases SGID's gain "
         "down and its verdict too ('significantly worse' comes up more often than nominal); the combination shown "
         "is the better of SGID + CutMix and SGID + RandAugment, which biases the combination's gain up. Verdicts "
-        "need at least 3 seeds and a non-zero spread; Holm's correction runs over every comparison of this table."]
+        "need at least 3 seeds and a non-zero spread; Holm's correction runs over every comparison of this table. "
+        f"The interval covers {COVERS}; the test-set check covers {TEST_SET_COVERS}; the verdict of both is given "
+        "only where they agree, else it is undetermined."]
     if gains is not None and "Best non-generative" in gains:
         on_baseline = [str(b) for b, n in zip(gains.Backbone, gains["Best non-generative"]) if n == "Baseline"]
         if on_baseline:
