@@ -205,10 +205,10 @@ def test_ablation_table_is_shown_when_the_profile_has_run(report_params, page):
     table = pd.DataFrame([
         {"Variant": "label-only", "Changes": "generation.prompt=label_only", "Baseline": "50.00 ± 10.00 (n=2)",
          "SGID (100%)": "40.00 ± 5.00 (n=2)", "Δ (95% CI)": "-10.00 [-30.00, +10.00]", "Significant": "no",
-         "Baseline nearest to": "–"},
+         "Baseline − published Baselines (points, 95% CI)": "–"},
         {"Variant": "sgid-equal-steps", "Changes": "training.equal_steps=True", "Baseline": "50.00 ± 10.00 (n=2)",
          "SGID (100%)": "52.00 ± 5.00 (n=2)", "Δ (95% CI)": "+2.00 [-1.00, +5.00]", "Significant": "no",
-         "Baseline nearest to": "–"}])
+         "Baseline − published Baselines (points, 95% CI)": "–"}])
     path = write_table(RunDir.of(report_params).table("ablations.csv"), table)
     try:
         shown = Page(build_report(report_params).read_text())
