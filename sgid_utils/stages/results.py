@@ -1,10 +1,10 @@
-"""Stage 06: result tables beside the paper's numbers, significance against the Baseline, the figures.
+"""Stage 06: result tables beside the published numbers, significance against the Baseline, the figures.
 
 Built only from files the training stage saved; nothing is retrained and no
-number is typed in here. Reference values (the paper's, the reproduction
-report's, the paper's headline gains) come from the params file, with their
-source. Every backbone is compared with its own Baseline. Significance is
-computed once, here, and written for notebooks 06 and 07 and the ablation table.
+number is typed in here. Reference values (the report's Tables 1 and 2, the
+abstract's gains) come from the params file, with their source. Every backbone
+is compared with its own Baseline. Significance is computed once, here, and
+written for notebooks 06 and 07 and the ablation table.
 The tables' columns and cells are ``reporting.tables``'s, shared with the report page.
 """
 
@@ -79,7 +79,8 @@ def backbone_gains(results: pd.DataFrame, params: Params, predictions: Predictio
 
     The pool is Baseline, CutMix and RandAugment of the same backbone (Baseline is no augmentation at all, and it
     can be the pick); "best" is the highest mean over seeds in this run, never assumed by name. SGID is its largest
-    trained proportion, as in the paper's headline; the combined method shown is the better of SGID + CutMix and
+    trained proportion (our reading: the abstract does not say which proportion its gains use); the combined
+    method shown is the better of SGID + CutMix and
     SGID + RandAugment. Gains are in accuracy points with the paired 95% CI over training seeds on one generation
     draw. Both picks are made after seeing the numbers: taking the best of the pool biases SGID's gain down, taking
     the better combination biases the combination's gain up. Verdicts need 3 seeds and a non-zero spread; Holm's
