@@ -6,6 +6,7 @@ from statsmodels.stats.multitest import multipletests
 from sgid_utils.config.load import load_params
 from sgid_utils.core import catalog
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.reporting.plots import gain_forest
 from sgid_utils.reporting.tables import (
     DELTA,
     OURS,
@@ -123,3 +124,26 @@ def test_the_papers_data_set_gain_shows_only_on_the_data_set_its_table_names():
     untied = params.model_copy(deep=True)
     untied.results.references[0].dataset = None
     assert np.isnan(backbone_gains(rows, untied).set_index("backbone").loc["vit_b16_in21k", PAPER_DATA_SET_GAIN])
+
+
+def test_the_forest_plot_draws_each_gain_with_its_interval_per_backbone():
+    params = load_params(REPO / "params" / "pets_backbones.yaml")
+    sig = pd.DataFrame([
+        {"backbone": "vit_b16_in21k", "setting": "CutMix", "mean_diff": -0.002, "ci_low": -0.01, "ci_high": 0.006,
+         "determined": True},
+        {"backbone": "vit_b16_in21k", "setting": "SGID (100%)", "mean_diff": 0.012, "ci_low": 0.004,
+         "ci_high": 0.02, "determined": True},
+        {"backbone": "resnet50_scratch", "setting": "SGID (100%)", "mean_diff": 0.03, "ci_low": np.nan,
+         "ci_high": np.nan, "determined": False}])
+    fig = gain_forest(sig, params)
+    vit, resnet = fig.axes
+    assert [t.get_text() for t in vit.get_yticklabels()] == ["CutMix", "SGID (100%)"]
+    assert vit.get_title(loc="left") == "ViT-B/16 (ImageNet-21k): gain over its Baseline"
+    drawn = {c.get_label(): c for c in vit.containers}
+    outside, inside = drawn["95% CI excludes 0"], drawn["95% CI includes 0"]
+    assert outside.lines[0].get_xdata() == pytest.approx([1.2]) and inside.lines[0].get_xdata() == pytest.approx([-0.2])
+    segments = outside.lines[2][0].get_segments()[0]  # the horizontal bar of the interval, in points
+    assert [x for x, _ in segments] == pytest.approx([0.4, 2.0])
+    assert not resnet.containers and resnet.collections[0].get_offsets().tolist() == [[3.0, 0.0]]  # no interval
+    with pytest.raises(ValueError, match="no row of this run's backbones"):
+        gain_forest(sig.assign(backbone="other"), params)

@@ -92,6 +92,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("backbone_gains_md", lambda r: r.table("backbone_gains.md"), "the backbone gains as markdown"),
     Entry("accuracy_figure", lambda r: r.figure("accuracy_by_method"), "accuracy per method beside the published ones"),
     Entry("originals_figure", lambda r: r.figure("originals_vs_sgid"), "training images beside their SGID image"),
+    Entry("gain_forest_figure", lambda r: r.figure("gain_forest"), "each gain with its interval, per backbone"),
     Entry("set_metrics", lambda r: r.table("set_metrics.csv"), "consistency and diversity of each generated set"),
     Entry("class_changes", lambda r: r.table("per_class_change.csv"), "per-class accuracy change, best SGID setting"),
     Entry("consistency_figure", lambda r: r.figure("07_consistency_vs_diversity"),

@@ -24,6 +24,41 @@ from sgid_utils.method.guidance import guidance_scale
 REPORT_CAPTION_SCORES = (0.301, 0.396)
 
 
+def gain_forest(sig: pd.DataFrame, params: Params):
+    """Each setting's gain over its backbone's Baseline in points with its 95% interval over seeds (``sig``: the
+    results stage's significance table), one panel per backbone: the picture a reader looks at before any table.
+
+    Filled dots: a determined interval that excludes 0; open dots: one that includes 0; grey crosses: no verdict
+    (too few seeds or zero spread), drawn without an interval.
+    """
+    panels = [(bb.label, bb.name) for bb in backbones(params) if (sig.backbone == bb.name).any()]
+    if not panels:
+        raise ValueError("the significance table has no row of this run's backbones: nothing to draw")
+    heights = [int((sig.backbone == name).sum()) for _, name in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.0 + 0.42 * sum(heights) + 0.6 * len(panels)),
+                             squeeze=False, sharex=True, gridspec_kw={"height_ratios": heights})
+    for ax, (label, name) in zip(axes[:, 0], panels):
+        rows = sig[sig.backbone == name].reset_index(drop=True)
+        y = np.arange(len(rows))[::-1]
+        mean, low, high = (100 * rows[c].to_numpy(dtype=float) for c in ("mean_diff", "ci_low", "ci_high"))
+        known = rows.determined.astype(bool).to_numpy() & ~np.isnan(low)
+        for kind, mask, face in (("excludes 0", known & ((low > 0) | (high < 0)), "tab:blue"),
+                                 ("includes 0", known & (low <= 0) & (high >= 0), "white")):
+            if mask.any():
+                ax.errorbar(mean[mask], y[mask], xerr=[mean[mask] - low[mask], high[mask] - mean[mask]], fmt="o",
+                            color="tab:blue", mfc=face, capsize=3, label=f"95% CI {kind}")
+        if (~known).any():
+            ax.scatter(mean[~known], y[~known], marker="x", color="grey", label="no verdict (see the tables)")
+        ax.axvline(0, color="black", lw=0.8, ls="--")
+        ax.set_yticks(y, rows.setting)
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_title(f"{label}: gain over its Baseline", fontsize=10, loc="left")
+        ax.legend(fontsize=7, loc="lower right")
+    axes[-1][0].set_xlabel("accuracy points (paired over training seeds, 95% t-interval)")
+    fig.tight_layout()
+    return fig
+
+
 def save_fig(fig, params: Params, name: str) -> Path:
     """A notebook's figure, to reports/<run>/figures/<name>.png (the stages' own figures are catalog entries)."""
     return write_figure(RunDir.of(params).figure(name), fig)

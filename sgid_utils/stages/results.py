@@ -17,7 +17,7 @@ import pandas as pd
 from sgid_utils.config.backbones import COMBINED, NON_GENERATIVE, backbones
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
-from sgid_utils.reporting.plots import accuracy_bar_chart, originals_vs_generated
+from sgid_utils.reporting.plots import accuracy_bar_chart, gain_forest, originals_vs_generated
 from sgid_utils.reporting.stats import (
     Predictions,
     add_holm,
@@ -198,6 +198,10 @@ def run(params: Params, images: pd.DataFrame) -> dict[str, object]:
     paths["gains_md"] = catalog.save(params, "backbone_gains_md",
                                      gains.drop(columns="backbone").astype(object).fillna("–"),
                                      caption=gains_caption(params, gains))
+    if len(sig):
+        fig = gain_forest(sig, params)
+        paths["forest"] = catalog.save(params, "gain_forest_figure", fig)
+        plt.close(fig)
     fig = accuracy_bar_chart(results, table, params)
     paths["bar_chart"] = catalog.save(params, "accuracy_figure", fig)
     plt.close(fig)
