@@ -176,7 +176,7 @@ class CurationParams(Section):
                                    description="Target short side when upscaling; defaults to upscale_threshold.")
     error_analysis_sample: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
         5, description="Small sources per class (seeded) that also get the raw pass, for the error analysis; "
-        "'all': every source, as the report did (sources at or above the threshold always do).")
+        "'all': every source (our reading of the report's first pass; sources at or above the threshold always do).")
     select: Literal["most_diverse_consistent", "most_similar", "random"] = Field(
         "most_similar", description="Which candidate of a source enters training (sgid_utils/selection.py). "
         "most_similar: our automatic reading of the report's hand pick ('select the best image out of the 3'; "
