@@ -35,7 +35,7 @@ def backbones(params: Params) -> list[BackboneParams]:
     t = params.training
     listed = t.backbones or [BackboneParams.model_construct(
         name="", model=params.models.classifier,
-        source="training.* (Adam, constant lr 1e-4: the reproduction report; epochs, batch size: this package)")]
+        source="this params file's training.* (where each default comes from: the settings table)")]
     return [b.model_copy(update={"label": b.label or b.name or b.model,
                                  **{k: getattr(t, k) for k in INHERITED if getattr(b, k) is None}}) for b in listed]
 

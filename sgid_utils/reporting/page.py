@@ -277,14 +277,10 @@ def _verdicts(row: pd.Series) -> str:
     return f"{plain} / {adjusted}"
 
 
-# Where an unlisted backbone's recipe comes from: the params file's training section, not a source of its own.
-IMPLICIT_RECIPE = "this params file's training.* (each setting's source: the settings table)"
-
-
 def backbones_table(params: Params) -> dict[str, list]:
     """The classifiers as a small table: label, model, recipe, and where the recipe comes from."""
     rows = [[bb.label, relative(params, bb.model), relative(params, recipe(bb)).split(": ", 1)[-1],
-             bb.source or IMPLICIT_RECIPE] for bb in backbones(params)]
+             bb.source or "not given (training.backbones[].source)"] for bb in backbones(params)]
     return {"columns": ["Backbone", "model", "recipe", "recipe from"], "rows": rows}
 
 
