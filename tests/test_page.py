@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 import re
 import shutil
@@ -157,7 +158,7 @@ def test_the_top_of_the_page_gives_the_verdict_in_percent_and_points(page, repor
     assert 'src="figures/gain_forest.png"' in verdict
     captions = re.findall(r'<p class="caption">(.*?)</p>', verdict, re.S)
     assert captions and all(len(re.findall(r"[.!?](\s|$)", c)) <= 3 for c in captions), captions
-    how = page.text.split('id="how-to-read"', 1)[1].split("</section>", 1)[0]
+    how = html.unescape(page.text.split('id="how-to-read"', 1)[1].split("</section>", 1)[0])
     assert "test images" in how and "biases SGID's gain down" in how and page.text.count('id="how-to-read"') == 1
     assert "covers training seeds on one generation draw" in page.text
     assert "Li, Xu" not in page.text and "Li et al." in page.text

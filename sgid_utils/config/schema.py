@@ -272,7 +272,8 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _filtered_needs_filters(self) -> Params:
-        if "sgid_filtered" in self.training.methods and not self.quality.filters:
-            raise ValueError("training.methods lists sgid_filtered but quality.filters is empty: name at "
-                             "least one filter")
+        for method in ("sgid_filtered", "sgid_size_matched"):
+            if method in self.training.methods and not self.quality.filters:
+                raise ValueError(f"training.methods lists {method} but quality.filters is empty: name at "
+                                 "least one filter")
         return self

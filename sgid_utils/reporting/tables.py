@@ -21,6 +21,7 @@ SIGNIFICANCE_COLUMNS = ["backbone", "setting", "mean_diff", "ci_low", "ci_high",
                         "significant", "p_holm", "significant_holm"]
 # The accuracy table's columns (tables/accuracy.csv); the numeric copies mean/std/seeds are accuracy fractions.
 OURS = "Ours (%, mean ± std over seeds)"
+GENERATED = "Generated images"  # how many generated images a setting adds to the real ones (filtering drops some)
 DELTA = "Δ vs Baseline (points, 95% CI)"
 SIGNIFICANT = "Significant (unadjusted)"
 SIGNIFICANT_HOLM = "Significant (Holm)"
@@ -77,9 +78,10 @@ def primary(params: Params, table: pd.DataFrame) -> pd.DataFrame:
 
 def per_setting(results: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample std and count of test accuracy per setting, in method order (then proportion)."""
+    extra = {"generated": ("generated_images", "max")} if "generated_images" in results else {}
     grouped = results.groupby("setting").agg(method=("method", "first"), proportion=("proportion", "first"),
                                              mean=("test_acc", "mean"), std=("test_acc", "std"),
-                                             count=("test_acc", "count"))
+                                             count=("test_acc", "count"), **extra)
     order = list(METHOD_NAMES)
     grouped["_rank"] = [(order.index(m), p if p == p and p is not None else 0.0)
                         for m, p in zip(grouped.method, grouped.proportion)]
@@ -106,6 +108,7 @@ def _backbone_table(results: pd.DataFrame, params: Params, bb: BackboneParams, s
     table = pd.DataFrame({
         "Backbone": bb.label,
         "Method": grouped.index,
+        **({GENERATED: grouped["generated"].astype(int).to_numpy()} if "generated" in grouped else {}),
         OURS: [format_mean_std(m, s, int(n)) for m, s, n in zip(grouped["mean"], grouped["std"], grouped["count"])],
         "mean": grouped["mean"].round(4).to_numpy(),
         "std": grouped["std"].round(4).to_numpy(),
