@@ -85,6 +85,18 @@ def test_the_size_matched_control_cuts_the_unfiltered_set_to_the_filtered_sets_s
     assert set(size_matched(curated, filtered, 1.0, 1).image_id) != set(matched.image_id)  # another run seed
 
 
+def test_the_size_matched_set_is_drawn_from_the_runs_unfiltered_curated_set(pipeline_run):
+    run = RunDir.of(pipeline_run)
+    curated = pd.read_parquet(run.curated_table())
+    filtered = pd.read_parquet(run.curated_table(filtered=True))
+    methods = [*pipeline_run.training.methods, "sgid_size_matched"]
+    params = pipeline_run.model_copy(update={"training": pipeline_run.training.model_copy(update={"methods": methods})})
+    *_, additions, _ = training_sets(params)
+    matched = additions[("sgid_size_matched", 1.0)]
+    assert len(matched) == len(filtered) < len(curated)
+    assert set(matched.image_id) <= set(curated.image_id) and (matched.origin == "generated").all()
+
+
 def test_size_matched_configs_follow_the_filtered_proportions(make_params):
     params = make_params(training={"methods": ["baseline", "sgid_filtered", "sgid_size_matched"],
                                    "filtered_proportions": [0.5, 1.0], "seeds": [0, 1]})
