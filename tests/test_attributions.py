@@ -44,7 +44,9 @@ NEAR = 200  # characters either side of the phrase that count as "beside it"
 
 
 def normalise(text: str) -> str:
-    """Text with markup dropped (emphasis, bold tags, math delimiters), curly quotes straightened, spaces collapsed."""
+    """Text with markup dropped (blockquote marks, emphasis, bold tags, math delimiters), curly quotes straightened,
+    spaces collapsed."""
+    text = re.sub(r"^> ?", "", text, flags=re.MULTILINE)
     text = re.sub(r"</?b>|[*$^\\]", "", text)
     text = text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
     text = re.sub(r"\s+", " ", text)
@@ -75,6 +77,7 @@ def test_the_quote_check_fails_on_words_the_texts_do_not_hold(reference):
     assert found("a constant   learning rate of **0.0001**", reference)  # markup and spacing do not count
     assert not found("a constant learning rate of 0.001", reference)
     assert not found("averaged over seven data sets", reference)
+    assert found("outperforms the best augmentation baseline by 1.72% on ResNet-50 (from scratch)", reference)
 
 
 def test_a_report_or_paper_source_without_its_quote_is_refused():
