@@ -63,7 +63,8 @@ def reference() -> str:
 
 
 def found(quote: str, reference: str) -> bool:
-    return normalise(quote) in reference
+    """Word for word, up to markup, spacing and letter case (a quoted fragment may start a sentence)."""
+    return normalise(quote).lower() in reference.lower()
 
 
 def test_every_report_or_paper_source_quotes_the_texts_word_for_word(reference):
@@ -142,3 +143,27 @@ def test_every_attribution_has_its_evidence_beside_it(reference):
     bad = [f"{name}: …{excerpt}…" for name, unit in scanned_units() for excerpt in unbacked(unit, reference)]
     assert not bad, ("attributions without a quote found in ../shared/reference/, a backticked Source key or "
                      "words calling them a reading:\n" + "\n".join(bad))
+
+
+def misquoted(unit: str, reference: str) -> list[str]:
+    """Double-quoted spans of four words or more that follow an attributing phrase closely but are not in the texts
+    (single quotes are left out: in prose they are mostly apostrophes)."""
+    flat = re.sub(r"\s+", " ", unit)
+    bad = []
+    for hit in ATTRIBUTING.finditer(flat):
+        if OWN_PAGE.match(flat, hit.start()) or NOT_ATTRIBUTING.search(flat[max(0, hit.start() - 8):hit.end() + 13]):
+            continue
+        for m in re.finditer(r"\"([^\"]{6,}?)\"|“([^”]{6,}?)”", flat[hit.end():hit.end() + 120]):
+            quote = next(g for g in m.groups() if g)
+            ours = re.search(r"[<`{]", quote) or NOT_ATTRIBUTING.search(quote)  # a template, code or our own heading
+            if len(quote.split()) >= 4 and not ours and not found(quote, reference):
+                bad.append(quote)
+    return bad
+
+
+def test_a_quote_beside_an_attribution_is_word_for_word(reference):
+    assert misquoted('The report says "the guidance scale is f(s*) itself".', reference)
+    assert not misquoted('The report says "A guidance mapping function defined as in the original paper".', reference)
+    bad = [f"{name}: {q!r}" for name, unit in scanned_units() if not name.endswith(".py")
+           for q in misquoted(unit, reference)]
+    assert not bad, "quoted as the report's or the paper's but not found word for word:\n" + "\n".join(bad)
