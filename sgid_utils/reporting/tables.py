@@ -126,6 +126,7 @@ def _backbone_table(results: pd.DataFrame, params: Params, bb: BackboneParams, s
         table[P_HOLM] = column(lambda r: format_p(r.get("p_holm")))
         table[SIGNIFICANT_HOLM] = column(lambda r: verdict_cell(r, adjusted=True))
         table["McNemar p (max over seeds)"] = column(lambda r: f"{r['mcnemar_max_p']:.3g}")
+        table["McNemar p (pooled over seeds)"] = column(lambda r: format_p(r.get("mcnemar_pooled_p")))
     for ref in params.results.references:
         mine = ref.backbone == bb.name if ref.backbone is not None else first
         table[ref.label] = [ref.values.get(s, np.nan) if mine else np.nan for s in table.Method]
