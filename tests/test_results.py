@@ -9,6 +9,7 @@ from sgid_utils.core.rundir import RunDir
 from sgid_utils.reporting.plots import gain_forest
 from sgid_utils.reporting.tables import (
     DELTA,
+    GENERATED,
     OURS,
     PAPER_DATA_SET_GAIN,
     SIGNIFICANT,
@@ -32,9 +33,11 @@ def test_summary_mean_std_order_and_references(make_params):
         "method": ["sgid", "baseline", "baseline", "cutmix", "sgid", "sgid"],
         "proportion": [1.0, None, None, None, 0.25, 1.0],
         "test_acc": [0.90, 0.80, 0.84, 0.81, 0.70, 0.92],
+        "generated_images": [40, 0, 0, 0, 10, 40],
     })
     t = summary_table(results, params)
     assert t.Method.tolist() == ["Baseline", "CutMix", "SGID (25%)", "SGID (100%)"]
+    assert t[GENERATED].tolist() == [0, 0, 10, 40]  # each setting says how many generated images it adds
     base = t.set_index("Method").loc["Baseline"]
     assert base["mean"] == pytest.approx(0.82) and base["std"] == pytest.approx(np.std([0.80, 0.84], ddof=1), abs=1e-4)
     assert base[OURS] == "82.00 ± 2.83 (n=2)"  # percent, as the paper prints accuracy

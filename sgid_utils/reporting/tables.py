@@ -108,11 +108,11 @@ def _backbone_table(results: pd.DataFrame, params: Params, bb: BackboneParams, s
     table = pd.DataFrame({
         "Backbone": bb.label,
         "Method": grouped.index,
-        **({GENERATED: grouped["generated"].astype(int).to_numpy()} if "generated" in grouped else {}),
         OURS: [format_mean_std(m, s, int(n)) for m, s, n in zip(grouped["mean"], grouped["std"], grouped["count"])],
         "mean": grouped["mean"].round(4).to_numpy(),
         "std": grouped["std"].round(4).to_numpy(),
         "seeds": grouped["count"].astype(int).to_numpy(),
+        **({GENERATED: grouped["generated"].astype(int).to_numpy()} if "generated" in grouped else {}),
     })
     if sig is not None:
         rows = sig.set_index("setting")
