@@ -139,7 +139,7 @@ def test_the_forest_plot_draws_each_gain_with_its_interval_per_backbone():
         {"backbone": "resnet50_scratch", "setting": "SGID (100%)", "mean_diff": 0.03, "ci_low": np.nan,
          "ci_high": np.nan, "determined": False}])
     fig = gain_forest(sig, params)
-    vit, resnet = fig.axes
+    vit, resnet = fig.axes  # side by side, each with its own settings (they differ here)
     assert [t.get_text() for t in vit.get_yticklabels()] == ["CutMix", "SGID (100%)"]
     assert vit.get_title(loc="left") == "ViT-B/16 (ImageNet-21k): gain over its Baseline"
     drawn = {c.get_label(): c for c in vit.containers}
@@ -148,5 +148,8 @@ def test_the_forest_plot_draws_each_gain_with_its_interval_per_backbone():
     segments = outside.lines[2][0].get_segments()[0]  # the horizontal bar of the interval, in points
     assert [x for x, _ in segments] == pytest.approx([0.4, 2.0])
     assert not resnet.containers and resnet.collections[0].get_offsets().tolist() == [[3.0, 0.0]]  # no interval
+    assert [t.get_text() for t in resnet.get_yticklabels()] == ["SGID (100%)"]
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == {"95% CI excludes 0", "95% CI includes 0",
+                                                                  "no verdict (see the tables)"}
     with pytest.raises(ValueError, match="no row of this run's backbones"):
         gain_forest(sig.assign(backbone="other"), params)

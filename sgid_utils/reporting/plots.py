@@ -26,7 +26,8 @@ REPORT_CAPTION_SCORES = (0.301, 0.396)
 
 def gain_forest(sig: pd.DataFrame, params: Params):
     """Each setting's gain over its backbone's Baseline in points with its 95% interval over seeds (``sig``: the
-    results stage's significance table), one panel per backbone: the picture a reader looks at before any table.
+    results stage's significance table), one panel per backbone side by side (short enough that the verdict table
+    below it stays on the first screen): the picture a reader looks at before any table.
 
     Filled dots: a determined interval that excludes 0; open dots: one that includes 0; grey crosses: no verdict
     (too few seeds or zero spread), drawn without an interval.
@@ -34,10 +35,11 @@ def gain_forest(sig: pd.DataFrame, params: Params):
     panels = [(bb.label, bb.name) for bb in backbones(params) if (sig.backbone == bb.name).any()]
     if not panels:
         raise ValueError("the significance table has no row of this run's backbones: nothing to draw")
-    heights = [int((sig.backbone == name).sum()) for _, name in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.0 + 0.42 * sum(heights) + 0.6 * len(panels)),
-                             squeeze=False, sharex=True, gridspec_kw={"height_ratios": heights})
-    for ax, (label, name) in zip(axes[:, 0], panels):
+    rows_of = [sig[sig.backbone == name].setting.tolist() for _, name in panels]
+    same = all(r == rows_of[0] for r in rows_of)  # then only the first panel names the settings
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 + 3.2 * len(panels), 1.1 + 0.27 * max(map(len, rows_of))),
+                             squeeze=False, sharey=same)
+    for k, (ax, (label, name)) in enumerate(zip(axes[0], panels)):
         rows = sig[sig.backbone == name].reset_index(drop=True)
         y = np.arange(len(rows))[::-1]
         mean, low, high = (100 * rows[c].to_numpy(dtype=float) for c in ("mean_diff", "ci_low", "ci_high"))
@@ -51,11 +53,14 @@ def gain_forest(sig: pd.DataFrame, params: Params):
             ax.scatter(mean[~known], y[~known], marker="x", color="grey", label="no verdict (see the tables)")
         ax.axvline(0, color="black", lw=0.8, ls="--")
         ax.set_yticks(y, rows.setting)
+        ax.tick_params(labelleft=k == 0 or not same)
         ax.set_ylim(-0.7, len(rows) - 0.3)
-        ax.set_title(f"{label}: gain over its Baseline", fontsize=10, loc="left")
-        ax.legend(fontsize=7, loc="lower right")
-    axes[-1][0].set_xlabel("accuracy points (paired over training seeds, 95% t-interval)")
-    fig.tight_layout()
+        ax.set_title(f"{label}: gain over its Baseline", fontsize=9, loc="left")
+        ax.set_xlabel("points (95% interval over seeds)", fontsize=8)
+        ax.tick_params(labelsize=8)
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower right", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
