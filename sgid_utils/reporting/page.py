@@ -1,16 +1,12 @@
 """The run's one HTML page, ``reports/<run>/index.html``: what someone opens first.
 
-At the top, per backbone, SGID against the best non-generative method with its interval, both
-verdicts (unadjusted and Holm) and the two controls (equal optimisation steps, a second generation
-draw); then key facts (data set, models, backbones, seeds, when and on what machine each stage ran),
-one wide table of methods by backbones beside the published numbers (accuracy in percent, differences
-in points), the settings that differ from the package defaults with each one's source, the bar chart,
-the consistency-diversity figure, the ablation table, and links to every executed notebook
-rendered as HTML beside it (nbconvert). Everything is read from the run's own files through
-their loaders and ``RunDir``, rendered by a jinja2 template shipped with the package
-(``templates/report.html.j2``); figures are linked relative to the page, so the reports folder
-can be zipped and opened anywhere without a server. Nothing is computed here that a stage
-did not write, so the page's numbers are the tables' numbers.
+At the top the forest plot of every gain, then per backbone SGID against the best non-generative method with its
+interval, its test-set check and the verdict of both, and the two controls in their own table; one "How to read this
+page" block; key facts, the wide table of methods by backbones beside the published numbers, the settings that differ
+from the defaults with their sources, the figures, the ablation table and every executed notebook as HTML. Everything
+is read from the run's files (catalog, ``RunDir``) and rendered by ``templates/report.html.j2``; figures are linked
+relative to the page, so the folder can be zipped and opened anywhere. Nothing is computed here that a stage did not
+write, so the page's numbers are the tables' numbers.
 """
 
 from __future__ import annotations
@@ -189,9 +185,8 @@ def controls(ablations: pd.DataFrame | None) -> dict[str, str]:
 
 
 def headline(params: Params, gains: pd.DataFrame | None, accuracy: pd.DataFrame) -> dict[str, Any] | None:
-    """The page's first table: per backbone, SGID against the best non-generative method, its test-set check and the
-    verdict of both, the abstract's gains (`results.headline`) and the paper's gain on this data set where a
-    reference table names it (the controls have their own table: ``controls_table``)."""
+    """The page's first table: per backbone, SGID against the best non-generative method, its test-set check, the
+    verdict of both, and the published gains (`results.headline`; `results.references` tied to this data set)."""
     if gains is None or gains.empty:
         return None
     headline_label = params.results.headline.label if params.results.headline else None
@@ -219,11 +214,9 @@ def headline(params: Params, gains: pd.DataFrame | None, accuracy: pd.DataFrame)
 
 
 def controls_table(params: Params, ablations: pd.DataFrame | None) -> dict[str, list]:
-    """The two controls of the main verdict as their own small table: what each tests and its result (they train
-    the first backbone only)."""
+    """The two controls of the main verdict (they train the first backbone only) as their own small table."""
     done = controls(ablations)
-    first = backbones(params)[0].label
-    return {"columns": ["Control (first backbone, " + first + ")", "Result"],
+    return {"columns": [f"Control (first backbone, {backbones(params)[0].label})", "Result"],
             "rows": [[label, done[name]] for name, _, label in CONTROLS]}
 
 
