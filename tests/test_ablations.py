@@ -115,14 +115,18 @@ def test_variants_on_the_same_subset_share_its_captions_and_baselines_with_one_o
         ablations.run(one)
 
 
-def test_the_ablation_table_says_which_published_baseline_a_protocol_lands_nearer():
-    from sgid_utils.stages.ablations import nearest_reference
+def test_the_split_check_gives_each_difference_with_its_interval_and_says_what_it_cannot_show():
+    from sgid_utils.stages.ablations import split_check
 
     flowers = load_params(REPO / "params" / "flowers.yaml")  # Paper 0.9570, report 0.9822
-    assert nearest_reference(flowers, 0.9601).startswith("Paper (Li et al. 2023) (95.70 %, Δ +0.31 points)")
-    assert nearest_reference(flowers, 0.9790).startswith("Reproduction report")
-    assert nearest_reference(load_params(REPO / "params" / "smoke.yaml").model_copy(
-        update={"results": flowers.results.model_copy(update={"references": []})}), 0.5) == "–"
+    cell = split_check(flowers, pd.Series({0: 0.9591, 1: 0.9601, 2: 0.9611}))
+    # mean 0.9601, sample std 0.001, 3 seeds: half-width t(0.975, 2) * 0.001 / sqrt(3) = 0.25 points
+    assert cell.startswith("Paper (Li et al. 2023) 95.70 %: +0.31 [+0.06, +0.56]; Reproduction report (Ho et al.) "
+                           "98.22 %: -2.21 [-2.46, -1.96]")
+    assert cell.endswith("cannot identify the report's protocol)")
+    assert "nearest" not in cell and "nearer" not in cell
+    assert split_check(load_params(REPO / "params" / "smoke.yaml").model_copy(
+        update={"results": flowers.results.model_copy(update={"references": []})}), pd.Series({0: 0.5})) == "–"
 
 
 @pytest.mark.parametrize("profile", ["smoke_ablations.yaml", "pets_ablations.yaml", "flowers_ablations.yaml"])

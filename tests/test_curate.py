@@ -98,7 +98,7 @@ def test_the_default_selection_is_the_closest_reading_of_the_reports_hand_pick(t
 
     field = CurationParams.model_fields["select"]
     assert CurationParams().select == "most_similar"
-    assert "closest automatic reading" in field.description and "hypothesis" in field.description
+    assert "our automatic reading" in field.description and "hypothesis" in field.description
 
 
 def test_the_random_rule_follows_the_generation_draw(make_params):

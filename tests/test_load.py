@@ -93,8 +93,8 @@ def test_environment_redirects_run_dir_but_explicit_overrides_win(tmp_path, monk
 
 @pytest.mark.parametrize("name", ["pets", "flowers"])
 def test_shipped_profiles_hold_the_published_settings(name):
-    """The paper's and the report's numbers (prompt weights, f(s*), strength, k, Adam at 1e-4, ...) and the closest
-    reading of the report's hand pick as the selection rule."""
+    """The report's numbers (its own remedies: prompt weights, k; f(s*) as it quotes the paper; strength, Adam at
+    1e-4, ...) and our automatic reading of the report's hand pick as the selection rule."""
     p = load_params(REPO / "params" / f"{name}.yaml")
     g, t = p.generation, p.training
     assert p.dataset.source == name

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import math
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,7 +23,7 @@ from sgid_utils.core.provenance import load_provenance, record_stage
 from sgid_utils.core.registry import NAMES
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.reporting.page import build_report, project_root
-from sgid_utils.reporting.tables import DELTA, OURS, SIGNIFICANT, SIGNIFICANT_HOLM
+from sgid_utils.reporting.tables import DELTA, JOINT, OURS, SIGNIFICANT, SIGNIFICANT_HOLM, TEST_SET_P
 
 from .conftest import write_params
 
@@ -133,15 +135,31 @@ def test_the_page_numbers_are_the_run_tables(report_params, page):
         assert shown[column].tolist() == [_shown(v) for v in metrics[column]], column
 
 
-def test_the_top_of_the_page_gives_the_verdict_in_percent_and_points(page):
+def test_the_top_of_the_page_gives_the_verdict_in_percent_and_points(page, report_params):
     top = page.frame("headline")
-    assert top.columns.tolist() == ["Backbone", "Comparison", "Gain (points, 95% CI)", "Verdict: unadjusted / Holm",
+    assert top.columns.tolist() == ["Backbone", "Comparison", "Gain (points, 95% CI)",
+                                    "Test-set check (McNemar p, pooled over seeds)",
+                                    "Verdict, seeds and test set: unadjusted / Holm",
                                     "SGID vs Baseline (points, 95% CI)",
-                                    "Paper's gain, abstract (points; mean over its 7 data sets)",
-                                    "Paper's gain, this data set (points)", "Controls"]
+                                    "Paper's gain, abstract (% read as points; no data set named)",
+                                    "Paper's gain, this data set (points, assumed ViT-B/16)"]
+    gains = catalog.load(report_params, "backbone_gains")
+    assert top["Test-set check (McNemar p, pooled over seeds)"].tolist() == [str(p) for p in gains[TEST_SET_P]]
+    assert gains[TEST_SET_P].ne("–").all()  # the results stage ran the check from the saved predictions
+    for joint, shown in zip(gains[JOINT], top["Verdict, seeds and test set: unadjusted / Holm"]):
+        assert shown.startswith(joint)  # the verdict of both checks, never the seed interval's alone
     assert page.text.index('id="verdict"') < page.text.index('id="facts"') < page.text.index('id="results"')
-    assert "equal steps" in top.Controls.iloc[0] and "second generation draw" in top.Controls.iloc[0]
-    assert top.Controls.iloc[0].count("not run") == 2  # no ablation profile has run for this copy
+    controls = page.frame("controls")  # the controls in their own small table, not a paragraph in a cell
+    assert controls.Result.tolist() == ["not run", "not run"]  # no ablation profile has run for this copy
+    assert "equal steps" in controls.iloc[0, 0] and "second generation draw" in controls.iloc[1, 0]
+    # the forest plot leads the verdict; the captions stay short and the rest is in one "How to read" block
+    verdict = page.text.split('id="verdict"', 1)[1].split("</section>", 1)[0]
+    assert verdict.index('id="fig-gain_forest"') < verdict.index('class="numbers headline"')
+    assert 'src="figures/gain_forest.png"' in verdict
+    captions = re.findall(r'<p class="caption">(.*?)</p>', verdict, re.S)
+    assert captions and all(len(re.findall(r"[.!?](\s|$)", c)) <= 3 for c in captions), captions
+    how = html.unescape(page.text.split('id="how-to-read"', 1)[1].split("</section>", 1)[0])
+    assert "test images" in how and "biases SGID's gain down" in how and page.text.count('id="how-to-read"') == 1
     assert "covers training seeds on one generation draw" in page.text
     assert "Li, Xu" not in page.text and "Li et al." in page.text
     # points, not fractions
@@ -198,17 +216,17 @@ def test_ablation_table_is_shown_when_the_profile_has_run(report_params, page):
     table = pd.DataFrame([
         {"Variant": "label-only", "Changes": "generation.prompt=label_only", "Baseline": "50.00 ± 10.00 (n=2)",
          "SGID (100%)": "40.00 ± 5.00 (n=2)", "Δ (95% CI)": "-10.00 [-30.00, +10.00]", "Significant": "no",
-         "Baseline nearest to": "–"},
+         "Baseline − published Baselines (points, 95% CI)": "–"},
         {"Variant": "sgid-equal-steps", "Changes": "training.equal_steps=True", "Baseline": "50.00 ± 10.00 (n=2)",
          "SGID (100%)": "52.00 ± 5.00 (n=2)", "Δ (95% CI)": "+2.00 [-1.00, +5.00]", "Significant": "no",
-         "Baseline nearest to": "–"}])
+         "Baseline − published Baselines (points, 95% CI)": "–"}])
     path = write_table(RunDir.of(report_params).table("ablations.csv"), table)
     try:
         shown = Page(build_report(report_params).read_text())
     finally:
         path.unlink()
     pd.testing.assert_frame_equal(shown.frame("ablations"), table.astype(str))
-    controls = shown.frame("headline").Controls.iloc[0]  # the equal-steps row beside the main verdict; no second draw
-    assert ("equal steps (SGID trained for the Baseline's steps): SGID (100%) − Baseline +2.00 [-1.00, +5.00] points"
-            in controls)
-    assert "second generation draw (captions, candidates, selection redrawn): not run" in controls
+    controls = shown.frame("controls").set_index(shown.frame("controls").columns[0]).Result  # no second draw
+    assert (controls["equal steps (SGID trained for the Baseline's steps)"]
+            .startswith("SGID (100%) − Baseline +2.00 [-1.00, +5.00] points"))
+    assert controls["second generation draw (captions, candidates, selection redrawn)"] == "not run"

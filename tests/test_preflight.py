@@ -101,9 +101,10 @@ def test_counts_from_split_sizes():
     counts = full_run_counts(params)
     assert counts.train_images == 3680 and counts.small_sources == 3312  # 90 % assumed small
     assert counts.raw_sources == 3680 - 3312 + 5 * 37
-    # 5 methods: 3 plain x 3680 + SGID 25/50/75/100 % + filtered 100 %, 3 seeds, 10 epochs
-    extra = sum(int(p * 3680 + 0.5) for p in (0.25, 0.5, 0.75, 1.0, 1.0))
-    assert counts.train_image_epochs == 10 * 3 * (8 * 3680 + extra)
+    # 6 methods: 3 plain x 3680 + SGID 25/50/75/100 % + filtered 100 % + size-matched 100 % (counted at the
+    # unfiltered size: an upper bound), 3 seeds, 10 epochs
+    extra = sum(int(p * 3680 + 0.5) for p in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0))
+    assert counts.train_image_epochs == 10 * 3 * (9 * 3680 + extra)
     flowers = full_run_counts(load_params(REPO / "params/flowers.yaml"))
     assert flowers.train_images == 2040 and flowers.small_sources == 2040 and flowers.raw_sources == 510
 

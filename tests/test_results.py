@@ -6,8 +6,10 @@ from statsmodels.stats.multitest import multipletests
 from sgid_utils.config.load import load_params
 from sgid_utils.core import catalog
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.reporting.plots import gain_forest
 from sgid_utils.reporting.tables import (
     DELTA,
+    GENERATED,
     OURS,
     PAPER_DATA_SET_GAIN,
     SIGNIFICANT,
@@ -31,9 +33,11 @@ def test_summary_mean_std_order_and_references(make_params):
         "method": ["sgid", "baseline", "baseline", "cutmix", "sgid", "sgid"],
         "proportion": [1.0, None, None, None, 0.25, 1.0],
         "test_acc": [0.90, 0.80, 0.84, 0.81, 0.70, 0.92],
+        "generated_images": [40, 0, 0, 0, 10, 40],
     })
     t = summary_table(results, params)
     assert t.Method.tolist() == ["Baseline", "CutMix", "SGID (25%)", "SGID (100%)"]
+    assert t[GENERATED].tolist() == [0, 0, 10, 40]  # each setting says how many generated images it adds
     base = t.set_index("Method").loc["Baseline"]
     assert base["mean"] == pytest.approx(0.82) and base["std"] == pytest.approx(np.std([0.80, 0.84], ddof=1), abs=1e-4)
     assert base[OURS] == "82.00 ± 2.83 (n=2)"  # percent, as the paper prints accuracy
@@ -105,6 +109,47 @@ def test_gains_show_the_papers_own_data_set_gain_and_both_verdicts():
     assert gains.loc["vit_b16_in21k", "verdict (Holm)"] in ("significant", "not significant")
     caption = gains_caption(params, backbone_gains(rows, params))
     assert "For ViT-B/16 (ImageNet-21k) the best non-generative method is Baseline" in caption
-    assert "averaged over the paper's seven data sets" in caption and "Table 1" in caption
+    assert "names no data set; whether it is a mean over the paper's data sets is not stated" in caption
+    assert "Table 1" in caption and "backbone assumed: ViT-B/16" in caption and "not a like-for-like one" in caption
+    assert "verdict too" in caption  # the best baseline is picked after seeing the numbers
+    assert "assumed ViT-B/16" in PAPER_DATA_SET_GAIN
     assert "biases SGID's gain down" in caption and "biases the combination's gain up" in caption
     assert "ResNet-50 (from scratch): the recipe and its resize-only Baseline are this package's choice" in caption
+
+
+def test_the_papers_data_set_gain_shows_only_on_the_data_set_its_table_names():
+    params = load_params(REPO / "params" / "pets_backbones.yaml")
+    rows = _gain_rows({"vit_b16_in21k": {"Baseline": [0.90, 0.91, 0.905], "SGID (100%)": [0.93, 0.94, 0.93]}})
+    assert params.results.references[0].dataset == "pets"
+    other = params.model_copy(update={"dataset": params.dataset.model_copy(update={"source": "imagefolder"})})
+    assert np.isnan(backbone_gains(rows, other).set_index("backbone").loc["vit_b16_in21k", PAPER_DATA_SET_GAIN])
+    assert PAPER_DATA_SET_GAIN not in gains_caption(other, backbone_gains(rows, other))
+    untied = params.model_copy(deep=True)
+    untied.results.references[0].dataset = None
+    assert np.isnan(backbone_gains(rows, untied).set_index("backbone").loc["vit_b16_in21k", PAPER_DATA_SET_GAIN])
+
+
+def test_the_forest_plot_draws_each_gain_with_its_interval_per_backbone():
+    params = load_params(REPO / "params" / "pets_backbones.yaml")
+    sig = pd.DataFrame([
+        {"backbone": "vit_b16_in21k", "setting": "CutMix", "mean_diff": -0.002, "ci_low": -0.01, "ci_high": 0.006,
+         "determined": True},
+        {"backbone": "vit_b16_in21k", "setting": "SGID (100%)", "mean_diff": 0.012, "ci_low": 0.004,
+         "ci_high": 0.02, "determined": True},
+        {"backbone": "resnet50_scratch", "setting": "SGID (100%)", "mean_diff": 0.03, "ci_low": np.nan,
+         "ci_high": np.nan, "determined": False}])
+    fig = gain_forest(sig, params)
+    vit, resnet = fig.axes  # side by side, each with its own settings (they differ here)
+    assert [t.get_text() for t in vit.get_yticklabels()] == ["CutMix", "SGID (100%)"]
+    assert vit.get_title(loc="left") == "ViT-B/16 (ImageNet-21k): gain over its Baseline"
+    drawn = {c.get_label(): c for c in vit.containers}
+    outside, inside = drawn["95% CI excludes 0"], drawn["95% CI includes 0"]
+    assert outside.lines[0].get_xdata() == pytest.approx([1.2]) and inside.lines[0].get_xdata() == pytest.approx([-0.2])
+    segments = outside.lines[2][0].get_segments()[0]  # the horizontal bar of the interval, in points
+    assert [x for x, _ in segments] == pytest.approx([0.4, 2.0])
+    assert not resnet.containers and resnet.collections[0].get_offsets().tolist() == [[3.0, 0.0]]  # no interval
+    assert [t.get_text() for t in resnet.get_yticklabels()] == ["SGID (100%)"]
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == {"95% CI excludes 0", "95% CI includes 0",
+                                                                  "no verdict (see the tables)"}
+    with pytest.raises(ValueError, match="no row of this run's backbones"):
+        gain_forest(sig.assign(backbone="other"), params)

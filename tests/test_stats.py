@@ -10,9 +10,11 @@ from sgid_utils.reporting.stats import (
     add_holm,
     compare_to_baseline,
     holm,
+    joint_verdict,
     mcnemar_test,
     paired_difference,
     per_class_change,
+    pooled_mcnemar,
     setting_predictions,
     verdict,
     verdict_word,
@@ -225,3 +227,52 @@ def test_verdict_of_a_compare_row_matches_its_significance():
     row = compare_to_baseline(results, preds).iloc[0]
     assert ("significant unadjusted (the interval excludes 0)" in verdict(row)) == bool(row.significant)
     assert "3 training seeds on one generation draw" in verdict(row)
+
+
+def _steady_small_gain():
+    """The issue's case: on 3,669 test images SGID nets +4, +4 and +5 images over Baseline in three seeds, from
+    20 (or 21) images it fixes and 16 it breaks in each seed."""
+    labels = np.arange(3669) % 37
+    results, preds = [], {}
+    for seed, fixed in enumerate((20, 20, 21)):
+        base, method = labels.copy(), labels.copy()
+        base[:fixed] = (base[:fixed] + 1) % 37  # Baseline wrong, SGID right
+        method[100:116] = (method[100:116] + 1) % 37  # SGID wrong, Baseline right
+        base[200:500] = method[200:500] = (labels[200:500] + 1) % 37  # both wrong
+        for setting, config, pred in (("Baseline", f"b{seed}", base), ("SGID (100%)", f"s{seed}", method)):
+            preds[config] = pd.DataFrame({"image_id": np.arange(3669), "label_idx": labels, "pred": pred})
+            results.append({"setting": setting, "seed": seed, "config": config,
+                            "test_acc": float((pred == labels).mean())})
+    return pd.DataFrame(results), preds
+
+
+def test_a_steady_gain_of_a_few_images_is_significant_over_seeds_but_not_on_the_test_set():
+    results, preds = _steady_small_gain()
+    row = compare_to_baseline(results, preds).iloc[0]
+    assert row.p_value == pytest.approx(0.0059, abs=5e-4) and row.significant  # seed interval: "significant"
+    pooled = pooled_mcnemar(setting_predictions(results, "SGID (100%)", preds),
+                            setting_predictions(results, "Baseline", preds))
+    assert (pooled["b"], pooled["c"], pooled["n_pairs"]) == (61, 48, 3 * 3669)
+    # continuity-corrected chi-square: (|61 - 48| - 1)^2 / 109 = 1.321, p = 0.250
+    assert pooled["p_value"] == pytest.approx(0.2504, abs=1e-3) and row.mcnemar_pooled_p == pooled["p_value"]
+    assert row.mcnemar_pooled_net == 13
+    assert joint_verdict(verdict_word(row), row.mcnemar_pooled_p) == (
+        "undetermined (the seed interval and the test-set check disagree)")
+
+
+def test_joint_verdict_needs_both_checks_to_agree():
+    assert joint_verdict("significant", 0.001) == "significant"
+    assert joint_verdict("not significant", 0.4) == "not significant"
+    assert joint_verdict("not significant", 0.001).startswith("undetermined (the seed interval and the test-set")
+    assert joint_verdict("undetermined (2 seeds: need at least 3)", 0.001) == "undetermined (2 seeds: need at least 3)"
+    assert joint_verdict("significant", None) == "undetermined (no test-set check: the predictions are missing)"
+    assert joint_verdict("significant", float("nan")).startswith("undetermined (no test-set check")
+    with pytest.raises(ValueError, match="unknown seed verdict"):
+        joint_verdict("yes", 0.01)
+
+
+def test_pooled_mcnemar_refuses_different_test_sets():
+    results, preds = _results_and_predictions()
+    method = setting_predictions(results, "SGID (100%)", preds)
+    with pytest.raises(ValueError, match="same images"):
+        pooled_mcnemar(method.iloc[:100], setting_predictions(results, "Baseline", preds))

@@ -11,7 +11,7 @@ from sgid_utils.config.training import BackboneParams, TrainingParams
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.method.augmentations import cutmix_batch, mixed_loss, randaugment
 from sgid_utils.method.training import lr_factor, step_plan, train_step
-from sgid_utils.stages.train import sgid_subset, train_config, training_sets
+from sgid_utils.stages.train import sgid_subset, size_matched, train_config, training_sets
 
 from .conftest import copy_stages, resnet_scratch_entry
 
@@ -72,6 +72,38 @@ def test_sgid_subsets_have_the_right_size_and_are_nested():
     assert subsets[0.25] < subsets[0.5] < subsets[0.75] < subsets[1.0]
     assert set(sgid_subset(curated, 0.5, 1).image_id) != subsets[0.5]  # another run seed, another draw
     assert len(sgid_subset(curated, 0.0, 0)) == 0
+
+
+def test_the_size_matched_control_cuts_the_unfiltered_set_to_the_filtered_sets_size():
+    curated = pd.DataFrame({"image_id": [f"i{n}" for n in range(20)]})
+    filtered = curated.iloc[[1, 4, 5, 9, 12, 13, 17]]  # the filters dropped 13 of 20
+    matched = size_matched(curated, filtered, 1.0, 0)
+    assert len(matched) == len(filtered) == 7 and set(matched.image_id) <= set(curated.image_id)
+    assert set(matched.image_id) != set(filtered.image_id)  # a random cut of the unfiltered set, not the kept images
+    assert matched.equals(size_matched(curated, filtered, 1.0, 0))  # fixed for a run: the same set on every seed
+    assert len(size_matched(curated, filtered, 0.5, 0)) == len(sgid_subset(filtered, 0.5, 0)) == 4
+    assert set(size_matched(curated, filtered, 1.0, 1).image_id) != set(matched.image_id)  # another run seed
+
+
+def test_the_size_matched_set_is_drawn_from_the_runs_unfiltered_curated_set(pipeline_run):
+    run = RunDir.of(pipeline_run)
+    curated = pd.read_parquet(run.curated_table())
+    filtered = pd.read_parquet(run.curated_table(filtered=True))
+    methods = [*pipeline_run.training.methods, "sgid_size_matched"]
+    params = pipeline_run.model_copy(update={"training": pipeline_run.training.model_copy(update={"methods": methods})})
+    *_, additions, _ = training_sets(params)
+    matched = additions[("sgid_size_matched", 1.0)]
+    assert len(matched) == len(filtered) < len(curated)
+    assert set(matched.image_id) <= set(curated.image_id) and (matched.origin == "generated").all()
+
+
+def test_size_matched_configs_follow_the_filtered_proportions(make_params):
+    params = make_params(training={"methods": ["baseline", "sgid_filtered", "sgid_size_matched"],
+                                   "filtered_proportions": [0.5, 1.0], "seeds": [0, 1]})
+    matched = [c for c in configs(params) if c.method == "sgid_size_matched"]
+    assert [(c.setting, c.seed) for c in matched] == [("SGID size-matched (50%)", 0), ("SGID size-matched (50%)", 1),
+                                                      ("SGID size-matched (100%)", 0), ("SGID size-matched (100%)", 1)]
+    assert matched[0].name == "sgidsm050_seed0"
 
 
 def test_configs_cover_methods_proportions_and_seeds(make_params):

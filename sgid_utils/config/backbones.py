@@ -15,14 +15,15 @@ from sgid_utils.config.schema import Params
 from sgid_utils.config.training import INHERITED, BackboneParams
 
 METHOD_NAMES = {"baseline": "Baseline", "cutmix": "CutMix", "randaugment": "RandAugment", "sgid": "SGID",
-                "sgid_filtered": "SGID filtered", "sgid_cutmix": "SGID + CutMix",
-                "sgid_randaugment": "SGID + RandAugment"}
+                "sgid_filtered": "SGID filtered", "sgid_size_matched": "SGID size-matched",
+                "sgid_cutmix": "SGID + CutMix", "sgid_randaugment": "SGID + RandAugment"}
 NON_GENERATIVE = ("baseline", "cutmix", "randaugment")
-GENERATIVE = ("sgid", "sgid_filtered", "sgid_cutmix", "sgid_randaugment")
+GENERATIVE = ("sgid", "sgid_filtered", "sgid_size_matched", "sgid_cutmix", "sgid_randaugment")
 CUTMIX = ("cutmix", "sgid_cutmix")  # CutMix on every training batch (with its probability)
 RANDAUGMENT = ("randaugment", "sgid_randaugment")  # RandAugment on every training image, generated ones included
 COMBINED = ("sgid_cutmix", "sgid_randaugment")
-_TAGS = {"sgid": "sgid", "sgid_filtered": "sgidf", "sgid_cutmix": "sgidcm", "sgid_randaugment": "sgidra"}
+_TAGS = {"sgid": "sgid", "sgid_filtered": "sgidf", "sgid_size_matched": "sgidsm", "sgid_cutmix": "sgidcm",
+         "sgid_randaugment": "sgidra"}
 
 
 def backbones(params: Params) -> list[BackboneParams]:
@@ -35,7 +36,7 @@ def backbones(params: Params) -> list[BackboneParams]:
     t = params.training
     listed = t.backbones or [BackboneParams.model_construct(
         name="", model=params.models.classifier,
-        source="training.* (Adam, constant lr 1e-4: the reproduction report; epochs, batch size: this package)")]
+        source="this params file's training.* (where each default comes from: the settings table)")]
     return [b.model_copy(update={"label": b.label or b.name or b.model,
                                  **{k: getattr(t, k) for k in INHERITED if getattr(b, k) is None}}) for b in listed]
 
@@ -76,6 +77,7 @@ def configs(params: Params) -> list[TrainConfig]:
     t = params.training
     out = []
     proportions = {"sgid": t.sgid_proportions, "sgid_filtered": t.filtered_proportions,
+                   "sgid_size_matched": t.filtered_proportions,
                    "sgid_cutmix": t.combined_proportions, "sgid_randaugment": t.combined_proportions}
     for bb in backbones(params):
         for method in t.methods:

@@ -176,10 +176,10 @@ class CurationParams(Section):
                                    description="Target short side when upscaling; defaults to upscale_threshold.")
     error_analysis_sample: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
         5, description="Small sources per class (seeded) that also get the raw pass, for the error analysis; "
-        "'all': every source, as the report did (sources at or above the threshold always do).")
+        "'all': every source (our reading of the report's first pass; sources at or above the threshold always do).")
     select: Literal["most_diverse_consistent", "most_similar", "random"] = Field(
         "most_similar", description="Which candidate of a source enters training (sgid_utils/selection.py). "
-        "most_similar: the closest automatic reading of the report's hand pick ('select the best image out of the 3'; "
+        "most_similar: our automatic reading of the report's hand pick ('select the best image out of the 3'; "
         "its Figure 4 shows the image-image cosine rising); most_diverse_consistent: a hypothesis of this package; "
         "random: a control.")
     min_similarity: float | None = Field(
@@ -272,7 +272,8 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _filtered_needs_filters(self) -> Params:
-        if "sgid_filtered" in self.training.methods and not self.quality.filters:
-            raise ValueError("training.methods lists sgid_filtered but quality.filters is empty: name at "
-                             "least one filter")
+        for method in ("sgid_filtered", "sgid_size_matched"):
+            if method in self.training.methods and not self.quality.filters:
+                raise ValueError(f"training.methods lists {method} but quality.filters is empty: name at "
+                                 "least one filter")
         return self

@@ -30,34 +30,47 @@ HUB_IDS = {"pets": "timm/oxford-iiit-pet", "flowers": "dpdl-benchmark/oxford_flo
 
 
 Origin = Literal["paper", "report", "package"]
+# Origins whose Source must carry a quote of the report or the paper's public text.
+QUOTED = ("paper", "report")
 COLUMNS = ["setting", "this run", "package default", "origin", "source"]
 REQUIRED = "(required: no default)"
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where a setting's default comes from: its origin and, in words, the section quoted or the reason."""
+    """Where a setting's default comes from: its origin, the section or reason in words and, for the paper or the
+    report, the exact words it rests on.
+
+    ``quote`` is required for ``paper`` and ``report`` and must appear in ``where``, so the settings table shows the
+    evidence beside the claim; tests/test_attributions.py finds each quote word for word in the report or the
+    paper's public text (``../shared/reference/``).
+    """
 
     origin: Origin
     where: str
+    quote: str = ""
 
     def __post_init__(self) -> None:
         if self.origin not in ("paper", "report", "package"):
             raise ValueError(f"unknown origin {self.origin!r}: use 'paper', 'report' or 'package'")
         if not self.where.strip():
             raise ValueError("a Source needs its section or reason in 'where'")
+        if self.origin in QUOTED and not self.quote.strip():
+            raise ValueError(f"a {self.origin} Source needs the exact words it rests on in 'quote'")
+        if self.quote not in self.where:
+            raise ValueError(f"'where' must show the quote {self.quote!r}")
 
     def text(self) -> str:
         """The source in words, as the settings table shows it: 'report — Generation of Augmented Images §6: ...'."""
         return f"{self.origin} — {self.where}"
 
 
-def _paper(where: str) -> Source:
-    return Source("paper", where)
+def _paper(where: str, quote: str) -> Source:
+    return Source("paper", where, quote)
 
 
-def _report(where: str) -> Source:
-    return Source("report", where)
+def _report(where: str, quote: str) -> Source:
+    return Source("report", where, quote)
 
 
 def _ours(why: str) -> Source:
@@ -82,7 +95,8 @@ SOURCES: dict[str, Source] = {
     "run.min_free_gb": _ours("stops a stage before it fills the disk"),
     "run.reuse": _ours("off: a run makes its own images; backbone profiles reuse the main run's"),
     # dataset
-    "dataset.source": _report(f"{_TRAIN}: 'We use the Oxford Pets and the Flowers dataset' (imagefolder is ours)"),
+    "dataset.source": _report(f"{_TRAIN}: 'We use the Oxford Pets and the Flowers dataset' (imagefolder is ours)",
+                              "We use the Oxford Pets and the Flowers dataset"),
     "dataset.hf_id": _ours("the report names no copy of the data sets; per source, a Hub copy with the official "
                            "splits"),
     "dataset.path": _ours("imagefolder only: the user's own images"),
@@ -99,18 +113,24 @@ SOURCES: dict[str, Source] = {
     "dataset.min_side": _ours("images this small carry nothing to caption or generate from; skipped with a reason"),
     "dataset.max_aspect": _ours("such strips cannot be resized to the models' inputs sensibly; skipped with a reason"),
     # models
-    "models.captioner": _report(f"{_GEN} §1: 'Salesforce/blip-image-captioning-base'"),
+    "models.captioner": _report(f"{_GEN} §1: 'Salesforce/blip-image-captioning-base'",
+                                "Salesforce/blip-image-captioning-base"),
     "models.clip": _report(f"{_GEN} §2: 'openai/clip-vit-base-patch32' (also the image-image similarity of curation "
-                           "and the quality filters: our choice)"),
-    "models.diffusion": _report(f"{_GEN} §6: the pre-trained 'stable-diffusion-v1-5' model (the Hub id is the "
-                                "current home of that checkpoint)"),
+                           "and the quality filters: our choice)", "openai/clip-vit-base-patch32"),
+    "models.diffusion": _report(f"{_GEN} §6: 'the pre-trained \"stable-diffusion-v1-5\" model' (the Hub id is the "
+                                "current home of that checkpoint)", 'the pre-trained "stable-diffusion-v1-5" model'),
     "models.classifier": _report(f"{_TRAIN}: 'vit-base-patch16-224-in21k' (its timm name is our mapping, from "
-                                 "timm's registry metadata, not from comparing the weights)"),
+                                 "timm's registry metadata, not from comparing the weights)",
+                                 "vit-base-patch16-224-in21k"),
     "models.controlnet": _ours("the report names ControlNet only as possible progress; Canny v1.1, trained longer on "
                                "cleaner data than v1.0"),
     # captioning
-    "captioning.num_nucleus": _report(f"{_GEN} §1: 'a total of 10 captions for each algorithm' (nucleus sampling)"),
-    "captioning.num_beam": _report(f"{_GEN} §1: 'a total of 10 captions for each algorithm' (beam search)"),
+    "captioning.num_nucleus": _report(f"{_GEN} §1: 'a total of 10 captions for each algorithm' (nucleus sampling; "
+                                      "the paper instead picks one strategy per data set 'based on the results of "
+                                      "the validation set': the package follows the report)",
+                                      "a total of 10 captions for each algorithm"),
+    "captioning.num_beam": _report(f"{_GEN} §1: 'a total of 10 captions for each algorithm' (beam search)",
+                                   "a total of 10 captions for each algorithm"),
     "captioning.top_p": _ours("the report gives no top_p; 0.9, a usual nucleus value (duplicate captions are kept)"),
     "captioning.num_beams": _ours("forced: returning 10 beam captions needs a beam width of at least 10; the report "
                                   "gives no width"),
@@ -119,43 +139,55 @@ SOURCES: dict[str, Source] = {
     # similarity
     "similarity.batch_size": _ours(_SPEED),
     # generation
-    "generation.generator": _report(f"{_GEN} §6: 'create augmented photos via image-to-image'"),
+    "generation.generator": _report(f"{_GEN} §6: 'create augmented photos via image-to-image'",
+                                    "create augmented photos via image-to-image"),
     "generation.controlnet.low_threshold": _ours("the Canny thresholds of the diffusers and ControlNet examples"),
     "generation.controlnet.high_threshold": _ours("the Canny thresholds of the diffusers and ControlNet examples"),
     "generation.controlnet.conditioning_scale": _ours("1, the weight the ControlNet was trained at"),
-    "generation.prompt": _report(f"{_GEN} §3: the label and the caption form the prompt"),
+    "generation.prompt": _report(f"{_GEN} §3: 'Both the label of the image and the caption generated are used to "
+                                 "form the prompt'", "Both the label of the image and the caption generated are "
+                                 "used to form the prompt"),
     "generation.prompt_template": _report(f"{_GEN} §3: 'a fluffy white dog laying in the grass with a stuffed "
-                                          "animal. A picture of Great Pyrenees'"),
+                                          "animal. A picture of Great Pyrenees'", "a fluffy white dog laying in the "
+                                          "grass with a stuffed animal. A picture of Great Pyrenees"),
     "generation.caption_weight": _report("Methodology and Generation of Augmented Images §4: 'a weight of 1.50 to "
-                                         "labels and 0.90 to captions'"),
+                                         "labels and 0.90 to captions' (the report's own remedy, not the "
+                                         "paper's setting)", "a weight of 1.50 to labels and 0.90 to captions"),
     "generation.label_weight": _report("Methodology and Generation of Augmented Images §4: 'a weight of 1.50 to "
-                                       "labels and 0.90 to captions'"),
+                                       "labels and 0.90 to captions' (the report's own remedy, not the paper's "
+                                       "setting)", "a weight of 1.50 to labels and 0.90 to captions"),
     "generation.negative_prompt": _ours("the report names no negative prompt"),
-    "generation.guidance.coefficients": _paper(f"as quoted by the report ({_GEN} §5: 'a guidance mapping function "
+    "generation.guidance.coefficients": _paper(f"as quoted by the report ({_GEN} §5: 'A guidance mapping function "
                                                "defined as in the original paper', f(s*) = -4 s*^2 + 2 s* + 1); s* "
                                                "is the raw CLIP cosine (not logit-scaled, not a softmax over the "
-                                               "captions, not CLIPScore): our reading"),
+                                               "captions, not CLIPScore): our reading",
+                                               "A guidance mapping function defined as in the original paper"),
     "generation.guidance.mode": _ours("a reading: the report never says the guidance scale equals f(s*); 'direct' "
                                       "passes f(s*) as the scale, the 'scaled-guidance' ablation 7.5 * f(s*)"),
     "generation.guidance.base_scale": _ours("Stable Diffusion's usual guidance 7.5; used by the 'scaled' and 'fixed' "
                                             "modes only"),
     "generation.strength": _report(f"{_GEN} §6: 'Gaussian noise of 0.3', read as diffusers img2img strength=0.3 "
-                                   "(a reading)"),
+                                   "(a reading)", "Gaussian noise of 0.3"),
     "generation.num_inference_steps": _ours("the report names no scheduler or steps; SD 1.5's own PNDM at 50 steps"),
-    "generation.num_candidates": _report(f"{_PRE}: '3 images are generated per original image'"),
-    "generation.max_side": _ours("caps elongated sources at 768 px so they fit SD 1.5 and memory"),
+    "generation.num_candidates": _report(f"{_PRE}: '3 images are generated per original image' (the report's own "
+                                         "step, with its hand pick; not the paper's)",
+                                         "3 images are generated per original image"),
+    "generation.max_side": _ours("caps a source's long side at 768 px so it fits SD 1.5 and memory; an upscaled "
+                                "source may reach 2 x curation.upscale_to (1,024 px at the default 512)"),
     "generation.batch_size": _ours(_SPEED),
     "generation.dtype": _ours(_SPEED + " (within floating-point tolerance)"),
     "generation.compile": _ours(_SPEED),
     # curation
-    "curation.upscale_threshold": _report(f"{_PRE}: small images upscaled, SD 'was trained on 512 x 512 images' "
-                                          "(the 512 px short-side threshold is our reading)"),
+    "curation.upscale_threshold": _report(f"{_PRE}: 'By upscaling images of smaller resolution', SD 'was trained on "
+                                          "512 x 512 images' (the report's own remedy; the 512 px short-side "
+                                          "threshold is our reading)", "By upscaling images of smaller resolution"),
     "curation.upscale_to": _ours("upscaled to the threshold's short side"),
-    "curation.error_analysis_sample": _ours("the report regenerated every image; 5 small sources per class suffice "
-                                            "for the error analysis, since every small source is regenerated upscaled"),
-    "curation.select": _ours("most_similar: the closest automatic reading of the report's hand pick ('select the best "
-                             "image out of the 3'; its Figure 4 shows the cosine rising about 19x); "
-                             "most_diverse_consistent is a hypothesis, run as an ablation"),
+    "curation.error_analysis_sample": _ours("5 small sources per class suffice for the error analysis, since every "
+                                            "small source is regenerated upscaled (our reading: the report does not "
+                                            "say how many images it regenerated)"),
+    "curation.select": _ours("most_similar: our automatic reading of the report's hand pick ('select the best "
+                             "image out of the 3'; it reports the cosine rising 'by around 19x' after upscaling and "
+                             "the pick together); most_diverse_consistent is a hypothesis, run as an ablation"),
     "curation.min_similarity": _ours("most_diverse_consistent's floor (a hypothesis): the median similarity of the "
                                      "competing candidates"),
     "curation.batch_size": _ours(_SPEED),
@@ -169,23 +201,26 @@ SOURCES: dict[str, Source] = {
     "quality.detector_drop_fraction": _ours("drops the 10 % most surely generated candidates"),
     "quality.detector_folds": _ours("5-fold out-of-fold probabilities, a usual value"),
     # training
-    "training.methods": _report(f"{_TRAIN}: Baseline, CutMix, RandAugment and SGID"),
-    "training.sgid_proportions": _report(f"{_TRAIN}: 'different proportion of generated images (25% till 100%)'"),
+    "training.methods": _report(f"{_TRAIN}: 'The augmentation techniques compared are as follows': Baseline, CutMix, "
+                                "RandAugment and SGID", "The augmentation techniques compared are as follows"),
+    "training.sgid_proportions": _report(f"{_TRAIN}: 'different proportion of generated images (25% till 100%)'",
+                                         "different proportion of generated images (25% till 100%)"),
     "training.filtered_proportions": _ours("the filtered set at its full size"),
     "training.combined_proportions": _ours("SGID's full set combined with CutMix / RandAugment"),
     "training.backbones": _report(f"{_TRAIN}: one backbone, 'vit-base-patch16-224-in21k' (empty: models.classifier "
-                                  "with training.*)"),
+                                  "with training.*)", "vit-base-patch16-224-in21k"),
     "training.backbones[].name": _ours("names a listed backbone's runs; each profile sets it"),
     "training.backbones[].label": _ours("the name in tables; defaults to name"),
     "training.backbones[].model": _ours("no default; the backbone profiles list the abstract's three backbones, whose "
                                         "sizes the abstract does not give: ResNet-50, ViT-B/16 and CLIP-ViT B/16 with "
                                         "the laion2b checkpoint are our choice"),
     "training.backbones[].pretrained": _ours("pretrained weights unless a backbone trains from scratch"),
-    "training.backbones[].optimizer": _report(f"{_TRAIN}: 'All experiments utilize the Adam optimizer'"),
+    "training.backbones[].optimizer": _report(f"{_TRAIN}: 'All experiments utilize the Adam optimizer'",
+                                              "All experiments utilize the Adam optimizer"),
     "training.backbones[].lr": _ours("unset: training.lr"),
     "training.backbones[].momentum": _ours("SGD's usual momentum; used by sgd only"),
     "training.backbones[].weight_decay": _ours("the report names none"),
-    "training.backbones[].schedule": _report(f"{_TRAIN}: 'a constant learning rate'"),
+    "training.backbones[].schedule": _report(f"{_TRAIN}: 'a constant learning rate'", "a constant learning rate"),
     "training.backbones[].warmup_epochs": _ours("none: the report's constant learning rate mentions no warm-up"),
     "training.backbones[].epochs": _ours("unset: training.epochs"),
     "training.backbones[].batch_size": _ours("unset: training.batch_size"),
@@ -197,30 +232,37 @@ SOURCES: dict[str, Source] = {
     "training.batch_size": _ours("the report gives no batch size; 32, the same for every method"),
     "training.eval_batch_size": _ours(_SPEED),
     "training.eval_every": _ours("tests after every epoch for the learning curves; the reported accuracy is the last"),
-    "training.lr": _report(f"{_TRAIN}: 'a constant learning rate of 0.0001'"),
+    "training.lr": _report(f"{_TRAIN}: 'a constant learning rate of 0.0001'", "a constant learning rate of 0.0001"),
     "training.image_size": _ours("the classifier's pretrained input size (224 for ViT-B/16)"),
-    "training.cutmix_alpha": _report(f"{_TRAIN}: CutMix 'with alpha = 1'"),
-    "training.cutmix_prob": _report(f"{_TRAIN}: 'a CutMix probability of 0.5'"),
-    "training.randaugment_num_ops": _report(f"{_TRAIN}: RandAugment's 'default parameters (N = 2, M = 9)'"),
-    "training.randaugment_magnitude": _report(f"{_TRAIN}: RandAugment's 'default parameters (N = 2, M = 9)'"),
-    "training.num_workers": _ours(_SPEED),
-    "training.amp": _ours(_SPEED + " (mixed precision, within floating-point tolerance)"),
+    "training.cutmix_alpha": _report(f"{_TRAIN}: CutMix 'with alpha = 1'", "with alpha = 1"),
+    "training.cutmix_prob": _report(f"{_TRAIN}: 'a CutMix probability of 0.5'", "a CutMix probability of 0.5"),
+    "training.randaugment_num_ops": _report(f"{_TRAIN}: RandAugment's 'default parameters (N = 2, M = 9)'",
+                                           "default parameters (N = 2, M = 9)"),
+    "training.randaugment_magnitude": _report(f"{_TRAIN}: RandAugment's 'default parameters (N = 2, M = 9)'",
+                                             "default parameters (N = 2, M = 9)"),
+    "training.num_workers": _ours("speed only, but not output-neutral: each worker seeds its own RandAugment draws, so "
+                                "a different count gives different augmentations"),
+    "training.amp": _ours("speed and memory, but not output-neutral: mixed precision changes the training numerics, "
+                        "so accuracies differ slightly from a float32 run"),
     "training.equal_steps": _ours("off: every method trains the same epochs, so SGID at 100 % gets twice the "
                                   "Baseline's steps; the 'sgid-equal-steps' ablation sets it on"),
     "training.deterministic": _ours("off: a GPU's fastest kernels (cuDNN autotuning, atomics) reorder float sums, "
                                     "so a GPU rerun matches in accuracy within seed noise, not byte for byte; its "
                                     "cost on a GPU is unmeasured (docs/GPU.md)"),
     # results
-    "results.references": _ours("none by default; the Pets and Flowers profiles list the paper's and the report's "
-                                "numbers as the report's Tables 1 and 2 give them"),
+    "results.references": _ours("none by default; the Pets and Flowers profiles list the report's Tables 1 and 2: "
+                                "its own numbers and its 'Benchmark in Paper' column"),
     "results.references[].label": _ours("names a reference column; each profile sets it"),
     "results.references[].source": _ours("where the reference numbers come from; each profile sets it"),
     "results.references[].values": _ours("the reference numbers; each profile copies them from its source"),
     "results.references[].backbone": _ours("unset: the first backbone"),
+    "results.references[].dataset": _ours("unset: tied to no data set, so no per-data-set paper gain is shown"),
+    "results.references[].assumed_backbone": _ours("unset: the source names its backbone, or none is assumed"),
     "results.headline": _ours("none by default; the backbone profiles give the abstract's gains per backbone"),
     "results.headline.label": _ours("names the headline column; each profile sets it"),
     "results.headline.source": _ours("where the headline gains come from; each profile sets it"),
-    "results.headline.gains": _ours("the published gains; each profile copies them from the abstract"),
+    "results.headline.gains": _ours("the abstract's gains ('1.72%' read as points: a reading); each profile "
+                                    "copies them"),
     "results.grid_examples": _ours("enough examples per image grid to see a pattern"),
     # ablations
     "ablations": _ours("none by default; the *_ablations.yaml profiles list the variants"),

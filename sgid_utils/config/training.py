@@ -49,11 +49,12 @@ class BackboneParams(Section):
 
 class TrainingParams(Section):
     methods: list[
-        Literal["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered", "sgid_cutmix", "sgid_randaugment"]
+        Literal["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered", "sgid_size_matched", "sgid_cutmix",
+                "sgid_randaugment"]
     ] = Field(default_factory=lambda: ["baseline", "cutmix", "randaugment", "sgid"], min_length=1)
     sgid_proportions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     filtered_proportions: list[float] = Field(default_factory=lambda: [1.0],
-                                              description="Proportions for sgid_filtered.")
+                                              description="Proportions for sgid_filtered and sgid_size_matched.")
     combined_proportions: list[float] = Field(
         default_factory=lambda: [1.0],
         description="Proportions for sgid_cutmix and sgid_randaugment (SGID's images + the augmentation).")

@@ -78,7 +78,7 @@ STAGES: tuple[Stage, ...] = (
           ("models.classifier", "training"), "training"),
     Stage("results", "06_results", ("curated", "training_results", "predictions"),
           ("significance", "accuracy", "accuracy_md", "significance_csv", "backbone_gains", "backbone_gains_md",
-           "accuracy_figure", "originals_figure"), (), "results"),
+           "accuracy_figure", "originals_figure", "gain_forest_figure"), (), "results"),
     Stage("quality", "07_quality_and_statistics",
           ("images", "candidates", "curated", "curated_filtered", "training_results", "predictions"),
           ("set_metrics", "class_changes", "consistency_figure")),

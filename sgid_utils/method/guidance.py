@@ -14,9 +14,9 @@ parameter, and each mode is a reading:
   1.2, close to 1, where classifier-free guidance adds little to the conditional prediction. What that
   does to the 0.9 / 1.5 prompt weights is not measured: the conditional prediction still uses the
   weighted prompt embedding at any scale.
-- ``scaled`` (the other reading): guidance_scale = base_scale * f(s*) (7.5 * f(0.301) = 9.3), for readers
-  who take f as a modulation of SD's usual 7.5. The ablation profiles run it beside ``direct`` over the
-  same seeds ("scaled-guidance").
+- ``scaled`` (the other reading): guidance_scale = base_scale * f(s*) (7.5 * f(0.396) = 8.74 at the
+  caption the report used), for readers who take f as a modulation of SD's usual 7.5. The ablation
+  profiles run it beside ``direct`` over the same seeds ("scaled-guidance").
 - ``fixed``: guidance_scale = base_scale for every image (ablation).
 
 Neither reading makes "higher similarity, higher scale" true for s* above 0.25. A scale <= 1 turns

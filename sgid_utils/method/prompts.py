@@ -1,4 +1,6 @@
-"""SGID's weighted prompt (the guidance mapping is in ``sgid_utils.method.guidance``).
+"""The weighted prompt as the report builds it (its 0.9 / 1.5 weights are its own remedy, not the paper's).
+
+The guidance mapping is in ``sgid_utils.method.guidance``.
 
 Prompt: ``"<c*>. A picture of <label>"`` with the caption weighted 0.9 and the
 label 1.5, written in compel's syntax ``(text)weight``. Captions come from BLIP,

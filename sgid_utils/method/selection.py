@@ -8,7 +8,7 @@ image rising about 19x after its steps. Three automatic stand-ins, all over the 
 (the upscaled regeneration where there is one, else the raw pass), all scored by the CLIP image-image
 cosine of ``models.clip``:
 
-- ``most_similar`` (default): the highest similarity to the source; the closest automatic reading of
+- ``most_similar`` (default): the highest similarity to the source; our automatic reading of
   the report's hand pick.
 - ``most_diverse_consistent`` (a hypothesis of this package, the ablation variant
   ``select-most-diverse-consistent``): among the candidates that CLIP still labels as the source's
@@ -16,7 +16,8 @@ cosine of ``models.clip``:
   default the median similarity of all competing candidates of the run), the *least* similar one,
   on the hypothesis that more variation helps while the label check keeps the subject. A source none
   of whose candidates passes falls back to its most similar candidate (counted in
-  ``curation/quality.json``), so every source still contributes one image, as in the report.
+  ``curation/quality.json``), so every source still contributes one image (our reading of the
+  report's one pick per source).
 - ``random``: one candidate per source, drawn from (the generation draw's seed, image id, k): the control.
 
 Neither the default nor the hypothesis has yet been run with the real models; the ablation profiles

@@ -1,4 +1,5 @@
-"""Metrics of an image set on the paper's two axes, and FID/KID.
+"""Metrics of an image set for the two properties the abstract names ('semantic consistency and image diversity';
+the metrics are ours), and FID/KID.
 
 Semantic consistency (does the image still show its label?) and diversity (how far
 from its source, how spread within its class?) from CLIP embeddings the stages
@@ -73,7 +74,7 @@ def _chosen(candidates: pd.DataFrame, picked: pd.DataFrame) -> np.ndarray:
 
 
 def set_metrics(params: Params) -> pd.DataFrame:
-    """The paper's two axes for each image set, from the saved CLIP embeddings.
+    """Our consistency and diversity metrics for each image set, from the saved CLIP embeddings.
 
     Semantic consistency: mean CLIP score of each image with its own class prompt, and the accuracy
     of CLIP zero-shot classification over the class prompts. Diversity: mean (1 - cosine) between a

@@ -7,7 +7,7 @@ each of its candidates (the image tower of ``models.clip``, openai/clip-vit-base
 the shipped profiles, the same model that scores the captions) measures the damage; sources
 whose short side is below ``curation.upscale_threshold`` are upscaled (Lanczos) and
 regenerated; one of the k candidates is chosen automatically by ``curation.select``
-(``sgid_utils.method.selection``; default ``most_similar``, the closest automatic reading of the
+(``sgid_utils.method.selection``; default ``most_similar``, our automatic reading of the
 report's hand pick), giving ``curated.parquet``.
 
 Every competing candidate also gets a label-consistency score (CLIP zero-shot against

@@ -3,8 +3,8 @@
 Two tables beyond the paper's accuracy table:
 
 - ``set_metrics.csv``: each image set (the real sources, raw and upscaled candidates,
-  the curated set, the filtered one) on the paper's two axes, semantic consistency and
-  diversity, from the CLIP embeddings curation saved;
+  the curated set, the filtered one) on our two metrics for the abstract's 'semantic consistency and image
+  diversity', from the CLIP embeddings curation saved;
 - ``per_class_change.csv``: per-class test accuracy of SGID at its largest proportion
   against the Baseline (averaged over seeds), largest gain first;
 

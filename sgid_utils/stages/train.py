@@ -47,9 +47,20 @@ def sgid_subset(curated: pd.DataFrame, proportion: float, run_seed: int) -> pd.D
     training seed: seeds then measure training noise, not which images were drawn. The caller passes
     ``run.seed``, not the generation draw's seed: a second draw (``run.draw``) subsets the same sources.
     """
-    order = curated.assign(_key=[derive_seed(run_seed, i, purpose="sgid-subset") for i in curated.image_id])
-    order = order.sort_values("_key", kind="stable").drop(columns="_key")
-    return order.head(int(proportion * len(curated) + 0.5)).reset_index(drop=True)  # half rounds up
+    return _ordered(curated, run_seed).head(int(proportion * len(curated) + 0.5)).reset_index(drop=True)  # half up
+
+
+def size_matched(curated: pd.DataFrame, filtered: pd.DataFrame, proportion: float, run_seed: int) -> pd.DataFrame:
+    """The unfiltered curated set cut at random to the size of the filtered set at ``proportion``: the control that
+    tells "filtering helps" from "fewer generated images help" (the filters drop candidates and whole sources)."""
+    n = len(sgid_subset(filtered, proportion, run_seed))
+    return _ordered(curated, run_seed, purpose="sgid-size-matched").head(n).reset_index(drop=True)
+
+
+def _ordered(curated: pd.DataFrame, run_seed: int, purpose: str = "sgid-subset") -> pd.DataFrame:
+    """The curated set in a seeded random order of its image ids, fixed for a run and independent of training seeds."""
+    order = curated.assign(_key=[derive_seed(run_seed, i, purpose=purpose) for i in curated.image_id])
+    return order.sort_values("_key", kind="stable").drop(columns="_key")
 
 
 def make_loaders(params: Params, cfg: TrainConfig, bb: BackboneParams, model, train: pd.DataFrame, test: pd.DataFrame,
@@ -136,7 +147,11 @@ def training_sets(params: Params, images: pd.DataFrame | None = None,
             # the combined methods add SGID's set
             curated = catalog.load(params, "curated_filtered" if cfg.method == "sgid_filtered" else "curated")
             curated = curated.assign(label_idx=lambda d: d.label.map(index), origin="generated")
-            subset = sgid_subset(curated, cfg.proportion, params.run.seed)
+            if cfg.method == "sgid_size_matched":
+                subset = size_matched(curated, catalog.load(params, "curated_filtered"), cfg.proportion,
+                                      params.run.seed)
+            else:
+                subset = sgid_subset(curated, cfg.proportion, params.run.seed)
             additions[(cfg.method, cfg.proportion)] = subset[["image_id", "path", "label", "label_idx", "origin"]]
     return train.reset_index(drop=True), test.reset_index(drop=True), additions, len(labels)
 
