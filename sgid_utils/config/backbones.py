@@ -11,18 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sgid_utils.config.methods import AUGMENTATIONS, BY_METHOD
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import INHERITED, BackboneParams
 
 METHOD_NAMES = {"baseline": "Baseline", "cutmix": "CutMix", "randaugment": "RandAugment", "sgid": "SGID",
                 "sgid_filtered": "SGID filtered", "sgid_cutmix": "SGID + CutMix",
-                "sgid_randaugment": "SGID + RandAugment"}
+                "sgid_randaugment": "SGID + RandAugment", **{a.method: a.label for a in AUGMENTATIONS}}
 NON_GENERATIVE = ("baseline", "cutmix", "randaugment")
-GENERATIVE = ("sgid", "sgid_filtered", "sgid_cutmix", "sgid_randaugment")
+GENERATIVE = ("sgid", "sgid_filtered", "sgid_cutmix", "sgid_randaugment",
+              *(a.method for a in AUGMENTATIONS if a.method != "sgid"))
 CUTMIX = ("cutmix", "sgid_cutmix")  # CutMix on every training batch (with its probability)
 RANDAUGMENT = ("randaugment", "sgid_randaugment")  # RandAugment on every training image, generated ones included
 COMBINED = ("sgid_cutmix", "sgid_randaugment")
-_TAGS = {"sgid": "sgid", "sgid_filtered": "sgidf", "sgid_cutmix": "sgidcm", "sgid_randaugment": "sgidra"}
+_TAGS = {"sgid_filtered": "sgidf", "sgid_cutmix": "sgidcm", "sgid_randaugment": "sgidra",
+         **{a.method: a.tag for a in AUGMENTATIONS}}
 
 
 def backbones(params: Params) -> list[BackboneParams]:
@@ -76,7 +79,8 @@ def configs(params: Params) -> list[TrainConfig]:
     t = params.training
     out = []
     proportions = {"sgid": t.sgid_proportions, "sgid_filtered": t.filtered_proportions,
-                   "sgid_cutmix": t.combined_proportions, "sgid_randaugment": t.combined_proportions}
+                   "sgid_cutmix": t.combined_proportions, "sgid_randaugment": t.combined_proportions,
+                   **{m: getattr(t, a.proportions) for m, a in BY_METHOD.items() if m != "sgid"}}
     for bb in backbones(params):
         for method in t.methods:
             for proportion in proportions.get(method, [None]):

@@ -8,7 +8,10 @@ A reader of a verdict must be able to tell the report's settings from the packag
 - ``report``: the reproduction report ("Semantic-Guided Generative Image Augmentation Method with Diffusion Models
   for Image Classification (AI6103 reproduction report)"), with its section and, where the value is our reading of
   its words, that it is a reading;
-- ``package``: this package's choice, with a one-line reason.
+- ``package``: this package's choice, with a one-line reason;
+- ``method``: a compared augmentation's own public code or paper (``config.methods``), naming the repository and
+  the file (Real Guidance's settings come from DA-Fusion's re-implementation, brandontrabucco/da-fusion at commit
+  ea784ad, as the comparison's issue asks).
 
 Keys are the dotted paths of the schema: ``generation.guidance.mode``. A list of sections has one key for the list
 itself (``training.backbones``) and one per field of its items, written with ``[]``
@@ -29,7 +32,7 @@ from typing import Literal
 HUB_IDS = {"pets": "timm/oxford-iiit-pet", "flowers": "dpdl-benchmark/oxford_flowers102"}
 
 
-Origin = Literal["paper", "report", "package"]
+Origin = Literal["paper", "report", "package", "method"]
 COLUMNS = ["setting", "this run", "package default", "origin", "source"]
 REQUIRED = "(required: no default)"
 
@@ -42,8 +45,8 @@ class Source:
     where: str
 
     def __post_init__(self) -> None:
-        if self.origin not in ("paper", "report", "package"):
-            raise ValueError(f"unknown origin {self.origin!r}: use 'paper', 'report' or 'package'")
+        if self.origin not in ("paper", "report", "package", "method"):
+            raise ValueError(f"unknown origin {self.origin!r}: use 'paper', 'report', 'package' or 'method'")
         if not self.where.strip():
             raise ValueError("a Source needs its section or reason in 'where'")
 
@@ -64,10 +67,15 @@ def _ours(why: str) -> Source:
     return Source("package", why)
 
 
+def _method(where: str) -> Source:
+    return Source("method", where)
+
+
 _GEN = "Generation of Augmented Images"
 _PRE = "Experimentation and Results, Pre-processing of images"
 _TRAIN = "Comparison of Augmentation Techniques and Model Training"
 _SPEED = "speed or memory only: the outputs do not depend on it"
+_RG = "brandontrabucco/da-fusion semantic_aug/augmentations/real_guidance.py (DA-Fusion's Real Guidance)"
 _SMOKE = "offline smoke profile only (tiny models, a generated image folder)"
 
 SOURCES: dict[str, Source] = {
@@ -207,6 +215,17 @@ SOURCES: dict[str, Source] = {
     "training.amp": _ours(_SPEED + " (mixed precision, within floating-point tolerance)"),
     "training.equal_steps": _ours("off: every method trains the same epochs, so SGID at 100 % gets twice the "
                                   "Baseline's steps; the 'sgid-equal-steps' ablation sets it on"),
+    "training.method_proportions": _ours("one synthetic image per real image, as SGID at 100 %: the methods compared "
+                                         "at an equal number of synthetic images"),
+    # real guidance (config.methods)
+    "real_guidance.prompt": _method(f"{_RG}: prompt 'a photo of a {{name}}'"),
+    "real_guidance.guidance_scale": _method(f"{_RG}: guidance_scale=7.5 (also scripts/real_guidance/*.sh: "
+                                            "--guidance-scale 7.5)"),
+    "real_guidance.strength": _method(f"{_RG}: strength=0.5 (also scripts/real_guidance/*.sh: --strength 0.5)"),
+    "real_guidance.resolution": _method(f"{_RG}: the image resized to a 512 x 512 canvas and the output back to the "
+                                        "image's size (bilinear there; LANCZOS here, as SGID's inputs)"),
+    "real_guidance.num_inference_steps": _method(f"{_RG}: the pipeline's default num_inference_steps (50 in "
+                                                 "diffusers' img2img pipeline)"),
     # results
     "results.references": _ours("none by default; the Pets and Flowers profiles list the paper's and the report's "
                                 "numbers as the report's Tables 1 and 2 give them"),

@@ -49,7 +49,8 @@ class BackboneParams(Section):
 
 class TrainingParams(Section):
     methods: list[
-        Literal["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered", "sgid_cutmix", "sgid_randaugment"]
+        Literal["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered", "sgid_cutmix", "sgid_randaugment",
+                "real_guidance"]
     ] = Field(default_factory=lambda: ["baseline", "cutmix", "randaugment", "sgid"], min_length=1)
     sgid_proportions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     filtered_proportions: list[float] = Field(default_factory=lambda: [1.0],
@@ -57,6 +58,9 @@ class TrainingParams(Section):
     combined_proportions: list[float] = Field(
         default_factory=lambda: [1.0],
         description="Proportions for sgid_cutmix and sgid_randaugment (SGID's images + the augmentation).")
+    method_proportions: list[float] = Field(
+        default_factory=lambda: [1.0], description="Proportions for the other generative augmentations "
+        "(config.methods: real_guidance): 1.0 adds one synthetic image per real image, as SGID at 100 %.")
     backbones: list[BackboneParams] = Field(
         default_factory=list, description="Classifiers to train, each with its recipe; empty: models.classifier with "
         "training.* (ViT-B/16 with Adam at a constant lr 1e-4, which the report gives; epochs and batch size are this "
@@ -80,7 +84,7 @@ class TrainingParams(Section):
                               "fewer epochs (the last one partial) and the schedule shape (warm-up, cosine) spans "
                               "those steps; false: every method trains for the same number of epochs.")
 
-    @field_validator("sgid_proportions", "filtered_proportions", "combined_proportions")
+    @field_validator("sgid_proportions", "filtered_proportions", "combined_proportions", "method_proportions")
     @classmethod
     def _props(cls, v: list[float]) -> list[float]:
         for p in v:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sgid_utils.config.methods import AUGMENTATIONS
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import INHERITED, BackboneParams
 from sgid_utils.core.registry import get, upstream_closure
@@ -22,7 +23,7 @@ NOT_IN_FINGERPRINT = {
     "captioning.batch_size", "similarity.batch_size", "curation.batch_size", "generation.batch_size",
     "generation.compile", "training.eval_batch_size", "training.methods", "training.seeds",
     "training.sgid_proportions", "training.filtered_proportions", "training.combined_proportions",
-    "training.backbones",
+    "training.method_proportions", "training.backbones",
 }
 # Bumped when a section's code gives other outputs for the same params, so that a run dir keeps one version's files.
 # captioning 2: nucleus sampling batched, each image's tokens drawn from its own seed (SeededNucleusSampler).
@@ -34,20 +35,24 @@ CODE_VERSIONS = {"captioning": 2, "dataset": 2, "curation.upscale_to": 2, "train
 COSMETIC_BACKBONE_KEYS = ("label", "source")
 
 
-def unused_keys(params: Params) -> set[str]:
+def unused_keys(params: Params, stage: str | None = None) -> set[str]:
     """Keys that cannot change these params' outputs: the ControlNet's under the img2img generator (and the generator
     itself at img2img, the value every run had before it existed, so that finished runs stay valid); and, when
     ``training.backbones`` lists the classifiers, ``models.classifier`` and the ``training.*`` fields a backbone
     inherits (in each backbone's own record, resolved: retuning one backbone leaves the others' runs valid).
 
     Likewise ``run.draw`` at 0 and ``training.equal_steps`` at false, the behaviour of every run before they existed:
-    recorded only when set, so finished runs stay valid."""
+    recorded only when set, so finished runs stay valid. So is the params section of a compared augmentation
+    (``config.methods``: ``real_guidance``) that ``training.methods`` does not train, except in its own stages'
+    fingerprints."""
     keys = set() if params.generation.generator == "controlnet" else {"models.controlnet", "generation.controlnet",
                                                                       "generation.generator"}
     listed = {"models.classifier", *(f"training.{k}" for k in INHERITED)} if params.training.backbones else set()
     defaults = ({"run.draw"} if params.run.draw == 0 else set()) | (
         set() if params.training.equal_steps else {"training.equal_steps"})
-    return keys | listed | defaults
+    untrained = {a.method for a in AUGMENTATIONS if a.method != "sgid"
+                 and a.method not in params.training.methods and stage not in a.stages}
+    return keys | listed | defaults | untrained
 
 
 def backbone_fingerprint(bb: BackboneParams) -> dict[str, Any]:
@@ -89,7 +94,7 @@ def fingerprint(params: Params, stage: str, upstream: tuple[str, ...] | None = N
     """
     data = params.model_dump(mode="json", exclude={"source_file"})
     out: dict[str, Any] = {}
-    left_out = NOT_IN_FINGERPRINT | unused_keys(params)
+    left_out = NOT_IN_FINGERPRINT | unused_keys(params, stage)
     for dotted in stage_keys(stage, upstream):
         if dotted in left_out:
             continue

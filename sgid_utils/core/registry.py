@@ -71,10 +71,13 @@ STAGES: tuple[Stage, ...] = (
           ("models.diffusion", "models.controlnet", "generation", "curation.upscale_threshold", "curation.upscale_to",
            "run.draw"),
           "generation/upscaled"),
+    # Real Guidance (config.methods): img2img from each real image with a class prompt; no captions, no selection.
+    Stage("real_guidance", "03_generation", ("images",), ("real_guidance_images",),
+          ("models.diffusion", "real_guidance", "run.draw"), "methods/real_guidance"),
     Stage("curate", "04_error_analysis_upscaling", ("images", *MANIFESTS),
           ("candidates", "curated", "curated_filtered", "quality_summary"), ("curation", "quality", "run.draw"),
           "curation"),
-    Stage("train", "05_training", ("images", "curated", "curated_filtered"), TRAINING,
+    Stage("train", "05_training", ("images", "curated", "curated_filtered", "real_guidance_images"), TRAINING,
           ("models.classifier", "training"), "training"),
     Stage("results", "06_results", ("curated", "training_results", "predictions"),
           ("significance", "accuracy", "accuracy_md", "significance_csv", "backbone_gains", "backbone_gains_md",
@@ -82,6 +85,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("quality", "07_quality_and_statistics",
           ("images", "candidates", "curated", "curated_filtered", "training_results", "predictions"),
           ("set_metrics", "class_changes", "consistency_figure")),
+    # Which augmentation: every generative method's gain beside its measured cost (the runner's provenance records).
+    Stage("compare", "08_methods", ("training_results", "significance"),
+          ("comparison", "comparison_md", "comparison_figure")),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 NAMES = [stage.name for stage in STAGES]

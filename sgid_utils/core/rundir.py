@@ -147,6 +147,15 @@ class RunDir:
     def quality_summary(self) -> Path:
         return self.stage("curate") / "quality.json"
 
+    # --- the other generative augmentations (config.methods) ----------------------------------------------------
+    def real_guidance_image(self, image_id: str) -> Path:
+        return self.stage("real_guidance") / "images" / f"{image_id}.png"
+
+    @property
+    def real_guidance_table(self) -> Path:
+        """One Real Guidance image per training image: source, prompt, scale, strength, seed, file."""
+        return self.stage("real_guidance") / "images.parquet"
+
     # --- training -------------------------------------------------------------------------------------------------
     def config_dir(self, config: str) -> Path:
         """One training configuration's folder, e.g. ``training/sgid100_seed0``."""

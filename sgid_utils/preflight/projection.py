@@ -52,7 +52,7 @@ class Counts:
     def items(self, stage: str) -> float:
         """The unit a stage's seconds-per-item multiplies (1: a fixed-cost stage)."""
         return {"captions": self.train_images, "similarity": self.train_images, "generate": self.raw_sources,
-                "upscale": self.small_sources, "curate": self.train_images,
+                "upscale": self.small_sources, "curate": self.train_images, "real_guidance": self.train_images,
                 "train": self.train_image_epochs}.get(stage, 1)
 
 

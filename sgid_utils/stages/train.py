@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sgid_utils.config.backbones import GENERATIVE, RANDAUGMENT, TrainConfig, backbone, backbones, configs
+from sgid_utils.config.methods import BY_METHOD
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import BackboneParams
 from sgid_utils.core import catalog
@@ -133,8 +134,9 @@ def training_sets(params: Params, images: pd.DataFrame | None = None,
     additions: dict[tuple[str, float], pd.DataFrame] = {}
     for cfg in configs(params):
         if cfg.method in GENERATIVE and (cfg.method, cfg.proportion) not in additions:
-            # the combined methods add SGID's set
-            curated = catalog.load(params, "curated_filtered" if cfg.method == "sgid_filtered" else "curated")
+            # the combined methods add SGID's set; another augmentation its own (config.methods)
+            entry = BY_METHOD[cfg.method].images if cfg.method in BY_METHOD else "curated"
+            curated = catalog.load(params, "curated_filtered" if cfg.method == "sgid_filtered" else entry)
             curated = curated.assign(label_idx=lambda d: d.label.map(index), origin="generated")
             subset = sgid_subset(curated, cfg.proportion, params.run.seed)
             additions[(cfg.method, cfg.proportion)] = subset[["image_id", "path", "label", "label_idx", "origin"]]
