@@ -127,6 +127,7 @@ def _verdict(diff: dict, holm_result: tuple[float, bool] | None = None) -> str:
 def shown(table: pd.DataFrame) -> pd.DataFrame:
     """The table as the page and the markdown show it: hours and points per hour rounded, helper columns dropped."""
     out = table.drop(columns=[c for c in ("gain", "ci_low", "ci_high") if c in table]).copy()
+    out["Synthetic per real"] = [f"{v:g}" for v in out["Synthetic per real"]]
     out[HOURS] = [f"{h:.4f}" if h < 0.01 else f"{h:.2f}" for h in out[HOURS]]
     out[PER_HOUR] = ["–" if pd.isna(v) else f"{v:+.3g}" for v in out[PER_HOUR]]
     return out

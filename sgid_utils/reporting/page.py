@@ -34,6 +34,8 @@ from sgid_utils.core.files import write_text
 from sgid_utils.core.provenance import load_provenance
 from sgid_utils.core.registry import NAMES, notebooks
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.reporting.comparison import caption as comparison_caption
+from sgid_utils.reporting.comparison import shown as comparison_shown
 from sgid_utils.reporting.stats import COVERS
 from sgid_utils.reporting.tables import (
     ABLATION_DELTA,
@@ -60,6 +62,8 @@ FIGURES = (
     ("consistency_figure", "Each generated set on the paper's two axes: consistency (CLIP label score) against "
                            "diversity (distance to the source); numbered markers are listed in the legend."),
     ("originals_figure", "Training images beside the curated SGID image made from each."),
+    ("comparison_figure", "Each generative method's gain over the best non-generative method (points, 95% CI over "
+                          "seeds) against the device hours of the stages its images need, as measured in this run."),
 )
 
 
@@ -283,6 +287,17 @@ def settings(params: Params, every: bool = False) -> dict[str, list]:
     return table_data(rows.map(lambda v: relative(params, v) if isinstance(v, str) else v))
 
 
+def comparison(params: Params) -> dict[str, Any] | None:
+    """The "Which augmentation" section: one table per backbone and the caption (None before the compare stage)."""
+    table = catalog.load(params, "comparison", missing=None)
+    if table is None or table.empty:
+        return None
+    shown = comparison_shown(table)
+    return {"caption": comparison_caption(table),
+            "tables": [{"backbone": b, "table": table_data(rows.drop(columns="Backbone"))}
+                       for b, rows in shown.groupby("Backbone", sort=False)]}
+
+
 def context(params: Params) -> dict[str, Any]:
     """Everything the template shows, read from the run's files."""
     accuracy = catalog.load(params, "accuracy")
@@ -306,6 +321,7 @@ def context(params: Params) -> dict[str, Any]:
         "figures": main, "other_figures": other,
         "ablations": table_data(ablations) if ablations is not None else None,
         "set_metrics": table_data(set_metrics) if set_metrics is not None else None,
+        "comparison": comparison(params),
         "provenance": table_data(provenance) if len(provenance) else None,
         "notebooks": render_notebooks(params),
         "files": files(params),
