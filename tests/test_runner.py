@@ -44,7 +44,7 @@ def test_the_registry_orders_stages_notebooks_and_fingerprint_chains(make_params
     assert NAMES[0] == "data" and NAMES.index("upscale") < NAMES.index("curate") < NAMES.index("train")
     for stage in STAGES:  # upstream stages come earlier, and every entry resolves to a function
         assert all(NAMES.index(u) < NAMES.index(stage.name) for u in stage.upstream) and callable(stage.function)
-    assert notebooks() == sorted(notebooks()) and len(notebooks()) == 7
+    assert notebooks() == sorted(notebooks()) and len(notebooks()) == 8
     assert notebooks(last="train")[-1] == "05_training" and notebooks(first="results")[0] == "06_results"
     assert upstream_closure("similarity") == ["data", "captions", "similarity"]
     params = make_params("fp")
