@@ -16,8 +16,13 @@ from sgid_utils.core import catalog
 from sgid_utils.core.images import load_image
 from sgid_utils.method.embeddings import class_prompt_embeddings, image_embeddings, load_embeddings
 from sgid_utils.models.loading import load_clip, resolve_device
-from sgid_utils.reporting.set_metrics import CURATED, consistency_metrics, set_metrics, source_distance, \
-    within_class_spread
+from sgid_utils.reporting.set_metrics import (
+    CURATED,
+    consistency_metrics,
+    set_metrics,
+    source_distance,
+    within_class_spread,
+)
 
 
 def method_images(params, image_ids: list[str]) -> dict[str, dict[str, str]]:
