@@ -65,12 +65,13 @@ class TrainConfig:
     def setting(self) -> str:
         """Row name in a backbone's results table: 'Baseline', 'SGID (25%)', 'SGID + CutMix (100%)', ..."""
         name = METHOD_NAMES[self.method]
-        return f"{name} ({self.proportion:.0%})" if self.method in GENERATIVE else name
+        return f"{name} ({self.proportion:.0%})" if self.method in GENERATIVE and self.proportion is not None else name
 
     @property
     def name(self) -> str:
         prefix = _TAGS.get(self.method)
-        tag = f"{prefix}{round(self.proportion * 100):03d}" if prefix else self.method
+        tag = f"{prefix}{round(self.proportion * 100):03d}" if prefix and self.proportion is not None else (
+            prefix or self.method)
         return f"{self.backbone}-{tag}_seed{self.seed}" if self.backbone else f"{tag}_seed{self.seed}"
 
 
@@ -80,7 +81,8 @@ def configs(params: Params) -> list[TrainConfig]:
     out = []
     proportions = {"sgid": t.sgid_proportions, "sgid_filtered": t.filtered_proportions,
                    "sgid_cutmix": t.combined_proportions, "sgid_randaugment": t.combined_proportions,
-                   **{m: getattr(t, a.proportions) for m, a in BY_METHOD.items() if m != "sgid"}}
+                   **{m: getattr(t, a.proportions) if a.proportions else [None] for m, a in BY_METHOD.items()
+                      if m != "sgid"}}
     for bb in backbones(params):
         for method in t.methods:
             for proportion in proportions.get(method, [None]):

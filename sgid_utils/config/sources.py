@@ -76,6 +76,7 @@ _PRE = "Experimentation and Results, Pre-processing of images"
 _TRAIN = "Comparison of Augmentation Techniques and Model Training"
 _SPEED = "speed or memory only: the outputs do not depend on it"
 _RG = "brandontrabucco/da-fusion semantic_aug/augmentations/real_guidance.py (DA-Fusion's Real Guidance)"
+_DAF = "brandontrabucco/da-fusion "
 _SMOKE = "offline smoke profile only (tiny models, a generated image folder)"
 
 SOURCES: dict[str, Source] = {
@@ -216,7 +217,7 @@ SOURCES: dict[str, Source] = {
     "training.equal_steps": _ours("off: every method trains the same epochs, so SGID at 100 % gets twice the "
                                   "Baseline's steps; the 'sgid-equal-steps' ablation sets it on"),
     "training.method_proportions": _ours("one synthetic image per real image, as SGID at 100 %: the methods compared "
-                                         "at an equal number of synthetic images"),
+                                         "at an equal number of synthetic images (DA-Fusion's first of its M)"),
     # real guidance (config.methods)
     "real_guidance.prompt": _method(f"{_RG}: prompt 'a photo of a {{name}}'"),
     "real_guidance.guidance_scale": _method(f"{_RG}: guidance_scale=7.5 (also scripts/real_guidance/*.sh: "
@@ -226,6 +227,28 @@ SOURCES: dict[str, Source] = {
                                         "image's size (bilinear there; LANCZOS here, as SGID's inputs)"),
     "real_guidance.num_inference_steps": _method(f"{_RG}: the pipeline's default num_inference_steps (50 in "
                                                  "diffusers' img2img pipeline)"),
+    # DA-Fusion (config.methods)
+    "da_fusion.initializer_token": _method(f"{_DAF}fine_tune.py: args.initializer_token = \"the\""),
+    "da_fusion.inversion_steps": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --max_train_steps=1000"),
+    "da_fusion.inversion_batch_size": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --train_batch_size=4"),
+    "da_fusion.inversion_lr": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --learning_rate=5.0e-04, "
+                                      "constant, no warm-up"),
+    "da_fusion.scale_lr": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --scale_lr (one process, no "
+                                  "gradient accumulation: x the batch size)"),
+    "da_fusion.inversion_weight_decay": _method(f"{_DAF}fine_tune.py: --adam_weight_decay default 1e-2"),
+    "da_fusion.flip_p": _method(f"{_DAF}fine_tune.py: TextualInversionDataset flip_p=0.5"),
+    "da_fusion.resolution": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --resolution=512; "
+                                    "semantic_aug/augmentations/textual_inversion.py: the 512 x 512 canvas"),
+    "da_fusion.prompt": _method(f"{_DAF}semantic_aug/augmentations/textual_inversion.py: 'a photo of a {{name}}' "
+                                "with the name formatted as the token '<class_name>'"),
+    "da_fusion.guidance_scale": _method(f"{_DAF}scripts/textual_inversion/*.sh: --guidance-scale 7.5"),
+    "da_fusion.strengths": _method(f"{_DAF}scripts/cutmix_ablation/launch_textual_inversion=1.0-0.75-0.5-0.25_"
+                                   "pascal.sh: --strength 1.0 0.75 0.5 0.25 --probs 0.25 each, --compose parallel"),
+    "da_fusion.num_synthetic": _method(f"{_DAF}scripts/textual_inversion/*.sh: --num-synthetic 10"),
+    "da_fusion.synthetic_probability": _method(f"{_DAF}scripts/textual_inversion/*.sh: --synthetic-probability 0.5 "
+                                               "(semantic_aug/few_shot_dataset.py: the replacement)"),
+    "da_fusion.num_inference_steps": _method(f"{_DAF}semantic_aug/augmentations/textual_inversion.py: the "
+                                             "pipeline's default num_inference_steps (50 in diffusers' img2img)"),
     # results
     "results.references": _ours("none by default; the Pets and Flowers profiles list the paper's and the report's "
                                 "numbers as the report's Tables 1 and 2 give them"),

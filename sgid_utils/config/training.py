@@ -50,7 +50,7 @@ class BackboneParams(Section):
 class TrainingParams(Section):
     methods: list[
         Literal["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered", "sgid_cutmix", "sgid_randaugment",
-                "real_guidance"]
+                "real_guidance", "da_fusion", "da_fusion_recipe"]
     ] = Field(default_factory=lambda: ["baseline", "cutmix", "randaugment", "sgid"], min_length=1)
     sgid_proportions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     filtered_proportions: list[float] = Field(default_factory=lambda: [1.0],
@@ -60,7 +60,7 @@ class TrainingParams(Section):
         description="Proportions for sgid_cutmix and sgid_randaugment (SGID's images + the augmentation).")
     method_proportions: list[float] = Field(
         default_factory=lambda: [1.0], description="Proportions for the other generative augmentations "
-        "(config.methods: real_guidance): 1.0 adds one synthetic image per real image, as SGID at 100 %.")
+        "(config.methods: real_guidance, da_fusion): 1.0 adds one synthetic image per real image, as SGID at 100 %.")
     backbones: list[BackboneParams] = Field(
         default_factory=list, description="Classifiers to train, each with its recipe; empty: models.classifier with "
         "training.* (ViT-B/16 with Adam at a constant lr 1e-4, which the report gives; epochs and batch size are this "

@@ -79,6 +79,11 @@ ENTRIES: tuple[Entry, ...] = (
     # the other generative augmentations (config.methods)
     Entry("real_guidance_images", lambda r: r.real_guidance_table,
           "Real Guidance's images: one per training image, with its prompt, scale, strength and seed", relative=True),
+    Entry("class_tokens", lambda r: r.class_tokens_table,
+          "DA-Fusion's token per class: its file, images, steps, first and last loss, how far it moved",
+          relative=True),
+    Entry("da_fusion_images", lambda r: r.da_fusion_table,
+          "DA-Fusion's M images per training image, with the token, prompt, strength and seed", relative=True),
     # training
     Entry("training_results", lambda r: r.training_table, "one row per training configuration: accuracy, steps, time",
           upgrade=_with_backbone),

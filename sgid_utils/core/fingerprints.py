@@ -43,15 +43,15 @@ def unused_keys(params: Params, stage: str | None = None) -> set[str]:
 
     Likewise ``run.draw`` at 0 and ``training.equal_steps`` at false, the behaviour of every run before they existed:
     recorded only when set, so finished runs stay valid. So is the params section of a compared augmentation
-    (``config.methods``: ``real_guidance``) that ``training.methods`` does not train, except in its own stages'
-    fingerprints."""
+    (``config.methods``: ``real_guidance``, ``da_fusion``) that ``training.methods`` does not train, except in its
+    own stages' fingerprints."""
     keys = set() if params.generation.generator == "controlnet" else {"models.controlnet", "generation.controlnet",
                                                                       "generation.generator"}
     listed = {"models.classifier", *(f"training.{k}" for k in INHERITED)} if params.training.backbones else set()
     defaults = ({"run.draw"} if params.run.draw == 0 else set()) | (
         set() if params.training.equal_steps else {"training.equal_steps"})
-    untrained = {a.method for a in AUGMENTATIONS if a.method != "sgid"
-                 and a.method not in params.training.methods and stage not in a.stages}
+    trained = {a.section for a in AUGMENTATIONS if a.method in params.training.methods}
+    untrained = {a.section for a in AUGMENTATIONS if a.section and a.section not in trained and stage not in a.stages}
     return keys | listed | defaults | untrained
 
 

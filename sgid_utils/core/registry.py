@@ -74,10 +74,16 @@ STAGES: tuple[Stage, ...] = (
     # Real Guidance (config.methods): img2img from each real image with a class prompt; no captions, no selection.
     Stage("real_guidance", "03_generation", ("images",), ("real_guidance_images",),
           ("models.diffusion", "real_guidance", "run.draw"), "methods/real_guidance"),
+    # DA-Fusion (config.methods): a textual-inversion token per class, then M img2img images per real image with it.
+    Stage("inversion", "03_generation", ("images",), ("class_tokens",),
+          ("models.diffusion", "da_fusion", "run.draw"), "methods/inversion"),
+    Stage("da_fusion", "03_generation", ("images", "class_tokens"), ("da_fusion_images",),
+          ("models.diffusion", "da_fusion", "run.draw"), "methods/da_fusion"),
     Stage("curate", "04_error_analysis_upscaling", ("images", *MANIFESTS),
           ("candidates", "curated", "curated_filtered", "quality_summary"), ("curation", "quality", "run.draw"),
           "curation"),
-    Stage("train", "05_training", ("images", "curated", "curated_filtered", "real_guidance_images"), TRAINING,
+    Stage("train", "05_training", ("images", "curated", "curated_filtered", "real_guidance_images", "da_fusion_images"),
+          TRAINING,
           ("models.classifier", "training"), "training"),
     Stage("results", "06_results", ("curated", "training_results", "predictions"),
           ("significance", "accuracy", "accuracy_md", "significance_csv", "backbone_gains", "backbone_gains_md",

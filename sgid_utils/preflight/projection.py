@@ -53,6 +53,7 @@ class Counts:
         """The unit a stage's seconds-per-item multiplies (1: a fixed-cost stage)."""
         return {"captions": self.train_images, "similarity": self.train_images, "generate": self.raw_sources,
                 "upscale": self.small_sources, "curate": self.train_images, "real_guidance": self.train_images,
+                "inversion": 1, "da_fusion": self.train_images,
                 "train": self.train_image_epochs}.get(stage, 1)
 
 
@@ -62,7 +63,8 @@ def image_epochs(params: Params, n_train: int) -> list[int]:
     Baseline's steps, batches of the same size: the Baseline's images x epochs."""
     epochs = {b.name: b.epochs for b in backbones(params)}
     equal = params.training.equal_steps
-    return [(n_train + (int(c.proportion * n_train + 0.5) if c.method in GENERATIVE and not equal else 0))
+    return [(n_train + (int(c.proportion * n_train + 0.5)
+                        if c.method in GENERATIVE and c.proportion is not None and not equal else 0))
             * epochs[c.backbone] for c in configs(params)]
 
 

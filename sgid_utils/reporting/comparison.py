@@ -19,7 +19,7 @@ import pandas as pd
 
 from sgid_utils.config.backbones import NON_GENERATIVE, backbones
 from sgid_utils.config.load import variant_params
-from sgid_utils.config.methods import BY_METHOD
+from sgid_utils.config.methods import BY_METHOD, REPLACING
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.provenance import stage_seconds
@@ -36,12 +36,21 @@ def method_stages(method: str) -> tuple[str, ...]:
     return BY_METHOD[method].stages if method in BY_METHOD else BY_METHOD["sgid"].stages
 
 
+def made_per_real(params: Params, method: str) -> int:
+    """Synthetic images the method's last stage makes per real image (DA-Fusion: M; the others one)."""
+    return params.da_fusion.num_synthetic if method in BY_METHOD and BY_METHOD[method].section == "da_fusion" else 1
+
+
 def method_cost(params: Params, method: str) -> tuple[float, str]:
-    """Measured device seconds of the stages ``method`` needs, and the machines they ran on."""
+    """Measured device seconds of the stages ``method`` needs, and the machines they ran on. A method that uses one
+    of the M images its generation made per real image (DA-Fusion the package's way) is charged 1/M of that stage,
+    the share a run making only those would take."""
     seconds, machines = 0.0, []
-    for stage in method_stages(method):
+    stages = method_stages(method)
+    share = 1 if method in REPLACING else made_per_real(params, method)
+    for stage in stages:
         s, m = stage_seconds(params, stage)
-        seconds, machines = seconds + s, machines + m
+        seconds, machines = seconds + (s / share if stage == stages[-1] else s), machines + m
     return seconds, " / ".join(dict.fromkeys(machines)) or "not recorded"
 
 
@@ -66,8 +75,12 @@ def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series,
         own = results[results.setting == setting]
         diff = paired_difference(own.set_index("seed").test_acc, best_acc)
         seconds, device = method_cost(params, r.method)
-        rows.append({"Backbone": bb_label, "Method": setting, "Recipe": recipe,
-                     "Synthetic per real": float(r.proportion), "Steps": int(own.steps.mean()),
+        own_recipe = r.method in REPLACING
+        d = params.da_fusion
+        own_text = f"its own (M={d.num_synthetic}, p={d.synthetic_probability:g})"
+        rows.append({"Backbone": bb_label, "Method": setting, "Recipe": own_text if own_recipe else recipe,
+                     "Synthetic per real": float(d.num_synthetic if own_recipe else r.proportion),
+                     "Steps": int(own.steps.mean()),
                      "Accuracy (%)": format_mean_std(r["mean"], r["std"], int(r["count"])),
                      "Best non-generative": best, "_diff": diff, HOURS: seconds / 3600, "Device": device})
     return rows
@@ -161,3 +174,13 @@ def gain_vs_cost(table: pd.DataFrame):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def page_section(table: pd.DataFrame | None, table_data) -> dict | None:
+    """The report page's "Which augmentation" section: one table per backbone (``table_data``: the page's table
+    format) and the caption; None before the compare stage has run."""
+    if table is None or table.empty:
+        return None
+    return {"caption": caption(table),
+            "tables": [{"backbone": b, "table": table_data(rows.drop(columns="Backbone"))}
+                       for b, rows in shown(table).groupby("Backbone", sort=False)]}

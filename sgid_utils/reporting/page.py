@@ -34,8 +34,7 @@ from sgid_utils.core.files import write_text
 from sgid_utils.core.provenance import load_provenance
 from sgid_utils.core.registry import NAMES, notebooks
 from sgid_utils.core.rundir import RunDir
-from sgid_utils.reporting.comparison import caption as comparison_caption
-from sgid_utils.reporting.comparison import shown as comparison_shown
+from sgid_utils.reporting.comparison import page_section
 from sgid_utils.reporting.stats import COVERS
 from sgid_utils.reporting.tables import (
     ABLATION_DELTA,
@@ -287,17 +286,6 @@ def settings(params: Params, every: bool = False) -> dict[str, list]:
     return table_data(rows.map(lambda v: relative(params, v) if isinstance(v, str) else v))
 
 
-def comparison(params: Params) -> dict[str, Any] | None:
-    """The "Which augmentation" section: one table per backbone and the caption (None before the compare stage)."""
-    table = catalog.load(params, "comparison", missing=None)
-    if table is None or table.empty:
-        return None
-    shown = comparison_shown(table)
-    return {"caption": comparison_caption(table),
-            "tables": [{"backbone": b, "table": table_data(rows.drop(columns="Backbone"))}
-                       for b, rows in shown.groupby("Backbone", sort=False)]}
-
-
 def context(params: Params) -> dict[str, Any]:
     """Everything the template shows, read from the run's files."""
     accuracy = catalog.load(params, "accuracy")
@@ -321,7 +309,7 @@ def context(params: Params) -> dict[str, Any]:
         "figures": main, "other_figures": other,
         "ablations": table_data(ablations) if ablations is not None else None,
         "set_metrics": table_data(set_metrics) if set_metrics is not None else None,
-        "comparison": comparison(params),
+        "comparison": page_section(catalog.load(params, "comparison", missing=None), table_data),
         "provenance": table_data(provenance) if len(provenance) else None,
         "notebooks": render_notebooks(params),
         "files": files(params),
