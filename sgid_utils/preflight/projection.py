@@ -48,13 +48,24 @@ class Counts:
     train_image_epochs: int
     source: str
     notes: list[str] = field(default_factory=list)
+    methods: dict[str, float] = field(default_factory=dict)  # items of the compared methods' stages (method_items)
 
     def items(self, stage: str) -> float:
         """The unit a stage's seconds-per-item multiplies (1: a fixed-cost stage)."""
         return {"captions": self.train_images, "similarity": self.train_images, "generate": self.raw_sources,
-                "upscale": self.small_sources, "curate": self.train_images, "real_guidance": self.train_images,
-                "inversion": 1, "da_fusion": self.train_images,
+                "upscale": self.small_sources, "curate": self.train_images, **self.methods,
                 "train": self.train_image_epochs}.get(stage, 1)
+
+
+def method_items(params: Params, n_train: int, classes: int) -> dict[str, float]:
+    """The units the compared methods' stages scale with: Real Guidance's images, DA-Fusion's inversion steps (every
+    class's) and its M images per training image. A stage whose method is not trained is a fixed cost (it skips)."""
+    trained = set(params.training.methods)
+    d = params.da_fusion
+    dafusion = bool(trained & {"da_fusion", "da_fusion_recipe"})
+    return {"real_guidance": n_train if "real_guidance" in trained else 1,
+            "inversion": classes * d.inversion_steps if dafusion else 1,
+            "da_fusion": n_train * d.num_synthetic if dafusion else 1}
 
 
 def image_epochs(params: Params, n_train: int) -> list[int]:
@@ -106,7 +117,7 @@ def _counts_from_sizes(params: Params, train: pd.DataFrame, source: str) -> Coun
     pixels = train.width * train.height
     epochs = sum(image_epochs(params, len(train)))
     return Counts(len(train), int(raw.sum()), int(small.sum()), float(pixels[raw].sum()), float(pixels[small].sum()),
-                  epochs, source)
+                  epochs, source, methods=method_items(params, len(train), train.label.nunique()))
 
 
 def full_run_counts(params: Params, images: pd.DataFrame | None = None) -> Counts:
@@ -132,7 +143,7 @@ def full_run_counts(params: Params, images: pd.DataFrame | None = None) -> Count
              f"under {params.curation.upscale_threshold} px and {typical:,} px per image assumed (the size "
              "list comes with the data stage: rerun preflight after `run data` for measured counts)"]
     return Counts(n, raw, small, float(raw * typical), float(small * typical), epochs,
-                  "split sizes (extrapolated)", notes)
+                  "split sizes (extrapolated)", notes, method_items(params, n, classes))
 
 
 def project_seconds(per_item: dict[str, float], counts: Counts) -> dict[str, float]:

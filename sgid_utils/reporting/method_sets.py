@@ -29,7 +29,7 @@ def method_images(params, image_ids: list[str]) -> dict[str, dict[str, str]]:
     """Per method whose images this run has, the synthetic image of each of ``image_ids`` (path), where it has one."""
     out = {}
     for a in AUGMENTATIONS:
-        table = catalog.load(params, a.images, missing=None)
+        table = None if a.replaces else catalog.load(params, a.images, missing=None)  # a recipe: the same images
         if table is not None and len(table):
             paths = table.drop_duplicates("image_id").set_index("image_id").path
             out[a.label] = {i: paths[i] for i in image_ids if i in paths.index}
@@ -47,7 +47,7 @@ def methods_set_metrics(params) -> pd.DataFrame:
     _, text, position = class_prompt_embeddings(params, candidates)
     model, processor = load_clip(params.models.clip, str(resolve_device(params)))
     for a in AUGMENTATIONS:
-        table = None if a.method == "sgid" else catalog.load(params, a.images, missing=None)
+        table = None if a.method == "sgid" or a.replaces else catalog.load(params, a.images, missing=None)
         if table is None or not len(table):
             continue
         table = table[table.image_id.isin(list(sources))]
