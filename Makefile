@@ -78,7 +78,7 @@ backbones: $(STAMP) ## Train the three backbones and the combined methods (PARAM
 # Which augmentation helps, at what cost: a params/*_methods.yaml profile (run.reuse: run its data set's main profile
 # first) runs every stage, its equal-steps variant (the `ablations` it lists, Baselines and images linked), notebook 08
 # and the page, whose "Which augmentation" section tabulates each method's gain beside its measured device hours.
-compare: $(STAMP) ## Compare SGID with Real Guidance at equal images and steps, with each method's cost (PARAMS=params/pets_methods.yaml)
+compare: $(STAMP) ## Compare SGID, Real Guidance and DA-Fusion at equal images and steps, with each method's cost (PARAMS=params/pets_methods.yaml)
 	for p in $(PARAMS); do \
 	  $(RUN_ENV) $(PY) -m sgid_utils run all --to-stage quality --params $$p || exit 1; \
 	  $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$p --jobs $(JOBS) || exit 1; \
@@ -117,18 +117,7 @@ bench: $(STAMP) ## Benchmark per-image vs batched stages on the CPU with the tin
 # One run measures everything GPU-specific (bench/README.md): real architectures with random weights on CUDA, the
 # tiny models on the CPU (a minute). On a GPU machine without the venv: bash bench/gpu_setup.sh (same options).
 GPU_REPORT_ARGS ?=
-gpu-# Which augmentation helps, at what cost: a params/*_methods.yaml profile (run.reuse: run its data set's main profile
-# first) runs every stage, its equal-steps variant (the `ablations` it lists, Baselines and images linked), notebook 08
-# and the page, whose "Which augmentation" section tabulates each method's gain beside its measured device hours.
-compare: $(STAMP) ## Compare SGID with Real Guidance at equal images and steps, with each method's cost (PARAMS=params/pets_methods.yaml)
-	for p in $(PARAMS); do \
-	  $(RUN_ENV) $(PY) -m sgid_utils run all --to-stage quality --params $$p || exit 1; \
-	  $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$p --jobs $(JOBS) || exit 1; \
-	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --from-stage compare || exit 1; \
-	  $(RUN_ENV) $(PY) -m sgid_utils report --params $$p || exit 1; \
-	done
-
-report: $(STAMP) ## Measure generation, captioning, training, memory and projections in one run; reports/gpu/gpu_report.md
+gpu-report: $(STAMP) ## Measure generation, captioning, training, memory and projections in one run; reports/gpu/gpu_report.md
 	$(OFFLINE) $(PY) bench/gpu_report.py $(GPU_REPORT_ARGS)
 
 check-lower-bounds: $(STAMP) ## Build a throwaway venv with every dependency at its lower bound; run the smoke chain and the unit tests
