@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 import pandas as pd
+import torch
 
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
@@ -28,7 +29,7 @@ from sgid_utils.method.inversion import (
     learn_token,
     own_text_encoder,
 )
-from sgid_utils.models.loading import load_img2img, resolve_device, resolve_dtype
+from sgid_utils.models.loading import load_img2img, resolve_device
 
 METHODS = ("da_fusion", "da_fusion_recipe")
 
@@ -64,7 +65,10 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
         from diffusers import DDPMScheduler
 
         device = resolve_device(params)
-        pipe = load_img2img(params.models.diffusion, str(device), resolve_dtype(params.generation.dtype, device))
+        # bfloat16 on CUDA: gradients reach the token through the UNet, and float16's range underflows them without
+        # the loss scaling accelerate adds in fine_tune.py; float32 on the CPU
+        pipe = load_img2img(params.models.diffusion, str(device),
+                            torch.bfloat16 if device.type == "cuda" else torch.float32)
         noise = DDPMScheduler.from_config(pipe.scheduler.config)
         tokenizer, text_encoder = own_text_encoder(pipe)
         text_encoder.to(device)
