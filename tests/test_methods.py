@@ -73,7 +73,7 @@ def test_every_stage_records_its_seconds_and_the_comparison_counts_each_methods_
     assert abs(rg[HOURS] * 3600 - seconds["real_guidance"]) < 0.01
     assert abs(sgid[HOURS] * 3600 - sum(seconds[s] for s in AUGMENTATIONS[0].stages)) < 0.01
     assert "CPU only" in rg.Device
-    assert set(table["Synthetic per real"]) == {0.5, 1.0}
+    assert set(table["Synthetic per real"]) == {0.5, 1.0, pipeline_run.da_fusion.num_synthetic}
     recomputed = comparison_table(pipeline_run, catalog.load(pipeline_run, "training_results"))
     pd.testing.assert_frame_equal(recomputed.drop(columns=HOURS), table.drop(columns=HOURS), check_dtype=False)
 

@@ -147,13 +147,12 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def caption(table: pd.DataFrame) -> str:
-    """What the table's numbers are, and on which machine its hours were measured."""
-    devices = " / ".join(dict.fromkeys(d for ds in table.get("Device", []) for d in ds.split(" / "))) or "—"
+    """What the table's numbers are; the Device column names the machine each row's hours were measured on."""
     return ("Which augmentation: each generative method's gain over the best non-generative method of the same "
             "backbone (picked from this run's means; paired over training seeds on one generation draw, 95% CI; Holm "
             "over the table's rows), at its synthetic images per real image and optimisation steps, beside the device "
-            f"hours of the stages its images need, measured by the runner on: {devices}. Training cost is not "
-            "included: every row trains the same recipe for the steps shown.")
+            "hours of the stages its images need, measured by the runner on the machine the Device column names. "
+            "Training cost is not included: every row trains the same recipe for the steps shown.")
 
 
 def gain_vs_cost(table: pd.DataFrame):
