@@ -62,6 +62,12 @@ def test_an_untrained_method_leaves_the_train_fingerprint_of_earlier_runs(make_p
     assert fingerprint(without, "train") == fingerprint(other, "train")
     assert fingerprint(without, "real_guidance") != fingerprint(other, "real_guidance")
     assert "real_guidance" in fingerprint(make_params("c"), "train")
+    # DA-Fusion's p changes only training: its tokens and images stay valid
+    one, other = make_params("d"), make_params("e", da_fusion={"synthetic_probability": 0.25})
+    for stage in ("inversion", "da_fusion"):
+        assert fingerprint(one, stage) == fingerprint(other, stage)
+    assert fingerprint(one, "train") != fingerprint(other, "train")
+    assert fingerprint(one, "da_fusion") != fingerprint(make_params("f", da_fusion={"num_synthetic": 3}), "da_fusion")
 
 
 def test_every_stage_records_its_seconds_and_the_comparison_counts_each_methods_stages(pipeline_run):

@@ -96,7 +96,7 @@ def fingerprint(params: Params, stage: str, upstream: tuple[str, ...] | None = N
     out: dict[str, Any] = {}
     left_out = NOT_IN_FINGERPRINT | unused_keys(params, stage)
     for dotted in stage_keys(stage, upstream):
-        if dotted in left_out:
+        if any(dotted == k or dotted.startswith(f"{k}.") for k in left_out):  # a left-out section: its keys too
             continue
         node: Any = data
         for part in dotted.split("."):
