@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(stage, make_params, pipeli
     ref, params = RunDir.of(pipeline_run), make_params(f"kill-{stage}")
     run = RunDir.of(params)
     copy_stages(pipeline_run, params, *upstream_closure(stage)[:-1])
+    shutil.copytree(ref.root / "provenance", run.root / "provenance")  # the runner's records: the measured costs
     kill_after = _kill_point(ref, stage)
     killed = _run(params, stage, kill_after)
     assert killed.returncode == -signal.SIGKILL, (

@@ -10,7 +10,7 @@ import torch
 
 from sgid_utils.core import catalog
 from sgid_utils.core.errors import StageError, StaleOutputsError
-from sgid_utils.core.fingerprints import fingerprint
+from sgid_utils.core.fingerprints import baseline_fingerprint, fingerprint
 from sgid_utils.core.registry import NAMES, STAGES, notebooks, upstream_closure
 from sgid_utils.core.resumable import gpu_memory_hint
 from sgid_utils.core.rundir import RunDir
@@ -52,8 +52,9 @@ def test_the_registry_orders_stages_notebooks_and_fingerprint_chains(make_params
     assert {"curation.upscale_threshold", "curation.upscale_to"} <= set(fingerprint(params, "upscale"))
     assert "curation" in fingerprint(params, "curate") and "curation.upscale_to" not in fingerprint(params, "curate")
     baseline = fingerprint(params, "train", upstream=("data",))
-    assert set(baseline) == {"dataset", "run.seed", "models.classifier", "training",
-                             "dataset.code_version", "training.code_version"}
+    assert set(baseline) == {"dataset", "run.seed", "models.classifier", "training", "da_fusion.synthetic_probability",
+                             "dataset.code_version", "training.code_version"}  # the test chain trains DA-Fusion
+    assert "da_fusion.synthetic_probability" not in baseline_fingerprint(params)  # no Baseline replaces images
 
 
 def test_unwritable_run_dir_and_full_disk_stop_before_work(make_params, tmp_path):

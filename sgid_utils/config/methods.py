@@ -47,6 +47,14 @@ AUGMENTATIONS: tuple[Augmentation, ...] = (
                  None, "da_fusion", replaces=True),
 )
 BY_METHOD = {a.method: a for a in AUGMENTATIONS}
+
+
+def idle_stages(methods: list[str]) -> set[str]:
+    """The stages of the compared augmentations that ``methods`` (training.methods) does not train: they skip."""
+    needed = {s for a in AUGMENTATIONS if a.method in methods for s in a.stages}
+    return {s for a in AUGMENTATIONS if a.method != "sgid" for s in a.stages} - needed
+
+
 REPLACING = tuple(a.method for a in AUGMENTATIONS if a.replaces)
 
 

@@ -74,7 +74,8 @@ def stage_keys(stage: str, upstream: tuple[str, ...] | None = None) -> list[str]
 
 def baseline_view(recorded: dict[str, Any]) -> dict[str, Any]:
     """A train-stage fingerprint as a Baseline run sees it: without ``training.equal_steps``, since a Baseline trains
-    for its own number of steps either way."""
+    for its own number of steps either way, nor DA-Fusion's replacement probability, which no Baseline uses."""
+    recorded = {k: v for k, v in recorded.items() if k != "da_fusion.synthetic_probability"}  # DA-Fusion's recipe's
     training = recorded.get("training")
     return {**recorded, "training": {k: v for k, v in training.items() if k != "equal_steps"}} if isinstance(
         training, dict) else recorded

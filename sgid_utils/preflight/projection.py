@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from sgid_utils.config.backbones import GENERATIVE, backbones, configs
+from sgid_utils.config.methods import idle_stages
 from sgid_utils.config.schema import Params
 from sgid_utils.core.files import read_table
 from sgid_utils.core.fingerprints import fingerprint
@@ -221,7 +222,7 @@ def variant_costs(params: Params, variants: list[tuple[str, Params]], images: pd
     for (name, variant), mine in zip(variants, lent):
         same_data = fingerprint(variant, "data") == fingerprint(params, "data")
         counts = full_run_counts(variant, images if same_data else None)
-        own = [s for s in SHARED_STAGES if mine[s] is None]
+        own = [s for s in SHARED_STAGES if mine[s] is None and s not in idle_stages(variant.training.methods)]
         items = {s: float(counts.items(s)) for s in own}
         shared = mine["baselines"] is not None
         items["train"] = float(sum(n for c, n in zip(configs(variant), image_epochs(variant, counts.train_images))
