@@ -111,7 +111,7 @@ def comparison_table(params: Params, results: pd.DataFrame) -> pd.DataFrame:
     by_row = {i: (p, bool(x)) for i, p, x in zip(known, adjusted, reject)}
     table = pd.DataFrame(rows)
     table.insert(table.columns.get_loc("Best non-generative") + 1, GAIN, [_gain(d) for d in diffs])
-    table.insert(table.columns.get_loc(GAIN) + 1, "gain", [100 * d["mean_diff"] for d in diffs])
+    table.insert(table.columns.get_loc(GAIN) + 1, "gain", [round(100 * d["mean_diff"], 6) for d in diffs])  # no -0
     table.insert(table.columns.get_loc("gain") + 1, "ci_low", [100 * d["ci_low"] for d in diffs])
     table.insert(table.columns.get_loc("ci_low") + 1, "ci_high", [100 * d["ci_high"] for d in diffs])
     table.insert(table.columns.get_loc("ci_high") + 1, "p (paired t)", [format_p(d["p_value"]) for d in diffs])
