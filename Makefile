@@ -9,7 +9,7 @@ PARAMS ?= params/pets.yaml params/flowers.yaml
 # Offline, quiet, and a throwaway HF cache for the smoke profile and tests: nothing reaches for a hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install smoke preflight reproduce ablations backbones report lab lint test bench gpu-report check-lower-bounds clean
+.PHONY: help install smoke preflight reproduce ablations backbones compare report lab lint test bench gpu-report check-lower-bounds clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,7 @@ NOTEBOOKS = $(addprefix notebooks/,$(addsuffix .ipynb,$(shell $(PY) -m sgid_util
 
 smoke: $(STAMP) ## Run every notebook and the ablations offline on params/smoke.yaml (tiny models, CPU); page reports/smoke/index.html
 	$(MAKE) --no-print-directory reproduce PARAMS=params/smoke.yaml RUN_ENV="$(OFFLINE) OMP_NUM_THREADS=1" JOBS=2
+	$(MAKE) --no-print-directory compare PARAMS=params/smoke_methods.yaml RUN_ENV="$(OFFLINE) OMP_NUM_THREADS=1" JOBS=2
 
 # Before a long GPU run: checks that start nothing, then a canary of every stage on 2 images per class, and the
 # projected wall-clock and disk, for each params file `make reproduce` would run (PARAMS=params/smoke.yaml offline).
@@ -72,6 +73,17 @@ backbones: $(STAMP) ## Train the three backbones and the combined methods (PARAM
 	for p in $(PARAMS); do b=$${p%.yaml}_backbones.yaml; \
 	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$b || exit 1; \
 	  $(RUN_ENV) $(PY) -m sgid_utils report --params $$b || exit 1; \
+	done
+
+# Which augmentation helps, at what cost: a params/*_methods.yaml profile (run.reuse: run its data set's main profile
+# first) runs every stage, its equal-steps variant (the `ablations` it lists, Baselines and images linked), notebook 08
+# and the page, whose "Which augmentation" section tabulates each method's gain beside its measured device hours.
+compare: $(STAMP) ## Compare SGID, Real Guidance and DA-Fusion at equal images and steps, with each method's cost (PARAMS=params/pets_methods.yaml)
+	for p in $(PARAMS); do \
+	  $(RUN_ENV) $(PY) -m sgid_utils run all --to-stage quality --params $$p || exit 1; \
+	  $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$p --jobs $(JOBS) || exit 1; \
+	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --from-stage compare || exit 1; \
+	  $(RUN_ENV) $(PY) -m sgid_utils report --params $$p || exit 1; \
 	done
 
 report: $(STAMP) ## Write reports/<run>/index.html for each params file from its tables, figures and notebooks (no server needed)

@@ -36,8 +36,12 @@ def write_params(folder: Path, models: Path, data: Path, **sections) -> Path:
         "curation": {"upscale_threshold": 48, "error_analysis_sample": 1},
         "quality": {"filters": ["similarity", "label", "detector"], "class_noun": "pet", "detector_folds": 3},
         "training": {"seeds": [0, 1], "epochs": 1, "batch_size": 4, "num_workers": 0,
-                     "methods": ["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered"],
+                     "methods": ["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered", "real_guidance",
+                                 "da_fusion", "da_fusion_recipe"],
                      "sgid_proportions": [0.5, 1.0], "filtered_proportions": [1.0]},
+        "real_guidance": {"resolution": 64, "num_inference_steps": 10},
+        "da_fusion": {"inversion_steps": 4, "inversion_batch_size": 2, "resolution": 64, "num_synthetic": 2,
+                      "num_inference_steps": 10},
         "smoke": {"build_models": True, "build_dataset": True, "images_per_class": 4},
     }
     for key, value in sections.items():

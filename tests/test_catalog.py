@@ -37,8 +37,10 @@ def test_every_entry_has_exactly_one_writer_and_a_path_of_its_own():
 def test_upstream_is_derived_from_the_files():
     assert {s.name: s.upstream for s in STAGES} == {
         "data": (), "captions": ("data",), "similarity": ("captions",), "generate": ("similarity",),
-        "upscale": ("similarity",), "curate": ("generate", "upscale"), "train": ("curate",), "results": ("train",),
-        "quality": ("train",)}
+        "upscale": ("similarity",), "real_guidance": ("data",), "inversion": ("data",),
+        "da_fusion": ("inversion",), "curate": ("generate", "upscale"),
+        "train": ("real_guidance", "da_fusion", "curate"),
+        "results": ("train",), "quality": ("train",), "compare": ("results",)}
     assert all(callable(get(n).function) for n in NAMES)
 
 

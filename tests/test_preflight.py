@@ -51,7 +51,8 @@ def test_smoke_preflight_passes_offline_with_canary(make_params):
     report = preflight(params)
     assert report.ok, "\n".join(c.line for c in report.checks)
     stages = [r["stage"] for r in report.rows]
-    assert stages[:7] == ["data", "captions", "similarity", "generate", "upscale", "curate", "train"]
+    assert stages[:10] == ["data", "captions", "similarity", "generate", "upscale", "real_guidance", "inversion",
+                           "da_fusion", "curate", "train"]
     assert stages[-4:] == ["total (make reproduce, without ablations)", "ablation sgid-equal-steps",
                            "ablation second-draw", "total with the ablation variants"]
     rows = {r["stage"]: r for r in report.rows}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from sgid_utils.core.rundir import RunDir
 
 from .conftest import REPO, copy_stages
 
+# Columns that measure the machine, not the results: time taken (the comparison's hours and where they ran).
+MEASURED = ["seconds", "Device hours", "Points per device hour", "Device"]
 # 'data' is made by every stage's start (and tested in test_data).
 KILLED = [name for name in NAMES if name != "data"]
 
@@ -72,10 +75,10 @@ def _same(name: str, ref: RunDir, run: RunDir, **keys: str) -> None:
     a, b = _rel(a, ref.root), _rel(b, run.root)
     numbers = list(a.select_dtypes("number").columns)
     assert list(a.columns) == list(b.columns) and a.shape == b.shape, name
-    pd.testing.assert_frame_equal(a.drop(columns=numbers + ["seconds"], errors="ignore"),
-                                  b.drop(columns=numbers + ["seconds"], errors="ignore"), obj=name)
-    np.testing.assert_allclose(a[numbers].drop(columns="seconds", errors="ignore").to_numpy(float),
-                               b[numbers].drop(columns="seconds", errors="ignore").to_numpy(float), rtol=1e-6,
+    pd.testing.assert_frame_equal(a.drop(columns=numbers + MEASURED, errors="ignore"),
+                                  b.drop(columns=numbers + MEASURED, errors="ignore"), obj=name)
+    np.testing.assert_allclose(a[numbers].drop(columns=MEASURED, errors="ignore").to_numpy(float),
+                               b[numbers].drop(columns=MEASURED, errors="ignore").to_numpy(float), rtol=1e-6,
                                err_msg=name)
     if name.startswith("manifest_"):
         assert len(a), name
@@ -89,6 +92,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(stage, make_params, pipeli
     ref, params = RunDir.of(pipeline_run), make_params(f"kill-{stage}")
     run = RunDir.of(params)
     copy_stages(pipeline_run, params, *upstream_closure(stage)[:-1])
+    shutil.copytree(ref.root / "provenance", run.root / "provenance")  # the runner's records: the measured costs
     kill_after = _kill_point(ref, stage)
     killed = _run(params, stage, kill_after)
     assert killed.returncode == -signal.SIGKILL, (

@@ -10,7 +10,7 @@ import torch
 
 from sgid_utils.core import catalog
 from sgid_utils.core.errors import StageError, StaleOutputsError
-from sgid_utils.core.fingerprints import fingerprint
+from sgid_utils.core.fingerprints import baseline_fingerprint, fingerprint
 from sgid_utils.core.registry import NAMES, STAGES, notebooks, upstream_closure
 from sgid_utils.core.resumable import gpu_memory_hint
 from sgid_utils.core.rundir import RunDir
@@ -44,7 +44,7 @@ def test_the_registry_orders_stages_notebooks_and_fingerprint_chains(make_params
     assert NAMES[0] == "data" and NAMES.index("upscale") < NAMES.index("curate") < NAMES.index("train")
     for stage in STAGES:  # upstream stages come earlier, and every entry resolves to a function
         assert all(NAMES.index(u) < NAMES.index(stage.name) for u in stage.upstream) and callable(stage.function)
-    assert notebooks() == sorted(notebooks()) and len(notebooks()) == 7
+    assert notebooks() == sorted(notebooks()) and len(notebooks()) == 8
     assert notebooks(last="train")[-1] == "05_training" and notebooks(first="results")[0] == "06_results"
     assert upstream_closure("similarity") == ["data", "captions", "similarity"]
     params = make_params("fp")
@@ -52,8 +52,9 @@ def test_the_registry_orders_stages_notebooks_and_fingerprint_chains(make_params
     assert {"curation.upscale_threshold", "curation.upscale_to"} <= set(fingerprint(params, "upscale"))
     assert "curation" in fingerprint(params, "curate") and "curation.upscale_to" not in fingerprint(params, "curate")
     baseline = fingerprint(params, "train", upstream=("data",))
-    assert set(baseline) == {"dataset", "run.seed", "models.classifier", "training",
-                             "dataset.code_version", "training.code_version"}
+    assert set(baseline) == {"dataset", "run.seed", "models.classifier", "training", "da_fusion.synthetic_probability",
+                             "dataset.code_version", "training.code_version"}  # the test chain trains DA-Fusion
+    assert "da_fusion.synthetic_probability" not in baseline_fingerprint(params)  # no Baseline replaces images
 
 
 def test_unwritable_run_dir_and_full_disk_stop_before_work(make_params, tmp_path):

@@ -108,9 +108,10 @@ def test_size_matched_configs_follow_the_filtered_proportions(make_params):
 
 def test_configs_cover_methods_proportions_and_seeds(make_params):
     cfgs = configs(make_params())
-    assert len(cfgs) == (3 + 2 + 1) * 2
+    assert len(cfgs) == (3 + 2 + 1 + 3) * 2
     assert {c.setting for c in cfgs} == {"Baseline", "CutMix", "RandAugment", "SGID (50%)", "SGID (100%)",
-                                         "SGID filtered (100%)"}
+                                         "SGID filtered (100%)", "Real Guidance (100%)", "DA-Fusion (100%)",
+                                         "DA-Fusion (its recipe)"}
     assert len({c.name for c in cfgs}) == len(cfgs)
 
 
@@ -120,12 +121,12 @@ def test_training_results_metrics_and_predictions(pipeline_run):
     results = pd.read_parquet(run.training_table)
     curated = pd.read_parquet(run.curated_table())
     filtered = pd.read_parquet(run.curated_table(filtered=True))
-    assert len(results) == 12
+    assert len(results) == 18
     sgid = results[results.method.isin(["sgid", "sgid_filtered"])].set_index("setting")
     assert sgid.loc["SGID filtered (100%)", "generated_images"].tolist() == [len(filtered)] * 2
     assert sgid.loc["SGID (100%)", "generated_images"].tolist() == [len(curated)] * 2
     assert sgid.loc["SGID (50%)", "generated_images"].tolist() == [int(len(curated) * 0.5 + 0.5)] * 2
-    assert (results[~results.method.str.startswith("sgid")].generated_images == 0).all()
+    assert (results[results.method.isin(["baseline", "cutmix", "randaugment"])].generated_images == 0).all()
     for row in results.itertuples():
         metrics = pd.read_csv(run.history(row.config))
         preds = pd.read_parquet(run.predictions(row.config))

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sgid_utils.config.methods import AUGMENTATIONS, BY_METHOD
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import INHERITED, BackboneParams
 
 METHOD_NAMES = {"baseline": "Baseline", "cutmix": "CutMix", "randaugment": "RandAugment", "sgid": "SGID",
                 "sgid_filtered": "SGID filtered", "sgid_size_matched": "SGID size-matched",
-                "sgid_cutmix": "SGID + CutMix", "sgid_randaugment": "SGID + RandAugment"}
+                "sgid_cutmix": "SGID + CutMix", "sgid_randaugment": "SGID + RandAugment",
+                **{a.method: a.label for a in AUGMENTATIONS}}
 NON_GENERATIVE = ("baseline", "cutmix", "randaugment")
-GENERATIVE = ("sgid", "sgid_filtered", "sgid_size_matched", "sgid_cutmix", "sgid_randaugment")
+GENERATIVE = ("sgid", "sgid_filtered", "sgid_size_matched", "sgid_cutmix", "sgid_randaugment",
+              *(a.method for a in AUGMENTATIONS if a.method != "sgid"))
 CUTMIX = ("cutmix", "sgid_cutmix")  # CutMix on every training batch (with its probability)
 RANDAUGMENT = ("randaugment", "sgid_randaugment")  # RandAugment on every training image, generated ones included
 COMBINED = ("sgid_cutmix", "sgid_randaugment")
-_TAGS = {"sgid": "sgid", "sgid_filtered": "sgidf", "sgid_size_matched": "sgidsm", "sgid_cutmix": "sgidcm",
-         "sgid_randaugment": "sgidra"}
+_TAGS = {"sgid_filtered": "sgidf", "sgid_size_matched": "sgidsm", "sgid_cutmix": "sgidcm", "sgid_randaugment": "sgidra",
+         **{a.method: a.tag for a in AUGMENTATIONS}}
 
 
 def backbones(params: Params) -> list[BackboneParams]:
@@ -63,12 +66,13 @@ class TrainConfig:
     def setting(self) -> str:
         """Row name in a backbone's results table: 'Baseline', 'SGID (25%)', 'SGID + CutMix (100%)', ..."""
         name = METHOD_NAMES[self.method]
-        return f"{name} ({self.proportion:.0%})" if self.method in GENERATIVE else name
+        return f"{name} ({self.proportion:.0%})" if self.method in GENERATIVE and self.proportion is not None else name
 
     @property
     def name(self) -> str:
         prefix = _TAGS.get(self.method)
-        tag = f"{prefix}{round(self.proportion * 100):03d}" if prefix else self.method
+        tag = f"{prefix}{round(self.proportion * 100):03d}" if prefix and self.proportion is not None else (
+            prefix or self.method)
         return f"{self.backbone}-{tag}_seed{self.seed}" if self.backbone else f"{tag}_seed{self.seed}"
 
 
@@ -78,7 +82,9 @@ def configs(params: Params) -> list[TrainConfig]:
     out = []
     proportions = {"sgid": t.sgid_proportions, "sgid_filtered": t.filtered_proportions,
                    "sgid_size_matched": t.filtered_proportions,
-                   "sgid_cutmix": t.combined_proportions, "sgid_randaugment": t.combined_proportions}
+                   "sgid_cutmix": t.combined_proportions, "sgid_randaugment": t.combined_proportions,
+                   **{m: getattr(t, a.proportions) if a.proportions else [None] for m, a in BY_METHOD.items()
+                      if m != "sgid"}}
     for bb in backbones(params):
         for method in t.methods:
             for proportion in proportions.get(method, [None]):

@@ -215,7 +215,9 @@ def variant_params(params: Params, name: str, overrides: dict) -> Params:
     first = [b.name for b in params.training.backbones[:1]]
     sets = {**overrides, "run.dir": str(run.variant_root(name)), "run.name": f"{params.run.name}-{name}",
             "run.reports_dir": str(run.variant_reports(name)),
-            "training.methods": ["baseline", "sgid"], "training.sgid_proportions": [1.0],
+            # a variant of the methods comparison (equal steps) may keep its methods; others train Baseline and SGID
+            "training.methods": overrides.get("training.methods", ["baseline", "sgid"]),
+            "training.sgid_proportions": [1.0],
             "training.backbones": [b.model_dump(mode="json") for b in params.training.backbones[:1]],
             "smoke.tiny_backbones": {k: v for k, v in params.smoke.tiny_backbones.items() if k in first},
             "results.references": [r.model_dump(mode="json") for r in params.results.references

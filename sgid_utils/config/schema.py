@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from sgid_utils.config.methods import DaFusionParams, RealGuidanceParams
 from sgid_utils.config.references import ResultsParams
 from sgid_utils.config.references import Section as Section
 from sgid_utils.config.training import TrainingParams
@@ -240,6 +241,8 @@ class Params(Section):
     generation: GenerationParams = Field(default_factory=GenerationParams)
     curation: CurationParams = Field(default_factory=CurationParams)
     quality: QualityParams = Field(default_factory=QualityParams)
+    real_guidance: RealGuidanceParams = Field(default_factory=RealGuidanceParams)
+    da_fusion: DaFusionParams = Field(default_factory=DaFusionParams)
     training: TrainingParams = Field(default_factory=TrainingParams)
     results: ResultsParams = Field(default_factory=ResultsParams)
     smoke: SmokeParams = Field(default_factory=SmokeParams)

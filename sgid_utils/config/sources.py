@@ -8,7 +8,10 @@ A reader of a verdict must be able to tell the report's settings from the packag
 - ``report``: the reproduction report ("Semantic-Guided Generative Image Augmentation Method with Diffusion Models
   for Image Classification (AI6103 reproduction report)"), with its section and, where the value is our reading of
   its words, that it is a reading;
-- ``package``: this package's choice, with a one-line reason.
+- ``package``: this package's choice, with a one-line reason;
+- ``method``: a compared augmentation's own public code or paper (``config.methods``), naming the repository and
+  the file (Real Guidance's settings come from DA-Fusion's re-implementation, brandontrabucco/da-fusion at commit
+  ea784ad, as the comparison's issue asks).
 
 Keys are the dotted paths of the schema: ``generation.guidance.mode``. A list of sections has one key for the list
 itself (``training.backbones``) and one per field of its items, written with ``[]``
@@ -29,7 +32,7 @@ from typing import Literal
 HUB_IDS = {"pets": "timm/oxford-iiit-pet", "flowers": "dpdl-benchmark/oxford_flowers102"}
 
 
-Origin = Literal["paper", "report", "package"]
+Origin = Literal["paper", "report", "package", "method"]
 # Origins whose Source must carry a quote of the report or the paper's public text.
 QUOTED = ("paper", "report")
 COLUMNS = ["setting", "this run", "package default", "origin", "source"]
@@ -51,8 +54,8 @@ class Source:
     quote: str = ""
 
     def __post_init__(self) -> None:
-        if self.origin not in ("paper", "report", "package"):
-            raise ValueError(f"unknown origin {self.origin!r}: use 'paper', 'report' or 'package'")
+        if self.origin not in ("paper", "report", "package", "method"):
+            raise ValueError(f"unknown origin {self.origin!r}: use 'paper', 'report', 'package' or 'method'")
         if not self.where.strip():
             raise ValueError("a Source needs its section or reason in 'where'")
         if self.origin in QUOTED and not self.quote.strip():
@@ -77,10 +80,16 @@ def _ours(why: str) -> Source:
     return Source("package", why)
 
 
+def _method(where: str) -> Source:
+    return Source("method", where)
+
+
 _GEN = "Generation of Augmented Images"
 _PRE = "Experimentation and Results, Pre-processing of images"
 _TRAIN = "Comparison of Augmentation Techniques and Model Training"
 _SPEED = "speed or memory only: the outputs do not depend on it"
+_RG = "brandontrabucco/da-fusion semantic_aug/augmentations/real_guidance.py (DA-Fusion's Real Guidance)"
+_DAF = "brandontrabucco/da-fusion "
 _SMOKE = "offline smoke profile only (tiny models, a generated image folder)"
 
 SOURCES: dict[str, Source] = {
@@ -249,6 +258,39 @@ SOURCES: dict[str, Source] = {
     "training.deterministic": _ours("off: a GPU's fastest kernels (cuDNN autotuning, atomics) reorder float sums, "
                                     "so a GPU rerun matches in accuracy within seed noise, not byte for byte; its "
                                     "cost on a GPU is unmeasured (docs/GPU.md)"),
+    "training.method_proportions": _ours("one synthetic image per real image, as SGID at 100 %: the methods compared "
+                                         "at an equal number of synthetic images (DA-Fusion's first of its M)"),
+    # real guidance (config.methods)
+    "real_guidance.prompt": _method(f"{_RG}: prompt 'a photo of a {{name}}'"),
+    "real_guidance.guidance_scale": _method(f"{_RG}: guidance_scale=7.5 (also scripts/real_guidance/*.sh: "
+                                            "--guidance-scale 7.5)"),
+    "real_guidance.strength": _method(f"{_RG}: strength=0.5 (also scripts/real_guidance/*.sh: --strength 0.5)"),
+    "real_guidance.resolution": _method(f"{_RG}: the image resized to a 512 x 512 canvas and the output back to the "
+                                        "image's size (bilinear there; LANCZOS here, as SGID's inputs)"),
+    "real_guidance.num_inference_steps": _method(f"{_RG}: the pipeline's default num_inference_steps (50 in "
+                                                 "diffusers' img2img pipeline)"),
+    # DA-Fusion (config.methods)
+    "da_fusion.initializer_token": _method(f"{_DAF}fine_tune.py: args.initializer_token = \"the\""),
+    "da_fusion.inversion_steps": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --max_train_steps=1000"),
+    "da_fusion.inversion_batch_size": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --train_batch_size=4"),
+    "da_fusion.inversion_lr": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --learning_rate=5.0e-04, "
+                                      "constant, no warm-up"),
+    "da_fusion.scale_lr": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --scale_lr (one process, no "
+                                  "gradient accumulation: x the batch size)"),
+    "da_fusion.inversion_weight_decay": _method(f"{_DAF}fine_tune.py: --adam_weight_decay default 1e-2"),
+    "da_fusion.flip_p": _method(f"{_DAF}fine_tune.py: TextualInversionDataset flip_p=0.5"),
+    "da_fusion.resolution": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --resolution=512; "
+                                    "semantic_aug/augmentations/textual_inversion.py: the 512 x 512 canvas"),
+    "da_fusion.prompt": _method(f"{_DAF}semantic_aug/augmentations/textual_inversion.py: 'a photo of a {{name}}' "
+                                "with the name formatted as the token '<class_name>'"),
+    "da_fusion.guidance_scale": _method(f"{_DAF}scripts/textual_inversion/*.sh: --guidance-scale 7.5"),
+    "da_fusion.strengths": _method(f"{_DAF}scripts/cutmix_ablation/launch_textual_inversion=1.0-0.75-0.5-0.25_"
+                                   "pascal.sh: --strength 1.0 0.75 0.5 0.25 --probs 0.25 each, --compose parallel"),
+    "da_fusion.num_synthetic": _method(f"{_DAF}scripts/textual_inversion/*.sh: --num-synthetic 10"),
+    "da_fusion.synthetic_probability": _method(f"{_DAF}scripts/textual_inversion/*.sh: --synthetic-probability 0.5 "
+                                               "(semantic_aug/few_shot_dataset.py: the replacement)"),
+    "da_fusion.num_inference_steps": _method(f"{_DAF}semantic_aug/augmentations/textual_inversion.py: the "
+                                             "pipeline's default num_inference_steps (50 in diffusers' img2img)"),
     # results
     "results.references": _ours("none by default; the Pets and Flowers profiles list the report's Tables 1 and 2: "
                                 "its own numbers and its 'Benchmark in Paper' column"),

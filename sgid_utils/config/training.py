@@ -50,7 +50,7 @@ class BackboneParams(Section):
 class TrainingParams(Section):
     methods: list[
         Literal["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered", "sgid_size_matched", "sgid_cutmix",
-                "sgid_randaugment"]
+                "sgid_randaugment", "real_guidance", "da_fusion", "da_fusion_recipe"]
     ] = Field(default_factory=lambda: ["baseline", "cutmix", "randaugment", "sgid"], min_length=1)
     sgid_proportions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     filtered_proportions: list[float] = Field(default_factory=lambda: [1.0],
@@ -58,6 +58,9 @@ class TrainingParams(Section):
     combined_proportions: list[float] = Field(
         default_factory=lambda: [1.0],
         description="Proportions for sgid_cutmix and sgid_randaugment (SGID's images + the augmentation).")
+    method_proportions: list[float] = Field(
+        default_factory=lambda: [1.0], description="Proportions for the other generative augmentations "
+        "(config.methods: real_guidance, da_fusion): 1.0 adds one synthetic image per real image, as SGID at 100 %.")
     backbones: list[BackboneParams] = Field(
         default_factory=list, description="Classifiers to train, each with its recipe; empty: models.classifier with "
         "training.* (ViT-B/16 with Adam at a constant lr 1e-4, which the report gives; epochs and batch size are this "
@@ -86,7 +89,7 @@ class TrainingParams(Section):
                                 "files; false: the same accuracies within seed noise. The CPU is deterministic "
                                 "either way.")
 
-    @field_validator("sgid_proportions", "filtered_proportions", "combined_proportions")
+    @field_validator("sgid_proportions", "filtered_proportions", "combined_proportions", "method_proportions")
     @classmethod
     def _props(cls, v: list[float]) -> list[float]:
         for p in v:

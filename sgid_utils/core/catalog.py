@@ -76,6 +76,14 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("curated_filtered", lambda r: r.curated_table(filtered=True),
           "the chosen candidates that passed the quality filters (SGID filtered)", relative=True),
     Entry("quality_summary", lambda r: r.quality_summary, "the filters' detector, threshold and kept counts"),
+    # the other generative augmentations (config.methods)
+    Entry("real_guidance_images", lambda r: r.real_guidance_table,
+          "Real Guidance's images: one per training image, with its prompt, scale, strength and seed", relative=True),
+    Entry("class_tokens", lambda r: r.class_tokens_table,
+          "DA-Fusion's token per class: its file, images, steps, first and last loss, how far it moved",
+          relative=True),
+    Entry("da_fusion_images", lambda r: r.da_fusion_table,
+          "DA-Fusion's M images per training image, with the token, prompt, strength and seed", relative=True),
     # training
     Entry("training_results", lambda r: r.training_table, "one row per training configuration: accuracy, steps, time",
           upgrade=_with_backbone),
@@ -97,6 +105,10 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("class_changes", lambda r: r.table("per_class_change.csv"), "per-class accuracy change, best SGID setting"),
     Entry("consistency_figure", lambda r: r.figure("07_consistency_vs_diversity"),
           "each generated set on our consistency and diversity metrics"),
+    Entry("comparison", lambda r: r.table("comparison.csv"),
+          "which augmentation: each method's gain over the best non-generative one and its measured cost"),
+    Entry("comparison_md", lambda r: r.table("comparison.md"), "the comparison as markdown, with its caption"),
+    Entry("comparison_figure", lambda r: r.figure("08_gain_vs_cost"), "each method's gain against its device hours"),
     # the ablation profiles (``run ablations``)
     Entry("ablations", lambda r: r.table("ablations.csv"), "each ablation variant against the main run"),
     Entry("ablations_md", lambda r: r.table("ablations.md"), "the ablation table as markdown"),

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from sgid_utils.config.backbones import backbones
+from sgid_utils.config.methods import AUGMENTATIONS
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import INHERITED, BackboneParams
 from sgid_utils.core.errors import StaleOutputsError
@@ -27,7 +28,7 @@ NOT_IN_FINGERPRINT = {
     "captioning.batch_size", "similarity.batch_size", "curation.batch_size", "generation.batch_size",
     "generation.compile", "training.eval_batch_size", "training.methods", "training.seeds",
     "training.sgid_proportions", "training.filtered_proportions", "training.combined_proportions",
-    "training.backbones",
+    "training.method_proportions", "training.backbones",
 }
 # Bumped when a section's code gives other outputs for the same params, so that a run dir keeps one version's files.
 # captioning 2: nucleus sampling batched, each image's tokens drawn from its own seed (SeededNucleusSampler).
@@ -39,7 +40,7 @@ CODE_VERSIONS = {"captioning": 2, "dataset": 2, "curation.upscale_to": 2, "train
 COSMETIC_BACKBONE_KEYS = ("label", "source")
 
 
-def unused_keys(params: Params) -> set[str]:
+def unused_keys(params: Params, stage: str | None = None) -> set[str]:
     """Keys that cannot change these params' outputs: the ControlNet's under the img2img generator (and the generator
     itself at img2img, the value every run had before it existed, so that finished runs stay valid); and, when
     ``training.backbones`` lists the classifiers, ``models.classifier`` and the ``training.*`` fields a backbone
@@ -47,13 +48,17 @@ def unused_keys(params: Params) -> set[str]:
 
     Likewise ``run.draw`` at 0 and ``training.equal_steps`` and ``training.deterministic`` at false, the behaviour of
     every run before they existed: recorded only when set, so finished runs stay valid (and a run directory records
-    ``training.deterministic`` only when every training run in it was)."""
+    ``training.deterministic`` only when every training run in it was). So is the params section of a compared
+    augmentation (``config.methods``: ``real_guidance``, ``da_fusion``) that ``training.methods`` does not train,
+    except in its own stages' fingerprints."""
     keys = set() if params.generation.generator == "controlnet" else {"models.controlnet", "generation.controlnet",
                                                                       "generation.generator"}
     listed = {"models.classifier", *(f"training.{k}" for k in INHERITED)} if params.training.backbones else set()
     defaults = ({"run.draw"} if params.run.draw == 0 else set()) | {
         f"training.{k}" for k in ("equal_steps", "deterministic") if not getattr(params.training, k)}
-    return keys | listed | defaults
+    trained = {a.section for a in AUGMENTATIONS if a.method in params.training.methods}
+    untrained = {a.section for a in AUGMENTATIONS if a.section and a.section not in trained and stage not in a.stages}
+    return keys | listed | defaults | untrained
 
 
 def backbone_fingerprint(bb: BackboneParams) -> dict[str, Any]:
@@ -75,7 +80,8 @@ def stage_keys(stage: str, upstream: tuple[str, ...] | None = None) -> list[str]
 
 def baseline_view(recorded: dict[str, Any]) -> dict[str, Any]:
     """A train-stage fingerprint as a Baseline run sees it: without ``training.equal_steps``, since a Baseline trains
-    for its own number of steps either way."""
+    for its own number of steps either way, nor DA-Fusion's replacement probability, which no Baseline uses."""
+    recorded = {k: v for k, v in recorded.items() if k != "da_fusion.synthetic_probability"}  # DA-Fusion's recipe's
     training = recorded.get("training")
     return {**recorded, "training": {k: v for k, v in training.items() if k != "equal_steps"}} if isinstance(
         training, dict) else recorded
@@ -95,9 +101,9 @@ def fingerprint(params: Params, stage: str, upstream: tuple[str, ...] | None = N
     """
     data = params.model_dump(mode="json", exclude={"source_file"})
     out: dict[str, Any] = {}
-    left_out = NOT_IN_FINGERPRINT | unused_keys(params)
+    left_out = NOT_IN_FINGERPRINT | unused_keys(params, stage)
     for dotted in stage_keys(stage, upstream):
-        if dotted in left_out:
+        if any(dotted == k or dotted.startswith(f"{k}.") for k in left_out):  # a left-out section: its keys too
             continue
         node: Any = data
         for part in dotted.split("."):

@@ -18,6 +18,7 @@ import pandas as pd
 
 from sgid_utils.config.schema import Params
 from sgid_utils.core.files import read_json, reason, set_aside, write_json
+from sgid_utils.core.registry import get
 from sgid_utils.core.rundir import RunDir
 
 PACKAGES = ["torch", "torchvision", "transformers", "diffusers", "compel", "timm", "datasets"]
@@ -73,6 +74,32 @@ def _starts(path: Path, set_aside_damaged: bool = False) -> list[dict] | None:
         if set_aside_damaged:
             set_aside(path, reason(exc))
         return None
+
+
+def record_seconds(params: Params, stage: str, seconds: float) -> Path:
+    """Add the seconds the stage's own work took (after the runner's set-up) to this process's latest start: a
+    method's measured cost is the sum over the starts of the stages it needs (``reporting.comparison``)."""
+    path = RunDir.of(params).provenance(stage)
+    record = read_json(path)
+    record["starts"][-1]["seconds"] = round(record["starts"][-1].get("seconds", 0.0) + seconds, 3)
+    return write_json(path, record)
+
+
+def stage_seconds(params: Params, stage: str) -> tuple[float, list[str]]:
+    """Device seconds a stage took over all its starts, and the machines they ran on (``describe``); (0, []) for a
+    stage without a record. A stage folder linked from another run (``core.sharing``) is counted at what it took
+    there: the lender's record, found through the link."""
+    run = RunDir.of(params)
+    path = run.provenance(stage)
+    folder = run.stage(stage) if get(stage).folder else None
+    if folder is not None and folder.is_symlink():
+        lender = Path(os.path.realpath(folder)).parents[len(Path(get(stage).folder).parts) - 1]
+        path = RunDir(lender, run.reports).provenance(stage)
+    starts = _starts(path)
+    if starts is None:
+        return 0.0, []
+    return (float(sum(s.get("seconds", 0.0) for s in starts)),
+            list(dict.fromkeys(describe(s) for s in starts if s.get("seconds"))))
 
 
 def describe(start: dict) -> str:

@@ -53,6 +53,12 @@ class Stage:
 
 
 MANIFESTS = ("manifest_raw", "manifest_upscaled")
+# DA-Fusion's settings by the stage they change (p, the replacement probability, changes only training).
+INVERSION_KEYS = ("models.diffusion", "da_fusion.initializer_token", "da_fusion.inversion_steps",
+                  "da_fusion.inversion_batch_size", "da_fusion.inversion_lr", "da_fusion.scale_lr",
+                  "da_fusion.inversion_weight_decay", "da_fusion.flip_p", "da_fusion.resolution", "run.draw")
+DA_FUSION_KEYS = (*INVERSION_KEYS, "da_fusion.prompt", "da_fusion.guidance_scale", "da_fusion.strengths",
+                  "da_fusion.num_synthetic", "da_fusion.num_inference_steps")
 TRAINING = ("training_results", "history", "predictions")
 STAGES: tuple[Stage, ...] = (
     Stage("data", "01_captioning", (), ("images", "skipped"), ("dataset", "run.seed"), "data"),
@@ -71,17 +77,28 @@ STAGES: tuple[Stage, ...] = (
           ("models.diffusion", "models.controlnet", "generation", "curation.upscale_threshold", "curation.upscale_to",
            "run.draw"),
           "generation/upscaled"),
+    # Real Guidance (config.methods): img2img from each real image with a class prompt; no captions, no selection.
+    Stage("real_guidance", "03_generation", ("images",), ("real_guidance_images",),
+          ("models.diffusion", "real_guidance", "run.draw"), "methods/real_guidance"),
+    # DA-Fusion (config.methods): a textual-inversion token per class, then M img2img images per real image with it.
+    Stage("inversion", "03_generation", ("images",), ("class_tokens",), INVERSION_KEYS, "methods/inversion"),
+    Stage("da_fusion", "03_generation", ("images", "class_tokens"), ("da_fusion_images",), DA_FUSION_KEYS,
+          "methods/da_fusion"),
     Stage("curate", "04_error_analysis_upscaling", ("images", *MANIFESTS),
           ("candidates", "curated", "curated_filtered", "quality_summary"), ("curation", "quality", "run.draw"),
           "curation"),
-    Stage("train", "05_training", ("images", "curated", "curated_filtered"), TRAINING,
-          ("models.classifier", "training"), "training"),
+    Stage("train", "05_training", ("images", "curated", "curated_filtered", "real_guidance_images", "da_fusion_images"),
+          TRAINING,
+          ("models.classifier", "training", "da_fusion.synthetic_probability"), "training"),
     Stage("results", "06_results", ("curated", "training_results", "predictions"),
           ("significance", "accuracy", "accuracy_md", "significance_csv", "backbone_gains", "backbone_gains_md",
            "accuracy_figure", "originals_figure", "gain_forest_figure"), (), "results"),
     Stage("quality", "07_quality_and_statistics",
           ("images", "candidates", "curated", "curated_filtered", "training_results", "predictions"),
           ("set_metrics", "class_changes", "consistency_figure")),
+    # Which augmentation: every generative method's gain beside its measured cost (the runner's provenance records).
+    Stage("compare", "08_methods", ("training_results", "significance"),
+          ("comparison", "comparison_md", "comparison_figure")),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 NAMES = [stage.name for stage in STAGES]

@@ -149,6 +149,32 @@ class RunDir:
     def quality_summary(self) -> Path:
         return self.stage("curate") / "quality.json"
 
+    # --- the other generative augmentations (config.methods) ----------------------------------------------------
+    def real_guidance_image(self, image_id: str) -> Path:
+        return self.stage("real_guidance") / "images" / f"{image_id}.png"
+
+    @property
+    def real_guidance_table(self) -> Path:
+        """One Real Guidance image per training image: source, prompt, scale, strength, seed, file."""
+        return self.stage("real_guidance") / "images.parquet"
+
+    def class_token(self, label: int) -> Path:
+        """DA-Fusion's learned token of one class: ``{token: embedding}`` (safetensors), as load_textual_inversion
+        reads it."""
+        return self.stage("inversion") / "tokens" / f"{label:04d}.safetensors"
+
+    @property
+    def class_tokens_table(self) -> Path:
+        return self.stage("inversion") / "tokens.parquet"
+
+    def da_fusion_image(self, image_id: str, m: int) -> Path:
+        return self.stage("da_fusion") / "images" / f"{image_id}_m{m}.png"
+
+    @property
+    def da_fusion_table(self) -> Path:
+        """DA-Fusion's M images per training image: source, token, prompt, strength, seed, file."""
+        return self.stage("da_fusion") / "images.parquet"
+
     # --- training -------------------------------------------------------------------------------------------------
     def config_dir(self, config: str) -> Path:
         """One training configuration's folder, e.g. ``training/sgid100_seed0``."""

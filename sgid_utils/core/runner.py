@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from sgid_utils.config.schema import Params
 from sgid_utils.core.errors import StageError
 from sgid_utils.core.files import pin_fingerprint, write_text
 from sgid_utils.core.fingerprints import fingerprint
-from sgid_utils.core.provenance import record_stage
+from sgid_utils.core.provenance import record_seconds, record_stage
 from sgid_utils.core.registry import NAMES, get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.sharing import reuse_run
@@ -80,7 +81,10 @@ def run_stage(name: str, params: Params) -> Any:
     if name == "data":
         return images
     check_stage(params, name)
-    return stage.function(params, images)
+    began = time.perf_counter()
+    result = stage.function(params, images)
+    record_seconds(params, name, time.perf_counter() - began)  # the stage's cost (a stage that raised costs nothing)
+    return result
 
 
 def run_distributed(name: str, params: Params) -> Any:

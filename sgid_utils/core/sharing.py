@@ -125,7 +125,8 @@ def reuse_run(params: Params) -> list[str]:
 # What an ablation variant may take from the base run or an earlier variant: the stages up to curation, while their
 # params are unchanged (a training-only variant such as equal steps reuses the curated set; a selection-rule variant
 # the generated images; a prompt variant only the captions and scores), and the Baseline runs.
-SHARED_STAGES = upstream_closure("curate")
+# And the compared methods' images (config.methods).
+SHARED_STAGES = [*upstream_closure("curate"), "real_guidance", "inversion", "da_fusion"]
 
 
 def share_baselines(base: Params, variant: Params) -> list[str]:

@@ -38,6 +38,7 @@ from sgid_utils.preflight.projection import (
     hms,
     image_epochs,
     image_epochs_by_backbone,
+    method_items,
     other_bytes,
     png_bytes_per_pixel,
     project_seconds,
@@ -47,6 +48,7 @@ from sgid_utils.preflight.projection import (
 
 CONSTRAINTS = Path(__file__).resolve().parents[2] / "constraints.txt"
 CANARY_PER_CLASS = 2
+CANARY_INVERSION_STEPS = 5  # DA-Fusion's 1000 steps per class, timed on 5 and projected per step
 
 
 @dataclass
@@ -84,6 +86,8 @@ def canary_params(params: Params) -> Params:
                            filtered_proportions=[1.0], combined_proportions=[1.0])
     for backbone in doc["training"]["backbones"]:
         backbone.update(epochs=1, warmup_epochs=0)
+    doc["da_fusion"].update(inversion_steps=min(CANARY_INVERSION_STEPS, params.da_fusion.inversion_steps),
+                            num_synthetic=1)
     doc["ablations"] = []
     canary = Params.model_validate(doc)
     canary.source_file = params.source_file
@@ -98,6 +102,9 @@ def _canary_items(canary: Params, stage: str, images: pd.DataFrame) -> int:
         return sum(image_epochs(canary, int((images.split == "train").sum())))
     if stage in ("captions", "similarity", "curate"):
         return int((images.split == "train").sum())
+    if stage in ("real_guidance", "inversion", "da_fusion"):
+        train = images[images.split == "train"]
+        return int(method_items(canary, len(train), train.label.nunique())[stage])
     return 1
 
 

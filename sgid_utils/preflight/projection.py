@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from sgid_utils.config.backbones import GENERATIVE, backbones, configs
+from sgid_utils.config.methods import idle_stages
 from sgid_utils.config.schema import Params
 from sgid_utils.core.files import read_table
 from sgid_utils.core.fingerprints import fingerprint
@@ -48,12 +49,24 @@ class Counts:
     train_image_epochs: int
     source: str
     notes: list[str] = field(default_factory=list)
+    methods: dict[str, float] = field(default_factory=dict)  # items of the compared methods' stages (method_items)
 
     def items(self, stage: str) -> float:
         """The unit a stage's seconds-per-item multiplies (1: a fixed-cost stage)."""
         return {"captions": self.train_images, "similarity": self.train_images, "generate": self.raw_sources,
-                "upscale": self.small_sources, "curate": self.train_images,
+                "upscale": self.small_sources, "curate": self.train_images, **self.methods,
                 "train": self.train_image_epochs}.get(stage, 1)
+
+
+def method_items(params: Params, n_train: int, classes: int) -> dict[str, float]:
+    """The units the compared methods' stages scale with: Real Guidance's images, DA-Fusion's inversion steps (every
+    class's) and its M images per training image. A stage whose method is not trained is a fixed cost (it skips)."""
+    trained = set(params.training.methods)
+    d = params.da_fusion
+    dafusion = bool(trained & {"da_fusion", "da_fusion_recipe"})
+    return {"real_guidance": n_train if "real_guidance" in trained else 1,
+            "inversion": classes * d.inversion_steps if dafusion else 1,
+            "da_fusion": n_train * d.num_synthetic if dafusion else 1}
 
 
 def image_epochs(params: Params, n_train: int) -> list[int]:
@@ -62,7 +75,8 @@ def image_epochs(params: Params, n_train: int) -> list[int]:
     Baseline's steps, batches of the same size: the Baseline's images x epochs."""
     epochs = {b.name: b.epochs for b in backbones(params)}
     equal = params.training.equal_steps
-    return [(n_train + (int(c.proportion * n_train + 0.5) if c.method in GENERATIVE and not equal else 0))
+    return [(n_train + (int(c.proportion * n_train + 0.5)
+                        if c.method in GENERATIVE and c.proportion is not None and not equal else 0))
             * epochs[c.backbone] for c in configs(params)]
 
 
@@ -104,7 +118,7 @@ def _counts_from_sizes(params: Params, train: pd.DataFrame, source: str) -> Coun
     pixels = train.width * train.height
     epochs = sum(image_epochs(params, len(train)))
     return Counts(len(train), int(raw.sum()), int(small.sum()), float(pixels[raw].sum()), float(pixels[small].sum()),
-                  epochs, source)
+                  epochs, source, methods=method_items(params, len(train), train.label.nunique()))
 
 
 def full_run_counts(params: Params, images: pd.DataFrame | None = None) -> Counts:
@@ -130,7 +144,7 @@ def full_run_counts(params: Params, images: pd.DataFrame | None = None) -> Count
              f"under {params.curation.upscale_threshold} px and {typical:,} px per image assumed (the size "
              "list comes with the data stage: rerun preflight after `run data` for measured counts)"]
     return Counts(n, raw, small, float(raw * typical), float(small * typical), epochs,
-                  "split sizes (extrapolated)", notes)
+                  "split sizes (extrapolated)", notes, method_items(params, n, classes))
 
 
 def project_seconds(per_item: dict[str, float], counts: Counts) -> dict[str, float]:
@@ -208,7 +222,7 @@ def variant_costs(params: Params, variants: list[tuple[str, Params]], images: pd
     for (name, variant), mine in zip(variants, lent):
         same_data = fingerprint(variant, "data") == fingerprint(params, "data")
         counts = full_run_counts(variant, images if same_data else None)
-        own = [s for s in SHARED_STAGES if mine[s] is None]
+        own = [s for s in SHARED_STAGES if mine[s] is None and s not in idle_stages(variant.training.methods)]
         items = {s: float(counts.items(s)) for s in own}
         shared = mine["baselines"] is not None
         items["train"] = float(sum(n for c, n in zip(configs(variant), image_epochs(variant, counts.train_images))

@@ -32,6 +32,7 @@ from sgid_utils.core.fingerprints import check_recorded
 from sgid_utils.core.provenance import load_provenance
 from sgid_utils.core.registry import NAMES, notebooks
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.reporting.comparison import page_section
 from sgid_utils.reporting.facts import key_facts
 from sgid_utils.reporting.stats import COVERS
 from sgid_utils.reporting.tables import (
@@ -65,6 +66,8 @@ FIGURES = (
     ("originals_figure", "Training images beside the curated SGID image made from each."),
     ("gain_forest_figure", "Each setting's gain over its backbone's Baseline, in accuracy points, with its 95% "
                            "interval over training seeds; filled dots: the interval excludes 0."),
+    ("comparison_figure", "Each generative method's gain over the best non-generative method (points, 95% CI over "
+                          "seeds) against the device hours of the stages its images need, as measured in this run."),
 )
 
 
@@ -110,12 +113,13 @@ def _href(run: RunDir, path: Path) -> str:
     return Path(os.path.relpath(path, run.report_page.parent)).as_posix()
 
 
-def figures(params: Params) -> tuple[list[dict[str, str | None]], list[dict[str, str]]]:
-    """The page's main figures (None where not made yet), and links to every other figure of the run."""
+def figures(params: Params) -> tuple[dict[str, dict[str, str | None]], list[dict[str, str]]]:
+    """The page's main figures by catalog name (src None where not made yet), and links to every other figure."""
     run = RunDir.of(params)
-    paths = [(catalog.path(run, name), caption) for name, caption in FIGURES]
-    main = [{"name": f.stem, "caption": c, "src": _href(run, f) if f.exists() else None} for f, c in paths]
-    shown = {f.stem for f, _ in paths}
+    paths = {entry: (catalog.path(run, entry), caption) for entry, caption in FIGURES}
+    main = {entry: {"name": f.stem, "caption": c, "src": _href(run, f) if f.exists() else None}
+            for entry, (f, c) in paths.items()}
+    shown = {f.stem for f, _ in paths.values()}
     others = sorted(p for p in run.figures.glob("*.png") if p.stem not in shown) if run.figures.exists() else []
     return main, [{"name": p.stem, "src": _href(run, p)} for p in others]
 
@@ -287,6 +291,7 @@ def context(params: Params) -> dict[str, Any]:
         "figures": main, "other_figures": other,
         "ablations": table_data(ablations) if ablations is not None else None,
         "set_metrics": table_data(set_metrics) if set_metrics is not None else None,
+        "comparison": page_section(catalog.load(params, "comparison", missing=None), table_data),
         "provenance": table_data(provenance) if len(provenance) else None,
         "notebooks": render_notebooks(params),
         "files": files(params),

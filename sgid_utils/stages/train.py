@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sgid_utils.config.backbones import GENERATIVE, RANDAUGMENT, TrainConfig, backbone, backbones, configs
+from sgid_utils.config.methods import BY_METHOD, REPLACING
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import BackboneParams
 from sgid_utils.core import catalog
@@ -36,6 +37,7 @@ from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, deterministic_torch, seed_everything
 from sgid_utils.method.augmentations import randaugment
 from sgid_utils.method.image_cache import CachedImages, shared_cache
+from sgid_utils.method.replacement import ReplacementSampler, synthetic_indices
 from sgid_utils.method.training import Loop, evaluate, lr_factor, optimizer_for, step_plan, train_epoch
 from sgid_utils.models.loading import create_classifier, preprocessing, resolve_device
 
@@ -75,8 +77,14 @@ def make_loaders(params: Params, cfg: TrainConfig, bb: BackboneParams, model, tr
     cache.warm(train_ds.paths + test_ds.paths)
     pin = device.type == "cuda"
     workers = t.num_workers if device.type == "cuda" else 0
-    train_loader = DataLoader(train_ds, batch_size=bb.batch_size, shuffle=True, generator=loader_gen,
-                              num_workers=workers, pin_memory=pin, persistent_workers=False)
+    order = {"shuffle": True}
+    if cfg.method in REPLACING:  # DA-Fusion's recipe: real images, each replaced by a synthetic one with probability p
+        real = train[train.origin == "real"]
+        order = {"sampler": ReplacementSampler(len(real), synthetic_indices(
+            real.image_id.tolist(), train.image_id[train.origin == "generated"].tolist(), len(real)),
+            params.da_fusion.synthetic_probability, loader_gen)}
+    train_loader = DataLoader(train_ds, batch_size=bb.batch_size, generator=loader_gen, num_workers=workers,
+                              pin_memory=pin, persistent_workers=False, **order)
     test_loader = DataLoader(test_ds, batch_size=t.eval_batch_size, num_workers=workers, pin_memory=pin)
     return train_loader, test_loader
 
@@ -98,7 +106,8 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
     model = model.to(device)
     use_amp = t.amp and device.type == "cuda"
     optimizer = optimizer_for(bb, model)
-    plan = step_plan(bb, len(train), int((train.origin == "real").sum()), t.equal_steps)
+    n_real = int((train.origin == "real").sum())
+    plan = step_plan(bb, n_real if cfg.method in REPLACING else len(train), n_real, t.equal_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(bb, plan.schedule_epoch))
     loop = Loop(model, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=use_amp), loader_gen, [])
     if run.checkpoint(cfg.name).exists():
@@ -144,10 +153,16 @@ def training_sets(params: Params, images: pd.DataFrame | None = None,
     additions: dict[tuple[str, float], pd.DataFrame] = {}
     for cfg in configs(params):
         if cfg.method in GENERATIVE and (cfg.method, cfg.proportion) not in additions:
-            # the combined methods add SGID's set
-            curated = catalog.load(params, "curated_filtered" if cfg.method == "sgid_filtered" else "curated")
+            # the combined methods add SGID's set; another augmentation its own (config.methods)
+            entry = BY_METHOD[cfg.method].images if cfg.method in BY_METHOD else "curated"
+            curated = catalog.load(params, "curated_filtered" if cfg.method == "sgid_filtered" else entry)
+            replaces = cfg.method in REPLACING  # its own recipe: every synthetic image, drawn by the sampler
+            if cfg.method in BY_METHOD and cfg.method != "sgid" and not replaces:  # one per real image: the first
+                curated = curated.drop_duplicates("image_id")
             curated = curated.assign(label_idx=lambda d: d.label.map(index), origin="generated")
-            if cfg.method == "sgid_size_matched":
+            if replaces:
+                subset = curated
+            elif cfg.method == "sgid_size_matched":
                 subset = size_matched(curated, catalog.load(params, "curated_filtered"), cfg.proportion,
                                       params.run.seed)
             else:

@@ -1,0 +1,135 @@
+"""The generative augmentations a run can compare, each declared once, and the params of those beside SGID.
+
+SGID's images come from captions, similarity, two generation passes and curation; other diffusion-based
+augmentations come from their own stages. What the training stage, the comparison table and its cost column need to
+know of a method is one ``Augmentation``: its name in ``training.methods``, its row label, the catalog entry of its
+synthetic images (one row per synthetic image: ``image_id`` of the real image it was made from, ``path``, ``label``)
+and the registered stages it needs (the sum of their measured seconds is its cost).
+
+To add a method: write its generation stage (``stages/<name>.py``, registered in ``core.registry`` and writing its
+images' catalog entry), add its params section here if it has settings (with a ``Source`` per setting in
+``config.sources``), and add one ``Augmentation`` to ``AUGMENTATIONS``. docs/ARCHITECTURE.md says the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import Field, field_validator
+
+from sgid_utils.config.references import Section
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One generative augmentation as training and the comparison see it."""
+
+    method: str  # its value in training.methods
+    label: str  # its row name in tables
+    tag: str  # the prefix of its training runs' names ("rg100_seed0")
+    images: str  # the catalog entry of its synthetic images (image_id, path, label)
+    stages: tuple[str, ...]  # the registered stages it needs: its cost is the sum of their seconds
+    proportions: str | None  # the training.* field holding its proportions; None: its own recipe (no proportion)
+    section: str | None = None  # its params section (left out of fingerprints while no method of it is trained)
+    replaces: bool = False  # its own recipe: a real image is replaced by one of its synthetic images at training time
+
+
+AUGMENTATIONS: tuple[Augmentation, ...] = (
+    Augmentation("sgid", "SGID", "sgid", "curated", ("captions", "similarity", "generate", "upscale", "curate"),
+                 "sgid_proportions"),
+    Augmentation("real_guidance", "Real Guidance", "rg", "real_guidance_images", ("real_guidance",),
+                 "method_proportions", "real_guidance"),
+    # DA-Fusion the package's way: the first of each real image's synthetic images, added at a proportion
+    Augmentation("da_fusion", "DA-Fusion", "daf", "da_fusion_images", ("inversion", "da_fusion"),
+                 "method_proportions", "da_fusion"),
+    # DA-Fusion's own recipe: M synthetic images per real image, each real image replaced with probability p
+    Augmentation("da_fusion_recipe", "DA-Fusion (its recipe)", "dafr", "da_fusion_images", ("inversion", "da_fusion"),
+                 None, "da_fusion", replaces=True),
+)
+BY_METHOD = {a.method: a for a in AUGMENTATIONS}
+
+
+def idle_stages(methods: list[str]) -> set[str]:
+    """The stages of the compared augmentations that ``methods`` (training.methods) does not train: they skip."""
+    needed = {s for a in AUGMENTATIONS if a.method in methods for s in a.stages}
+    return {s for a in AUGMENTATIONS if a.method != "sgid" for s in a.stages} - needed
+
+
+REPLACING = tuple(a.method for a in AUGMENTATIONS if a.replaces)
+
+
+class RealGuidanceParams(Section):
+    """Real Guidance (He et al., ICLR 2023) in the Stable Diffusion form DA-Fusion's code gives it
+    (brandontrabucco/da-fusion, ``semantic_aug/augmentations/real_guidance.py``): img2img from each real image with
+    the prompt "a photo of a {label}", one fixed guidance scale, one strength, one synthetic image per real image; no
+    captions, no similarity, no selection. The model is ``models.diffusion``, the same as SGID's."""
+
+    prompt: str = Field("a photo of a {label}", description="The prompt; {label} is the class name.")
+    guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale, fixed for every image.")
+    strength: float = Field(0.5, gt=0, le=1, description="diffusers img2img strength.")
+    resolution: int = Field(512, ge=8, description="Each real image is resized to this square canvas for the model "
+                            "and its output resized back to the real image's size.")
+    num_inference_steps: int = Field(50, ge=1,
+                                     description="Denoising steps of the full schedule (strength x this run).")
+
+    @field_validator("prompt")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if "{label}" not in v:
+            raise ValueError("real_guidance.prompt must contain {label}")
+        return v
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"real_guidance.resolution must be a multiple of 8 (the VAE's factor); got {v}")
+        return v
+
+
+class DaFusionParams(Section):
+    """DA-Fusion (Trabucco et al., ICLR 2024) as its code runs it (brandontrabucco/da-fusion): a textual-inversion
+    token per class learned on that class's training images (``fine_tune.py``, adapted from diffusers' example), then
+    img2img of each real image with "a photo of a {token}" at a strength drawn per synthetic image from
+    {0.25, 0.5, 0.75, 1.0} (``scripts/cutmix_ablation/launch_textual_inversion=1.0-0.75-0.5-0.25_pascal.sh``:
+    ``--compose parallel --probs 0.25 ...``), M synthetic images per real image, and during training a real image
+    replaced by one of its synthetic images with probability p (``semantic_aug/few_shot_dataset.py``)."""
+
+    initializer_token: str = Field("the", description="The word whose embedding the class token starts from.")
+    inversion_steps: int = Field(1000, ge=1, description="Optimisation steps of each class's token.")
+    inversion_batch_size: int = Field(4, ge=1, description="Images per textual-inversion step.")
+    inversion_lr: float = Field(5e-4, gt=0, description="AdamW learning rate before scaling by the batch size "
+                                "(fine_tune.py's --scale_lr: 5e-4 x 4 = 2e-3).")
+    scale_lr: bool = Field(True, description="Multiply inversion_lr by inversion_batch_size, as --scale_lr does.")
+    inversion_weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay (on the token's row only).")
+    flip_p: float = Field(0.5, ge=0, le=1, description="Horizontal flip probability of the inversion's images.")
+    resolution: int = Field(512, ge=8, description="Square size of the inversion's images and the img2img canvas.")
+    prompt: str = Field("a photo of a {token}", description="The generation prompt; {token} is the class token.")
+    guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale, fixed.")
+    strengths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0], min_length=1,
+                                   description="Each synthetic image's strength is drawn from these, from its seed.")
+    num_synthetic: int = Field(10, ge=1, description="M: synthetic images per real image.")
+    synthetic_probability: float = Field(0.5, ge=0, le=1, description="p: the probability that a training sample "
+                                         "of its recipe (da_fusion_recipe) is one of its real image's synthetic ones.")
+    num_inference_steps: int = Field(50, ge=1, description="Denoising steps of the full schedule.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        if "{token}" not in v:
+            raise ValueError("da_fusion.prompt must contain {token}")
+        return v
+
+    @field_validator("strengths")
+    @classmethod
+    def _strengths(cls, v: list[float]) -> list[float]:
+        if not all(0 < s <= 1 for s in v):
+            raise ValueError(f"every da_fusion.strengths value must lie in (0, 1]; got {v}")
+        return v
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"da_fusion.resolution must be a multiple of 8 (the VAE's factor); got {v}")
+        return v

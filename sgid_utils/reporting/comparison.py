@@ -1,0 +1,185 @@
+"""Which augmentation: every generative method's gain over the best non-generative one, beside what it cost.
+
+Per backbone, each generative setting of the run (SGID, Real Guidance, ... at each proportion) and of the run's
+equal-steps variants (``ablations`` with ``training.equal_steps: true``, whose Baselines are the base run's, linked)
+gets one row: synthetic images per real image, optimisation steps, accuracy, its gain over the best non-generative
+method of the base run (the highest mean of Baseline, CutMix and RandAugment, picked from the numbers as
+``stages.results.backbone_gains`` picks it) with the paired 95% CI over training seeds and the verdicts (unadjusted,
+and Holm over this table's rows), the device hours of the stages the method needs (``config.methods``; measured by the
+runner, ``core.provenance.stage_seconds``, on the machine named in the Device column) and points per device hour.
+
+The cost is the method's generation only: every row trains the same backbone recipe, and the steps column says how
+long. Non-generative methods cost no generation and have no row of their own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from sgid_utils.config.backbones import NON_GENERATIVE, backbones
+from sgid_utils.config.load import variant_params
+from sgid_utils.config.methods import BY_METHOD, REPLACING
+from sgid_utils.config.schema import Params
+from sgid_utils.core import catalog
+from sgid_utils.core.provenance import stage_seconds
+from sgid_utils.reporting.stats import holm, paired_difference
+from sgid_utils.reporting.tables import format_mean_std, format_p, of_backbone, per_setting
+
+GAIN = "Gain (points, 95% CI)"
+HOURS = "Device hours"
+PER_HOUR = "Points per device hour"
+
+
+def method_stages(method: str) -> tuple[str, ...]:
+    """The stages a training method's images come from: SGID's chain for SGID and its filtered or combined forms."""
+    return BY_METHOD[method].stages if method in BY_METHOD else BY_METHOD["sgid"].stages
+
+
+def made_per_real(params: Params, method: str) -> int:
+    """Synthetic images the method's last stage makes per real image (DA-Fusion: M; the others one)."""
+    return params.da_fusion.num_synthetic if method in BY_METHOD and BY_METHOD[method].section == "da_fusion" else 1
+
+
+def method_cost(params: Params, method: str) -> tuple[float, str]:
+    """Measured device seconds of the stages ``method`` needs, and the machines they ran on. A method that uses one
+    of the M images its generation made per real image (DA-Fusion the package's way) is charged 1/M of that stage,
+    the share a run making only those would take."""
+    seconds, machines = 0.0, []
+    stages = method_stages(method)
+    share = 1 if method in REPLACING else made_per_real(params, method)
+    for stage in stages:
+        s, m = stage_seconds(params, stage)
+        seconds, machines = seconds + (s / share if stage == stages[-1] else s), machines + m
+    return seconds, " / ".join(dict.fromkeys(machines)) or "not recorded"
+
+
+def equal_steps_runs(params: Params) -> list[tuple[str, Params]]:
+    """The run's equal-steps variants that have finished training: (label, their params)."""
+    out = []
+    for a in params.ablations:
+        if a.set.get("training.equal_steps") is True:
+            variant = variant_params(params, a.name, a.set)
+            if catalog.exists(variant, "training_results"):
+                out.append((a.label or a.name, variant))
+    return out
+
+
+def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series, bb_label: str,
+          recipe: str) -> list[dict]:
+    """One row per generative setting of ``results`` (one backbone), with its paired difference to the best
+    non-generative setting ``best`` (its accuracy per seed: ``best_acc``)."""
+    acc = per_setting(results)
+    rows = []
+    for setting, r in acc[~acc.method.isin(NON_GENERATIVE)].iterrows():
+        own = results[results.setting == setting]
+        diff = paired_difference(own.set_index("seed").test_acc, best_acc)
+        seconds, device = method_cost(params, r.method)
+        own_recipe = r.method in REPLACING
+        d = params.da_fusion
+        own_text = f"its own (M={d.num_synthetic}, p={d.synthetic_probability:g})"
+        rows.append({"Backbone": bb_label, "Method": setting, "Recipe": own_text if own_recipe else recipe,
+                     "Synthetic per real": float(d.num_synthetic if own_recipe else r.proportion),
+                     "Steps": int(own.steps.mean()),
+                     "Accuracy (%)": format_mean_std(r["mean"], r["std"], int(r["count"])),
+                     "Best non-generative": best, "_diff": diff, HOURS: seconds / 3600, "Device": device})
+    return rows
+
+
+def comparison_table(params: Params, results: pd.DataFrame) -> pd.DataFrame:
+    """The comparison, all backbones in one table (Holm over every row), sorted per backbone by gain."""
+    rows = []
+    equal = equal_steps_runs(params)
+    recipe = "equal steps" if params.training.equal_steps else "equal epochs"
+    for bb in backbones(params):
+        own = of_backbone(results, bb.name)
+        acc = per_setting(own)
+        pool = acc[acc.method.isin(NON_GENERATIVE)]
+        if pool.empty:
+            continue
+        best = pool["mean"].idxmax()
+        best_acc = own[own.setting == best].set_index("seed").test_acc
+        rows += _rows(params, own, best, best_acc, bb.label, recipe)
+        for label, variant in equal if bb.name == backbones(params)[0].name else []:
+            theirs = of_backbone(catalog.load(variant, "training_results"), bb.name)
+            rows += _rows(variant, theirs, best, best_acc, bb.label, f"equal steps ({label})")
+    if not rows:
+        return pd.DataFrame(columns=["Backbone", "Method", "Recipe", GAIN, HOURS, PER_HOUR])
+    diffs = [r.pop("_diff") for r in rows]
+    known = [i for i, d in enumerate(diffs) if d["determined"]]
+    adjusted, reject = holm([diffs[i]["p_value"] for i in known]) if known else ([], [])
+    by_row = {i: (p, bool(x)) for i, p, x in zip(known, adjusted, reject)}
+    table = pd.DataFrame(rows)
+    table.insert(table.columns.get_loc("Best non-generative") + 1, GAIN, [_gain(d) for d in diffs])
+    table.insert(table.columns.get_loc(GAIN) + 1, "gain", [round(100 * d["mean_diff"], 6) for d in diffs])  # no -0
+    table.insert(table.columns.get_loc("gain") + 1, "ci_low", [100 * d["ci_low"] for d in diffs])
+    table.insert(table.columns.get_loc("ci_low") + 1, "ci_high", [100 * d["ci_high"] for d in diffs])
+    table.insert(table.columns.get_loc("ci_high") + 1, "p (paired t)", [format_p(d["p_value"]) for d in diffs])
+    table.insert(table.columns.get_loc("p (paired t)") + 1, "Verdict (unadjusted)", [_verdict(d) for d in diffs])
+    table.insert(table.columns.get_loc("Verdict (unadjusted)") + 1, "Verdict (Holm)",
+                 [_verdict(d, by_row.get(i)) for i, d in enumerate(diffs)])
+    hours = table[HOURS]
+    table[PER_HOUR] = np.where(hours > 0, table.gain / hours.where(hours > 0, 1.0), np.nan)
+    return table
+
+
+def _gain(diff: dict) -> str:
+    """'+1.72 [+0.40, +3.04]': the paired difference in points and its 95% CI (no CI with one seed)."""
+    if diff["n_seeds"] < 2:
+        return f"{100 * diff['mean_diff']:+.2f}"
+    return f"{100 * diff['mean_diff']:+.2f} [{100 * diff['ci_low']:+.2f}, {100 * diff['ci_high']:+.2f}]"
+
+
+def _verdict(diff: dict, holm_result: tuple[float, bool] | None = None) -> str:
+    """'significant', 'not significant' or 'undetermined (why)', as the backbone gains table words them."""
+    if not diff["determined"]:
+        return f"undetermined ({diff['reason']})"
+    return "significant" if (holm_result[1] if holm_result is not None else diff["significant"]) else "not significant"
+
+
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as the page and the markdown show it: hours and points per hour rounded, helper columns dropped."""
+    out = table.drop(columns=[c for c in ("gain", "ci_low", "ci_high") if c in table]).copy()
+    out["Synthetic per real"] = [f"{v:g}" for v in out["Synthetic per real"]]
+    out[HOURS] = [f"{h:.4f}" if h < 0.01 else f"{h:.2f}" for h in out[HOURS]]
+    out[PER_HOUR] = ["–" if pd.isna(v) else f"{v:+.3g}" for v in out[PER_HOUR]]
+    return out
+
+
+def caption(table: pd.DataFrame) -> str:
+    """What the table's numbers are; the Device column names the machine each row's hours were measured on."""
+    return ("Which augmentation: each generative method's gain over the best non-generative method of the same "
+            "backbone (picked from this run's means; paired over training seeds on one generation draw, 95% CI; Holm "
+            "over the table's rows), at its synthetic images per real image and optimisation steps, beside the device "
+            "hours of the stages its images need, measured by the runner on the machine the Device column names. "
+            "Training cost is not included: every row trains the same recipe for the steps shown.")
+
+
+def gain_vs_cost(table: pd.DataFrame):
+    """Gain (points, with its 95% CI) against device hours, one marker per row, one colour per backbone."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for backbone, rows in table.groupby("Backbone", sort=False):
+        low = (rows.gain - rows.ci_low).fillna(0).clip(lower=0)
+        high = (rows.ci_high - rows.gain).fillna(0).clip(lower=0)
+        ax.errorbar(rows[HOURS], rows.gain, yerr=[low, high], fmt="o", capsize=3, label=backbone)
+        for _, r in rows.iterrows():
+            ax.annotate(f"{r.Method}, {r.Recipe}", (r[HOURS], r.gain), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("device hours of the method's stages (measured)")
+    ax.set_ylabel("gain over best non-generative (points)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def page_section(table: pd.DataFrame | None, table_data) -> dict | None:
+    """The report page's "Which augmentation" section: one table per backbone (``table_data``: the page's table
+    format) and the caption; None before the compare stage has run."""
+    if table is None or table.empty:
+        return None
+    return {"caption": caption(table),
+            "tables": [{"backbone": b, "table": table_data(rows.drop(columns="Backbone"))}
+                       for b, rows in shown(table).groupby("Backbone", sort=False)]}

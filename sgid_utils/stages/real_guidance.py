@@ -1,0 +1,93 @@
+"""Real Guidance (He et al., ICLR 2023) as DA-Fusion's code runs it: one img2img image per real training image.
+
+brandontrabucco/da-fusion, ``semantic_aug/augmentations/real_guidance.py``: each real image is resized to a
+512 x 512 canvas, denoised by Stable Diffusion img2img from strength 0.5 with the prompt "a photo of a {name}" at a
+fixed guidance scale of 7.5, and the output resized back to the image's size. No captions, no CLIP similarity, no
+selection, one image (k = 1): the settings are ``real_guidance.*`` (``config.methods``), each with its source.
+
+The plain prompt goes through the pipeline's own text encoder (``encode_prompt``), not compel: Real Guidance weights
+no words. Seeds derive from (the generation draw, image id), so the set is deterministic and resumes per image; on
+CUDA the images share the batched loop of ``method.batched`` (one scale for all), on the CPU each goes through the
+diffusers pipeline, as SGID's generation does (``method.generation``). The stage runs only when ``training.methods``
+lists ``real_guidance``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from sgid_utils.config.schema import Params
+from sgid_utils.core import catalog
+from sgid_utils.core.files import write_png
+from sgid_utils.core.images import load_image
+from sgid_utils.core.resumable import BatchPlan, run_items
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.seeding import derive_seed, draw_seed
+from sgid_utils.method.batched import generate_many
+from sgid_utils.method.generation import at_source_size, auto_batch_size, generate_candidates
+from sgid_utils.models.loading import load_img2img, resolve_device, resolve_dtype
+
+METHOD = "real_guidance"
+
+
+def seed_of(params: Params, image_id: str) -> int:
+    """The one image's seed: from the generation draw and the image id, never its position in a batch."""
+    return derive_seed(draw_seed(params), image_id, 0, purpose="real-guidance")
+
+
+@torch.inference_mode()
+def encode(pipe, prompt: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt's and the empty negative prompt's embeddings from the pipeline's own text encoder."""
+    embeds, negative = pipe.encode_prompt(prompt, device, 1, True, "")
+    return embeds, negative
+
+
+def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
+    """One Real Guidance image per training image (resumable per image); the table once every image has one."""
+    if METHOD not in params.training.methods:
+        print(f"[sgid] stage {METHOD}: training.methods does not list {METHOD}; nothing to generate", file=sys.stderr)
+        return pd.DataFrame()
+    rg, gen, run_dir = params.real_guidance, params.generation, RunDir.of(params)
+    sources = images[images.split == "train"].set_index("image_id", drop=False)
+
+    def start(todo: list[str]) -> BatchPlan:
+        device = resolve_device(params)
+        pipe = load_img2img(params.models.diffusion, str(device), resolve_dtype(gen.dtype, device))
+        reference = gen.batch_size == 1 or (gen.batch_size is None and device.type != "cuda")
+        size = gen.batch_size or (auto_batch_size(torch.cuda.mem_get_info(device)[0], rg.resolution, rg.resolution,
+                                                  1, pipe.unet.dtype) if device.type == "cuda" else 1)
+        prompts = {c: rg.prompt.format(label=c) for c in sources.class_name.unique()}
+        embeds = {c: encode(pipe, p, device) for c, p in prompts.items()}
+
+        def process(ids: list[str]) -> dict[str, dict]:
+            rows = list(sources.loc[ids].itertuples(index=False))
+            originals = [load_image(r.path) for r in rows]
+            canvas = [o.resize((rg.resolution, rg.resolution), Image.Resampling.LANCZOS) for o in originals]
+            seeds = [[seed_of(params, r.image_id)] for r in rows]
+            if reference:
+                outputs = [generate_candidates(pipe, *embeds[r.class_name], c, rg.guidance_scale, rg.strength,
+                                               rg.num_inference_steps, s) for r, c, s in zip(rows, canvas, seeds)]
+            else:
+                outputs = generate_many(pipe, canvas, [embeds[r.class_name][0] for r in rows],
+                                        [embeds[r.class_name][1] for r in rows], [rg.guidance_scale] * len(rows),
+                                        rg.strength, rg.num_inference_steps, seeds, batch_size=len(rows))
+            records = {}
+            for r, original, out, s in zip(rows, originals, outputs, seeds):
+                path = write_png(run_dir.real_guidance_image(r.image_id), at_source_size(out[0], original))
+                records[r.image_id] = {"image_id": r.image_id, "path": run_dir.relative(path), "label": int(r.label),
+                                       "class_name": r.class_name, "prompt": prompts[r.class_name],
+                                       "guidance_scale": rg.guidance_scale, "strength": rg.strength, "seed": s[0]}
+            return records
+
+        return BatchPlan(process, size, f"Real Guidance at {rg.resolution}x{rg.resolution}", "generation.batch_size")
+
+    records = run_items(run_dir.items(METHOD), list(sources.image_id), start)
+    if records is None:
+        return None  # other shards are still generating
+    table = pd.DataFrame(records)
+    catalog.save(params, "real_guidance_images", table)
+    return catalog.load(params, "real_guidance_images")

@@ -1,0 +1,108 @@
+"""The compared augmentations (config.methods): Real Guidance's stage, its training method, its sources, the shared
+Baselines and stages of the equal-steps variant, and the measured cost in the comparison table."""
+
+from __future__ import annotations
+
+import pandas as pd
+from PIL import Image
+
+from sgid_utils.config.backbones import configs
+from sgid_utils.config.load import variant_params
+from sgid_utils.config.methods import AUGMENTATIONS
+from sgid_utils.config.sources import SOURCES
+from sgid_utils.core import catalog
+from sgid_utils.core.fingerprints import fingerprint
+from sgid_utils.core.provenance import stage_seconds
+from sgid_utils.core.registry import get
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.seeding import derive_seed, draw_seed
+from sgid_utils.reporting.comparison import HOURS, comparison_table
+
+
+def test_every_setting_of_a_compared_method_names_that_methods_code():
+    keys = [k for k in SOURCES if k.startswith("real_guidance.")]
+    assert len(keys) == 5
+    for key in keys:
+        assert SOURCES[key].origin == "method" and "real_guidance.py" in SOURCES[key].where, key
+
+
+def test_every_augmentation_is_declared_with_registered_stages_and_a_catalog_entry():
+    for a in AUGMENTATIONS:
+        assert all(get(s) for s in a.stages)
+        assert catalog.entry(a.images)
+        assert a.images in get("train").reads or a.images in {"curated"}
+
+
+def test_real_guidance_makes_one_seeded_image_per_training_image(pipeline_run):
+    images = catalog.load(pipeline_run, "images")
+    rg = catalog.load(pipeline_run, "real_guidance_images")
+    train = images[images.split == "train"]
+    assert sorted(rg.image_id) == sorted(train.image_id)
+    assert (rg.prompt == [f"a photo of a {c}" for c in rg.class_name]).all()
+    assert (rg.guidance_scale == 7.5).all() and (rg.strength == 0.5).all()
+    assert list(rg.seed) == [derive_seed(draw_seed(pipeline_run), i, 0, purpose="real-guidance") for i in rg.image_id]
+    sizes = train.set_index("image_id")
+    for row in rg.itertuples():
+        with Image.open(row.path) as img:  # back at its real image's size
+            assert img.size == (sizes.width[row.image_id], sizes.height[row.image_id])
+
+
+def test_real_guidance_trains_as_a_method_with_one_synthetic_image_per_real_image(pipeline_run):
+    results = catalog.load(pipeline_run, "training_results")
+    rg = results[results.method == "real_guidance"]
+    baseline = results[results.method == "baseline"]
+    assert sorted(rg.seed) == sorted(baseline.seed) and (rg.setting == "Real Guidance (100%)").all()
+    assert (rg.generated_images == baseline.train_images.iloc[0]).all()
+    assert {c.name for c in configs(pipeline_run) if c.method == "real_guidance"} == set(rg.config)
+
+
+def test_an_untrained_method_leaves_the_train_fingerprint_of_earlier_runs(make_params):
+    without = make_params("a", training={"methods": ["baseline", "sgid"]})
+    other = make_params("b", training={"methods": ["baseline", "sgid"]}, real_guidance={"strength": 0.75})
+    assert fingerprint(without, "train") == fingerprint(other, "train")
+    assert fingerprint(without, "real_guidance") != fingerprint(other, "real_guidance")
+    assert "real_guidance" in fingerprint(make_params("c"), "train")
+    # DA-Fusion's p changes only training: its tokens and images stay valid
+    one, other = make_params("d"), make_params("e", da_fusion={"synthetic_probability": 0.25})
+    for stage in ("inversion", "da_fusion"):
+        assert fingerprint(one, stage) == fingerprint(other, stage)
+    assert fingerprint(one, "train") != fingerprint(other, "train")
+    assert fingerprint(one, "da_fusion") != fingerprint(make_params("f", da_fusion={"num_synthetic": 3}), "da_fusion")
+
+
+def test_every_stage_records_its_seconds_and_the_comparison_counts_each_methods_stages(pipeline_run):
+    seconds = {s: stage_seconds(pipeline_run, s)[0] for s in AUGMENTATIONS[0].stages + ("real_guidance",)}
+    assert all(v > 0 for v in seconds.values()), seconds
+    table = catalog.load(pipeline_run, "comparison")
+    rg = table[table.Method == "Real Guidance (100%)"].iloc[0]
+    sgid = table[table.Method == "SGID (100%)"].iloc[0]
+    assert abs(rg[HOURS] * 3600 - seconds["real_guidance"]) < 0.01
+    assert abs(sgid[HOURS] * 3600 - sum(seconds[s] for s in AUGMENTATIONS[0].stages)) < 0.01
+    assert "CPU only" in rg.Device
+    assert set(table["Synthetic per real"]) == {0.5, 1.0, pipeline_run.da_fusion.num_synthetic}
+    recomputed = comparison_table(pipeline_run, catalog.load(pipeline_run, "training_results"))
+    pd.testing.assert_frame_equal(recomputed.drop(columns=HOURS), table.drop(columns=HOURS), check_dtype=False)
+
+
+def test_an_equal_steps_variant_links_the_baselines_and_the_methods_images(make_params):
+    from sgid_utils.core.runner import run_all
+    from sgid_utils.stages.ablations import run as run_ablations
+
+    params = make_params("eq", training={"methods": ["baseline", "sgid", "real_guidance"], "sgid_proportions": [1.0],
+                                         "seeds": [0]},
+                         ablations=[{"name": "equal-steps",
+                                     "set": {"training.equal_steps": True,
+                                             "training.methods": ["baseline", "sgid", "real_guidance"]}}])
+    run_all(params)
+    run_ablations(params)
+    variant_run = variant_params(params, "equal-steps", params.ablations[0].set)
+    base, variant = RunDir.of(params), RunDir.of(variant_run)
+    assert variant.stage("real_guidance").is_symlink() and variant.stage("curate").is_symlink()
+    assert variant.config_dir("baseline_seed0").is_symlink()
+    assert variant.config_dir("baseline_seed0").resolve() == base.config_dir("baseline_seed0").resolve()
+    steps = catalog.load(variant, "training_results").set_index("method").steps
+    assert steps["real_guidance"] == steps["sgid"] == steps["baseline"]
+    table = comparison_table(params, catalog.load(params, "training_results"))
+    assert set(table.Recipe) == {"equal epochs", "equal steps (equal-steps)"}
+    # a linked stage is counted at what it took in the run that made it
+    assert stage_seconds(variant_run, "real_guidance") == stage_seconds(params, "real_guidance")
