@@ -59,7 +59,7 @@ def _kind(path: Path, folder: Path, names: set[str]) -> tuple[str, str]:
     parts, owner = [], ""
     for part in path.relative_to(folder).parts:
         stem = part.split(".")[0]
-        if (name := re.sub(r"_k\d+$", "", stem)) in names:
+        if (name := re.sub(r"_[a-z]\d+$", "", stem)) in names:  # an item's k-th candidate, m-th synthetic image
             parts.append("*" + part[len(stem):])
             owner = owner or name
         else:
@@ -70,7 +70,7 @@ def _kind(path: Path, folder: Path, names: set[str]) -> tuple[str, str]:
 def per_item_kinds(ref: RunDir, stage: str) -> dict[str, list[Path]]:
     """The files of a finished stage folder that are neither catalog entries nor fingerprints, by kind; up to one per
     way of damage, each of another item (a damaged record alone redoes its item's files)."""
-    names = set(catalog.load(ref, "images").image_id)
+    names = set(catalog.load(ref, "images").image_id) | {p.stem for p in ref.items(stage).glob("*.json")}
     if catalog.exists(ref, "training_results"):
         names |= set(catalog.load(ref, "training_results").config)
     listed, folder, kinds, used = _catalog_files(ref), ref.stage(stage), {}, set()

@@ -94,8 +94,7 @@ def test_an_ablation_variants_page_states_the_variants_settings(make_params, pip
     from sgid_utils.config.load import variant_params
     from sgid_utils.stages import ablations
 
-    params = make_params("abl", ablations=[{"name": "strength-0.5", "set": {"generation.strength": 0.5,
-                                                                             "training.methods": ["baseline"]}}])
+    params = make_params("abl", ablations=[{"name": "strength-0.5", "set": {"generation.strength": 0.5}}])
     copy_stages(pipeline_run, params, "data", "captions", "similarity", "train")
     ablations.run(params)
     variant = variant_params(params, "strength-0.5", {"generation.strength": 0.5})

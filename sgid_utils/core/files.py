@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
+from safetensors import SafetensorError, safe_open
 
 from sgid_utils.core.errors import CorruptFileError, StaleOutputsError
 
@@ -159,7 +160,8 @@ def reason(exc: BaseException) -> str:
 
 def damage(path: Path) -> str | None:
     """Why a per-item output file is damaged, or None when it looks whole: empty, or (by kind) not a PNG from its
-    signature to its end chunk, not a zip archive (``.npz``, ``.pt``) with its closing directory, not JSON. Cheap: a
+    signature to its end chunk, not a zip archive (``.npz``, ``.pt``) with its closing directory, not a
+    safetensors file its header covers, not JSON. Cheap: a
     PNG costs two 12-byte reads, so a rerun checks every finished item; a PNG garbled inside is met when decoded."""
     path = Path(path)
     size = path.stat().st_size
@@ -173,6 +175,12 @@ def damage(path: Path) -> str | None:
         return None if ok else "not a whole PNG: cut short or garbled"
     if path.suffix in (".npz", ".pt"):
         return None if zipfile.is_zipfile(path) else "not a whole zip archive: cut short or garbled"
+    if path.suffix == ".safetensors":  # its header names every tensor's extent: safetensors checks the file covers them
+        try:
+            with safe_open(path, "np"):
+                return None
+        except SafetensorError as exc:
+            return reason(exc)
     if path.suffix == ".json":
         try:
             read_json(path)

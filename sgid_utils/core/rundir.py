@@ -160,8 +160,8 @@ class RunDir:
 
     def class_token(self, label: int) -> Path:
         """DA-Fusion's learned token of one class: ``{token: embedding}`` (safetensors), as load_textual_inversion
-        reads it."""
-        return self.stage("inversion") / "tokens" / f"{label:04d}.safetensors"
+        reads it. Named by the class's item (its label), like the record beside it."""
+        return self.stage("inversion") / "tokens" / f"{label}.safetensors"
 
     @property
     def class_tokens_table(self) -> Path:

@@ -104,7 +104,8 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
         size = gen.batch_size or 1
         return BatchPlan(process, size, f"DA-Fusion ({d.num_synthetic} per image)", "generation.batch_size")
 
-    records = run_items(run_dir.items("da_fusion"), list(sources.image_id), start)
+    records = run_items(run_dir.items("da_fusion"), list(sources.image_id), start,
+                        outputs=lambda _, recs: [run_dir.absolute(r["path"]) for r in recs])
     if records is None:
         return None  # other shards are still generating
     catalog.save(params, "da_fusion_images", pd.DataFrame([r for recs in records for r in recs]))

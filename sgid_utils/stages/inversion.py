@@ -98,7 +98,8 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
 
         return BatchPlan(process, 1, "textual inversion (classes)", "da_fusion.inversion_batch_size")
 
-    records = run_items(run_dir.items("inversion"), list(classes.index), start)
+    records = run_items(run_dir.items("inversion"), list(classes.index), start,
+                        outputs=lambda _, rec: [run_dir.absolute(rec["path"])])
     if records is None:
         return None  # other shards are still learning
     catalog.save(params, "class_tokens", pd.DataFrame(records))

@@ -85,7 +85,8 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
 
         return BatchPlan(process, size, f"Real Guidance at {rg.resolution}x{rg.resolution}", "generation.batch_size")
 
-    records = run_items(run_dir.items(METHOD), list(sources.image_id), start)
+    records = run_items(run_dir.items(METHOD), list(sources.image_id), start,
+                        outputs=lambda _, rec: [run_dir.absolute(rec["path"])])
     if records is None:
         return None  # other shards are still generating
     table = pd.DataFrame(records)
