@@ -9,6 +9,7 @@ flight, and a rerun skips what is done.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -25,14 +26,14 @@ from sgid_utils.core.errors import StaleOutputsError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-# Fault injection for the kill-and-resume tests: SIGKILL this process right after its N-th atomic write.
+# Fault injection for the kill-and-resume tests: SIGKILL this process right after its N-th atomic write. The count
+# is an itertools.count, whose next() is atomic under the GIL: writer threads (generation's PNGs) share it.
 _KILL_AFTER = int(os.environ.get("SGID_FAULT_KILL_AFTER_WRITES", 0))
-_writes = 0
+_writes = itertools.count(1)
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(temporary path)`` in the target's folder, then rename the result onto ``path``."""
-    global _writes
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -44,8 +45,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _writes += 1
-    if _writes == _KILL_AFTER:
+    if next(_writes) == _KILL_AFTER:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
 
@@ -104,9 +104,10 @@ def read_table(path: Path, root: Path | None = None) -> pd.DataFrame:
     return df
 
 
-def write_png(path: Path, image: Image.Image) -> Path:
-    """PNG without timestamps, so identical pixels give identical bytes."""
-    return write_atomic(path, lambda t: image.save(t, format="PNG"))
+def write_png(path: Path, image: Image.Image, compress_level: int = 6) -> Path:
+    """PNG without timestamps, so identical pixels give identical bytes (at one ``compress_level``: zlib's 0-9, PIL's
+    default 6; the level changes the bytes and the time, never the pixels)."""
+    return write_atomic(path, lambda t: image.save(t, format="PNG", compress_level=compress_level))
 
 
 def write_figure(path: Path, fig: Any) -> Path:

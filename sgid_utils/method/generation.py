@@ -16,6 +16,12 @@ default on the CPU) each source goes through the diffusers pipeline itself, whic
 keeps CPU outputs byte-identical across resumes. Left unset on CUDA, the batch size
 comes from free GPU memory (``auto_batch_size``) and halves on an out-of-memory error.
 
+The stage keeps the accelerator busy during its CPU work: the next chunk's sources are loaded and upscaled on a
+loader thread while the current one denoises, and the candidates are resized back and written as PNGs (at
+``generation.png_compress_level``) on writer threads, their items recorded once their files are there
+(``resumable.Pending``). Prompts are encoded chunk by chunk with the negative prompt encoded once per run
+(``PromptEncoder.many``, the same embeddings as compel's per-prompt call).
+
 With ``generation.generator: controlnet`` (beyond the paper) the same prompt, scale,
 strength and seeds go through img2img with a Canny-edge ControlNet: each source's
 edge map (``sgid_utils.method.edges``, at the model-input size) is saved beside its
@@ -28,6 +34,10 @@ same pieces.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -40,22 +50,29 @@ from sgid_utils.config.schema import GenerationParams, Generator, Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_png
 from sgid_utils.core.images import load_image
-from sgid_utils.core.resumable import BatchPlan, run_items
+from sgid_utils.core.resumable import BatchPlan, Pending, run_items
 from sgid_utils.core.rundir import Pass, RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed, torch_rng
-from sgid_utils.method.batched import generate_many
+from sgid_utils.method.batched import UNET_ROWS, generate_many
 from sgid_utils.method.edges import canny_edges
 from sgid_utils.method.guidance import guidance_scale
 from sgid_utils.method.prompts import build_prompt
 from sgid_utils.models.loading import load_controlnet_img2img, load_img2img, resolve_device, resolve_dtype
 
-# GPU memory one candidate takes in the batched loop at 512 x 512 in fp16: its UNet rows (the CFG pair)
-# and its share of the VAE decode, about 1.5 GiB by diffusers users' reports, not measured here. Only the
-# starting batch size rests on it: an out-of-memory error halves the batch and retries.
-CANDIDATE_BYTES_512_FP16 = 1.5 * 2**30
+# GPU memory one candidate takes in the batched loop at 512 x 512 in fp16: its UNet rows (the CFG pair) and its
+# share of the VAE decode. Measured on an H200 (docs/gpu/h200_2026-12-04_full.md, peak memory): 16.4 GiB at 8
+# sources and 43.2 GiB at 32, k = 3, i.e. (43.2 - 16.4) / 72 = 0.37 GiB per extra candidate; 0.4 with a margin
+# (it was 1.5 by diffusers users' reports, which started a T4 at 2 sources where ~9 fit). Only the starting batch
+# size rests on it: an out-of-memory error halves the batch and retries.
+CANDIDATE_BYTES_512_FP16 = 0.4 * 2**30
 CONTROLNET_MEMORY_FACTOR = 1.4
 MAX_AUTO_BATCH = 16  # 48 candidates at k = 3: enough rows to fill an H100's tensor cores
 GENERATORS: tuple[str, ...] = get_args(Generator)
+# generation.compile unset: compile on CUDA when a pass generates at least this many candidates. On the H200 the
+# compiled UNet ran 10.6 against 8.4 img/s and took ~60 s to compile (docs/PERFORMANCE.md): 0.025 s saved per
+# image pays the 60 s back after ~2,400 candidates; 3,000 leaves room for a recompile at a new input size.
+COMPILE_MIN_CANDIDATES = 3000
+WRITER_THREADS = max(1, min(4, os.cpu_count() or 1))  # resize-and-PNG workers; PIL releases the GIL while encoding
 
 
 def auto_batch_size(free_bytes: int, width: int, height: int, k: int, dtype: torch.dtype,
@@ -92,11 +109,31 @@ class PromptEncoder:
         from compel import CompelForSD  # 4 s to import: here, so that a finished stage skips without it
 
         self.compel = CompelForSD(pipe)
+        self.negatives: dict[str, torch.Tensor] = {}
 
     @torch.inference_mode()
     def __call__(self, prompt: str, negative: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         out = self.compel(prompt, negative_prompt=negative)
         return out.embeds, out.negative_embeds
+
+    @torch.inference_mode()
+    def many(self, prompts: list[str], negative: str = "") -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each prompt's (embeds, negative embeds) as ``__call__`` gives them, the negative encoded once per run.
+
+        compel's pair call encodes the negative again for every prompt, then pads the pair to one length with the
+        empty prompt's embedding (its long prompts are not truncated: 77, 154, ... tokens); this pads the cached one
+        the same way. compel itself runs the text encoder prompt by prompt (one pass per weighted fragment below 1),
+        so the prompts of a chunk are not stacked into one encoder call here: that would re-implement its weighting.
+        """
+        compel = self.compel.compel
+        if negative not in self.negatives:
+            self.negatives[negative] = compel.build_conditioning_tensor(negative)
+        pairs = []
+        for prompt in prompts:
+            embeds, negative_embeds = compel.pad_conditioning_tensors_to_same_length(
+                [compel.build_conditioning_tensor(prompt), self.negatives[negative]])
+            pairs.append((embeds, negative_embeds))
+        return pairs
 
 
 @torch.inference_mode()
@@ -153,9 +190,19 @@ def sources_for(params: Params, variant: Pass, images: pd.DataFrame) -> pd.DataF
     return df.assign(in_w=[w for w, _ in sizes], in_h=[h for _, h in sizes]).reset_index(drop=True)
 
 
-def load_generator(params: Params, generator: str | None = None) -> tuple[Any, PromptEncoder, torch.device]:
-    """The pipeline of ``generator`` (default: generation.generator) in the run's dtype (optionally compiled on CUDA)
-    and its prompt encoder. No channels_last: on an H200 it made the batched loop slower
+def compile_wanted(gen: GenerationParams, device: torch.device, candidates: int) -> bool:
+    """generation.compile, or unset: on CUDA for a pass of at least COMPILE_MIN_CANDIDATES candidates (never on the
+    CPU, where compiling the UNet costs minutes and the tests' tiny models gain nothing)."""
+    if device.type != "cuda":
+        return False
+    return gen.compile if gen.compile is not None else candidates >= COMPILE_MIN_CANDIDATES
+
+
+def load_generator(params: Params, generator: str | None = None,
+                   candidates: int = 0) -> tuple[Any, PromptEncoder, torch.device]:
+    """The pipeline of ``generator`` (default: generation.generator) in the run's dtype and its prompt encoder; on
+    CUDA its UNet compiled by ``compile_wanted`` for a pass of ``candidates`` (and its VAE decoder with
+    ``generation.compile_vae``). No channels_last: on an H200 it made the batched loop slower
     (0.89x, docs/PERFORMANCE.md)."""
     gen = params.generation
     device = resolve_device(params)
@@ -164,8 +211,10 @@ def load_generator(params: Params, generator: str | None = None) -> tuple[Any, P
         pipe = load_controlnet_img2img(params.models.diffusion, params.models.controlnet, str(device), dtype)
     else:
         pipe = load_img2img(params.models.diffusion, str(device), dtype)
-    if device.type == "cuda" and gen.compile and not hasattr(pipe.unet, "_orig_mod"):
+    if compile_wanted(gen, device, candidates) and not hasattr(pipe.unet, "_orig_mod"):
         pipe.unet = torch.compile(pipe.unet)
+    if device.type == "cuda" and gen.compile_vae and not hasattr(pipe.vae.decoder, "_orig_mod"):
+        pipe.vae.decoder = torch.compile(pipe.vae.decoder)
     return pipe, PromptEncoder(pipe), device
 
 
@@ -193,12 +242,19 @@ class Chunk:
     seeds: list[list[int]]
 
 
-def prepare(params: Params, rows: list[Any]) -> Chunk:
-    """Load and size the sources of ``rows`` (from ``sources_for``) and derive their prompts, scales and seeds."""
+def load_sized(row: Any) -> tuple[Image.Image, Image.Image]:
+    """A source (a row of ``sources_for``) and its image at the model-input size."""
+    src = load_image(row.path)
+    return src, (src.resize((row.in_w, row.in_h), Image.Resampling.LANCZOS) if (row.in_w, row.in_h) != src.size
+                 else src)
+
+
+def prepare(params: Params, rows: list[Any], loaded: list[tuple[Image.Image, Image.Image]] | None = None) -> Chunk:
+    """Load and size the sources of ``rows`` (from ``sources_for``; ``loaded``: their ``load_sized`` images, if
+    already loaded) and derive their prompts, scales and seeds."""
     gen = params.generation
-    originals = [load_image(r.path) for r in rows]
-    inputs = [src.resize((r.in_w, r.in_h), Image.Resampling.LANCZOS) if (r.in_w, r.in_h) != src.size else src
-              for r, src in zip(rows, originals)]
+    loaded = loaded if loaded is not None else [load_sized(r) for r in rows]
+    originals, inputs = [o for o, _ in loaded], [i for _, i in loaded]
     return Chunk(
         rows, originals, inputs, [build_prompt(r.caption, r.class_name, gen) for r in rows],
         [guidance_scale(r.s_star, gen.guidance) for r in rows],
@@ -218,7 +274,7 @@ def run_generator(pipe, encode: PromptEncoder, gen: GenerationParams, chunk: Chu
 
     ``edges``: the control images of a ControlNet pipeline, None for plain img2img.
     """
-    embeds = [encode(p, gen.negative_prompt) for p in chunk.prompts]
+    embeds = encode.many(chunk.prompts, gen.negative_prompt)
     scale = gen.controlnet.conditioning_scale
     if reference:
         controls = edges or [None] * len(embeds)
@@ -236,14 +292,26 @@ def at_source_size(candidate: Image.Image, original: Image.Image) -> Image.Image
     return candidate.resize(original.size, Image.Resampling.LANCZOS)
 
 
+def save_candidate(path: Path, candidate: Image.Image, original: Image.Image, compress_level: int) -> Path:
+    """One candidate resized back to its source's size and written as PNG: a writer thread's job."""
+    return write_png(path, at_source_size(candidate, original), compress_level)
+
+
 def candidate_records(params: Params, variant: Pass, source, prompt: str, scale: float, seeds: list[int],
-                      outputs: list[Image.Image], original: Image.Image, edges: str | None = None) -> list[dict]:
+                      outputs: list[Image.Image], original: Image.Image, edges: str | None = None,
+                      writers: ThreadPoolExecutor | None = None) -> tuple[list[dict], list[Future]]:
     """Save one source's candidates (resized back to the source's size) and describe each (``edges``: its edge map's
-    stored path, under the ControlNet generator)."""
+    stored path, under the ControlNet generator). With ``writers`` the saves run there: the returned futures say
+    when the files are there; without, they are written before this returns (and no futures come back)."""
     run = RunDir.of(params)
-    records = []
+    level = params.generation.png_compress_level
+    records, futures = [], []
     for k, (seed, out) in enumerate(zip(seeds, outputs)):
-        path = write_png(run.generated_image(variant, source.image_id, k), at_source_size(out, original))
+        path = run.generated_image(variant, source.image_id, k)
+        if writers is None:
+            save_candidate(path, out, original, level)
+        else:
+            futures.append(writers.submit(save_candidate, path, out, original, level))
         records.append({
             "image_id": source.image_id, "variant": variant, "k": k, "seed": seed,
             "path": run.relative(path),
@@ -252,7 +320,7 @@ def candidate_records(params: Params, variant: Pass, source, prompt: str, scale:
             "source_width": original.width, "source_height": original.height,
             **({} if edges is None else {"edges": edges}),
         })
-    return records
+    return records, futures
 
 
 def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None:
@@ -265,33 +333,64 @@ def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None
     sources = sources_for(params, variant, images)
     sources.index = sources.image_id.to_numpy()
 
+    rows = dict(zip(sources.image_id, sources.itertuples(index=False)))
+    writers = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="sgid-png")
+    loader = ThreadPoolExecutor(1, thread_name_prefix="sgid-load")
+    loading: dict[str, Future] = {}
+
+    def load(ids: list[str]) -> None:
+        for i in ids:
+            if i not in loading:
+                loading[i] = loader.submit(load_sized, rows[i])
+
     def start(todo: list[str]) -> BatchPlan:
-        pipe, encode, device = load_generator(params)
+        pipe, encode, device = load_generator(params, candidates=len(todo) * gen.num_candidates)
         mine = sources.loc[todo].sort_values(["in_w", "in_h", "image_id"], kind="stable")  # same sizes share a loop
         largest = mine.iloc[(mine.in_w * mine.in_h).argmax()]
+        order = list(mine.index)
+        position = {i: n for n, i in enumerate(order)}
         # The reference path (the diffusers pipeline itself), when asked for or on the CPU by default; never
         # switched on by free GPU memory, so a resumed run does not mix paths.
         reference = gen.batch_size == 1 or (gen.batch_size is None and device.type != "cuda")
 
-        def process(ids: list[str]) -> dict[str, list[dict]]:
-            chunk = prepare(params, list(sources.loc[ids].itertuples(index=False)))
+        def process(ids: list[str]) -> Pending:
+            load(ids)
+            loaded = [loading.pop(i).result() for i in ids]
+            after = position[ids[-1]] + 1
+            load(order[after:after + len(ids)])  # the next chunk loads and upscales while this one denoises
+            chunk = prepare(params, [rows[i] for i in ids], loaded)
             edges, stored = None, [None] * len(ids)
             if gen.generator == "controlnet":  # saved before the candidates: a finished item has both
                 edges = edge_maps(gen, chunk.inputs)
                 stored = [run.relative(write_png(run.edge_map(variant, i), e)) for i, e in zip(ids, edges)]
             outputs = run_generator(pipe, encode, gen, chunk, edges, reference)
-            return {r.image_id: candidate_records(params, variant, r, *rest) for r, *rest in
-                    zip(chunk.rows, chunk.prompts, chunk.scales, chunk.seeds, outputs, chunk.originals, stored)}
+            records, futures = {}, []
+            for r, *rest in zip(chunk.rows, chunk.prompts, chunk.scales, chunk.seeds, outputs, chunk.originals, stored):
+                records[r.image_id], saving = candidate_records(params, variant, r, *rest, writers=writers)
+                futures += saving
+            return Pending(records, futures)  # recorded once written, while the next chunk denoises
 
         return BatchPlan(process, start_batch_size(params, pipe, device, (largest.in_w, largest.in_h)),
-                       f"generating ({variant}) from sources up to {largest.in_w}x{largest.in_h}",
-                       "generation.batch_size", order=list(mine.index),
-                       other=f", or lower generation.max_side (now {gen.max_side})")
+                         f"generating ({variant}) from sources up to {largest.in_w}x{largest.in_h}",
+                         "generation.batch_size", order=order,
+                         other=f", or lower generation.max_side (now {gen.max_side})")
 
-    records = run_items(run.items(run.generation_stage(variant)), list(sources.image_id), start)
+    UNET_ROWS.clear()
+    with writers, loader:
+        records = run_items(run.items(run.generation_stage(variant)), list(sources.image_id), start)
+    if UNET_ROWS:
+        print(f"[sgid] generation ({variant}): UNet rows per call (rows: calls): {rows_summary(UNET_ROWS)}",
+              file=sys.stderr)
     if records is None:
         return None
     return catalog.save(params, f"manifest_{variant}", pd.DataFrame([r for recs in records for r in recs]))
+
+
+def rows_summary(rows: Counter) -> str:
+    """'18: 400, 9: 50 (mean 17.1)': UNet calls by the rows they ran, most rows first."""
+    calls = sum(rows.values())
+    mean = sum(r * c for r, c in rows.items()) / calls
+    return ", ".join(f"{r}: {c}" for r, c in sorted(rows.items(), reverse=True)) + f" (mean {mean:.1f})"
 
 
 def preview_generators(params: Params, image_ids: list[str], variant: Pass = "raw") -> list[dict[str, Any]]:
