@@ -78,7 +78,7 @@ from sgid_utils.preflight.projection import (
     image_epochs_by_backbone,
     project_seconds,
 )
-from sgid_utils.stages.captions import beam_captions, nucleus_captions, pixel_inputs
+from sgid_utils.stages.captions import caption_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("params/pets.yaml", "params/flowers.yaml", "params/pets_backbones.yaml", "params/flowers_backbones.yaml")
@@ -375,9 +375,8 @@ def measure_captioning(
 
     def caption(imgs: list, batch: int) -> None:
         for start in range(0, len(imgs), batch):
-            inputs = pixel_inputs(blip, blip_processor, imgs[start : start + batch])
-            nucleus_captions(blip, blip_processor, inputs, cfg, list(range(start, start + len(inputs["pixel_values"]))))
-            beam_captions(blip, blip_processor, inputs, cfg)
+            chunk = imgs[start : start + batch]
+            caption_batch(blip, blip_processor, chunk, cfg, list(range(start, start + len(chunk))))
 
     reset_peak(ctx.device)
     seconds = best_times(
