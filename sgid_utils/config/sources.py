@@ -206,6 +206,7 @@ SOURCES: dict[str, Source] = {
     "training.randaugment_num_ops": _report(f"{_TRAIN}: RandAugment's 'default parameters (N = 2, M = 9)'"),
     "training.randaugment_magnitude": _report(f"{_TRAIN}: RandAugment's 'default parameters (N = 2, M = 9)'"),
     "training.num_workers": _ours(_SPEED),
+    "training.jobs": _ours(_SPEED),
     "training.amp": _ours(_SPEED + " (mixed precision, within floating-point tolerance)"),
     "training.equal_steps": _ours("off: every method trains the same epochs, so SGID at 100 % gets twice the "
                                   "Baseline's steps; the 'sgid-equal-steps' ablation sets it on"),
