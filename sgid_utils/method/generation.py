@@ -299,19 +299,19 @@ def save_candidate(path: Path, candidate: Image.Image, original: Image.Image, co
 
 def candidate_records(params: Params, variant: Pass, source, prompt: str, scale: float, seeds: list[int],
                       outputs: list[Image.Image], original: Image.Image, edges: str | None = None,
-                      writers: ThreadPoolExecutor | None = None) -> tuple[list[dict], list[Future]]:
+                      writers: ThreadPoolExecutor | None = None, saving: list[Future] | None = None) -> list[dict]:
     """Save one source's candidates (resized back to the source's size) and describe each (``edges``: its edge map's
-    stored path, under the ControlNet generator). With ``writers`` the saves run there: the returned futures say
-    when the files are there; without, they are written before this returns (and no futures come back)."""
+    stored path, under the ControlNet generator). With ``writers`` the saves run there, their futures appended to
+    ``saving`` (the files are there once those are done); without, they are written before this returns."""
     run = RunDir.of(params)
     level = params.generation.png_compress_level
-    records, futures = [], []
+    records = []
     for k, (seed, out) in enumerate(zip(seeds, outputs)):
         path = run.generated_image(variant, source.image_id, k)
         if writers is None:
             save_candidate(path, out, original, level)
         else:
-            futures.append(writers.submit(save_candidate, path, out, original, level))
+            saving.append(writers.submit(save_candidate, path, out, original, level))
         records.append({
             "image_id": source.image_id, "variant": variant, "k": k, "seed": seed,
             "path": run.relative(path),
@@ -320,7 +320,7 @@ def candidate_records(params: Params, variant: Pass, source, prompt: str, scale:
             "source_width": original.width, "source_height": original.height,
             **({} if edges is None else {"edges": edges}),
         })
-    return records, futures
+    return records
 
 
 def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None:
@@ -364,11 +364,11 @@ def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None
                 edges = edge_maps(gen, chunk.inputs)
                 stored = [run.relative(write_png(run.edge_map(variant, i), e)) for i, e in zip(ids, edges)]
             outputs = run_generator(pipe, encode, gen, chunk, edges, reference)
-            records, futures = {}, []
-            for r, *rest in zip(chunk.rows, chunk.prompts, chunk.scales, chunk.seeds, outputs, chunk.originals, stored):
-                records[r.image_id], saving = candidate_records(params, variant, r, *rest, writers=writers)
-                futures += saving
-            return Pending(records, futures)  # recorded once written, while the next chunk denoises
+            saving: list[Future] = []
+            records = {r.image_id: candidate_records(params, variant, r, *rest, writers=writers, saving=saving)
+                       for r, *rest in zip(chunk.rows, chunk.prompts, chunk.scales, chunk.seeds, outputs,
+                                           chunk.originals, stored)}
+            return Pending(records, saving)  # recorded once written, while the next chunk denoises
 
         return BatchPlan(process, start_batch_size(params, pipe, device, (largest.in_w, largest.in_h)),
                          f"generating ({variant}) from sources up to {largest.in_w}x{largest.in_h}",
