@@ -73,7 +73,8 @@ from sgid_utils.config.schema import CaptioningParams, GenerationParams, Params,
 from sgid_utils.config.training import BackboneParams, TrainingParams
 from sgid_utils.core.registry import upstream_closure
 from sgid_utils.method.embeddings import score_captions
-from sgid_utils.method.generation import WRITER_THREADS, PromptEncoder, save_candidate
+from sgid_utils.method.generation import PromptEncoder, save_candidate
+from sgid_utils.method.generation_setup import WRITER_THREADS
 from sgid_utils.method.prompts import build_prompt
 from sgid_utils.method.training import optimizer_for, train_step
 from sgid_utils.models import builders

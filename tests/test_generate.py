@@ -14,12 +14,13 @@ from sgid_utils.core.resumable import BatchPlan, Pending, in_batches, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.core.seeding import derive_seed
-from sgid_utils.method.generation import (
+from sgid_utils.method.generation import model_input_size
+from sgid_utils.method.generation_setup import (
     COMPILE_MIN_CANDIDATES,
     MAX_AUTO_BATCH,
     auto_batch_size,
     compile_wanted,
-    model_input_size,
+    writer_threads,
 )
 from sgid_utils.method.guidance import guidance_scale
 from sgid_utils.method.prompts import build_prompt
@@ -142,10 +143,11 @@ def test_in_batches_halves_a_batch_that_runs_out_of_memory_down_to_one():
 
 
 def test_png_compress_level_changes_the_bytes_not_the_pixels(make_params, pipeline_run):
-    """The stage at zlib levels 0 and 9 (in one process, so the same float sums): equal pixels, other files."""
+    """The stage at zlib levels 0 (inline, the CPU default) and 9 (on 2 writer threads and a loader thread, the CUDA
+    path's, with ``resumable.Pending`` records), in one process, so the same float sums: equal pixels, other files."""
     runs = {}
-    for level in (0, 9):
-        params = make_params(f"png{level}", generation={"png_compress_level": level})
+    for level, threads in ((0, None), (9, 2)):
+        params = make_params(f"png{level}", generation={"png_compress_level": level, "writer_threads": threads})
         copy_stages(pipeline_run, params, "data", "captions", "similarity")
         runs[level] = run_stage("generate", params).sort_values(["image_id", "k"]).reset_index(drop=True)
     for stored, packed in zip(runs[0].path, runs[9].path):
@@ -187,7 +189,7 @@ def test_a_batch_still_writing_is_recorded_only_once_its_files_are_there(tmp_pat
     assert store.todo(ids) == ["i4", "i5"]  # the failed batch has no record; the two before it have
 
 
-def test_compile_rule():
+def test_compile_and_writer_thread_rules():
     import torch
 
     gen, cuda, cpu = GenerationParams(), torch.device("cuda"), torch.device("cpu")
@@ -198,6 +200,8 @@ def test_compile_rule():
     assert compile_wanted(GenerationParams(compile=True), cuda, 1)
     assert not compile_wanted(GenerationParams(compile=False), cuda, 10**6)
     assert not compile_wanted(GenerationParams(compile=True), cpu, 10**6)
+    assert writer_threads(gen, cpu) == 0 and writer_threads(gen, cuda) >= 1  # inline on the CPU, threads beside a GPU
+    assert writer_threads(GenerationParams(writer_threads=3), cpu) == 3
 
 
 def test_the_raw_pass_samples_small_sources_per_class_seeded():

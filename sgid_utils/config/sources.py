@@ -148,6 +148,7 @@ SOURCES: dict[str, Source] = {
     "generation.dtype": _ours(_SPEED + " (within floating-point tolerance)"),
     "generation.compile": _ours(_SPEED),
     "generation.compile_vae": _ours(_SPEED),
+    "generation.writer_threads": _ours(_SPEED),
     "generation.png_compress_level": _ours("speed and file size only: the pixels do not depend on it"),
     # curation
     "curation.upscale_threshold": _report(f"{_PRE}: small images upscaled, SD 'was trained on 512 x 512 images' "

@@ -21,6 +21,7 @@ from sgid_utils.core.registry import get, upstream_closure
 NOT_IN_FINGERPRINT = {
     "captioning.batch_size", "similarity.batch_size", "curation.batch_size", "generation.batch_size",
     "generation.compile", "generation.compile_vae", "generation.png_compress_level",
+    "generation.writer_threads",
     "training.eval_batch_size", "training.jobs", "training.methods", "training.seeds",
     "training.sgid_proportions", "training.filtered_proportions", "training.combined_proportions",
     "training.backbones",

@@ -16,11 +16,8 @@ default on the CPU) each source goes through the diffusers pipeline itself, whic
 keeps CPU outputs byte-identical across resumes. Left unset on CUDA, the batch size
 comes from free GPU memory (``auto_batch_size``) and halves on an out-of-memory error.
 
-The stage keeps the accelerator busy during its CPU work: the next chunk's sources are loaded and upscaled on a
-loader thread while the current one denoises, and the candidates are resized back and written as PNGs (at
-``generation.png_compress_level``) on writer threads, their items recorded once their files are there
-(``resumable.Pending``). Prompts are encoded chunk by chunk with the negative prompt encoded once per run
-(``PromptEncoder.many``, the same embeddings as compel's per-prompt call).
+On CUDA, threads load the next chunk and write PNGs beside the loop (``generation.writer_threads``; items recorded
+once their files are there: ``resumable.Pending``); on the CPU they would take torch's cores, so all runs inline.
 
 With ``generation.generator: controlnet`` (beyond the paper) the same prompt, scale,
 strength and seeds go through img2img with a Canny-edge ControlNet: each source's
@@ -34,9 +31,7 @@ same pieces.
 
 from __future__ import annotations
 
-import os
 import sys
-from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,35 +50,13 @@ from sgid_utils.core.rundir import Pass, RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed, torch_rng
 from sgid_utils.method.batched import UNET_ROWS, generate_many
 from sgid_utils.method.edges import canny_edges
+from sgid_utils.method.generation_setup import compile_wanted, rows_summary, start_batch_size, writer_threads
 from sgid_utils.method.guidance import guidance_scale
+from sgid_utils.method.prompt_encoding import PromptEncoder
 from sgid_utils.method.prompts import build_prompt
 from sgid_utils.models.loading import load_controlnet_img2img, load_img2img, resolve_device, resolve_dtype
 
-# GPU memory one candidate takes in the batched loop at 512 x 512 in fp16: its UNet rows (the CFG pair) and its
-# share of the VAE decode. Measured on an H200 (docs/gpu/h200_2026-12-04_full.md, peak memory): 16.4 GiB at 8
-# sources and 43.2 GiB at 32, k = 3, i.e. (43.2 - 16.4) / 72 = 0.37 GiB per extra candidate; 0.4 with a margin
-# (it was 1.5 by diffusers users' reports, which started a T4 at 2 sources where ~9 fit). Only the starting batch
-# size rests on it: an out-of-memory error halves the batch and retries.
-CANDIDATE_BYTES_512_FP16 = 0.4 * 2**30
-CONTROLNET_MEMORY_FACTOR = 1.4
-MAX_AUTO_BATCH = 16  # 48 candidates at k = 3: enough rows to fill an H100's tensor cores
 GENERATORS: tuple[str, ...] = get_args(Generator)
-# generation.compile unset: compile on CUDA when a pass generates at least this many candidates. On the H200 the
-# compiled UNet ran 10.6 against 8.4 img/s and took ~60 s to compile (docs/PERFORMANCE.md): 0.025 s saved per
-# image pays the 60 s back after ~2,400 candidates; 3,000 leaves room for a recompile at a new input size.
-COMPILE_MIN_CANDIDATES = 3000
-WRITER_THREADS = max(1, min(4, os.cpu_count() or 1))  # resize-and-PNG workers; PIL releases the GIL while encoding
-
-
-def auto_batch_size(free_bytes: int, width: int, height: int, k: int, dtype: torch.dtype,
-                    controlnet: bool = False) -> int:
-    """Sources per denoising loop that fit in 80 % of ``free_bytes`` at this input size, between 1 and MAX_AUTO_BATCH.
-
-    Under the ControlNet each row also runs the ControlNet's encoder copy and keeps its residuals: taken as 1.4x the
-    bytes (an estimate from its FLOPs, +31 % per step; an out-of-memory error still halves the batch)."""
-    scale = width * height / 512**2 * torch.finfo(dtype).bits / 16 * (CONTROLNET_MEMORY_FACTOR if controlnet else 1.0)
-    return int(max(1, min(MAX_AUTO_BATCH, 0.8 * free_bytes // (k * CANDIDATE_BYTES_512_FP16 * scale))))
-
 
 def model_input_size(width: int, height: int, max_side: int, short_side: int | None = None,
                      multiple: int = 8) -> tuple[int, int]:
@@ -100,40 +73,6 @@ def model_input_size(width: int, height: int, max_side: int, short_side: int | N
     scale = min(scale, cap / max(width, height)) if max(width, height) * scale > cap else scale
     to_grid = (lambda v: round(v / multiple) * multiple) if upscale else (lambda v: int(v) // multiple * multiple)
     return max(multiple, to_grid(width * scale)), max(multiple, to_grid(height * scale))
-
-
-class PromptEncoder:
-    """compel's weighted-prompt embeddings for the pipeline's own tokenizer and text encoder."""
-
-    def __init__(self, pipe) -> None:
-        from compel import CompelForSD  # 4 s to import: here, so that a finished stage skips without it
-
-        self.compel = CompelForSD(pipe)
-        self.negatives: dict[str, torch.Tensor] = {}
-
-    @torch.inference_mode()
-    def __call__(self, prompt: str, negative: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.compel(prompt, negative_prompt=negative)
-        return out.embeds, out.negative_embeds
-
-    @torch.inference_mode()
-    def many(self, prompts: list[str], negative: str = "") -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each prompt's (embeds, negative embeds) as ``__call__`` gives them, the negative encoded once per run.
-
-        compel's pair call encodes the negative again for every prompt, then pads the pair to one length with the
-        empty prompt's embedding (its long prompts are not truncated: 77, 154, ... tokens); this pads the cached one
-        the same way. compel itself runs the text encoder prompt by prompt (one pass per weighted fragment below 1),
-        so the prompts of a chunk are not stacked into one encoder call here: that would re-implement its weighting.
-        """
-        compel = self.compel.compel
-        if negative not in self.negatives:
-            self.negatives[negative] = compel.build_conditioning_tensor(negative)
-        pairs = []
-        for prompt in prompts:
-            embeds, negative_embeds = compel.pad_conditioning_tensors_to_same_length(
-                [compel.build_conditioning_tensor(prompt), self.negatives[negative]])
-            pairs.append((embeds, negative_embeds))
-        return pairs
 
 
 @torch.inference_mode()
@@ -190,14 +129,6 @@ def sources_for(params: Params, variant: Pass, images: pd.DataFrame) -> pd.DataF
     return df.assign(in_w=[w for w, _ in sizes], in_h=[h for _, h in sizes]).reset_index(drop=True)
 
 
-def compile_wanted(gen: GenerationParams, device: torch.device, candidates: int) -> bool:
-    """generation.compile, or unset: on CUDA for a pass of at least COMPILE_MIN_CANDIDATES candidates (never on the
-    CPU, where compiling the UNet costs minutes and the tests' tiny models gain nothing)."""
-    if device.type != "cuda":
-        return False
-    return gen.compile if gen.compile is not None else candidates >= COMPILE_MIN_CANDIDATES
-
-
 def load_generator(params: Params, generator: str | None = None,
                    candidates: int = 0) -> tuple[Any, PromptEncoder, torch.device]:
     """The pipeline of ``generator`` (default: generation.generator) in the run's dtype and its prompt encoder; on
@@ -216,17 +147,6 @@ def load_generator(params: Params, generator: str | None = None,
     if device.type == "cuda" and gen.compile_vae and not hasattr(pipe.vae.decoder, "_orig_mod"):
         pipe.vae.decoder = torch.compile(pipe.vae.decoder)
     return pipe, PromptEncoder(pipe), device
-
-
-def start_batch_size(params: Params, pipe, device: torch.device, largest: tuple[int, int]) -> int:
-    """generation.batch_size; unset: from free GPU memory for the largest input on CUDA, 1 on the CPU."""
-    gen = params.generation
-    if gen.batch_size is not None:
-        return gen.batch_size
-    if device.type == "cuda":
-        return auto_batch_size(torch.cuda.mem_get_info(device)[0], *largest, gen.num_candidates, pipe.unet.dtype,
-                               controlnet=gen.generator == "controlnet")
-    return 1
 
 
 @dataclass(frozen=True)
@@ -332,15 +252,15 @@ def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None
     gen = params.generation
     sources = sources_for(params, variant, images)
     sources.index = sources.image_id.to_numpy()
-
     rows = dict(zip(sources.image_id, sources.itertuples(index=False)))
-    writers = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="sgid-png")
-    loader = ThreadPoolExecutor(1, thread_name_prefix="sgid-load")
+    threads = writer_threads(gen, resolve_device(params))
+    writers = ThreadPoolExecutor(threads, thread_name_prefix="sgid-png") if threads else None
+    loader = ThreadPoolExecutor(1, thread_name_prefix="sgid-load") if threads else None
     loading: dict[str, Future] = {}
 
     def load(ids: list[str]) -> None:
         for i in ids:
-            if i not in loading:
+            if loader is not None and i not in loading:
                 loading[i] = loader.submit(load_sized, rows[i])
 
     def start(todo: list[str]) -> BatchPlan:
@@ -353,9 +273,9 @@ def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None
         # switched on by free GPU memory, so a resumed run does not mix paths.
         reference = gen.batch_size == 1 or (gen.batch_size is None and device.type != "cuda")
 
-        def process(ids: list[str]) -> Pending:
+        def process(ids: list[str]) -> Pending | dict[str, list[dict]]:
             load(ids)
-            loaded = [loading.pop(i).result() for i in ids]
+            loaded = [loading.pop(i).result() if i in loading else load_sized(rows[i]) for i in ids]
             after = position[ids[-1]] + 1
             load(order[after:after + len(ids)])  # the next chunk loads and upscales while this one denoises
             chunk = prepare(params, [rows[i] for i in ids], loaded)
@@ -368,7 +288,7 @@ def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None
             records = {r.image_id: candidate_records(params, variant, r, *rest, writers=writers, saving=saving)
                        for r, *rest in zip(chunk.rows, chunk.prompts, chunk.scales, chunk.seeds, outputs,
                                            chunk.originals, stored)}
-            return Pending(records, saving)  # recorded once written, while the next chunk denoises
+            return records if writers is None else Pending(records, saving)  # recorded once written
 
         return BatchPlan(process, start_batch_size(params, pipe, device, (largest.in_w, largest.in_h)),
                          f"generating ({variant}) from sources up to {largest.in_w}x{largest.in_h}",
@@ -376,21 +296,17 @@ def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None
                          other=f", or lower generation.max_side (now {gen.max_side})")
 
     UNET_ROWS.clear()
-    with writers, loader:
+    try:
         records = run_items(run.items(run.generation_stage(variant)), list(sources.image_id), start)
+    finally:
+        for pool in filter(None, (writers, loader)):
+            pool.shutdown()
     if UNET_ROWS:
         print(f"[sgid] generation ({variant}): UNet rows per call (rows: calls): {rows_summary(UNET_ROWS)}",
               file=sys.stderr)
     if records is None:
         return None
     return catalog.save(params, f"manifest_{variant}", pd.DataFrame([r for recs in records for r in recs]))
-
-
-def rows_summary(rows: Counter) -> str:
-    """'18: 400, 9: 50 (mean 17.1)': UNet calls by the rows they ran, most rows first."""
-    calls = sum(rows.values())
-    mean = sum(r * c for r, c in rows.items()) / calls
-    return ", ".join(f"{r}: {c}" for r, c in sorted(rows.items(), reverse=True)) + f" (mean {mean:.1f})"
 
 
 def preview_generators(params: Params, image_ids: list[str], variant: Pass = "raw") -> list[dict[str, Any]]:
