@@ -40,11 +40,23 @@ def evaluations(bb: BackboneParams) -> int:
     return len(range(bb.eval_every, bb.epochs + 1, bb.eval_every)) + (bb.epochs % bb.eval_every != 0)
 
 
-def profile_costs(path: str, tflops: float) -> pd.DataFrame:
-    params = load_params(path)
+def split_counts(params) -> tuple[int, int]:
+    """(training, test) images of a profile from the official split sizes, capped per class as its data set says
+    (``dataset.max_per_class``, ``max_test_per_class``: the quick profile's subset)."""
     ds = params.dataset
     n_train = sum(SPLIT_SIZES[ds.source].get(s, 0) for s in ds.train_splits)
     n_test = SPLIT_SIZES[ds.source][ds.test_split]
+    if ds.max_per_class:
+        n_train = min(n_train, ds.max_per_class * CLASS_COUNTS[ds.source])
+    if ds.max_test_per_class:
+        n_test = min(n_test, ds.max_test_per_class * CLASS_COUNTS[ds.source])
+    return n_train, n_test
+
+
+def profile_costs(path: str, tflops: float) -> pd.DataFrame:
+    params = load_params(path)
+    ds = params.dataset
+    n_train, n_test = split_counts(params)
     rows = []
     for bb in backbones(params):
         flops, side = forward_flops(bb.model, CLASS_COUNTS[ds.source], bb.image_size)

@@ -76,7 +76,7 @@ from sgid_utils.models.loading import (
     load_img2img,
     resolve_dtype,
 )
-from sgid_utils.stages.captions import beam_captions, nucleus_captions, pixel_inputs
+from sgid_utils.stages.captions import caption_batch
 
 # Dense fp16/bf16 tensor-core peaks from NVIDIA's data sheets (TFLOP/s), matched in this order against the GPU name.
 SPEC_PEAKS_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),
@@ -272,9 +272,7 @@ def bench_captioning(args: argparse.Namespace, device: torch.device, dtype: torc
     def run(batch: int) -> Callable[[], None]:
         def captions_all() -> None:
             for start in range(0, len(images), batch):
-                inputs = pixel_inputs(model, processor, images[start:start + batch])
-                nucleus_captions(model, processor, inputs, cfg, seeds[start:start + batch])
-                beam_captions(model, processor, inputs, cfg)
+                caption_batch(model, processor, images[start:start + batch], cfg, seeds[start:start + batch])
         return captions_all
 
     seconds = best_times({"per-image": run(1), "batched": run(args.batch_size)}, args.repeats, device)

@@ -9,15 +9,18 @@ the projections and the docs need (reports/gpu/gpu_report.md, and the same numbe
 - SD 1.5 img2img at 512 x 512 (the raw pass) and 768 x 512 (the upscaled pass): the per-image pipeline
   against the batched loop, fp16, img/s and fraction of the FLOP floor (strength 0.3 of 50 steps, CFG pair);
 - the ControlNet generator the same way;
+- where one stage-sized chunk's time goes (prompt encoding, source upscaling, VAE encode, UNet steps, VAE decode,
+  the rest of the loop, resize-and-PNG serially and on the stage's writer threads), the batched loop's img/s against
+  its batch size, and a profiler trace of one loop saved beside the report (with the GPU's busy share on CUDA);
 - BLIP captioning (10 nucleus + 10 beam) and CLIP similarity, per image against batched;
 - training throughput of each backbone the profiles name (AMP on CUDA) at its profile's batch size,
   and its test-pass throughput: images/s and one epoch's seconds on Pets and Flowers;
 - peak GPU memory per stage and the largest batch that fits (doubling until out of memory or a cap);
 - optional variants of the batched loop (channels_last, torch.compile on the UNet), timed within the run
   and compared with the plain loop's images against the batched path's tolerance;
-- the wall-clock of params/pets.yaml, flowers.yaml and the backbone profiles projected from these rates
-  with ``sgid_utils.preflight.projection`` (preflight's arithmetic), beside the FLOP-derived figures
-  of README.md's table.
+- the wall-clock of params/pets.yaml, flowers.yaml, the backbone profiles and the quick profile projected from
+  these rates with ``sgid_utils.preflight.projection`` (preflight's arithmetic), beside the FLOP-derived figures
+  of docs/GPU.md's table, and each profile's total on a T4 at this GPU's measured efficiency.
 
 ``--size real`` (the default on CUDA) builds the full-size architectures with random weights
 (``sgid_utils.models.builders``): speed does not depend on the weight values, and nothing is downloaded.
@@ -35,9 +38,11 @@ import gc
 import json
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -45,8 +50,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from backbone_costs import evaluations, profile_costs
+from backbone_costs import evaluations, profile_costs, split_counts
 from diffusers import StableDiffusionControlNetImg2ImgPipeline
+from PIL import Image
 
 from bench import (
     CAPTIONS_PER_IMAGE,
@@ -67,6 +73,9 @@ from sgid_utils.config.schema import CaptioningParams, GenerationParams, Params,
 from sgid_utils.config.training import BackboneParams, TrainingParams
 from sgid_utils.core.registry import upstream_closure
 from sgid_utils.method.embeddings import score_captions
+from sgid_utils.method.generation import PromptEncoder, save_candidate
+from sgid_utils.method.generation_setup import WRITER_THREADS
+from sgid_utils.method.prompts import build_prompt
 from sgid_utils.method.training import optimizer_for, train_step
 from sgid_utils.models import builders
 from sgid_utils.models.loading import preprocessing, resolve_dtype
@@ -78,15 +87,18 @@ from sgid_utils.preflight.projection import (
     image_epochs_by_backbone,
     project_seconds,
 )
-from sgid_utils.stages.captions import beam_captions, nucleus_captions, pixel_inputs
+from sgid_utils.stages.captions import caption_batch
 
 ROOT = Path(__file__).resolve().parent.parent
-PROFILES = ("params/pets.yaml", "params/flowers.yaml", "params/pets_backbones.yaml", "params/flowers_backbones.yaml")
+PROFILES = ("params/pets.yaml", "params/flowers.yaml", "params/pets_backbones.yaml", "params/flowers_backbones.yaml",
+            "params/pets_quick.yaml")
+T4_PEAK = 65e12  # NVIDIA T4 data sheet, dense fp16 tensor cores: the Colab GPU the quick profile is sized for
 SECTIONS = (
     "Setup",
     "Summary",
     "Generation: img2img",
     "Generation: ControlNet",
+    "Generation: where the time goes",
     "Captioning and similarity",
     "Training",
     "Peak memory and largest batch",
@@ -95,7 +107,8 @@ SECTIONS = (
 )
 # The README's derivation: generation at 50 % of the dense fp16/bf16 peak, training at 40 %.
 DERIVED_FRACTION = {"generation": 0.5, "training": 0.4}
-# The issue's goals on an H100: half the FLOP floor (~14 img/s at 512 x 512) and batched >= 3x per image.
+# The goals of the issue that added the batched loop: half the FLOP floor (~17 img/s at 512 x 512 on an H100 SXM
+# or an H200, 989.4 TFLOP/s) and batched >= 3x per image.
 GOAL_FLOOR_FRACTION, GOAL_SPEEDUP = 0.5, 3.0
 # Batched against per-image (tests/test_batched.py and conftest.ATOL): fp32 1e-4, fp16 0.03 on [0, 1] images.
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 0.03, torch.bfloat16: 0.03}
@@ -365,6 +378,136 @@ def measure_generation(ctx: Context, report: Report, controlnet: bool) -> list[s
     ]
 
 
+# --- where generation's time goes ----------------------------------------------------------------------------------
+class PhaseTimer:
+    """Seconds in the VAE encoder, the UNet and the VAE decoder while hooked: CUDA events on a GPU (no sync inside the
+    loop), perf_counter on the CPU."""
+
+    def __init__(self, pipe, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: dict[str, list] = {}
+        self.handles = []
+        modules = (("VAE encode", pipe.vae.encoder), ("UNet steps", pipe.unet), ("VAE decode", pipe.vae.decoder))
+        for name, module in modules:
+            self.marks[name] = []
+            self.handles.append(module.register_forward_pre_hook(lambda *_, n=name: self.marks[n].append(self.now())))
+            self.handles.append(module.register_forward_hook(lambda *_, n=name: self.marks[n].append(self.now())))
+
+    def now(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self) -> dict[str, float]:
+        for handle in self.handles:
+            handle.remove()
+        if self.cuda:
+            torch.cuda.synchronize()
+        span = (lambda a, b: a.elapsed_time(b) / 1e3) if self.cuda else (lambda a, b: b - a)
+        return {n: sum(span(m[i], m[i + 1]) for i in range(0, len(m), 2)) for n, m in self.marks.items()}
+
+
+def timed(device: torch.device, work: Callable[[], Any]) -> tuple[float, Any]:
+    sync(device)
+    start = time.perf_counter()
+    out = work()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def busy_share(prof) -> float | None:
+    """GPU kernel time over the profiled wall time (None on the CPU): how much of the loop the GPU computed."""
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if not kernels:
+        return None
+    start = min(e.time_range.start for e in prof.events())
+    end = max(e.time_range.end for e in prof.events())
+    return sum(e.time_range.elapsed_us() for e in kernels) / max(1, end - start)
+
+
+def measure_time_split(ctx: Context, report: Report, trace: Path) -> list[str]:
+    """One stage-sized chunk (``plan.gen_batch`` sources, k candidates each, 512 x 512 model input from ~500 x 375
+    sources) phase by phase; img/s against the batch size; a profiler trace of one loop."""
+    gen, plan = ctx.gen, ctx.plan
+    k, (width, height) = gen.num_candidates, plan.gen_sizes[0]
+    pipe = build_pipeline(ctx, controlnet=False)
+    inputs = generation_inputs(pipe, plan.gen_batch, k, width, height, controlnet=False)
+    encode = PromptEncoder(pipe)
+    rng = np.random.default_rng(1)
+    prompts = [build_prompt(" ".join(rng.choice(WORDS, 8)), "great pyrenees", gen) for _ in range(plan.gen_batch)]
+    sources = source_images(plan.gen_batch, width * 500 // 768, height * 375 // 512)  # Pets-like, upscaled below
+    loop = lambda: batched_generation(pipe, inputs, gen.strength, gen.num_inference_steps, plan.gen_batch)  # noqa: E731
+    loop()  # untimed: kernel selection, allocator warm-up
+    split: dict[str, float] = {}
+    split["prompt encoding (compel, negative once)"], _ = timed(ctx.device, lambda: encode.many(prompts))
+    split["source upscaling (LANCZOS)"], _ = timed(
+        ctx.device, lambda: [s.resize((width, height), Image.Resampling.LANCZOS) for s in sources])
+    phases = PhaseTimer(pipe, ctx.device)
+    whole, outputs = timed(ctx.device, loop)
+    split |= phases.seconds()
+    split["rest of the loop (latents, scheduler, CFG, to PIL)"] = whole - sum(
+        split[n] for n in ("VAE encode", "UNet steps", "VAE decode"))
+    candidates = [(out, src) for per_source, src in zip(outputs, sources) for out in per_source]
+    with tempfile.TemporaryDirectory() as tmp:
+        def write_all(pool: ThreadPoolExecutor | None) -> None:
+            jobs = [(Path(tmp) / f"{i}.png", out, src, gen.png_compress_level) for i, (out, src) in
+                    enumerate(candidates)]
+            if pool is None:
+                for job in jobs:
+                    save_candidate(*job)
+            else:
+                list(pool.map(lambda job: save_candidate(*job), jobs))
+
+        serial, _ = timed(ctx.device, lambda: write_all(None))
+        with ThreadPoolExecutor(WRITER_THREADS) as pool:
+            threaded, _ = timed(ctx.device, lambda: write_all(pool))
+    split[f"resize back + PNG level {gen.png_compress_level}, one thread"] = serial
+    n = len(candidates)
+    rows = [(name, f"{1e3 * sec:.1f}", f"{1e3 * sec / n:.2f}") for name, sec in split.items()]
+    rows.append((f"the same on {WRITER_THREADS} writer threads (the stage: beside the next chunk's loop)",
+                 f"{1e3 * threaded:.1f}", f"{1e3 * threaded / n:.2f}"))
+    report.numbers["time split"] = {name: sec for name, sec in split.items()} | {"writer_threads_s": threaded,
+                                                                               "candidates": n}
+
+    by_batch, batch = {}, 1
+    while batch <= plan.gen_cap:
+        more = inputs.take(batch)
+        seconds = best_times({"b": lambda more=more, batch=batch: batched_generation(
+            pipe, more, gen.strength, gen.num_inference_steps, batch)}, 1, ctx.device)["b"]
+        by_batch[batch] = batch * k / seconds
+        batch *= 2
+    report.numbers["img/s by batch"] = {str(b): r for b, r in by_batch.items()}
+
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        loop()
+        sync(ctx.device)
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(trace))
+    busy = busy_share(prof)
+    report.numbers["profiled loop"] = {"trace": trace.name, "gpu_busy": busy}
+    return [
+        f"One chunk of the stage: {plan.gen_batch} sources × k = {k} at {width} × {height} (upscaled from "
+        f"{sources[0].width} × {sources[0].height}), strength {gen.strength} of {gen.num_inference_steps} steps, "
+        f"{str(ctx.dtype).removeprefix('torch.')}, after one untimed loop. VAE and UNet phases from "
+        f"{'CUDA events' if ctx.device.type == 'cuda' else 'perf_counter'} around the modules' forward calls.",
+        "",
+        *markdown_table(("phase", "ms per chunk", "ms per generated image"), rows),
+        "",
+        "Batched loop against its batch size (sources per loop, one timed run each after the warm-up above):",
+        "",
+        *markdown_table(("sources per loop", "rows per UNet call (CFG pairs)", "img/s"),
+                        [(b, 2 * b * k, f"{r:.3g}") for b, r in by_batch.items()]),
+        "",
+        f"Profiler trace of one loop: `{trace.name}` beside this report (chrome://tracing or Perfetto). GPU busy "
+        f"(kernel time over the loop's wall time): {'n/a (CPU)' if busy is None else f'{busy:.0%}'}.",
+    ]
+
+
 # --- captioning and similarity ----------------------------------------------------------------------------------------
 def measure_captioning(
     ctx: Context, cfg: CaptioningParams, blip, blip_processor, images: list, few: list
@@ -375,9 +518,8 @@ def measure_captioning(
 
     def caption(imgs: list, batch: int) -> None:
         for start in range(0, len(imgs), batch):
-            inputs = pixel_inputs(blip, blip_processor, imgs[start : start + batch])
-            nucleus_captions(blip, blip_processor, inputs, cfg, list(range(start, start + len(inputs["pixel_values"]))))
-            beam_captions(blip, blip_processor, inputs, cfg)
+            chunk = imgs[start : start + batch]
+            caption_batch(blip, blip_processor, chunk, cfg, list(range(start, start + len(chunk))))
 
     reset_peak(ctx.device)
     seconds = best_times(
@@ -631,9 +773,10 @@ def measure_variants(ctx: Context, report: Report) -> list[str]:
 
 
 # --- projection -------------------------------------------------------------------------------------------------------
-def project_profile(ctx: Context, path: str) -> list[tuple[str, ...]]:
-    """Rows (profile, stage, items, rate, projected, derived) for one params file: preflight's arithmetic
-    (``project_seconds``, ``image_epochs_by_backbone``) on this run's rates, and the README's FLOP derivation."""
+def project_profile(ctx: Context, path: str) -> tuple[list[tuple[str, ...]], float]:
+    """Rows (profile, stage, items, rate, projected, derived) for one params file, and its projected seconds:
+    preflight's arithmetic (``project_seconds``, ``image_epochs_by_backbone``) on this run's rates, and
+    docs/GPU.md's FLOP derivation."""
     params: Params = load_params(ROOT / path)
     counts = full_run_counts(params)
     linked = set(upstream_closure("curate")) if params.run.reuse else set()
@@ -668,7 +811,7 @@ def project_profile(ctx: Context, path: str) -> list[tuple[str, ...]]:
                 hms(derived[stage]) if stage in derived else "not derived",
             )
         )
-    n_test = SPLIT_SIZES[params.dataset.source][params.dataset.test_split]
+    n_test = split_counts(params)[1]
     image_epochs = image_epochs_by_backbone(params, counts.train_images)
     flops_table = profile_costs(str(ROOT / path), DERIVED_FRACTION["training"] * ctx.peak / 1e12)
     hours = flops_table.iloc[:, -1].tolist()
@@ -691,14 +834,19 @@ def project_profile(ctx: Context, path: str) -> list[tuple[str, ...]]:
             )
         )
     rows.append((name, "**total** (stages above)", "", "", f"**{hms(total)}**", f"**{hms(total_derived)}**"))
-    return rows
+    return rows, total
 
 
 def measure_projection(ctx: Context, report: Report) -> list[str]:
-    rows = [row for path in PROFILES for row in project_profile(ctx, path)]
+    rows, t4 = [], {}
+    for path in PROFILES:
+        profile_rows, seconds = project_profile(ctx, path)
+        rows += profile_rows
+        t4[profile_rows[-1][0]] = seconds * ctx.peak / T4_PEAK
     report.numbers["projection"] = [
         dict(zip(("profile", "stage", "items", "rate", "projected", "derived"), r)) for r in rows
     ]
+    report.numbers["t4_projection_s"] = t4
     peak = ctx.peak / 1e12
     caveat = (
         [
@@ -718,11 +866,15 @@ def measure_projection(ctx: Context, report: Report) -> list[str]:
         "size, ~500 × 375: a little pessimistic) and the 768 × 512 rate for the upscaled pass. Derived = "
         "README.md's 'Expected wall-clock' method on this device: FLOPs at "
         f"{DERIVED_FRACTION['generation']:.0%} of {peak:.4g} TFLOP/s for generation, "
-        f"{DERIVED_FRACTION['training']:.0%} for training (bench/backbone_costs.py); the README's table does "
-        "the same for an H100 at 790 TFLOP/s. Not projected: the data, curation and results stages, model "
-        "loading, notebook start-up and the ablation profiles.",
+        f"{DERIVED_FRACTION['training']:.0%} for training (bench/backbone_costs.py); docs/GPU.md's table does "
+        "the same for an H100 SXM at 989.4 TFLOP/s (NVIDIA data sheet, dense fp16/bf16). Not projected: the data, "
+        "curation and results stages, model loading, notebook start-up and the ablation profiles.",
         "",
         *markdown_table(("profile", "stage", "full-run items", "measured rate", "projected", "derived (FLOPs)"), rows),
+        "",
+        f"On a T4 (65 TFLOP/s dense fp16, data sheet) at this GPU's measured efficiency (each total × "
+        f"{peak:.4g} / 65; a T4's lower memory bandwidth makes this a floor, not a forecast): "
+        + "; ".join(f"{name} {hms(sec)}" for name, sec in t4.items()) + ".",
     ]
 
 
@@ -778,7 +930,7 @@ def summary_lines(ctx: Context) -> list[str]:
 
 
 # The measured sections by short name, in the order they run (--sections picks some).
-MEASURED = ("img2img", "controlnet", "text", "training", "projection", "variants")
+MEASURED = ("img2img", "controlnet", "timesplit", "text", "training", "projection", "variants")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -838,6 +990,8 @@ def main(argv: list[str] | None = None) -> int:
         "img2img": lambda: run_section(report, "Generation: img2img", lambda: measure_generation(ctx, report, False)),
         "controlnet": lambda: run_section(report, "Generation: ControlNet",
                                           lambda: measure_generation(ctx, report, controlnet=True)),
+        "timesplit": lambda: run_section(report, "Generation: where the time goes", lambda: measure_time_split(
+            ctx, report, args.out.with_name(f"{args.out.stem}_trace.json"))),
         "text": lambda: run_section(report, "Captioning and similarity", lambda: measure_text_stages(ctx, report)),
         "training": lambda: run_section(report, "Training", lambda: measure_training(ctx, report)),
         "projection": lambda: run_section(report, "Projected wall-clock", lambda: measure_projection(ctx, report)),

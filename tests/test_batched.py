@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from sgid_utils.core.seeding import torch_rng
-from sgid_utils.method.batched import generate_batch, generate_many, plan_batches
+from sgid_utils.method.batched import UNET_ROWS, generate_batch, generate_many, plan_batches
 from sgid_utils.method.generation import PromptEncoder, generate_candidates
 from sgid_utils.models import builders
 from sgid_utils.models.flops import img2img_flops
@@ -92,12 +92,14 @@ def test_guidance_is_per_sample(pipe, same_size, prompts):
 
 def test_unconditional_branch_only_for_scales_above_one(pipe, same_size, prompts):
     batch_sizes = []
+    UNET_ROWS.clear()
     hook = pipe.unet.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
     try:
         batched(pipe, same_size, prompts, GUIDANCE, [seeds_for(i) for i in range(3)])
     finally:
         hook.remove()
     assert batch_sizes and set(batch_sizes) == {2 * 3 + 2 * 2}  # 6 conditional + 4 unconditional (scales 1.2, 7.5)
+    assert UNET_ROWS == {10: len(batch_sizes)}  # the stage's count of rows per UNet call says the same
 
 
 def test_item_does_not_depend_on_its_batch(pipe, same_size, prompts):

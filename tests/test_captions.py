@@ -68,3 +68,51 @@ def test_seeded_nucleus_sampler_refuses_more_steps_than_drawn():
     sampler(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 5))
     with pytest.raises(ValueError, match="beyond"):
         sampler(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 5))
+
+
+def test_non_finite_logits_are_raised_after_the_call_not_per_step():
+    import pytest
+    import torch
+
+    from sgid_utils.stages.captions import SeededNucleusSampler
+
+    sampler = SeededNucleusSampler(0.9, torch.rand(2, 3))
+    sampler(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 5))
+    sampler(torch.zeros(2, 2, dtype=torch.long), torch.tensor([[0.0] * 5, [float("nan")] * 5]))  # no raise mid-call
+    with pytest.raises(ValueError, match="not finite"):
+        sampler.check()
+
+
+def test_one_vision_pass_gives_blips_own_captions(assets):
+    """Both methods decoding from one ``image_embeddings`` call give what BLIP's ``generate`` (its vision encoder run
+    per call) gives, token for token; the encoder runs once per batch."""
+    import torch
+
+    from sgid_utils.config.schema import CaptioningParams
+    from sgid_utils.core.images import load_image
+    from sgid_utils.models.loading import load_captioner
+    from sgid_utils.stages.captions import SeededNucleusSampler, caption_batch, pixel_inputs
+
+    models, data = assets
+    model, processor = load_captioner(str(models / "blip"), "cpu", torch.float32)
+    cfg = CaptioningParams(num_nucleus=3, num_beam=2, num_beams=2, max_new_tokens=8)
+    images = [load_image(p) for p in sorted((data / "train").rglob("*.jpg"))[:3]]
+    seeds = [11, 12, 13]
+    calls = []
+    hook = model.vision_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        nucleus, beam = caption_batch(model, processor, images, cfg, seeds)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+
+    inputs = pixel_inputs(model, processor, images)
+    uniforms = torch.cat([torch.rand(3, 8, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    sampled = model.generate(**inputs, do_sample=True, num_beams=1, top_k=0, top_p=1.0, temperature=1.0,
+                             num_return_sequences=3, max_new_tokens=8,
+                             logits_processor=[SeededNucleusSampler(cfg.top_p, uniforms)])
+    beams = model.generate(**inputs, num_beams=2, num_return_sequences=2, max_new_tokens=8, do_sample=False)
+    texts = [" ".join(t.split()) for t in processor.batch_decode(sampled, skip_special_tokens=True)]
+    assert nucleus == [texts[i * 3:(i + 1) * 3] for i in range(3)]
+    texts = [" ".join(t.split()) for t in processor.batch_decode(beams, skip_special_tokens=True)]
+    assert beam == [texts[i * 2:(i + 1) * 2] for i in range(3)]

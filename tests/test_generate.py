@@ -1,15 +1,27 @@
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from sgid_utils.config.schema import GenerationParams
 from sgid_utils.core import catalog
 from sgid_utils.core.errors import StageError
-from sgid_utils.core.resumable import in_batches
+from sgid_utils.core.files import ItemStore, write_png
+from sgid_utils.core.resumable import BatchPlan, Pending, in_batches, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.core.seeding import derive_seed
-from sgid_utils.method.generation import MAX_AUTO_BATCH, auto_batch_size, model_input_size
+from sgid_utils.method.generation import model_input_size
+from sgid_utils.method.generation_setup import (
+    COMPILE_MIN_CANDIDATES,
+    MAX_AUTO_BATCH,
+    auto_batch_size,
+    compile_wanted,
+    writer_threads,
+)
 from sgid_utils.method.guidance import guidance_scale
 from sgid_utils.method.prompts import build_prompt
 
@@ -95,15 +107,15 @@ def test_auto_batch_size_follows_free_memory_and_input_size():
     import torch
 
 
-    gib = 2**30
-    assert auto_batch_size(75 * gib, 512, 512, 3, torch.float16) == 13  # an idle H100
-    assert auto_batch_size(135 * gib, 512, 512, 3, torch.float16) == MAX_AUTO_BATCH  # an idle H200: capped
-    assert auto_batch_size(13 * gib, 512, 512, 3, torch.float16) == 2  # a T4 after the weights
-    assert auto_batch_size(13 * gib, 256, 256, 3, torch.float16) == 9  # a quarter of the pixels
-    assert auto_batch_size(13 * gib, 512, 512, 3, torch.float32) == 1  # twice the bytes per value
+    gib = 2**30  # 0.4 GiB per candidate at 512 x 512 in fp16, 80 % of the free memory used
+    assert auto_batch_size(20 * gib, 512, 512, 3, torch.float16) == 13  # 16 GiB / 1.2 GiB per source
+    assert auto_batch_size(75 * gib, 512, 512, 3, torch.float16) == MAX_AUTO_BATCH  # an idle H100: capped
+    assert auto_batch_size(13 * gib, 512, 512, 3, torch.float16) == 8  # a T4 after the weights
+    assert auto_batch_size(13 * gib, 768, 512, 3, torch.float16) == 5  # 1.5x the pixels
+    assert auto_batch_size(13 * gib, 512, 512, 3, torch.float32) == 4  # twice the bytes per value
     assert auto_batch_size(1 * gib, 768, 768, 3, torch.float16) == 1  # never below one
     # the ControlNet's rows: 1.4x bytes
-    assert auto_batch_size(75 * gib, 512, 512, 3, torch.float16, controlnet=True) == 9
+    assert auto_batch_size(20 * gib, 512, 512, 3, torch.float16, controlnet=True) == 9
 
 
 def test_in_batches_halves_a_batch_that_runs_out_of_memory_down_to_one():
@@ -128,6 +140,68 @@ def test_in_batches_halves_a_batch_that_runs_out_of_memory_down_to_one():
     with pytest.raises(StageError, match=r"while testing, even at 1 per batch \(x.batch_size was halved down to 1\)\. "
                                          r"Free GPU memory \(another process may hold it\), or y\."):
         in_batches(4, 4, never_fits, what="testing", setting="x.batch_size", other=", or y")
+
+
+def test_png_compress_level_changes_the_bytes_not_the_pixels(make_params, pipeline_run):
+    """The stage at zlib levels 0 (inline, the CPU default) and 9 (on 2 writer threads and a loader thread, the CUDA
+    path's, with ``resumable.Pending`` records), in one process, so the same float sums: equal pixels, other files."""
+    runs = {}
+    for level, threads in ((0, None), (9, 2)):
+        params = make_params(f"png{level}", generation={"png_compress_level": level, "writer_threads": threads})
+        copy_stages(pipeline_run, params, "data", "captions", "similarity")
+        runs[level] = run_stage("generate", params).sort_values(["image_id", "k"]).reset_index(drop=True)
+    for stored, packed in zip(runs[0].path, runs[9].path):
+        assert np.array_equal(np.asarray(Image.open(stored)), np.asarray(Image.open(packed)))
+        assert Path(packed).stat().st_size < Path(stored).stat().st_size
+
+
+def test_write_png_level_is_lossless(tmp_path):
+    rng = np.random.default_rng(0)
+    ramp = np.add.outer(np.arange(48), np.arange(64))[..., None] + rng.integers(0, 8, (48, 64, 3))
+    image = Image.fromarray(ramp.astype(np.uint8))
+    paths = [write_png(tmp_path / f"{level}.png", image, level) for level in (0, 1, 9)]
+    assert paths[0].stat().st_size > paths[1].stat().st_size > paths[2].stat().st_size
+    assert all(np.array_equal(np.asarray(Image.open(p)), np.asarray(image)) for p in paths)
+
+
+def test_a_batch_still_writing_is_recorded_only_once_its_files_are_there(tmp_path):
+    """``Pending``: a batch's records wait for its writes (on other threads) while the next batch runs; a failed
+    write is raised, and the batches before it keep their records."""
+    ids = [f"i{n}" for n in range(6)]
+    store = ItemStore(tmp_path / "items")
+    seen: list[dict[str, tuple[bool, bool]]] = []
+
+    def write(item: str) -> None:
+        if item == "i5":
+            raise OSError("disk full")
+        (tmp_path / f"{item}.txt").write_text(item)
+
+    with ThreadPoolExecutor(2) as pool:
+        def process(batch: list[str]) -> Pending:
+            seen.append({i: (store.done(i), (tmp_path / f"{i}.txt").exists()) for i in ids})
+            return Pending({i: {"file": i} for i in batch}, [pool.submit(write, i) for i in batch])
+
+        with pytest.raises(OSError, match="disk full"):
+            run_items(tmp_path / "items", ids, lambda todo: BatchPlan(process, 2, "testing", "x.batch_size"),
+                      sharded=False)
+    assert [[i for i, (done, _) in snapshot.items() if done] for snapshot in seen] == [[], [], ["i0", "i1"]]
+    assert all(exists for snapshot in seen for done, exists in snapshot.values() if done)
+    assert store.todo(ids) == ["i4", "i5"]  # the failed batch has no record; the two before it have
+
+
+def test_compile_and_writer_thread_rules():
+    import torch
+
+    gen, cuda, cpu = GenerationParams(), torch.device("cuda"), torch.device("cpu")
+    assert gen.compile is None
+    assert not compile_wanted(gen, cuda, COMPILE_MIN_CANDIDATES - 1)
+    assert compile_wanted(gen, cuda, COMPILE_MIN_CANDIDATES)  # Pets' upscaled pass: ~3,600 sources x 3
+    assert not compile_wanted(gen, cpu, 10**6)
+    assert compile_wanted(GenerationParams(compile=True), cuda, 1)
+    assert not compile_wanted(GenerationParams(compile=False), cuda, 10**6)
+    assert not compile_wanted(GenerationParams(compile=True), cpu, 10**6)
+    assert writer_threads(gen, cpu) == 0 and writer_threads(gen, cuda) >= 1  # inline on the CPU, threads beside a GPU
+    assert writer_threads(GenerationParams(writer_threads=3), cpu) == 3
 
 
 def test_the_raw_pass_samples_small_sources_per_class_seeded():

@@ -24,6 +24,7 @@ SECTIONS = (
     "Summary",
     "Generation: img2img",
     "Generation: ControlNet",
+    "Generation: where the time goes",
     "Captioning and similarity",
     "Training",
     "Peak memory and largest batch",
@@ -62,6 +63,8 @@ def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    trace = out.with_name(f"{out.stem}_trace.json")  # the profiler trace of one generation loop, beside the report
+    assert json.loads(trace.read_text())["traceEvents"]
     return out.read_text(), json.loads(out.with_suffix(".json").read_text())
 
 
@@ -96,10 +99,25 @@ def test_rates_are_positive_numbers(tiny_report: tuple[str, dict]) -> None:
     assert numbers["variant channels_last"]["max_abs_diff"] < 1e-4  # equal within the batched path's fp32 tolerance
 
 
+def test_time_split_batch_curve_and_trace(tiny_report: tuple[str, dict]) -> None:
+    """The chunk's phases (each a positive time), img/s at every batch size of the curve, and the trace file."""
+    numbers = tiny_report[1]
+    split = numbers["time split"]
+    for phase in ("VAE encode", "UNet steps", "VAE decode"):
+        assert split[phase] > 0, phase
+    assert any(name.startswith("prompt encoding") for name in split)
+    assert any(name.startswith("resize back + PNG") for name in split) and split["writer_threads_s"] > 0
+    assert list(numbers["img/s by batch"]) == ["1", "2", "4"] and all(r > 0 for r in numbers["img/s by batch"].values())
+    assert numbers["profiled loop"]["gpu_busy"] is None  # no GPU here: n/a, not a made-up share
+    text = sections(tiny_report[0])["Generation: where the time goes"]
+    assert numbers["profiled loop"]["trace"] in text
+
+
 def test_projection_covers_each_profile(tiny_report: tuple[str, dict]) -> None:
     rows = tiny_report[1]["projection"]
     totals = [r["profile"] for r in rows if "total" in r["stage"]]
-    assert totals == ["pets", "flowers", "pets_backbones", "flowers_backbones"]
+    assert totals == ["pets", "flowers", "pets_backbones", "flowers_backbones", "pets_quick"]
+    assert set(tiny_report[1]["t4_projection_s"]) == set(totals)
     backbones = [r for r in rows if r["profile"] == "pets_backbones"]
     assert [r["projected"] for r in backbones if r["stage"] == "generate"] == [
         "0"

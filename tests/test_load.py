@@ -166,3 +166,22 @@ def test_code_versions_make_older_outputs_stale(make_params, tmp_path):
     pin_fingerprint(file, older, "captions")  # a run dir captioned by the code before version 2
     with pytest.raises(StaleOutputsError, match="captioning.code_version: was None, now 2"):
         pin_fingerprint(file, fingerprint(params, "captions"), "captions")
+
+
+def test_quick_profile_runs_the_pets_method_on_a_subset():
+    """params/pets_quick.yaml: Pets' models, prompts, generation and training recipe; only the counts shrink."""
+    from sgid_utils.config.backbones import configs
+    from sgid_utils.preflight.projection import full_run_counts
+
+    quick, full = (load_params(REPO / "params" / f"{name}.yaml") for name in ("pets_quick", "pets"))
+    assert (quick.models, quick.captioning, quick.similarity, quick.generation) == (
+        full.models, full.captioning, full.similarity, full.generation)
+    assert quick.curation.model_copy(update={"error_analysis_sample": 5}) == full.curation
+    assert quick.training.model_copy(update={"methods": full.training.methods, "seeds": full.training.seeds,
+                                              "sgid_proportions": full.training.sgid_proportions,
+                                              "eval_every": 1}) == full.training
+    assert quick.dataset.max_per_class == 8 and quick.dataset.max_test_per_class is None  # the whole test split
+    assert sorted(c.name for c in configs(quick)) == sorted(
+        f"{m}_seed{s}" for m in ("baseline", "randaugment", "sgid100") for s in (0, 1, 2))
+    assert full_run_counts(quick).train_images == 8 * 37
+    assert quick.run.dir != full.run.dir

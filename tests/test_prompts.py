@@ -73,3 +73,26 @@ def test_ablation_prompts_are_unweighted_label_or_caption():
         ("A picture of Great Pyrenees", 1.0)]
     assert fragments(build_prompt(caption, "Great Pyrenees", GenerationParams(prompt="caption_only"))) == [
         ("a dog ) on grass", 1.0)]
+
+
+@pytest.mark.parametrize("negative", ["", "blurry, (low quality)1.2"])
+def test_chunk_encoding_equals_compels_per_prompt_pairs(assets, negative):
+    """``PromptEncoder.many`` (the negative encoded once per run) gives compel's pair call's embeddings, also for a
+    prompt longer than CLIP's 77 tokens, whose negative compel pads to its length."""
+    from sgid_utils.method.generation import PromptEncoder
+    from sgid_utils.models.loading import load_img2img
+
+    models, _ = assets
+    encode = PromptEncoder(load_img2img(str(models / "sd")))
+    gen = GenerationParams()
+    long_caption = " ".join(["a fluffy white dog with a long tail sitting on green grass"] * 3)
+    prompts = [build_prompt(c, label, gen) for c, label in
+               [("a dog on grass", "pug"), (long_caption, "Great Pyrenees"), ("a red flower", "rose")]]
+    pairs = encode.many(prompts, negative)
+    assert pairs[1][0].shape[1] > pairs[0][0].shape[1] == 77  # the long prompt is not truncated
+    for prompt, (embeds, negative_embeds) in zip(prompts, pairs):
+        ref, ref_negative = encode(prompt, negative)
+        assert embeds.shape == ref.shape and negative_embeds.shape == ref_negative.shape
+        torch.testing.assert_close(embeds, ref, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(negative_embeds, ref_negative, atol=1e-6, rtol=1e-5)
+    assert list(encode.negatives) == [negative]  # encoded once, reused for every prompt

@@ -247,3 +247,34 @@ def test_a_step_the_loss_scaler_skips_is_reported_and_changes_nothing():
     assert stepped and not torch.equal(model.weight, before)
     off = torch.amp.GradScaler("cpu", enabled=False)  # no AMP (the CPU default): every step counts
     assert train_step(model, optimizer, off, torch.randn(2, 4), y, y, 1.0, use_amp=False)[1]
+
+
+def test_configurations_trained_at_once_give_the_one_at_a_time_results(make_params, pipeline_run, monkeypatch):
+    """training.jobs: 2 worker processes give each configuration's result, per-epoch history (losses, accuracy) and
+    predictions as one process does, to the bit (one thread each, as here)."""
+    import sgid_utils.stages.train as tr
+    from sgid_utils.core import catalog
+    from sgid_utils.core.runner import run_stage
+
+    pools, original = [], tr.run_ordered
+    monkeypatch.setattr(tr, "run_ordered", lambda calls, after, jobs, sizes: pools.append(jobs) or
+                        original(calls, after, jobs, sizes))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    training = {"methods": ["baseline", "randaugment", "sgid"], "sgid_proportions": [1.0], "seeds": [0, 1]}
+    runs, tables = {}, {}
+    try:
+        for jobs in (1, 2):
+            runs[jobs] = make_params(f"jobs{jobs}", training={**training, "jobs": jobs})
+            copy_stages(pipeline_run, runs[jobs], "data", "generate", "upscale", "curate")
+            tables[jobs] = run_stage("train", runs[jobs])
+    finally:
+        torch.set_num_threads(threads)
+    assert len(tables[1]) == 6 and pools == [2]  # jobs 1 trains in this process, jobs 2 on a pool of two
+    pd.testing.assert_frame_equal(tables[1], tables[2])
+    for name in tables[1].config:
+        for table in ("history", "predictions"):
+            one, two = (catalog.load(runs[j], table, config=name) for j in (1, 2))
+            pd.testing.assert_frame_equal(one.drop(columns=["seconds"], errors="ignore"),
+                                          two.drop(columns=["seconds"], errors="ignore"), check_exact=True)

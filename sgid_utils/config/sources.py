@@ -186,6 +186,9 @@ SOURCES: dict[str, Source] = {
     "generation.batch_size": _ours(_SPEED),
     "generation.dtype": _ours(_SPEED + " (within floating-point tolerance)"),
     "generation.compile": _ours(_SPEED),
+    "generation.compile_vae": _ours(_SPEED),
+    "generation.writer_threads": _ours(_SPEED),
+    "generation.png_compress_level": _ours("speed and file size only: the pixels do not depend on it"),
     # curation
     "curation.upscale_threshold": _report(f"{_PRE}: 'By upscaling images of smaller resolution', SD 'was trained on "
                                           "512 x 512 images' (the report's own remedy; the 512 px short-side "
@@ -251,6 +254,7 @@ SOURCES: dict[str, Source] = {
                                              "default parameters (N = 2, M = 9)"),
     "training.num_workers": _ours("speed only, but not output-neutral: each worker seeds its own RandAugment draws, so "
                                 "a different count gives different augmentations"),
+    "training.jobs": _ours(_SPEED),
     "training.amp": _ours("speed and memory, but not output-neutral: mixed precision changes the training numerics, "
                         "so accuracies differ slightly from a float32 run"),
     "training.equal_steps": _ours("off: every method trains the same epochs, so SGID at 100 % gets twice the "

@@ -78,6 +78,10 @@ class TrainingParams(Section):
     randaugment_num_ops: int = Field(2, ge=0)
     randaugment_magnitude: int = Field(9, ge=0, le=30)
     num_workers: int = Field(2, ge=0)
+    jobs: int = Field(1, ge=1, description="Configurations (method x proportion x seed) trained at once, each in its "
+                      "own process on the same device: speed only, each seeds itself, so the results are those of "
+                      "one at a time. A ViT-B/16 at batch 32 leaves most of a large GPU idle; each job needs its own "
+                      "memory (3.5 GiB on an H200).")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on the CPU).")
     equal_steps: bool = Field(False, description="true: every method trains for its backbone's Baseline number of "
                               "optimisation steps (ceil(n_real / batch_size) * epochs), so a larger SGID set sees "

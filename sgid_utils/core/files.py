@@ -14,6 +14,7 @@ files a record stands for, a training result) is moved aside as ``<name>.damaged
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -33,14 +34,14 @@ from sgid_utils.core.errors import CorruptFileError, StaleOutputsError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-# Fault injection for the kill-and-resume tests: SIGKILL this process right after its N-th atomic write.
+# Fault injection for the kill-and-resume tests: SIGKILL this process right after its N-th atomic write. The count
+# is an itertools.count, whose next() is atomic under the GIL: writer threads (generation's PNGs) share it.
 _KILL_AFTER = int(os.environ.get("SGID_FAULT_KILL_AFTER_WRITES", 0))
-_writes = 0
+_writes = itertools.count(1)
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(temporary path)`` in the target's folder, then rename the result onto ``path``."""
-    global _writes
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -52,8 +53,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _writes += 1
-    if _writes == _KILL_AFTER:
+    if next(_writes) == _KILL_AFTER:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
 
@@ -124,9 +124,10 @@ def _ends_a_line(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def write_png(path: Path, image: Image.Image) -> Path:
-    """PNG without timestamps, so identical pixels give identical bytes."""
-    return write_atomic(path, lambda t: image.save(t, format="PNG"))
+def write_png(path: Path, image: Image.Image, compress_level: int = 6) -> Path:
+    """PNG without timestamps, so identical pixels give identical bytes (at one ``compress_level``: zlib's 0-9, PIL's
+    default 6; the level changes the bytes and the time, never the pixels)."""
+    return write_atomic(path, lambda t: image.save(t, format="PNG", compress_level=compress_level))
 
 
 def write_figure(path: Path, fig: Any) -> Path:

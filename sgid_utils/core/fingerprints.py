@@ -26,7 +26,9 @@ from sgid_utils.core.rundir import RunDir
 # (``backbone_fingerprint``), so adding one or changing one's recipe leaves the others' finished runs valid.
 NOT_IN_FINGERPRINT = {
     "captioning.batch_size", "similarity.batch_size", "curation.batch_size", "generation.batch_size",
-    "generation.compile", "training.eval_batch_size", "training.methods", "training.seeds",
+    "generation.compile", "generation.compile_vae", "generation.png_compress_level",
+    "generation.writer_threads",
+    "training.eval_batch_size", "training.jobs", "training.methods", "training.seeds",
     "training.sgid_proportions", "training.filtered_proportions", "training.combined_proportions",
     "training.method_proportions", "training.backbones",
 }

@@ -9,7 +9,9 @@ process a batch of items (``BatchPlan.process``). ``run_items`` does the rest:
 - runs batches, halving a batch that runs out of GPU memory and retrying it (the same
   halving and message for every stage; like accelerate's ``find_executable_batch_size``,
   but per chunk, so finished chunks are kept);
-- writes one record per item as soon as its batch is done, so a kill loses only the batch in flight;
+- writes one record per item as soon as its batch is done, so a kill loses only the batch in flight; a batch whose
+  files are still being written on other threads (``Pending``, generation's PNG writers) gets its records once they
+  are, while the next batch already runs, so a record never names a file that is not there yet;
 - returns every record, in item order, once all items (of every process) are done.
 """
 
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,15 +100,31 @@ def in_batches(total: int, batch: int, work: Callable[[int, int], None], what: s
 
 
 @dataclass
+class Pending:
+    """A batch's records, final once ``futures`` (the writes of its files, on other threads) are done."""
+
+    records: Mapping[str, Any]
+    futures: Sequence[Future]
+
+    def result(self) -> Mapping[str, Any]:
+        """The records, once every write has finished; a write's error is raised here."""
+        wait(self.futures)
+        for future in self.futures:
+            future.result()
+        return self.records
+
+
+@dataclass
 class BatchPlan:
     """How a stage processes its items, made once there is work (models load only then)."""
 
-    process: Callable[[list[str]], Mapping[str, Any]]  # a batch of item ids -> the record of each
+    process: Callable[[list[str]], Mapping[str, Any] | Pending]  # a batch of item ids -> the record of each
     size: int  # items per batch to start with
     what: str  # for the progress bar and messages, e.g. "captioning"
     setting: str  # the params key that sets ``size``
     order: Sequence[str] | None = None  # processing order of the items to do (default: as given)
     other: str = ""  # further settings to lower on out-of-memory, e.g. ", or lower generation.max_side"
+    in_flight: int = 1  # at most this many batches still writing their files (``Pending``) while the next one runs
 
 
 def run_items(folder: Path, item_ids: Sequence[str], start: Callable[[list[str]], BatchPlan],
@@ -122,14 +142,31 @@ def run_items(folder: Path, item_ids: Sequence[str], start: Callable[[list[str]]
         plan = start(todo)
         order = list(plan.order if plan.order is not None else todo)
         bar = tqdm(total=len(order), desc=plan.what, unit="item")
+        writing: deque[tuple[list[str], Pending]] = deque()
 
-        def work(first: int, stop: int) -> None:
-            ids = order[first:stop]
-            records = plan.process(ids)
+        def put(ids: list[str], records: Mapping[str, Any]) -> None:
             for item_id in ids:
                 store.put(item_id, records[item_id])
             bar.update(len(ids))
 
-        in_batches(len(order), plan.size, work, plan.what, plan.setting, plan.other)
+        def settle(keep: int) -> None:
+            """Record the oldest batches still writing until at most ``keep`` are left."""
+            while len(writing) > keep:
+                ids, pending = writing.popleft()
+                put(ids, pending.result())
+
+        def work(first: int, stop: int) -> None:
+            ids = order[first:stop]
+            records = plan.process(ids)
+            if isinstance(records, Pending):
+                writing.append((ids, records))
+                settle(plan.in_flight)
+            else:
+                put(ids, records)
+
+        try:
+            in_batches(len(order), plan.size, work, plan.what, plan.setting, plan.other)
+        finally:  # also when a batch fails: the batches before it keep their files and records
+            settle(0)
         bar.close()
     return store.records(item_ids) if store.complete(item_ids) else None

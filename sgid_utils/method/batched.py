@@ -34,6 +34,7 @@ items of any sizes and returns outputs in input order.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,10 @@ if TYPE_CHECKING:  # diffusers takes seconds to import: the loop imports what it
     from diffusers import StableDiffusionControlNetImg2ImgPipeline, StableDiffusionImg2ImgPipeline
 
     Pipeline = StableDiffusionImg2ImgPipeline | StableDiffusionControlNetImg2ImgPipeline
+
+# UNet calls by their rows (CFG pairs count two), since the process started or the generation stage last cleared it:
+# how full the batches that mixed input sizes leave actually are.
+UNET_ROWS: Counter[int] = Counter()
 
 
 def batch_key(
@@ -122,6 +127,7 @@ def generate_batch(
         control = control.repeat_interleave(torch.tensor(counts, device=device), dim=0)
         control = torch.cat([control[guided], control])
 
+    UNET_ROWS[len(guided) + n] += len(timesteps)
     for t in timesteps:
         model_input = pipe.scheduler.scale_model_input(torch.cat([latents[guided], latents]), t)
         residuals = {}

@@ -16,6 +16,9 @@ default on the CPU) each source goes through the diffusers pipeline itself, whic
 keeps CPU outputs byte-identical across resumes. Left unset on CUDA, the batch size
 comes from free GPU memory (``auto_batch_size``) and halves on an out-of-memory error.
 
+On CUDA, threads load the next chunk and write PNGs beside the loop (``generation.writer_threads``; items recorded
+once their files are there: ``resumable.Pending``); on the CPU they would take torch's cores, so all runs inline.
+
 With ``generation.generator: controlnet`` (beyond the paper) the same prompt, scale,
 strength and seeds go through img2img with a Canny-edge ControlNet: each source's
 edge map (``sgid_utils.method.edges``, at the model-input size) is saved beside its
@@ -28,6 +31,8 @@ same pieces.
 
 from __future__ import annotations
 
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -40,33 +45,18 @@ from sgid_utils.config.schema import GenerationParams, Generator, Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_png
 from sgid_utils.core.images import load_run_image
-from sgid_utils.core.resumable import BatchPlan, run_items
+from sgid_utils.core.resumable import BatchPlan, Pending, run_items
 from sgid_utils.core.rundir import Pass, RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed, torch_rng
-from sgid_utils.method.batched import generate_many
+from sgid_utils.method.batched import UNET_ROWS, generate_many
 from sgid_utils.method.edges import canny_edges
+from sgid_utils.method.generation_setup import compile_wanted, rows_summary, start_batch_size, writer_threads
 from sgid_utils.method.guidance import guidance_scale
+from sgid_utils.method.prompt_encoding import PromptEncoder
 from sgid_utils.method.prompts import build_prompt
 from sgid_utils.models.loading import load_controlnet_img2img, load_img2img, resolve_device, resolve_dtype
 
-# GPU memory one candidate takes in the batched loop at 512 x 512 in fp16: its UNet rows (the CFG pair)
-# and its share of the VAE decode, about 1.5 GiB by diffusers users' reports, not measured here. Only the
-# starting batch size rests on it: an out-of-memory error halves the batch and retries.
-CANDIDATE_BYTES_512_FP16 = 1.5 * 2**30
-CONTROLNET_MEMORY_FACTOR = 1.4
-MAX_AUTO_BATCH = 16  # 48 candidates at k = 3: enough rows to fill an H100's tensor cores
 GENERATORS: tuple[str, ...] = get_args(Generator)
-
-
-def auto_batch_size(free_bytes: int, width: int, height: int, k: int, dtype: torch.dtype,
-                    controlnet: bool = False) -> int:
-    """Sources per denoising loop that fit in 80 % of ``free_bytes`` at this input size, between 1 and MAX_AUTO_BATCH.
-
-    Under the ControlNet each row also runs the ControlNet's encoder copy and keeps its residuals: taken as 1.4x the
-    bytes (an estimate from its FLOPs, +31 % per step; an out-of-memory error still halves the batch)."""
-    scale = width * height / 512**2 * torch.finfo(dtype).bits / 16 * (CONTROLNET_MEMORY_FACTOR if controlnet else 1.0)
-    return int(max(1, min(MAX_AUTO_BATCH, 0.8 * free_bytes // (k * CANDIDATE_BYTES_512_FP16 * scale))))
-
 
 def model_input_size(width: int, height: int, max_side: int, short_side: int | None = None,
                      multiple: int = 8) -> tuple[int, int]:
@@ -83,20 +73,6 @@ def model_input_size(width: int, height: int, max_side: int, short_side: int | N
     scale = min(scale, cap / max(width, height)) if max(width, height) * scale > cap else scale
     to_grid = (lambda v: round(v / multiple) * multiple) if upscale else (lambda v: int(v) // multiple * multiple)
     return max(multiple, to_grid(width * scale)), max(multiple, to_grid(height * scale))
-
-
-class PromptEncoder:
-    """compel's weighted-prompt embeddings for the pipeline's own tokenizer and text encoder."""
-
-    def __init__(self, pipe) -> None:
-        from compel import CompelForSD  # 4 s to import: here, so that a finished stage skips without it
-
-        self.compel = CompelForSD(pipe)
-
-    @torch.inference_mode()
-    def __call__(self, prompt: str, negative: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.compel(prompt, negative_prompt=negative)
-        return out.embeds, out.negative_embeds
 
 
 @torch.inference_mode()
@@ -153,9 +129,11 @@ def sources_for(params: Params, variant: Pass, images: pd.DataFrame) -> pd.DataF
     return df.assign(in_w=[w for w, _ in sizes], in_h=[h for _, h in sizes]).reset_index(drop=True)
 
 
-def load_generator(params: Params, generator: str | None = None) -> tuple[Any, PromptEncoder, torch.device]:
-    """The pipeline of ``generator`` (default: generation.generator) in the run's dtype (optionally compiled on CUDA)
-    and its prompt encoder. No channels_last: on an H200 it made the batched loop slower
+def load_generator(params: Params, generator: str | None = None,
+                   candidates: int = 0) -> tuple[Any, PromptEncoder, torch.device]:
+    """The pipeline of ``generator`` (default: generation.generator) in the run's dtype and its prompt encoder; on
+    CUDA its UNet compiled by ``compile_wanted`` for a pass of ``candidates`` (and its VAE decoder with
+    ``generation.compile_vae``). No channels_last: on an H200 it made the batched loop slower
     (0.89x, docs/PERFORMANCE.md)."""
     gen = params.generation
     device = resolve_device(params)
@@ -164,20 +142,11 @@ def load_generator(params: Params, generator: str | None = None) -> tuple[Any, P
         pipe = load_controlnet_img2img(params.models.diffusion, params.models.controlnet, str(device), dtype)
     else:
         pipe = load_img2img(params.models.diffusion, str(device), dtype)
-    if device.type == "cuda" and gen.compile and not hasattr(pipe.unet, "_orig_mod"):
+    if compile_wanted(gen, device, candidates) and not hasattr(pipe.unet, "_orig_mod"):
         pipe.unet = torch.compile(pipe.unet)
+    if device.type == "cuda" and gen.compile_vae and not hasattr(pipe.vae.decoder, "_orig_mod"):
+        pipe.vae.decoder = torch.compile(pipe.vae.decoder)
     return pipe, PromptEncoder(pipe), device
-
-
-def start_batch_size(params: Params, pipe, device: torch.device, largest: tuple[int, int]) -> int:
-    """generation.batch_size; unset: from free GPU memory for the largest input on CUDA, 1 on the CPU."""
-    gen = params.generation
-    if gen.batch_size is not None:
-        return gen.batch_size
-    if device.type == "cuda":
-        return auto_batch_size(torch.cuda.mem_get_info(device)[0], *largest, gen.num_candidates, pipe.unet.dtype,
-                               controlnet=gen.generator == "controlnet")
-    return 1
 
 
 @dataclass(frozen=True)
@@ -193,12 +162,19 @@ class Chunk:
     seeds: list[list[int]]
 
 
-def prepare(params: Params, rows: list[Any]) -> Chunk:
-    """Load and size the sources of ``rows`` (from ``sources_for``) and derive their prompts, scales and seeds."""
+def load_sized(row: Any) -> tuple[Image.Image, Image.Image]:
+    """A source (a row of ``sources_for``) and its image at the model-input size."""
+    src = load_run_image(row.path)
+    return src, (src.resize((row.in_w, row.in_h), Image.Resampling.LANCZOS) if (row.in_w, row.in_h) != src.size
+                 else src)
+
+
+def prepare(params: Params, rows: list[Any], loaded: list[tuple[Image.Image, Image.Image]] | None = None) -> Chunk:
+    """Load and size the sources of ``rows`` (from ``sources_for``; ``loaded``: their ``load_sized`` images, if
+    already loaded) and derive their prompts, scales and seeds."""
     gen = params.generation
-    originals = [load_run_image(r.path) for r in rows]
-    inputs = [src.resize((r.in_w, r.in_h), Image.Resampling.LANCZOS) if (r.in_w, r.in_h) != src.size else src
-              for r, src in zip(rows, originals)]
+    loaded = loaded if loaded is not None else [load_sized(r) for r in rows]
+    originals, inputs = [o for o, _ in loaded], [i for _, i in loaded]
     return Chunk(
         rows, originals, inputs, [build_prompt(r.caption, r.class_name, gen) for r in rows],
         [guidance_scale(r.s_star, gen.guidance) for r in rows],
@@ -218,7 +194,7 @@ def run_generator(pipe, encode: PromptEncoder, gen: GenerationParams, chunk: Chu
 
     ``edges``: the control images of a ControlNet pipeline, None for plain img2img.
     """
-    embeds = [encode(p, gen.negative_prompt) for p in chunk.prompts]
+    embeds = encode.many(chunk.prompts, gen.negative_prompt)
     scale = gen.controlnet.conditioning_scale
     if reference:
         controls = edges or [None] * len(embeds)
@@ -236,14 +212,26 @@ def at_source_size(candidate: Image.Image, original: Image.Image) -> Image.Image
     return candidate.resize(original.size, Image.Resampling.LANCZOS)
 
 
+def save_candidate(path: Path, candidate: Image.Image, original: Image.Image, compress_level: int) -> Path:
+    """One candidate resized back to its source's size and written as PNG: a writer thread's job."""
+    return write_png(path, at_source_size(candidate, original), compress_level)
+
+
 def candidate_records(params: Params, variant: Pass, source, prompt: str, scale: float, seeds: list[int],
-                      outputs: list[Image.Image], original: Image.Image, edges: str | None = None) -> list[dict]:
+                      outputs: list[Image.Image], original: Image.Image, edges: str | None = None,
+                      writers: ThreadPoolExecutor | None = None, saving: list[Future] | None = None) -> list[dict]:
     """Save one source's candidates (resized back to the source's size) and describe each (``edges``: its edge map's
-    stored path, under the ControlNet generator)."""
+    stored path, under the ControlNet generator). With ``writers`` the saves run there, their futures appended to
+    ``saving`` (the files are there once those are done); without, they are written before this returns."""
     run = RunDir.of(params)
+    level = params.generation.png_compress_level
     records = []
     for k, (seed, out) in enumerate(zip(seeds, outputs)):
-        path = write_png(run.generated_image(variant, source.image_id, k), at_source_size(out, original))
+        path = run.generated_image(variant, source.image_id, k)
+        if writers is None:
+            save_candidate(path, out, original, level)
+        else:
+            saving.append(writers.submit(save_candidate, path, out, original, level))
         records.append({
             "image_id": source.image_id, "variant": variant, "k": k, "seed": seed,
             "path": run.relative(path),
@@ -264,32 +252,60 @@ def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None
     gen = params.generation
     sources = sources_for(params, variant, images)
     sources.index = sources.image_id.to_numpy()
+    rows = dict(zip(sources.image_id, sources.itertuples(index=False)))
+    threads = writer_threads(gen, resolve_device(params))
+    writers = ThreadPoolExecutor(threads, thread_name_prefix="sgid-png") if threads else None
+    loader = ThreadPoolExecutor(1, thread_name_prefix="sgid-load") if threads else None
+    loading: dict[str, Future] = {}
+
+    def load(ids: list[str]) -> None:
+        for i in ids:
+            if loader is not None and i not in loading:
+                loading[i] = loader.submit(load_sized, rows[i])
 
     def start(todo: list[str]) -> BatchPlan:
-        pipe, encode, device = load_generator(params)
+        pipe, encode, device = load_generator(params, candidates=len(todo) * gen.num_candidates)
         mine = sources.loc[todo].sort_values(["in_w", "in_h", "image_id"], kind="stable")  # same sizes share a loop
         largest = mine.iloc[(mine.in_w * mine.in_h).argmax()]
+        order = list(mine.index)
+        position = {i: n for n, i in enumerate(order)}
         # The reference path (the diffusers pipeline itself), when asked for or on the CPU by default; never
         # switched on by free GPU memory, so a resumed run does not mix paths.
         reference = gen.batch_size == 1 or (gen.batch_size is None and device.type != "cuda")
 
-        def process(ids: list[str]) -> dict[str, list[dict]]:
-            chunk = prepare(params, list(sources.loc[ids].itertuples(index=False)))
+        def process(ids: list[str]) -> Pending | dict[str, list[dict]]:
+            load(ids)
+            loaded = [loading.pop(i).result() if i in loading else load_sized(rows[i]) for i in ids]
+            after = position[ids[-1]] + 1
+            load(order[after:after + len(ids)])  # the next chunk loads and upscales while this one denoises
+            chunk = prepare(params, [rows[i] for i in ids], loaded)
             edges, stored = None, [None] * len(ids)
             if gen.generator == "controlnet":  # saved before the candidates: a finished item has both
                 edges = edge_maps(gen, chunk.inputs)
                 stored = [run.relative(write_png(run.edge_map(variant, i), e)) for i, e in zip(ids, edges)]
             outputs = run_generator(pipe, encode, gen, chunk, edges, reference)
-            return {r.image_id: candidate_records(params, variant, r, *rest) for r, *rest in
-                    zip(chunk.rows, chunk.prompts, chunk.scales, chunk.seeds, outputs, chunk.originals, stored)}
+            saving: list[Future] = []
+            records = {r.image_id: candidate_records(params, variant, r, *rest, writers=writers, saving=saving)
+                       for r, *rest in zip(chunk.rows, chunk.prompts, chunk.scales, chunk.seeds, outputs,
+                                           chunk.originals, stored)}
+            return records if writers is None else Pending(records, saving)  # recorded once written
 
         return BatchPlan(process, start_batch_size(params, pipe, device, (largest.in_w, largest.in_h)),
-                       f"generating ({variant}) from sources up to {largest.in_w}x{largest.in_h}",
-                       "generation.batch_size", order=list(mine.index),
-                       other=f", or lower generation.max_side (now {gen.max_side})")
+                         f"generating ({variant}) from sources up to {largest.in_w}x{largest.in_h}",
+                         "generation.batch_size", order=order,
+                         other=f", or lower generation.max_side (now {gen.max_side})")
 
-    records = run_items(run.items(run.generation_stage(variant)), list(sources.image_id), start,
-                        outputs=lambda _, recs: [run.absolute(r[k]) for r in recs for k in ("path", "edges") if k in r])
+    UNET_ROWS.clear()
+    try:
+        records = run_items(run.items(run.generation_stage(variant)), list(sources.image_id), start,
+                            outputs=lambda _, recs: [run.absolute(r[k]) for r in recs for k in ("path", "edges")
+                                                     if k in r])
+    finally:
+        for pool in filter(None, (writers, loader)):
+            pool.shutdown()
+    if UNET_ROWS:
+        print(f"[sgid] generation ({variant}): UNet rows per call (rows: calls): {rows_summary(UNET_ROWS)}",
+              file=sys.stderr)
     if records is None:
         return None
     return catalog.save(params, f"manifest_{variant}", pd.DataFrame([r for recs in records for r in recs]))

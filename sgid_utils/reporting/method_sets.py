@@ -13,7 +13,7 @@ import torch
 
 from sgid_utils.config.methods import AUGMENTATIONS
 from sgid_utils.core import catalog
-from sgid_utils.core.images import load_image
+from sgid_utils.core.images import load_run_image
 from sgid_utils.method.embeddings import class_prompt_embeddings, image_embeddings, load_embeddings
 from sgid_utils.models.loading import load_clip, resolve_device
 from sgid_utils.reporting.set_metrics import (
@@ -51,7 +51,7 @@ def methods_set_metrics(params) -> pd.DataFrame:
         if table is None or not len(table):
             continue
         table = table[table.image_id.isin(list(sources))]
-        emb = np.concatenate([image_embeddings(model, processor, [load_image(p) for p in chunk]).cpu().numpy()
+        emb = np.concatenate([image_embeddings(model, processor, [load_run_image(p) for p in chunk]).cpu().numpy()
                               for chunk in np.array_split(table.path.to_numpy(), max(1, len(table) // 32))])
         labels = table.label.map(position).to_numpy()
         c = consistency_metrics(emb, text, labels)

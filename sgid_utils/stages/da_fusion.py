@@ -21,7 +21,7 @@ from PIL import Image
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_png
-from sgid_utils.core.images import load_image
+from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed
@@ -76,7 +76,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
 
         def process(ids: list[str]) -> dict[str, list[dict]]:
             rows = list(sources.loc[ids].itertuples(index=False))
-            originals = {r.image_id: load_image(r.path) for r in rows}
+            originals = {r.image_id: load_run_image(r.path) for r in rows}
             canvas = {i: o.resize((d.resolution, d.resolution), Image.Resampling.LANCZOS) for i, o in originals.items()}
             jobs = [(r, m, seed_of(params, r.image_id, m)) for r in rows for m in range(d.num_synthetic)]
             made: dict[tuple[str, int], Image.Image] = {}

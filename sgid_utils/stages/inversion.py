@@ -18,7 +18,7 @@ import torch
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_atomic
-from sgid_utils.core.images import load_image
+from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed
@@ -78,7 +78,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
             for item in ids:
                 name, label = classes.class_name[item], int(classes.label[item])
                 token = class_token(name)
-                own = [load_image(p) for p in train[train.label == label].sort_values("image_id").path]
+                own = [load_run_image(p) for p in train[train.label == label].sort_values("image_id").path]
                 seed = derive_seed(draw_seed(params), label, purpose="inversion")
                 start_embedding = initial_embedding(tokenizer, text_encoder,
                                                     params.da_fusion.initializer_token).float().cpu()

@@ -23,12 +23,13 @@ from PIL import Image
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_png
-from sgid_utils.core.images import load_image
+from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed
 from sgid_utils.method.batched import generate_many
-from sgid_utils.method.generation import at_source_size, auto_batch_size, generate_candidates
+from sgid_utils.method.generation import at_source_size, generate_candidates
+from sgid_utils.method.generation_setup import auto_batch_size
 from sgid_utils.models.loading import load_img2img, resolve_device, resolve_dtype
 
 METHOD = "real_guidance"
@@ -65,7 +66,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
 
         def process(ids: list[str]) -> dict[str, dict]:
             rows = list(sources.loc[ids].itertuples(index=False))
-            originals = [load_image(r.path) for r in rows]
+            originals = [load_run_image(r.path) for r in rows]
             canvas = [o.resize((rg.resolution, rg.resolution), Image.Resampling.LANCZOS) for o in originals]
             seeds = [[seed_of(params, r.image_id)] for r in rows]
             if reference:

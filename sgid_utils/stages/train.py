@@ -14,11 +14,14 @@ records its steps. The backbones and configurations come from ``config.backbones
 
 Each (backbone, method, proportion, seed) checkpoints at every epoch boundary and resumes there; a finished
 one is not retrained. Images are decoded and resized once per process and shared by all configurations.
+With ``training.jobs`` > 1 that many configurations train at once, each in a worker process on the same device
+(``core.workers.run_ordered``); each seeds itself, so the results are those of one at a time.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import pandas as pd
 import torch
@@ -35,6 +38,7 @@ from sgid_utils.core.fingerprints import backbone_fingerprint
 from sgid_utils.core.resumable import gpu_memory_hint, my_share
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, deterministic_torch, seed_everything
+from sgid_utils.core.workers import run_ordered
 from sgid_utils.method.augmentations import randaugment
 from sgid_utils.method.image_cache import CachedImages, shared_cache
 from sgid_utils.method.replacement import ReplacementSampler, synthetic_indices
@@ -96,6 +100,7 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
         run.checkpoint(cfg.name).unlink(missing_ok=True)  # a run killed between its result and this cleanup
         return done
     device = resolve_device(params)
+    deterministic_torch(t.deterministic)  # here, not once per stage: with training.jobs each job is its own process
     seed = derive_seed(params.run.seed, "train", cfg.seed, purpose="training")
     # head (or, from scratch, every weight) init, data order (via loader_gen), CutMix and RandAugment draws
     seed_everything(seed)
@@ -139,6 +144,15 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
     return result
 
 
+def train_one(params: Params, cfg: TrainConfig, data: pd.DataFrame, test: pd.DataFrame, num_classes: int) -> dict:
+    """``train_config`` with the stage's advice on out-of-memory: one call of the stage's loop, or one job of it."""
+    size = backbone(params, cfg.backbone).batch_size
+    jobs = f", or training.jobs (now {params.training.jobs})" if params.training.jobs > 1 else ""
+    with gpu_memory_hint(f"training {cfg.name}",
+                         f"Lower the batch size (training.batch_size or the backbone's; now {size}){jobs}."):
+        return train_config(params, cfg, data, test, num_classes)
+
+
 def training_sets(params: Params, images: pd.DataFrame | None = None,
                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[str, float], pd.DataFrame], int]:
     """Real train/test tables with contiguous class indices, and the generated additions per (method, proportion).
@@ -178,7 +192,6 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     configurations on its own GPU; the table is written once every configuration has a result.
     """
     run = RunDir.of(params)
-    deterministic_torch(params.training.deterministic)
     for bb in backbones(params):
         if bb.name:  # a listed backbone; the implicit one's recipe (training.*) is in the stage's own fingerprint
             pin_fingerprint(run.backbone_fingerprint(bb.name), backbone_fingerprint(bb), f"train ({bb.label})",
@@ -187,13 +200,19 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     train, test, additions, num_classes = training_sets(params, images)
     all_configs = configs(params)
     mine = set(my_share(c.name for c in all_configs))
-    for cfg in tqdm([c for c in all_configs if c.name in mine], desc="training runs", unit="run"):
+    todo = [c for c in all_configs if c.name in mine]  # a finished one returns at once (and drops a stale checkpoint)
+
+    def data_for(cfg: TrainConfig) -> pd.DataFrame:
         extra = additions.get((cfg.method, cfg.proportion))
-        data = pd.concat([train, extra], ignore_index=True) if extra is not None else train
-        size = backbone(params, cfg.backbone).batch_size
-        with gpu_memory_hint(f"training {cfg.name}",
-                             f"Lower the batch size (training.batch_size or the backbone's; now {size})."):
-            train_config(params, cfg, data, test, num_classes)
+        return pd.concat([train, extra], ignore_index=True) if extra is not None else train
+
+    jobs = min(params.training.jobs, sum(not run.result(c.name).exists() for c in todo))
+    if jobs > 1:  # the longest (most images) start first, so that none runs alone at the end
+        run_ordered([partial(train_one, params, cfg, data_for(cfg), test, num_classes) for cfg in todo],
+                    [set() for _ in todo], jobs, sizes=[len(data_for(cfg)) for cfg in todo])
+    else:
+        for cfg in tqdm(todo, desc="training runs", unit="run"):
+            train_one(params, cfg, data_for(cfg), test, num_classes)
     results = [read_record(run.result(c.name)) for c in all_configs]
     if any(r is None for r in results):
         return None
