@@ -9,14 +9,10 @@ from pydantic import BaseModel, create_model
 
 from sgid_utils.config import schema, training
 from sgid_utils.config.load import load_params
+from sgid_utils.config.origins import Source
 from sgid_utils.config.schema import Params
 from sgid_utils.config.settings import changed_settings, schema_keys, settings_table
-from sgid_utils.config.sources import (
-    COLUMNS,
-    SOURCES,
-    Source,
-    source_of,
-)
+from sgid_utils.config.sources import COLUMNS, SOURCES, source_of
 
 from .conftest import REPO
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from pydantic import Field, field_validator
 
+from sgid_utils.config.origins import Source
+from sgid_utils.config.origins import from_method as _method
 from sgid_utils.config.references import Section
 
 
@@ -133,3 +135,41 @@ class DaFusionParams(Section):
         if v % 8:
             raise ValueError(f"da_fusion.resolution must be a multiple of 8 (the VAE's factor); got {v}")
         return v
+
+
+_RG = "brandontrabucco/da-fusion semantic_aug/augmentations/real_guidance.py (DA-Fusion's Real Guidance)"
+_DAF = "brandontrabucco/da-fusion "
+# Where each setting of the compared augmentations comes from (``config.sources`` holds them with every other).
+METHOD_SOURCES: dict[str, Source] = {
+    # real guidance (config.methods)
+    "real_guidance.prompt": _method(f"{_RG}: prompt 'a photo of a {{name}}'"),
+    "real_guidance.guidance_scale": _method(f"{_RG}: guidance_scale=7.5 (also scripts/real_guidance/*.sh: "
+                                            "--guidance-scale 7.5)"),
+    "real_guidance.strength": _method(f"{_RG}: strength=0.5 (also scripts/real_guidance/*.sh: --strength 0.5)"),
+    "real_guidance.resolution": _method(f"{_RG}: the image resized to a 512 x 512 canvas and the output back to the "
+                                        "image's size (bilinear there; LANCZOS here, as SGID's inputs)"),
+    "real_guidance.num_inference_steps": _method(f"{_RG}: the pipeline's default num_inference_steps (50 in "
+                                                 "diffusers' img2img pipeline)"),
+    # DA-Fusion (config.methods)
+    "da_fusion.initializer_token": _method(f"{_DAF}fine_tune.py: args.initializer_token = \"the\""),
+    "da_fusion.inversion_steps": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --max_train_steps=1000"),
+    "da_fusion.inversion_batch_size": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --train_batch_size=4"),
+    "da_fusion.inversion_lr": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --learning_rate=5.0e-04, "
+                                      "constant, no warm-up"),
+    "da_fusion.scale_lr": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --scale_lr (one process, no "
+                                  "gradient accumulation: x the batch size)"),
+    "da_fusion.inversion_weight_decay": _method(f"{_DAF}fine_tune.py: --adam_weight_decay default 1e-2"),
+    "da_fusion.flip_p": _method(f"{_DAF}fine_tune.py: TextualInversionDataset flip_p=0.5"),
+    "da_fusion.resolution": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --resolution=512; "
+                                    "semantic_aug/augmentations/textual_inversion.py: the 512 x 512 canvas"),
+    "da_fusion.prompt": _method(f"{_DAF}semantic_aug/augmentations/textual_inversion.py: 'a photo of a {{name}}' "
+                                "with the name formatted as the token '<class_name>'"),
+    "da_fusion.guidance_scale": _method(f"{_DAF}scripts/textual_inversion/*.sh: --guidance-scale 7.5"),
+    "da_fusion.strengths": _method(f"{_DAF}scripts/cutmix_ablation/launch_textual_inversion=1.0-0.75-0.5-0.25_"
+                                   "pascal.sh: --strength 1.0 0.75 0.5 0.25 --probs 0.25 each, --compose parallel"),
+    "da_fusion.num_synthetic": _method(f"{_DAF}scripts/textual_inversion/*.sh: --num-synthetic 10"),
+    "da_fusion.synthetic_probability": _method(f"{_DAF}scripts/textual_inversion/*.sh: --synthetic-probability 0.5 "
+                                               "(semantic_aug/few_shot_dataset.py: the replacement)"),
+    "da_fusion.num_inference_steps": _method(f"{_DAF}semantic_aug/augmentations/textual_inversion.py: the "
+                                             "pipeline's default num_inference_steps (50 in diffusers' img2img)"),
+}

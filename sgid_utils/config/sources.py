@@ -25,71 +25,23 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
-from typing import Literal
+
+from sgid_utils.config.methods import METHOD_SOURCES
+from sgid_utils.config.origins import Source
+from sgid_utils.config.origins import from_paper as _paper
+from sgid_utils.config.origins import from_report as _report
+from sgid_utils.config.origins import ours as _ours
 
 # dataset.hf_id when left unset: the Hugging Face data set each named source loads.
 HUB_IDS = {"pets": "timm/oxford-iiit-pet", "flowers": "dpdl-benchmark/oxford_flowers102"}
-
-
-Origin = Literal["paper", "report", "package", "method"]
-# Origins whose Source must carry a quote of the report or the paper's public text.
-QUOTED = ("paper", "report")
 COLUMNS = ["setting", "this run", "package default", "origin", "source"]
 REQUIRED = "(required: no default)"
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a setting's default comes from: its origin, the section or reason in words and, for the paper or the
-    report, the exact words it rests on.
-
-    ``quote`` is required for ``paper`` and ``report`` and must appear in ``where``, so the settings table shows the
-    evidence beside the claim; tests/test_attributions.py finds each quote word for word in the report or the
-    paper's public text (``../shared/reference/``).
-    """
-
-    origin: Origin
-    where: str
-    quote: str = ""
-
-    def __post_init__(self) -> None:
-        if self.origin not in ("paper", "report", "package", "method"):
-            raise ValueError(f"unknown origin {self.origin!r}: use 'paper', 'report', 'package' or 'method'")
-        if not self.where.strip():
-            raise ValueError("a Source needs its section or reason in 'where'")
-        if self.origin in QUOTED and not self.quote.strip():
-            raise ValueError(f"a {self.origin} Source needs the exact words it rests on in 'quote'")
-        if self.quote not in self.where:
-            raise ValueError(f"'where' must show the quote {self.quote!r}")
-
-    def text(self) -> str:
-        """The source in words, as the settings table shows it: 'report — Generation of Augmented Images §6: ...'."""
-        return f"{self.origin} — {self.where}"
-
-
-def _paper(where: str, quote: str) -> Source:
-    return Source("paper", where, quote)
-
-
-def _report(where: str, quote: str) -> Source:
-    return Source("report", where, quote)
-
-
-def _ours(why: str) -> Source:
-    return Source("package", why)
-
-
-def _method(where: str) -> Source:
-    return Source("method", where)
 
 
 _GEN = "Generation of Augmented Images"
 _PRE = "Experimentation and Results, Pre-processing of images"
 _TRAIN = "Comparison of Augmentation Techniques and Model Training"
 _SPEED = "speed or memory only: the outputs do not depend on it"
-_RG = "brandontrabucco/da-fusion semantic_aug/augmentations/real_guidance.py (DA-Fusion's Real Guidance)"
-_DAF = "brandontrabucco/da-fusion "
 _SMOKE = "offline smoke profile only (tiny models, a generated image folder)"
 
 SOURCES: dict[str, Source] = {
@@ -264,37 +216,7 @@ SOURCES: dict[str, Source] = {
                                     "cost on a GPU is unmeasured (docs/GPU.md)"),
     "training.method_proportions": _ours("one synthetic image per real image, as SGID at 100 %: the methods compared "
                                          "at an equal number of synthetic images (DA-Fusion's first of its M)"),
-    # real guidance (config.methods)
-    "real_guidance.prompt": _method(f"{_RG}: prompt 'a photo of a {{name}}'"),
-    "real_guidance.guidance_scale": _method(f"{_RG}: guidance_scale=7.5 (also scripts/real_guidance/*.sh: "
-                                            "--guidance-scale 7.5)"),
-    "real_guidance.strength": _method(f"{_RG}: strength=0.5 (also scripts/real_guidance/*.sh: --strength 0.5)"),
-    "real_guidance.resolution": _method(f"{_RG}: the image resized to a 512 x 512 canvas and the output back to the "
-                                        "image's size (bilinear there; LANCZOS here, as SGID's inputs)"),
-    "real_guidance.num_inference_steps": _method(f"{_RG}: the pipeline's default num_inference_steps (50 in "
-                                                 "diffusers' img2img pipeline)"),
-    # DA-Fusion (config.methods)
-    "da_fusion.initializer_token": _method(f"{_DAF}fine_tune.py: args.initializer_token = \"the\""),
-    "da_fusion.inversion_steps": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --max_train_steps=1000"),
-    "da_fusion.inversion_batch_size": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --train_batch_size=4"),
-    "da_fusion.inversion_lr": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --learning_rate=5.0e-04, "
-                                      "constant, no warm-up"),
-    "da_fusion.scale_lr": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --scale_lr (one process, no "
-                                  "gradient accumulation: x the batch size)"),
-    "da_fusion.inversion_weight_decay": _method(f"{_DAF}fine_tune.py: --adam_weight_decay default 1e-2"),
-    "da_fusion.flip_p": _method(f"{_DAF}fine_tune.py: TextualInversionDataset flip_p=0.5"),
-    "da_fusion.resolution": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --resolution=512; "
-                                    "semantic_aug/augmentations/textual_inversion.py: the 512 x 512 canvas"),
-    "da_fusion.prompt": _method(f"{_DAF}semantic_aug/augmentations/textual_inversion.py: 'a photo of a {{name}}' "
-                                "with the name formatted as the token '<class_name>'"),
-    "da_fusion.guidance_scale": _method(f"{_DAF}scripts/textual_inversion/*.sh: --guidance-scale 7.5"),
-    "da_fusion.strengths": _method(f"{_DAF}scripts/cutmix_ablation/launch_textual_inversion=1.0-0.75-0.5-0.25_"
-                                   "pascal.sh: --strength 1.0 0.75 0.5 0.25 --probs 0.25 each, --compose parallel"),
-    "da_fusion.num_synthetic": _method(f"{_DAF}scripts/textual_inversion/*.sh: --num-synthetic 10"),
-    "da_fusion.synthetic_probability": _method(f"{_DAF}scripts/textual_inversion/*.sh: --synthetic-probability 0.5 "
-                                               "(semantic_aug/few_shot_dataset.py: the replacement)"),
-    "da_fusion.num_inference_steps": _method(f"{_DAF}semantic_aug/augmentations/textual_inversion.py: the "
-                                             "pipeline's default num_inference_steps (50 in diffusers' img2img)"),
+    **METHOD_SOURCES,  # the compared augmentations' settings, declared beside them (config.methods)
     # results
     "results.references": _ours("none by default; the Pets and Flowers profiles list the report's Tables 1 and 2: "
                                 "its own numbers and its 'Benchmark in Paper' column"),
