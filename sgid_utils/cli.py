@@ -100,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
     pf = sub.add_parser("preflight", parents=common,
                         help="check ids, versions, device and disk, run a tiny canary, project time and disk")
     pf.add_argument("--no-canary", action="store_true", help="only the checks that start nothing (no stage, no model)")
+    ch = sub.add_parser("code-hashes", help="check the stages' method code against sgid_utils/core/code_hashes.json")
+    ch.add_argument("--accept", metavar="REASON",
+                    help="record the code as it is now: after bumping CODE_VERSIONS where outputs change, or saying "
+                         "why they do not")
     return parser
 
 
@@ -109,6 +113,24 @@ def _preflight(params, canary: bool) -> int:
     report = preflight(params, canary=canary)
     print(report.markdown(), end="")
     return 0 if report.ok else 1
+
+
+def _code_hashes(reason: str | None) -> int:
+    from sgid_utils.core import code_hashes
+
+    if reason is None:
+        differences = code_hashes.changed()
+        print(code_hashes.stale_message(differences) if differences else "[sgid] code hashes match the method code")
+        return 1 if differences else 0
+    try:
+        kinds = code_hashes.accept(reason)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for stage, kind in kinds.items():
+        print(f"[sgid] {stage}: {kind}")
+    print(f"[sgid] {code_hashes.HASHES_FILE} written" if kinds else "[sgid] code hashes already match")
+    return 0
 
 
 def _list_stages(args: argparse.Namespace) -> None:
@@ -132,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stages":
         _list_stages(args)
         return 0
+    if args.command == "code-hashes":
+        return _code_hashes(args.accept)
     if getattr(args, "shard", None):
         os.environ["SGID_SHARD"] = args.shard
     try:
