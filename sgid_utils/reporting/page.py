@@ -41,6 +41,7 @@ from sgid_utils.reporting.tables import (
     ABLATION_DELTA,
     ABLATION_SIGNIFICANT,
     ABLATION_SIGNIFICANT_HOLM,
+    CONTROLS,
     DELTA,
     OURS,
     PAPER_DATA_SET_GAIN,
@@ -51,10 +52,6 @@ from sgid_utils.reporting.tables import (
     table_caption,
 )
 
-# The two controls of the main verdict (ablation variants; their names are a contract checked outside the repo),
-# with the params key each sets, to find the row when a profile gives the variant a label.
-CONTROLS = (("sgid-equal-steps", "training.equal_steps", "equal steps (SGID trained for the Baseline's steps)"),
-            ("second-draw", "run.draw", "second generation draw (captions, candidates, selection redrawn)"))
 # The page's main figures: their catalog entries and captions.
 FIGURES = (
     ("accuracy_figure", "Test accuracy per method: bars are the mean over seeds (±1 std), dots single seeds, "
@@ -134,13 +131,13 @@ def relative(params: Params, text: str) -> str:
 def controls(ablations: pd.DataFrame | None) -> dict[str, str]:
     """Each control's result as one cell ('not run' when its variant has no row in tables/ablations.csv)."""
     out = {}
-    for name, key, _ in CONTROLS:
+    for control in CONTROLS:
         row = None
         if ablations is not None and len(ablations):
-            sets_key = ablations.Changes.astype(str).str.contains(key + "=", regex=False)
-            hits = ablations[(ablations.Variant == name) | sets_key]
+            sets_key = ablations.Changes.astype(str).str.contains(control.key + "=", regex=False)
+            hits = ablations[(ablations.Variant == control.variant) | sets_key]
             row = hits.iloc[0] if len(hits) else None
-        out[name] = "not run" if row is None else (
+        out[control.variant] = "not run" if row is None else (
             # an ablation table written before the columns were renamed has 'Δ (95% CI)' and 'Significant'
             f"SGID (100%) − Baseline {row.get(ABLATION_DELTA, row.get('Δ (95% CI)'))} points; significant: "
             f"{row.get(ABLATION_SIGNIFICANT, row.get('Significant'))} unadjusted"
@@ -170,7 +167,7 @@ def headline(params: Params, gains: pd.DataFrame | None, accuracy: pd.DataFrame,
             str(sgid[DELTA].iloc[0]) if len(sgid) and DELTA in sgid else "–",
             _points(g.get(headline_label)) if headline_label else "–",
             _points(g.get(PAPER_DATA_SET_GAIN)),
-            "; ".join(f"{label}: {done[name]}" for name, _, label in CONTROLS) if g["Backbone"] == first
+            "; ".join(f"{c.label}: {done[c.variant]}" for c in CONTROLS) if g["Backbone"] == first
             else "not run (the control variants train the first backbone only)",
         ])
     columns = ["Backbone", "Comparison", "Gain (points, 95% CI)", "Verdict: unadjusted / Holm",

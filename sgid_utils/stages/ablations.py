@@ -44,6 +44,7 @@ from sgid_utils.reporting.tables import (
     ABLATION_P_HOLM,
     ABLATION_SIGNIFICANT,
     ABLATION_SIGNIFICANT_HOLM,
+    CONTROLS,
     format_delta,
     format_mean_std,
     per_setting,
@@ -88,15 +89,10 @@ def with_holm(rows: list[dict[str, str]], sigs: list[pd.Series]) -> pd.DataFrame
     return table
 
 
-# The two controls of the main verdict: the key a variant sets, and the question its row answers.
-CONTROLS = {"training.equal_steps": "Does SGID's gain survive equal compute (the Baseline's steps)?",
-            "run.draw": "Does SGID's gain hold on a new generation draw?"}
-
-
 def control_answer(changes: dict, sig: pd.Series) -> str:
     """For a control variant (``CONTROLS``), its question and the answer its paired comparison gives (unadjusted;
     the Holm column beside it corrects over all variants; the interval covers training seeds); '–' otherwise."""
-    questions = [q for key, q in CONTROLS.items() if key in changes]
+    questions = [c.question for c in CONTROLS if c.key in changes]
     if not questions:
         return "–"
     word = verdict_cell(sig)
