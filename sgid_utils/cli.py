@@ -23,8 +23,8 @@ from pathlib import Path
 
 # Only the registry and the error types at import: `stages` (which the Makefile asks on every call) stays instant,
 # and each command imports the libraries it needs (torch, diffusers, ...) when it runs.
-from sgid_utils.core.errors import USER_ERRORS
 from sgid_utils.core.registry import NAMES, STAGES, between, notebooks
+from sgid_utils.errors import USER_ERRORS
 
 
 def _shard_arg(text: str) -> str:

@@ -4,11 +4,11 @@ import pytest
 from PIL import Image
 
 from sgid_utils.core import catalog
-from sgid_utils.core.errors import StageError
 from sgid_utils.core.resumable import in_batches
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.core.seeding import derive_seed
+from sgid_utils.errors import StageError
 from sgid_utils.method.generation import MAX_AUTO_BATCH, auto_batch_size, model_input_size
 from sgid_utils.method.guidance import guidance_scale
 from sgid_utils.method.prompts import build_prompt

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from sgid_utils.core.errors import StaleOutputsError
+from sgid_utils.errors import StaleOutputsError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -15,10 +15,10 @@ from typing import Any
 from sgid_utils.config.backbones import backbones
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import INHERITED, BackboneParams
-from sgid_utils.core.errors import StaleOutputsError
 from sgid_utils.core.files import read_json
 from sgid_utils.core.registry import STAGES, get, upstream_closure
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.errors import StaleOutputsError
 
 # Keys that change only speed (batch sizes, compilation) or only how much is done (which methods, seeds and
 # proportions to train): changing them reuses finished work. Listed backbones are recorded one by one
