@@ -11,10 +11,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sgid_utils"
 MAX_LINES = 330
 # The floors, bottom up: a module imports its own subpackage and the floors below, never a floor above or a sibling
 # on its own floor. Errors are the ground (every floor raises them); the params come next, then the model loaders,
-# the shared infrastructure (registry, runner, catalog), the method, what reports and checks a run, the stages, and
-# the command line with the package's root modules.
+# the shared infrastructure (registry, runner, catalog), the method, what reports and checks a run, the stages, what
+# runs a data set's commands in order (reproduce), and the command line with the package's root modules.
 FLOORS = (("errors",), ("config",), ("models",), ("core",), ("method",), ("reporting", "preflight"), ("stages",),
-          ("cli", "__init__"), ("__main__",))
+          ("reproduce",), ("cli", "__init__"), ("__main__",))
 
 
 def _imports(path: Path) -> set[str]:
