@@ -38,30 +38,12 @@ smoke: $(STAMP) ## Run every notebook and the ablations offline on params/smoke.
 preflight: $(STAMP) ## Check ids, versions, device and disk, run a tiny canary, project time and disk (reports/<run>/preflight.md)
 	status=0; for p in $(PARAMS); do $(RUN_ENV) $(PY) -m sgid_utils preflight --params $$p || status=1; done; exit $$status
 
-# Per data set: its stages up to training in one process (their progress on the terminal), the notebooks of those
-# stages (they find the stages finished and show them), its ablation profile if there is one, the notebooks from the
-# results stage on (which show the ablations), then the run's HTML page. JOBS=N (N > 1) uses a CPU's spare cores
-# (not one GPU: each process loads its own models): notebooks 01-04 run beside the training, the ablation variants
-# N at a time beside notebook 05, which starts once the training is done.
+# Per data set, `python -m sgid_utils reproduce` (sgid_utils/reproduce.py): its stages up to training in one process,
+# the notebooks of those stages, its ablation profile if there is one, the notebooks from the results stage on, then
+# the run's HTML page. JOBS=N (N > 1) uses a CPU's spare cores (not one GPU: each process loads its own models).
 JOBS ?= 1
 reproduce: $(STAMP) ## Run every stage, notebook and ablation profile for each params file (PARAMS=params/pets.yaml for one); outputs in reports/<run>/
-	for p in $(PARAMS); do a=$${p%.yaml}_ablations.yaml; \
-	  if [ $(JOBS) -gt 1 ]; then \
-	    $(RUN_ENV) $(PY) -m sgid_utils run all --to-stage curate --params $$p || exit 1; \
-	    $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --to-stage curate & nb=$$!; trap "kill $$nb" INT TERM; \
-	    $(RUN_ENV) $(PY) -m sgid_utils run train --params $$p || { kill $$nb; exit 1; }; \
-	    abl=; if [ -f $$a ]; then $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$a --jobs $(JOBS) & abl=$$!; fi; \
-	    trap "kill $$nb $$abl" INT TERM; \
-	    wait $$nb && $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --from-stage train --to-stage train; nb=$$?; \
-	    { [ -z "$$abl" ] || wait $$abl; } && [ $$nb = 0 ] || exit 1; \
-	  else \
-	    $(RUN_ENV) $(PY) -m sgid_utils run all --to-stage train --params $$p || exit 1; \
-	    $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --to-stage train || exit 1; \
-	    if [ -f $$a ]; then $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$a || exit 1; fi; \
-	  fi; \
-	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --from-stage results || exit 1; \
-	  $(RUN_ENV) $(PY) -m sgid_utils report --params $$p || exit 1; \
-	done
+	for p in $(PARAMS); do $(RUN_ENV) $(PY) -m sgid_utils reproduce --params $$p --jobs $(JOBS) || exit 1; done
 
 ablations: $(STAMP) ## Run the ablation profiles alone (PARAMS=params/pets.yaml -> params/pets_ablations.yaml)
 	for p in $(PARAMS); do $(PY) -m sgid_utils run ablations --params $${p%.yaml}_ablations.yaml --jobs $(JOBS) || exit 1; done

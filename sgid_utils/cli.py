@@ -23,8 +23,8 @@ from pathlib import Path
 
 # Only the registry and the error types at import: `stages` (which the Makefile asks on every call) stays instant,
 # and each command imports the libraries it needs (torch, diffusers, ...) when it runs.
-from sgid_utils.core.errors import USER_ERRORS
 from sgid_utils.core.registry import NAMES, STAGES, between, notebooks
+from sgid_utils.errors import USER_ERRORS
 
 
 def _shard_arg(text: str) -> str:
@@ -100,6 +100,16 @@ def _parser() -> argparse.ArgumentParser:
     pf = sub.add_parser("preflight", parents=common,
                         help="check ids, versions, device and disk, run a tiny canary, project time and disk")
     pf.add_argument("--no-canary", action="store_true", help="only the checks that start nothing (no stage, no model)")
+    rep = sub.add_parser("reproduce", parents=common,
+                         help="one data set's stages, notebooks, ablation profile and page, in order (make reproduce)")
+    rep.add_argument("--jobs", type=_positive, default=1, metavar="N",
+                     help="N > 1: the notebooks beside the training stage and N ablation variants at a time beside "
+                          "the training notebook (on a CPU with cores to spare; on one GPU, 1)")
+    rep.add_argument("--dry-run", action="store_true", help="print the commands and what each waits for; run none")
+    ch = sub.add_parser("code-hashes", help="check the stages' method code against sgid_utils/core/code_hashes.json")
+    ch.add_argument("--accept", metavar="REASON",
+                    help="record the code as it is now: after bumping CODE_VERSIONS where outputs change, or saying "
+                         "why they do not")
     return parser
 
 
@@ -109,6 +119,37 @@ def _preflight(params, canary: bool) -> int:
     report = preflight(params, canary=canary)
     print(report.markdown(), end="")
     return 0 if report.ok else 1
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from sgid_utils.reproduce import plan, run_steps
+
+    options = (*(("--run-dir", args.run_dir) if args.run_dir else ()), *(o for kv in args.set for o in ("--set", kv)))
+    steps = plan(args.params, args.jobs, options)
+    if args.dry_run:
+        for i, step in enumerate(steps):
+            print(f"{i}: python -m sgid_utils {' '.join(step.args)}"
+                  + (f"  (after {', '.join(map(str, sorted(step.after)))})" if step.after else ""))
+        return 0
+    return run_steps(steps)
+
+
+def _code_hashes(reason: str | None) -> int:
+    from sgid_utils.core import code_hashes
+
+    if reason is None:
+        differences = code_hashes.changed()
+        print(code_hashes.stale_message(differences) if differences else "[sgid] code hashes match the method code")
+        return 1 if differences else 0
+    try:
+        kinds = code_hashes.accept(reason)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for stage, kind in kinds.items():
+        print(f"[sgid] {stage}: {kind}")
+    print(f"[sgid] {code_hashes.HASHES_FILE} written" if kinds else "[sgid] code hashes already match")
+    return 0
 
 
 def _list_stages(args: argparse.Namespace) -> None:
@@ -132,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stages":
         _list_stages(args)
         return 0
+    if args.command == "code-hashes":
+        return _code_hashes(args.accept)
+    if args.command == "reproduce":
+        return _reproduce(args)
     if getattr(args, "shard", None):
         os.environ["SGID_SHARD"] = args.shard
     try:

@@ -64,11 +64,12 @@ def copy_stages(source, target, *stages: str) -> None:
 def assets(tmp_path_factory) -> tuple[Path, Path]:
     """(models folder, data folder), built once."""
     from sgid_utils.config.load import load_params
+    from sgid_utils.core.rundir import RunDir
     from sgid_utils.models.tiny import ensure_smoke_assets
 
     root = tmp_path_factory.mktemp("assets")
     params = load_params(write_params(root / "p", root / "models", root / "data"))
-    ensure_smoke_assets(params)
+    ensure_smoke_assets(params, RunDir.of(params).assets_lock)
     return root / "models", root / "data"
 
 

@@ -92,7 +92,7 @@ def test_every_bad_file_is_converted_or_skipped_with_a_reason(make_params, tmp_p
 
 
 def test_fewer_than_two_usable_classes_fails_early_with_the_reasons(make_params, tmp_path):
-    from sgid_utils.core.errors import DatasetError
+    from sgid_utils.errors import DatasetError
 
     root = tmp_path / "wild"
     (root / "a").mkdir(parents=True)

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pandas as pd
 
 from sgid_utils.core.rundir import RunDir
@@ -18,12 +21,22 @@ def test_captions_per_image_with_method_and_rank(pipeline_run):
             == caps.groupby("image_id").size()).all()
 
 
-def test_duplicate_captions_are_counted_in_an_older_table_too():
-    from sgid_utils.stages.captions import mark_duplicates
-
+def test_an_older_captions_table_gets_its_duplicates_marked_on_load(tmp_path):
+    """A captions table an older version wrote (without ``duplicate``) reads as today's in the similarity stage: the
+    method code that defines the column registers the catalog's upgrade (core imports nothing above it), and a
+    fresh process that imports only that stage has it."""
     table = pd.DataFrame({"image_id": ["a", "a", "a", "b"], "method": ["nucleus", "nucleus", "beam", "nucleus"],
                           "rank": [0, 1, 0, 0], "caption": ["a dog", "a dog", "a dog", "a dog"]})
-    assert mark_duplicates(table).duplicate.tolist() == [False, True, True, False]
+    run = RunDir(tmp_path / "run", tmp_path / "reports")
+    run.captions_table.parent.mkdir(parents=True)
+    table.to_parquet(run.captions_table)
+    code = ("from pathlib import Path; import sgid_utils.stages.similarity; from sgid_utils.core import catalog; "
+            "from sgid_utils.core.rundir import RunDir; "
+            f"print(catalog.load(RunDir(Path({str(run.root)!r}), Path({str(run.reports)!r})), 'captions')"
+            ".duplicate.tolist())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[False, True, True, False]"
 
 
 def test_captions_do_not_depend_on_batch_size_or_resuming(make_params, monkeypatch):

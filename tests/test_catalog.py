@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from sgid_utils.core import catalog
-from sgid_utils.core.errors import CorruptFileError
 from sgid_utils.core.registry import ABLATIONS_READ, ABLATIONS_WRITE, NAMES, STAGES, get, writer
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
+from sgid_utils.errors import CorruptFileError
 
 from .conftest import REPO, copy_stages
 

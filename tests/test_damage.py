@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from sgid_utils.core import catalog
-from sgid_utils.core.errors import CorruptFileError
 from sgid_utils.core.files import read_json
 from sgid_utils.core.registry import NAMES, get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
+from sgid_utils.errors import CorruptFileError
 from sgid_utils.method.training import load_checkpoint
 
 from .conftest import REPO

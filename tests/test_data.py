@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sgid_utils.core.errors import DatasetError
 from sgid_utils.core.images import load_image, readable_class_name
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.errors import DatasetError
 from sgid_utils.stages import data
 
 from .conftest import REPO
@@ -169,7 +169,8 @@ def test_the_flowers_split_variant_trains_on_the_train_split_alone(make_params, 
     """params/flowers_ablations.yaml's 'train-split-only' against the default train + validation, on a local copy."""
     import datasets
 
-    from sgid_utils.config.load import load_params, variant_params
+    from sgid_utils.config.load import load_params
+    from sgid_utils.core.sharing import variant_params
 
     flowers = load_params(REPO / "params" / "flowers_ablations.yaml")
     split_only = next(a for a in flowers.ablations if a.name == "train-split-only")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from sgid_utils.core import catalog
-from sgid_utils.core.errors import StageError
+from sgid_utils.errors import StageError
 from sgid_utils.reporting.export import dataset_card, export_curated, metadata
 
 

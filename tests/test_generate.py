@@ -8,12 +8,12 @@ from PIL import Image
 
 from sgid_utils.config.schema import GenerationParams
 from sgid_utils.core import catalog
-from sgid_utils.core.errors import StageError
 from sgid_utils.core.files import ItemStore, write_png
 from sgid_utils.core.resumable import BatchPlan, Pending, in_batches, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.core.seeding import derive_seed
+from sgid_utils.errors import StageError
 from sgid_utils.method.generation import model_input_size
 from sgid_utils.method.generation_setup import (
     COMPILE_MIN_CANDIDATES,

@@ -153,9 +153,9 @@ def test_backbone_profiles_extend_the_data_sets_and_keep_the_vit_recipe():
 
 
 def test_code_versions_make_older_outputs_stale(make_params, tmp_path):
-    from sgid_utils.core.errors import StaleOutputsError
     from sgid_utils.core.files import pin_fingerprint
     from sgid_utils.core.fingerprints import CODE_VERSIONS, fingerprint
+    from sgid_utils.errors import StaleOutputsError
 
     params = make_params()
     for stage in ("captions", "similarity", "generate", "upscale", "curate", "train"):

@@ -7,7 +7,6 @@ import pandas as pd
 from PIL import Image
 
 from sgid_utils.config.backbones import configs
-from sgid_utils.config.load import variant_params
 from sgid_utils.config.methods import AUGMENTATIONS
 from sgid_utils.config.sources import SOURCES
 from sgid_utils.core import catalog
@@ -16,6 +15,7 @@ from sgid_utils.core.provenance import stage_seconds
 from sgid_utils.core.registry import get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed
+from sgid_utils.core.sharing import variant_params
 from sgid_utils.reporting.comparison import HOURS, comparison_table
 
 

@@ -2,26 +2,13 @@ import pytest
 import torch
 from compel import PromptParser
 
-from sgid_utils.config.schema import GenerationParams, GuidanceParams
-from sgid_utils.method.guidance import guidance_curve, guidance_scale
+from sgid_utils.config.schema import GenerationParams
 from sgid_utils.method.prompts import build_prompt, escape_for_compel, plain_prompt
 
 
 def fragments(prompt: str) -> list[tuple[str, float]]:
     conj = PromptParser().parse_conjunction(prompt)
     return [(f.text, round(f.weight, 6)) for p in conj.prompts for f in p.children]
-
-
-@pytest.mark.parametrize(("s", "f"), [(0.0, 1.0), (0.25, 1.25), (0.5, 1.0), (0.396, 1.164736), (0.301, 1.239596)])
-def test_guidance_mapping_is_the_papers_quadratic(s, f):
-    assert guidance_curve(s, (-4.0, 2.0, 1.0)) == pytest.approx(f)
-    assert guidance_scale(s, GuidanceParams()) == pytest.approx(f)
-
-
-def test_guidance_modes():
-    assert guidance_scale(0.25, GuidanceParams(mode="scaled", base_scale=7.5)) == pytest.approx(7.5 * 1.25)
-    assert guidance_scale(0.25, GuidanceParams(mode="fixed", base_scale=7.5)) == 7.5
-    assert guidance_scale(0.25, GuidanceParams(coefficients=(0, 0, 3))) == 3
 
 
 def test_prompt_text_and_weights():

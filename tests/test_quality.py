@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy as np
@@ -230,7 +231,13 @@ def test_zero_shot_with_the_tiny_clip(assets):
                                                          abs=1e-5)
     m = consistency_metrics(images, text, labels)
     assert -1 <= m["mean_label_score"] <= 1 and m["zero_shot_accuracy"] == pytest.approx(table.consistent.mean())
-    assert within_class_spread(images, labels) >= 0
+    # the spread of the real embeddings, pair by pair: each class's mean (1 - cosine) over its pairs, averaged
+    unit = torch.nn.functional.normalize(images.double(), dim=1)
+    members = [[i for i, lab in enumerate(labels) if lab == label] for label in sorted(set(labels))]
+    expected = np.mean([np.mean([1 - float(unit[i] @ unit[j]) for i, j in itertools.combinations(m, 2)])
+                        for m in members if len(m) > 1])
+    assert expected > 0  # two images of a class embed apart, so the comparison is not 0 == 0
+    assert within_class_spread(images, labels) == pytest.approx(expected, abs=1e-5)
 
 
 def test_consistency_diversity_numbers_the_variants_so_no_names_overlap():

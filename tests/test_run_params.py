@@ -15,11 +15,11 @@ import torch
 import yaml
 
 from sgid_utils.config.load import load_params, load_run_params
-from sgid_utils.core.errors import ParamsError, StaleOutputsError
 from sgid_utils.core.files import read_json
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.core.seeding import CUBLAS_WORKSPACE, deterministic_torch
+from sgid_utils.errors import ParamsError, StaleOutputsError
 from sgid_utils.reporting.facts import reproducibility
 from sgid_utils.reporting.page import build_report
 
@@ -91,7 +91,7 @@ def test_the_run_dir_alone_builds_the_page_from_the_params_it_recorded(copied_ru
 
 def test_an_ablation_variants_page_states_the_variants_settings(make_params, pipeline_run):
     """The issue's case: a page for a variant's run directory asked with the base params file."""
-    from sgid_utils.config.load import variant_params
+    from sgid_utils.core.sharing import variant_params
     from sgid_utils.stages import ablations
 
     params = make_params("abl", ablations=[{"name": "strength-0.5", "set": {"generation.strength": 0.5}}])
@@ -163,7 +163,7 @@ def test_the_page_says_what_a_rerun_reproduces(copied_run):
 
 
 def test_a_damaged_executed_notebook_is_a_clear_error(copied_run):
-    from sgid_utils.core.errors import CorruptFileError
+    from sgid_utils.errors import CorruptFileError
 
     run = RunDir.of(copied_run)
     run.notebooks.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from sgid_utils.core import catalog
-from sgid_utils.core.errors import StageError, StaleOutputsError
 from sgid_utils.core.fingerprints import baseline_fingerprint, fingerprint
 from sgid_utils.core.registry import NAMES, STAGES, notebooks, upstream_closure
 from sgid_utils.core.resumable import gpu_memory_hint
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
+from sgid_utils.errors import StageError, StaleOutputsError
 
 from .conftest import copy_stages
 

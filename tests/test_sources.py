@@ -31,7 +31,7 @@ def minimal(**sections) -> Params:
 
 def test_every_setting_of_the_schema_has_a_source():
     missing = [k for k in schema_keys() if k not in SOURCES]
-    assert not missing, f"give these settings a Source in sgid_utils/sources.py: {missing}"
+    assert not missing, f"give these settings a Source in sgid_utils/config/sources.py: {missing}"
 
 
 def test_no_source_names_a_key_the_schema_lacks():

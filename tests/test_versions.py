@@ -9,7 +9,7 @@ import tomllib
 from packaging.requirements import Requirement
 
 from sgid_utils.config.versions import SKIP, check_versions, requirements, version_problems
-from sgid_utils.core.errors import VersionError
+from sgid_utils.errors import VersionError
 
 from .conftest import REPO
 

@@ -4,7 +4,7 @@ One YAML file per data set (``params/*.yaml``), validated against ``sgid_utils.c
 Relative paths in a params file are resolved against the folder that holds the file,
 so a params file means the same thing whether papermill, nbval or a cluster job reads it.
 An ablation variant's params are the base file loaded again with the variant's overrides
-(``variant_params``), so the preflight check and ``run ablations`` derive them the same way.
+(``core.sharing.variant_params``, which places it in the run directory).
 """
 
 from __future__ import annotations
@@ -18,15 +18,17 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sgid_utils.config.schema import Params
-from sgid_utils.core.errors import ParamsError
-from sgid_utils.core.rundir import RunDir
+from sgid_utils.errors import ParamsError
 
-__all__ = ["Params", "ParamsError", "load_params", "load_run_params", "parse_override", "variant_params"]
+__all__ = ["Params", "ParamsError", "load_params", "load_run_params", "parse_override"]
 
 # The shipped profiles (params/ beside the package), which ``extends:`` may name from anywhere.
 SHIPPED_PARAMS = Path(__file__).resolve().parents[2] / "params"
 _PATH_KEYS = ("run.dir", "run.reports_dir", "run.reuse", "dataset.path", "dataset.test_path")
 _ENV_OVERRIDES = {"SGID_RUN_DIR": "run.dir", "SGID_REPORTS_DIR": "run.reports_dir"}
+# The params a run records in its directory as each stage starts (``core.rundir.RunDir.params_copy``), which
+# ``--run-dir`` alone reads.
+RUN_PARAMS_FILE = "params.yaml"
 
 
 def _suggest(key: str, allowed: list[str]) -> str:
@@ -201,29 +203,11 @@ def load_run_params(params_file: str | os.PathLike[str] | None, run_dir: str | o
         if run_dir is None:
             raise ParamsError("Give --params FILE (e.g. params/pets.yaml), or --run-dir DIR to use the params that "
                               "run recorded.")
-        params_file = Path(run_dir) / RunDir.PARAMS_FILE
+        params_file = Path(run_dir) / RUN_PARAMS_FILE
         if not params_file.is_file():
-            raise ParamsError(f"{Path(run_dir).resolve()} holds no {RunDir.PARAMS_FILE}: it is not a run directory "
+            raise ParamsError(f"{Path(run_dir).resolve()} holds no {RUN_PARAMS_FILE}: it is not a run directory "
                               "(or no stage has started in it). Give --params FILE as well.")
     return load_params(params_file, overrides)
-
-
-def variant_params(params: Params, name: str, overrides: dict) -> Params:
-    """The params of one variant: the base file with its overrides, in its own run directory, trained as Baseline
-    and SGID (100 %) on the first backbone only (a variant changes generation, not the classifier)."""
-    run = RunDir.of(params)
-    first = [b.name for b in params.training.backbones[:1]]
-    sets = {**overrides, "run.dir": str(run.variant_root(name)), "run.name": f"{params.run.name}-{name}",
-            "run.reports_dir": str(run.variant_reports(name)),
-            # a variant of the methods comparison (equal steps) may keep its methods; others train Baseline and SGID
-            "training.methods": overrides.get("training.methods", ["baseline", "sgid"]),
-            "training.sgid_proportions": [1.0],
-            "training.backbones": [b.model_dump(mode="json") for b in params.training.backbones[:1]],
-            "smoke.tiny_backbones": {k: v for k, v in params.smoke.tiny_backbones.items() if k in first},
-            "results.references": [r.model_dump(mode="json") for r in params.results.references
-                                   if r.backbone is None or r.backbone in first],
-            "results.headline": None}  # the per-backbone gains belong to the base run
-    return load_params(params.source_file, sets)
 
 
 def _resolve_model_ref(ref: str, base: Path) -> str:

@@ -187,7 +187,7 @@ class CurationParams(Section):
         5, description="Small sources per class (seeded) that also get the raw pass, for the error analysis; "
         "'all': every source (our reading of the report's first pass; sources at or above the threshold always do).")
     select: Literal["most_diverse_consistent", "most_similar", "random"] = Field(
-        "most_similar", description="Which candidate of a source enters training (sgid_utils/selection.py). "
+        "most_similar", description="Which candidate of a source enters training (sgid_utils/method/selection.py). "
         "most_similar: our automatic reading of the report's hand pick ('select the best image out of the 3'; "
         "its Figure 4 shows the image-image cosine rising); most_diverse_consistent: a hypothesis of this package; "
         "random: a control.")

@@ -15,7 +15,7 @@ from importlib import metadata
 
 from packaging.requirements import Requirement
 
-from sgid_utils.core.errors import VersionError
+from sgid_utils.errors import VersionError
 
 DISTRIBUTION = "sgid"
 SKIP = "SGID_SKIP_VERSION_CHECK"  # set to 1 to run on untested versions anyway

@@ -24,11 +24,10 @@ from typing import Any
 import pandas as pd
 
 from sgid_utils.config.schema import Params
-from sgid_utils.core.errors import CorruptFileError
 from sgid_utils.core.files import read_json, read_table, write_figure, write_json, write_table
 from sgid_utils.core.registry import ABLATIONS_READ, ABLATIONS_WRITE, STAGES, writer
 from sgid_utils.core.rundir import RunDir
-from sgid_utils.method.prompts import mark_duplicates
+from sgid_utils.errors import CorruptFileError
 
 
 def _with_backbone(table: pd.DataFrame) -> pd.DataFrame:
@@ -59,8 +58,7 @@ ENTRIES: tuple[Entry, ...] = (
           relative=True),
     Entry("skipped", lambda r: r.skipped_table, "files the data stage could not use, with the reason"),
     # captions and similarity
-    Entry("captions", lambda r: r.captions_table, "every BLIP caption per training image (nucleus and beam)",
-          upgrade=lambda t: t if "duplicate" in t else mark_duplicates(t)),
+    Entry("captions", lambda r: r.captions_table, "every BLIP caption per training image (nucleus and beam)"),
     Entry("scores", lambda r: r.scores_table, "CLIP similarity of every caption to its image"),
     Entry("best_captions", lambda r: r.best_table, "each image's most similar caption and its score s*"),
     # generation
@@ -117,6 +115,18 @@ ENTRIES: tuple[Entry, ...] = (
 BY_NAME = {entry.name: entry for entry in ENTRIES}
 
 
+# Upgrades whose code lives above core, registered by the module that defines the column (``register_upgrade``).
+UPGRADES: dict[str, Callable[[Any], Any]] = {}
+
+
+def register_upgrade(name: str, upgrade: Callable[[Any], Any]) -> None:
+    """Bring entry ``name`` as an older version wrote it to today's columns on load, with code above core: the
+    ``method`` module that makes the column registers it (``sgid_utils.method`` imports it, so a stage that uses
+    any method code has it), and core imports nothing above it."""
+    entry(name)
+    UPGRADES[name] = upgrade
+
+
 def entry(name: str) -> Entry:
     if name not in BY_NAME:
         raise KeyError(f"no catalog entry '{name}'; the entries are {', '.join(BY_NAME)}")
@@ -168,7 +178,9 @@ def load(params: Params | RunDir, name: str, missing: Any = _REQUIRED, **keys: s
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CorruptFileError(f"{file} ({name}) cannot be read ({reason}); it is damaged, {_redo(run, name, file)}.") \
             from None
-    return e.upgrade(data) if e.upgrade else data
+    for upgrade in (e.upgrade, UPGRADES.get(name)):
+        data = upgrade(data) if upgrade else data
+    return data
 
 
 def save(params: Params | RunDir, name: str, obj: Any, caption: str | None = None, **keys: str) -> Path:

@@ -30,7 +30,7 @@ import pandas as pd
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 
-from sgid_utils.core.errors import CorruptFileError, StaleOutputsError
+from sgid_utils.errors import CorruptFileError, StaleOutputsError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

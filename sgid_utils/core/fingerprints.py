@@ -16,10 +16,10 @@ from sgid_utils.config.backbones import backbones
 from sgid_utils.config.methods import AUGMENTATIONS
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import INHERITED, BackboneParams
-from sgid_utils.core.errors import StaleOutputsError
 from sgid_utils.core.files import read_fingerprint
 from sgid_utils.core.registry import STAGES, get, upstream_closure
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.errors import StaleOutputsError
 
 # Keys that change only speed (batch sizes, compilation) or only how much is done (which methods, seeds and
 # proportions to train): changing them reuses finished work. Listed backbones are recorded one by one
@@ -38,6 +38,12 @@ NOT_IN_FINGERPRINT = {
 # curation.upscale_to 2: upscaled sizes rounded to the nearest multiple of 8, the target winning over max_side.
 # training 2: evaluation autocasts only when training does (training.amp).
 CODE_VERSIONS = {"captioning": 2, "dataset": 2, "curation.upscale_to": 2, "training": 2}
+# Per stage with a fingerprint, the key whose code version to bump when its code changes what it writes
+# (``core.code_hashes`` names it when the stage's method code changes). A bump reaches every stage with that key and
+# those downstream: ``generation`` both generation passes (they share method/generation.py), ``curation.upscale_to``
+# the upscaled pass alone.
+CODE_VERSION_KEY = {"data": "dataset", "captions": "captioning", "similarity": "models.clip", "generate": "generation",
+                    "upscale": "curation.upscale_to", "curate": "curation", "train": "training"}
 # Per backbone, what names it but cannot change its results.
 COSMETIC_BACKBONE_KEYS = ("label", "source")
 

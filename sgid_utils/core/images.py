@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sgid_utils.core.errors import CorruptFileError
 from sgid_utils.core.files import set_aside
 from sgid_utils.core.registry import STAGES
+from sgid_utils.errors import CorruptFileError
 
 
 def load_image(source: str | Path | bytes) -> Image.Image:

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sgid_utils.core.errors import StageError
 from sgid_utils.core.files import ItemStore
+from sgid_utils.errors import StageError
 
 
 def shard() -> tuple[int, int]:

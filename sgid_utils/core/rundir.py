@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from sgid_utils.config.load import RUN_PARAMS_FILE
 from sgid_utils.config.schema import Params
 from sgid_utils.core.registry import get
 
@@ -43,7 +44,7 @@ Pass = Literal["raw", "upscaled"]
 class RunDir:
     root: Path
     reports: Path
-    PARAMS_FILE: ClassVar[str] = "params.yaml"  # also what ``--run-dir`` alone reads (``config.load.load_run_params``)
+    PARAMS_FILE: ClassVar[str] = RUN_PARAMS_FILE  # what ``--run-dir`` alone reads (``config.load.load_run_params``)
 
     @classmethod
     def of(cls, params: Params) -> RunDir:

@@ -22,13 +22,13 @@ import pandas as pd
 import yaml
 
 from sgid_utils.config.schema import Params
-from sgid_utils.core.errors import StageError
 from sgid_utils.core.files import pin_fingerprint, write_text
 from sgid_utils.core.fingerprints import fingerprint
 from sgid_utils.core.provenance import record_seconds, record_stage
 from sgid_utils.core.registry import NAMES, get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.sharing import reuse_run
+from sgid_utils.errors import StageError
 from sgid_utils.models.loading import release_models
 from sgid_utils.models.tiny import ensure_smoke_assets
 
@@ -58,7 +58,7 @@ def prepare_run(params: Params) -> None:
     """Start of every stage: a writable run dir with room, smoke assets if asked, the params copied in."""
     run = RunDir.of(params)
     ensure_writable(run.root, params.run.min_free_gb)
-    ensure_smoke_assets(params)
+    ensure_smoke_assets(params, run.assets_lock)
     if params.run.reuse is not None:
         reuse_run(params)
     dump = yaml.safe_dump(params.model_dump(mode="json", exclude={"source_file"}), sort_keys=False)

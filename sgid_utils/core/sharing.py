@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sgid_utils.config.backbones import TrainConfig, backbones
+from sgid_utils.config.load import load_params
 from sgid_utils.config.schema import Params
-from sgid_utils.core.errors import StageError
 from sgid_utils.core.files import changed_keys, read_fingerprint
 from sgid_utils.core.fingerprints import (
     backbone_fingerprint,
@@ -26,6 +26,7 @@ from sgid_utils.core.fingerprints import (
 )
 from sgid_utils.core.registry import upstream_closure
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.errors import StageError
 
 
 def link(src: Path, dst: Path) -> None:
@@ -120,6 +121,25 @@ def reuse_run(params: Params) -> list[str]:
             message += f"; made there with other params ({', '.join(keys)}), so run here: {', '.join(plan.differ)}"
         print(message, file=sys.stderr)
     return plan.to_link
+
+
+def variant_params(params: Params, name: str, overrides: dict) -> Params:
+    """The params of one variant: the base file with its overrides, in its own run directory, trained as Baseline
+    and SGID (100 %) on the first backbone only (a variant changes generation, not the classifier). ``run ablations``
+    and preflight's projection derive a variant's params here, so they agree on what it shares with the base run."""
+    run = RunDir.of(params)
+    first = [b.name for b in params.training.backbones[:1]]
+    sets = {**overrides, "run.dir": str(run.variant_root(name)), "run.name": f"{params.run.name}-{name}",
+            "run.reports_dir": str(run.variant_reports(name)),
+            # a variant of the methods comparison (equal steps) may keep its methods; others train Baseline and SGID
+            "training.methods": overrides.get("training.methods", ["baseline", "sgid"]),
+            "training.sgid_proportions": [1.0],
+            "training.backbones": [b.model_dump(mode="json") for b in params.training.backbones[:1]],
+            "smoke.tiny_backbones": {k: v for k, v in params.smoke.tiny_backbones.items() if k in first},
+            "results.references": [r.model_dump(mode="json") for r in params.results.references
+                                   if r.backbone is None or r.backbone in first],
+            "results.headline": None}  # the per-backbone gains belong to the base run
+    return load_params(params.source_file, sets)
 
 
 # What an ablation variant may take from the base run or an earlier variant: the stages up to curation, while their

@@ -1,4 +1,4 @@
-"""Candidate generation as the report ran SGID, shared by both passes (stage 03's raw pass, stage 04's upscaled one).
+"""Candidate generation as the report ran SGID, shared by both passes (the generate and upscale stages).
 
 For each training image: prompt "(c*)0.9. A picture of (label)1.5" encoded by
 compel into prompt embeddings, guidance scale from f(s*), strength 0.3 (the report's
@@ -6,7 +6,7 @@ compel into prompt embeddings, guidance scale from f(s*), strength 0.3 (the repo
 30 % of the schedule and denoised from there), k candidates whose seeds derive from (the
 generation draw's seed, image id, k): ``run.draw`` gives another set of candidates for the same
 sources. In the raw pass the source enters the model at its own resolution (downscaled only above
-``generation.max_side``): our reading of the report's first pass, and what stage 04 diagnoses and fixes by
+``generation.max_side``): our reading of the report's first pass, and what the curate stage diagnoses and fixes by
 upscaling small sources first (``model_input_size``). Each candidate is resized back to the
 source's size and saved as PNG.
 

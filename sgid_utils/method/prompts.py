@@ -15,6 +15,7 @@ import re
 import pandas as pd
 
 from sgid_utils.config.schema import GenerationParams
+from sgid_utils.core import catalog
 
 _SIGN = re.compile(r"(?<![A-Za-z0-9])[+-]+|[+-]+(?![A-Za-z0-9])")
 
@@ -55,3 +56,7 @@ def plain_prompt(caption: str, label: str, gen: GenerationParams) -> str:
 def mark_duplicates(captions: pd.DataFrame) -> pd.DataFrame:
     """``duplicate``: True where the image already has this exact caption at an earlier row (the first copy is not)."""
     return captions.assign(duplicate=captions.duplicated(["image_id", "caption"], keep="first"))
+
+
+# A captions table written before the column existed gets it on load (the similarity stage reads it).
+catalog.register_upgrade("captions", lambda t: t if "duplicate" in t else mark_duplicates(t))

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from sgid_utils.config.backbones import CUTMIX, TrainConfig
 from sgid_utils.config.training import BackboneParams, TrainingParams
-from sgid_utils.core.errors import CorruptFileError
 from sgid_utils.core.files import damage, reason, set_aside, write_atomic
+from sgid_utils.errors import CorruptFileError
 from sgid_utils.method.augmentations import cutmix_batch, mixed_loss
 
 

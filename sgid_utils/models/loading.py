@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from sgid_utils.config.schema import Params
-from sgid_utils.core.errors import ModelLoadError
+from sgid_utils.errors import ModelLoadError
 
 
 def model_load_error(ref: str, stage: str, exc: BaseException, what: str = "models.*",

@@ -14,7 +14,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from sgid_utils.config.schema import Params
-from sgid_utils.core.rundir import RunDir
 
 
 def _smoke_image(rng: np.random.Generator, label: int, size: tuple[int, int]) -> Image.Image:
@@ -95,15 +94,14 @@ def save_tiny_models(params: Params) -> None:
             (folder / ".complete").write_text(f"built by sgid_utils.models.builders: tiny {real}\n")
 
 
-def ensure_smoke_assets(params: Params) -> None:
+def ensure_smoke_assets(params: Params, lock: Path) -> None:
     """Build what the smoke section asks for: the tiny models and the image folder.
 
-    Under a lock in the run directory: processes of a sharded or ``accelerate launch`` run start
-    together, and the first builds while the others wait and then find the assets complete.
+    Under ``lock`` (the run directory's ``RunDir.assets_lock``): processes of a sharded or ``accelerate launch`` run
+    start together, and the first builds while the others wait and then find the assets complete.
     """
     if not (params.smoke.build_models or params.smoke.build_dataset):
         return
-    lock = RunDir.of(params).assets_lock
     lock.parent.mkdir(parents=True, exist_ok=True)
     with lock.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -21,8 +21,8 @@ from packaging.requirements import Requirement
 from sgid_utils.config.schema import Params
 from sgid_utils.config.sources import HUB_IDS
 from sgid_utils.config.versions import version_problems
-from sgid_utils.core.errors import StageError
 from sgid_utils.core.sharing import reuse_plan
+from sgid_utils.errors import StageError
 from sgid_utils.models.loading import resolve_device
 from sgid_utils.preflight.projection import gib
 

@@ -18,15 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from sgid_utils.config.backbones import backbones, configs
-from sgid_utils.config.load import variant_params
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
-from sgid_utils.core.errors import USER_ERRORS
 from sgid_utils.core.files import read_table, write_text
 from sgid_utils.core.registry import NAMES
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
-from sgid_utils.core.sharing import reuse_plan, reuse_source
+from sgid_utils.core.sharing import reuse_plan, reuse_source, variant_params
+from sgid_utils.errors import USER_ERRORS
 from sgid_utils.models.loading import create_classifier
 from sgid_utils.preflight.checks import Check, checks, existing_folder
 from sgid_utils.preflight.projection import (

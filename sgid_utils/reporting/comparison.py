@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from sgid_utils.config.backbones import NON_GENERATIVE, backbones
-from sgid_utils.config.load import variant_params
 from sgid_utils.config.methods import BY_METHOD, REPLACING
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.provenance import stage_seconds
+from sgid_utils.core.sharing import variant_params
 from sgid_utils.reporting.stats import holm, paired_difference
 from sgid_utils.reporting.tables import format_mean_std, format_p, of_backbone, per_setting
 

@@ -26,12 +26,12 @@ from sgid_utils.config.backbones import backbones, recipe
 from sgid_utils.config.schema import Params
 from sgid_utils.config.settings import changed_settings, settings_table
 from sgid_utils.core import catalog
-from sgid_utils.core.errors import CorruptFileError
 from sgid_utils.core.files import reason, write_text
 from sgid_utils.core.fingerprints import check_recorded
 from sgid_utils.core.provenance import load_provenance
 from sgid_utils.core.registry import NAMES, notebooks
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.errors import CorruptFileError
 from sgid_utils.reporting.comparison import page_section
 from sgid_utils.reporting.facts import key_facts
 from sgid_utils.reporting.stats import COVERS
@@ -39,6 +39,7 @@ from sgid_utils.reporting.tables import (
     ABLATION_DELTA,
     ABLATION_SIGNIFICANT,
     ABLATION_SIGNIFICANT_HOLM,
+    CONTROLS,
     DELTA,
     JOINT,
     JOINT_HOLM,
@@ -52,10 +53,6 @@ from sgid_utils.reporting.tables import (
     table_caption,
 )
 
-# The two controls of the main verdict (ablation variants; their names are a contract checked outside the repo),
-# with the params key each sets, to find the row when a profile gives the variant a label.
-CONTROLS = (("sgid-equal-steps", "training.equal_steps", "equal steps (SGID trained for the Baseline's steps)"),
-            ("second-draw", "run.draw", "second generation draw (captions, candidates, selection redrawn)"))
 # The page's main figures: their catalog entries and captions.
 FIGURES = (
     ("accuracy_figure", "Test accuracy per method: bars are the mean over seeds (±1 std), dots single seeds, "
@@ -146,13 +143,13 @@ def relative(params: Params, text: str) -> str:
 def controls(ablations: pd.DataFrame | None) -> dict[str, str]:
     """Each control's result as one cell ('not run' when its variant has no row in tables/ablations.csv)."""
     out = {}
-    for name, key, _ in CONTROLS:
+    for control in CONTROLS:
         row = None
         if ablations is not None and len(ablations):
-            sets_key = ablations.Changes.astype(str).str.contains(key + "=", regex=False)
-            hits = ablations[(ablations.Variant == name) | sets_key]
+            sets_key = ablations.Changes.astype(str).str.contains(control.key + "=", regex=False)
+            hits = ablations[(ablations.Variant == control.variant) | sets_key]
             row = hits.iloc[0] if len(hits) else None
-        out[name] = "not run" if row is None else (
+        out[control.variant] = "not run" if row is None else (
             # an ablation table written before the columns were renamed has 'Δ (95% CI)' and 'Significant'
             f"SGID (100%) − Baseline {row.get(ABLATION_DELTA, row.get('Δ (95% CI)'))} points; significant: "
             f"{row.get(ABLATION_SIGNIFICANT, row.get('Significant'))} unadjusted"
@@ -194,7 +191,7 @@ def controls_table(params: Params, ablations: pd.DataFrame | None) -> dict[str, 
     """The two controls of the main verdict (they train the first backbone only) as their own small table."""
     done = controls(ablations)
     return {"columns": [f"Control (first backbone, {backbones(params)[0].label})", "Result"],
-            "rows": [[label, done[name]] for name, _, label in CONTROLS]}
+            "rows": [[c.label, done[c.variant]] for c in CONTROLS]}
 
 
 def _both(plain: str, adjusted: str) -> str:

@@ -8,6 +8,8 @@ page find the columns the stages wrote; nothing here reads or writes a file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -36,6 +38,27 @@ JOINT_HOLM = "verdict (Holm, seeds and test set)"
 # Column names of the ablation table (the report page reads the first three).
 ABLATION_DELTA, ABLATION_SIGNIFICANT, ABLATION_SIGNIFICANT_HOLM, ABLATION_P_HOLM = (
     "Δ (points, 95% CI)", "Significant (unadjusted)", "Significant (Holm over variants)", "p (Holm)")
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control of the main verdict: an ablation variant (``variant``, a name checked outside the repo) that sets
+    ``key``. The ablation table answers ``question`` in its Control column; the report page names it ``label``
+    beside the verdict, finding its row by the key when a profile gives the variant a label."""
+
+    variant: str
+    key: str
+    label: str
+    question: str
+
+
+# The controls of the main verdict, declared once: a new control is a line here and a variant in the profiles.
+CONTROLS = (
+    Control("sgid-equal-steps", "training.equal_steps", "equal steps (SGID trained for the Baseline's steps)",
+            "Does SGID's gain survive equal compute (the Baseline's steps)?"),
+    Control("second-draw", "run.draw", "second generation draw (captions, candidates, selection redrawn)",
+            "Does SGID's gain hold on a new generation draw?"),
+)
 
 
 def percent(value: float, digits: int = 2) -> str:

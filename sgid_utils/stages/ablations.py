@@ -27,16 +27,15 @@ from functools import partial
 
 import pandas as pd
 
-from sgid_utils.config.load import variant_params
 from sgid_utils.config.schema import AblationParams, Params
 from sgid_utils.core import catalog
-from sgid_utils.core.errors import ParamsError, StageError
 from sgid_utils.core.registry import between
 from sgid_utils.core.resumable import shard
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
-from sgid_utils.core.sharing import BASE, SHARED_STAGES, lenders, link_stages, share_baselines
+from sgid_utils.core.sharing import BASE, SHARED_STAGES, lenders, link_stages, share_baselines, variant_params
 from sgid_utils.core.workers import run_ordered
+from sgid_utils.errors import ParamsError, StageError
 from sgid_utils.reporting.set_metrics import CURATED, set_metrics
 from sgid_utils.reporting.stats import add_holm, paired_difference
 from sgid_utils.reporting.tables import (
@@ -44,6 +43,7 @@ from sgid_utils.reporting.tables import (
     ABLATION_P_HOLM,
     ABLATION_SIGNIFICANT,
     ABLATION_SIGNIFICANT_HOLM,
+    CONTROLS,
     format_delta,
     format_mean_std,
     per_setting,
@@ -88,15 +88,10 @@ def with_holm(rows: list[dict[str, str]], sigs: list[pd.Series]) -> pd.DataFrame
     return table
 
 
-# The two controls of the main verdict: the key a variant sets, and the question its row answers.
-CONTROLS = {"training.equal_steps": "Does SGID's gain survive equal compute (the Baseline's steps)?",
-            "run.draw": "Does SGID's gain hold on a new generation draw?"}
-
-
 def control_answer(changes: dict, sig: pd.Series) -> str:
     """For a control variant (``CONTROLS``), its question and the answer its paired comparison gives (unadjusted;
     the Holm column beside it corrects over all variants; the interval covers training seeds); '–' otherwise."""
-    questions = [q for key, q in CONTROLS.items() if key in changes]
+    questions = [c.question for c in CONTROLS if c.key in changes]
     if not questions:
         return "–"
     word = verdict_cell(sig)

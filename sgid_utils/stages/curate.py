@@ -1,4 +1,4 @@
-"""Stage 04: error analysis with upscaling, and the curated generated set training uses.
+"""The curate stage (notebook 04): error analysis with upscaling, and the curated generated set training uses.
 
 The report found that small sources turn into abstract art (SD 1.5 was trained at
 512x512) and fixed it by upscaling them and picking "the best image out of the 3" by

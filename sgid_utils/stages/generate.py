@@ -1,6 +1,6 @@
-"""Stage 03: the raw pass, k candidates for every training image at its own resolution.
+"""The generate stage (notebook 03): the raw pass, k candidates for every training image at its own resolution.
 
-Our reading of the report's first pass, which stage 04 diagnoses and fixes by upscaling (``stages.upscale``).
+Our reading of the report's first pass, which the curate stage diagnoses and the upscale stage fixes by upscaling.
 How a candidate is made (the weighted prompt, the guidance scale f(s*), strength, seeds, the batched
 loop, the ControlNet generator) is ``method.generation``, shared by both passes.
 """

@@ -1,4 +1,4 @@
-"""Stage 04's regeneration: the sources below ``curation.upscale_threshold``, upscaled first.
+"""The upscale stage (notebook 04): the sources below ``curation.upscale_threshold`` regenerated, upscaled first.
 
 SD 1.5 was trained at 512x512, and the report found that small sources come out as abstract art; it
 fixed that by upscaling them before img2img. This pass regenerates every such source at
@@ -16,5 +16,5 @@ from sgid_utils.method.generation import generate
 
 
 def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
-    """Stage 04's regeneration: the sources below curation.upscale_threshold, upscaled first."""
+    """Regenerate the sources below curation.upscale_threshold, upscaled first (the upscaled pass)."""
     return None if generate(params, "upscaled", images) is None else catalog.load(params, "manifest_upscaled")

@@ -1,0 +1,101 @@
+"""A stage's method code cannot change unnoticed: its hashes are checked in, and a change needs a code-version bump
+or a recorded reason (``core.code_hashes``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from sgid_utils.cli import main
+from sgid_utils.core import code_hashes
+from sgid_utils.core.fingerprints import CODE_VERSION_KEY, CODE_VERSIONS, fingerprint
+from sgid_utils.core.registry import STAGES
+
+
+def test_the_recorded_hashes_match_the_method_code():
+    differences = code_hashes.changed()
+    assert not differences, code_hashes.stale_message(differences)
+
+
+def test_the_hash_ignores_docstrings_and_comments_but_not_code(tmp_path):
+    def hashed(text: str) -> str:
+        (tmp_path / "m.py").write_text(text)
+        return code_hashes.normalised_hash(tmp_path / "m.py")
+
+    base = hashed('"""Module."""\n\ndef f(x):\n    """Why."""\n    return x * 2\n')
+    assert hashed('"""Other words."""\n\ndef f(x):\n    # a comment\n    return x * 2  # another\n') == base
+    assert hashed('"""Module."""\n\ndef f(x):\n    """Why."""\n    return x * 3\n') != base
+    assert hashed('"""Module."""\n\ndef f(x):\n    """Why."""\n    return "x * 2"\n') != base
+
+
+def test_a_stage_s_method_code_follows_its_imports_into_method():
+    generate = code_hashes.method_modules("generate")
+    assert {"sgid_utils.stages.generate", "sgid_utils.method.generation", "sgid_utils.method.guidance",
+            "sgid_utils.method.prompts", "sgid_utils.method.batched"} <= set(generate)
+    assert not [m for m in generate if m.startswith(("sgid_utils.config", "sgid_utils.models"))]
+    assert "sgid_utils.method.selection" in code_hashes.method_modules("curate")
+    assert "sgid_utils.method.guidance" not in code_hashes.method_modules("curate")
+
+
+def test_every_stage_with_a_fingerprint_names_the_key_of_its_code_version():
+    with_keys = {s.name: s.keys for s in STAGES if s.keys}
+    assert set(CODE_VERSION_KEY) == set(with_keys)
+    assert all(CODE_VERSION_KEY[name] in keys for name, keys in with_keys.items())
+    assert set(code_hashes.recorded()) == set(with_keys)
+
+
+@pytest.fixture
+def record(tmp_path):
+    """A copy of the checked-in record in which guidance.py's hash is an older one."""
+    path = tmp_path / "code_hashes.json"
+    shutil.copy(code_hashes.HASHES_FILE, path)
+    data = json.loads(path.read_text())
+    for entry in data["stages"].values():
+        if "sgid_utils.method.guidance" in entry["modules"]:
+            entry["modules"]["sgid_utils.method.guidance"] = "0" * 16
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_changed_module_names_the_stages_and_the_way_out(record):
+    differences = code_hashes.changed(record)
+    assert differences == {"generate": ["method/guidance.py"], "upscale": ["method/guidance.py"]}
+    message = code_hashes.stale_message(differences)
+    assert "CODE_VERSIONS['generation']" in message and "CODE_VERSIONS['curation.upscale_to']" in message
+    assert 'python -m sgid_utils code-hashes --accept "REASON"' in message
+
+
+def test_accepting_without_a_bump_records_the_reason_and_keeps_finished_runs(record, make_params):
+    params = make_params()
+    before = fingerprint(params, "generate")
+    assert code_hashes.accept("renamed a local variable", record) == {
+        "generate": code_hashes.SAME_OUTPUTS, "upscale": code_hashes.SAME_OUTPUTS}
+    assert code_hashes.changed(record) == {}
+    assert code_hashes.recorded(record)["generate"]["last_change"] == {
+        "kind": code_hashes.SAME_OUTPUTS, "reason": "renamed a local variable"}
+    assert fingerprint(params, "generate") == before  # the hashes never reach a fingerprint
+
+
+def test_a_bump_is_recorded_as_one_and_changes_the_fingerprint(record, make_params, monkeypatch):
+    params = make_params()
+    before = fingerprint(params, "generate")
+    monkeypatch.setitem(CODE_VERSIONS, "generation", 2)
+    assert code_hashes.changed(record)["generate"] == [
+        "method/guidance.py", "CODE_VERSIONS {} -> {'generation': 2}"]
+    assert code_hashes.accept("guidance: f clipped at 20", record)["generate"] == code_hashes.BUMPED
+    assert fingerprint(params, "generate") == {**before, "generation.code_version": 2}
+    monkeypatch.delitem(CODE_VERSIONS, "generation")
+    with pytest.raises(ValueError, match="went down for generate, upscale"):
+        code_hashes.accept("undo", record)
+
+
+def test_the_command_checks_and_needs_a_reason(record, monkeypatch, capsys):
+    monkeypatch.setattr(code_hashes, "HASHES_FILE", record)
+    assert main(["code-hashes"]) == 1
+    assert "generate: method/guidance.py" in capsys.readouterr().out
+    assert main(["code-hashes", "--accept", "  "]) == 2
+    assert "needs a reason" in capsys.readouterr().err
+    assert main(["code-hashes", "--accept", "docstring-only refactor"]) == 0
+    assert main(["code-hashes"]) == 0
