@@ -43,7 +43,10 @@ CODE_VERSIONS = {"captioning": 2, "dataset": 2, "curation.upscale_to": 2, "train
 # those downstream: ``generation`` both generation passes (they share method/generation.py), ``curation.upscale_to``
 # the upscaled pass alone.
 CODE_VERSION_KEY = {"data": "dataset", "captions": "captioning", "similarity": "models.clip", "generate": "generation",
-                    "upscale": "curation.upscale_to", "curate": "curation", "train": "training"}
+                    "upscale": "curation.upscale_to", "curate": "curation", "train": "training",
+                    # the compared methods (config.methods): a bump of the inversion's reaches DA-Fusion's images too
+                    "real_guidance": "real_guidance", "inversion": "da_fusion.inversion_steps",
+                    "da_fusion": "da_fusion.num_synthetic"}
 # Per backbone, what names it but cannot change its results.
 COSMETIC_BACKBONE_KEYS = ("label", "source")
 
