@@ -1,12 +1,11 @@
 """Candidate generation as the report ran SGID, shared by both passes (the generate and upscale stages).
 
-For each training image: prompt "(c*)0.9. A picture of (label)1.5" encoded by
-compel into prompt embeddings, guidance scale from f(s*), strength 0.3 (the report's
-"Gaussian noise of 0.3", read as diffusers' img2img ``strength=0.3``: the source is noised to
-30 % of the schedule and denoised from there), k candidates whose seeds derive from (the
-generation draw's seed, image id, k): ``run.draw`` gives another set of candidates for the same
-sources. In the raw pass the source enters the model at its own resolution (downscaled only above
-``generation.max_side``): our reading of the report's first pass, and what the curate stage diagnoses and fixes by
+For each training image: prompt "(c*)0.9. A picture of (label)1.5" encoded by compel into prompt embeddings,
+guidance scale from f(s*), strength 0.3 (the report's "Gaussian noise of 0.3", read as diffusers' img2img
+``strength=0.3``: the source is noised to 30 % of the schedule and denoised from there), k candidates whose seeds
+derive from (the generation draw's seed, image id, k): ``run.draw`` gives another set for the same sources. In the
+raw pass the source enters the model at its own resolution (downscaled only above ``generation.max_side``): our
+reading of the report's first pass, and what the curate stage diagnoses and fixes by
 upscaling small sources first (``model_input_size``). Each candidate is resized back to the
 source's size and saved as PNG.
 
@@ -296,10 +295,10 @@ def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None
                          other=f", or lower generation.max_side (now {gen.max_side})")
 
     UNET_ROWS.clear()
+    files = ("path", "edges")  # what each candidate's record stands for (core.files.ItemStore checks they are whole)
     try:
         records = run_items(run.items(run.generation_stage(variant)), list(sources.image_id), start,
-                            outputs=lambda _, recs: [run.absolute(r[k]) for r in recs for k in ("path", "edges")
-                                                     if k in r])
+                            outputs=lambda _, recs: [run.absolute(r[k]) for r in recs for k in files if k in r])
     finally:
         for pool in filter(None, (writers, loader)):
             pool.shutdown()
