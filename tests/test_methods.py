@@ -4,6 +4,7 @@ Baselines and stages of the equal-steps variant, and the measured cost in the co
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from sgid_utils.config.backbones import configs
@@ -16,7 +17,8 @@ from sgid_utils.core.registry import get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed
 from sgid_utils.core.sharing import variant_params
-from sgid_utils.reporting.comparison import HOURS, comparison_table
+from sgid_utils.reporting.comparison import HOURS, TEST_P, comparison_table
+from sgid_utils.reporting.stats import pooled_mcnemar, setting_predictions
 
 
 def test_every_setting_of_a_compared_method_names_that_methods_code():
@@ -82,6 +84,14 @@ def test_every_stage_records_its_seconds_and_the_comparison_counts_each_methods_
     assert set(table["Synthetic per real"]) == {0.5, 1.0, pipeline_run.da_fusion.num_synthetic}
     recomputed = comparison_table(pipeline_run, catalog.load(pipeline_run, "training_results"))
     pd.testing.assert_frame_equal(recomputed.drop(columns=HOURS), table.drop(columns=HOURS), check_dtype=False)
+    # the same two checks as SGID's headline verdict: the seed interval and the test set (pooled McNemar)
+    results = catalog.load(pipeline_run, "training_results")
+    first = results[results.backbone == results.backbone.iloc[0]]
+    def preds(setting):
+        return setting_predictions(first, setting,
+                                   lambda c: catalog.load(pipeline_run, "predictions", config=c))
+    expected = pooled_mcnemar(preds("Real Guidance (100%)"), preds(rg["Best non-generative"]))["p_value"]
+    assert rg[TEST_P] == pytest.approx(expected)
 
 
 def test_an_equal_steps_variant_links_the_baselines_and_the_methods_images(make_params):

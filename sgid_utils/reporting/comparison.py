@@ -23,10 +23,17 @@ from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.provenance import stage_seconds
 from sgid_utils.core.sharing import variant_params
-from sgid_utils.reporting.stats import holm, paired_difference
+from sgid_utils.reporting.stats import (
+    holm,
+    joint_verdict,
+    paired_difference,
+    pooled_mcnemar,
+    setting_predictions,
+)
 from sgid_utils.reporting.tables import format_mean_std, format_p, of_backbone, per_setting
 
 GAIN = "Gain (points, 95% CI)"
+TEST_P = "Test-set check (McNemar p, pooled over seeds)"
 HOURS = "Device hours"
 PER_HOUR = "Points per device hour"
 
@@ -65,15 +72,22 @@ def equal_steps_runs(params: Params) -> list[tuple[str, Params]]:
     return out
 
 
-def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series, bb_label: str,
-          recipe: str) -> list[dict]:
+def _predictions(params: Params, results: pd.DataFrame, setting: str) -> pd.DataFrame:
+    """A setting's test predictions over its seeds (``stats.setting_predictions`` from this run's files)."""
+    return setting_predictions(results, setting, lambda config: catalog.load(params, "predictions", config=config))
+
+
+def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series, best_pred: pd.DataFrame,
+          bb_label: str, recipe: str) -> list[dict]:
     """One row per generative setting of ``results`` (one backbone), with its paired difference to the best
-    non-generative setting ``best`` (its accuracy per seed: ``best_acc``)."""
+    non-generative setting ``best`` (its accuracy per seed: ``best_acc``) and the test-set check against it
+    (pooled McNemar on ``best_pred``, its predictions), the same two checks as SGID's headline verdict."""
     acc = per_setting(results)
     rows = []
     for setting, r in acc[~acc.method.isin(NON_GENERATIVE)].iterrows():
         own = results[results.setting == setting]
         diff = paired_difference(own.set_index("seed").test_acc, best_acc)
+        diff["test_p"] = pooled_mcnemar(_predictions(params, results, setting), best_pred)["p_value"]
         seconds, device = method_cost(params, r.method)
         own_recipe = r.method in REPLACING
         d = params.da_fusion
@@ -99,10 +113,11 @@ def comparison_table(params: Params, results: pd.DataFrame) -> pd.DataFrame:
             continue
         best = pool["mean"].idxmax()
         best_acc = own[own.setting == best].set_index("seed").test_acc
-        rows += _rows(params, own, best, best_acc, bb.label, recipe)
+        best_pred = _predictions(params, own, best)
+        rows += _rows(params, own, best, best_acc, best_pred, bb.label, recipe)
         for label, variant in equal if bb.name == backbones(params)[0].name else []:
             theirs = of_backbone(catalog.load(variant, "training_results"), bb.name)
-            rows += _rows(variant, theirs, best, best_acc, bb.label, f"equal steps ({label})")
+            rows += _rows(variant, theirs, best, best_acc, best_pred, bb.label, f"equal steps ({label})")
     if not rows:
         return pd.DataFrame(columns=["Backbone", "Method", "Recipe", GAIN, HOURS, PER_HOUR])
     diffs = [r.pop("_diff") for r in rows]
@@ -115,9 +130,11 @@ def comparison_table(params: Params, results: pd.DataFrame) -> pd.DataFrame:
     table.insert(table.columns.get_loc("gain") + 1, "ci_low", [100 * d["ci_low"] for d in diffs])
     table.insert(table.columns.get_loc("ci_low") + 1, "ci_high", [100 * d["ci_high"] for d in diffs])
     table.insert(table.columns.get_loc("ci_high") + 1, "p (paired t)", [format_p(d["p_value"]) for d in diffs])
-    table.insert(table.columns.get_loc("p (paired t)") + 1, "Verdict (unadjusted)", [_verdict(d) for d in diffs])
+    table.insert(table.columns.get_loc("p (paired t)") + 1, TEST_P, [d["test_p"] for d in diffs])
+    table.insert(table.columns.get_loc(TEST_P) + 1, "Verdict (unadjusted)",
+                 [joint_verdict(_verdict(d), d["test_p"]) for d in diffs])
     table.insert(table.columns.get_loc("Verdict (unadjusted)") + 1, "Verdict (Holm)",
-                 [_verdict(d, by_row.get(i)) for i, d in enumerate(diffs)])
+                 [joint_verdict(_verdict(d, by_row.get(i)), d["test_p"]) for i, d in enumerate(diffs)])
     hours = table[HOURS]
     table[PER_HOUR] = np.where(hours > 0, table.gain / hours.where(hours > 0, 1.0), np.nan)
     return table
@@ -142,6 +159,7 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     out = table.drop(columns=[c for c in ("gain", "ci_low", "ci_high") if c in table]).copy()
     out["Synthetic per real"] = [f"{v:g}" for v in out["Synthetic per real"]]
     out[HOURS] = [f"{h:.4f}" if h < 0.01 else f"{h:.2f}" for h in out[HOURS]]
+    out[TEST_P] = [format_p(p) for p in out[TEST_P]]
     out[PER_HOUR] = ["–" if pd.isna(v) else f"{v:+.3g}" for v in out[PER_HOUR]]
     return out
 
@@ -150,9 +168,10 @@ def caption(table: pd.DataFrame) -> str:
     """What the table's numbers are; the Device column names the machine each row's hours were measured on."""
     return ("Which augmentation: each generative method's gain over the best non-generative method of the same "
             "backbone (picked from this run's means; paired over training seeds on one generation draw, 95% CI; Holm "
-            "over the table's rows), at its synthetic images per real image and optimisation steps, beside the device "
-            "hours of the stages its images need, measured by the runner on the machine the Device column names. "
-            "Training cost is not included: every row trains the same recipe for the steps shown.")
+            "over the table's rows; a verdict only where that interval and the pooled McNemar test agree), at its "
+            "synthetic images per real image and optimisation steps, beside the device hours of the stages its "
+            "images need, measured by the runner on the machine the Device column names. Training cost is not "
+            "included: every row trains the same recipe for the steps shown.")
 
 
 def gain_vs_cost(table: pd.DataFrame):
