@@ -44,6 +44,11 @@ def _with(section: str, key: str, value) -> dict:
         ({"dataset": BASE["dataset"]}, ["missing required key 'run'"]),
         (_with("run", "device", "gpu"), ["run.device", "should match pattern"]),
         (_with("training", "methods", ["baseline", "sgid_filtered"]), ["sgid_filtered but quality.filters is empty"]),
+        (_with("generation", "prompt_template", "a photo"), ["generation.prompt_template", "must contain {label}"]),
+        (_with("real_guidance", "prompt", "a photo"), ["real_guidance.prompt", "must contain {label}"]),
+        (_with("da_fusion", "prompt", "a photo"), ["da_fusion.prompt", "must contain {token}"]),
+        (_with("da_fusion", "resolution", 500), ["da_fusion.resolution", "multiple of 8"]),
+        (_with("real_guidance", "resolution", 500), ["real_guidance.resolution", "multiple of 8"]),
     ],
 )
 def test_bad_params_name_file_and_key(tmp_path, doc, needles):

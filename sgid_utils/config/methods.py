@@ -14,12 +14,13 @@ images' catalog entry), add its params section here if it has settings (with a `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from pydantic import Field, field_validator
 
 from sgid_utils.config.origins import Source
 from sgid_utils.config.origins import from_method as _method
-from sgid_utils.config.references import Section
+from sgid_utils.config.references import CanvasSize, Section, containing
 
 
 @dataclass(frozen=True)
@@ -66,27 +67,15 @@ class RealGuidanceParams(Section):
     the prompt "a photo of a {label}", one fixed guidance scale, one strength, one synthetic image per real image; no
     captions, no similarity, no selection. The model is ``models.diffusion``, the same as SGID's."""
 
-    prompt: str = Field("a photo of a {label}", description="The prompt; {label} is the class name.")
+    prompt: Annotated[str, containing("{label}")] = Field("a photo of a {label}",
+                                                          description="The prompt; {label} is the class name.")
     guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale, fixed for every image.")
     strength: float = Field(0.5, gt=0, le=1, description="diffusers img2img strength.")
-    resolution: int = Field(512, ge=8, description="Each real image is resized to this square canvas for the model "
+    resolution: CanvasSize = Field(512, description="Each real image is resized to this square canvas for the model "
                             "and its output resized back to the real image's size.")
     num_inference_steps: int = Field(50, ge=1,
                                      description="Denoising steps of the full schedule (strength x this run).")
 
-    @field_validator("prompt")
-    @classmethod
-    def _label(cls, v: str) -> str:
-        if "{label}" not in v:
-            raise ValueError("real_guidance.prompt must contain {label}")
-        return v
-
-    @field_validator("resolution")
-    @classmethod
-    def _multiple(cls, v: int) -> int:
-        if v % 8:
-            raise ValueError(f"real_guidance.resolution must be a multiple of 8 (the VAE's factor); got {v}")
-        return v
 
 
 class DaFusionParams(Section):
@@ -105,8 +94,9 @@ class DaFusionParams(Section):
     scale_lr: bool = Field(True, description="Multiply inversion_lr by inversion_batch_size, as --scale_lr does.")
     inversion_weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay (on the token's row only).")
     flip_p: float = Field(0.5, ge=0, le=1, description="Horizontal flip probability of the inversion's images.")
-    resolution: int = Field(512, ge=8, description="Square size of the inversion's images and the img2img canvas.")
-    prompt: str = Field("a photo of a {token}", description="The generation prompt; {token} is the class token.")
+    resolution: CanvasSize = Field(512, description="Square size of the inversion's images and the img2img canvas.")
+    prompt: Annotated[str, containing("{token}")] = Field(
+        "a photo of a {token}", description="The generation prompt; {token} is the class token.")
     guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale, fixed.")
     strengths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0], min_length=1,
                                    description="Each synthetic image's strength is drawn from these, from its seed.")
@@ -115,25 +105,11 @@ class DaFusionParams(Section):
                                          "of its recipe (da_fusion_recipe) is one of its real image's synthetic ones.")
     num_inference_steps: int = Field(50, ge=1, description="Denoising steps of the full schedule.")
 
-    @field_validator("prompt")
-    @classmethod
-    def _token(cls, v: str) -> str:
-        if "{token}" not in v:
-            raise ValueError("da_fusion.prompt must contain {token}")
-        return v
-
     @field_validator("strengths")
     @classmethod
     def _strengths(cls, v: list[float]) -> list[float]:
         if not all(0 < s <= 1 for s in v):
             raise ValueError(f"every da_fusion.strengths value must lie in (0, 1]; got {v}")
-        return v
-
-    @field_validator("resolution")
-    @classmethod
-    def _multiple(cls, v: int) -> int:
-        if v % 8:
-            raise ValueError(f"da_fusion.resolution must be a multiple of 8 (the VAE's factor); got {v}")
         return v
 
 

@@ -6,13 +6,37 @@ report page print them next to this run's, and nothing computed depends on them.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class Section(BaseModel):
     """Every params section: an unknown key or a wrong type is an error, also when set after loading."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def containing(placeholder: str) -> AfterValidator:
+    """A text field that must hold ``placeholder`` (a prompt's ``{label}``), checked as the params load (the error
+    names the key)."""
+
+    def check(text: str) -> str:
+        if placeholder not in text:
+            raise ValueError(f"must contain {placeholder}")
+        return text
+
+    return AfterValidator(check)
+
+
+def _multiple_of_8(size: int) -> int:
+    if size % 8:
+        raise ValueError("must be a multiple of 8 (the VAE's downsampling factor)")
+    return size
+
+
+# A square canvas the Stable Diffusion VAE takes: a multiple of 8 pixels.
+CanvasSize = Annotated[int, Field(ge=8), AfterValidator(_multiple_of_8)]
 
 
 
