@@ -26,9 +26,10 @@ TEXTS = ("sgid_reproduction_report.md", "sgid_paper_public.md")
 
 # Where attributions are written for readers. docs/GPU.md, docs/PERFORMANCE.md and docs/gpu/ hold timings, not
 # attributions, and are left out while issue #28 rewrites them.
-SCANNED = ["README.md", "docs/ARCHITECTURE.md", "docs/EXPERIMENTS.md", "docs/OUTPUTS.md", "docs/PARAMS.md",
-           "params/*.yaml", "notebooks/*.ipynb", "sgid_utils/reporting/templates/*",
-           "sgid_utils/reporting/page.py", "sgid_utils/reporting/tables.py", "sgid_utils/reporting/plots.py"]
+SCANNED = ["README.md", "docs/ARCHITECTURE.md", "docs/CHOICES.md", "docs/RUNS.md", "docs/EXPERIMENTS.md",
+           "docs/OUTPUTS.md", "docs/PARAMS.md", "params/*.yaml", "notebooks/*.ipynb",
+           "sgid_utils/reporting/templates/*", "sgid_utils/reporting/page.py", "sgid_utils/reporting/tables.py",
+           "sgid_utils/reporting/plots.py"]
 
 ATTRIBUTING = re.compile(r"\b(the paper|the report|the abstract|as in the|faithful\w*|exact)\b", re.IGNORECASE)
 # "the report" also names this package's own page, and "beyond the paper" attributes nothing: those need no evidence.

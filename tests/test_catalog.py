@@ -44,8 +44,8 @@ def test_upstream_is_derived_from_the_files():
     assert all(callable(get(n).function) for n in NAMES)
 
 
-def test_the_architecture_doc_shows_the_files_the_registry_declares():
-    doc = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+def test_the_runs_doc_shows_the_files_the_registry_declares():
+    doc = (REPO / "docs" / "RUNS.md").read_text()
     assert catalog.files_table() in doc, "regenerate with `python -m sgid_utils stages --files`"
     out = subprocess.run([sys.executable, "-m", "sgid_utils", "stages", "--files"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout

@@ -126,18 +126,18 @@ def test_listed_backbones_get_a_row_per_field_under_their_name():
     assert changed.loc["training.backbones", "this run"] == "[vit_b16_in21k, resnet50_scratch, clip_vit_b16_laion2b]"
 
 
-@pytest.mark.parametrize("doc", ["docs/ARCHITECTURE.md", "README.md"])
+@pytest.mark.parametrize("doc", ["docs/CHOICES.md", "docs/ARCHITECTURE.md", "README.md"])
 def test_origins_written_in_the_docs_agree_with_sources(doc):
     text = (REPO / doc).read_text()
     stated = ANNOTATED.findall(text)
     for key, origin in stated:
         assert source_of(key).origin == origin, f"{doc} says `{key}` ({origin}); sources.py: {source_of(key).origin}"
-    if doc == "docs/ARCHITECTURE.md":
+    if doc == "docs/CHOICES.md":
         assert len(stated) >= 20
 
 
 def test_every_row_of_the_ambiguity_table_states_its_origins():
-    text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    text = (REPO / "docs" / "CHOICES.md").read_text()
     table = text.split("## Choices where the report is ambiguous", 1)[1].split("\n## ", 1)[0]
     rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("| question")]
     assert len(rows) >= 15

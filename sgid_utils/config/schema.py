@@ -73,7 +73,7 @@ class ModelParams(Section):
     controlnet: str = Field(
         "lllyasviel/control_v11p_sd15_canny",
         description="Canny-edge ControlNet for SD 1.5, used when generation.generator is 'controlnet' "
-        "(docs/ARCHITECTURE.md: why v1.1).",
+        "(docs/CHOICES.md: why v1.1).",
     )
 
 

@@ -18,7 +18,7 @@ itself (``training.backbones``) and one per field of its items, written with ``[
 (``training.backbones[].optimizer``); an optional section likewise (``results.headline``, ``results.headline.gains``).
 In ``config.settings.settings_table`` the ``[]`` holds the item's name (or its position when it has none):
 ``training.backbones[resnet50_scratch].lr``. ``source_of`` accepts either form. The data lives here once; the
-report page, docs/ARCHITECTURE.md (checked by tests/test_sources.py) and the params comments follow it.
+report page, docs/CHOICES.md (checked by tests/test_sources.py) and the params comments follow it.
 """
 
 from __future__ import annotations

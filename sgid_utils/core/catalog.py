@@ -198,7 +198,7 @@ def save(params: Params | RunDir, name: str, obj: Any, caption: str | None = Non
 
 def files_table() -> str:
     """Every stage with the files it reads and writes and their paths (``<run>`` is run.dir, ``<reports>``
-    run.reports_dir): what ``python -m sgid_utils stages --files`` prints and docs/ARCHITECTURE.md shows."""
+    run.reports_dir): what ``python -m sgid_utils stages --files`` prints and docs/RUNS.md shows."""
     run = RunDir(Path("<run>"), Path("<reports>"))
     lines = []
     for name, notebook, reads, writes in [(s.name, s.notebook, s.reads, s.writes) for s in STAGES] + [
