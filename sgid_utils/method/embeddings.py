@@ -1,6 +1,6 @@
 """CLIP embeddings: of images, of texts, of captions against their image, and those curation saved.
 
-Stage 02 scores captions with them, curation scores candidates against their source and saves the
+The similarity stage scores captions with them, curation scores candidates against their source and saves the
 embeddings per source (``embeddings/<variant>/<image_id>.npz``), and the quality report reads those back
 beside the class prompts' text embeddings. One set of helpers keeps every CLIP cosine in the package the
 same quantity: L2-normalised embeddings of ``models.clip``, their raw dot product.

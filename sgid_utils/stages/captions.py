@@ -1,4 +1,4 @@
-"""Stage 01: BLIP captions, 10 by nucleus sampling and 10 by beam search per training image.
+"""The captions stage: BLIP captions, 10 by nucleus sampling and 10 by beam search per training image.
 
 Both run batched over images. Beam search is deterministic; its width (``captioning.num_beams``, 10) is not
 given by the report: returning 10 beam captions forces at least 10 beams, and 10 is that minimum. Nucleus

@@ -1,4 +1,5 @@
-"""Stage 08: which augmentation helps, at what cost: every generative method's gain beside its measured device hours.
+"""The compare stage: which augmentation helps, at what cost: every generative method's gain beside its measured
+device hours.
 
 Built from the files the training stage saved (and those of the run's equal-steps variants, when ``run ablations``
 has trained them) and from the runner's records of how long each stage took; nothing is retrained. The table and

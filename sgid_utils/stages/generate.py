@@ -15,5 +15,5 @@ from sgid_utils.method.generation import generate
 
 
 def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
-    """Stage 03: k candidates for every training image at its own resolution (the report's first pass)."""
+    """The generate stage: k candidates for every training image at its own resolution (the report's first pass)."""
     return None if generate(params, "raw", images) is None else catalog.load(params, "manifest_raw")

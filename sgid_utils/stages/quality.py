@@ -1,4 +1,4 @@
-"""Stage 07: the generated set's quality and where SGID helps, as tables notebook 07 shows.
+"""The quality stage: the generated set's quality and where SGID helps, as tables notebook 07 shows.
 
 Two tables beyond the paper's accuracy table:
 

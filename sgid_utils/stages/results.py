@@ -1,4 +1,4 @@
-"""Stage 06: result tables beside the published numbers, significance against the Baseline, the figures.
+"""The results stage: result tables beside the published numbers, significance against the Baseline, the figures.
 
 Built only from files the training stage saved; nothing is retrained and no
 number is typed in here. Reference values (the report's Tables 1 and 2, the

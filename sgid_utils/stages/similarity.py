@@ -1,4 +1,4 @@
-"""Stage 02: CLIP image-caption similarity; the best caption c* and its score s* per image.
+"""The similarity stage: CLIP image-caption similarity; the best caption c* and its score s* per image.
 
 s* is the raw cosine of the L2-normalised CLIP embeddings, in [-1, 1]: not multiplied by CLIP's logit
 scale, not a softmax over the image's captions, not CLIPScore (2.5 * max(cos, 0)). The report names only

@@ -1,4 +1,5 @@
-"""Stage 05: train each backbone with Baseline, CutMix, RandAugment, SGID and SGID combined with CutMix/RandAugment.
+"""The train stage: each backbone trained with Baseline, CutMix, RandAugment, SGID and SGID combined with
+CutMix/RandAugment.
 
 A backbone is a timm classifier with its own recipe (``config.training.BackboneParams``): by default the report's
 ViT-B/16 (ImageNet-21k) with Adam at a constant learning rate of 1e-4 (what the report gives), for 10 epochs
