@@ -1,6 +1,6 @@
-"""What a newcomer reads stays true: every module path and dotted package name the docs write exists, and
-tests/README.md maps every module of the package to tests that really reach it (so a new module without tests, or a
-map gone stale, fails here).
+"""What a newcomer reads stays true: every module path, dotted package name and link to a section the docs write
+exists, and tests/README.md maps every module of the package to tests that really reach it (so a new module without
+tests, or a map gone stale, fails here).
 
 The map's rules for "reaches", checked from the source text (no test is run here):
 
@@ -119,6 +119,29 @@ def test_every_dotted_package_name_the_docs_write_resolves():
     assert not resolves("sgid_utils.core.rundir.RunDir.nothing")
     stale = sorted(f"{f}: {n}" for f, n in names if not resolves(n))
     assert not stale, f"names that no longer exist: {stale}"
+
+
+LINK = re.compile(r"\]\(((?:[\w/.-]*\.md)?)#([\w-]+)\)")  # [text](PAGE.md#anchor), or (#anchor) on the same page
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, each space a hyphen."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_to_a_section_finds_its_heading():
+    assert slug("How f(s\\*) becomes the guidance scale") == "how-fs-becomes-the-guidance-scale"
+    assert slug("Three backbones, and SGID combined with CutMix / RandAugment") == (
+        "three-backbones-and-sgid-combined-with-cutmix--randaugment")
+    files = sorted({f for pattern in ("README.md", "docs/*.md", "bench/*.md") for f in REPO.glob(pattern)})
+    broken = []
+    for f in files:
+        for target, anchor in LINK.findall(f.read_text()):
+            page = (f.parent / target).resolve() if target else f
+            headings = re.findall(r"^#+ (.+)$", page.read_text(), re.MULTILINE) if page.is_file() else []
+            if anchor not in {slug(h) for h in headings}:
+                broken.append(f"{f.relative_to(REPO)}: {target}#{anchor}")
+    assert not broken, f"links to sections that moved or were renamed: {broken}"
 
 
 def imports_of(path: Path) -> set[str]:
