@@ -212,3 +212,28 @@ def test_notebook_08_plots_the_lcm_set_beside_sgids(make_params, pipeline_run, l
     assert {"SGID", "SGID (LCM-LoRA, 3 steps)"} <= set(sets.index)
     assert sets.loc["SGID (LCM-LoRA, 3 steps)", "images"] == sets.loc["SGID", "images"]
     assert sets.loc["SGID (LCM-LoRA, 3 steps)", "distance to source"] != sets.loc["SGID", "distance to source"]
+
+
+def test_the_comparison_shows_the_lcm_variant_as_a_method_of_its_own(make_params, pipeline_run, lora):
+    """A methods run with an LCM-LoRA variant (as params/pets_methods.yaml declares it): its SGID gets its own row,
+    named by its sampler, with the device hours of its own generation stages (captions and scores linked)."""
+    from sgid_utils.core.provenance import stage_seconds
+    from sgid_utils.core.runner import run_all
+    from sgid_utils.reporting.comparison import HOURS, comparison_table
+    from sgid_utils.stages.ablations import run as run_ablations
+
+    change = {"generation.sampler": "lcm", "generation.lcm.lora": lora, "training.methods": ["baseline", "sgid"]}
+    params = make_params("cmp", training={"methods": ["baseline", "sgid"], "sgid_proportions": [1.0], "seeds": [0]},
+                         ablations=[{"name": "lcm", "label": "LCM-LoRA sampler", "set": change}])
+    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
+    run_all(params)
+    run_ablations(params)
+    variant = variant_params(params, "lcm", change)
+    run = RunDir.of(variant)
+    assert run.stage("captions").is_symlink() and not run.stage("generate").is_symlink()
+    table = comparison_table(params, catalog.load(params, "training_results")).set_index("Method")
+    assert {"SGID (100%)", "SGID (LCM-LoRA, 3 steps) (100%)"} <= set(table.index)
+    row = table.loc["SGID (LCM-LoRA, 3 steps) (100%)"]
+    assert row.Recipe == "equal epochs"
+    own = sum(stage_seconds(variant, s)[0] for s in ("captions", "similarity", "generate", "upscale", "curate"))
+    assert row[HOURS] == pytest.approx(own / 3600) and own > 0
