@@ -237,3 +237,17 @@ def test_the_comparison_shows_the_lcm_variant_as_a_method_of_its_own(make_params
     assert row.Recipe == "equal epochs"
     own = sum(stage_seconds(variant, s)[0] for s in ("captions", "similarity", "generate", "upscale", "curate"))
     assert row[HOURS] == pytest.approx(own / 3600) and own > 0
+
+
+def test_preflight_checks_the_lora_where_a_run_or_variant_uses_it(make_params, lora):
+    from sgid_utils.preflight.checks import checks
+
+    def lora_checks(params):
+        return [c for c in checks(params) if c.name == "generation.lcm.lora"]
+
+    assert lora_checks(make_params("plain")) == []
+    (found,) = lora_checks(make_params("own", generation={"sampler": "lcm", "lcm": {"lora": lora}}))
+    assert found.ok and lora in found.detail
+    change = {"generation.sampler": "lcm", "generation.lcm.lora": "latent-consistency/no-such-lcm-lora-xyz"}
+    (missing,) = lora_checks(make_params("variant", ablations=[{"name": "lcm", "set": change}]))
+    assert not missing.ok and "HF_HUB_OFFLINE" in missing.detail and "hf download" in missing.fix
