@@ -275,7 +275,8 @@ def run_section(report: Report, title: str, measure: Callable[[], list[str]]) ->
 # --- generation -------------------------------------------------------------------------------------------------------
 def build_pipeline(ctx: Context, controlnet: bool):
     """SD 1.5 img2img (and its ControlNet) at this size, random weights, in the run's dtype, contiguous as
-    ``method.generation.load_generator`` loads it (the variants section measures channels_last and torch.compile)."""
+    ``method.generation_setup.load_generator`` loads it (the variants section measures channels_last and
+    torch.compile)."""
     torch.manual_seed(0)
     with torch.device(ctx.device):
         pipe = builders.stable_diffusion(ctx.size)

@@ -9,6 +9,7 @@ package) is recorded once in ``sgid_utils.config.sources``; a new field needs an
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 from sgid_utils.config.methods import DaFusionParams, RealGuidanceParams
 from sgid_utils.config.references import ResultsParams, containing
 from sgid_utils.config.references import Section as Section
+from sgid_utils.config.samplers import LcmParams, denoising_steps, largest_guidance
 from sgid_utils.config.training import TrainingParams
 
 
@@ -135,12 +137,19 @@ class ControlNetParams(Section):
         return self
 
 
+Sampler = Literal["default", "lcm"]  # generation.sampler
+
+
 class GenerationParams(Section):
     generator: Generator = Field(
         "img2img", description="img2img: SD img2img (the report's 'image-to-image'); controlnet: SD img2img "
         "with a Canny-edge ControlNet (models.controlnet)."
     )
     controlnet: ControlNetParams = Field(default_factory=ControlNetParams)
+    sampler: Sampler = Field("default", description="default: the diffusion model's own scheduler at "
+                             "num_inference_steps (PNDM for SD 1.5); lcm: LCM-LoRA in a few steps (generation.lcm), "
+                             "a different method: compared as such, never the default.")
+    lcm: LcmParams = Field(default_factory=LcmParams)
     prompt: Literal["sgid", "label_only", "caption_only"] = Field(
         "sgid", description="sgid: weighted caption + label; label_only: 'A picture of <label>'; caption_only: '<c*>'."
     )
@@ -169,6 +178,29 @@ class GenerationParams(Section):
     png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of the candidates' PNGs: the same pixels "
                                     "at any level; 1 wrote a 500x375 photo 2.6x faster than PIL's default 6, in a "
                                     "file 6 % larger.")
+
+    @property
+    def steps(self) -> int:
+        """num_inference_steps of the sampler in force (the schedule strength cuts)."""
+        return self.lcm.num_inference_steps if self.sampler == "lcm" else self.num_inference_steps
+
+    @model_validator(mode="after")
+    def _sampler(self) -> GenerationParams:
+        if self.sampler != "lcm":
+            return self
+        if self.generator != "img2img":
+            raise ValueError("generation.sampler: lcm runs with generation.generator: img2img only")
+        steps, key = self.lcm.num_inference_steps, "generation.lcm.num_inference_steps"
+        if denoising_steps(steps, self.strength) < 1:  # unlike PNDM, LCMScheduler keeps no extra step
+            raise ValueError(f"generation.strength {self.strength:g} x {key} {steps} leaves no denoising step "
+                             f"(img2img runs int({steps * self.strength:g}) = 0 of the schedule): raise {key} to at "
+                             f"least {math.ceil(1 / self.strength)}")
+        g = self.guidance
+        if (top := largest_guidance(g.mode, g.coefficients, g.base_scale)) > self.lcm.max_guidance_scale:
+            raise ValueError(f"generation.sampler: lcm takes guidance scales up to generation.lcm.max_guidance_scale "
+                             f"({self.lcm.max_guidance_scale:g}), but generation.guidance gives up to {top:.3g}: use "
+                             "guidance.mode: direct, or a lower base_scale")
+        return self
 
 
 class CurationParams(Section):

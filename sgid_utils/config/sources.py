@@ -31,6 +31,7 @@ from sgid_utils.config.origins import Source
 from sgid_utils.config.origins import from_paper as _paper
 from sgid_utils.config.origins import from_report as _report
 from sgid_utils.config.origins import ours as _ours
+from sgid_utils.config.samplers import SAMPLER_SOURCES
 
 # dataset.hf_id when left unset: the Hugging Face data set each named source loads.
 HUB_IDS = {"pets": "timm/oxford-iiit-pet", "flowers": "dpdl-benchmark/oxford_flowers102"}
@@ -216,6 +217,7 @@ SOURCES: dict[str, Source] = {
                                     "cost on a GPU is unmeasured (docs/GPU.md)"),
     "training.method_proportions": _ours("one synthetic image per real image, as SGID at 100 %: the methods compared "
                                          "at an equal number of synthetic images (DA-Fusion's first of its M)"),
+    **SAMPLER_SOURCES,  # generation.sampler and its LCM-LoRA settings, declared beside them (config.samplers)
     **METHOD_SOURCES,  # the compared augmentations' settings, declared beside them (config.methods)
     # results
     "results.references": _ours("none by default; the Pets and Flowers profiles list the report's Tables 1 and 2: "

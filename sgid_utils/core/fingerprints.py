@@ -53,7 +53,8 @@ COSMETIC_BACKBONE_KEYS = ("label", "source")
 
 def unused_keys(params: Params, stage: str | None = None) -> set[str]:
     """Keys that cannot change these params' outputs: the ControlNet's under the img2img generator (and the generator
-    itself at img2img, the value every run had before it existed, so that finished runs stay valid); and, when
+    itself at img2img, the value every run had before it existed, so that finished runs stay valid); likewise
+    ``generation.sampler`` at its default and the LCM-LoRA's settings under it; and, when
     ``training.backbones`` lists the classifiers, ``models.classifier`` and the ``training.*`` fields a backbone
     inherits (in each backbone's own record, resolved: retuning one backbone leaves the others' runs valid).
 
@@ -64,6 +65,7 @@ def unused_keys(params: Params, stage: str | None = None) -> set[str]:
     except in its own stages' fingerprints."""
     keys = set() if params.generation.generator == "controlnet" else {"models.controlnet", "generation.controlnet",
                                                                       "generation.generator"}
+    keys |= {"generation.sampler", "generation.lcm"} if params.generation.sampler == "default" else set()
     listed = {"models.classifier", *(f"training.{k}" for k in INHERITED)} if params.training.backbones else set()
     defaults = ({"run.draw"} if params.run.draw == 0 else set()) | {
         f"training.{k}" for k in ("equal_steps", "deterministic") if not getattr(params.training, k)}

@@ -21,7 +21,9 @@ once their files are there: ``resumable.Pending``); on the CPU they would take t
 With ``generation.generator: controlnet`` (beyond the paper) the same prompt, scale,
 strength and seeds go through img2img with a Canny-edge ControlNet: each source's
 edge map (``sgid_utils.method.edges``, at the model-input size) is saved beside its
-candidates and conditions them, per image or in the batched loop alike.
+candidates and conditions them, per image or in the batched loop alike. With
+``generation.sampler: lcm`` (beyond the paper) they go through the img2img pipeline
+with an LCM-LoRA fused into its UNet and LCMScheduler, a few steps (``config.samplers``).
 
 The stages only choose the pass (``generate(params, variant, images)``); notebook 03's side-by-side
 of the two generators (``preview_generators``) and the preflight projection (``raw_pass``) use the
@@ -49,11 +51,11 @@ from sgid_utils.core.rundir import Pass, RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed, torch_rng
 from sgid_utils.method.batched import UNET_ROWS, generate_many
 from sgid_utils.method.edges import canny_edges
-from sgid_utils.method.generation_setup import compile_wanted, rows_summary, start_batch_size, writer_threads
+from sgid_utils.method.generation_setup import load_generator, rows_summary, start_batch_size, writer_threads
 from sgid_utils.method.guidance import guidance_scale
 from sgid_utils.method.prompt_encoding import PromptEncoder
 from sgid_utils.method.prompts import build_prompt
-from sgid_utils.models.loading import load_controlnet_img2img, load_img2img, resolve_device, resolve_dtype
+from sgid_utils.models.loading import resolve_device
 
 GENERATORS: tuple[str, ...] = get_args(Generator)
 
@@ -128,26 +130,6 @@ def sources_for(params: Params, variant: Pass, images: pd.DataFrame) -> pd.DataF
     return df.assign(in_w=[w for w, _ in sizes], in_h=[h for _, h in sizes]).reset_index(drop=True)
 
 
-def load_generator(params: Params, generator: str | None = None,
-                   candidates: int = 0) -> tuple[Any, PromptEncoder, torch.device]:
-    """The pipeline of ``generator`` (default: generation.generator) in the run's dtype and its prompt encoder; on
-    CUDA its UNet compiled by ``compile_wanted`` for a pass of ``candidates`` (and its VAE decoder with
-    ``generation.compile_vae``). No channels_last: on an H200 it made the batched loop slower
-    (0.89x, docs/PERFORMANCE.md)."""
-    gen = params.generation
-    device = resolve_device(params)
-    dtype = resolve_dtype(gen.dtype, device)
-    if (generator or gen.generator) == "controlnet":
-        pipe = load_controlnet_img2img(params.models.diffusion, params.models.controlnet, str(device), dtype)
-    else:
-        pipe = load_img2img(params.models.diffusion, str(device), dtype)
-    if compile_wanted(gen, device, candidates) and not hasattr(pipe.unet, "_orig_mod"):
-        pipe.unet = torch.compile(pipe.unet)
-    if device.type == "cuda" and gen.compile_vae and not hasattr(pipe.vae.decoder, "_orig_mod"):
-        pipe.vae.decoder = torch.compile(pipe.vae.decoder)
-    return pipe, PromptEncoder(pipe), device
-
-
 @dataclass(frozen=True)
 class Chunk:
     """A few sources as the generators take them: their rows, images at the source's and the model-input size,
@@ -197,12 +179,12 @@ def run_generator(pipe, encode: PromptEncoder, gen: GenerationParams, chunk: Chu
     scale = gen.controlnet.conditioning_scale
     if reference:
         controls = edges or [None] * len(embeds)
-        return [generate_candidates(pipe, *embed, image, guidance, gen.strength, gen.num_inference_steps, seeds,
+        return [generate_candidates(pipe, *embed, image, guidance, gen.strength, gen.steps, seeds,
                                     control, scale)
                 for embed, image, guidance, seeds, control
                 in zip(embeds, chunk.inputs, chunk.scales, chunk.seeds, controls)]
     return generate_many(pipe, chunk.inputs, [e for e, _ in embeds], [n for _, n in embeds], chunk.scales, gen.strength,
-                         gen.num_inference_steps, chunk.seeds, batch_size=len(embeds), control_images=edges,
+                         gen.steps, chunk.seeds, batch_size=len(embeds), control_images=edges,
                          conditioning_scale=scale)
 
 

@@ -1,15 +1,25 @@
-"""How the generation stage sizes and speeds up its work on a GPU: the starting batch from free memory, when to
-compile the UNet, how many writer threads, and the UNet rows it ran. Speed only: none of this changes an image
-beyond the batched path's floating-point tolerance."""
+"""How the generation stage loads its pipeline (the generator and sampler in force) and sizes and speeds up its work
+on a GPU: the starting batch from free memory, when to compile the UNet, how many writer threads, and the UNet rows
+it ran. Beyond which pipeline runs, speed only: none of this changes an image beyond the batched path's
+floating-point tolerance."""
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from typing import Any
 
 import torch
 
 from sgid_utils.config.schema import GenerationParams, Params
+from sgid_utils.method.prompt_encoding import PromptEncoder
+from sgid_utils.models.loading import (
+    load_controlnet_img2img,
+    load_img2img,
+    load_lcm_img2img,
+    resolve_device,
+    resolve_dtype,
+)
 
 # GPU memory one candidate takes in the batched loop at 512 x 512 in fp16: its UNet rows (the CFG pair) and its
 # share of the VAE decode. Measured on an H200 (docs/gpu/h200_2026-12-04_full.md, peak memory): 16.4 GiB at 8
@@ -62,6 +72,29 @@ def start_batch_size(params: Params, pipe, device: torch.device, largest: tuple[
         return auto_batch_size(torch.cuda.mem_get_info(device)[0], *largest, gen.num_candidates, pipe.unet.dtype,
                                controlnet=gen.generator == "controlnet")
     return 1
+
+
+def load_generator(params: Params, generator: str | None = None,
+                   candidates: int = 0) -> tuple[Any, PromptEncoder, torch.device]:
+    """The pipeline of ``generator`` (default: generation.generator; under generation.sampler: lcm, img2img with the
+    LCM-LoRA fused and LCMScheduler) in the run's dtype and its prompt encoder; on
+    CUDA its UNet compiled by ``compile_wanted`` for a pass of ``candidates`` (and its VAE decoder with
+    ``generation.compile_vae``). No channels_last: on an H200 it made the batched loop slower
+    (0.89x, docs/PERFORMANCE.md)."""
+    gen = params.generation
+    device = resolve_device(params)
+    dtype = resolve_dtype(gen.dtype, device)
+    if (generator or gen.generator) == "controlnet":
+        pipe = load_controlnet_img2img(params.models.diffusion, params.models.controlnet, str(device), dtype)
+    elif gen.sampler == "lcm":
+        pipe = load_lcm_img2img(params.models.diffusion, gen.lcm.lora, str(device), dtype)
+    else:
+        pipe = load_img2img(params.models.diffusion, str(device), dtype)
+    if compile_wanted(gen, device, candidates) and not hasattr(pipe.unet, "_orig_mod"):
+        pipe.unet = torch.compile(pipe.unet)
+    if device.type == "cuda" and gen.compile_vae and not hasattr(pipe.vae.decoder, "_orig_mod"):
+        pipe.vae.decoder = torch.compile(pipe.vae.decoder)
+    return pipe, PromptEncoder(pipe), device
 
 
 def rows_summary(rows: Counter) -> str:

@@ -94,6 +94,32 @@ def _quiet_diffusers() -> None:
 @functools.lru_cache(maxsize=2)
 def load_img2img(ref: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
     """Stable Diffusion img2img pipeline without the safety checker (augmentation, not publication)."""
+    return _img2img(ref, device, dtype)
+
+
+@functools.lru_cache(maxsize=2)
+def load_lcm_img2img(ref: str, lora: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+    """The img2img pipeline with an LCM-LoRA fused into its UNet and diffusers' LCMScheduler (generation.sampler:
+    lcm), as the LoRA's model card loads it (``load_lora_weights``, ``fuse_lora``).
+
+    Its own pipeline, not ``load_img2img``'s cached one with the LoRA fused in: Real Guidance and DA-Fusion generate
+    with that one. The LoRA's layers are unloaded once fused: the UNet keeps the fused weights and runs at its own
+    speed."""
+    from diffusers import LCMScheduler
+
+    pipe = _img2img(ref, device, dtype)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    try:
+        pipe.load_lora_weights(lora)
+    except Exception as exc:  # noqa: BLE001 - every failure gets the same actionable message
+        raise model_load_error(lora, "generation", exc, "generation.lcm.lora") from None
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    return pipe
+
+
+def _img2img(ref: str, device: str, dtype: torch.dtype) -> Any:
+    """A new img2img pipeline from ``ref`` (the loaders cache it)."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
     _quiet_diffusers()
@@ -137,7 +163,7 @@ def release_models() -> None:
     training. On the CPU they stay cached (a later stage of the process reuses them)."""
     if not torch.cuda.is_initialized():
         return
-    for loader in (load_captioner, load_clip, load_img2img, load_controlnet_img2img):
+    for loader in (load_captioner, load_clip, load_img2img, load_lcm_img2img, load_controlnet_img2img):
         loader.cache_clear()
     gc.collect()
     torch.cuda.empty_cache()

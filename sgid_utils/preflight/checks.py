@@ -213,6 +213,12 @@ def checks(params: Params) -> list[Check]:
     keys = ("captioner", "clip", "diffusion") + (("controlnet",) if controlnet else ()) + (
         () if params.training.backbones else ("classifier",))
     out = [check_model(params, key) for key in keys] + check_backbones(params)
+    # The LCM-LoRA where the run or a variant samples with it (generation.sampler: lcm).
+    gen = params.generation
+    loras = {a.set.get("generation.lcm.lora", gen.lcm.lora) for a in params.ablations
+             if a.set.get("generation.sampler", gen.sampler) == "lcm"}
+    loras |= {gen.lcm.lora} if gen.sampler == "lcm" else set()
+    out += [_check_ref(params, "generation.lcm.lora", ref, is_timm=False) for ref in sorted(loras)]
     out += [check_dataset(params), check_versions(), check_device(params), *check_reuse(params)]
     return out + check_disk(Path(params.run.dir), params.run.min_free_gb) + [check_persistent(Path(params.run.dir))]
 

@@ -2,7 +2,8 @@
 
 Per backbone, each generative setting of the run (SGID, Real Guidance, ... at each proportion) and of the run's
 equal-steps variants (``ablations`` with ``training.equal_steps: true``, whose Baselines are the base run's, linked)
-gets one row: synthetic images per real image, optimisation steps, accuracy, its gain over the best non-generative
+and sampler variants (``generation.sampler``: SGID with LCM-LoRA's few steps, named as a method of its own) gets
+one row: synthetic images per real image, optimisation steps, accuracy, its gain over the best non-generative
 method of the base run (the highest mean of Baseline, CutMix and RandAugment, picked from the numbers as
 ``stages.results.backbone_gains`` picks it) with the paired 95% CI over training seeds and the verdicts (unadjusted,
 and Holm over this table's rows), the device hours of the stages the method needs (``config.methods``; measured by the
@@ -19,6 +20,7 @@ import pandas as pd
 
 from sgid_utils.config.backbones import NON_GENERATIVE, backbones
 from sgid_utils.config.methods import BY_METHOD, REPLACING
+from sgid_utils.config.samplers import sampler_label
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.provenance import stage_seconds
@@ -61,15 +63,30 @@ def method_cost(params: Params, method: str) -> tuple[float, str]:
     return seconds, " / ".join(dict.fromkeys(machines)) or "not recorded"
 
 
-def equal_steps_runs(params: Params) -> list[tuple[str, Params]]:
-    """The run's equal-steps variants that have finished training: (label, their params)."""
+def sgid_name(params: Params) -> str:
+    """SGID's name in a run under its sampler: 'SGID', or 'SGID (LCM-LoRA, 3 steps)' (a different method)."""
+    gen = params.generation
+    return sampler_label(gen.sampler, gen.steps, gen.strength)
+
+
+def sampler_variants(params: Params, needs: str) -> list[Params]:
+    """The run's variants on another sampler (``generation.sampler``: SGID by a different method) whose catalog entry
+    ``needs`` exists."""
+    variants = [variant_params(params, a.name, a.set) for a in params.ablations if "generation.sampler" in a.set]
+    return [v for v in variants if v.generation.sampler != params.generation.sampler and catalog.exists(v, needs)]
+
+
+def compared_runs(params: Params) -> list[tuple[str, Params]]:
+    """The run's variants the table shows once they have finished training, with their recipe: the equal-steps ones
+    (``training.equal_steps: true``, at the Baseline's steps) and those on another sampler (``sampler_variants``)."""
     out = []
     for a in params.ablations:
         if a.set.get("training.equal_steps") is True:
             variant = variant_params(params, a.name, a.set)
             if catalog.exists(variant, "training_results"):
-                out.append((a.label or a.name, variant))
-    return out
+                out.append((f"equal steps ({a.label or a.name})", variant))
+    recipe = "equal steps" if params.training.equal_steps else "equal epochs"
+    return out + [(recipe, v) for v in sampler_variants(params, "training_results")]
 
 
 def _predictions(params: Params, results: pd.DataFrame, setting: str) -> pd.DataFrame:
@@ -92,7 +109,8 @@ def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series,
         own_recipe = r.method in REPLACING
         d = params.da_fusion
         own_text = f"its own (M={d.num_synthetic}, p={d.synthetic_probability:g})"
-        rows.append({"Backbone": bb_label, "Method": setting, "Recipe": own_text if own_recipe else recipe,
+        rows.append({"Backbone": bb_label, "Method": setting.replace("SGID", sgid_name(params), 1),
+                     "Recipe": own_text if own_recipe else recipe,
                      "Synthetic per real": float(d.num_synthetic if own_recipe else r.proportion),
                      "Steps": int(own.steps.mean()),
                      "Accuracy (%)": format_mean_std(r["mean"], r["std"], int(r["count"])),
@@ -103,7 +121,7 @@ def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series,
 def comparison_table(params: Params, results: pd.DataFrame) -> pd.DataFrame:
     """The comparison, all backbones in one table (Holm over every row), sorted per backbone by gain."""
     rows = []
-    equal = equal_steps_runs(params)
+    variants = compared_runs(params)
     recipe = "equal steps" if params.training.equal_steps else "equal epochs"
     for bb in backbones(params):
         own = of_backbone(results, bb.name)
@@ -115,9 +133,9 @@ def comparison_table(params: Params, results: pd.DataFrame) -> pd.DataFrame:
         best_acc = own[own.setting == best].set_index("seed").test_acc
         best_pred = _predictions(params, own, best)
         rows += _rows(params, own, best, best_acc, best_pred, bb.label, recipe)
-        for label, variant in equal if bb.name == backbones(params)[0].name else []:
+        for their_recipe, variant in variants if bb.name == backbones(params)[0].name else []:
             theirs = of_backbone(catalog.load(variant, "training_results"), bb.name)
-            rows += _rows(variant, theirs, best, best_acc, best_pred, bb.label, f"equal steps ({label})")
+            rows += _rows(variant, theirs, best, best_acc, best_pred, bb.label, their_recipe)
     if not rows:
         return pd.DataFrame(columns=["Backbone", "Method", "Recipe", GAIN, HOURS, PER_HOUR])
     diffs = [r.pop("_diff") for r in rows]

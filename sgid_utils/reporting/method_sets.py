@@ -1,8 +1,9 @@
 """Notebook 08's views of the compared methods' images: the same real images under each method, and each method's
 set on the paper's two axes (consistency: CLIP label score; diversity: distance to the source).
 
-SGID's set is the curated one (its embeddings saved by curation, ``reporting.set_metrics``); another method's images
-are embedded here with the same CLIP model and class prompts, so every set sits on the same axes.
+SGID's set is the curated one, its embeddings saved by curation (``reporting.set_metrics``), and so is that of each
+variant on another sampler (SGID with LCM-LoRA, ``comparison.sampler_variants``); another method's images are embedded
+here with the same CLIP model and class prompts, so every set sits on the same axes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sgid_utils.core import catalog
 from sgid_utils.core.images import load_run_image
 from sgid_utils.method.embeddings import class_prompt_embeddings, image_embeddings, load_embeddings
 from sgid_utils.models.loading import load_clip, resolve_device
+from sgid_utils.reporting.comparison import sampler_variants, sgid_name
 from sgid_utils.reporting.set_metrics import (
     CURATED,
     consistency_metrics,
@@ -41,7 +43,9 @@ def methods_set_metrics(params) -> pd.DataFrame:
     """The real images and each method's set (SGID's curated set, then the others') on the two axes."""
     base = set_metrics(params).set_index("set")
     rows = [{"set": "real (sources)", **base.loc["real (sources)"].drop("kind").to_dict()},
-            {"set": "SGID", **base.loc[CURATED].drop("kind").to_dict()}]
+            {"set": sgid_name(params), **base.loc[CURATED].drop("kind").to_dict()}]
+    for variant in sampler_variants(params, "curated"):  # SGID's curated set under another sampler (LCM-LoRA)
+        rows.append({"set": sgid_name(variant), **set_metrics(variant).set_index("set").loc[CURATED].drop("kind")})
     candidates = catalog.load(params, "candidates")
     _, sources = load_embeddings(params, candidates)
     _, text, position = class_prompt_embeddings(params, candidates)
