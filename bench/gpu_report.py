@@ -181,7 +181,7 @@ PLANS = {
         train_steps=10,
         train_cap=1024,
         repeats=2,
-        stage_images_per_class=8,
+        stage_images_per_class=16,
         caption_batches=(1, 4, 16, 64),
         loader_images_per_class=128,
         loader_epochs=3,
@@ -206,7 +206,7 @@ PLANS = {
         loader_images_per_class=2,
         loader_epochs=1,
         train_jobs=(1, 2),
-        gen_steps=10,  # 3 UNet steps, as the tests' tiny runs: the tiny rates forecast nothing anyway
+        gen_steps=10,  # 4 UNet calls (PNDM), as the tests' tiny runs: the tiny rates forecast nothing anyway
     ),
 }
 
