@@ -7,24 +7,32 @@ A GPU run is rare and short here, and expensive for a user, so one prepared comm
 the projections and the docs need (reports/gpu/gpu_report.md, and the same numbers as JSON beside it):
 
 - SD 1.5 img2img at 512 x 512 (the raw pass) and 768 x 512 (the upscaled pass): the per-image pipeline
-  against the batched loop, fp16, img/s and fraction of the FLOP floor (strength 0.3 of 50 steps, CFG pair);
+  against the batched loop, fp16, img/s, fraction of the FLOP floor (strength 0.3 of 50 steps, CFG pair) and the
+  largest difference between the two paths' images;
 - the ControlNet generator the same way;
 - where one stage-sized chunk's time goes (prompt encoding, source upscaling, VAE encode, UNet steps, VAE decode,
   the rest of the loop, resize-and-PNG serially and on the stage's writer threads), the batched loop's img/s against
   its batch size, and a profiler trace of one loop saved beside the report (with the GPU's busy share on CUDA);
-- BLIP captioning (10 nucleus + 10 beam) and CLIP similarity, per image against batched;
+- the generate stage itself (``run_stage``) on a temporary run directory of Pets-like mixed source sizes: its
+  wall-clock, img/s through it, UNet rows per call, and the GPU's busy share over the stage (gpu_stage_sections.py);
+- the batched loop with the UNet's attention on each SDPA backend (flash, memory-efficient, math, cuDNN);
+- BLIP captioning (10 nucleus + 10 beam) and CLIP similarity, per image against batched; captioning against its
+  batch size;
 - training throughput of each backbone the profiles name (AMP on CUDA) at its profile's batch size,
   and its test-pass throughput: images/s and one epoch's seconds on Pets and Flowers;
+- the train stage itself with ``training.jobs`` = 1, 2, 4 concurrent configurations (aggregate img/s), and its
+  loader (decoded-once image files, its transforms and workers) against tensors already on the device;
 - peak GPU memory per stage and the largest batch that fits (doubling until out of memory or a cap);
-- optional variants of the batched loop (channels_last, torch.compile on the UNet), timed within the run
-  and compared with the plain loop's images against the batched path's tolerance;
+- optional variants of the batched loop (channels_last; torch.compile on the UNet in the modes default,
+  max-autotune-no-cudagraphs and reduce-overhead, with the graphs each compiles), timed within the run and
+  compared with the plain loop's images against the batched path's tolerance (gpu_loop_sections.py);
 - the wall-clock of params/pets.yaml, flowers.yaml, the backbone profiles and the quick profile projected from
   these rates with ``sgid_utils.preflight.projection`` (preflight's arithmetic), beside the FLOP-derived figures
   of docs/GPU.md's table, and each profile's total on a T4 at this GPU's measured efficiency.
 
 ``--size real`` (the default on CUDA) builds the full-size architectures with random weights
 (``sgid_utils.models.builders``): speed does not depend on the weight values, and nothing is downloaded.
-``--size tiny`` (the default without CUDA) runs the same code with the smoke profile's tiny models:
+``--size tiny`` (the default without CUDA) runs the same code with the smoke profile's tiny models and 10 steps:
 its rates say nothing about a GPU; it keeps this path from rotting (tests/test_gpu_report.py).
 Every section is written as soon as it is measured; a section that fails is reported, the others still run,
 and the exit status is 1.
@@ -34,8 +42,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -51,7 +59,25 @@ from typing import Any
 import numpy as np
 import torch
 from backbone_costs import evaluations, profile_costs, split_counts
-from diffusers import StableDiffusionControlNetImg2ImgPipeline
+from gpu_common import (
+    TOLERANCE,
+    build_pipeline,
+    busy_share,
+    free_memory,
+    log,
+    markdown_table,
+    peak_gib,
+    reset_peak,
+    timed,
+)
+from gpu_loop_sections import (
+    COMPILE_MODES,
+    CPU_COMPILE_MODES,
+    measure_caption_batches,
+    measure_sdpa,
+    measure_variants,
+)
+from gpu_stage_sections import measure_generate_stage, measure_loader_training
 from PIL import Image
 
 from bench import (
@@ -99,8 +125,12 @@ SECTIONS = (
     "Generation: img2img",
     "Generation: ControlNet",
     "Generation: where the time goes",
+    "Generation: the stage on mixed sizes",
+    "Generation: SDPA backends",
     "Captioning and similarity",
+    "Captioning against batch size",
     "Training",
+    "Training: the stage's loader and concurrent jobs",
     "Peak memory and largest batch",
     "Variants: channels_last and torch.compile",
     "Projected wall-clock",
@@ -110,8 +140,6 @@ DERIVED_FRACTION = {"generation": 0.5, "training": 0.4}
 # The goals of the issue that added the batched loop: half the FLOP floor (~17 img/s at 512 x 512 on an H100 SXM
 # or an H200, 989.4 TFLOP/s) and batched >= 3x per image.
 GOAL_FLOOR_FRACTION, GOAL_SPEEDUP = 0.5, 3.0
-# Batched against per-image (tests/test_batched.py and conftest.ATOL): fp32 1e-4, fp16 0.03 on [0, 1] images.
-TOLERANCE = {torch.float32: 1e-4, torch.float16: 0.03, torch.bfloat16: 0.03}
 PROBE_STRENGTH = 0.02  # one or two UNet steps of 50: memory per step does not depend on the step count
 
 
@@ -131,6 +159,12 @@ class Plan:
     train_steps: int  # timed optimisation steps per backbone (after as many untimed)
     train_cap: int
     repeats: int  # timed runs of each path, after one untimed
+    stage_images_per_class: int  # the generate stage's made-up training images per class (3 classes)
+    caption_batches: tuple[int, ...]  # captioning against batch size
+    loader_images_per_class: int  # the train stage's made-up training images per class (3 classes)
+    loader_epochs: int
+    train_jobs: tuple[int, ...]  # training.jobs values; as many Baseline configurations as the largest
+    gen_steps: int  # generation.num_inference_steps (x strength 0.3 UNet steps): the default 50 at real size
 
 
 PLANS = {
@@ -147,6 +181,12 @@ PLANS = {
         train_steps=10,
         train_cap=1024,
         repeats=2,
+        stage_images_per_class=16,
+        caption_batches=(1, 4, 16, 64),
+        loader_images_per_class=128,
+        loader_epochs=3,
+        train_jobs=(1, 2, 4),
+        gen_steps=GenerationParams().num_inference_steps,
     ),
     "tiny": Plan(
         ((64, 64), (96, 64)),
@@ -161,6 +201,12 @@ PLANS = {
         train_steps=3,
         train_cap=64,
         repeats=1,
+        stage_images_per_class=2,
+        caption_batches=(1, 2),
+        loader_images_per_class=2,
+        loader_epochs=1,
+        train_jobs=(1, 2),
+        gen_steps=10,  # 4 UNet calls (PNDM), as the tests' tiny runs: the tiny rates forecast nothing anyway
     ),
 }
 
@@ -182,6 +228,7 @@ class Context:
     flops: dict[str, float] = field(default_factory=dict)  # "<generator> <w>x<h>" -> FLOPs per generated image
     # (stage, peak while timed, largest batch that fits, peak at that batch)
     memory: list[tuple[str, str, str, str]] = field(default_factory=list)
+    compile_modes: tuple[str, ...] = COMPILE_MODES  # torch.compile modes the variants section runs
 
 
 class Report:
@@ -205,32 +252,6 @@ class Report:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("\n".join(out))
         self.path.with_suffix(".json").write_text(json.dumps(self.numbers, indent=1, sort_keys=True))
-
-
-def log(text: str) -> None:
-    print(f"[gpu-report {time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def markdown_table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(map(str, r)) + " |" for r in rows
-    ]
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_gib(device: torch.device) -> str:
-    """Peak allocated GPU memory since the last reset; the CPU has no per-stage counter here."""
-    return f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else "n/a (CPU)"
 
 
 def largest_batch(trial: Callable[[int], object], start: int, cap: int, device: torch.device) -> tuple[str, str]:
@@ -259,7 +280,7 @@ def largest_batch(trial: Callable[[int], object], start: int, cap: int, device: 
 def run_section(report: Report, title: str, measure: Callable[[], list[str]]) -> None:
     """Measure one section; a failure goes into the report (with its traceback) and the next section still runs."""
     log(f"{title} ...")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         lines = measure()
     except Exception:  # noqa: BLE001 - one failed section must not lose the others' minutes of GPU time
@@ -267,47 +288,38 @@ def run_section(report: Report, title: str, measure: Callable[[], list[str]]) ->
         lines = ["**Failed** (the other sections ran):", "", "```", traceback.format_exc().strip(), "```"]
         log(f"{title} FAILED:\n{traceback.format_exc()}")
     free_memory()
-    seconds = time.perf_counter() - start
-    report.put(title, lines + ["", f"_Section time: {seconds:.0f} s._"])
-    log(f"{title}: {seconds:.0f} s")
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    report.put(title, lines + ["", f"_Section time: {seconds:.0f} s (this process's CPU: {cpu:.0f} s)._"])
+    log(f"{title}: {seconds:.0f} s, CPU {cpu:.1f} s")
 
 
 # --- generation -------------------------------------------------------------------------------------------------------
-def build_pipeline(ctx: Context, controlnet: bool):
-    """SD 1.5 img2img (and its ControlNet) at this size, random weights, in the run's dtype, contiguous as
-    ``method.generation_setup.load_generator`` loads it (the variants section measures channels_last and
-    torch.compile)."""
-    torch.manual_seed(0)
-    with torch.device(ctx.device):
-        pipe = builders.stable_diffusion(ctx.size)
-        if controlnet:
-            pipe = StableDiffusionControlNetImg2ImgPipeline.from_pipe(pipe, controlnet=builders.controlnet(ctx.size))
-    pipe = pipe.to(ctx.device, ctx.dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def measure_generation(ctx: Context, report: Report, controlnet: bool) -> list[str]:
     name = "controlnet" if controlnet else "img2img"
     gen, plan = ctx.gen, ctx.plan
     k = gen.num_candidates
+    # Both paths' 8-bit images: equal within the batched path's tolerance, or one rounding level of 8 bits
+    tolerance = max(TOLERANCE[ctx.dtype], 1 / 255)
     pipe = build_pipeline(ctx, controlnet)
     rows, notes = [], []
     for width, height in plan.gen_sizes:
         inputs = generation_inputs(pipe, plan.sources, k, width, height, controlnet)
         few = inputs.take(plan.per_image_sources)
         reset_peak(ctx.device)
+        out: dict[str, list[list[Image.Image]]] = {}  # each path's last images, compared below
         seconds = best_times(
             {
-                "per-image": lambda few=few: per_image_generation(pipe, few, gen.strength, gen.num_inference_steps),
-                "batched": lambda inputs=inputs: batched_generation(
-                    pipe, inputs, gen.strength, gen.num_inference_steps, plan.gen_batch
-                ),
+                "per-image": lambda few=few, out=out: out.__setitem__("per-image", per_image_generation(
+                    pipe, few, gen.strength, gen.num_inference_steps)),
+                "batched": lambda inputs=inputs, out=out: out.__setitem__("batched", batched_generation(
+                    pipe, inputs, gen.strength, gen.num_inference_steps, plan.gen_batch)),
             },
             plan.repeats,
             ctx.device,
         )
         timed_peak = peak_gib(ctx.device)
+        diff = max(float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max()) / 255
+                   for one, many in zip(out["per-image"], out["batched"]) for a, b in zip(one, many))
         per_output, unet_steps, flops = flops_per_image(pipe, inputs, gen.strength, gen.num_inference_steps)
         floor = per_output / ctx.peak
         key = f"{name} {width}x{height}"
@@ -321,6 +333,8 @@ def measure_generation(ctx: Context, report: Report, controlnet: bool) -> list[s
             "floor_fraction_batched": floor * batched,
             "tflop_per_image": per_output / 1e12,
             "unet_steps": unet_steps,
+            "max_abs_diff": diff,
+            "tolerance": tolerance,
         }
         rows.append(
             (
@@ -331,6 +345,7 @@ def measure_generation(ctx: Context, report: Report, controlnet: bool) -> list[s
                 f"{floor * per_image:.1%} → {floor * batched:.1%}",
                 f"{per_output / 1e12:.4g}",
                 f"{1e3 * floor:.3g}",
+                f"{diff:.2g} ({'equal' if diff <= tolerance else 'NOT equal'})",
             )
         )
         probe = largest_batch(
@@ -364,13 +379,15 @@ def measure_generation(ctx: Context, report: Report, controlnet: bool) -> list[s
         "fraction of floor (per-image → batched)",
         "TFLOP per image",
         "floor ms/img",
+        "max |Δ| batched vs per-image",
     )
     return [
         f"{plan.sources} sources × k = {k} batched ({plan.per_image_sources} through the per-image pipeline), "
         f"strength {gen.strength} of {gen.num_inference_steps} steps ({type(pipe.scheduler).__name__}), guidance "
         f"f(s*) 1.16–1.25 (every image with its CFG pair), batched {plan.gen_batch} sources per loop, "
         f"{str(ctx.dtype).removeprefix('torch.')}, best of {plan.repeats} after one untimed run; prompt "
-        "encoding (compel) left out of both paths.",
+        "encoding (compel) left out of both paths. Max |Δ|: the per-image path's images against the same sources' "
+        f"batched ones on [0, 1] (equal: at most {tolerance:.3g}, the batched path's tolerance or one 8-bit level).",
         "",
         *markdown_table(head, rows),
         "",
@@ -408,24 +425,6 @@ class PhaseTimer:
             torch.cuda.synchronize()
         span = (lambda a, b: a.elapsed_time(b) / 1e3) if self.cuda else (lambda a, b: b - a)
         return {n: sum(span(m[i], m[i + 1]) for i in range(0, len(m), 2)) for n, m in self.marks.items()}
-
-
-def timed(device: torch.device, work: Callable[[], Any]) -> tuple[float, Any]:
-    sync(device)
-    start = time.perf_counter()
-    out = work()
-    sync(device)
-    return time.perf_counter() - start, out
-
-
-def busy_share(prof) -> float | None:
-    """GPU kernel time over the profiled wall time (None on the CPU): how much of the loop the GPU computed."""
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    if not kernels:
-        return None
-    start = min(e.time_range.start for e in prof.events())
-    end = max(e.time_range.end for e in prof.events())
-    return sum(e.time_range.elapsed_us() for e in kernels) / max(1, end - start)
 
 
 def measure_time_split(ctx: Context, report: Report, trace: Path) -> list[str]:
@@ -708,71 +707,6 @@ def measure_training(ctx: Context, report: Report) -> list[str]:
     ]
 
 
-# --- variants ---------------------------------------------------------------------------------------------------------
-def measure_variants(ctx: Context, report: Report) -> list[str]:
-    if not (ctx.channels_last or ctx.compile):
-        return ["Not run: pass `--channels-last` and/or `--compile` (both on by default on CUDA)."]
-    plan, gen = ctx.plan, ctx.gen
-    width, height = plan.gen_sizes[0]
-    pipe = build_pipeline(ctx, controlnet=False)
-    plain = pipe.unet
-    inputs = generation_inputs(pipe, plan.sources, gen.num_candidates, width, height, controlnet=False)
-    # Each variant starts from the plain UNet, so each row measures one change alone.
-    variants: list[tuple[str, Callable[[], None]]] = [("plain (contiguous)", lambda: None)]
-    if ctx.channels_last:
-        variants.append(("channels_last", lambda: setattr(pipe, "unet", plain.to(memory_format=torch.channels_last))))
-    if ctx.compile:
-        variants.append(("torch.compile", lambda: setattr(
-            pipe, "unet", torch.compile(plain.to(memory_format=torch.contiguous_format)))))
-    tolerance = TOLERANCE[ctx.dtype]
-    rows, base, base_rate = [], None, None
-    n_out = plan.sources * gen.num_candidates
-    for label, setup in variants:
-        start = time.perf_counter()
-        setup()
-        images = np.stack(
-            [
-                c
-                for cands in batched_generation(
-                    pipe, inputs, gen.strength, gen.num_inference_steps, plan.gen_batch, output_type="np"
-                )
-                for c in cands
-            ]
-        )
-        sync(ctx.device)
-        first = time.perf_counter() - start
-        seconds = best_times(
-            {label: lambda: batched_generation(pipe, inputs, gen.strength, gen.num_inference_steps, plan.gen_batch)},
-            plan.repeats,
-            ctx.device,
-        )[label]
-        rate = n_out / seconds
-        base, base_rate = (images, rate) if base is None else (base, base_rate)
-        diff = float(np.abs(images - base).max())
-        faster, equal = rate > base_rate, diff < tolerance
-        verdict = (
-            "baseline"
-            if label.startswith("plain")
-            else (
-                "faster and equal: worth it"
-                if faster and equal
-                else f"{'faster' if faster else 'not faster'}, " f"{'equal' if equal else 'NOT equal'}: leave it off"
-            )
-        )
-        report.numbers[f"variant {label}"] = {"batched_img_s": rate, "max_abs_diff": diff, "first_call_s": first}
-        rows.append((label, f"{rate:.3g}", f"{rate / base_rate:.2f}×", f"{diff:.2g}", f"{first:.1f} s", verdict))
-    return [
-        f"Batched img2img at {width} × {height}, {plan.sources} sources × k = {gen.num_candidates} per loop, "
-        f"{str(ctx.dtype).removeprefix('torch.')}; each variant applied alone to the plain UNet. 'max |Δ|': largest "
-        f"difference of its images from the plain loop's on [0, 1]; equal means below {tolerance:g}, the batched "
-        "path's tolerance in tests/test_batched.py. First call: setup + the first loop (compilation included).",
-        "",
-        *markdown_table(("variant", "img/s", "vs plain", "max |Δ|", "first call", "verdict"), rows),
-        "",
-        "The stage loads the UNet contiguous and compiles it with `generation.compile: true`.",
-    ]
-
-
 # --- projection -------------------------------------------------------------------------------------------------------
 def project_profile(ctx: Context, path: str) -> tuple[list[tuple[str, ...]], float]:
     """Rows (profile, stage, items, rate, projected, derived) for one params file, and its projected seconds:
@@ -927,11 +861,13 @@ def summary_lines(ctx: Context) -> list[str]:
         f"{per_image:.3g} img/s, speedup **{batched / per_image:.2f}×** (goal ≥ {GOAL_SPEEDUP:g}×: "
         f"{verdict(batched / per_image >= GOAL_SPEEDUP)})."
         + (" Tiny models on a CPU: the goals are a GPU's; shown for the code path only." if ctx.size == "tiny" else "")
-    ]
+    ] + ([f"- Through the generate stage itself (Pets-like mixed sizes, all its CPU work included): "
+          f"**{ctx.rates['generate stage']:.3g} img/s**."] if "generate stage" in ctx.rates else [])
 
 
 # The measured sections by short name, in the order they run (--sections picks some).
-MEASURED = ("img2img", "controlnet", "timesplit", "text", "training", "projection", "variants")
+MEASURED = ("img2img", "controlnet", "timesplit", "stage", "sdpa", "text", "captionbatch", "training", "trainstage",
+            "projection", "variants")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -957,10 +893,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="compare the batched loop with torch.compile on the UNet (default: on CUDA)",
     )
+    parser.add_argument("--compile-modes", nargs="+", choices=COMPILE_MODES, default=None,
+                        help="torch.compile modes to time with --compile (default: all on CUDA, 'default' on the CPU)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for the FLOP floor")
     parser.add_argument("--sections", nargs="+", choices=MEASURED, default=list(MEASURED),
                         help="measure only these sections (a rerun of a few on a short GPU lease); default: all")
     args = parser.parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the stages' progress bars, in this process and its workers
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)  # as bench.py: the tiny models' ops are too small to gain from threads
@@ -977,6 +916,8 @@ def main(argv: list[str] | None = None) -> int:
         peak_source,
         on_gpu if args.channels_last is None else args.channels_last,
         on_gpu if args.compile is None else args.compile,
+        gen=GenerationParams(num_inference_steps=PLANS[args.size].gen_steps),
+        compile_modes=tuple(args.compile_modes or (COMPILE_MODES if on_gpu else CPU_COMPILE_MODES)),
     )
     report = Report(args.out)
     report.numbers["setup"] = {
@@ -993,8 +934,15 @@ def main(argv: list[str] | None = None) -> int:
                                           lambda: measure_generation(ctx, report, controlnet=True)),
         "timesplit": lambda: run_section(report, "Generation: where the time goes", lambda: measure_time_split(
             ctx, report, args.out.with_name(f"{args.out.stem}_trace.json"))),
+        "stage": lambda: run_section(report, "Generation: the stage on mixed sizes",
+                                     lambda: measure_generate_stage(ctx, report)),
+        "sdpa": lambda: run_section(report, "Generation: SDPA backends", lambda: measure_sdpa(ctx, report)),
         "text": lambda: run_section(report, "Captioning and similarity", lambda: measure_text_stages(ctx, report)),
+        "captionbatch": lambda: run_section(report, "Captioning against batch size",
+                                            lambda: measure_caption_batches(ctx, report)),
         "training": lambda: run_section(report, "Training", lambda: measure_training(ctx, report)),
+        "trainstage": lambda: run_section(report, "Training: the stage's loader and concurrent jobs",
+                                          lambda: measure_loader_training(ctx, report)),
         "projection": lambda: run_section(report, "Projected wall-clock", lambda: measure_projection(ctx, report)),
         # Last: torch.compile's first call takes a minute or more; a run cut short loses only this section.
         "variants": lambda: run_section(report, "Variants: channels_last and torch.compile",

@@ -1,5 +1,7 @@
 """bench/gpu_report.py end to end at tiny size on the CPU, so that the one-command GPU measurement cannot rot unnoticed
-between the rare runs on a GPU: the same code path, every section written, every rate a positive number."""
+between the rare runs on a GPU: the same code path, every section written, and every figure consistent with the
+measurements it is made of (rates with their times, speedups with their rates, projections with preflight's
+arithmetic on the report's own rates)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))  # bench/ is scripts, not a package: import them as `python bench/x.py` does
 
-from gpu_report import largest_batch  # noqa: E402 - importable only once bench/ is on sys.path (above)
+from gpu_report import PROFILES, largest_batch  # noqa: E402 - importable only once bench/ is on sys.path (above)
+
+from sgid_utils.config.backbones import backbones  # noqa: E402
+from sgid_utils.config.load import load_params  # noqa: E402
+from sgid_utils.preflight.projection import full_run_counts, hms, project_seconds  # noqa: E402
 
 # Written out here, not read from gpu_report.SECTIONS: a section dropped there must fail this test.
 SECTIONS = (
@@ -25,8 +31,12 @@ SECTIONS = (
     "Generation: img2img",
     "Generation: ControlNet",
     "Generation: where the time goes",
+    "Generation: the stage on mixed sizes",
+    "Generation: SDPA backends",
     "Captioning and similarity",
+    "Captioning against batch size",
     "Training",
+    "Training: the stage's loader and concurrent jobs",
     "Peak memory and largest batch",
     "Variants: channels_last and torch.compile",
     "Projected wall-clock",
@@ -80,23 +90,76 @@ def test_every_section_is_measured(tiny_report: tuple[str, dict]) -> None:
         assert "Not reached" not in body and "**Failed**" not in body, f"{title}: {body[:2000]}"
 
 
-def test_rates_are_positive_numbers(tiny_report: tuple[str, dict]) -> None:
+def positive(value: object) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_generation_rates_agree_with_each_other(tiny_report: tuple[str, dict]) -> None:
+    """Speedup = batched / per-image; the floor fraction = rate x FLOPs per image / peak; batched images equal the
+    per-image path's within the recorded tolerance."""
     numbers = tiny_report[1]
-    rates = [
-        numbers[f"{kind} {size}"][path]
-        for kind in ("img2img", "controlnet")
-        for size in ("64x64", "96x64")
-        for path in ("per_image_img_s", "batched_img_s", "floor_fraction_batched")
-    ]
-    rates += [
-        numbers[stage][path] for stage in ("captioning", "similarity") for path in ("per_image_img_s", "batched_img_s")
-    ]
-    trained = [v for k, v in numbers.items() if k.startswith("train ")]
-    assert len(trained) == 3  # ViT-B/16, ResNet-50, CLIP ViT-B/16: every backbone the profiles name
-    rates += [t[key] for t in trained for key in ("train_img_s", "test_img_s", "epoch_s_pets", "epoch_s_flowers")]
-    rates += [numbers["variant channels_last"]["batched_img_s"]]
-    assert all(isinstance(r, float) and math.isfinite(r) and r > 0 for r in rates), rates
+    peak = numbers["setup"]["peak_tflops"]
+    for kind in ("img2img", "controlnet"):
+        for size in ("64x64", "96x64"):
+            row = numbers[f"{kind} {size}"]
+            assert positive(row["per_image_img_s"]) and positive(row["batched_img_s"]), row
+            assert row["speedup"] == pytest.approx(row["batched_img_s"] / row["per_image_img_s"])
+            for path in ("per_image", "batched"):
+                rate = row[f"{path}_img_s"]
+                assert row[f"floor_fraction_{path}"] == pytest.approx(rate * row["tflop_per_image"] / peak)
+            assert row["unet_steps"] == 4  # 10 steps at strength 0.3 (the tiny plan): 3, and PNDM adds one
+            assert 0 <= row["max_abs_diff"] <= row["tolerance"] <= 1 / 255 + 1e-9, (kind, size, row)
+
+
+def test_training_covers_every_profile_backbone(tiny_report: tuple[str, dict]) -> None:
+    """One row per distinct backbone model the profiles name (read from the params files), each epoch = the split's
+    images at the measured rate."""
+    models = {bb.model for path in PROFILES for bb in backbones(load_params(Path(ROOT, path)))}
+    trained = {k.removeprefix("train "): v for k, v in tiny_report[1].items() if k.startswith("train ")}
+    assert set(trained) == models
+    for row in trained.values():
+        assert positive(row["train_img_s"]) and positive(row["test_img_s"]), row
+        assert row["epoch_s_pets"] * row["train_img_s"] == pytest.approx(3680)  # Pets' trainval split
+        assert row["epoch_s_flowers"] * row["train_img_s"] == pytest.approx(2040)  # Flowers' train + val
+
+
+def test_variants_and_sdpa_backends(tiny_report: tuple[str, dict]) -> None:
+    numbers = tiny_report[1]
+    assert positive(numbers["variant channels_last"]["batched_img_s"])
     assert numbers["variant channels_last"]["max_abs_diff"] < 1e-4  # equal within the batched path's fp32 tolerance
+    assert numbers["variant channels_last"]["graphs_first_call"] == 0  # nothing compiled without torch.compile
+    backends = {k.removeprefix("sdpa "): v for k, v in numbers.items() if k.startswith("sdpa ")}
+    assert set(backends) == {"default", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH", "CUDNN_ATTENTION"}
+    assert backends["MATH"]["available"]  # the reference kernel runs everywhere, and gives the same images
+    for name, row in backends.items():
+        if row.get("available", True):
+            assert positive(row["batched_img_s"]) and row["max_abs_diff"] < 1e-4, name
+    text = sections(tiny_report[0])["Generation: SDPA backends"]
+    unavailable = [n for n, row in backends.items() if not row.get("available", True)]
+    assert all(f"| {n} | unavailable on cpu" in text for n in unavailable), text
+
+
+def test_stage_level_generation_and_training(tiny_report: tuple[str, dict]) -> None:
+    """The stages' own runs: rates are what their counts and times give, no busy share without CUDA, the same work
+    for every training.jobs value, captions independent of the batch size."""
+    numbers = tiny_report[1]
+    stage = numbers["generate stage"]
+    assert stage["candidates"] == 3 * stage["sources"] == 18  # k = 3 for 3 classes x 2 made-up images
+    assert stage["img_s"] * stage["seconds"] == pytest.approx(stage["candidates"])
+    assert stage["gpu_busy"] is None  # no GPU here: n/a, not a made-up share
+    assert "n/a (no CUDA)" in sections(tiny_report[0])["Generation: the stage on mixed sizes"]
+    jobs = numbers["training jobs"]
+    assert list(jobs) == ["1", "2"]
+    assert {row["image_epochs"] for row in jobs.values()} == {2 * 6}  # 2 configurations x 1 epoch x 6 images
+    for row in jobs.values():
+        assert row["img_s"] * row["seconds"] == pytest.approx(row["image_epochs"])
+    loader = numbers["training loader"]
+    assert loader["images"] == 6 and loader["workers"] == 0  # the stage's loader runs no workers on the CPU
+    assert all(positive(loader[k]) for k in ("loader_img_s", "in_memory_img_s", "decode_img_s"))
+    by_batch = numbers["captioning by batch"]
+    assert list(by_batch) == ["1", "2"]
+    for row in by_batch.values():
+        assert row["img_s"] * row["seconds"] == pytest.approx(row["images"]) and row["same_captions"]
 
 
 def test_time_split_batch_curve_and_trace(tiny_report: tuple[str, dict]) -> None:
@@ -107,7 +170,8 @@ def test_time_split_batch_curve_and_trace(tiny_report: tuple[str, dict]) -> None
         assert split[phase] > 0, phase
     assert any(name.startswith("prompt encoding") for name in split)
     assert any(name.startswith("resize back + PNG") for name in split) and split["writer_threads_s"] > 0
-    assert list(numbers["img/s by batch"]) == ["1", "2", "4"] and all(r > 0 for r in numbers["img/s by batch"].values())
+    assert list(numbers["img/s by batch"]) == ["1", "2", "4"]
+    assert all(positive(r) for r in numbers["img/s by batch"].values())
     assert numbers["profiled loop"]["gpu_busy"] is None  # no GPU here: n/a, not a made-up share
     text = sections(tiny_report[0])["Generation: where the time goes"]
     assert numbers["profiled loop"]["trace"] in text
@@ -118,11 +182,27 @@ def test_projection_covers_each_profile(tiny_report: tuple[str, dict]) -> None:
     totals = [r["profile"] for r in rows if "total" in r["stage"]]
     assert totals == ["pets", "flowers", "pets_backbones", "flowers_backbones", "pets_quick"]
     assert set(tiny_report[1]["t4_projection_s"]) == set(totals)
-    backbones = [r for r in rows if r["profile"] == "pets_backbones"]
-    assert [r["projected"] for r in backbones if r["stage"] == "generate"] == [
+    linked = [r for r in rows if r["profile"] == "pets_backbones"]
+    assert [r["projected"] for r in linked if r["stage"] == "generate"] == [
         "0"
     ]  # linked from the main run by run.reuse
-    assert sum(r["stage"].startswith("train: ") for r in backbones) == 3
+    listed = backbones(load_params(ROOT / "params/pets_backbones.yaml"))
+    assert sum(r["stage"].startswith("train: ") for r in linked) == len(listed)
+
+
+def test_projection_is_preflights_arithmetic_on_the_reported_rates(tiny_report: tuple[str, dict]) -> None:
+    """params/pets.yaml's stage rows recomputed here with preflight's functions from the JSON's rates."""
+    numbers = tiny_report[1]
+    params = load_params(ROOT / "params/pets.yaml")
+    k = params.generation.num_candidates
+    kind = "controlnet" if params.generation.generator == "controlnet" else "img2img"
+    per_item = {"captions": 1 / numbers["captioning"]["batched_img_s"],
+                "similarity": 1 / numbers["similarity"]["batched_img_s"],
+                "generate": k / numbers[f"{kind} 64x64"]["batched_img_s"],
+                "upscale": k / numbers[f"{kind} 96x64"]["batched_img_s"]}
+    expected = {stage: hms(s) for stage, s in project_seconds(per_item, full_run_counts(params)).items()}
+    rows = {r["stage"]: r["projected"] for r in numbers["projection"] if r["profile"] == params.run.name}
+    assert {stage: rows[stage] for stage in expected} == expected
 
 
 def test_largest_batch_doubles_until_out_of_memory() -> None:
