@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from backbone_costs import evaluations, profile_costs, split_counts
 from diffusers import StableDiffusionControlNetImg2ImgPipeline
+from method_costs import measure_method_costs
 from PIL import Image
 
 from bench import (
@@ -101,6 +102,7 @@ SECTIONS = (
     "Generation: where the time goes",
     "Captioning and similarity",
     "Training",
+    "Compared methods: Real Guidance and DA-Fusion",
     "Peak memory and largest batch",
     "Variants: channels_last and torch.compile",
     "Projected wall-clock",
@@ -320,6 +322,7 @@ def measure_generation(ctx: Context, report: Report, controlnet: bool) -> list[s
             "floor_fraction_batched": floor * batched,
             "tflop_per_image": per_output / 1e12,
             "unet_steps": unet_steps,
+            **{f"{part}_tflop": flops[part] / 1e12 for part in ("unet_cfg_pair", "vae_encode", "vae_decode")},
         }
         rows.append(
             (
@@ -930,7 +933,7 @@ def summary_lines(ctx: Context) -> list[str]:
 
 
 # The measured sections by short name, in the order they run (--sections picks some).
-MEASURED = ("img2img", "controlnet", "timesplit", "text", "training", "projection", "variants")
+MEASURED = ("img2img", "controlnet", "timesplit", "text", "training", "methods", "projection", "variants")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -994,6 +997,8 @@ def main(argv: list[str] | None = None) -> int:
             ctx, report, args.out.with_name(f"{args.out.stem}_trace.json"))),
         "text": lambda: run_section(report, "Captioning and similarity", lambda: measure_text_stages(ctx, report)),
         "training": lambda: run_section(report, "Training", lambda: measure_training(ctx, report)),
+        "methods": lambda: run_section(report, "Compared methods: Real Guidance and DA-Fusion", lambda: (
+            measure_method_costs(ctx, report, build_pipeline, markdown_table))),
         "projection": lambda: run_section(report, "Projected wall-clock", lambda: measure_projection(ctx, report)),
         # Last: torch.compile's first call takes a minute or more; a run cut short loses only this section.
         "variants": lambda: run_section(report, "Variants: channels_last and torch.compile",
