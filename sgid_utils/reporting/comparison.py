@@ -23,6 +23,7 @@ from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.provenance import stage_seconds
 from sgid_utils.core.sharing import variant_params
+from sgid_utils.reporting.costs import projected, projection
 from sgid_utils.reporting.stats import (
     holm,
     joint_verdict,
@@ -36,6 +37,8 @@ GAIN = "Gain (points, 95% CI)"
 TEST_P = "Test-set check (McNemar p, pooled over seeds)"
 HOURS = "Device hours"
 PER_HOUR = "Points per device hour"
+PROJECTED = "Projected GPU hours"  # shown as "Projected GPU hours (full <data set>, <GPU>)"; reporting.costs
+PROJECTED_FOR, PROJECTION_BASIS = "Projected for", "Projection basis"
 
 
 def method_stages(method: str) -> tuple[str, ...]:
@@ -83,6 +86,7 @@ def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series,
     non-generative setting ``best`` (its accuracy per seed: ``best_acc``) and the test-set check against it
     (pooled McNemar on ``best_pred``, its predictions), the same two checks as SGID's headline verdict."""
     acc = per_setting(results)
+    proj = projection(params, catalog.load(params, "images", missing=None))
     rows = []
     for setting, r in acc[~acc.method.isin(NON_GENERATIVE)].iterrows():
         own = results[results.setting == setting]
@@ -92,11 +96,15 @@ def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series,
         own_recipe = r.method in REPLACING
         d = params.da_fusion
         own_text = f"its own (M={d.num_synthetic}, p={d.synthetic_probability:g})"
+        share = 1 if own_recipe else made_per_real(params, r.method)
+        full_seconds, basis = projected(proj, method_stages(r.method), share)
         rows.append({"Backbone": bb_label, "Method": setting, "Recipe": own_text if own_recipe else recipe,
                      "Synthetic per real": float(d.num_synthetic if own_recipe else r.proportion),
                      "Steps": int(own.steps.mean()),
                      "Accuracy (%)": format_mean_std(r["mean"], r["std"], int(r["count"])),
-                     "Best non-generative": best, "_diff": diff, HOURS: seconds / 3600, "Device": device})
+                     "Best non-generative": best, "_diff": diff, HOURS: seconds / 3600, "Device": device,
+                     PROJECTED: full_seconds / 3600, PROJECTED_FOR: proj.label if proj else "",
+                     PROJECTION_BASIS: basis})
     return rows
 
 
@@ -161,6 +169,11 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     out[HOURS] = [f"{h:.4f}" if h < 0.01 else f"{h:.2f}" for h in out[HOURS]]
     out[TEST_P] = [format_p(p) for p in out[TEST_P]]
     out[PER_HOUR] = ["–" if pd.isna(v) else f"{v:+.3g}" for v in out[PER_HOUR]]
+    if PROJECTED in out:
+        labels = [x for x in dict.fromkeys(out.pop(PROJECTED_FOR)) if isinstance(x, str) and x]
+        out[PROJECTED] = ["no GPU report" if pd.isna(h) else f"{h:.4f}" if h < 0.01 else f"{h:.2f}"
+                          for h in out[PROJECTED]]
+        out = out.rename(columns={PROJECTED: f"{PROJECTED} ({' / '.join(labels)})" if labels else PROJECTED})
     return out
 
 
@@ -170,8 +183,11 @@ def caption(table: pd.DataFrame) -> str:
             "backbone (picked from this run's means; paired over training seeds on one generation draw, 95% CI; Holm "
             "over the table's rows; a verdict only where that interval and the pooled McNemar test agree), at its "
             "synthetic images per real image and optimisation steps, beside the device hours of the stages its "
-            "images need, measured by the runner on the machine the Device column names. Training cost is not "
-            "included: every row trains the same recipe for the steps shown.")
+            "images need, measured by the runner on the machine the Device column names. Projected GPU hours: the "
+            "same stages on the full data set (every training image, no max_per_class) at the rates of the GPU "
+            "report that results.gpu_rates names (sgid_utils.reporting.costs; SGID's curation has no rate and is "
+            "left out); the basis column says which rates were measured and which derived from FLOPs. Training "
+            "cost is not included in either: every row trains the same recipe for the steps shown.")
 
 
 def gain_vs_cost(table: pd.DataFrame):
