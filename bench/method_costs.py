@@ -41,6 +41,7 @@ from sgid_utils.stages.inversion import settings as inversion_settings
 LABELS = ("great pyrenees", "maine coon", "pink primrose")
 # Timed textual-inversion steps (after two untimed) at each size: the step's cost does not depend on the count.
 INVERSION_STEPS = {"real": 10, "tiny": 2}
+IMAGES = {"real": 16, "tiny": 1}  # stand-in real images per generation measurement (one synthetic image each)
 INVERSION_IMAGES = 8  # one class's training images (Flowers: 10 per class; Pets ~100)
 
 
@@ -74,7 +75,7 @@ def measure_method_costs(ctx: Any, report: Any, build_pipeline: Callable[..., An
     """The section's lines; the rates go into ``report.numbers`` under "real_guidance", "da_fusion", "inversion"."""
     rg, daf = RealGuidanceParams(), DaFusionParams()
     side = ctx.plan.gen_sizes[0][0] if ctx.size == "tiny" else rg.resolution  # the tiny SD's 64 px canvas
-    n = ctx.plan.sources  # one image per real image: as many as the SGID sections' sources
+    n = IMAGES[ctx.size]
     pipe = build_pipeline(ctx, controlnet=False)
     rows = []
     inputs = _inputs(pipe, rg.prompt, n, side, rg.guidance_scale, ctx.device, "real-guidance")

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "bench"))  # bench/ is scripts, not a package: imp
 from gpu_report import largest_batch  # noqa: E402 - importable only once bench/ is on sys.path (above)
 
 from sgid_utils.config.methods import AUGMENTATIONS, BY_METHOD  # noqa: E402
+from sgid_utils.preflight.projection import full_run_counts  # noqa: E402
 from sgid_utils.reporting.comparison import (  # noqa: E402
     PER_HOUR,
     PROJECTED,
@@ -178,7 +179,7 @@ def test_each_methods_cost_is_projected_from_the_reports_rates(tiny_report, make
     numbers = tiny_report[1]
     params = make_params(results={"gpu_rates": str(_report_file(tiny_report, tmp_path))},
                          real_guidance={"num_inference_steps": 50})
-    proj = projection(params, None)
+    proj = projection(params, None, full_run_counts)
     n, k = proj.counts.train_images, params.generation.num_candidates
     assert n == 12 and proj.label == f"full data/train, {numbers['setup']['device']} (tiny models: forecasts nothing)"
     seconds, basis = projected(proj, BY_METHOD["real_guidance"].stages, 1)
@@ -196,11 +197,11 @@ def test_each_methods_cost_is_projected_from_the_reports_rates(tiny_report, make
 
 def test_without_a_gpu_report_the_column_says_so(make_params) -> None:
     params = make_params()
-    assert params.results.gpu_rates is None and projection(params, None) is None
+    assert params.results.gpu_rates is None and projection(params, None, None) is None
     seconds, basis = projected(None, BY_METHOD["sgid"].stages, 1)
     assert math.isnan(seconds) and basis.startswith("no GPU report")
     table = pd.DataFrame({"Synthetic per real": [1.0], "Device hours": [0.5], TEST_P: [0.5], PER_HOUR: [1.0],
-                          PROJECTED: [seconds], PROJECTED_FOR: [""], PROJECTION_BASIS: [basis]})
+                          PROJECTED: [seconds], PROJECTED_FOR: ["no GPU report"], PROJECTION_BASIS: [basis]})
     assert shown(table)[PROJECTED].tolist() == ["no GPU report"]
     table[PROJECTED], table[PROJECTED_FOR] = [0.25], ["full pets, NVIDIA H200"]
     assert shown(table)[f"{PROJECTED} (full pets, NVIDIA H200)"].tolist() == ["0.25"]

@@ -23,7 +23,7 @@ from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.provenance import stage_seconds
 from sgid_utils.core.sharing import variant_params
-from sgid_utils.reporting.costs import projected, projection
+from sgid_utils.reporting.costs import CountsOf, projected, projection
 from sgid_utils.reporting.stats import (
     holm,
     joint_verdict,
@@ -39,6 +39,7 @@ HOURS = "Device hours"
 PER_HOUR = "Points per device hour"
 PROJECTED = "Projected GPU hours"  # shown as "Projected GPU hours (full <data set>, <GPU>)"; reporting.costs
 PROJECTED_FOR, PROJECTION_BASIS = "Projected for", "Projection basis"
+NO_REPORT = "no GPU report"
 
 
 def method_stages(method: str) -> tuple[str, ...]:
@@ -81,12 +82,12 @@ def _predictions(params: Params, results: pd.DataFrame, setting: str) -> pd.Data
 
 
 def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series, best_pred: pd.DataFrame,
-          bb_label: str, recipe: str) -> list[dict]:
+          bb_label: str, recipe: str, counts_of: CountsOf | None) -> list[dict]:
     """One row per generative setting of ``results`` (one backbone), with its paired difference to the best
     non-generative setting ``best`` (its accuracy per seed: ``best_acc``) and the test-set check against it
     (pooled McNemar on ``best_pred``, its predictions), the same two checks as SGID's headline verdict."""
     acc = per_setting(results)
-    proj = projection(params, catalog.load(params, "images", missing=None))
+    proj = projection(params, catalog.load(params, "images", missing=None), counts_of)
     rows = []
     for setting, r in acc[~acc.method.isin(NON_GENERATIVE)].iterrows():
         own = results[results.setting == setting]
@@ -103,13 +104,15 @@ def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series,
                      "Steps": int(own.steps.mean()),
                      "Accuracy (%)": format_mean_std(r["mean"], r["std"], int(r["count"])),
                      "Best non-generative": best, "_diff": diff, HOURS: seconds / 3600, "Device": device,
-                     PROJECTED: full_seconds / 3600, PROJECTED_FOR: proj.label if proj else "",
+                     PROJECTED: full_seconds / 3600, PROJECTED_FOR: proj.label if proj else NO_REPORT,
                      PROJECTION_BASIS: basis})
     return rows
 
 
-def comparison_table(params: Params, results: pd.DataFrame) -> pd.DataFrame:
-    """The comparison, all backbones in one table (Holm over every row), sorted per backbone by gain."""
+def comparison_table(params: Params, results: pd.DataFrame, counts_of: CountsOf | None = None) -> pd.DataFrame:
+    """The comparison, all backbones in one table (Holm over every row), sorted per backbone by gain. ``counts_of``
+    (``preflight.projection.full_run_counts``, from the compare stage) projects the rows when results.gpu_rates is
+    set."""
     rows = []
     equal = equal_steps_runs(params)
     recipe = "equal steps" if params.training.equal_steps else "equal epochs"
@@ -122,10 +125,11 @@ def comparison_table(params: Params, results: pd.DataFrame) -> pd.DataFrame:
         best = pool["mean"].idxmax()
         best_acc = own[own.setting == best].set_index("seed").test_acc
         best_pred = _predictions(params, own, best)
-        rows += _rows(params, own, best, best_acc, best_pred, bb.label, recipe)
+        rows += _rows(params, own, best, best_acc, best_pred, bb.label, recipe, counts_of)
         for label, variant in equal if bb.name == backbones(params)[0].name else []:
             theirs = of_backbone(catalog.load(variant, "training_results"), bb.name)
-            rows += _rows(variant, theirs, best, best_acc, best_pred, bb.label, f"equal steps ({label})")
+            rows += _rows(variant, theirs, best, best_acc, best_pred, bb.label, f"equal steps ({label})",
+                          counts_of)
     if not rows:
         return pd.DataFrame(columns=["Backbone", "Method", "Recipe", GAIN, HOURS, PER_HOUR])
     diffs = [r.pop("_diff") for r in rows]
@@ -170,8 +174,8 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     out[TEST_P] = [format_p(p) for p in out[TEST_P]]
     out[PER_HOUR] = ["–" if pd.isna(v) else f"{v:+.3g}" for v in out[PER_HOUR]]
     if PROJECTED in out:
-        labels = [x for x in dict.fromkeys(out.pop(PROJECTED_FOR)) if isinstance(x, str) and x]
-        out[PROJECTED] = ["no GPU report" if pd.isna(h) else f"{h:.4f}" if h < 0.01 else f"{h:.2f}"
+        labels = [x for x in dict.fromkeys(out.pop(PROJECTED_FOR)) if isinstance(x, str) and x != NO_REPORT]
+        out[PROJECTED] = [NO_REPORT if pd.isna(h) else f"{h:.4f}" if h < 0.01 else f"{h:.2f}"
                           for h in out[PROJECTED]]
         out = out.rename(columns={PROJECTED: f"{PROJECTED} ({' / '.join(labels)})" if labels else PROJECTED})
     return out

@@ -2,8 +2,9 @@
 
 The comparison's "Device hours" are measured on this run's device (a CPU for the smoke run). What a user plans with is
 the cost on a GPU at full size: the items each stage of the method handles on the full data set (the counts of
-``preflight.projection.full_run_counts``, without ``dataset.max_per_class``) times the seconds per item of a
-``make gpu-report`` JSON (``results.gpu_rates``; bench/gpu_report.py writes it beside its markdown).
+``preflight.projection.full_run_counts``, without ``dataset.max_per_class``, handed down by the compare stage) times
+the seconds per item of a ``make gpu-report`` JSON (``results.gpu_rates``; bench/gpu_report.py writes it beside its
+markdown).
 
 Per stage (the units of ``Counts.items``): captions and similarity at the report's batched BLIP and CLIP rates; SGID's
 two generation passes at the batched img2img rates of its raw (512 x 512) and upscaled (768 x 512) sizes, k images per
@@ -19,17 +20,30 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 
 from sgid_utils.config.schema import GenerationParams, Params
 from sgid_utils.errors import ParamsError
-from sgid_utils.preflight.projection import Counts, full_run_counts
 
 # The stages a GPU report has rates for; a method's other stages (curation) are left out and named.
 PROJECTED_STAGES = ("captions", "similarity", "generate", "upscale", "real_guidance", "inversion", "da_fusion")
+
+
+class ItemCounts(Protocol):
+    """``preflight.projection.Counts``, as the compare stage hands it down (reporting does not import preflight)."""
+
+    train_images: int
+
+    def items(self, stage: str) -> float: ...
+
+
+# preflight.projection.full_run_counts: (params, the data table or None) -> the full run's item counts
+CountsOf = Callable[[Params, "pd.DataFrame | None"], ItemCounts]
 
 
 @dataclass(frozen=True)
@@ -40,7 +54,7 @@ class Projection:
     dataset: str
     seconds: dict[str, float]
     basis: dict[str, str]  # stage -> "measured", or the measured rate its derivation scales (_Flops.where)
-    counts: Counts
+    counts: ItemCounts
 
     @property
     def label(self) -> str:
@@ -130,11 +144,14 @@ def _method_rates(numbers: dict, params: Params) -> tuple[dict[str, float], dict
     return seconds, basis
 
 
-def projection(params: Params, images: pd.DataFrame | None) -> Projection | None:
-    """The run's projection on the GPU of ``results.gpu_rates``; None when the key is unset."""
+def projection(params: Params, images: pd.DataFrame | None, counts_of: CountsOf | None) -> Projection | None:
+    """The run's projection on the GPU of ``results.gpu_rates``; None when the key is unset. ``counts_of``:
+    ``preflight.projection.full_run_counts``, passed down by the compare stage."""
     path = params.results.gpu_rates
     if path is None:
         return None
+    if counts_of is None:
+        raise ValueError("results.gpu_rates is set: pass counts_of (preflight.projection.full_run_counts)")
     numbers = read_report(path)
     kind = "controlnet" if params.generation.generator == "controlnet" else "img2img"
     sizes = _sizes(numbers, kind)
@@ -153,7 +170,7 @@ def projection(params: Params, images: pd.DataFrame | None) -> Projection | None
     device = setup["device"] + (" (tiny models: forecasts nothing)" if setup.get("size") == "tiny" else "")
     ds = params.dataset
     full = params.model_copy(update={"dataset": ds.model_copy(update={"max_per_class": None})})
-    counts = full_run_counts(full, images if ds.max_per_class is None else None)
+    counts = counts_of(full, images if ds.max_per_class is None else None)
     name = ds.source if ds.source != "imagefolder" else "/".join(Path(ds.path).parts[-2:])  # "data/train"
     return Projection(device, name, seconds | more, basis | how, counts)
 
