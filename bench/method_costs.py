@@ -98,8 +98,7 @@ def measure_method_costs(ctx: Any, report: Any, build_pipeline: Callable[..., An
                                    "canvas": side, "images": n}
     rows.append(("DA-Fusion generation", f"strengths {daf.strengths} drawn uniformly", "", f"**{mix:.3g} img/s**",
                  "harmonic mean of the rows above"))
-    del pipe
-    rows.append(_inversion(ctx, report, build_pipeline, daf, side))
+    rows.append(_inversion(ctx, report, pipe, daf, side))
     return [
         f"Each method's stage loop at its default settings (config.methods), {n} stand-in real images on a "
         f"{side} × {side} canvas, {ctx.plan.repeats} timed run(s) after one untimed; "
@@ -110,9 +109,8 @@ def measure_method_costs(ctx: Any, report: Any, build_pipeline: Callable[..., An
     ]
 
 
-def _inversion(ctx: Any, report: Any, build_pipeline: Callable[..., Any], daf: DaFusionParams, side: int) -> tuple:
-    """Textual inversion as ``stages.inversion`` runs it; its row of the section's table."""
-    pipe = build_pipeline(ctx, controlnet=False)
+def _inversion(ctx: Any, report: Any, pipe, daf: DaFusionParams, side: int) -> tuple:
+    """Textual inversion as ``stages.inversion`` runs it, on the generation sections' pipeline; its table row."""
     if ctx.device.type == "cuda":
         pipe = pipe.to(torch.bfloat16)  # as the stage loads it: float16 underflows the token's gradients
     noise = DDPMScheduler.from_config(pipe.scheduler.config)

@@ -168,7 +168,7 @@ def _ablation_rows(params: Params, per_item: dict[str, float], train_rate: float
 
 def _method_rows(params: Params, expected: dict[str, float], counts: Counts, linked: list[str]) -> list[dict]:
     """One row per generative augmentation the run trains: the stages it needs, their full-run items and the sum of
-    their projected seconds (stages shared by two methods count in both rows: the rows are not added up)."""
+    their projected seconds (a breakdown of the total above: a stage two methods share counts in both rows)."""
     rows = []
     for a in AUGMENTATIONS:
         if a.method not in params.training.methods:
@@ -176,7 +176,7 @@ def _method_rows(params: Params, expected: dict[str, float], counts: Counts, lin
         what = ", ".join(f"{s} (linked)" if s in linked else f"{s} ({counts.items(s):,.0f})" for s in a.stages)
         rows.append({"stage": f"method {a.label}", "canary items": "", "measured s/item": "", "full-run items": "",
                      "expected": hms(sum(expected.get(s, 0.0) for s in a.stages)),
-                     "basis": f"its stages: {what}; not in the total twice"})
+                     "basis": f"its stages: {what}; already in the total above"})
     return rows
 
 
