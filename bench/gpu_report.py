@@ -78,6 +78,7 @@ from gpu_loop_sections import (
     measure_variants,
 )
 from gpu_stage_sections import measure_generate_stage, measure_loader_training
+from method_costs import measure_method_costs
 from PIL import Image
 
 from bench import (
@@ -131,6 +132,7 @@ SECTIONS = (
     "Captioning against batch size",
     "Training",
     "Training: the stage's loader and concurrent jobs",
+    "Compared methods: Real Guidance and DA-Fusion",
     "Peak memory and largest batch",
     "Variants: channels_last and torch.compile",
     "Projected wall-clock",
@@ -335,6 +337,7 @@ def measure_generation(ctx: Context, report: Report, controlnet: bool) -> list[s
             "unet_steps": unet_steps,
             "max_abs_diff": diff,
             "tolerance": tolerance,
+            **{f"{part}_tflop": flops[part] / 1e12 for part in ("unet_cfg_pair", "vae_encode", "vae_decode")},
         }
         rows.append(
             (
@@ -867,7 +870,7 @@ def summary_lines(ctx: Context) -> list[str]:
 
 # The measured sections by short name, in the order they run (--sections picks some).
 MEASURED = ("img2img", "controlnet", "timesplit", "stage", "sdpa", "text", "captionbatch", "training", "trainstage",
-            "projection", "variants")
+            "methods", "projection", "variants")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -943,6 +946,8 @@ def main(argv: list[str] | None = None) -> int:
         "training": lambda: run_section(report, "Training", lambda: measure_training(ctx, report)),
         "trainstage": lambda: run_section(report, "Training: the stage's loader and concurrent jobs",
                                           lambda: measure_loader_training(ctx, report)),
+        "methods": lambda: run_section(report, "Compared methods: Real Guidance and DA-Fusion", lambda: (
+            measure_method_costs(ctx, report, build_pipeline, markdown_table))),
         "projection": lambda: run_section(report, "Projected wall-clock", lambda: measure_projection(ctx, report)),
         # Last: torch.compile's first call takes a minute or more; a run cut short loses only this section.
         "variants": lambda: run_section(report, "Variants: channels_last and torch.compile",

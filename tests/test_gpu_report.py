@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -22,7 +23,17 @@ from gpu_report import PROFILES, largest_batch  # noqa: E402 - importable only o
 
 from sgid_utils.config.backbones import backbones  # noqa: E402
 from sgid_utils.config.load import load_params  # noqa: E402
+from sgid_utils.config.methods import AUGMENTATIONS, BY_METHOD  # noqa: E402
 from sgid_utils.preflight.projection import full_run_counts, hms, project_seconds  # noqa: E402
+from sgid_utils.reporting.comparison import (  # noqa: E402
+    PER_HOUR,
+    PROJECTED,
+    PROJECTED_FOR,
+    PROJECTION_BASIS,
+    TEST_P,
+    shown,
+)
+from sgid_utils.reporting.costs import projected, projection  # noqa: E402
 
 # Written out here, not read from gpu_report.SECTIONS: a section dropped there must fail this test.
 SECTIONS = (
@@ -37,6 +48,7 @@ SECTIONS = (
     "Captioning against batch size",
     "Training",
     "Training: the stage's loader and concurrent jobs",
+    "Compared methods: Real Guidance and DA-Fusion",
     "Peak memory and largest batch",
     "Variants: channels_last and torch.compile",
     "Projected wall-clock",
@@ -218,3 +230,56 @@ def test_largest_batch_doubles_until_out_of_memory() -> None:
     assert (
         largest_batch(lambda batch: None, 128, 64, cpu)[0] == ">= 128 (the search's cap)"
     )  # a start above the cap runs once
+
+
+def test_the_compared_methods_own_work_is_measured(tiny_report: tuple[str, dict]) -> None:
+    """Real Guidance at its strength, DA-Fusion at each strength of its set (more UNet steps: slower), and the
+    textual-inversion loop: positive rates in the JSON, at the methods' default settings."""
+    numbers = tiny_report[1]
+    rg, daf, inversion = numbers["real_guidance"], numbers["da_fusion"], numbers["inversion"]
+    assert (rg["strength"], rg["guidance_scale"], rg["steps"], rg["unet_steps"]) == (0.5, 7.5, 50, 26)
+    assert rg["img_s"] > 0 and inversion["steps_s"] > 0 and inversion["batch_size"] == 4
+    assert inversion["class_s"] == pytest.approx(1000 / inversion["steps_s"])
+    rates = [daf["by_strength"][s] for s in ("0.25", "0.5", "0.75", "1.0")]
+    assert all(r > 0 for r in rates) and daf["img_s"] == pytest.approx(4 / sum(1 / r for r in rates))
+    assert "UNet steps per image" in sections(tiny_report[0])["Compared methods: Real Guidance and DA-Fusion"]
+
+
+def _report_file(tiny_report: tuple[str, dict], tmp_path: Path) -> Path:
+    path = tmp_path / "gpu_report.json"
+    path.write_text(json.dumps(tiny_report[1]))
+    return path
+
+
+def test_each_methods_cost_is_projected_from_the_reports_rates(tiny_report, make_params, tmp_path) -> None:
+    """Items of the full data set x seconds per item: measured where the report measured the run's settings (Real
+    Guidance here), derived from FLOPs otherwise (DA-Fusion's 10 steps and batch 2), and said so."""
+    numbers = tiny_report[1]
+    params = make_params(results={"gpu_rates": str(_report_file(tiny_report, tmp_path))},
+                         real_guidance={"num_inference_steps": 50})
+    proj = projection(params, None, full_run_counts)
+    n, k = proj.counts.train_images, params.generation.num_candidates
+    assert n == 12 and proj.label == f"full data/train, {numbers['setup']['device']} (tiny models: forecasts nothing)"
+    seconds, basis = projected(proj, BY_METHOD["real_guidance"].stages, 1)
+    assert seconds == pytest.approx(n / numbers["real_guidance"]["img_s"]) and basis == "real_guidance: measured"
+    sgid, basis = projected(proj, BY_METHOD["sgid"].stages, 1)
+    expected = (n / numbers["captioning"]["batched_img_s"] + n / numbers["similarity"]["batched_img_s"]
+                + proj.counts.raw_sources * k / numbers["img2img 64x64"]["batched_img_s"]
+                + proj.counts.small_sources * k / numbers["img2img 96x64"]["batched_img_s"])
+    assert sgid == pytest.approx(expected) and "curate: not projected" in basis
+    whole, basis = projected(proj, BY_METHOD["da_fusion_recipe"].stages, 1)
+    one, _ = projected(proj, BY_METHOD["da_fusion"].stages, params.da_fusion.num_synthetic)
+    assert "inversion, da_fusion: derived from FLOPs" in basis and 0 < one < whole  # the package's way: 1 of M images
+    assert all(projected(proj, a.stages, 1)[0] > 0 for a in AUGMENTATIONS)
+
+
+def test_without_a_gpu_report_the_column_says_so(make_params) -> None:
+    params = make_params()
+    assert params.results.gpu_rates is None and projection(params, None, None) is None
+    seconds, basis = projected(None, BY_METHOD["sgid"].stages, 1)
+    assert math.isnan(seconds) and basis.startswith("no GPU report")
+    table = pd.DataFrame({"Synthetic per real": [1.0], "Device hours": [0.5], TEST_P: [0.5], PER_HOUR: [1.0],
+                          PROJECTED: [seconds], PROJECTED_FOR: ["no GPU report"], PROJECTION_BASIS: [basis]})
+    assert shown(table)[PROJECTED].tolist() == ["no GPU report"]
+    table[PROJECTED], table[PROJECTED_FOR] = [0.25], ["full pets, NVIDIA H200"]
+    assert shown(table)[f"{PROJECTED} (full pets, NVIDIA H200)"].tolist() == ["0.25"]

@@ -3,6 +3,8 @@ Baselines and stages of the equal-steps variant, and the measured cost in the co
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from PIL import Image
@@ -17,7 +19,15 @@ from sgid_utils.core.registry import get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed
 from sgid_utils.core.sharing import variant_params
-from sgid_utils.reporting.comparison import HOURS, TEST_P, comparison_table
+from sgid_utils.preflight.projection import full_run_counts
+from sgid_utils.reporting.comparison import (
+    HOURS,
+    PROJECTED,
+    PROJECTION_BASIS,
+    TEST_P,
+    comparison_table,
+    shown,
+)
 from sgid_utils.reporting.stats import pooled_mcnemar, setting_predictions
 
 
@@ -84,6 +94,17 @@ def test_every_stage_records_its_seconds_and_the_comparison_counts_each_methods_
     assert set(table["Synthetic per real"]) == {0.5, 1.0, pipeline_run.da_fusion.num_synthetic}
     recomputed = comparison_table(pipeline_run, catalog.load(pipeline_run, "training_results"))
     pd.testing.assert_frame_equal(recomputed.drop(columns=HOURS), table.drop(columns=HOURS), check_dtype=False)
+    assert table[PROJECTED].isna().all() and table[PROJECTION_BASIS].str.startswith("no GPU report").all()
+    # projected on the H200 report's rates: the full data set's items, each method's stages; Real Guidance (no
+    # captions, k = 1) costs less than SGID, and the column names the data set and the GPU
+    h200 = pipeline_run.model_copy(update={"results": pipeline_run.results.model_copy(
+        update={"gpu_rates": Path(__file__).resolve().parents[1] / "docs/gpu/h200_2026-12-04_full.json"})})
+    projected = comparison_table(h200, catalog.load(pipeline_run, "training_results"),
+                                 full_run_counts).set_index("Method")
+    assert projected.loc["Real Guidance (100%)", PROJECTED] < projected.loc["SGID (100%)", PROJECTED]
+    assert (projected[PROJECTED] > 0).all() and "derived from FLOPs" in projected.loc["DA-Fusion (100%)",
+                                                                                       PROJECTION_BASIS]
+    assert f"{PROJECTED} (full data/train, NVIDIA H200)" in shown(projected.reset_index())
     # the same two checks as SGID's headline verdict: the seed interval and the test set (pooled McNemar)
     results = catalog.load(pipeline_run, "training_results")
     first = results[results.backbone == results.backbone.iloc[0]]

@@ -53,9 +53,15 @@ def test_smoke_preflight_passes_offline_with_canary(make_params):
     stages = [r["stage"] for r in report.rows]
     assert stages[:10] == ["data", "captions", "similarity", "generate", "upscale", "real_guidance", "inversion",
                            "da_fusion", "curate", "train"]
-    assert stages[-4:] == ["total (make reproduce, without ablations)", "ablation sgid-equal-steps",
+    methods = ["method SGID", "method Real Guidance", "method DA-Fusion", "method DA-Fusion (its recipe)"]
+    assert stages[-8:] == ["total (make reproduce, without ablations)", *methods, "ablation sgid-equal-steps",
                            "ablation second-draw", "total with the ablation variants"]
     rows = {r["stage"]: r for r in report.rows}
+    # each compared method: its own stages, their full-run items and the sum of their projected seconds
+    assert rows["method Real Guidance"]["expected"] == rows["real_guidance"]["expected"]
+    items = rows["real_guidance"]["full-run items"]
+    assert rows["method Real Guidance"]["basis"] == f"its stages: real_guidance ({items:,}); already in the total above"
+    assert "inversion (" in rows["method DA-Fusion"]["basis"] and "da_fusion (" in rows["method DA-Fusion"]["basis"]
     assert rows["ablation sgid-equal-steps"]["basis"].startswith("computes train (")
     draw = rows["ablation second-draw"]["basis"]
     assert all(f"{s} (" in draw for s in ("captions", "similarity", "generate", "upscale", "curate", "train"))

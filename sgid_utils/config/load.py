@@ -24,7 +24,7 @@ __all__ = ["Params", "ParamsError", "load_params", "load_run_params", "parse_ove
 
 # The shipped profiles (params/ beside the package), which ``extends:`` may name from anywhere.
 SHIPPED_PARAMS = Path(__file__).resolve().parents[2] / "params"
-_PATH_KEYS = ("run.dir", "run.reports_dir", "run.reuse", "dataset.path", "dataset.test_path")
+_PATH_KEYS = ("run.dir", "run.reports_dir", "run.reuse", "dataset.path", "dataset.test_path", "results.gpu_rates")
 _ENV_OVERRIDES = {"SGID_RUN_DIR": "run.dir", "SGID_REPORTS_DIR": "run.reports_dir"}
 # The params a run records in its directory as each stage starts (``core.rundir.RunDir.params_copy``), which
 # ``--run-dir`` alone reads.

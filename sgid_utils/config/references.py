@@ -6,6 +6,7 @@ report page print them next to this run's, and nothing computed depends on them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -69,3 +70,6 @@ class ResultsParams(Section):
     headline: HeadlineGains | None = Field(None,
                                            description="Shown beside the per-backbone gain table (results stage).")
     grid_examples: int = Field(6, ge=1)
+    gpu_rates: Path | None = Field(None, description="A `make gpu-report` JSON (reports/gpu/gpu_report.json, or the "
+                                   "checked-in docs/gpu/*.json): the comparison projects each method's cost to the "
+                                   "full data set on its GPU. None: the column says 'no GPU report'.")

@@ -234,6 +234,8 @@ SOURCES: dict[str, Source] = {
     "results.headline.gains": _ours("the abstract's gains ('1.72%' read as points: a reading); each profile "
                                     "copies them"),
     "results.grid_examples": _ours("enough examples per image grid to see a pattern"),
+    "results.gpu_rates": _ours("none by default (no projection rather than another machine's numbers); the methods "
+                               "profiles name the H200 report checked in under docs/gpu/"),
     # ablations
     "ablations": _ours("none by default; the *_ablations.yaml profiles list the variants"),
     "ablations[].name": _ours("names a variant's run directory; each profile sets it"),

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from sgid_utils.config.backbones import backbones, configs
+from sgid_utils.config.methods import AUGMENTATIONS
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import read_table, write_text
@@ -165,6 +166,20 @@ def _ablation_rows(params: Params, per_item: dict[str, float], train_rate: float
     return rows, raw, small
 
 
+def _method_rows(params: Params, expected: dict[str, float], counts: Counts, linked: list[str]) -> list[dict]:
+    """One row per generative augmentation the run trains: the stages it needs, their full-run items and the sum of
+    their projected seconds (a breakdown of the total above: a stage two methods share counts in both rows)."""
+    rows = []
+    for a in AUGMENTATIONS:
+        if a.method not in params.training.methods:
+            continue
+        what = ", ".join(f"{s} (linked)" if s in linked else f"{s} ({counts.items(s):,.0f})" for s in a.stages)
+        rows.append({"stage": f"method {a.label}", "canary items": "", "measured s/item": "", "full-run items": "",
+                     "expected": hms(sum(expected.get(s, 0.0) for s in a.stages)),
+                     "basis": f"its stages: {what}; already in the total above"})
+    return rows
+
+
 def _project(params: Params, report: Preflight, canary: Params, seconds: dict[str, float],
              items: dict[str, int]) -> None:
     linked = reuse_plan(params).shared if params.run.reuse is not None else []
@@ -192,6 +207,7 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
                             "basis": basis})
     report.rows.append({"stage": "total (make reproduce, without ablations)", "canary items": "", "measured s/item": "",
                         "full-run items": "", "expected": hms(sum(expected.values())), "basis": ""})
+    report.rows += _method_rows(params, expected, counts, linked)
     ablation_rows, ablation_raw, ablation_small = _ablation_rows(params, per_item, train_rate, full)
     if ablation_rows:
         ablations = sum(r.pop("seconds") for r in ablation_rows)

@@ -25,6 +25,7 @@ from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.provenance import stage_seconds
 from sgid_utils.core.sharing import variant_params
+from sgid_utils.reporting.costs import CountsOf, projected, projection
 from sgid_utils.reporting.stats import (
     holm,
     joint_verdict,
@@ -38,6 +39,9 @@ GAIN = "Gain (points, 95% CI)"
 TEST_P = "Test-set check (McNemar p, pooled over seeds)"
 HOURS = "Device hours"
 PER_HOUR = "Points per device hour"
+PROJECTED = "Projected GPU hours"  # shown as "Projected GPU hours (full <data set>, <GPU>)"; reporting.costs
+PROJECTED_FOR, PROJECTION_BASIS = "Projected for", "Projection basis"
+NO_REPORT = "no GPU report"
 
 
 def method_stages(method: str) -> tuple[str, ...]:
@@ -95,11 +99,12 @@ def _predictions(params: Params, results: pd.DataFrame, setting: str) -> pd.Data
 
 
 def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series, best_pred: pd.DataFrame,
-          bb_label: str, recipe: str) -> list[dict]:
+          bb_label: str, recipe: str, counts_of: CountsOf | None) -> list[dict]:
     """One row per generative setting of ``results`` (one backbone), with its paired difference to the best
     non-generative setting ``best`` (its accuracy per seed: ``best_acc``) and the test-set check against it
     (pooled McNemar on ``best_pred``, its predictions), the same two checks as SGID's headline verdict."""
     acc = per_setting(results)
+    proj = projection(params, catalog.load(params, "images", missing=None), counts_of)
     rows = []
     for setting, r in acc[~acc.method.isin(NON_GENERATIVE)].iterrows():
         own = results[results.setting == setting]
@@ -109,17 +114,23 @@ def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series,
         own_recipe = r.method in REPLACING
         d = params.da_fusion
         own_text = f"its own (M={d.num_synthetic}, p={d.synthetic_probability:g})"
+        share = 1 if own_recipe else made_per_real(params, r.method)
+        full_seconds, basis = projected(proj, method_stages(r.method), share)
         rows.append({"Backbone": bb_label, "Method": setting.replace("SGID", sgid_name(params), 1),
                      "Recipe": own_text if own_recipe else recipe,
                      "Synthetic per real": float(d.num_synthetic if own_recipe else r.proportion),
                      "Steps": int(own.steps.mean()),
                      "Accuracy (%)": format_mean_std(r["mean"], r["std"], int(r["count"])),
-                     "Best non-generative": best, "_diff": diff, HOURS: seconds / 3600, "Device": device})
+                     "Best non-generative": best, "_diff": diff, HOURS: seconds / 3600, "Device": device,
+                     PROJECTED: full_seconds / 3600, PROJECTED_FOR: proj.label if proj else NO_REPORT,
+                     PROJECTION_BASIS: basis})
     return rows
 
 
-def comparison_table(params: Params, results: pd.DataFrame) -> pd.DataFrame:
-    """The comparison, all backbones in one table (Holm over every row), sorted per backbone by gain."""
+def comparison_table(params: Params, results: pd.DataFrame, counts_of: CountsOf | None = None) -> pd.DataFrame:
+    """The comparison, all backbones in one table (Holm over every row), sorted per backbone by gain. ``counts_of``
+    (``preflight.projection.full_run_counts``, from the compare stage) projects the rows when results.gpu_rates is
+    set."""
     rows = []
     variants = compared_runs(params)
     recipe = "equal steps" if params.training.equal_steps else "equal epochs"
@@ -132,10 +143,10 @@ def comparison_table(params: Params, results: pd.DataFrame) -> pd.DataFrame:
         best = pool["mean"].idxmax()
         best_acc = own[own.setting == best].set_index("seed").test_acc
         best_pred = _predictions(params, own, best)
-        rows += _rows(params, own, best, best_acc, best_pred, bb.label, recipe)
+        rows += _rows(params, own, best, best_acc, best_pred, bb.label, recipe, counts_of)
         for their_recipe, variant in variants if bb.name == backbones(params)[0].name else []:
             theirs = of_backbone(catalog.load(variant, "training_results"), bb.name)
-            rows += _rows(variant, theirs, best, best_acc, best_pred, bb.label, their_recipe)
+            rows += _rows(variant, theirs, best, best_acc, best_pred, bb.label, their_recipe, counts_of)
     if not rows:
         return pd.DataFrame(columns=["Backbone", "Method", "Recipe", GAIN, HOURS, PER_HOUR])
     diffs = [r.pop("_diff") for r in rows]
@@ -179,6 +190,11 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     out[HOURS] = [f"{h:.4f}" if h < 0.01 else f"{h:.2f}" for h in out[HOURS]]
     out[TEST_P] = [format_p(p) for p in out[TEST_P]]
     out[PER_HOUR] = ["–" if pd.isna(v) else f"{v:+.3g}" for v in out[PER_HOUR]]
+    if PROJECTED in out:
+        labels = [x for x in dict.fromkeys(out.pop(PROJECTED_FOR)) if isinstance(x, str) and x != NO_REPORT]
+        out[PROJECTED] = [NO_REPORT if pd.isna(h) else f"{h:.4f}" if h < 0.01 else f"{h:.2f}"
+                          for h in out[PROJECTED]]
+        out = out.rename(columns={PROJECTED: f"{PROJECTED} ({' / '.join(labels)})" if labels else PROJECTED})
     return out
 
 
@@ -188,8 +204,11 @@ def caption(table: pd.DataFrame) -> str:
             "backbone (picked from this run's means; paired over training seeds on one generation draw, 95% CI; Holm "
             "over the table's rows; a verdict only where that interval and the pooled McNemar test agree), at its "
             "synthetic images per real image and optimisation steps, beside the device hours of the stages its "
-            "images need, measured by the runner on the machine the Device column names. Training cost is not "
-            "included: every row trains the same recipe for the steps shown.")
+            "images need, measured by the runner on the machine the Device column names. Projected GPU hours: the "
+            "same stages on the full data set (every training image, no max_per_class) at the rates of the GPU "
+            "report that results.gpu_rates names (sgid_utils.reporting.costs; SGID's curation has no rate and is "
+            "left out); the basis column says which rates were measured and which derived from FLOPs. Training "
+            "cost is not included in either: every row trains the same recipe for the steps shown.")
 
 
 def gain_vs_cost(table: pd.DataFrame):
