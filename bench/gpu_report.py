@@ -335,6 +335,8 @@ def measure_generation(ctx: Context, report: Report, controlnet: bool) -> list[s
             "floor_fraction_batched": floor * batched,
             "tflop_per_image": per_output / 1e12,
             "unet_steps": unet_steps,
+            "steps": gen.num_inference_steps,
+            "strength": gen.strength,
             "max_abs_diff": diff,
             "tolerance": tolerance,
             **{f"{part}_tflop": flops[part] / 1e12 for part in ("unet_cfg_pair", "vae_encode", "vae_decode")},

@@ -91,8 +91,9 @@ class _Flops:
         self.pixels = w * h
         self.parts = {k: raw[f"{k}_tflop"] * 1e12 for k in ("unet_cfg_pair", "vae_encode", "vae_decode")}
         self.rate = raw["batched_img_s"] * raw["tflop_per_image"] * 1e12  # achieved FLOP/s
-        gen = GenerationParams()
-        self.extra = raw["unet_steps"] - min(int(gen.num_inference_steps * gen.strength), gen.num_inference_steps)
+        gen = GenerationParams()  # a report that does not record its steps and strength ran the defaults
+        steps, strength = raw.get("steps", gen.num_inference_steps), raw.get("strength", gen.strength)
+        self.extra = raw["unet_steps"] - min(int(steps * strength), steps)
         self.where = f"derived from FLOPs at img2img {w} x {h}'s {self.rate / 1e12:.3g} TFLOP/s"
 
     def steps(self, strength: float, steps: int) -> int:
