@@ -29,7 +29,7 @@ import pandas as pd
 
 from sgid_utils.config.schema import AblationParams, Params
 from sgid_utils.core import catalog
-from sgid_utils.core.registry import between
+from sgid_utils.core.registry import ablation_stages
 from sgid_utils.core.resumable import shard
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
@@ -163,7 +163,7 @@ def run_variant(ablation: AblationParams, variant: Params, base: Params,
     for lender in [base, *earlier]:
         link_stages(RunDir.of(lender), variant, SHARED_STAGES)
         share_baselines(lender, variant)
-    for stage in between("captions", "results"):
+    for stage in ablation_stages():
         run_stage(stage.name, variant)
     name = ablation.label or ablation.name
     return *ablation_row(name, ablation.set, variant), curated_set_metrics(variant, name, ablation.set)
