@@ -198,13 +198,15 @@ def save(params: Params | RunDir, name: str, obj: Any, caption: str | None = Non
 
 def files_table() -> str:
     """Every stage with the files it reads and writes and their paths (``<run>`` is run.dir, ``<reports>``
-    run.reports_dir): what ``python -m sgid_utils stages --files`` prints and docs/ARCHITECTURE.md shows."""
+    run.reports_dir; ``reads?``: read when present): what ``python -m sgid_utils stages --files`` prints and
+    docs/ARCHITECTURE.md shows."""
     run = RunDir(Path("<run>"), Path("<reports>"))
     lines = []
-    for name, notebook, reads, writes in [(s.name, s.notebook, s.reads, s.writes) for s in STAGES] + [
-            ("ablations", "(run ablations)", ABLATIONS_READ, ABLATIONS_WRITE)]:
+    for name, notebook, reads, optional, writes in [
+            (s.name, s.notebook, s.reads, s.optional_reads, s.writes) for s in STAGES] + [
+            ("ablations", "(run ablations)", ABLATIONS_READ, (), ABLATIONS_WRITE)]:
         lines.append(f"{name} ({notebook})")
-        for verb, names in (("reads", reads), ("writes", writes)):
+        for verb, names in (("reads", reads), ("reads?", optional), ("writes", writes)):
             for n in names:
                 e = entry(n)
                 where = e.path(run, **{k: f"<{k}>" for k in e.keys})

@@ -10,6 +10,7 @@ fingerprint chain and the tests all read this list. Each stage names:
 - ``notebook``: the numbered notebook that narrates it;
 - ``reads`` and ``writes``: the files it takes from earlier stages and hands on, by their
   names in the data catalog (``core.catalog``); ``upstream`` is derived from them;
+  ``optional_reads``: files it reads when they exist, written by a later step (``run ablations``);
 - ``keys``: the params keys its own outputs depend on; its fingerprint adds the
   upstream stages' keys (``core.fingerprints``). A stage without keys keeps no
   fingerprint: it is recomputed from its inputs every time it runs;
@@ -55,6 +56,7 @@ class Stage:
     unit: Unit = "once"
     version_key: str | None = None
     code_version: int = 1
+    optional_reads: tuple[str, ...] = ()  # read when present, written later (``run ablations``): no upstream
 
     @property
     def function(self) -> Callable[..., Any]:
@@ -123,15 +125,16 @@ STAGES: tuple[Stage, ...] = (
            "accuracy_figure", "originals_figure", "gain_forest_figure"), (), "results"),
     Stage("quality", "07_quality_and_statistics",
           ("images", "candidates", "curated", "curated_filtered", "training_results", "predictions"),
-          ("set_metrics", "class_changes", "consistency_figure")),
+          ("set_metrics", "class_changes", "consistency_figure"), optional_reads=("ablation_set_metrics",)),
     # Which augmentation: every generative method's gain beside its measured cost (the runner's provenance records).
-    Stage("compare", "08_methods", ("training_results", "significance"),
+    Stage("compare", "08_methods", ("training_results", "predictions", "significance"),
           ("comparison", "comparison_md", "comparison_figure")),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 NAMES = [stage.name for stage in STAGES]
-# ``run ablations`` is no stage of the chain: it reruns the chain per variant and writes the ablation tables.
-ABLATIONS_READ = ("training_results", "significance")
+# ``run ablations`` is no stage of the chain: it reruns the chain per variant and writes the ablation tables, from
+# each variant's results and curated sets.
+ABLATIONS_READ = ("training_results", "significance", "candidates", "curated", "curated_filtered")
 ABLATIONS_WRITE = ("ablations", "ablations_md", "ablation_set_metrics")
 # Per params key, its code version above 1; per stage with one, the key that names its code (``version_key``).
 CODE_VERSIONS = {s.version_key: s.code_version for s in STAGES if s.version_key and s.code_version > 1}
