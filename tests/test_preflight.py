@@ -10,6 +10,7 @@ import pytest
 from sgid_utils.cli import main
 from sgid_utils.config.backbones import configs
 from sgid_utils.config.load import load_params
+from sgid_utils.core import catalog
 from sgid_utils.core.files import read_table
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.preflight.checks import check_versions
@@ -64,7 +65,7 @@ def test_smoke_preflight_passes_offline_with_canary(make_params):
     assert "✓ canary" in text and "| generate" in text
     assert not RunDir.of(params).root.exists(), "the canary must not write into the user's run directory"
     canary = RunDir.of(params).canary
-    assert canary.images_table.exists() and list(canary.stage("train").glob("*/result.json"))
+    assert catalog.path(canary, "images").exists() and list(canary.stage("train").glob("*/result.json"))
 
 
 def test_canary_params_shrink_the_run(make_params):
@@ -230,14 +231,14 @@ def test_each_backbone_is_projected_at_its_own_measured_rate(make_params, tiny_b
     canary = canary_params(params)
     split = train_seconds_by_backbone(canary, 10.0)
     assert sum(split.values()) == pytest.approx(10.0) and set(split) == {"vit", "resnet"}
-    measured = {b: sum(read_table(RunDir.of(canary).history(c.name)).seconds.sum()
+    measured = {b: sum(read_table(catalog.path(RunDir.of(canary), "history", config=c.name)).seconds.sum()
                        for c in configs(canary) if c.backbone == b)
                 for b in split}
     assert split["vit"] / split["resnet"] == pytest.approx(measured["vit"] / measured["resnet"])
     # ... and each backbone's row projects its own share at its own rate, not the mean rate of all.
     counts = full_run_counts(params)
     rows = {r["stage"]: r["seconds"] for r in _train_rows(params, canary, 10.0, counts, "basis")}
-    n_canary = int((read_table(RunDir.of(canary).images_table).split == "train").sum())
+    n_canary = int((read_table(catalog.path(RunDir.of(canary), "images")).split == "train").sum())
     canary_items, full_items = image_epochs_by_backbone(canary, n_canary), image_epochs_by_backbone(params, n)
     assert rows == pytest.approx({
         "train: ViT": split["vit"] / canary_items["vit"] * full_items["vit"],

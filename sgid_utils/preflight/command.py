@@ -128,7 +128,7 @@ def run_canary(params: Params, report: Preflight) -> tuple[Params, dict[str, flo
 def _train_rows(params: Params, canary: Params, seconds: float, counts: Counts, basis: str) -> list[dict]:
     """One training row per backbone, each at its own measured seconds per image-epoch (and a 'seconds' key)."""
     crun = RunDir.of(canary)
-    n_canary = int((read_table(crun.images_table).split == "train").sum())
+    n_canary = int((read_table(catalog.path(crun, "images")).split == "train").sum())
     split = train_seconds_by_backbone(canary, seconds)
     canary_items = image_epochs_by_backbone(canary, n_canary)
     full_items = image_epochs_by_backbone(params, counts.train_images)
@@ -192,7 +192,7 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
             "full-run items": "", "expected": hms(sum(expected.values()) + ablations), "basis": ""}]
     crun = RunDir.of(canary)
     bpp = png_bytes_per_pixel(crun)
-    classes = (full if full is not None else read_table(crun.images_table)).label.nunique()
+    classes = (full if full is not None else read_table(catalog.path(crun, "images"))).label.nunique()
     # the largest backbone's checkpoint (architecture only: nothing downloaded)
     n_params = max(sum(p.numel() for p in create_classifier(b.model, int(classes), pretrained=False).parameters())
                    for b in backbones(params))

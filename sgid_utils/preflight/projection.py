@@ -17,6 +17,7 @@ from PIL import Image
 from sgid_utils.config.backbones import GENERATIVE, backbones, configs
 from sgid_utils.config.methods import AUGMENTATIONS, idle_stages
 from sgid_utils.config.schema import Params
+from sgid_utils.core import catalog
 from sgid_utils.core.files import read_table
 from sgid_utils.core.fingerprints import fingerprint
 from sgid_utils.core.registry import RECORDED_UNITS, STAGES, get
@@ -107,7 +108,7 @@ def train_seconds_by_backbone(canary: Params, total: float) -> dict[str, float]:
     run, measured = RunDir.of(canary), {}
     for cfg in configs(canary):
         measured[cfg.backbone] = (measured.get(cfg.backbone, 0.0)
-                                  + float(read_table(run.history(cfg.name)).seconds.sum()))
+                                  + float(read_table(catalog.path(run, "history", config=cfg.name)).seconds.sum()))
     whole = sum(measured.values())
     return {name: total * s / whole if whole else total / len(measured) for name, s in measured.items()}
 
