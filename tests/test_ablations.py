@@ -59,14 +59,14 @@ def test_a_label_only_variant_reuses_upstream_and_reports_its_own_comparison(mak
     # The Baseline does not depend on generation: the base run's models are reused, not retrained.
     assert all(os.path.islink(variant.config_dir(f"baseline_seed{s}")) for s in (0, 1))
     assert not os.path.islink(variant.config_dir("sgid100_seed0"))
-    prompts = pd.read_parquet(variant.manifest("raw")).prompt
+    prompts = pd.read_parquet(catalog.path(variant, "manifest_raw")).prompt
     assert prompts.str.fullmatch(r"A picture of [A-Za-z ]+").all()
     row = table.set_index("Variant").loc["label-only"]
     assert row["Changes"] == "generation.prompt=label_only" and "(n=2)" in row["SGID (100%)"]
-    assert RunDir.of(params).table("ablations.md").exists()
+    assert catalog.path(RunDir.of(params), "ablations_md").exists()
     # the variant's own results stage
-    assert variant.significance_table.exists() and variant.table("accuracy.md").exists()
-    results = pd.read_parquet(variant.training_table)
+    assert catalog.path(variant, "significance").exists() and catalog.path(variant, "accuracy_md").exists()
+    results = pd.read_parquet(catalog.path(variant, "training_results"))
     assert sorted(results.setting.unique()) == ["Baseline", "SGID (100%)"]
 
 
@@ -151,7 +151,7 @@ def test_the_two_controls_equal_steps_and_a_second_draw(make_params, pipeline_ru
     base = RunDir.of(params)
     equal = variant_params(params, "sgid-equal-steps", {"training.equal_steps": True})
     draw = variant_params(params, "second-draw", {"run.draw": 1})
-    n_real = int((pd.read_parquet(base.images_table).split == "train").sum())
+    n_real = int((pd.read_parquet(catalog.path(base, "images")).split == "train").sum())
     baseline_steps = math.ceil(n_real / params.training.batch_size) * params.training.epochs
 
     # Equal steps: the Baseline is the base run's model (linked), and SGID at 100 % stops at its step count, where the
@@ -169,14 +169,15 @@ def test_the_two_controls_equal_steps_and_a_second_draw(make_params, pipeline_ru
     assert os.path.islink(dr.stage("data")) and not os.path.islink(dr.stage("captions"))
     for name in ("baseline_seed0", "baseline_seed1"):
         assert os.path.realpath(dr.config_dir(name)) == str(base.config_dir(name).resolve())
-    first, second = (pd.read_parquet(r.manifest("raw")).set_index(["image_id", "k"]) for r in (base, dr))
+    first, second = (pd.read_parquet(catalog.path(r, "manifest_raw")).set_index(["image_id", "k"]) for r in (base, dr))
     assert set(second.index) == set(first.index)  # the same sources (the error-analysis sample is run.seed's)
     assert not set(first.seed) & set(second.seed)
     for key in first.index:
         a = np.asarray(Image.open(base.absolute(first.loc[key, "path"])), dtype=np.int16)
         b = np.asarray(Image.open(dr.absolute(second.loc[key, "path"])), dtype=np.int16)
         assert np.abs(a - b).max() > 0, f"candidate {key} is the same in both draws"
-    caps = [pd.read_parquet(r.captions_table).query("method == 'nucleus'").caption.tolist() for r in (base, dr)]
+    caps = [pd.read_parquet(catalog.path(r, "captions")).query("method == 'nucleus'").caption.tolist()
+            for r in (base, dr)]
     assert caps[0] != caps[1]
     assert catalog.load(draw, "training_results").query("method == 'sgid'").seed.tolist() == [0, 1]
 

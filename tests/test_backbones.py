@@ -127,7 +127,8 @@ def test_combined_methods_add_the_generated_images_and_apply_the_augmentation(ma
         assert table.loc[method, "generated_images"] == table.loc["sgid", "generated_images"]
         assert table.loc[method, "train_images"] == table.loc["sgid", "train_images"]
     run = RunDir.of(params)
-    loss = {m: pd.read_csv(run.history(table.loc[m, "config"])).train_loss.iloc[0] for m in table.index}
+    loss = {m: pd.read_csv(catalog.path(run, "history", config=table.loc[m, "config"])).train_loss.iloc[0]
+            for m in table.index}
     assert loss["sgid_cutmix"] != loss["sgid"] and loss["sgid_randaugment"] != loss["sgid"]
     _, _, additions, _ = training_sets(params)
     pd.testing.assert_frame_equal(additions[("sgid_cutmix", 1.0)], additions[("sgid", 1.0)])
@@ -187,7 +188,7 @@ def test_every_backbone_is_trained_and_compared_with_its_own_baseline(make_param
     assert table.loc[table.Method == "Baseline", "Paper"].tolist() == pytest.approx([0.92, np.nan, np.nan], nan_ok=True)
     assert len(pd.read_csv(paths["gains_csv"])) == 3
     # The scratch backbone really trained from random weights with its cosine schedule: the lr fell to ~0 by the end.
-    history = pd.read_csv(RunDir.of(params).history("resnet-baseline_seed0"))
+    history = pd.read_csv(catalog.path(RunDir.of(params), "history", config="resnet-baseline_seed0"))
     assert history.lr.iloc[-1] < 0.05 * 0.01 and np.isfinite(history.train_loss).all()
 
     # Each backbone records its own recipe: one changed makes only its runs stale; one dropped retrains nothing.
@@ -234,7 +235,7 @@ def test_run_reuse_links_a_finished_run_and_refuses_an_unfinished_one(make_param
     run = RunDir.of(params)
     for stage in upstream_closure("curate"):  # linked, not recomputed
         assert run.stage(stage).is_symlink() and run.stage(stage).resolve() == base.stage(stage).resolve()
-    assert table.generated_images.max() == len(pd.read_parquet(base.curated_table()))
+    assert table.generated_images.max() == len(pd.read_parquet(catalog.path(base, "curated")))
     # Other generation params: what they change is made here (linking stops at the first stage that differs).
     other = make_params("reuse-other", run={"reuse": str(base.root)}, generation={"strength": 0.5})
     prepare_run(other)
@@ -260,7 +261,7 @@ def test_tables_from_before_backbones_still_load_and_the_report_names_each_class
     run = RunDir.of(params)
     old = pd.DataFrame({"setting": ["SGID (100%)"], "mean_diff": [0.01], "ci_low": [-0.1], "ci_high": [0.12],
                         "significant": [False]})  # significance.parquet as written before backbones existed
-    write_table(run.significance_table, old)
+    write_table(catalog.path(run, "significance"), old)
     assert catalog.load(params, "significance").backbone.tolist() == [""]
     models = dict(key_facts(params, pd.DataFrame()))["Models"]
     assert models.endswith("; classifiers " + ", ".join(f"{e['label']} {e['model']}" for e in

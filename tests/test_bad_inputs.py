@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from sgid_utils.core import catalog
 from sgid_utils.core.images import load_image
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.stages import data
@@ -73,7 +74,7 @@ def test_every_bad_file_is_converted_or_skipped_with_a_reason(make_params, tmp_p
     params = make_params(dataset={"path": str(root), "test_path": None, "test_fraction": 0.2},
                          smoke={"build_dataset": False})
     images = data.run(params)
-    skipped = pd.read_csv(RunDir.of(params).skipped_table)
+    skipped = pd.read_csv(catalog.path(RunDir.of(params), "skipped"))
     reasons = {os.path.relpath(p, root) if p.startswith(str(root)) else p: r
                for p, r in zip(skipped.path, skipped.reason)}
     kept = {os.path.relpath(p, root) for p in images.origin}

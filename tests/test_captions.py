@@ -3,13 +3,14 @@ import sys
 
 import pandas as pd
 
+from sgid_utils.core import catalog
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 
 
 def test_captions_per_image_with_method_and_rank(pipeline_run):
-    caps = pd.read_parquet(RunDir.of(pipeline_run).captions_table)
-    images = pd.read_parquet(RunDir.of(pipeline_run).images_table)
+    caps = pd.read_parquet(catalog.path(RunDir.of(pipeline_run), "captions"))
+    images = pd.read_parquet(catalog.path(RunDir.of(pipeline_run), "images"))
     assert set(caps.image_id) == set(images[images.split == "train"].image_id)
     per = caps.groupby(["image_id", "method"]).size().unstack()
     assert (per["nucleus"] == 3).all() and (per["beam"] == 2).all()
@@ -28,8 +29,8 @@ def test_an_older_captions_table_gets_its_duplicates_marked_on_load(tmp_path):
     table = pd.DataFrame({"image_id": ["a", "a", "a", "b"], "method": ["nucleus", "nucleus", "beam", "nucleus"],
                           "rank": [0, 1, 0, 0], "caption": ["a dog", "a dog", "a dog", "a dog"]})
     run = RunDir(tmp_path / "run", tmp_path / "reports")
-    run.captions_table.parent.mkdir(parents=True)
-    table.to_parquet(run.captions_table)
+    catalog.path(run, "captions").parent.mkdir(parents=True)
+    table.to_parquet(catalog.path(run, "captions"))
     code = ("from pathlib import Path; import sgid_utils.stages.similarity; from sgid_utils.core import catalog; "
             "from sgid_utils.core.rundir import RunDir; "
             f"print(catalog.load(RunDir(Path({str(run.root)!r}), Path({str(run.reports)!r})), 'captions')"

@@ -3,15 +3,26 @@ is derived from the files; an unreadable file is a clear error naming the file, 
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from sgid_utils.core import catalog
-from sgid_utils.core.registry import ABLATIONS_READ, ABLATIONS_WRITE, NAMES, STAGES, get, writer
+from sgid_utils.core import catalog, code_hashes
+from sgid_utils.core.registry import (
+    ABLATIONS_READ,
+    ABLATIONS_WRITE,
+    NAMES,
+    STAGES,
+    get,
+    upstream_closure,
+    writer,
+)
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.errors import CorruptFileError
@@ -35,12 +46,12 @@ def test_every_entry_has_exactly_one_writer_and_a_path_of_its_own():
 
 
 def test_upstream_is_derived_from_the_files():
-    assert {s.name: s.upstream for s in STAGES} == {
-        "data": (), "captions": ("data",), "similarity": ("captions",), "generate": ("similarity",),
-        "upscale": ("similarity",), "real_guidance": ("data",), "inversion": ("data",),
-        "da_fusion": ("inversion",), "curate": ("generate", "upscale"),
-        "train": ("real_guidance", "da_fusion", "curate"),
-        "results": ("train",), "quality": ("train",), "compare": ("results",)}
+    """Each stage's upstream reaches the writer of every file it reads, and names none reached through another."""
+    for stage in STAGES:
+        reached = {n for u in stage.upstream for n in upstream_closure(u)}
+        assert {writer(name) for name in stage.reads} <= reached, stage.name
+        assert not any(u in upstream_closure(v) for u in stage.upstream for v in stage.upstream if u != v), stage.name
+    assert get("curate").upstream == ("generate", "upscale") and get("data").upstream == ()
     assert all(callable(get(n).function) for n in NAMES)
 
 
@@ -101,3 +112,65 @@ def test_a_damaged_per_configuration_file_says_to_delete_its_folder(tmp_path):
     file.write_bytes(b"PAR1 garbled")
     with pytest.raises(CorruptFileError, match=f"Delete {file.parent} and rerun"):
         catalog.load(run, "predictions", config="baseline_seed0")
+
+
+# --- what the stages' code reads and writes, found statically ---------------------------------------------------------
+FOLLOWED = ("sgid_utils.stages.", "sgid_utils.method.", "sgid_utils.reporting.")
+READ_CALLS = {"load", "exists", "path"}
+
+
+@cache
+def _module(module: str) -> tuple[dict[str, ast.AST], dict[str, tuple[str, str]]]:
+    """A module's top-level functions by name, and the names it imports from the followed modules."""
+    tree = ast.parse(code_hashes.module_file(module).read_text())
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    imported = {a.asname or a.name: (node.module, a.name) for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(FOLLOWED) for a in node.names}
+    return functions, imported
+
+
+def _names(arg: ast.expr) -> list[str]:
+    """The catalog names an argument can be (as patterns): a string, an f-string (``manifest_.*``), either branch of
+    a conditional; none for a variable."""
+    if isinstance(arg, ast.IfExp):
+        return _names(arg.body) + _names(arg.orelse)
+    if isinstance(arg, ast.JoinedStr):
+        return ["".join(re.escape(v.value) if isinstance(v, ast.Constant) else ".*" for v in arg.values)]
+    return [re.escape(arg.value)] if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else []
+
+
+def catalog_calls(module: str, function: str = "run") -> set[tuple[str, str]]:
+    """(read or save, name pattern) of every ``catalog.*`` call that ``function`` makes, directly or through the
+    functions it names in its own module and in the followed modules it imports from."""
+    found, seen, todo = set(), set(), [(module, function)]
+    while todo:
+        mod, name = todo.pop()
+        functions, imported = _module(mod)
+        if (mod, name) in seen or name not in functions:
+            continue
+        seen.add((mod, name))
+        for node in ast.walk(functions[name]):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "catalog" and len(node.args) > 1
+                    and node.func.attr in READ_CALLS | {"save"}):
+                kind = "save" if node.func.attr == "save" else "read"
+                found |= {(kind, pattern) for pattern in _names(node.args[1])}
+            elif isinstance(node, ast.Name) and node.id in functions:
+                todo.append((mod, node.id))
+            elif isinstance(node, ast.Name) and node.id in imported:
+                todo.append(imported[node.id])
+    return found
+
+
+def test_every_catalog_call_of_a_stage_matches_its_declared_reads_and_writes():
+    """Static: the files each stage's ``run`` loads (or checks, or asks the path of), directly or through the stage,
+    method and reporting functions it calls, are among its declared reads, optional reads or writes; what it saves is
+    among its writes, and it saves every one of them."""
+    steps = [(s.name, (*s.reads, *s.optional_reads), s.writes) for s in STAGES]
+    for name, reads, writes in [*steps, ("ablations", ABLATIONS_READ, ABLATIONS_WRITE)]:
+        calls = catalog_calls(f"sgid_utils.stages.{name}")
+        for kind, pattern in calls:
+            allowed = writes if kind == "save" else (*reads, *writes)
+            assert any(re.fullmatch(pattern, n) for n in allowed), f"stage '{name}' {kind}s undeclared '{pattern}'"
+        saved = [p for kind, p in calls if kind == "save"]
+        assert all(any(re.fullmatch(p, n) for p in saved) for n in writes), f"stage '{name}' declares an unsaved write"

@@ -10,8 +10,8 @@ import pytest
 
 from sgid_utils.cli import main
 from sgid_utils.core import code_hashes
-from sgid_utils.core.fingerprints import CODE_VERSION_KEY, CODE_VERSIONS, fingerprint
-from sgid_utils.core.registry import STAGES
+from sgid_utils.core.fingerprints import fingerprint
+from sgid_utils.core.registry import CODE_VERSION_KEY, CODE_VERSIONS, STAGES
 
 
 def test_the_recorded_hashes_match_the_method_code():

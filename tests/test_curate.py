@@ -45,8 +45,8 @@ def test_random_selection_is_seeded_and_covers_every_source():
 
 def test_small_sources_are_upscaled_and_each_source_gets_one_image(pipeline_run):
     p = pipeline_run
-    cands = pd.read_parquet(RunDir.of(p).candidates_table)
-    curated = pd.read_parquet(RunDir.of(p).curated_table())
+    cands = pd.read_parquet(catalog.path(RunDir.of(p), "candidates"))
+    curated = pd.read_parquet(catalog.path(RunDir.of(p), "curated"))
     threshold = p.curation.upscale_threshold
     up = cands[cands.variant == "upscaled"]
     assert len(up) and (up.short_side < threshold).all()
@@ -73,7 +73,7 @@ def test_quality_scores_filters_and_the_filtered_set(pipeline_run):
     assert (comp[comp.dropped_by == "label"].consistent == False).all()  # noqa: E712 - element-wise on a Series
     assert (comp[comp.kept.astype(bool)].similarity >= summary["similarity_threshold"]).all()
     assert comp[comp.kept.astype(bool)].consistent.all()
-    filtered = pd.read_parquet(RunDir.of(p).curated_table(filtered=True))
+    filtered = pd.read_parquet(catalog.path(RunDir.of(p), "curated_filtered"))
     kept = comp[comp.kept.astype(bool)]
     assert filtered.image_id.is_unique and set(filtered.image_id) == set(kept.image_id)
     assert p.curation.select == summary["select"] == "most_similar"  # the default

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from sgid_utils.core import catalog
 from sgid_utils.core.images import load_image, readable_class_name
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.errors import DatasetError
@@ -72,7 +73,7 @@ def test_imagefolder_with_bad_files_skips_and_records(make_params, tmp_path):
     params = make_params(dataset={"path": str(root), "test_path": None, "test_fraction": 0.2},
                          smoke={"build_dataset": False})
     df = data.run(params)
-    skipped = pd.read_csv(RunDir.of(params).skipped_table)
+    skipped = pd.read_csv(catalog.path(RunDir.of(params), "skipped"))
     reasons = " | ".join(skipped.reason)
     assert "not a readable image" in reasons and "hidden file" in reasons and "too small" in reasons
     assert "class has no usable training image" in reasons
@@ -140,8 +141,8 @@ def test_a_test_folder_without_the_training_classes_stops_at_the_data_stage(make
                          smoke={"build_dataset": False})
     with pytest.raises(DatasetError, match="No test image for any training class.*dataset.test_path"):
         data.run(params)
-    assert not RunDir.of(params).images_table.exists()  # nothing later can start
-    reasons = pd.read_csv(RunDir.of(params).skipped_table).reason.tolist()
+    assert not catalog.path(RunDir.of(params), "images").exists()  # nothing later can start
+    reasons = pd.read_csv(catalog.path(RunDir.of(params), "skipped")).reason.tolist()
     assert reasons.count("class has no test image: its accuracy is not measured") == 2
 
 
@@ -152,7 +153,7 @@ def test_a_class_without_test_images_is_warned_about_and_listed(make_params, tmp
                          smoke={"build_dataset": False})
     with pytest.warns(UserWarning, match="1 training class.*dog"):
         data.run(params)
-    skipped = pd.read_csv(RunDir.of(params).skipped_table)
+    skipped = pd.read_csv(catalog.path(RunDir.of(params), "skipped"))
     assert skipped.set_index("path").loc["dog", "reason"] == "class has no test image: its accuracy is not measured"
 
 
@@ -161,7 +162,7 @@ def test_loose_files_at_the_top_of_the_folder_are_listed(make_params, tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "imgs" / "loose.jpg")
     params = make_params(dataset={"path": str(tmp_path / "imgs"), "test_path": None}, smoke={"build_dataset": False})
     data.run(params)
-    skipped = pd.read_csv(RunDir.of(params).skipped_table).set_index("path")
+    skipped = pd.read_csv(catalog.path(RunDir.of(params), "skipped")).set_index("path")
     assert skipped.loc[str(tmp_path / "imgs" / "loose.jpg"), "reason"].startswith("not inside a class folder")
 
 

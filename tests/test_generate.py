@@ -45,8 +45,9 @@ def test_manifest_images_seeds_and_prompts(pipeline_run):
     p = pipeline_run
     manifest = catalog.load(p, "manifest_raw")
     run = RunDir.of(p)
-    assert not any(v.startswith("/") for v in pd.read_parquet(run.manifest("raw")).path)
-    best = pd.read_parquet(run.best_table).merge(pd.read_parquet(run.images_table), on="image_id")
+    assert not any(v.startswith("/") for v in pd.read_parquet(catalog.path(run, "manifest_raw")).path)
+    best = pd.read_parquet(catalog.path(run, "best_captions")).merge(pd.read_parquet(catalog.path(run, "images")),
+                                                                     on="image_id")
     small = best[["width", "height"]].min(axis=1) < p.curation.upscale_threshold
     # The raw pass: every large source and error_analysis_sample (1) small one per class, k candidates each.
     per_class = manifest.drop_duplicates("image_id").merge(best[small], on="image_id").groupby("label").size()

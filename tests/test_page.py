@@ -220,7 +220,7 @@ def test_ablation_table_is_shown_when_the_profile_has_run(report_params, page):
         {"Variant": "sgid-equal-steps", "Changes": "training.equal_steps=True", "Baseline": "50.00 ± 10.00 (n=2)",
          "SGID (100%)": "52.00 ± 5.00 (n=2)", "Δ (95% CI)": "+2.00 [-1.00, +5.00]", "Significant": "no",
          "Baseline − published Baselines (points, 95% CI)": "–"}])
-    path = write_table(RunDir.of(report_params).table("ablations.csv"), table)
+    path = write_table(catalog.path(RunDir.of(report_params), "ablations"), table)
     try:
         shown = Page(build_report(report_params).read_text())
     finally:

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 
+import pandas as pd
 import pytest
 
 from sgid_utils.cli import main
 from sgid_utils.config.backbones import configs
 from sgid_utils.config.load import load_params
+from sgid_utils.core import catalog, registry
 from sgid_utils.core.files import read_table
+from sgid_utils.core.registry import STAGES, Stage
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.preflight.checks import check_versions
-from sgid_utils.preflight.command import _train_rows, canary_params, preflight
+from sgid_utils.preflight.command import _canary_items, _train_rows, canary_params, preflight
 from sgid_utils.preflight.projection import (
+    OTHER_BYTES_STAGES,
     Counts,
     checkpoint_bytes,
     disk_need_bytes,
@@ -70,7 +75,7 @@ def test_smoke_preflight_passes_offline_with_canary(make_params):
     assert "✓ canary" in text and "| generate" in text
     assert not RunDir.of(params).root.exists(), "the canary must not write into the user's run directory"
     canary = RunDir.of(params).canary
-    assert canary.images_table.exists() and list(canary.stage("train").glob("*/result.json"))
+    assert catalog.path(canary, "images").exists() and list(canary.stage("train").glob("*/result.json"))
 
 
 def test_canary_params_shrink_the_run(make_params):
@@ -236,15 +241,55 @@ def test_each_backbone_is_projected_at_its_own_measured_rate(make_params, tiny_b
     canary = canary_params(params)
     split = train_seconds_by_backbone(canary, 10.0)
     assert sum(split.values()) == pytest.approx(10.0) and set(split) == {"vit", "resnet"}
-    measured = {b: sum(read_table(RunDir.of(canary).history(c.name)).seconds.sum()
+    measured = {b: sum(read_table(catalog.path(RunDir.of(canary), "history", config=c.name)).seconds.sum()
                        for c in configs(canary) if c.backbone == b)
                 for b in split}
     assert split["vit"] / split["resnet"] == pytest.approx(measured["vit"] / measured["resnet"])
     # ... and each backbone's row projects its own share at its own rate, not the mean rate of all.
     counts = full_run_counts(params)
     rows = {r["stage"]: r["seconds"] for r in _train_rows(params, canary, 10.0, counts, "basis")}
-    n_canary = int((read_table(RunDir.of(canary).images_table).split == "train").sum())
+    n_canary = int((read_table(catalog.path(RunDir.of(canary), "images")).split == "train").sum())
     canary_items, full_items = image_epochs_by_backbone(canary, n_canary), image_epochs_by_backbone(params, n)
     assert rows == pytest.approx({
         "train: ViT": split["vit"] / canary_items["vit"] * full_items["vit"],
         "train: ResNet (scratch)": split["resnet"] / canary_items["resnet"] * full_items["resnet"]})
+
+
+def _images(n_per_class: int, classes: int, side: int) -> pd.DataFrame:
+    """A data stage's table by hand: ``n_per_class`` training images of ``side`` px per class, and one test image."""
+    rows = [{"image_id": f"train_{c:03d}_{i:05d}", "split": "train", "label": c, "width": side, "height": side}
+            for c in range(classes) for i in range(n_per_class)]
+    rows += [{"image_id": f"test_{c:03d}", "split": "test", "label": c, "width": side, "height": side}
+             for c in range(classes)]
+    return pd.DataFrame(rows)
+
+
+def test_every_stage_is_counted_in_its_registry_unit():
+    """Preflight counts each registered stage by its declared unit: a stage with a unit nobody counts fails here."""
+    params = load_params(REPO / "params/pets.yaml")
+    counts = full_run_counts(params)
+    per_unit = {"once": 1, "per training image": counts.train_images, "per raw source": counts.raw_sources,
+                "per small source": counts.small_sources, "per image-epoch": counts.train_image_epochs}
+    for stage in STAGES:
+        expected = counts.methods[stage.name] if stage.name in counts.methods else per_unit[stage.unit]
+        assert counts.items(stage.name) == expected, stage.name
+    assert set(OTHER_BYTES_STAGES) <= {s.name for s in STAGES if s.folder}
+
+
+def test_a_new_stage_is_derived_from_its_registry_line(monkeypatch):
+    """The recipe 'add a stage': one registry line (its reads, writes, keys, folder, unit); its upstream, whether an
+    ablation variant runs it, and preflight's canary and full-run item counts follow from it."""
+    new = Stage("sharpness", "04_error_analysis_upscaling", ("images", "curated"), ("sharpness",), ("curation",),
+                "curation/sharpness", "per training image")
+    train = replace(registry.get("train"), reads=(*registry.get("train").reads, "sharpness"))
+    stages = tuple(new if s.name == "train" else s for s in registry.STAGES)
+    stages = (*stages[:stages.index(new)], new, train, *stages[stages.index(new) + 1:])
+    monkeypatch.setattr(registry, "STAGES", stages)
+    monkeypatch.setattr(registry, "NAMES", [s.name for s in stages])
+    monkeypatch.setattr(registry, "BY_NAME", {s.name: s for s in stages})
+    assert new.upstream == ("curate",) and "sharpness" in registry.get("train").upstream
+    assert "sharpness" in [s.name for s in registry.ablation_stages()]
+    params = load_params(REPO / "params/smoke.yaml")
+    images = _images(5, 3, 64)
+    assert full_run_counts(params, images).items("sharpness") == 15
+    assert _canary_items(canary_params(params), "sharpness", images) == 15

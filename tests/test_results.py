@@ -60,16 +60,16 @@ def test_format_mean_std():
 
 def test_run_results_writes_tables_and_figures(pipeline_run):
     run = RunDir.of(pipeline_run)
-    assert run.table("accuracy.md").exists() and run.table("accuracy.csv").exists()
-    assert run.figure("accuracy_by_method").stat().st_size > 1000
-    assert run.figure("originals_vs_sgid").exists()
-    table = pd.read_csv(run.table("accuracy.csv"))
+    assert catalog.path(run, "accuracy_md").exists() and catalog.path(run, "accuracy").exists()
+    assert catalog.path(run, "accuracy_figure").stat().st_size > 1000
+    assert catalog.path(run, "originals_figure").exists()
+    table = pd.read_csv(catalog.path(run, "accuracy"))
     assert {DELTA, SIGNIFICANT, SIGNIFICANT_HOLM, "p (paired t)", "p (Holm)"} <= set(table.columns)
     assert table.set_index("Method").loc["Baseline", SIGNIFICANT] == "–"
     # Significance is computed once and written; the table's Δ column is read from that file.
     sig = catalog.load(pipeline_run, "significance").set_index("setting")
     assert set(sig.index) == set(table.Method) - {"Baseline"}
-    assert pd.read_csv(run.table("significance.csv")).setting.tolist() == sig.index.tolist()
+    assert pd.read_csv(catalog.path(run, "significance_csv")).setting.tolist() == sig.index.tolist()
     assert {"p_value", "p_holm", "significant", "significant_holm", "reason"} <= set(sig.columns)
     for method, significant in table.set_index("Method")[SIGNIFICANT].drop("Baseline").items():
         row = sig.loc[method]
@@ -78,7 +78,7 @@ def test_run_results_writes_tables_and_figures(pipeline_run):
     if len(determined):  # Holm over every row of the table, undetermined rows counted as p = 1
         expected = multipletests(sig.p_value.fillna(1.0), method="holm")[1]
         assert sig.p_holm.dropna().tolist() == pytest.approx(expected[sig.p_value.notna().to_numpy()].tolist())
-    results = pd.read_parquet(run.training_table)
+    results = pd.read_parquet(catalog.path(run, "training_results"))
     assert table.set_index("Method")["mean"].to_dict() == pytest.approx(
         results.groupby("setting").test_acc.mean().round(4).to_dict())
 

@@ -81,7 +81,7 @@ def test_two_shards_give_what_one_process_gives(make_params, pipeline_run, monke
     monkeypatch.setenv("SGID_SHARD", "1/2")
     captions = run_stage("captions", params)
     run_stage("generate", params)
-    ref = pd.read_parquet(RunDir.of(pipeline_run).captions_table)
+    ref = pd.read_parquet(catalog.path(RunDir.of(pipeline_run), "captions"))
     pd.testing.assert_frame_equal(captions.reset_index(drop=True), ref)
     one, two = catalog.load(pipeline_run, "manifest_raw"), catalog.load(params, "manifest_raw")
     for a, b in zip(one.sort_values("path").path, two.sort_values("path").path):
@@ -99,8 +99,8 @@ def test_sharded_upscale_is_finished_by_the_last_shard_then_curated(make_params,
     monkeypatch.setenv("SGID_SHARD", "1/2")
     assert run_stage("upscale", params) is not None
     curated = run_stage("curate", params)
-    ref = pd.read_parquet(RunDir.of(pipeline_run).curated_table())
-    got = pd.read_parquet(RunDir.of(params).curated_table())
+    ref = pd.read_parquet(catalog.path(RunDir.of(pipeline_run), "curated"))
+    got = pd.read_parquet(catalog.path(RunDir.of(params), "curated"))
     pd.testing.assert_frame_equal(got.drop(columns=["source_path"]), ref.drop(columns=["source_path"]))
     assert curated is not None and len(curated) == len(ref)
 
@@ -133,9 +133,10 @@ def test_accelerate_launch_with_two_processes_gives_what_one_process_gives(make_
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stderr.count(f"[sgid] stage {stage}") == 2  # both processes ran the stage
     run, reference = RunDir.of(params), RunDir.of(pipeline_run)
-    for table in ("captions_table", "best_table"):
-        pd.testing.assert_frame_equal(pd.read_parquet(getattr(run, table)), pd.read_parquet(getattr(reference, table)))
-    got, ref = pd.read_parquet(run.manifest("raw")), pd.read_parquet(reference.manifest("raw"))
+    for table in ("captions", "best_captions"):
+        pd.testing.assert_frame_equal(pd.read_parquet(catalog.path(run, table)),
+                                      pd.read_parquet(catalog.path(reference, table)))
+    got, ref = (pd.read_parquet(catalog.path(r, "manifest_raw")) for r in (run, reference))
     assert list(got.path) == list(ref.path)
     import numpy as np
     from PIL import Image

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sgid_utils.core import catalog
 from sgid_utils.core.images import load_image
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.models.loading import load_clip
@@ -21,10 +22,10 @@ def test_pick_best_takes_the_highest_score_per_image():
 
 def test_scores_are_clip_cosine_similarities(pipeline_run):
     run = RunDir.of(pipeline_run)
-    scores = pd.read_parquet(run.scores_table)
-    best = pd.read_parquet(run.best_table)
-    images = pd.read_parquet(run.images_table).set_index("image_id")
-    assert len(scores) == len(pd.read_parquet(run.captions_table))
+    scores = pd.read_parquet(catalog.path(run, "scores"))
+    best = pd.read_parquet(catalog.path(run, "best_captions"))
+    images = pd.read_parquet(catalog.path(run, "images")).set_index("image_id")
+    assert len(scores) == len(pd.read_parquet(catalog.path(run, "captions")))
     top = scores.loc[scores.groupby("image_id").score.idxmax()].set_index("image_id")
     assert top.score.to_dict() == pytest.approx(best.set_index("image_id").s_star.to_dict())
     # Recompute one score directly with the CLIP model.

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from sgid_utils.config.backbones import TrainConfig, backbones, configs
 from sgid_utils.config.training import BackboneParams, TrainingParams
+from sgid_utils.core import catalog
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.method.augmentations import cutmix_batch, mixed_loss, randaugment
 from sgid_utils.method.training import lr_factor, step_plan, train_step
@@ -87,8 +88,8 @@ def test_the_size_matched_control_cuts_the_unfiltered_set_to_the_filtered_sets_s
 
 def test_the_size_matched_set_is_drawn_from_the_runs_unfiltered_curated_set(pipeline_run):
     run = RunDir.of(pipeline_run)
-    curated = pd.read_parquet(run.curated_table())
-    filtered = pd.read_parquet(run.curated_table(filtered=True))
+    curated = pd.read_parquet(catalog.path(run, "curated"))
+    filtered = pd.read_parquet(catalog.path(run, "curated_filtered"))
     methods = [*pipeline_run.training.methods, "sgid_size_matched"]
     params = pipeline_run.model_copy(update={"training": pipeline_run.training.model_copy(update={"methods": methods})})
     *_, additions, _ = training_sets(params)
@@ -118,9 +119,9 @@ def test_configs_cover_methods_proportions_and_seeds(make_params):
 def test_training_results_metrics_and_predictions(pipeline_run):
     p = pipeline_run
     run = RunDir.of(p)
-    results = pd.read_parquet(run.training_table)
-    curated = pd.read_parquet(run.curated_table())
-    filtered = pd.read_parquet(run.curated_table(filtered=True))
+    results = pd.read_parquet(catalog.path(run, "training_results"))
+    curated = pd.read_parquet(catalog.path(run, "curated"))
+    filtered = pd.read_parquet(catalog.path(run, "curated_filtered"))
     assert len(results) == 18
     sgid = results[results.method.isin(["sgid", "sgid_filtered"])].set_index("setting")
     assert sgid.loc["SGID filtered (100%)", "generated_images"].tolist() == [len(filtered)] * 2
@@ -128,8 +129,8 @@ def test_training_results_metrics_and_predictions(pipeline_run):
     assert sgid.loc["SGID (50%)", "generated_images"].tolist() == [int(len(curated) * 0.5 + 0.5)] * 2
     assert (results[results.method.isin(["baseline", "cutmix", "randaugment"])].generated_images == 0).all()
     for row in results.itertuples():
-        metrics = pd.read_csv(run.history(row.config))
-        preds = pd.read_parquet(run.predictions(row.config))
+        metrics = pd.read_csv(catalog.path(run, "history", config=row.config))
+        preds = pd.read_parquet(catalog.path(run, "predictions", config=row.config))
         assert metrics.epoch.tolist() == list(range(1, p.training.epochs + 1))
         assert metrics.test_acc.iloc[-1] == pytest.approx(row.test_acc, abs=1e-12)  # read back from CSV
         assert (preds.pred == preds.label_idx).mean() == pytest.approx(row.test_acc)
@@ -180,9 +181,9 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params
     assert killed.checkpoint(cfg.name).exists() and not killed.result(cfg.name).exists()
     resumed = train_config(runs["killed"], cfg, train, test, n)
     assert resumed["test_acc"] == full["test_acc"]
-    pd.testing.assert_frame_equal(pd.read_parquet(killed.predictions(cfg.name)),
-                                  pd.read_parquet(straight.predictions(cfg.name)))
-    a, b = pd.read_csv(killed.history(cfg.name)), pd.read_csv(straight.history(cfg.name))
+    pd.testing.assert_frame_equal(pd.read_parquet(catalog.path(killed, "predictions", config=cfg.name)),
+                                  pd.read_parquet(catalog.path(straight, "predictions", config=cfg.name)))
+    a, b = (pd.read_csv(catalog.path(r, "history", config=cfg.name)) for r in (killed, straight))
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
     steps = plan.total if backbone == "equal-steps" else 2 * math.ceil(len(train) / 4)  # batch size 4
     assert resumed["steps"] == full["steps"] == steps

@@ -5,8 +5,10 @@ A stage reads and writes these files only through ``load(params, name)`` and
 table, markdown table, JSON, PNG figure). The registry (``core.registry``) lists
 the names each stage reads and writes; the stages' upstream is derived from those
 lists, and ``python -m sgid_utils stages --files`` prints them with their paths.
-Where a file lives is the run-directory map's business (``core.rundir``): an entry
-only names a ``RunDir`` path, so moving a file is still a one-line change there.
+Each entry declares its file's path once: the folder it lives under (its stage's folder
+in the run directory, from the registry, or the reports' tables or figures) and its name
+there; ``core.rundir`` keeps only what belongs to the run as a whole. Moving a file is a
+one-line change here (old run directories then need an ``upgrade`` or a migration).
 
 ``load`` is also the one place where a file that cannot be read (truncated or
 garbled by a disk fault or a Drive sync, never by our own writes, which are
@@ -35,12 +37,17 @@ def _with_backbone(table: pd.DataFrame) -> pd.DataFrame:
     return table if "backbone" in table else table.assign(backbone="")
 
 
+TABLES, FIGURES = "<tables>", "<figures>"  # the reports' folders (``RunDir.tables``, ``RunDir.figures``)
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One named file: where it lives (a ``RunDir`` path, given the entry's keys) and what it holds."""
+    """One named file: the folder it lives under (a registered stage's, ``TABLES`` or ``FIGURES``), its file name
+    there (a template of the entry's keys: ``{config}/metrics.csv``) and what it holds."""
 
     name: str
-    where: Callable[..., Path]
+    under: str
+    file: str
     what: str
     keys: tuple[str, ...] = ()
     relative: bool = False  # file paths under the run directory stored relative to it (a run dir can move)
@@ -49,68 +56,69 @@ class Entry:
     def path(self, run: RunDir, **keys: str) -> Path:
         if set(keys) != set(self.keys):
             raise KeyError(f"catalog entry '{self.name}' needs {', '.join(self.keys) or 'no keys'}, got {sorted(keys)}")
-        return self.where(run, **keys)
+        folder = run.tables if self.under == TABLES else run.figures if self.under == FIGURES else run.stage(self.under)
+        return folder / self.file.format(**keys)
 
 
 ENTRIES: tuple[Entry, ...] = (
     # data
-    Entry("images", lambda r: r.images_table, "one row per usable image: split, label, class, path, size",
+    Entry("images", "data", "images.parquet", "one row per usable image: split, label, class, path, size",
           relative=True),
-    Entry("skipped", lambda r: r.skipped_table, "files the data stage could not use, with the reason"),
+    Entry("skipped", "data", "skipped.csv", "files the data stage could not use, with the reason"),
     # captions and similarity
-    Entry("captions", lambda r: r.captions_table, "every BLIP caption per training image (nucleus and beam)"),
-    Entry("scores", lambda r: r.scores_table, "CLIP similarity of every caption to its image"),
-    Entry("best_captions", lambda r: r.best_table, "each image's most similar caption and its score s*"),
+    Entry("captions", "captions", "captions.parquet", "every BLIP caption per training image (nucleus and beam)"),
+    Entry("scores", "similarity", "scores.parquet", "CLIP similarity of every caption to its image"),
+    Entry("best_captions", "similarity", "best.parquet", "each image's most similar caption and its score s*"),
     # generation
-    Entry("manifest_raw", lambda r: r.manifest("raw"), "the raw pass's candidates: source, prompt, scale, seed, file",
-          relative=True),
-    Entry("manifest_upscaled", lambda r: r.manifest("upscaled"),
+    Entry("manifest_raw", "generate", "manifest.parquet",
+          "the raw pass's candidates: source, prompt, scale, seed, file", relative=True),
+    Entry("manifest_upscaled", "upscale", "manifest.parquet",
           "the upscaled pass's candidates (small sources regenerated larger)", relative=True),
     # curation
-    Entry("candidates", lambda r: r.candidates_table, "every candidate with its CLIP and quality scores",
+    Entry("candidates", "curate", "candidates.parquet", "every candidate with its CLIP and quality scores",
           relative=True),
-    Entry("curated", lambda r: r.curated_table(), "one chosen candidate per source: the set SGID trains on",
+    Entry("curated", "curate", "curated.parquet", "one chosen candidate per source: the set SGID trains on",
           relative=True),
-    Entry("curated_filtered", lambda r: r.curated_table(filtered=True),
+    Entry("curated_filtered", "curate", "curated_filtered.parquet",
           "the chosen candidates that passed the quality filters (SGID filtered)", relative=True),
-    Entry("quality_summary", lambda r: r.quality_summary, "the filters' detector, threshold and kept counts"),
+    Entry("quality_summary", "curate", "quality.json", "the filters' detector, threshold and kept counts"),
     # the other generative augmentations (config.methods)
-    Entry("real_guidance_images", lambda r: r.real_guidance_table,
+    Entry("real_guidance_images", "real_guidance", "images.parquet",
           "Real Guidance's images: one per training image, with its prompt, scale, strength and seed", relative=True),
-    Entry("class_tokens", lambda r: r.class_tokens_table,
+    Entry("class_tokens", "inversion", "tokens.parquet",
           "DA-Fusion's token per class: its file, images, steps, first and last loss, how far it moved",
           relative=True),
-    Entry("da_fusion_images", lambda r: r.da_fusion_table,
+    Entry("da_fusion_images", "da_fusion", "images.parquet",
           "DA-Fusion's M images per training image, with the token, prompt, strength and seed", relative=True),
     # training
-    Entry("training_results", lambda r: r.training_table, "one row per training configuration: accuracy, steps, time",
+    Entry("training_results", "train", "results.parquet", "one row per training configuration: accuracy, steps, time",
           upgrade=_with_backbone),
-    Entry("history", lambda r, config: r.history(config), "one configuration's per-epoch metrics", ("config",)),
-    Entry("predictions", lambda r, config: r.predictions(config), "one configuration's test predictions",
+    Entry("history", "train", "{config}/metrics.csv", "one configuration's per-epoch metrics", ("config",)),
+    Entry("predictions", "train", "{config}/predictions.parquet", "one configuration's test predictions",
           ("config",)),
     # results and quality: the report's tables and figures
-    Entry("significance", lambda r: r.significance_table, "every setting against its Baseline, with verdicts",
+    Entry("significance", "results", "significance.parquet", "every setting against its Baseline, with verdicts",
           upgrade=_with_backbone),
-    Entry("accuracy", lambda r: r.table("accuracy.csv"), "the accuracy table beside the published numbers"),
-    Entry("accuracy_md", lambda r: r.table("accuracy.md"), "the accuracy table as markdown, with its caption"),
-    Entry("significance_csv", lambda r: r.table("significance.csv"), "the significance table, for the report"),
-    Entry("backbone_gains", lambda r: r.table("backbone_gains.csv"), "SGID's gain per backbone beside the abstract's"),
-    Entry("backbone_gains_md", lambda r: r.table("backbone_gains.md"), "the backbone gains as markdown"),
-    Entry("accuracy_figure", lambda r: r.figure("accuracy_by_method"), "accuracy per method beside the published ones"),
-    Entry("originals_figure", lambda r: r.figure("originals_vs_sgid"), "training images beside their SGID image"),
-    Entry("gain_forest_figure", lambda r: r.figure("gain_forest"), "each gain with its interval, per backbone"),
-    Entry("set_metrics", lambda r: r.table("set_metrics.csv"), "consistency and diversity of each generated set"),
-    Entry("class_changes", lambda r: r.table("per_class_change.csv"), "per-class accuracy change, best SGID setting"),
-    Entry("consistency_figure", lambda r: r.figure("07_consistency_vs_diversity"),
+    Entry("accuracy", TABLES, "accuracy.csv", "the accuracy table beside the published numbers"),
+    Entry("accuracy_md", TABLES, "accuracy.md", "the accuracy table as markdown, with its caption"),
+    Entry("significance_csv", TABLES, "significance.csv", "the significance table, for the report"),
+    Entry("backbone_gains", TABLES, "backbone_gains.csv", "SGID's gain per backbone beside the abstract's"),
+    Entry("backbone_gains_md", TABLES, "backbone_gains.md", "the backbone gains as markdown"),
+    Entry("accuracy_figure", FIGURES, "accuracy_by_method.png", "accuracy per method beside the published ones"),
+    Entry("originals_figure", FIGURES, "originals_vs_sgid.png", "training images beside their SGID image"),
+    Entry("gain_forest_figure", FIGURES, "gain_forest.png", "each gain with its interval, per backbone"),
+    Entry("set_metrics", TABLES, "set_metrics.csv", "consistency and diversity of each generated set"),
+    Entry("class_changes", TABLES, "per_class_change.csv", "per-class accuracy change, best SGID setting"),
+    Entry("consistency_figure", FIGURES, "07_consistency_vs_diversity.png",
           "each generated set on our consistency and diversity metrics"),
-    Entry("comparison", lambda r: r.table("comparison.csv"),
+    Entry("comparison", TABLES, "comparison.csv",
           "which augmentation: each method's gain over the best non-generative one and its measured cost"),
-    Entry("comparison_md", lambda r: r.table("comparison.md"), "the comparison as markdown, with its caption"),
-    Entry("comparison_figure", lambda r: r.figure("08_gain_vs_cost"), "each method's gain against its device hours"),
+    Entry("comparison_md", TABLES, "comparison.md", "the comparison as markdown, with its caption"),
+    Entry("comparison_figure", FIGURES, "08_gain_vs_cost.png", "each method's gain against its device hours"),
     # the ablation profiles (``run ablations``)
-    Entry("ablations", lambda r: r.table("ablations.csv"), "each ablation variant against the main run"),
-    Entry("ablations_md", lambda r: r.table("ablations.md"), "the ablation table as markdown"),
-    Entry("ablation_set_metrics", lambda r: r.table("ablation_set_metrics.csv"), "each variant's curated set metrics"),
+    Entry("ablations", TABLES, "ablations.csv", "each ablation variant against the main run"),
+    Entry("ablations_md", TABLES, "ablations.md", "the ablation table as markdown"),
+    Entry("ablation_set_metrics", TABLES, "ablation_set_metrics.csv", "each variant's curated set metrics"),
 )
 BY_NAME = {entry.name: entry for entry in ENTRIES}
 
@@ -198,13 +206,15 @@ def save(params: Params | RunDir, name: str, obj: Any, caption: str | None = Non
 
 def files_table() -> str:
     """Every stage with the files it reads and writes and their paths (``<run>`` is run.dir, ``<reports>``
-    run.reports_dir): what ``python -m sgid_utils stages --files`` prints and docs/RUNS.md shows."""
+    run.reports_dir; ``reads?``: read when present): what ``python -m sgid_utils stages --files`` prints and
+    docs/RUNS.md shows."""
     run = RunDir(Path("<run>"), Path("<reports>"))
     lines = []
-    for name, notebook, reads, writes in [(s.name, s.notebook, s.reads, s.writes) for s in STAGES] + [
-            ("ablations", "(run ablations)", ABLATIONS_READ, ABLATIONS_WRITE)]:
+    for name, notebook, reads, optional, writes in [
+            (s.name, s.notebook, s.reads, s.optional_reads, s.writes) for s in STAGES] + [
+            ("ablations", "(run ablations)", ABLATIONS_READ, (), ABLATIONS_WRITE)]:
         lines.append(f"{name} ({notebook})")
-        for verb, names in (("reads", reads), ("writes", writes)):
+        for verb, names in (("reads", reads), ("reads?", optional), ("writes", writes)):
             for n in names:
                 e = entry(n)
                 where = e.path(run, **{k: f"<{k}>" for k in e.keys})

@@ -1,11 +1,12 @@
 """Has a stage's method code changed since its code version was last set? A change nobody may forget.
 
-A stage's fingerprint holds its params and ``CODE_VERSIONS`` (``core.fingerprints``); a change to the guidance
-mapping, the prompt builder or the selection gives other images for the same params, and unless someone bumps the
-code version by hand, old and new outputs mix in one run directory without a word. So ``code_hashes.json`` (beside
-this module, checked in) records, per stage with a fingerprint, a hash of each module of its method code and the code
-versions its keys had then; ``tests/test_code_hashes.py`` fails when a hash no longer matches, until the developer
-either bumps the stage's code version or says the change gives the same outputs, and records it with one command::
+A stage's fingerprint holds its params and ``CODE_VERSIONS`` (its registry entry's ``code_version``); a change to
+the guidance mapping, the prompt builder or the selection gives other images for the same params, and unless someone
+bumps the code version by hand, old and new outputs mix in one run directory without a word. So ``code_hashes.json``
+(beside this module, checked in) records, per stage with a fingerprint, a hash of each module of its method code and
+the code versions its keys had then; ``tests/test_code_hashes.py`` fails when a hash no longer matches, until the
+developer either bumps the stage's code version or says the change gives the same outputs, and records it with one
+command::
 
     python -m sgid_utils code-hashes --accept "REASON"
 
@@ -24,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sgid_utils.core.files import write_atomic
-from sgid_utils.core.fingerprints import CODE_VERSION_KEY, CODE_VERSIONS
-from sgid_utils.core.registry import STAGES, get
+from sgid_utils.core.registry import CODE_VERSION_KEY, CODE_VERSIONS, STAGES, get
 
 PACKAGE = Path(__file__).resolve().parent.parent
 HASHES_FILE = Path(__file__).with_name("code_hashes.json")
@@ -120,7 +120,8 @@ def stale_message(differences: dict[str, list[str]]) -> str:
     return ("The method code of these stages changed since sgid_utils/core/code_hashes.json was written:\n"
             + "\n".join(lines) + "\n"
             "1. If the change can give other outputs for the same params, bump that stage's code version in "
-            "CODE_VERSIONS (sgid_utils/core/fingerprints.py: add 1, or add the key at 2, with a comment saying why), "
+            "CODE_VERSIONS: its ``code_version`` on its registry entry (sgid_utils/core/registry.py: add 1, with a "
+            "comment saying why), "
             "so that finished runs refuse to mix old and new files.\n"
             f'2. In either case, record the code as it is now with one command:\n    {COMMAND}\n'
             "   (REASON: what changed and, without a bump, why the outputs stay the same), and commit the rewritten "

@@ -17,7 +17,7 @@ from sgid_utils.config.methods import AUGMENTATIONS
 from sgid_utils.config.schema import Params
 from sgid_utils.config.training import INHERITED, BackboneParams
 from sgid_utils.core.files import read_fingerprint
-from sgid_utils.core.registry import STAGES, get, upstream_closure
+from sgid_utils.core.registry import CODE_VERSIONS, STAGES, get, upstream_closure
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.errors import StaleOutputsError
 
@@ -32,21 +32,8 @@ NOT_IN_FINGERPRINT = {
     "training.sgid_proportions", "training.filtered_proportions", "training.combined_proportions",
     "training.method_proportions", "training.backbones",
 }
-# Bumped when a section's code gives other outputs for the same params, so that a run dir keeps one version's files.
-# captioning 2: nucleus sampling batched, each image's tokens drawn from its own seed (SeededNucleusSampler).
-# dataset 2: hyphens kept in class names; loose files and classes without test images listed.
-# curation.upscale_to 2: upscaled sizes rounded to the nearest multiple of 8, the target winning over max_side.
-# training 2: evaluation autocasts only when training does (training.amp).
-CODE_VERSIONS = {"captioning": 2, "dataset": 2, "curation.upscale_to": 2, "training": 2}
-# Per stage with a fingerprint, the key whose code version to bump when its code changes what it writes
-# (``core.code_hashes`` names it when the stage's method code changes). A bump reaches every stage with that key and
-# those downstream: ``generation`` both generation passes (they share method/generation.py), ``curation.upscale_to``
-# the upscaled pass alone.
-CODE_VERSION_KEY = {"data": "dataset", "captions": "captioning", "similarity": "models.clip", "generate": "generation",
-                    "upscale": "curation.upscale_to", "curate": "curation", "train": "training",
-                    # the compared methods (config.methods): a bump of the inversion's reaches DA-Fusion's images too
-                    "real_guidance": "real_guidance", "inversion": "da_fusion.inversion_steps",
-                    "da_fusion": "da_fusion.num_synthetic"}
+# Code versions (``CODE_VERSIONS``, per params key) and the key that names each stage's code (``CODE_VERSION_KEY``)
+# are declared on the stages' registry entries (``core.registry``): bump ``code_version`` there.
 # Per backbone, what names it but cannot change its results.
 COSMETIC_BACKBONE_KEYS = ("label", "source")
 

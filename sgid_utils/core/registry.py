@@ -10,16 +10,24 @@ fingerprint chain and the tests all read this list. Each stage names:
 - ``notebook``: the numbered notebook that narrates it;
 - ``reads`` and ``writes``: the files it takes from earlier stages and hands on, by their
   names in the data catalog (``core.catalog``); ``upstream`` is derived from them;
+  ``optional_reads``: files it reads when they exist, written by a later step (``run ablations``);
 - ``keys``: the params keys its own outputs depend on; its fingerprint adds the
   upstream stages' keys (``core.fingerprints``). A stage without keys keeps no
   fingerprint: it is recomputed from its inputs every time it runs;
 - ``folder``: where under the run directory it keeps its files (``core.rundir``);
-  None for a stage that writes only report tables.
+  None for a stage that writes only report tables;
+- ``unit``: what its time scales with (``UNITS``): preflight's canary and projection count
+  these items, a stage "once" is a fixed cost;
+- ``version_key`` and ``code_version``: the params key whose code version names this stage's
+  code, and that version (1 is recorded as nothing, as every run before versions existed).
+  ``CODE_VERSIONS`` is derived from them; a bump reaches every stage holding the key and
+  those downstream (``core.fingerprints``, ``core.code_hashes``).
 
 To add a stage: write ``sgid_utils/stages/<name>.py`` with a ``run`` function (a per-item
 stage only says how to process a batch, see ``core.resumable``), name the files it writes
-in ``core.catalog`` (their paths in ``core.rundir``), add a line here, and call
-``run_stage("<name>", params)`` from its notebook.
+in ``core.catalog`` (each path declared there once), add a line here with its reads, writes,
+keys, folder and unit, and call ``run_stage("<name>", params)`` from its notebook. Preflight,
+the ablation variants and the catalog tests derive the rest from this line.
 """
 
 from __future__ import annotations
@@ -27,7 +35,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
+
+# The units a stage's time scales with; preflight.projection.Counts counts each for a full run.
+Unit = Literal["once", "per training image", "per raw source", "per small source", "per class-step",
+               "per synthetic image", "per image-epoch"]
+UNITS: tuple[str, ...] = get_args(Unit)
+# Units counted from the canary's own item records (the generation passes' sources), not from its data table.
+RECORDED_UNITS = ("per raw source", "per small source")
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,10 @@ class Stage:
     writes: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()
     folder: str | None = None
+    unit: Unit = "once"
+    version_key: str | None = None
+    code_version: int = 1
+    optional_reads: tuple[str, ...] = ()  # read when present, written later (``run ablations``): no upstream
 
     @property
     def function(self) -> Callable[..., Any]:
@@ -60,51 +79,66 @@ INVERSION_KEYS = ("models.diffusion", "da_fusion.initializer_token", "da_fusion.
 DA_FUSION_KEYS = (*INVERSION_KEYS, "da_fusion.prompt", "da_fusion.guidance_scale", "da_fusion.strengths",
                   "da_fusion.num_synthetic", "da_fusion.num_inference_steps")
 TRAINING = ("training_results", "history", "predictions")
+# Code versions above 1 (bumped when a stage's code gives other outputs for the same params, so that a run dir keeps
+# one version's files): data 2 (dataset): hyphens kept in class names; loose files and classes without test images
+# listed. captions 2 (captioning): nucleus sampling batched, each image's tokens drawn from its own seed
+# (SeededNucleusSampler). upscale 2 (curation.upscale_to): upscaled sizes rounded to the nearest multiple of 8, the
+# target winning over max_side. train 2 (training): evaluation autocasts only when training does (training.amp).
+# A bump of ``generation`` reaches both generation passes (they share method/generation.py), one of
+# ``curation.upscale_to`` the upscaled pass alone, one of the inversion's DA-Fusion's images too.
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "01_captioning", (), ("images", "skipped"), ("dataset", "run.seed"), "data"),
+    Stage("data", "01_captioning", (), ("images", "skipped"), ("dataset", "run.seed"), "data",
+          version_key="dataset", code_version=2),
     # run.draw (the generation draw) reaches the captions' nucleus sampling, the candidates' seeds and curation's
     # random choices; the data and train stages do not read it (a second draw keeps the split and the training seeds).
     Stage("captions", "01_captioning", ("images",), ("captions",),
-          ("models.captioner", "captioning", "run.draw"), "captions"),
+          ("models.captioner", "captioning", "run.draw"), "captions", "per training image", "captioning", 2),
     Stage("similarity", "02_similarity", ("images", "captions"), ("scores", "best_captions"), ("models.clip",),
-          "similarity"),
+          "similarity", "per training image", "models.clip"),
     Stage("generate", "03_generation", ("images", "best_captions"), ("manifest_raw",),
           ("models.diffusion", "models.controlnet", "generation", "curation.upscale_threshold",
            "curation.error_analysis_sample", "run.draw"),
-          "generation/raw"),
+          "generation/raw", "per raw source", "generation"),
     # The upscaled regeneration does not depend on which small sources the raw pass sampled.
     Stage("upscale", "04_error_analysis_upscaling", ("images", "best_captions"), ("manifest_upscaled",),
           ("models.diffusion", "models.controlnet", "generation", "curation.upscale_threshold", "curation.upscale_to",
            "run.draw"),
-          "generation/upscaled"),
+          "generation/upscaled", "per small source", "curation.upscale_to", 2),
     # Real Guidance (config.methods): img2img from each real image with a class prompt; no captions, no selection.
+    # The compared methods' stages are a fixed cost while training.methods does not train them (they skip).
     Stage("real_guidance", "03_generation", ("images",), ("real_guidance_images",),
-          ("models.diffusion", "real_guidance", "run.draw"), "methods/real_guidance"),
+          ("models.diffusion", "real_guidance", "run.draw"), "methods/real_guidance", "per training image",
+          "real_guidance"),
     # DA-Fusion (config.methods): a textual-inversion token per class, then M img2img images per real image with it.
-    Stage("inversion", "03_generation", ("images",), ("class_tokens",), INVERSION_KEYS, "methods/inversion"),
+    Stage("inversion", "03_generation", ("images",), ("class_tokens",), INVERSION_KEYS, "methods/inversion",
+          "per class-step", "da_fusion.inversion_steps"),
     Stage("da_fusion", "03_generation", ("images", "class_tokens"), ("da_fusion_images",), DA_FUSION_KEYS,
-          "methods/da_fusion"),
+          "methods/da_fusion", "per synthetic image", "da_fusion.num_synthetic"),
     Stage("curate", "04_error_analysis_upscaling", ("images", *MANIFESTS),
           ("candidates", "curated", "curated_filtered", "quality_summary"), ("curation", "quality", "run.draw"),
-          "curation"),
+          "curation", "per training image", "curation"),
     Stage("train", "05_training", ("images", "curated", "curated_filtered", "real_guidance_images", "da_fusion_images"),
-          TRAINING,
-          ("models.classifier", "training", "da_fusion.synthetic_probability"), "training"),
+          TRAINING, ("models.classifier", "training", "da_fusion.synthetic_probability"), "training",
+          "per image-epoch", "training", 2),
     Stage("results", "06_results", ("curated", "training_results", "predictions"),
           ("significance", "accuracy", "accuracy_md", "significance_csv", "backbone_gains", "backbone_gains_md",
            "accuracy_figure", "originals_figure", "gain_forest_figure"), (), "results"),
     Stage("quality", "07_quality_and_statistics",
           ("images", "candidates", "curated", "curated_filtered", "training_results", "predictions"),
-          ("set_metrics", "class_changes", "consistency_figure")),
+          ("set_metrics", "class_changes", "consistency_figure"), optional_reads=("ablation_set_metrics",)),
     # Which augmentation: every generative method's gain beside its measured cost (the runner's provenance records).
-    Stage("compare", "08_methods", ("training_results", "significance"),
+    Stage("compare", "08_methods", ("training_results", "predictions", "significance"),
           ("comparison", "comparison_md", "comparison_figure")),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 NAMES = [stage.name for stage in STAGES]
-# ``run ablations`` is no stage of the chain: it reruns the chain per variant and writes the ablation tables.
-ABLATIONS_READ = ("training_results", "significance")
+# ``run ablations`` is no stage of the chain: it reruns the chain per variant and writes the ablation tables, from
+# each variant's results and curated sets.
+ABLATIONS_READ = ("training_results", "significance", "candidates", "curated", "curated_filtered")
 ABLATIONS_WRITE = ("ablations", "ablations_md", "ablation_set_metrics")
+# Per params key, its code version above 1; per stage with one, the key that names its code (``version_key``).
+CODE_VERSIONS = {s.version_key: s.code_version for s in STAGES if s.version_key and s.code_version > 1}
+CODE_VERSION_KEY = {s.name: s.version_key for s in STAGES if s.version_key}
 
 
 def writer(name: str) -> str:
@@ -137,6 +171,13 @@ def upstream_closure(name: str) -> list[str]:
 def between(first: str, last: str) -> list[Stage]:
     """The stages from ``first`` to ``last`` inclusive, in order."""
     return list(STAGES[NAMES.index(first):NAMES.index(last) + 1])
+
+
+def ablation_stages() -> list[Stage]:
+    """The stages an ablation variant runs itself: those that make what ``run ablations`` reads, in order, less the
+    data stage, which the runner makes before any stage (``core.runner``)."""
+    needed = {n for name in ABLATIONS_READ for n in upstream_closure(writer(name))}
+    return [stage for stage in STAGES if stage.name in needed and stage.name != NAMES[0]]
 
 
 def notebooks(first: str | None = None, last: str | None = None) -> list[str]:

@@ -1,9 +1,9 @@
-"""The run-directory map: the one place that knows where every file of a run lives.
+"""The run-directory map: the run's folders, its stages' own files, and the run as a whole.
 
-Stages, notebooks, ablations and tests ask a ``RunDir`` for a path and never join
-paths under ``run.dir`` or ``run.reports_dir`` themselves, so moving a file means
-changing one property here. Layout (``<run>`` is ``run.dir``, ``<reports>`` is
-``run.reports_dir``)::
+Stages, notebooks, ablations and tests ask a ``RunDir`` (or, for a file one stage hands
+to another or to the report, the catalog: ``core.catalog``, which declares those paths)
+for a path and never join paths under ``run.dir`` or ``run.reports_dir`` themselves.
+Layout (``<run>`` is ``run.dir``, ``<reports>`` is ``run.reports_dir``)::
 
     <run>/params.yaml                        the validated params of the last stage started
     <run>/provenance/<stage>.json            when, on what machine and with which versions each stage last started
@@ -90,31 +90,10 @@ class RunDir:
         """An ablation variant's own run directory, beside this one."""
         return Path(f"{self.root}-{name}")
 
-    # --- data -----------------------------------------------------------------------------------------------------
-    @property
-    def images_table(self) -> Path:
-        return self.stage("data") / "images.parquet"
-
-    @property
-    def skipped_table(self) -> Path:
-        return self.stage("data") / "skipped.csv"
-
+    # --- a stage's own files (those it hands on are the catalog's: ``core.catalog``) --------------------------------
     def data_file(self, image_id: str, extension: str) -> Path:
         """Where an image that came as bytes (a hub data set) is written."""
         return self.stage("data") / "files" / f"{image_id}.{extension}"
-
-    # --- captions and similarity ----------------------------------------------------------------------------------
-    @property
-    def captions_table(self) -> Path:
-        return self.stage("captions") / "captions.parquet"
-
-    @property
-    def scores_table(self) -> Path:
-        return self.stage("similarity") / "scores.parquet"
-
-    @property
-    def best_table(self) -> Path:
-        return self.stage("similarity") / "best.parquet"
 
     # --- generation -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -128,9 +107,6 @@ class RunDir:
         """The Canny edge map a ControlNet candidate was conditioned on, at the model-input size."""
         return self.stage(self.generation_stage(variant)) / "edges" / f"{image_id}.png"
 
-    def manifest(self, variant: Pass) -> Path:
-        return self.stage(self.generation_stage(variant)) / "manifest.parquet"
-
     # --- curation -------------------------------------------------------------------------------------------------
     def candidate_scores(self, variant: Pass) -> Path:
         """Per-source records of the CLIP similarity of each candidate to its source."""
@@ -139,42 +115,17 @@ class RunDir:
     def embeddings(self, variant: Pass, image_id: str) -> Path:
         return self.stage("curate") / f"embeddings_{variant}" / f"{image_id}.npz"
 
-    @property
-    def candidates_table(self) -> Path:
-        return self.stage("curate") / "candidates.parquet"
-
-    def curated_table(self, filtered: bool = False) -> Path:
-        return self.stage("curate") / ("curated_filtered.parquet" if filtered else "curated.parquet")
-
-    @property
-    def quality_summary(self) -> Path:
-        return self.stage("curate") / "quality.json"
-
     # --- the other generative augmentations (config.methods) ----------------------------------------------------
     def real_guidance_image(self, image_id: str) -> Path:
         return self.stage("real_guidance") / "images" / f"{image_id}.png"
-
-    @property
-    def real_guidance_table(self) -> Path:
-        """One Real Guidance image per training image: source, prompt, scale, strength, seed, file."""
-        return self.stage("real_guidance") / "images.parquet"
 
     def class_token(self, label: int) -> Path:
         """DA-Fusion's learned token of one class: ``{token: embedding}`` (safetensors), as load_textual_inversion
         reads it. Named by the class's item (its label), like the record beside it."""
         return self.stage("inversion") / "tokens" / f"{label}.safetensors"
 
-    @property
-    def class_tokens_table(self) -> Path:
-        return self.stage("inversion") / "tokens.parquet"
-
     def da_fusion_image(self, image_id: str, m: int) -> Path:
         return self.stage("da_fusion") / "images" / f"{image_id}_m{m}.png"
-
-    @property
-    def da_fusion_table(self) -> Path:
-        """DA-Fusion's M images per training image: source, token, prompt, strength, seed, file."""
-        return self.stage("da_fusion") / "images.parquet"
 
     # --- training -------------------------------------------------------------------------------------------------
     def config_dir(self, config: str) -> Path:
@@ -191,38 +142,14 @@ class RunDir:
     def checkpoint(self, config: str) -> Path:
         return self.config_dir(config) / "checkpoint.pt"
 
-    def history(self, config: str) -> Path:
-        return self.config_dir(config) / "metrics.csv"
-
-    def predictions(self, config: str) -> Path:
-        return self.config_dir(config) / "predictions.parquet"
-
-    @property
-    def training_table(self) -> Path:
-        """One row per training configuration (the train stage's table; the results stage reads it)."""
-        return self.stage("train") / "results.parquet"
-
-    # --- results --------------------------------------------------------------------------------------------------
-    @property
-    def significance_table(self) -> Path:
-        """Every setting against its Baseline, computed once by the results stage."""
-        return self.stage("results") / "significance.parquet"
-
     # --- reports --------------------------------------------------------------------------------------------------
     @property
     def tables(self) -> Path:
         return self.reports / "tables"
 
-    def table(self, name: str) -> Path:
-        """A report table, e.g. ``table("accuracy.md")``."""
-        return self.tables / name
-
     @property
     def figures(self) -> Path:
         return self.reports / "figures"
-
-    def figure(self, name: str) -> Path:
-        return self.figures / f"{name}.png"
 
     @property
     def notebooks(self) -> Path:

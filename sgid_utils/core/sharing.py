@@ -17,6 +17,7 @@ from pathlib import Path
 from sgid_utils.config.backbones import TrainConfig, backbones
 from sgid_utils.config.load import load_params
 from sgid_utils.config.schema import Params
+from sgid_utils.core import catalog
 from sgid_utils.core.files import changed_keys, read_fingerprint
 from sgid_utils.core.fingerprints import (
     backbone_fingerprint,
@@ -91,9 +92,9 @@ def reuse_source(params: Params) -> RunDir:
     """
     source = Path(params.run.reuse)
     have = RunDir(source, source)
-    if not have.curated_table().exists():
+    if not catalog.path(have, "curated").exists():
         raise StageError(f"run.reuse names {source}, whose stages up to curation are not finished there (no "
-                         f"{have.curated_table()}). Run that data set's profile first (e.g. make reproduce "
+                         f"{catalog.path(have, 'curated')}). Run that data set's profile first (e.g. make reproduce "
                          "PARAMS=params/pets.yaml), point run.reuse at where it ran (on Colab: your Drive run_dir), or "
                          "remove run.reuse to generate the images in this run.")
     return have

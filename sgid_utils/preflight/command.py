@@ -22,7 +22,7 @@ from sgid_utils.config.methods import AUGMENTATIONS
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import read_table, write_text
-from sgid_utils.core.registry import NAMES
+from sgid_utils.core.registry import NAMES, RECORDED_UNITS, get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.core.sharing import reuse_plan, reuse_source, variant_params
@@ -36,9 +36,7 @@ from sgid_utils.preflight.projection import (
     full_run_counts,
     gib,
     hms,
-    image_epochs,
     image_epochs_by_backbone,
-    method_items,
     other_bytes,
     png_bytes_per_pixel,
     project_seconds,
@@ -95,17 +93,11 @@ def canary_params(params: Params) -> Params:
 
 
 def _canary_items(canary: Params, stage: str, images: pd.DataFrame) -> int:
-    run = RunDir.of(canary)
-    if stage in ("generate", "upscale"):
-        return len(list(run.items(stage).glob("*.json")))
-    if stage == "train":
-        return sum(image_epochs(canary, int((images.split == "train").sum())))
-    if stage in ("captions", "similarity", "curate"):
-        return int((images.split == "train").sum())
-    if stage in ("real_guidance", "inversion", "da_fusion"):
-        train = images[images.split == "train"]
-        return int(method_items(canary, len(train), train.label.nunique())[stage])
-    return 1
+    """The canary's items of ``stage`` in its registry unit: the generation passes' sources from their item records
+    (what the canary generated), every other unit counted as for a full run."""
+    if get(stage).unit in RECORDED_UNITS:
+        return len(list(RunDir.of(canary).items(stage).glob("*.json")))
+    return int(full_run_counts(canary, images).items(stage))
 
 
 def run_canary(params: Params, report: Preflight) -> tuple[Params, dict[str, float], dict[str, int]] | None:
@@ -137,7 +129,7 @@ def run_canary(params: Params, report: Preflight) -> tuple[Params, dict[str, flo
 def _train_rows(params: Params, canary: Params, seconds: float, counts: Counts, basis: str) -> list[dict]:
     """One training row per backbone, each at its own measured seconds per image-epoch (and a 'seconds' key)."""
     crun = RunDir.of(canary)
-    n_canary = int((read_table(crun.images_table).split == "train").sum())
+    n_canary = int((read_table(catalog.path(crun, "images")).split == "train").sum())
     split = train_seconds_by_backbone(canary, seconds)
     canary_items = image_epochs_by_backbone(canary, n_canary)
     full_items = image_epochs_by_backbone(params, counts.train_images)
@@ -216,7 +208,7 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
             "full-run items": "", "expected": hms(sum(expected.values()) + ablations), "basis": ""}]
     crun = RunDir.of(canary)
     bpp = png_bytes_per_pixel(crun)
-    classes = (full if full is not None else read_table(crun.images_table)).label.nunique()
+    classes = (full if full is not None else read_table(catalog.path(crun, "images"))).label.nunique()
     # the largest backbone's checkpoint (architecture only: nothing downloaded)
     n_params = max(sum(p.numel() for p in create_classifier(b.model, int(classes), pretrained=False).parameters())
                    for b in backbones(params))

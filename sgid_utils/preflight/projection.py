@@ -15,10 +15,12 @@ import pandas as pd
 from PIL import Image
 
 from sgid_utils.config.backbones import GENERATIVE, backbones, configs
-from sgid_utils.config.methods import idle_stages
+from sgid_utils.config.methods import AUGMENTATIONS, idle_stages
 from sgid_utils.config.schema import Params
+from sgid_utils.core import catalog
 from sgid_utils.core.files import read_table
 from sgid_utils.core.fingerprints import fingerprint
+from sgid_utils.core.registry import RECORDED_UNITS, STAGES, get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.sharing import SHARED_STAGES, lenders
 from sgid_utils.method.generation import raw_pass
@@ -52,21 +54,32 @@ class Counts:
     methods: dict[str, float] = field(default_factory=dict)  # items of the compared methods' stages (method_items)
 
     def items(self, stage: str) -> float:
-        """The unit a stage's seconds-per-item multiplies (1: a fixed-cost stage)."""
-        return {"captions": self.train_images, "similarity": self.train_images, "generate": self.raw_sources,
-                "upscale": self.small_sources, "curate": self.train_images, **self.methods,
-                "train": self.train_image_epochs}.get(stage, 1)
+        """The items a stage's seconds-per-item multiplies, by its registry ``unit`` ("once": a fixed cost); a compared
+        method's stage counts its own (``method_items``: 1 while it skips)."""
+        if stage in self.methods:
+            return self.methods[stage]
+        unit = get(stage).unit
+        per_unit = {"once": 1, "per training image": self.train_images, "per raw source": self.raw_sources,
+                    "per small source": self.small_sources, "per image-epoch": self.train_image_epochs}
+        if unit not in per_unit:
+            raise KeyError(f"stage '{stage}' counts '{unit}', which only a compared method's stage counts "
+                           "(method_items)")
+        return per_unit[unit]
+
+
+# The compared augmentations' stages (config.methods): their items depend on whether training.methods trains them.
+METHOD_STAGES = tuple(dict.fromkeys(s for a in AUGMENTATIONS if a.method != "sgid" for s in a.stages))
 
 
 def method_items(params: Params, n_train: int, classes: int) -> dict[str, float]:
-    """The units the compared methods' stages scale with: Real Guidance's images, DA-Fusion's inversion steps (every
-    class's) and its M images per training image. A stage whose method is not trained is a fixed cost (it skips)."""
-    trained = set(params.training.methods)
+    """The items of the compared methods' stages, by their registry unit: Real Guidance's training images, DA-Fusion's
+    inversion steps (every class's) and its M images per training image. A stage whose method is not trained is a
+    fixed cost (it skips)."""
     d = params.da_fusion
-    dafusion = bool(trained & {"da_fusion", "da_fusion_recipe"})
-    return {"real_guidance": n_train if "real_guidance" in trained else 1,
-            "inversion": classes * d.inversion_steps if dafusion else 1,
-            "da_fusion": n_train * d.num_synthetic if dafusion else 1}
+    per_unit = {"per training image": n_train, "per class-step": classes * d.inversion_steps,
+                "per synthetic image": n_train * d.num_synthetic}
+    idle = idle_stages(params.training.methods)
+    return {s: 1 if s in idle else per_unit[get(s).unit] for s in METHOD_STAGES}
 
 
 def image_epochs(params: Params, n_train: int) -> list[int]:
@@ -95,7 +108,7 @@ def train_seconds_by_backbone(canary: Params, total: float) -> dict[str, float]:
     run, measured = RunDir.of(canary), {}
     for cfg in configs(canary):
         measured[cfg.backbone] = (measured.get(cfg.backbone, 0.0)
-                                  + float(read_table(run.history(cfg.name)).seconds.sum()))
+                                  + float(read_table(catalog.path(run, "history", config=cfg.name)).seconds.sum()))
     whole = sum(measured.values())
     return {name: total * s / whole if whole else total / len(measured) for name, s in measured.items()}
 
@@ -175,7 +188,10 @@ def png_bytes_per_pixel(canary: RunDir) -> float:
     return sum(p.stat().st_size for p in files) / pixels if pixels else 0.0
 
 
-OTHER_BYTES_STAGES = ("data", "captions", "similarity", "curate", "train", "results")
+# The stages whose files (other than PNGs) a full run writes per training image: every stage with a folder, less the
+# generation passes (their PNGs are counted by pixels) and the compared methods' stages (not in the disk need).
+OTHER_BYTES_STAGES = tuple(s.name for s in STAGES
+                           if s.folder and s.unit not in RECORDED_UNITS and s.name not in METHOD_STAGES)
 
 
 def other_bytes(canary: RunDir, stages: list[str] | tuple[str, ...] = OTHER_BYTES_STAGES) -> int:

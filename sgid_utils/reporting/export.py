@@ -81,7 +81,7 @@ def metadata(params: Params) -> pd.DataFrame:
     curated = catalog.load(params, "curated")
     best = catalog.load(params, "best_captions").set_index("image_id")
     filtered = set()
-    if run.curated_table(filtered=True).exists():
+    if catalog.path(run, "curated_filtered").exists():
         filtered = set(catalog.load(params, "curated_filtered").image_id)
     names = class_names(catalog.load(params, "images"))
     rows = []

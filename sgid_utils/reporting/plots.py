@@ -66,7 +66,7 @@ def gain_forest(sig: pd.DataFrame, params: Params):
 
 def save_fig(fig, params: Params, name: str) -> Path:
     """A notebook's figure, to reports/<run>/figures/<name>.png (the stages' own figures are catalog entries)."""
-    return write_figure(RunDir.of(params).figure(name), fig)
+    return write_figure(RunDir.of(params).figures / f"{name}.png", fig)
 
 
 def accuracy_bar_chart(results: pd.DataFrame, table: pd.DataFrame, params: Params):

@@ -91,7 +91,7 @@ def set_metrics(params: Params) -> pd.DataFrame:
     sets = {"real (sources)": ("run", None), "generated (raw)": ("run", candidates.variant == "raw"),
             "generated (upscaled)": ("run", candidates.variant == "upscaled"),
             CURATED: ("run", _chosen(candidates, catalog.load(params, "curated")))}
-    if RunDir.of(params).curated_table(filtered=True).exists():
+    if catalog.path(RunDir.of(params), "curated_filtered").exists():
         sets["curated (filtered)"] = ("run", _chosen(candidates, catalog.load(params, "curated_filtered")))
     for rule, picked in selections(params, candidates).items():
         sets[f"rule: {rule}"] = ("selection rule", _chosen(candidates, picked))

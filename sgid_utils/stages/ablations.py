@@ -29,7 +29,7 @@ import pandas as pd
 
 from sgid_utils.config.schema import AblationParams, Params
 from sgid_utils.core import catalog
-from sgid_utils.core.registry import between
+from sgid_utils.core.registry import ablation_stages
 from sgid_utils.core.resumable import shard
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
@@ -142,7 +142,7 @@ def run(params: Params, jobs: int = 1) -> pd.DataFrame:
     calls = [partial(run_variant, a, v, params, [runs[j] for j in sorted(deps)])
              for (a, v), deps in zip(variants, after)]
     made = [sum(j is None for j in mine.values()) for mine in lent]  # what each makes itself: the longest go first
-    base_set = RunDir.of(params).candidates_table.exists()
+    base_set = catalog.path(RunDir.of(params), "candidates").exists()
     if base_set:  # the base run's curated set, beside the variants' in notebook 07's plot: a call of its own
         calls, after, made = [*calls, partial(curated_set_metrics, params, "base run")], [*after, set()], [*made, 0]
     done = run_ordered(calls, after, jobs, made)
@@ -163,7 +163,7 @@ def run_variant(ablation: AblationParams, variant: Params, base: Params,
     for lender in [base, *earlier]:
         link_stages(RunDir.of(lender), variant, SHARED_STAGES)
         share_baselines(lender, variant)
-    for stage in between("captions", "results"):
+    for stage in ablation_stages():
         run_stage(stage.name, variant)
     name = ablation.label or ablation.name
     return *ablation_row(name, ablation.set, variant), curated_set_metrics(variant, name, ablation.set)

@@ -223,7 +223,7 @@ def _require_a_test_image(run: RunDir, ds: DatasetParams, classes: list[str], us
             "for hours and training could not be scored. With dataset.test_path, its class folders must be named like "
             f"dataset.path's ({', '.join(classes[label] for label in usable[:5])}, ...); or leave "
             "dataset.test_path unset to hold out dataset.test_fraction of each class. The skipped files and "
-            "why: " + str(run.skipped_table)
+            "why: " + str(catalog.path(run, "skipped"))
         )
 
 
@@ -245,6 +245,6 @@ def run(params: Params) -> pd.DataFrame:
     _require_a_test_image(run, ds, classes, labels, untested)
     if untested:
         warnings.warn(f"{len(untested)} training class(es) have no test image ({', '.join(untested[:5])}); "
-                      f"listed in {run.skipped_table}", UserWarning, stacklevel=2)
+                      f"listed in {catalog.path(run, 'skipped')}", UserWarning, stacklevel=2)
     catalog.save(params, "images", df)
     return df
