@@ -127,7 +127,7 @@ STAGES: tuple[Stage, ...] = (
           ("images", "candidates", "curated", "curated_filtered", "training_results", "predictions"),
           ("set_metrics", "class_changes", "consistency_figure"), optional_reads=("ablation_set_metrics",)),
     # Which augmentation: every generative method's gain beside its measured cost (the runner's provenance records).
-    Stage("compare", "08_methods", ("training_results", "predictions", "significance"),
+    Stage("compare", "08_methods", ("images", "training_results", "predictions", "significance"),
           ("comparison", "comparison_md", "comparison_figure")),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
