@@ -3,6 +3,8 @@ Baselines and stages of the equal-steps variant, and the measured cost in the co
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -10,13 +12,16 @@ import pytest
 from PIL import Image
 
 from sgid_utils.config.backbones import configs
-from sgid_utils.config.methods import AUGMENTATIONS
+from sgid_utils.config.load import load_params
+from sgid_utils.config.methods import AUGMENTATIONS, made_per_real
+from sgid_utils.config.schema import Params
 from sgid_utils.config.sources import SOURCES
 from sgid_utils.core import catalog
 from sgid_utils.core.fingerprints import fingerprint
 from sgid_utils.core.provenance import stage_seconds
 from sgid_utils.core.registry import get
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.runner import run_stage
 from sgid_utils.core.seeding import derive_seed, draw_seed
 from sgid_utils.core.sharing import variant_params
 from sgid_utils.preflight.projection import full_run_counts
@@ -33,9 +38,11 @@ from sgid_utils.reporting.stats import pooled_mcnemar, setting_predictions
 
 def test_every_setting_of_a_compared_method_names_that_methods_code():
     keys = [k for k in SOURCES if k.startswith("real_guidance.")]
-    assert len(keys) == 5
+    assert len(keys) == 7
     for key in keys:
-        assert SOURCES[key].origin == "method" and "real_guidance.py" in SOURCES[key].where, key
+        recipe = key.endswith(("num_synthetic", "synthetic_probability"))  # its recipe: DA-Fusion's RG script
+        assert SOURCES[key].origin == "method", key
+        assert ("launch_real_guidance" if recipe else "real_guidance.py") in SOURCES[key].where, key
 
 
 def test_every_augmentation_is_declared_with_registered_stages_and_a_catalog_entry():
@@ -80,6 +87,51 @@ def test_an_untrained_method_leaves_the_train_fingerprint_of_earlier_runs(make_p
         assert fingerprint(one, stage) == fingerprint(other, stage)
     assert fingerprint(one, "train") != fingerprint(other, "train")
     assert fingerprint(one, "da_fusion") != fingerprint(make_params("f", da_fusion={"num_synthetic": 3}), "da_fusion")
+
+
+def test_real_guidances_recipe_adds_m_images_per_real_image_and_keeps_every_first_one(pipeline_run, tmp_path):
+    """A finished run that adds Real Guidance's recipe keeps its fingerprints at the recipe's defaults. With M = 2 and
+    p = 0.75 its stage makes only the second images (the first keep their files and seeds), the recipe trains on
+    every image with its own p, the package's way still on the first, and the projection counts M per real image."""
+    def with_recipe(root: Path, methods: list[str], **rg) -> Params:
+        doc = pipeline_run.model_dump(mode="json", exclude={"source_file"})
+        doc["run"]["dir"] = str(root)
+        doc["training"]["methods"] = [*methods, "real_guidance_recipe"]
+        doc["real_guidance"].update(rg)
+        (root.parent / f"{root.name}.yaml").write_text(json.dumps(doc))  # YAML reads JSON
+        return load_params(root.parent / f"{root.name}.yaml")
+
+    at_defaults = with_recipe(tmp_path / "defaults", pipeline_run.training.methods)
+    for stage in ("real_guidance", "train"):
+        assert fingerprint(at_defaults, stage) == fingerprint(pipeline_run, stage)
+    before = catalog.load(pipeline_run, "real_guidance_images")
+    root = tmp_path / "run"
+    shutil.copytree(pipeline_run.run.dir, root, symlinks=True)
+    shutil.rmtree(root / "training")  # M and p change the recipe's training: a new training folder
+    params = with_recipe(root, ["baseline", "real_guidance"], num_synthetic=2, synthetic_probability=0.75)
+    folder = RunDir.of(params).stage("real_guidance") / "images"
+    first = {Path(p).name: (folder / Path(p).name).stat().st_mtime_ns for p in before.path}
+    assert fingerprint(params, "real_guidance") == fingerprint(pipeline_run, "real_guidance")  # no stale outputs
+    assert made_per_real(params, "real_guidance") == 2 and made_per_real(pipeline_run, "real_guidance") == 1
+
+    after = run_stage("real_guidance", params)
+    assert list(after.m) == [0] * len(before) + [1] * len(before) and set(after.image_id) == set(before.image_id)
+    firsts = after[after.m == 0].set_index("image_id")
+    assert firsts.seed.to_dict() == before.set_index("image_id").seed.to_dict()
+    assert {Path(p).name: Path(p).stat().st_mtime_ns for p in firsts.path} == first  # not made again
+    seconds = after[after.m == 1]
+    assert list(seconds.seed) == [derive_seed(draw_seed(params), i, 1, purpose="real-guidance")
+                                  for i in seconds.image_id]
+    assert all(Path(p).name.endswith("_1.png") for p in seconds.path)
+
+    results = run_stage("train", params)
+    recipe = results[results.method == "real_guidance_recipe"]
+    package = results[results.method == "real_guidance"]
+    assert len(recipe) == len(package) and (recipe.setting == "Real Guidance (its recipe)").all()
+    assert (recipe.generated_images == 2 * package.generated_images.iloc[0]).all()  # every image, drawn at p
+    assert fingerprint(params, "train")["real_guidance"]["synthetic_probability"] == 0.75
+    counts = full_run_counts(params)
+    assert counts.items("real_guidance") == 2 * counts.train_images
 
 
 def test_every_stage_records_its_seconds_and_the_comparison_counts_each_methods_stages(pipeline_run):

@@ -42,6 +42,9 @@ AUGMENTATIONS: tuple[Augmentation, ...] = (
                  "sgid_proportions"),
     Augmentation("real_guidance", "Real Guidance", "rg", "real_guidance_images", ("real_guidance",),
                  "method_proportions", "real_guidance"),
+    # Real Guidance's recipe as DA-Fusion's scripts run it: M images per real image, each replaced with probability p
+    Augmentation("real_guidance_recipe", "Real Guidance (its recipe)", "rgr", "real_guidance_images",
+                 ("real_guidance",), None, "real_guidance", replaces=True),
     # DA-Fusion the package's way: the first of each real image's synthetic images, added at a proportion
     Augmentation("da_fusion", "DA-Fusion", "daf", "da_fusion_images", ("inversion", "da_fusion"),
                  "method_proportions", "da_fusion"),
@@ -59,6 +62,19 @@ def idle_stages(methods: list[str]) -> set[str]:
 
 
 REPLACING = tuple(a.method for a in AUGMENTATIONS if a.replaces)
+# DA-Fusion's stage always makes its M images per real image; Real Guidance's makes M only while its recipe trains
+# (one otherwise: the package's way uses the first, whose seed does not depend on M).
+ALWAYS_M = ("da_fusion",)
+
+
+def made_per_real(params, section: str | None) -> int:
+    """Synthetic images a compared method's generation stage makes per real image under these params (SGID: one)."""
+    if section is None:
+        return 1
+    if section in ALWAYS_M or any(a.replaces and a.section == section and a.method in params.training.methods
+                                  for a in AUGMENTATIONS):
+        return getattr(params, section).num_synthetic
+    return 1
 
 
 class RealGuidanceParams(Section):
@@ -75,6 +91,11 @@ class RealGuidanceParams(Section):
                             "and its output resized back to the real image's size.")
     num_inference_steps: int = Field(50, ge=1,
                                      description="Denoising steps of the full schedule (strength x this run).")
+    num_synthetic: int = Field(10, ge=1, description="M: synthetic images per real image of its recipe "
+                               "(real_guidance_recipe); the package's way (real_guidance) uses the first.")
+    synthetic_probability: float = Field(0.5, ge=0, le=1, description="p: the probability that a training sample "
+                                         "of its recipe (real_guidance_recipe) is one of its real image's synthetic "
+                                         "ones.")
 
 
 
@@ -126,6 +147,11 @@ METHOD_SOURCES: dict[str, Source] = {
                                         "image's size (bilinear there; LANCZOS here, as SGID's inputs)"),
     "real_guidance.num_inference_steps": _method(f"{_RG}: the pipeline's default num_inference_steps (50 in "
                                                  "diffusers' img2img pipeline)"),
+    "real_guidance.num_synthetic": _method(f"{_DAF}scripts/cutmix_ablation/launch_real_guidance=0.5_pascal.sh: "
+                                           "--num-synthetic 10 (train_classifier.py --aug real-guidance)"),
+    "real_guidance.synthetic_probability": _method(f"{_DAF}scripts/cutmix_ablation/launch_real_guidance=0.5_"
+                                                   "pascal.sh: --synthetic-probability 0.5 "
+                                                   "(semantic_aug/few_shot_dataset.py: the replacement)"),
     # DA-Fusion (config.methods)
     "da_fusion.initializer_token": _method(f"{_DAF}fine_tune.py: args.initializer_token = \"the\""),
     "da_fusion.inversion_steps": _method(f"{_DAF}scripts/fine_tuning/fine_tune_pascal.sh: --max_train_steps=1000"),

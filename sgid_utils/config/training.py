@@ -50,7 +50,7 @@ class BackboneParams(Section):
 class TrainingParams(Section):
     methods: list[
         Literal["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered", "sgid_size_matched", "sgid_cutmix",
-                "sgid_randaugment", "real_guidance", "da_fusion", "da_fusion_recipe"]
+                "sgid_randaugment", "real_guidance", "real_guidance_recipe", "da_fusion", "da_fusion_recipe"]
     ] = Field(default_factory=lambda: ["baseline", "cutmix", "randaugment", "sgid"], min_length=1)
     sgid_proportions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     filtered_proportions: list[float] = Field(default_factory=lambda: [1.0],

@@ -32,6 +32,11 @@ from sgid_utils.core.rundir import RunDir
 from sgid_utils.errors import CorruptFileError
 
 
+def _with_first_m(table: pd.DataFrame) -> pd.DataFrame:
+    """Real Guidance's images before its recipe existed: one per real image, the first (m = 0)."""
+    return table if "m" in table.columns else table.assign(m=0)
+
+
 def _with_backbone(table: pd.DataFrame) -> pd.DataFrame:
     """A table written before backbones existed: its rows are the one implicit backbone, named ""."""
     return table if "backbone" in table else table.assign(backbone="")
@@ -84,7 +89,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("quality_summary", "curate", "quality.json", "the filters' detector, threshold and kept counts"),
     # the other generative augmentations (config.methods)
     Entry("real_guidance_images", "real_guidance", "images.parquet",
-          "Real Guidance's images: one per training image, with its prompt, scale, strength and seed", relative=True),
+          "Real Guidance's images: one per training image (M while its recipe trains: m), with its prompt, scale, "
+          "strength and seed", relative=True, upgrade=_with_first_m),
     Entry("class_tokens", "inversion", "tokens.parquet",
           "DA-Fusion's token per class: its file, images, steps, first and last loss, how far it moved",
           relative=True),

@@ -47,7 +47,8 @@ def unused_keys(params: Params, stage: str | None = None) -> set[str]:
 
     Likewise ``run.draw`` at 0 and ``training.equal_steps`` and ``training.deterministic`` at false, the behaviour of
     every run before they existed: recorded only when set, so finished runs stay valid (and a run directory records
-    ``training.deterministic`` only when every training run in it was). So is the params section of a compared
+    ``training.deterministic`` only when every training run in it was), and Real Guidance's M and p (its recipe's).
+    So is the params section of a compared
     augmentation (``config.methods``: ``real_guidance``, ``da_fusion``) that ``training.methods`` does not train,
     except in its own stages' fingerprints."""
     keys = set() if params.generation.generator == "controlnet" else {"models.controlnet", "generation.controlnet",
@@ -58,7 +59,12 @@ def unused_keys(params: Params, stage: str | None = None) -> set[str]:
         f"training.{k}" for k in ("equal_steps", "deterministic") if not getattr(params.training, k)}
     trained = {a.section for a in AUGMENTATIONS if a.method in params.training.methods}
     untrained = {a.section for a in AUGMENTATIONS if a.section and a.section not in trained and stage not in a.stages}
-    return keys | listed | defaults | untrained
+    # Real Guidance's M and p (added after its stage): its stage adds the m-th images as items of their own (the
+    # first's seed does not depend on M), and training records them only away from their defaults, as run.draw
+    rg = params.real_guidance
+    rg_recipe = {f"real_guidance.{k}" for k in ("num_synthetic", "synthetic_probability")
+                 if stage == "real_guidance" or getattr(rg, k) == type(rg).model_fields[k].default}
+    return keys | listed | defaults | untrained | rg_recipe
 
 
 def backbone_fingerprint(bb: BackboneParams) -> dict[str, Any]:

@@ -116,8 +116,9 @@ class RunDir:
         return self.stage("curate") / f"embeddings_{variant}" / f"{image_id}.npz"
 
     # --- the other generative augmentations (config.methods) ----------------------------------------------------
-    def real_guidance_image(self, image_id: str) -> Path:
-        return self.stage("real_guidance") / "images" / f"{image_id}.png"
+    def real_guidance_image(self, image_id: str, m: int = 0) -> Path:
+        """The m-th image of a real image (its recipe's M; the first keeps the name it always had)."""
+        return self.stage("real_guidance") / "images" / (f"{image_id}.png" if m == 0 else f"{image_id}_{m}.png")
 
     def class_token(self, label: int) -> Path:
         """DA-Fusion's learned token of one class: ``{token: embedding}`` (safetensors), as load_textual_inversion

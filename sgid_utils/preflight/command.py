@@ -86,6 +86,7 @@ def canary_params(params: Params) -> Params:
         backbone.update(epochs=1, warmup_epochs=0)
     doc["da_fusion"].update(inversion_steps=min(CANARY_INVERSION_STEPS, params.da_fusion.inversion_steps),
                             num_synthetic=1)
+    doc["real_guidance"].update(num_synthetic=1)  # seconds per image are measured on one image per real image
     doc["ablations"] = []
     canary = Params.model_validate(doc)
     canary.source_file = params.source_file

@@ -15,7 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from sgid_utils.config.backbones import GENERATIVE, backbones, configs
-from sgid_utils.config.methods import AUGMENTATIONS, idle_stages
+from sgid_utils.config.methods import AUGMENTATIONS, idle_stages, made_per_real
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import read_table
@@ -75,11 +75,16 @@ def method_items(params: Params, n_train: int, classes: int) -> dict[str, float]
     """The items of the compared methods' stages, by their registry unit: Real Guidance's training images, DA-Fusion's
     inversion steps (every class's) and its M images per training image. A stage whose method is not trained is a
     fixed cost (it skips)."""
-    d = params.da_fusion
-    per_unit = {"per training image": n_train, "per class-step": classes * d.inversion_steps,
-                "per synthetic image": n_train * d.num_synthetic}
     idle = idle_stages(params.training.methods)
-    return {s: 1 if s in idle else per_unit[get(s).unit] for s in METHOD_STAGES}
+    return {s: 1 if s in idle else _method_stage_items(params, s, n_train, classes) for s in METHOD_STAGES}
+
+
+def _method_stage_items(params: Params, stage: str, n_train: int, classes: int) -> float:
+    """A trained compared method's stage: its inversion steps, or its images (per real image: ``made_per_real``)."""
+    if get(stage).unit == "per class-step":
+        return classes * params.da_fusion.inversion_steps
+    section = next(a.section for a in AUGMENTATIONS if stage in a.stages and a.method != "sgid")
+    return n_train * made_per_real(params, section)
 
 
 def image_epochs(params: Params, n_train: int) -> list[int]:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from sgid_utils.config.backbones import NON_GENERATIVE, backbones
 from sgid_utils.config.methods import BY_METHOD, REPLACING
+from sgid_utils.config.methods import made_per_real as made_per_section
 from sgid_utils.config.samplers import sampler_label
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
@@ -50,8 +51,9 @@ def method_stages(method: str) -> tuple[str, ...]:
 
 
 def made_per_real(params: Params, method: str) -> int:
-    """Synthetic images the method's last stage makes per real image (DA-Fusion: M; the others one)."""
-    return params.da_fusion.num_synthetic if method in BY_METHOD and BY_METHOD[method].section == "da_fusion" else 1
+    """Synthetic images the method's last stage makes per real image (DA-Fusion: M; Real Guidance: M while its
+    recipe trains; the others one)."""
+    return made_per_section(params, BY_METHOD[method].section if method in BY_METHOD else None)
 
 
 def method_cost(params: Params, method: str) -> tuple[float, str]:
@@ -112,13 +114,13 @@ def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series,
         diff["test_p"] = pooled_mcnemar(_predictions(params, results, setting), best_pred)["p_value"]
         seconds, device = method_cost(params, r.method)
         own_recipe = r.method in REPLACING
-        d = params.da_fusion
-        own_text = f"its own (M={d.num_synthetic}, p={d.synthetic_probability:g})"
+        d = getattr(params, BY_METHOD[r.method].section) if own_recipe else None
+        own_text = f"its own (M={d.num_synthetic}, p={d.synthetic_probability:g})" if d else ""
         share = 1 if own_recipe else made_per_real(params, r.method)
         full_seconds, basis = projected(proj, method_stages(r.method), share)
         rows.append({"Backbone": bb_label, "Method": setting.replace("SGID", sgid_name(params), 1),
                      "Recipe": own_text if own_recipe else recipe,
-                     "Synthetic per real": float(d.num_synthetic if own_recipe else r.proportion),
+                     "Synthetic per real": float(d.num_synthetic if d else r.proportion),
                      "Steps": int(own.steps.mean()),
                      "Accuracy (%)": format_mean_std(r["mean"], r["std"], int(r["count"])),
                      "Best non-generative": best, "_diff": diff, HOURS: seconds / 3600, "Device": device,

@@ -83,11 +83,11 @@ def make_loaders(params: Params, cfg: TrainConfig, bb: BackboneParams, model, tr
     pin = device.type == "cuda"
     workers = t.num_workers if device.type == "cuda" else 0
     order = {"shuffle": True}
-    if cfg.method in REPLACING:  # DA-Fusion's recipe: real images, each replaced by a synthetic one with probability p
+    if cfg.method in REPLACING:  # a method's recipe: real images, each replaced by a synthetic one with probability p
         real = train[train.origin == "real"]
         order = {"sampler": ReplacementSampler(len(real), synthetic_indices(
             real.image_id.tolist(), train.image_id[train.origin == "generated"].tolist(), len(real)),
-            params.da_fusion.synthetic_probability, loader_gen)}
+            getattr(params, BY_METHOD[cfg.method].section).synthetic_probability, loader_gen)}
     train_loader = DataLoader(train_ds, batch_size=bb.batch_size, generator=loader_gen, num_workers=workers,
                               pin_memory=pin, persistent_workers=False, **order)
     test_loader = DataLoader(test_ds, batch_size=t.eval_batch_size, num_workers=workers, pin_memory=pin)
