@@ -28,9 +28,11 @@ RUN_ENV ?=
 # The stage registry (sgid_utils/core/registry.py) orders everything; the Makefile asks it which notebooks run.
 NOTEBOOKS = $(addprefix notebooks/,$(addsuffix .ipynb,$(shell $(PY) -m sgid_utils stages --notebooks)))
 
+# The methods comparison (what `make compare PARAMS=params/smoke_methods.yaml` runs) goes beside the main chain's
+# training, ablations and notebooks (reproduce --compare): run one after the other, one core idled for a minute.
 smoke: $(STAMP) ## Run every notebook and the ablations offline on params/smoke.yaml (tiny models, CPU); page reports/smoke/index.html
-	$(MAKE) --no-print-directory reproduce PARAMS=params/smoke.yaml RUN_ENV="$(OFFLINE) OMP_NUM_THREADS=1" JOBS=2
-	$(MAKE) --no-print-directory compare PARAMS=params/smoke_methods.yaml RUN_ENV="$(OFFLINE) OMP_NUM_THREADS=1" JOBS=2
+	$(MAKE) --no-print-directory reproduce PARAMS=params/smoke.yaml RUN_ENV="$(OFFLINE) OMP_NUM_THREADS=1" JOBS=2 \
+	  COMPARE=params/smoke_methods.yaml
 
 # Before a long GPU run: checks that start nothing, then a canary of every stage on 2 images per class, and the
 # projected wall-clock and disk, for each params file `make reproduce` would run (PARAMS=params/smoke.yaml offline).
@@ -41,9 +43,12 @@ preflight: $(STAMP) ## Check ids, versions, device and disk, run a tiny canary, 
 # Per data set, `python -m sgid_utils reproduce` (sgid_utils/reproduce.py): its stages up to training in one process,
 # the notebooks of those stages, its ablation profile if there is one, the notebooks from the results stage on, then
 # the run's HTML page. JOBS=N (N > 1) uses a CPU's spare cores (not one GPU: each process loads its own models).
+# COMPARE=FILE also runs that methods profile (its run.reuse: the run of PARAMS) as `make compare` would.
 JOBS ?= 1
+COMPARE ?=
 reproduce: $(STAMP) ## Run every stage, notebook and ablation profile for each params file (PARAMS=params/pets.yaml for one); outputs in reports/<run>/
-	for p in $(PARAMS); do $(RUN_ENV) $(PY) -m sgid_utils reproduce --params $$p --jobs $(JOBS) || exit 1; done
+	for p in $(PARAMS); do $(RUN_ENV) $(PY) -m sgid_utils reproduce --params $$p --jobs $(JOBS) \
+	  $(if $(COMPARE),--compare $(COMPARE)) || exit 1; done
 
 ablations: $(STAMP) ## Run the ablation profiles alone (PARAMS=params/pets.yaml -> params/pets_ablations.yaml)
 	for p in $(PARAMS); do $(PY) -m sgid_utils run ablations --params $${p%.yaml}_ablations.yaml --jobs $(JOBS) || exit 1; done

@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--jobs", type=_positive, default=1, metavar="N",
                      help="N > 1: the notebooks beside the training stage and N ablation variants at a time beside "
                           "the training notebook (on a CPU with cores to spare; on one GPU, 1)")
+    rep.add_argument("--compare", metavar="FILE",
+                     help="also run this methods profile (params/*_methods.yaml, whose run.reuse is this run) as "
+                          "`make compare` does, beside this run's steps once its stages up to curation are done")
     rep.add_argument("--dry-run", action="store_true", help="print the commands and what each waits for; run none")
     ch = sub.add_parser("code-hashes", help="check the stages' method code against sgid_utils/core/code_hashes.json")
     ch.add_argument("--accept", metavar="REASON",
@@ -125,7 +128,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from sgid_utils.reproduce import plan, run_steps
 
     options = (*(("--run-dir", args.run_dir) if args.run_dir else ()), *(o for kv in args.set for o in ("--set", kv)))
-    steps = plan(args.params, args.jobs, options)
+    steps = plan(args.params, args.jobs, options, args.compare)
     if args.dry_run:
         for i, step in enumerate(steps):
             print(f"{i}: python -m sgid_utils {' '.join(step.args)}"

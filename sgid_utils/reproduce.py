@@ -5,13 +5,16 @@ The steps are commands of this same command line, each in its own process (a sta
 1. the stages up to training in one process, their progress on the terminal (``run all``);
 2. the notebooks of those stages, which find the stages finished and show them;
 3. the data set's ablation profile, ``<params>_ablations.yaml`` beside the params file, if there is one;
-4. the notebooks from the results stage on (they show the ablations), then the run's page (``report``).
+4. the notebooks from the results stage on (they show the ablations), then the run's page (``report``);
+5. with ``--compare FILE`` (a methods profile whose ``run.reuse`` is this run: ``make smoke``), that profile's steps as
+   ``make compare`` runs them: its stages, its ablations, notebook 08 and its page.
 
 With ``--jobs N`` (N > 1), for a CPU with cores to spare (not one GPU: each process loads its own models), the
 notebooks up to curation run beside the training stage, and the ablation variants N at a time beside the training
-notebook, which starts once the training is done. A step starts once the steps it needs have ended; when one
-fails, none starts after it, the running ones end (their finished work is kept, as any stage's) and the exit status
-is the failed step's.
+notebook, which starts once the training is done; the compared methods' steps start as soon as this run's stages up to
+curation (all that ``run.reuse`` links) are done, beside the rest. A step starts once the steps it needs have ended;
+when one fails, none starts after it, the running ones end (their finished work is kept, as any stage's) and the exit
+status is the failed step's.
 """
 
 from __future__ import annotations
@@ -40,9 +43,20 @@ def ablation_profile(params_file: str | None) -> Path | None:
     return profile if profile.is_file() else None
 
 
-def plan(params_file: str | None, jobs: int, options: tuple[str, ...] = ()) -> list[Step]:
+def compare_steps(profile: str, jobs: int, after: int, first: int) -> list[Step]:
+    """``make compare``'s commands for one methods profile (its own params: --run-dir and --set are the main run's),
+    each after the one before; the first after step ``after``. ``first``: the index the first of them gets."""
+    given = ("--params", profile)
+    args = [("run", "all", "--to-stage", "quality", *given),
+            ("run", "ablations", *given, *(("--jobs", str(jobs)) if jobs > 1 else ())),
+            ("notebooks", "--from-stage", "compare", *given), ("report", *given)]
+    return [Step(a, frozenset({first + i - 1} if i else {after})) for i, a in enumerate(args)]
+
+
+def plan(params_file: str | None, jobs: int, options: tuple[str, ...] = (), compare: str | None = None) -> list[Step]:
     """The steps of ``reproduce`` in start order. Every command gets ``--params params_file`` (when given) and
-    ``options`` (--run-dir, --set); the ablations get the ablation profile as their --params."""
+    ``options`` (--run-dir, --set); the ablations get the ablation profile as their --params. ``compare``: a methods
+    profile run too (one job: at the end; more: once the stages up to curation are done)."""
     train = writer("training_results")
     before, results = NAMES[NAMES.index(train) - 1], NAMES[NAMES.index(train) + 1]
     given = (*(("--params", params_file) if params_file else ()), *options)
@@ -53,7 +67,8 @@ def plan(params_file: str | None, jobs: int, options: tuple[str, ...] = ()) -> l
         args = [("run", "all", "--to-stage", train, *given), ("notebooks", "--to-stage", train, *given),
                 *([ablations] if ablations else []), ("notebooks", "--from-stage", results, *given),
                 ("report", *given)]
-        return [Step(a, frozenset({i - 1} if i else ())) for i, a in enumerate(args)]
+        steps = [Step(a, frozenset({i - 1} if i else ())) for i, a in enumerate(args)]
+        return steps + (compare_steps(compare, jobs, len(steps) - 1, len(steps)) if compare else [])
     steps = [Step(("run", "all", "--to-stage", before, *given)),
              Step(("notebooks", "--to-stage", before, *given), frozenset({0})),
              Step(("run", train, *given), frozenset({0}))]
@@ -63,7 +78,7 @@ def plan(params_file: str | None, jobs: int, options: tuple[str, ...] = ()) -> l
     steps.append(Step(("notebooks", "--from-stage", results, *given),
                       frozenset({len(steps) - 1, *({3} if ablations else ())})))
     steps.append(Step(("report", *given), frozenset({len(steps) - 1})))
-    return steps
+    return steps + (compare_steps(compare, jobs, 0, len(steps)) if compare else [])
 
 
 def command(step: Step) -> list[str]:

@@ -5,6 +5,8 @@ import sys
 
 import yaml
 
+from sgid_utils.cli import main
+
 from .conftest import REPO
 
 
@@ -36,10 +38,11 @@ def test_cli_rejects_a_malformed_shard(tmp_path):
     assert out.returncode == 2 and "expected I/N" in out.stderr and "Traceback" not in out.stderr
 
 
+# The two that run stages call the command line's main in this process: a process of their own would spend seconds
+# importing torch and the model libraries, while what they test (which stages run, where) is main's.
 def test_cli_runs_a_stage(make_params, tmp_path):
     params = make_params("cli")
-    out = _cli("run", "data", "--params", str(params.source_file), "--run-dir", str(tmp_path / "elsewhere"))
-    assert out.returncode == 0, out.stderr
+    assert main(["run", "data", "--params", str(params.source_file), "--run-dir", str(tmp_path / "elsewhere")]) == 0
     assert (tmp_path / "elsewhere" / "data" / "images.parquet").exists()
 
 
@@ -56,9 +59,10 @@ def test_cli_options_of_one_kind_of_run_are_refused_elsewhere(tmp_path):
     assert not (tmp_path / "r").exists()  # refused before any work
 
 
-def test_cli_runs_all_between_two_stages(make_params, tmp_path):
+def test_cli_runs_all_between_two_stages(make_params, capsys):
     params = make_params("span")
-    out = _cli("run", "all", "--from-stage", "data", "--to-stage", "captions", "--params", str(params.source_file))
-    assert out.returncode == 0, out.stderr
-    ran = [line.split()[2].rstrip(":") for line in out.stderr.splitlines() if line.startswith("[sgid] stage ")]
+    assert main(["run", "all", "--from-stage", "data", "--to-stage", "captions", "--params",
+                 str(params.source_file)]) == 0
+    stderr = capsys.readouterr().err
+    ran = [line.split()[2].rstrip(":") for line in stderr.splitlines() if line.startswith("[sgid] stage ")]
     assert ran == ["data", "captions"]

@@ -43,6 +43,20 @@ def test_jobs_run_the_early_notebooks_beside_training_and_the_ablations_beside_i
     ]
 
 
+def test_a_methods_profile_runs_as_make_compare_does_once_the_curated_stages_it_links_are_done():
+    methods = str(REPO / "params" / "smoke_methods.yaml")
+    m = ("--params", methods)
+    compare = [("run", "all", "--to-stage", "quality", *m), ("run", "ablations", *m),
+               ("notebooks", "--from-stage", "compare", *m), ("report", *m)]
+    one = _args(plan(SMOKE, 1, compare=methods))
+    assert one[:5] == _args(plan(SMOKE, 1)) and one[5:] == [(a, {i + 4}) for i, a in enumerate(compare)]
+    two = _args(plan(SMOKE, 2, ("--set", "run.seed=1"), compare=methods))  # --set and --run-dir are the main run's
+    assert two[:7] == _args(plan(SMOKE, 2, ("--set", "run.seed=1")))
+    compare[1] = (*compare[1], "--jobs", "2")
+    assert two[7:] == [(compare[0], {0}), *((a, {i + 7}) for i, a in enumerate(compare[1:]))]
+    assert two[0][0][:4] == ("run", "all", "--to-stage", "curate")  # all that run.reuse links: then it starts
+
+
 def test_a_params_file_without_an_ablation_profile_runs_none(tmp_path):
     params = tmp_path / "mine.yaml"
     params.write_text(f"extends: {SMOKE}\n")

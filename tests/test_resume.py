@@ -2,7 +2,9 @@
 
 The kill point is the N-th atomic write of the stage's process (``SGID_FAULT_KILL_AFTER_WRITES``,
 read by ``sgid_utils.core.files``), N drawn from a fixed seed: the same point on every machine and
-every run, with no timing window.
+every run, with no timing window. The killed run is a process of its own (``python -m sgid_utils run``);
+the rerun that resumes it runs in the test's process, as ``run STAGE`` does (``runner.run_all``): a
+second process would only pay the library imports again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 from sgid_utils.core import catalog
 from sgid_utils.core.registry import NAMES, get, upstream_closure
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.runner import run_all
 
 from .conftest import REPO, copy_stages
 
@@ -30,10 +33,9 @@ MEASURED = ["seconds", "Device hours", "Points per device hour", "Device"]
 KILLED = [name for name in NAMES if name != "data"]
 
 
-def _run(params, stage: str, kill_after: int | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "SGID_FAULT_KILL_AFTER_WRITES"}
-    if kill_after is not None:
-        env["SGID_FAULT_KILL_AFTER_WRITES"] = str(kill_after)
+def _run_killed(params, stage: str, kill_after: int) -> subprocess.CompletedProcess:
+    """``run STAGE`` in a process of its own that kills itself (SIGKILL) at its ``kill_after``-th atomic write."""
+    env = {**os.environ, "SGID_FAULT_KILL_AFTER_WRITES": str(kill_after)}
     return subprocess.run([sys.executable, "-m", "sgid_utils", "run", stage, "--params", str(params.source_file)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
@@ -94,11 +96,10 @@ def test_kill_and_resume_matches_an_uninterrupted_run(stage, make_params, pipeli
     copy_stages(pipeline_run, params, *upstream_closure(stage)[:-1])
     shutil.copytree(ref.root / "provenance", run.root / "provenance")  # the runner's records: the measured costs
     kill_after = _kill_point(ref, stage)
-    killed = _run(params, stage, kill_after)
+    killed = _run_killed(params, stage, kill_after)
     assert killed.returncode == -signal.SIGKILL, (
         f"stage {stage} was not killed at write {kill_after}: {killed.stderr[-2000:]}")
-    done = _run(params, stage)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_all(params, [stage])  # resumes: what `python -m sgid_utils run STAGE` does
     for name in get(stage).writes:
         if catalog.entry(name).keys == ("config",):
             for config in catalog.load(ref, "training_results").config:

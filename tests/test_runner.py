@@ -123,15 +123,17 @@ def test_accelerate_launch_with_two_processes_gives_what_one_process_gives(make_
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("SGID_SHARD", "RANK", "WORLD_SIZE")}
     env["CUDA_VISIBLE_DEVICES"] = ""  # with a GPU visible accelerate would pick NCCL and put both processes on it
+    # One launch for the three stages (`run all`, a barrier after each): each launch starts two processes that import
+    # torch and the model libraries afresh.
+    done = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+         "-m", "sgid_utils", "run", "all", "--to-stage", "generate", "--params", str(params.source_file)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
     for stage in ("captions", "similarity", "generate"):
-        done = subprocess.run(
-            [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-             "-m", "sgid_utils", "run", stage, "--params", str(params.source_file)],
-            env=env, capture_output=True, text=True, timeout=600,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stderr.count(f"[sgid] stage {stage}") == 2  # both processes ran the stage
+        assert done.stderr.count(f"[sgid] stage {stage}:") == 2  # both processes ran the stage
     run, reference = RunDir.of(params), RunDir.of(pipeline_run)
     for table in ("captions", "best_captions"):
         pd.testing.assert_frame_equal(pd.read_parquet(catalog.path(run, table)),

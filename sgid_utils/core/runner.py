@@ -91,11 +91,14 @@ def run_distributed(name: str, params: Params) -> Any:
     """``run_stage`` for one of several processes; under ``accelerate launch`` the main one finishes the table."""
     result = run_stage(name, params)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not os.environ.get("SGID_SHARD"):
+        import torch
         from accelerate import PartialState  # seconds to import: only under a distributed launch
 
         # Shards can finish hours apart (a resumed run, training configurations of unequal size): the barrier waits,
-        # instead of the process group's default 30-minute timeout aborting the early ones.
-        state = PartialState(timeout=BARRIER_TIMEOUT)
+        # instead of the process group's default 30-minute timeout aborting the early ones. Without a GPU, accelerate
+        # sees no distributed launch unless told `cpu` (its barrier was then a no-op and `run all`'s next stage started
+        # before the last shard's table was written); with `cpu` it joins a gloo process group.
+        state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
         state.wait_for_everyone()
         if result is None and state.is_main_process:
             result = run_stage(name, params)  # every item is done now: this only assembles the stage's table
