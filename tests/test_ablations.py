@@ -82,7 +82,7 @@ def test_a_variant_of_a_several_backbone_run_shares_the_first_backbones_baseline
     copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
     run_stage("train", params)
     variant = variant_params(params, "label-only", {"generation.prompt": "label_only"})
-    assert variant.results.references == []
+    assert variant.references.tables == []
     assert share_baselines(params, variant) == ["vit-baseline_seed0", "vit-baseline_seed1"]
     other = variant_params(params, "other", {"generation.prompt": "label_only"})
     write_json(RunDir.of(params).backbone_fingerprint("vit"), {"lr": 1.0})  # as if the base had trained another recipe
