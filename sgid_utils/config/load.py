@@ -74,7 +74,7 @@ def upgrade_keys(data: dict[str, Any], where: str | None = None) -> dict[str, An
             out[old_parents[0]] = parent
         else:
             out = parent
-        if where is not None:
+        if where is not None and value != {}:  # a section emptied by its field's rename was reported with it
             _deprecated(old, where)
         *new_parents, new_key = new.split(".")
         node = out

@@ -39,8 +39,13 @@ def _with_backbone(table: pd.DataFrame) -> pd.DataFrame:
 
 def with_pass_column(table: pd.DataFrame) -> pd.DataFrame:
     """A generation table (or its per-source records) written when the pass column was called ``variant``: the
-    column renamed in place to ``generation_pass`` (``variant`` now means only an ablation variant)."""
-    return table.rename(columns={"variant": "generation_pass"}) if "variant" in table else table
+    column renamed in place to ``generation_pass`` (``variant`` now means only an ablation variant); records of both
+    ages (a pass resumed across the rename) merge into the one column."""
+    if "variant" not in table:
+        return table
+    if "generation_pass" in table:
+        return table.assign(generation_pass=table.generation_pass.fillna(table.variant)).drop(columns="variant")
+    return table.rename(columns={"variant": "generation_pass"})
 
 
 TABLES, FIGURES = "<tables>", "<figures>"  # the reports' folders (``RunDir.tables``, ``RunDir.figures``)

@@ -106,7 +106,7 @@ def similarity_threshold(params: Params, candidates: pd.DataFrame) -> float:
 def filter_candidates(params: Params, candidates: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Apply filters.apply (in order) to the competing candidates."""
     q = params.filters
-    return apply_filters(candidates[candidates.competing], q.filters, threshold, q.detector_drop_fraction)
+    return apply_filters(candidates[candidates.competing], q.apply, threshold, q.detector_drop_fraction)
 
 
 def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
