@@ -11,7 +11,7 @@ import yaml
 from sgid_utils.config.load import RENAMED_KEYS, load_params, load_run_params, upgrade_fingerprint
 from sgid_utils.core import catalog
 from sgid_utils.core.fingerprints import fingerprint, recorded_differences
-from sgid_utils.core.registry import NAMES
+from sgid_utils.core.registry import NAMES, get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import check_stage, run_stage
 
@@ -106,8 +106,7 @@ def _age(run: RunDir) -> None:
 
 def test_an_old_run_directory_resumes_under_the_new_names(pipeline_run, make_params, capsys):
     params = make_params("old")
-    done = [s for s in NAMES if RunDir.of(pipeline_run).stage(s).is_dir() and s not in ("results", "quality",
-                                                                                          "compare")]
+    done = [s for s in NAMES if get(s).folder and s != "results"]  # every stage folder up to training
     copy_stages(pipeline_run, params, *done)
     run = RunDir.of(params)
     run.params_copy.write_text(yaml.safe_dump(params.model_dump(mode="json", exclude={"source_file"})))
