@@ -127,7 +127,7 @@ def test_the_split_check_gives_each_difference_with_its_interval_and_says_what_i
     assert cell.endswith("cannot identify the report's protocol)")
     assert "nearest" not in cell and "nearer" not in cell
     assert split_check(load_params(REPO / "params" / "smoke.yaml").model_copy(
-        update={"results": flowers.results.model_copy(update={"references": []})}), pd.Series({0: 0.5})) == "–"
+        update={"references": flowers.references.model_copy(update={"tables": []})}), pd.Series({0: 0.5})) == "–"
 
 
 @pytest.mark.parametrize("profile", ["smoke_ablations.yaml", "pets_ablations.yaml", "flowers_ablations.yaml"])
