@@ -10,6 +10,7 @@ import yaml
 
 from sgid_utils.config.load import RENAMED_KEYS, load_params, load_run_params, upgrade_fingerprint
 from sgid_utils.core import catalog
+from sgid_utils.core.files import read_fingerprint
 from sgid_utils.core.fingerprints import fingerprint, recorded_differences
 from sgid_utils.core.registry import NAMES, get
 from sgid_utils.core.rundir import RunDir
@@ -116,6 +117,9 @@ def test_an_old_run_directory_resumes_under_the_new_names(pipeline_run, make_par
     recorded = load_run_params(None, run.root)  # ``--run-dir`` alone reads the old params copy
     assert "now 'filters.apply'" in capsys.readouterr().err
     assert recorded.filters == params.filters and recorded.references == params.references
+    assert "quality" in json.loads(run.fingerprint_file("train").read_text())  # recorded under the old name
+    assert read_fingerprint(run.fingerprint_file("train")) == json.loads(json.dumps(fingerprint(params, "train"),
+                                                                                     default=str))
     assert recorded_differences(params) == []
     for stage in NAMES:
         check_stage(params, stage)  # what the runner does before a stage: no stale-outputs error
