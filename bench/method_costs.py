@@ -103,7 +103,7 @@ def measure_method_costs(ctx: Any, report: Any, build_pipeline: Callable[..., An
         f"Each method's stage loop at its default settings (config.methods), {n} stand-in real images on a "
         f"{side} × {side} canvas, {ctx.plan.repeats} timed run(s) after one untimed; "
         f"{str(ctx.dtype).removeprefix('torch.')} generation, prompt encoding left out. The comparison table "
-        "projects each method's cost to a full data set from these rates (`results.gpu_rates`).",
+        "projects each method's cost to a full data set from these rates (`references.gpu_rates`).",
         "",
         *markdown_table(("work", "settings", "UNet steps per image", "rate", "path"), rows),
     ]

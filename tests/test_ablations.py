@@ -82,7 +82,7 @@ def test_a_variant_of_a_several_backbone_run_shares_the_first_backbones_baseline
     copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
     run_stage("train", params)
     variant = variant_params(params, "label-only", {"generation.prompt": "label_only"})
-    assert variant.results.references == []
+    assert variant.references.tables == []
     assert share_baselines(params, variant) == ["vit-baseline_seed0", "vit-baseline_seed1"]
     other = variant_params(params, "other", {"generation.prompt": "label_only"})
     write_json(RunDir.of(params).backbone_fingerprint("vit"), {"lr": 1.0})  # as if the base had trained another recipe
@@ -127,7 +127,7 @@ def test_the_split_check_gives_each_difference_with_its_interval_and_says_what_i
     assert cell.endswith("cannot identify the report's protocol)")
     assert "nearest" not in cell and "nearer" not in cell
     assert split_check(load_params(REPO / "params" / "smoke.yaml").model_copy(
-        update={"results": flowers.results.model_copy(update={"references": []})}), pd.Series({0: 0.5})) == "–"
+        update={"references": flowers.references.model_copy(update={"tables": []})}), pd.Series({0: 0.5})) == "–"
 
 
 @pytest.mark.parametrize("profile", ["smoke_ablations.yaml", "pets_ablations.yaml", "flowers_ablations.yaml"])

@@ -10,7 +10,7 @@ def _candidates() -> pd.DataFrame:
     """Source a: raw k0-1 and an upscaled regeneration k0-2; source b: raw only."""
     return pd.DataFrame({
         "image_id": ["a"] * 5 + ["b"] * 3,
-        "variant": ["raw", "raw", "upscaled", "upscaled", "upscaled", "raw", "raw", "raw"],
+        "generation_pass": ["raw", "raw", "upscaled", "upscaled", "upscaled", "raw", "raw", "raw"],
         "k": [0, 1, 0, 1, 2, 0, 1, 2],
         "similarity": [0.99, 0.5, 0.6, 0.7, 0.9, 0.3, 0.8, 0.75],
         "consistent": [True, True, True, True, True, False, False, False],
@@ -48,14 +48,14 @@ def test_small_sources_are_upscaled_and_each_source_gets_one_image(pipeline_run)
     cands = pd.read_parquet(catalog.path(RunDir.of(p), "candidates"))
     curated = pd.read_parquet(catalog.path(RunDir.of(p), "curated"))
     threshold = p.curation.upscale_threshold
-    up = cands[cands.variant == "upscaled"]
+    up = cands[cands.generation_pass == "upscaled"]
     assert len(up) and (up.short_side < threshold).all()
     assert set(up.image_id) == set(cands[cands.short_side < threshold].image_id)
     assert (up[["input_width", "input_height"]].min(axis=1) >= threshold - 8).all()
     assert curated.image_id.is_unique and set(curated.image_id) == set(cands.image_id)
     assert cands.similarity.between(-1, 1).all()
     small = curated[curated.short_side < threshold]
-    assert (small.variant == "upscaled").all()
+    assert (small.generation_pass == "upscaled").all()
 
 
 def test_quality_scores_filters_and_the_filtered_set(pipeline_run):

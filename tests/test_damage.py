@@ -174,7 +174,7 @@ def test_a_damaged_generated_image_stops_its_reader_and_its_stage_makes_it_again
     params = make_params("damaged-image")
     ref, run = _copy(pipeline_run, params)
     curated = catalog.load(run, "curated")
-    image = Path(curated[curated.variant == "raw"].path.iloc[0])
+    image = Path(curated[curated.generation_pass == "raw"].path.iloc[0])
     data = bytearray(image.read_bytes())
     data[60:-20] = random.Random(0).randbytes(len(data) - 80)
     image.write_bytes(bytes(data))

@@ -275,7 +275,7 @@ def test_each_methods_cost_is_projected_from_the_reports_rates(tiny_report, make
 
 def test_without_a_gpu_report_the_column_says_so(make_params) -> None:
     params = make_params()
-    assert params.results.gpu_rates is None and projection(params, None, None) is None
+    assert params.references.gpu_rates is None and projection(params, None, None) is None
     seconds, basis = projected(None, BY_METHOD["sgid"].stages, 1)
     assert math.isnan(seconds) and basis.startswith("no GPU report")
     table = pd.DataFrame({"Synthetic per real": [1.0], "Device hours": [0.5], TEST_P: [0.5], PER_HOUR: [1.0],

@@ -43,7 +43,7 @@ def _with(section: str, key: str, value) -> dict:
         ({**BASE, "trainig": {}}, ["unknown key 'trainig'", "Did you mean 'training'"]),
         ({"dataset": BASE["dataset"]}, ["missing required key 'run'"]),
         (_with("run", "device", "gpu"), ["run.device", "should match pattern"]),
-        (_with("training", "methods", ["baseline", "sgid_filtered"]), ["sgid_filtered but quality.filters is empty"]),
+        (_with("training", "methods", ["baseline", "sgid_filtered"]), ["sgid_filtered but filters.apply is empty"]),
         (_with("generation", "prompt_template", "a photo"), ["generation.prompt_template", "must contain {label}"]),
         (_with("real_guidance", "prompt", "a photo"), ["real_guidance.prompt", "must contain {label}"]),
         (_with("da_fusion", "prompt", "a photo"), ["da_fusion.prompt", "must contain {token}"]),
@@ -116,7 +116,7 @@ def test_shipped_profiles_hold_the_published_settings(name):
             == (1e-4, 1.0, 0.5, 2, 9))
     assert t.sgid_proportions == [0.25, 0.5, 0.75, 1.0]
     assert len(t.seeds) >= 2
-    paper = p.results.references[0]
+    paper = p.references.tables[0]
     assert set(paper.values) == {"Baseline", "CutMix", "RandAugment", "SGID (100%)"}
     expected = {"pets": 0.9338, "flowers": 0.9717}[name]
     assert paper.values["SGID (100%)"] == expected
@@ -153,7 +153,7 @@ def test_backbone_profiles_extend_the_data_sets_and_keep_the_vit_recipe():
             implicit.model, implicit.optimizer, implicit.lr, implicit.schedule, implicit.epochs, implicit.batch_size)
         assert (resnet.model, resnet.pretrained) == ("resnet50", False)
         assert clip.model == "vit_base_patch16_clip_224.laion2b" and clip.pretrained
-        assert set(p.results.headline.gains) == {b.name for b in backbones(p)}
+        assert set(p.references.headline.gains) == {b.name for b in backbones(p)}
         assert {"sgid_cutmix", "sgid_randaugment"} <= set(p.training.methods)
 
 

@@ -149,7 +149,7 @@ def test_every_stage_records_its_seconds_and_the_comparison_counts_each_methods_
     assert table[PROJECTED].isna().all() and table[PROJECTION_BASIS].str.startswith("no GPU report").all()
     # projected on the H200 report's rates: the full data set's items, each method's stages; Real Guidance (no
     # captions, k = 1) costs less than SGID, and the column names the data set and the GPU
-    h200 = pipeline_run.model_copy(update={"results": pipeline_run.results.model_copy(
+    h200 = pipeline_run.model_copy(update={"references": pipeline_run.references.model_copy(
         update={"gpu_rates": Path(__file__).resolve().parents[1] / "docs/gpu/h200_2026-12-04_full.json"})})
     projected = comparison_table(h200, catalog.load(pipeline_run, "training_results"),
                                  full_run_counts).set_index("Method")

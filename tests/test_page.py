@@ -182,7 +182,7 @@ def test_provenance_and_settings_come_from_the_run(report_params, pipeline_run, 
             and settings.loc["training.epochs", "package default"] == "10")
     assert settings.loc["generation.num_candidates", "this run"] == "2"
     expected = changed_settings(report_params).set_index("setting")
-    shown = [k for k in expected.index if not k.startswith(("results.references", "results.headline", "ablations"))]
+    shown = [k for k in expected.index if not k.startswith(("references.tables", "references.headline", "ablations"))]
     assert settings.index.tolist() == shown  # every changed setting, without the reference numbers and variants
     for key in ("training.epochs", "generation.num_candidates"):  # each setting's source, from sources.py
         assert settings.loc[key, "origin"] == source_of(key).origin == expected.loc[key, "origin"]

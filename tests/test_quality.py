@@ -105,7 +105,7 @@ def test_detector_filter_drops_the_most_surely_fake():
 
 def _candidates() -> pd.DataFrame:
     return pd.DataFrame({
-        "image_id": ["a", "b", "b", "a", "a"], "variant": "raw", "k": [0, 0, 1, 1, 2],
+        "image_id": ["a", "b", "b", "a", "a"], "generation_pass": "raw", "k": [0, 0, 1, 1, 2],
         "path": ["c0", "c1", "c2", "c3", "c4"],
         "similarity": [0.90, 0.20, 0.80, 0.70, 0.95],
         "consistent": [True, True, False, True, True],

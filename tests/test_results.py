@@ -120,12 +120,12 @@ def test_gains_show_the_papers_own_data_set_gain_and_both_verdicts():
 def test_the_papers_data_set_gain_shows_only_on_the_data_set_its_table_names():
     params = load_params(REPO / "params" / "pets_backbones.yaml")
     rows = _gain_rows({"vit_b16_in21k": {"Baseline": [0.90, 0.91, 0.905], "SGID (100%)": [0.93, 0.94, 0.93]}})
-    assert params.results.references[0].dataset == "pets"
+    assert params.references.tables[0].dataset == "pets"
     other = params.model_copy(update={"dataset": params.dataset.model_copy(update={"source": "imagefolder"})})
     assert np.isnan(backbone_gains(rows, other).set_index("backbone").loc["vit_b16_in21k", PAPER_DATA_SET_GAIN])
     assert PAPER_DATA_SET_GAIN not in gains_caption(other, backbone_gains(rows, other))
     untied = params.model_copy(deep=True)
-    untied.results.references[0].dataset = None
+    untied.references.tables[0].dataset = None
     assert np.isnan(backbone_gains(rows, untied).set_index("backbone").loc["vit_b16_in21k", PAPER_DATA_SET_GAIN])
 
 

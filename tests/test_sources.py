@@ -99,7 +99,7 @@ def test_source_of_takes_table_keys_and_rejects_unknown_ones():
 def test_settings_table_has_one_row_per_setting_with_its_source():
     table = settings_table(minimal())
     assert list(table.columns) == COLUMNS
-    flat = [k for k in schema_keys() if "[]" not in k and not k.startswith("results.headline.")]
+    flat = [k for k in schema_keys() if "[]" not in k and not k.startswith("references.headline.")]
     assert table.setting.tolist() == flat
     row = table.set_index("setting").loc["generation.strength"]
     assert (row["this run"], row["package default"], row.origin) == ("0.3", "0.3", "report")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,83 @@ from pydantic import BaseModel, ValidationError
 from sgid_utils.config.schema import Params
 from sgid_utils.errors import ParamsError
 
-__all__ = ["Params", "ParamsError", "load_params", "load_run_params", "parse_override"]
+__all__ = ["RENAMED_KEYS", "Params", "ParamsError", "load_params", "load_run_params", "parse_override", "renamed_key",
+           "upgrade_fingerprint", "upgrade_keys"]
 
 # The shipped profiles (params/ beside the package), which ``extends:`` may name from anywhere.
 SHIPPED_PARAMS = Path(__file__).resolve().parents[2] / "params"
-_PATH_KEYS = ("run.dir", "run.reports_dir", "run.reuse", "dataset.path", "dataset.test_path", "results.gpu_rates")
+_PATH_KEYS = ("run.dir", "run.reports_dir", "run.reuse", "dataset.path", "dataset.test_path", "references.gpu_rates")
 _ENV_OVERRIDES = {"SGID_RUN_DIR": "run.dir", "SGID_REPORTS_DIR": "run.reports_dir"}
 # The params a run records in its directory as each stage starts (``core.rundir.RunDir.params_copy``), which
 # ``--run-dir`` alone reads.
 RUN_PARAMS_FILE = "params.yaml"
+
+
+# Params keys renamed since runs were made (old dotted key -> new), the one table of old names: params files, their
+# ``extends:`` parents, ``--set`` overrides and ablation ``set:`` keys still load under the old names with a one-line
+# deprecation message, and recorded fingerprints are read under the new ones (``core.files.read_fingerprint``), so
+# finished runs stay valid. A field renamed inside a renamed section comes before its section.
+RENAMED_KEYS = {
+    "results.references": "references.tables",  # the published tables a run is set beside
+    "results": "references",  # the section: the published numbers (the results stage keeps its name)
+    "quality.filters": "filters.apply",  # the filters in the order they apply
+    "quality": "filters",  # the section read by curate (the quality stage keeps its name)
+}
+
+
+def renamed_key(dotted: str) -> str:
+    """``dotted`` under today's names (``results.references.0`` -> ``references.tables.0``); unchanged if current."""
+    for old, new in RENAMED_KEYS.items():
+        if dotted == old or dotted.startswith(f"{old}."):
+            return new + dotted[len(old):]
+    return dotted
+
+
+def _deprecated(old: str, where: str) -> None:
+    print(f"[sgid] deprecated params key '{old}' in {where}: it is now '{renamed_key(old)}' (the old name still "
+          "loads; rename it)", file=sys.stderr)
+
+
+def upgrade_keys(data: dict[str, Any], where: str | None = None) -> dict[str, Any]:
+    """A params mapping (sections of keys) with old key names moved to today's, before validation; each old key
+    found is reported once (``where``: the file; None: silently, for a recorded fingerprint)."""
+    out = dict(data)
+    for old, new in RENAMED_KEYS.items():
+        *old_parents, old_key = old.split(".")  # a section, or a field of one
+        parent = out
+        for part in old_parents:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or old_key not in parent:
+            continue
+        value = (parent := dict(parent)).pop(old_key)
+        if old_parents:
+            out[old_parents[0]] = parent
+        else:
+            out = parent
+        if where is not None and value != {}:  # a section emptied by its field's rename was reported with it
+            _deprecated(old, where)
+        *new_parents, new_key = new.split(".")
+        node = out
+        for part in new_parents:
+            node[part] = dict(node.get(part) or {})
+            node = node[part]
+        node[new_key] = _merge(value, node[new_key]) if isinstance(value, dict) and isinstance(
+            node.get(new_key), dict) else value
+    return out
+
+
+def upgrade_fingerprint(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded stage fingerprint (dotted keys: ``quality``, ``curation.upscale_to``) under today's key names, so
+    a run made before a rename compares equal to today's params and resumes."""
+    out = {}
+    for key, value in recorded.items():
+        nested: dict[str, Any] = {}
+        _set_dotted(nested, key, value, "a recorded fingerprint")
+        node: Any = upgrade_keys(nested)
+        for part in renamed_key(key).split("."):
+            node = node[part]
+        out[renamed_key(key)] = node
+    return out
 
 
 def _suggest(key: str, allowed: list[str]) -> str:
@@ -102,6 +171,7 @@ def _with_base(data: dict[str, Any], file: Path, seen: tuple[Path, ...] = ()) ->
         base = yaml.safe_load(parent_file.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ParamsError(f"Params file {parent_file} (extended by {file}) is not valid YAML: {exc}") from None
+    base = upgrade_keys(base, str(parent_file)) if isinstance(base, dict) else base
     base = _with_base(base, parent_file, seen + (file.resolve(), parent_file))
     return _merge(_absolute_paths(base, parent_file.parent), data)
 
@@ -158,13 +228,15 @@ def load_params(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         raise ParamsError(f"Params file {file} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"Params file {file} must hold a mapping of sections (run:, dataset:, ...)")
-    data = _with_base(data, file)
+    data = _with_base(upgrade_keys(data, str(file)), file)
     base = file.resolve().parent
     for env, key in _ENV_OVERRIDES.items():  # the environment first: explicit overrides win over it
         if os.environ.get(env):
             _set_dotted(data, key, str(Path(os.environ[env]).resolve()), f"environment variable {env}")
     for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value, f"{file} (override {key}={value!r})")
+        if renamed_key(key) != key:
+            _deprecated(key, f"override {key}={value!r}")
+        _set_dotted(data, renamed_key(key), value, f"{file} (override {key}={value!r})")
     try:
         params = Params.model_validate(data)
     except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""The params ``results`` section: the published numbers a run is set beside (reference tables, headline gains).
+"""The params ``references`` section: the published numbers a run is set beside (reference tables, headline gains).
 
 They are the paper's and the reproduction report's accuracies, not settings of the method: the results stage and the
 report page print them next to this run's, and nothing computed depends on them.
@@ -65,8 +65,10 @@ class HeadlineGains(Section):
     gains: dict[str, float]
 
 
-class ResultsParams(Section):
-    references: list[ReferenceTable] = Field(default_factory=list)
+class ReferencesParams(Section):
+    """Called ``results`` before (its list ``references``, now ``tables``): the old names still load."""
+
+    tables: list[ReferenceTable] = Field(default_factory=list)
     headline: HeadlineGains | None = Field(None,
                                            description="Shown beside the per-backbone gain table (results stage).")
     grid_examples: int = Field(6, ge=1)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from sgid_utils.config.methods import DaFusionParams, RealGuidanceParams
-from sgid_utils.config.references import ResultsParams, containing
+from sgid_utils.config.references import ReferencesParams, containing
 from sgid_utils.config.references import Section as Section
 from sgid_utils.config.samplers import LcmParams, denoising_steps, largest_guidance
 from sgid_utils.config.training import TrainingParams
@@ -222,10 +222,11 @@ class CurationParams(Section):
     batch_size: int = Field(64, ge=1)
 
 
-class QualityParams(Section):
-    """Quality control of generated images (beyond the paper): filters applied before the selection."""
+class FiltersParams(Section):
+    """Quality control of generated images (beyond the paper): filters applied before the selection (read by curate;
+    the params section was called ``quality`` before, which still loads)."""
 
-    filters: list[Literal["similarity", "label", "detector"]] = Field(
+    apply: list[Literal["similarity", "label", "detector"]] = Field(
         default_factory=list, description="Filters in the order they apply; the filtered set trains as 'sgid_filtered'."
     )
     similarity_threshold: float | None = Field(None, ge=-1, le=1,
@@ -236,7 +237,7 @@ class QualityParams(Section):
                                           description="Share of the most surely fake candidates the detector drops.")
     detector_folds: int = Field(5, ge=2)
 
-    @field_validator("filters")
+    @field_validator("apply")
     @classmethod
     def _distinct(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
@@ -273,11 +274,11 @@ class Params(Section):
     similarity: SimilarityParams = Field(default_factory=SimilarityParams)
     generation: GenerationParams = Field(default_factory=GenerationParams)
     curation: CurationParams = Field(default_factory=CurationParams)
-    quality: QualityParams = Field(default_factory=QualityParams)
+    filters: FiltersParams = Field(default_factory=FiltersParams)
     real_guidance: RealGuidanceParams = Field(default_factory=RealGuidanceParams)
     da_fusion: DaFusionParams = Field(default_factory=DaFusionParams)
     training: TrainingParams = Field(default_factory=TrainingParams)
-    results: ResultsParams = Field(default_factory=ResultsParams)
+    references: ReferencesParams = Field(default_factory=ReferencesParams)
     smoke: SmokeParams = Field(default_factory=SmokeParams)
     ablations: list[AblationParams] = Field(default_factory=list, description="Variants run by 'run ablations'.")
 
@@ -290,11 +291,12 @@ class Params(Section):
         if len(set(labels)) != len(labels):
             raise ValueError("training.backbones labels must differ (tables and figures are split by them); "
                              f"got {labels}")
-        named = [r.backbone for r in self.results.references if r.backbone is not None]
-        named += list(self.results.headline.gains) if self.results.headline else []
+        named = [r.backbone for r in self.references.tables if r.backbone is not None]
+        named += list(self.references.headline.gains) if self.references.headline else []
         unknown = sorted(set(named) - set(names))
         if unknown:
-            raise ValueError(f"results names backbone(s) {unknown} that training.backbones does not list (has {names})")
+            raise ValueError(f"references names backbone(s) {unknown} that training.backbones does not list "
+                             f"(has {names})")
         for b in self.training.backbones:
             epochs = b.epochs if b.epochs is not None else self.training.epochs
             if b.warmup_epochs > epochs:
@@ -309,7 +311,7 @@ class Params(Section):
     @model_validator(mode="after")
     def _filtered_needs_filters(self) -> Params:
         for method in ("sgid_filtered", "sgid_size_matched"):
-            if method in self.training.methods and not self.quality.filters:
-                raise ValueError(f"training.methods lists {method} but quality.filters is empty: name at "
+            if method in self.training.methods and not self.filters.apply:
+                raise ValueError(f"training.methods lists {method} but filters.apply is empty: name at "
                                  "least one filter")
         return self

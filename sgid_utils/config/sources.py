@@ -15,7 +15,8 @@ A reader of a verdict must be able to tell the report's settings from the packag
 
 Keys are the dotted paths of the schema: ``generation.guidance.mode``. A list of sections has one key for the list
 itself (``training.backbones``) and one per field of its items, written with ``[]``
-(``training.backbones[].optimizer``); an optional section likewise (``results.headline``, ``results.headline.gains``).
+(``training.backbones[].optimizer``); an optional section likewise (``references.headline``,
+``references.headline.gains``).
 In ``config.settings.settings_table`` the ``[]`` holds the item's name (or its position when it has none):
 ``training.backbones[resnet50_scratch].lr``. ``source_of`` accepts either form. The data lives here once; the
 report page, docs/CHOICES.md (checked by tests/test_sources.py) and the params comments follow it.
@@ -156,15 +157,15 @@ SOURCES: dict[str, Source] = {
     "curation.min_similarity": _ours("most_diverse_consistent's floor (a hypothesis): the median similarity of the "
                                      "competing candidates"),
     "curation.batch_size": _ours(_SPEED),
-    # quality (beyond the paper)
-    "quality.filters": _ours("off: the report applies no filter (it suggests a similarity threshold and a real-vs-"
+    # filters (beyond the paper)
+    "filters.apply": _ours("off: the report applies no filter (it suggests a similarity threshold and a real-vs-"
                              "fake classifier under Possible Improvements; the label filter is ours)"),
-    "quality.similarity_threshold": _ours("the report's suggested threshold has no value; None: a quantile of the "
+    "filters.similarity_threshold": _ours("the report's suggested threshold has no value; None: a quantile of the "
                                           "observed similarities"),
-    "quality.similarity_quantile": _ours("drops the 5 % least similar candidates"),
-    "quality.class_noun": _ours("none: plain 'a photo of a <label>.' class prompts"),
-    "quality.detector_drop_fraction": _ours("drops the 10 % most surely generated candidates"),
-    "quality.detector_folds": _ours("5-fold out-of-fold probabilities, a usual value"),
+    "filters.similarity_quantile": _ours("drops the 5 % least similar candidates"),
+    "filters.class_noun": _ours("none: plain 'a photo of a <label>.' class prompts"),
+    "filters.detector_drop_fraction": _ours("drops the 10 % most surely generated candidates"),
+    "filters.detector_folds": _ours("5-fold out-of-fold probabilities, a usual value"),
     # training
     "training.methods": _report(f"{_TRAIN}: 'The augmentation techniques compared are as follows': Baseline, CutMix, "
                                 "RandAugment and SGID", "The augmentation techniques compared are as follows"),
@@ -219,22 +220,22 @@ SOURCES: dict[str, Source] = {
                                          "at an equal number of synthetic images (DA-Fusion's first of its M)"),
     **SAMPLER_SOURCES,  # generation.sampler and its LCM-LoRA settings, declared beside them (config.samplers)
     **METHOD_SOURCES,  # the compared augmentations' settings, declared beside them (config.methods)
-    # results
-    "results.references": _ours("none by default; the Pets and Flowers profiles list the report's Tables 1 and 2: "
+    # references
+    "references.tables": _ours("none by default; the Pets and Flowers profiles list the report's Tables 1 and 2: "
                                 "its own numbers and its 'Benchmark in Paper' column"),
-    "results.references[].label": _ours("names a reference column; each profile sets it"),
-    "results.references[].source": _ours("where the reference numbers come from; each profile sets it"),
-    "results.references[].values": _ours("the reference numbers; each profile copies them from its source"),
-    "results.references[].backbone": _ours("unset: the first backbone"),
-    "results.references[].dataset": _ours("unset: tied to no data set, so no per-data-set paper gain is shown"),
-    "results.references[].assumed_backbone": _ours("unset: the source names its backbone, or none is assumed"),
-    "results.headline": _ours("none by default; the backbone profiles give the abstract's gains per backbone"),
-    "results.headline.label": _ours("names the headline column; each profile sets it"),
-    "results.headline.source": _ours("where the headline gains come from; each profile sets it"),
-    "results.headline.gains": _ours("the abstract's gains ('1.72%' read as points: a reading); each profile "
+    "references.tables[].label": _ours("names a reference column; each profile sets it"),
+    "references.tables[].source": _ours("where the reference numbers come from; each profile sets it"),
+    "references.tables[].values": _ours("the reference numbers; each profile copies them from its source"),
+    "references.tables[].backbone": _ours("unset: the first backbone"),
+    "references.tables[].dataset": _ours("unset: tied to no data set, so no per-data-set paper gain is shown"),
+    "references.tables[].assumed_backbone": _ours("unset: the source names its backbone, or none is assumed"),
+    "references.headline": _ours("none by default; the backbone profiles give the abstract's gains per backbone"),
+    "references.headline.label": _ours("names the headline column; each profile sets it"),
+    "references.headline.source": _ours("where the headline gains come from; each profile sets it"),
+    "references.headline.gains": _ours("the abstract's gains ('1.72%' read as points: a reading); each profile "
                                     "copies them"),
-    "results.grid_examples": _ours("enough examples per image grid to see a pattern"),
-    "results.gpu_rates": _ours("none by default (no projection rather than another machine's numbers); the methods "
+    "references.grid_examples": _ours("enough examples per image grid to see a pattern"),
+    "references.gpu_rates": _ours("none by default (no projection rather than another machine's numbers); the methods "
                                "profiles name the H200 report checked in under docs/gpu/"),
     # ablations
     "ablations": _ours("none by default; the *_ablations.yaml profiles list the variants"),

@@ -42,6 +42,17 @@ def _with_backbone(table: pd.DataFrame) -> pd.DataFrame:
     return table if "backbone" in table else table.assign(backbone="")
 
 
+def with_pass_column(table: pd.DataFrame) -> pd.DataFrame:
+    """A generation table (or its per-source records) written when the pass column was called ``variant``: the
+    column renamed in place to ``generation_pass`` (``variant`` now means only an ablation variant); records of both
+    ages (a pass resumed across the rename) merge into the one column."""
+    if "variant" not in table:
+        return table
+    if "generation_pass" in table:
+        return table.assign(generation_pass=table.generation_pass.fillna(table.variant)).drop(columns="variant")
+    return table.rename(columns={"variant": "generation_pass"})
+
+
 TABLES, FIGURES = "<tables>", "<figures>"  # the reports' folders (``RunDir.tables``, ``RunDir.figures``)
 
 
@@ -76,16 +87,17 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("best_captions", "similarity", "best.parquet", "each image's most similar caption and its score s*"),
     # generation
     Entry("manifest_raw", "generate", "manifest.parquet",
-          "the raw pass's candidates: source, prompt, scale, seed, file", relative=True),
+          "the raw pass's candidates: source, prompt, scale, seed, file", relative=True, upgrade=with_pass_column),
     Entry("manifest_upscaled", "upscale", "manifest.parquet",
-          "the upscaled pass's candidates (small sources regenerated larger)", relative=True),
+          "the upscaled pass's candidates (small sources regenerated larger)", relative=True, upgrade=with_pass_column),
     # curation
     Entry("candidates", "curate", "candidates.parquet", "every candidate with its CLIP and quality scores",
-          relative=True),
+          relative=True, upgrade=with_pass_column),
     Entry("curated", "curate", "curated.parquet", "one chosen candidate per source: the set SGID trains on",
-          relative=True),
+          relative=True, upgrade=with_pass_column),
     Entry("curated_filtered", "curate", "curated_filtered.parquet",
-          "the chosen candidates that passed the quality filters (SGID filtered)", relative=True),
+          "the chosen candidates that passed the quality filters (SGID filtered)", relative=True,
+          upgrade=with_pass_column),
     Entry("quality_summary", "curate", "quality.json", "the filters' detector, threshold and kept counts"),
     # the other generative augmentations (config.methods)
     Entry("real_guidance_images", "real_guidance", "images.parquet",

@@ -30,6 +30,7 @@ import pandas as pd
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 
+from sgid_utils.config.load import upgrade_fingerprint
 from sgid_utils.errors import CorruptFileError, StaleOutputsError
 
 _UMASK = os.umask(0)
@@ -300,7 +301,7 @@ def read_fingerprint(file: Path, outputs: str | None = None) -> dict[str, Any]:
             f"{file} cannot be read ({why}): it records the params that made {outputs}, which cannot be checked "
             f"without it. If they were made with the params now in force, delete {file} and rerun (it is written "
             f"again from them); otherwise delete {outputs} to recompute.")
-    return recorded
+    return upgrade_fingerprint(recorded)  # a run recorded under renamed keys still resumes
 
 
 def pin_fingerprint(file: Path, fingerprint: dict[str, Any], stage: str, outputs: str | None = None) -> None:

@@ -115,7 +115,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("da_fusion", "03_generation", ("images", "class_tokens"), ("da_fusion_images",), DA_FUSION_KEYS,
           "methods/da_fusion", "per synthetic image", "da_fusion.num_synthetic"),
     Stage("curate", "04_error_analysis_upscaling", ("images", *MANIFESTS),
-          ("candidates", "curated", "curated_filtered", "quality_summary"), ("curation", "quality", "run.draw"),
+          ("candidates", "curated", "curated_filtered", "quality_summary"), ("curation", "filters", "run.draw"),
           "curation", "per training image", "curation"),
     Stage("train", "05_training", ("images", "curated", "curated_filtered", "real_guidance_images", "da_fusion_images"),
           TRAINING, ("models.classifier", "training", "da_fusion.synthetic_probability"), "training",

@@ -12,7 +12,7 @@ Layout (``<run>`` is ``run.dir``, ``<reports>`` is ``run.reports_dir``)::
     <run>/similarity/                        items/, scores.parquet, best.parquet
     <run>/generation/{raw,upscaled}/         items/, images/<image>_k<k>.png, manifest.parquet,
                                              edges/<image>.png (generation.generator: controlnet)
-    <run>/curation/                          scores_<variant>/, embeddings_<variant>/, candidates.parquet,
+    <run>/curation/                          scores_<pass>/, embeddings_<pass>/, candidates.parquet,
                                              curated[_filtered].parquet, quality.json
     <run>/training/                          <config>/{checkpoint.pt,metrics.csv,predictions.parquet,result.json},
                                              results.parquet, _backbone-<name>.json (each listed backbone's recipe)
@@ -97,23 +97,23 @@ class RunDir:
 
     # --- generation -----------------------------------------------------------------------------------------------
     @staticmethod
-    def generation_stage(variant: Pass) -> str:
-        return "generate" if variant == "raw" else "upscale"
+    def generation_stage(generation_pass: Pass) -> str:
+        return "generate" if generation_pass == "raw" else "upscale"
 
-    def generated_image(self, variant: Pass, image_id: str, k: int) -> Path:
-        return self.stage(self.generation_stage(variant)) / "images" / f"{image_id}_k{k}.png"
+    def generated_image(self, generation_pass: Pass, image_id: str, k: int) -> Path:
+        return self.stage(self.generation_stage(generation_pass)) / "images" / f"{image_id}_k{k}.png"
 
-    def edge_map(self, variant: Pass, image_id: str) -> Path:
+    def edge_map(self, generation_pass: Pass, image_id: str) -> Path:
         """The Canny edge map a ControlNet candidate was conditioned on, at the model-input size."""
-        return self.stage(self.generation_stage(variant)) / "edges" / f"{image_id}.png"
+        return self.stage(self.generation_stage(generation_pass)) / "edges" / f"{image_id}.png"
 
     # --- curation -------------------------------------------------------------------------------------------------
-    def candidate_scores(self, variant: Pass) -> Path:
+    def candidate_scores(self, generation_pass: Pass) -> Path:
         """Per-source records of the CLIP similarity of each candidate to its source."""
-        return self.stage("curate") / f"scores_{variant}"
+        return self.stage("curate") / f"scores_{generation_pass}"
 
-    def embeddings(self, variant: Pass, image_id: str) -> Path:
-        return self.stage("curate") / f"embeddings_{variant}" / f"{image_id}.npz"
+    def embeddings(self, generation_pass: Pass, image_id: str) -> Path:
+        return self.stage("curate") / f"embeddings_{generation_pass}" / f"{image_id}.npz"
 
     # --- the other generative augmentations (config.methods) ----------------------------------------------------
     def real_guidance_image(self, image_id: str, m: int = 0) -> Path:

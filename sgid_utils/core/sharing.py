@@ -137,9 +137,9 @@ def variant_params(params: Params, name: str, overrides: dict) -> Params:
             "training.sgid_proportions": [1.0],
             "training.backbones": [b.model_dump(mode="json") for b in params.training.backbones[:1]],
             "smoke.tiny_backbones": {k: v for k, v in params.smoke.tiny_backbones.items() if k in first},
-            "results.references": [r.model_dump(mode="json") for r in params.results.references
+            "references.tables": [r.model_dump(mode="json") for r in params.references.tables
                                    if r.backbone is None or r.backbone in first],
-            "results.headline": None}  # the per-backbone gains belong to the base run
+            "references.headline": None}  # the per-backbone gains belong to the base run
     return load_params(params.source_file, sets)
 
 

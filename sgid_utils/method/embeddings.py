@@ -1,7 +1,7 @@
 """CLIP embeddings: of images, of texts, of captions against their image, and those curation saved.
 
 The similarity stage scores captions with them, curation scores candidates against their source and saves the
-embeddings per source (``embeddings/<variant>/<image_id>.npz``), and the quality report reads those back
+embeddings per source (``embeddings/<pass>/<image_id>.npz``), and the quality report reads those back
 beside the class prompts' text embeddings. One set of helpers keeps every CLIP cosine in the package the
 same quantity: L2-normalised embeddings of ``models.clip``, their raw dot product.
 """
@@ -56,8 +56,8 @@ def load_embeddings(params: Params, candidates: pd.DataFrame) -> tuple[np.ndarra
     """CLIP embeddings saved while scoring: one row per candidate (in table order), and each source's."""
     run = RunDir.of(params)
     rows, sources = [], {}
-    for (variant, image_id), group in candidates.groupby(["variant", "image_id"], sort=False):
-        file = run.embeddings(variant, image_id)
+    for (generation_pass, image_id), group in candidates.groupby(["generation_pass", "image_id"], sort=False):
+        file = run.embeddings(generation_pass, image_id)
         try:
             with np.load(file) as f:  # allow_pickle stays False: arrays only
                 source, every = f["source"], f["candidates"]
@@ -79,5 +79,5 @@ def class_prompt_embeddings(params: Params,
     model, processor = load_clip(params.models.clip, str(device))
     classes = candidates.drop_duplicates("label").sort_values("label")
     text = text_embeddings(model, processor,
-                           class_prompts(classes.class_name.tolist(), params.quality.class_noun)).cpu().numpy()
+                           class_prompts(classes.class_name.tolist(), params.filters.class_noun)).cpu().numpy()
     return classes, text, {int(label): i for i, label in enumerate(classes.label)}

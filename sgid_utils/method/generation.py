@@ -25,7 +25,7 @@ candidates and conditions them, per image or in the batched loop alike. With
 ``generation.sampler: lcm`` (beyond the paper) they go through the img2img pipeline
 with an LCM-LoRA fused into its UNet and LCMScheduler, a few steps (``config.samplers``).
 
-The stages only choose the pass (``generate(params, variant, images)``); notebook 03's side-by-side
+The stages only choose the pass (``generate(params, generation_pass, images)``); notebook 03's side-by-side
 of the two generators (``preview_generators``) and the preflight projection (``raw_pass``) use the
 same pieces.
 """
@@ -115,13 +115,13 @@ def raw_pass(params: Params, sources: pd.DataFrame) -> pd.Series:
     return ~small | ranked.reindex(sources.index).le(cur.error_analysis_sample)
 
 
-def sources_for(params: Params, variant: Pass, images: pd.DataFrame) -> pd.DataFrame:
+def sources_for(params: Params, generation_pass: Pass, images: pd.DataFrame) -> pd.DataFrame:
     """Training images with their chosen caption and model-input size: the raw pass's (``raw_pass``), or for
     'upscaled' every source below the upscale threshold."""
     gen, cur = params.generation, params.curation
     df = catalog.load(params, "best_captions").merge(images, on="image_id", how="inner")
     upscale_to = None
-    if variant == "raw":
+    if generation_pass == "raw":
         df = df[raw_pass(params, df)]
     else:
         df = df[df[["width", "height"]].min(axis=1) < cur.upscale_threshold]
@@ -198,7 +198,7 @@ def save_candidate(path: Path, candidate: Image.Image, original: Image.Image, co
     return write_png(path, at_source_size(candidate, original), compress_level)
 
 
-def candidate_records(params: Params, variant: Pass, source, prompt: str, scale: float, seeds: list[int],
+def candidate_records(params: Params, generation_pass: Pass, source, prompt: str, scale: float, seeds: list[int],
                       outputs: list[Image.Image], original: Image.Image, edges: str | None = None,
                       writers: ThreadPoolExecutor | None = None, saving: list[Future] | None = None) -> list[dict]:
     """Save one source's candidates (resized back to the source's size) and describe each (``edges``: its edge map's
@@ -208,13 +208,13 @@ def candidate_records(params: Params, variant: Pass, source, prompt: str, scale:
     level = params.generation.png_compress_level
     records = []
     for k, (seed, out) in enumerate(zip(seeds, outputs)):
-        path = run.generated_image(variant, source.image_id, k)
+        path = run.generated_image(generation_pass, source.image_id, k)
         if writers is None:
             save_candidate(path, out, original, level)
         else:
             saving.append(writers.submit(save_candidate, path, out, original, level))
         records.append({
-            "image_id": source.image_id, "variant": variant, "k": k, "seed": seed,
+            "image_id": source.image_id, "generation_pass": generation_pass, "k": k, "seed": seed,
             "path": run.relative(path),
             "prompt": prompt, "s_star": float(source.s_star), "guidance_scale": scale,
             "input_width": source.in_w, "input_height": source.in_h,
@@ -224,14 +224,14 @@ def candidate_records(params: Params, variant: Pass, source, prompt: str, scale:
     return records
 
 
-def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None:
+def generate(params: Params, generation_pass: Pass, images: pd.DataFrame) -> Path | None:
     """Generate k candidates per source; resumable per image; the manifest (one row per candidate) once all are done.
 
     Returns the manifest's path, or None while other shards are still generating; the stage reads the manifest.
     """
     run = RunDir.of(params)
     gen = params.generation
-    sources = sources_for(params, variant, images)
+    sources = sources_for(params, generation_pass, images)
     sources.index = sources.image_id.to_numpy()
     rows = dict(zip(sources.image_id, sources.itertuples(index=False)))
     threads = writer_threads(gen, resolve_device(params))
@@ -263,36 +263,37 @@ def generate(params: Params, variant: Pass, images: pd.DataFrame) -> Path | None
             edges, stored = None, [None] * len(ids)
             if gen.generator == "controlnet":  # saved before the candidates: a finished item has both
                 edges = edge_maps(gen, chunk.inputs)
-                stored = [run.relative(write_png(run.edge_map(variant, i), e)) for i, e in zip(ids, edges)]
+                stored = [run.relative(write_png(run.edge_map(generation_pass, i), e)) for i, e in zip(ids, edges)]
             outputs = run_generator(pipe, encode, gen, chunk, edges, reference)
             saving: list[Future] = []
-            records = {r.image_id: candidate_records(params, variant, r, *rest, writers=writers, saving=saving)
+            records = {r.image_id: candidate_records(params, generation_pass, r, *rest, writers=writers, saving=saving)
                        for r, *rest in zip(chunk.rows, chunk.prompts, chunk.scales, chunk.seeds, outputs,
                                            chunk.originals, stored)}
             return records if writers is None else Pending(records, saving)  # recorded once written
 
         return BatchPlan(process, start_batch_size(params, pipe, device, (largest.in_w, largest.in_h)),
-                         f"generating ({variant}) from sources up to {largest.in_w}x{largest.in_h}",
+                         f"generating ({generation_pass}) from sources up to {largest.in_w}x{largest.in_h}",
                          "generation.batch_size", order=order,
                          other=f", or lower generation.max_side (now {gen.max_side})")
 
     UNET_ROWS.clear()
     files = ("path", "edges")  # what each candidate's record stands for (core.files.ItemStore checks they are whole)
     try:
-        records = run_items(run.items(run.generation_stage(variant)), list(sources.image_id), start,
+        records = run_items(run.items(run.generation_stage(generation_pass)), list(sources.image_id), start,
                             outputs=lambda _, recs: [run.absolute(r[k]) for r in recs for k in files if k in r])
     finally:
         for pool in filter(None, (writers, loader)):
             pool.shutdown()
     if UNET_ROWS:
-        print(f"[sgid] generation ({variant}): UNet rows per call (rows: calls): {rows_summary(UNET_ROWS)}",
+        print(f"[sgid] generation ({generation_pass}): UNet rows per call (rows: calls): {rows_summary(UNET_ROWS)}",
               file=sys.stderr)
     if records is None:
         return None
-    return catalog.save(params, f"manifest_{variant}", pd.DataFrame([r for recs in records for r in recs]))
+    manifest = catalog.with_pass_column(pd.DataFrame([r for recs in records for r in recs]))  # older records too
+    return catalog.save(params, f"manifest_{generation_pass}", manifest)
 
 
-def preview_generators(params: Params, image_ids: list[str], variant: Pass = "raw") -> list[dict[str, Any]]:
+def preview_generators(params: Params, image_ids: list[str], generation_pass: Pass = "raw") -> list[dict[str, Any]]:
     """Notebook 03's side by side: these sources' candidates under both generators, with the same prompts, scales and
     seeds, through the per-image pipelines; each as {image_id, class_name, source, edges, img2img, controlnet}.
 
@@ -300,7 +301,7 @@ def preview_generators(params: Params, image_ids: list[str], variant: Pass = "ra
     float noise (last bits of multi-threaded sums).
     """
     gen = params.generation
-    sources = sources_for(params, variant, catalog.load(params, "images")).set_index("image_id", drop=False)
+    sources = sources_for(params, generation_pass, catalog.load(params, "images")).set_index("image_id", drop=False)
     chunk = prepare(params, list(sources.loc[list(image_ids)].itertuples(index=False)))
     edges = edge_maps(gen, chunk.inputs)
     outputs = {}

@@ -40,15 +40,15 @@ RULES = ("most_diverse_consistent", "most_similar", "random")
 
 def competing(candidates: pd.DataFrame) -> pd.Series:
     """The candidates that compete for a source: the upscaled regeneration where there is one, else raw."""
-    upscaled = candidates.groupby("image_id").variant.transform(lambda v: (v == "upscaled").any())
-    return (candidates.variant == "upscaled") | ~upscaled
+    upscaled = candidates.groupby("image_id").generation_pass.transform(lambda v: (v == "upscaled").any())
+    return (candidates.generation_pass == "upscaled") | ~upscaled
 
 
 def select(candidates: pd.DataFrame, rule: str = "most_similar", min_similarity: float | None = None,
            seed: int = 0) -> pd.DataFrame:
     """One candidate per source by ``rule``; adds ``fallback`` (True where no candidate was eligible).
 
-    ``candidates`` needs image_id, variant, k and similarity, and ``consistent`` for
+    ``candidates`` needs image_id, generation_pass, k and similarity, and ``consistent`` for
     ``most_diverse_consistent`` (which also needs ``min_similarity``). Ties go to the lower k.
     """
     if rule not in RULES:

@@ -131,7 +131,7 @@ def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series,
 
 def comparison_table(params: Params, results: pd.DataFrame, counts_of: CountsOf | None = None) -> pd.DataFrame:
     """The comparison, all backbones in one table (Holm over every row), sorted per backbone by gain. ``counts_of``
-    (``preflight.projection.full_run_counts``, from the compare stage) projects the rows when results.gpu_rates is
+    (``preflight.projection.full_run_counts``, from the compare stage) projects the rows when references.gpu_rates is
     set."""
     rows = []
     variants = compared_runs(params)
@@ -208,7 +208,7 @@ def caption(table: pd.DataFrame) -> str:
             "synthetic images per real image and optimisation steps, beside the device hours of the stages its "
             "images need, measured by the runner on the machine the Device column names. Projected GPU hours: the "
             "same stages on the full data set (every training image, no max_per_class) at the rates of the GPU "
-            "report that results.gpu_rates names (sgid_utils.reporting.costs; SGID's curation has no rate and is "
+            "report that references.gpu_rates names (sgid_utils.reporting.costs; SGID's curation has no rate and is "
             "left out); the basis column says which rates were measured and which derived from FLOPs. Training "
             "cost is not included in either: every row trains the same recipe for the steps shown.")
 

@@ -3,7 +3,7 @@
 The comparison's "Device hours" are measured on this run's device (a CPU for the smoke run). What a user plans with is
 the cost on a GPU at full size: the items each stage of the method handles on the full data set (the counts of
 ``preflight.projection.full_run_counts``, without ``dataset.max_per_class``, handed down by the compare stage) times
-the seconds per item of a ``make gpu-report`` JSON (``results.gpu_rates``; bench/gpu_report.py writes it beside its
+the seconds per item of a ``make gpu-report`` JSON (``references.gpu_rates``; bench/gpu_report.py writes it beside its
 markdown).
 
 Per stage (the units of ``Counts.items``): captions and similarity at the report's batched BLIP and CLIP rates; SGID's
@@ -66,10 +66,10 @@ def read_report(path: Path) -> dict:
     try:
         numbers = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise ParamsError(f"results.gpu_rates: {path} is not a readable GPU report JSON ({exc}); run `make "
+        raise ParamsError(f"references.gpu_rates: {path} is not a readable GPU report JSON ({exc}); run `make "
                           "gpu-report` and point the key at its .json, or remove the key") from None
     if not isinstance(numbers, dict) or "setup" not in numbers:
-        raise ParamsError(f"results.gpu_rates: {path} has no 'setup' entry: not a bench/gpu_report.py JSON")
+        raise ParamsError(f"references.gpu_rates: {path} has no 'setup' entry: not a bench/gpu_report.py JSON")
     return numbers
 
 
@@ -86,7 +86,7 @@ class _Flops:
         (w, h), *_ = _sizes(numbers, "img2img")
         raw = numbers[f"img2img {w}x{h}"]
         if "unet_cfg_pair_tflop" not in raw:
-            raise ParamsError("results.gpu_rates: the report lists no img2img FLOP parts (unet_cfg_pair_tflop): "
+            raise ParamsError("references.gpu_rates: the report lists no img2img FLOP parts (unet_cfg_pair_tflop): "
                               "rerun `make gpu-report` to measure the compared methods")
         self.pixels = w * h
         self.parts = {k: raw[f"{k}_tflop"] * 1e12 for k in ("unet_cfg_pair", "vae_encode", "vae_decode")}
@@ -146,19 +146,19 @@ def _method_rates(numbers: dict, params: Params) -> tuple[dict[str, float], dict
 
 
 def projection(params: Params, images: pd.DataFrame | None, counts_of: CountsOf | None) -> Projection | None:
-    """The run's projection on the GPU of ``results.gpu_rates``; None when the key is unset. ``counts_of``:
+    """The run's projection on the GPU of ``references.gpu_rates``; None when the key is unset. ``counts_of``:
     ``preflight.projection.full_run_counts``, passed down by the compare stage."""
-    path = params.results.gpu_rates
+    path = params.references.gpu_rates
     if path is None:
         return None
     if counts_of is None:
-        raise ValueError("results.gpu_rates is set: pass counts_of (preflight.projection.full_run_counts)")
+        raise ValueError("references.gpu_rates is set: pass counts_of (preflight.projection.full_run_counts)")
     numbers = read_report(path)
     kind = "controlnet" if params.generation.generator == "controlnet" else "img2img"
     sizes = _sizes(numbers, kind)
     if len(sizes) < 2 or "captioning" not in numbers or "similarity" not in numbers:
-        raise ParamsError(f"results.gpu_rates: {path} lacks the {kind}, captioning or similarity rates: a report cut "
-                          "short; rerun `make gpu-report`")
+        raise ParamsError(f"references.gpu_rates: {path} lacks the {kind}, captioning or similarity rates: a "
+                          "report cut short; rerun `make gpu-report`")
     k = params.generation.num_candidates
     (w0, h0), (w1, h1) = sizes[0], sizes[-1]
     seconds = {"captions": 1 / numbers["captioning"]["batched_img_s"],
@@ -180,7 +180,7 @@ def projected(proj: Projection | None, stages: tuple[str, ...], last_share: floa
     """Projected seconds of ``stages`` on the full data set (the last stage divided by ``last_share``, as the
     measured cost is), and the basis: which stages are measured, which derived, which not projected."""
     if proj is None:
-        return float("nan"), "no GPU report (set results.gpu_rates to a gpu_report.json)"
+        return float("nan"), "no GPU report (set references.gpu_rates to a gpu_report.json)"
     total, how = 0.0, {}
     for stage in stages:
         basis = proj.basis.get(stage, "not projected (no rate)")

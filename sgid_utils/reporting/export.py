@@ -87,13 +87,13 @@ def metadata(params: Params) -> pd.DataFrame:
     rows = []
     for r in curated.itertuples():
         rows.append({
-            "file_name": f"{folder_name(r.class_name)}/{r.image_id}_{r.variant}_k{r.k}.png",
+            "file_name": f"{folder_name(r.class_name)}/{r.image_id}_{r.generation_pass}_k{r.k}.png",
             "label": r.class_name, "label_id": int(r.label),
             "source_image_id": r.image_id, "source_image": Path(r.source_path).name,
             "source_width": int(r.source_width), "source_height": int(r.source_height),
             "caption": best.loc[r.image_id, "caption"], "caption_method": best.loc[r.image_id, "method"],
             "s_star": r.s_star, "prompt": r.prompt, "guidance_scale": r.guidance_scale, "seed": int(r.seed),
-            "candidate": int(r.k), "generation_pass": r.variant, "input_width": int(r.input_width),
+            "candidate": int(r.k), "generation_pass": r.generation_pass, "input_width": int(r.input_width),
             "input_height": int(r.input_height), "similarity": r.similarity, "label_score": r.label_score,
             "clip_predicted_label": names[int(r.predicted_label)],
             "label_consistent": bool(r.consistent), "fake_probability": r.fake_probability,

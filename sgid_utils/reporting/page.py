@@ -160,10 +160,10 @@ def controls(ablations: pd.DataFrame | None) -> dict[str, str]:
 
 def headline(params: Params, gains: pd.DataFrame | None, accuracy: pd.DataFrame) -> dict[str, Any] | None:
     """The page's first table: per backbone, SGID against the best non-generative method, its test-set check, the
-    verdict of both, and the published gains (`results.headline`; `results.references` tied to this data set)."""
+    verdict of both, and the published gains (`references.headline`; `references.tables` tied to this data set)."""
     if gains is None or gains.empty:
         return None
-    headline_label = params.results.headline.label if params.results.headline else None
+    headline_label = params.references.headline.label if params.references.headline else None
     rows = []
     for g in gains.to_dict("records"):
         best = str(g["Best non-generative"])
@@ -210,7 +210,7 @@ def wide_table(params: Params, accuracy: pd.DataFrame) -> dict[str, Any]:
     table in percent: the accuracy table of tables/accuracy.csv, read, not recomputed."""
     labels = [bb.label for bb in backbones(params) if (accuracy.Backbone == bb.label).any()]
     methods = list(dict.fromkeys(accuracy.Method))
-    refs = [r.label for r in params.results.references if r.label in accuracy]
+    refs = [r.label for r in params.references.tables if r.label in accuracy]
     rows = []
     for method in methods:
         row = [method]
@@ -229,7 +229,7 @@ def wide_table(params: Params, accuracy: pd.DataFrame) -> dict[str, Any]:
                       for v in accuracy[c] if str(v).startswith("undetermined (")})
     ref_backbones = {r.label: next((bb.label for i, bb in enumerate(backbones(params))
                                     if (r.backbone == bb.name if r.backbone else i == 0)), "")
-                     for r in params.results.references}
+                     for r in params.references.tables}
     return {"backbones": labels, "sub": ["acc. (%)", "Δ (points, 95% CI)", "sig.: unadj. / Holm"],
             "refs": [f"{ref} (%, {ref_backbones.get(ref, '')})" for ref in refs], "rows": rows, "reasons": reasons}
 
@@ -252,7 +252,7 @@ def backbones_table(params: Params) -> dict[str, list]:
 
 
 # Not settings of the method: the published numbers the page shows beside ours, and the ablation variants (own section).
-NOT_SETTINGS = ("results.references", "results.headline", "ablations")
+NOT_SETTINGS = ("references.tables", "references.headline", "ablations")
 
 
 def settings(params: Params, every: bool = False) -> dict[str, list]:

@@ -75,7 +75,7 @@ def accuracy_bar_chart(results: pd.DataFrame, table: pd.DataFrame, params: Param
     panels = [(bb.label, bb.name) for bb in backbones(params) if (table.Backbone == bb.label).any()]
     width = max(6, 1.1 * max((table.Backbone == p).sum() for p, _ in panels))
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, 4 * len(panels)), squeeze=False, sharey=True)
-    refs = [table[r.label].to_numpy(dtype=float) for r in params.results.references]
+    refs = [table[r.label].to_numpy(dtype=float) for r in params.references.tables]
     lo = 100 * np.nanmin(np.concatenate([results.test_acc.to_numpy(), *refs]))
     for ax, (panel, backbone) in zip(axes[:, 0], panels):
         rows = table[table.Backbone == panel].reset_index(drop=True)
@@ -87,7 +87,7 @@ def accuracy_bar_chart(results: pd.DataFrame, table: pd.DataFrame, params: Param
         for i, setting in enumerate(rows.Method):
             accs = own.loc[own.setting == setting, "test_acc"]
             ax.scatter(np.full(len(accs), i), 100 * accs, color="black", s=10, zorder=3)
-        for j, ref in enumerate(params.results.references):
+        for j, ref in enumerate(params.references.tables):
             vals = 100 * rows[ref.label].to_numpy(dtype=float)
             if not np.isnan(vals).all():
                 ax.scatter(x, vals, marker=["D", "s", "^"][j % 3], s=40, zorder=4, label=ref.label)

@@ -68,8 +68,8 @@ def within_class_spread(emb: Embeddings, labels: Sequence[int] | np.ndarray) -> 
 
 
 def _chosen(candidates: pd.DataFrame, picked: pd.DataFrame) -> np.ndarray:
-    """Mask over ``candidates`` of the rows in ``picked`` (same image, variant and candidate index)."""
-    keys = ["image_id", "variant", "k"]
+    """Mask over ``candidates`` of the rows in ``picked`` (same image, pass and candidate index)."""
+    keys = ["image_id", "generation_pass", "k"]
     return candidates.set_index(keys).index.isin(picked.set_index(keys).index)
 
 
@@ -88,8 +88,8 @@ def set_metrics(params: Params) -> pd.DataFrame:
     real_ids = list(sources)
     real = np.stack([sources[i] for i in real_ids])
     real_labels = source_label.loc[real_ids].map(position).to_numpy()
-    sets = {"real (sources)": ("run", None), "generated (raw)": ("run", candidates.variant == "raw"),
-            "generated (upscaled)": ("run", candidates.variant == "upscaled"),
+    sets = {"real (sources)": ("run", None), "generated (raw)": ("run", candidates.generation_pass == "raw"),
+            "generated (upscaled)": ("run", candidates.generation_pass == "upscaled"),
             CURATED: ("run", _chosen(candidates, catalog.load(params, "curated")))}
     if catalog.path(RunDir.of(params), "curated_filtered").exists():
         sets["curated (filtered)"] = ("run", _chosen(candidates, catalog.load(params, "curated_filtered")))

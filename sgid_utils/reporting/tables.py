@@ -28,7 +28,7 @@ DELTA = "Δ vs Baseline (points, 95% CI)"
 SIGNIFICANT = "Significant (unadjusted)"
 SIGNIFICANT_HOLM = "Significant (Holm)"
 P_VALUE, P_HOLM = "p (paired t)", "p (Holm)"
-# backbone_gains: the paper-labelled reference table's gain (`results.references`), when it names the run's data set.
+# backbone_gains: the paper-labelled reference table's gain (`references.tables`), when it names the run's data set.
 PAPER_DATA_SET_GAIN = "Paper's gain, this data set (points, assumed ViT-B/16)"
 # backbone_gains: the test-set check of each gain and the verdict of both checks (stats.joint_verdict).
 TEST_SET_P = "test-set p (McNemar, pooled over seeds)"
@@ -150,7 +150,7 @@ def _backbone_table(results: pd.DataFrame, params: Params, bb: BackboneParams, s
         table[SIGNIFICANT_HOLM] = column(lambda r: verdict_cell(r, adjusted=True))
         table["McNemar p (max over seeds)"] = column(lambda r: f"{r['mcnemar_max_p']:.3g}")
         table["McNemar p (pooled over seeds)"] = column(lambda r: format_p(r.get("mcnemar_pooled_p")))
-    for ref in params.results.references:
+    for ref in params.references.tables:
         mine = ref.backbone == bb.name if ref.backbone is not None else first
         table[ref.label] = [ref.values.get(s, np.nan) if mine else np.nan for s in table.Method]
     return table.reset_index(drop=True)
@@ -162,15 +162,15 @@ def format_p(value: float | None) -> str:
 
 
 def paper_reference(params: Params, bb: BackboneParams, first: bool):
-    """The paper-labelled reference table (label starting 'Paper', `results.references`) for this backbone, or None."""
-    for ref in params.results.references:
+    """The paper-labelled reference table (label starting 'Paper', `references.tables`) for this backbone, or None."""
+    for ref in params.references.tables:
         if ref.label.lower().startswith("paper") and (ref.backbone == bb.name if ref.backbone is not None else first):
             return ref
     return None
 
 
 def paper_data_set_gain(params: Params, bb: BackboneParams, first: bool) -> float | None:
-    """The paper-labelled reference table's gain (`results.references`), in points: its SGID (100%) minus the
+    """The paper-labelled reference table's gain (`references.tables`), in points: its SGID (100%) minus the
     best of its rows among Baseline, CutMix and RandAugment (our pool), or None unless it names the run's data set.
 
     The report's 'Benchmark in Paper' column names no backbone (its ``assumed_backbone`` says ours), so this is the
@@ -187,7 +187,7 @@ def paper_data_set_gain(params: Params, bb: BackboneParams, first: bool) -> floa
 
 def gains_caption(params: Params, gains: pd.DataFrame | None = None) -> str:
     """What the gains table compares, where every number comes from, and how the picks bias it."""
-    headline = params.results.headline
+    headline = params.references.headline
     parts = [
         "Gain of SGID (its largest proportion) over the best non-generative method of the same backbone, in accuracy "
         "points, paired over training seeds " f"{params.training.seeds} on one generation draw (95% t-interval). "
@@ -224,7 +224,7 @@ def gains_caption(params: Params, gains: pd.DataFrame | None = None) -> str:
 def table_caption(params: Params, results: pd.DataFrame) -> str:
     ds = params.dataset
     splits = "+".join(ds.train_splits) if ds.source != "imagefolder" else "train folder"
-    refs = "; ".join(f"{r.label}: {r.source}" for r in params.results.references)
+    refs = "; ".join(f"{r.label}: {r.source}" for r in params.references.tables)
     n_train = int((results.train_images - results.generated_images).iloc[0]) if len(results) else 0
     recipes = "; ".join(recipe(bb) for bb in backbones(params))
     return (

@@ -110,14 +110,14 @@ SPLIT_CHECK = "Baseline − published Baselines (points, 95% CI)"
 
 
 def split_check(params: Params, baseline: pd.Series) -> str:
-    """This protocol's Baseline (accuracy per seed) minus each reference Baseline (params.results.references), in
+    """This protocol's Baseline (accuracy per seed) minus each reference Baseline (params.references.tables), in
     points with its 95% t-interval over seeds, and a reminder of what that cannot show.
 
     A Baseline near a published number is consistent with that protocol, not evidence of it: other differences
     (epochs, preprocessing, the copy of the data) move a Baseline as much, so this cannot identify the report's
     protocol. '–' without reference Baselines.
     """
-    refs = [(r.label, r.values["Baseline"]) for r in params.results.references if "Baseline" in r.values]
+    refs = [(r.label, r.values["Baseline"]) for r in params.references.tables if "Baseline" in r.values]
     if not refs:
         return "–"
     cells = [f"{label} {100 * value:.2f} %: "

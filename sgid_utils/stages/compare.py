@@ -2,7 +2,7 @@
 device hours.
 
 Built from the files the training stage saved (and those of the run's equal-steps variants, when ``run ablations``
-has trained them), from the runner's records of how long each stage took and, where ``results.gpu_rates`` names a GPU
+has trained them), from the runner's records of how long each stage took and, where ``references.gpu_rates`` names a GPU
 report, from its rates and the full data set's item counts (``preflight.projection``); nothing is retrained. The
 table and its plot are ``reporting.comparison``'s; the report page shows them in its "Which augmentation" section.
 """

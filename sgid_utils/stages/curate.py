@@ -14,7 +14,7 @@ Every competing candidate also gets a label-consistency score (CLIP zero-shot ag
 the class prompts), which ``most_diverse_consistent`` (a hypothesis of this package, an
 ablation variant) and the label filter use, and (beyond the paper) an out-of-fold
 probability of being generated (a real-vs-generated detector on CLIP embeddings); the
-filters named in ``quality.filters`` apply in order before the selection, giving
+filters named in ``filters.apply`` apply in order before the selection, giving
 ``curated_filtered.parquet``. The random choices here (the ``random`` rule, the detector's
 folds) draw from the generation draw's seed (``seeding.draw_seed``): they belong to the
 generated set, which ``run.draw`` redraws as a whole.
@@ -38,7 +38,8 @@ from sgid_utils.method.selection import choose, competing, selection_floor
 from sgid_utils.models.loading import load_clip, resolve_device
 
 
-def score_candidates(params: Params, manifest: pd.DataFrame, variant: Pass, images: pd.DataFrame) -> pd.DataFrame:
+def score_candidates(params: Params, manifest: pd.DataFrame, generation_pass: Pass,
+                     images: pd.DataFrame) -> pd.DataFrame:
     """Add ``similarity`` (CLIP cosine, source vs candidate) to a complete generation manifest; resumable per source.
 
     Not sharded: CLIP scoring is cheap next to generation, and whichever process gets here
@@ -59,17 +60,17 @@ def score_candidates(params: Params, manifest: pd.DataFrame, variant: Pass, imag
             for row, (image_id, emb) in enumerate(zip(ids, every.split([len(groups[i]) for i in ids]))):
                 scored = groups[image_id].assign(similarity=(emb @ src[row]).cpu().tolist())
                 scored["path"] = [run.relative(p) for p in scored.path]
-                write_npz(run.embeddings(variant, image_id), source=src[row].cpu().numpy(),
+                write_npz(run.embeddings(generation_pass, image_id), source=src[row].cpu().numpy(),
                           candidates=emb.cpu().numpy())
                 records[image_id] = scored.to_dict("records")
             return records
 
         per_batch = max(1, params.curation.batch_size // (params.generation.num_candidates + 1))
-        return BatchPlan(process, per_batch, f"scoring candidates ({variant})", "curation.batch_size")
+        return BatchPlan(process, per_batch, f"scoring candidates ({generation_pass})", "curation.batch_size")
 
-    records = run_items(run.candidate_scores(variant), list(groups), start, sharded=False,
-                        outputs=lambda image_id, _: [run.embeddings(variant, image_id)])
-    scored = pd.DataFrame([r for recs in records for r in recs])
+    records = run_items(run.candidate_scores(generation_pass), list(groups), start, sharded=False,
+                        outputs=lambda image_id, _: [run.embeddings(generation_pass, image_id)])
+    scored = catalog.with_pass_column(pd.DataFrame([r for recs in records for r in recs]))  # older records too
     scored["path"] = [str(run.absolute(p)) for p in scored.path]
     return scored
 
@@ -86,7 +87,7 @@ def add_quality_scores(params: Params, candidates: pd.DataFrame) -> tuple[pd.Dat
         competing=competing(candidates).to_numpy(),
     )
     comp = out.competing.to_numpy()
-    detector = real_vs_generated(np.stack(list(sources.values())), emb[comp], folds=params.quality.detector_folds,
+    detector = real_vs_generated(np.stack(list(sources.values())), emb[comp], folds=params.filters.detector_folds,
                                  seed=draw_seed(params))
     out["fake_probability"] = np.nan
     out.loc[comp, "fake_probability"] = detector["fake_probability"]
@@ -95,17 +96,17 @@ def add_quality_scores(params: Params, candidates: pd.DataFrame) -> tuple[pd.Dat
 
 
 def similarity_threshold(params: Params, candidates: pd.DataFrame) -> float:
-    """quality.similarity_threshold, or the quality.similarity_quantile of the competing candidates' similarities."""
-    q = params.quality
+    """filters.similarity_threshold, or the filters.similarity_quantile of the competing candidates' similarities."""
+    q = params.filters
     if q.similarity_threshold is not None:
         return q.similarity_threshold
     return suggest_threshold(candidates[candidates.competing].similarity, q.similarity_quantile)
 
 
 def filter_candidates(params: Params, candidates: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Apply quality.filters (in order) to the competing candidates."""
-    q = params.quality
-    return apply_filters(candidates[candidates.competing], q.filters, threshold, q.detector_drop_fraction)
+    """Apply filters.apply (in order) to the competing candidates."""
+    q = params.filters
+    return apply_filters(candidates[candidates.competing], q.apply, threshold, q.detector_drop_fraction)
 
 
 def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
@@ -126,13 +127,13 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     candidates["short_side"] = candidates[["width", "height"]].min(axis=1)
     candidates, detector = add_quality_scores(params, candidates)
     threshold, floor = similarity_threshold(params, candidates), selection_floor(params, candidates)
-    if params.quality.filters:
+    if params.filters.apply:
         filtered = filter_candidates(params, candidates, threshold)
         candidates = candidates.join(filtered[["kept", "dropped_by"]])
         catalog.save(params, "curated_filtered", choose(params, filtered[filtered.kept], floor))
     curated = choose(params, candidates, floor)
     catalog.save(params, "quality_summary", {"detector": detector, "similarity_threshold": threshold,
-                                     "filters": params.quality.filters, "select": params.curation.select,
+                                     "filters": params.filters.apply, "select": params.curation.select,
                                      "select_floor": floor, "select_fallbacks": int(curated.fallback.sum())})
     catalog.save(params, "candidates", candidates)
     catalog.save(params, "curated", curated)

@@ -88,7 +88,7 @@ def backbone_gains(results: pd.DataFrame, params: Params, predictions: Predictio
     (a config's prediction table by name), each gain also gets the test-set check (``stats.pooled_mcnemar``) and
     the verdict of both (``stats.joint_verdict``); without, that verdict is undetermined.
     """
-    headline = params.results.headline
+    headline = params.references.headline
     rows, diffs, tests = [], [], []
     for i, bb in enumerate(backbones(params)):
         own = of_backbone(results, bb.name)
@@ -178,7 +178,7 @@ def write_summary(params: Params, table: pd.DataFrame, caption: str) -> dict[str
     """tables/accuracy.csv as computed (references and mean/std as fractions) and accuracy.md in percent throughout."""
     csv = catalog.save(params, "accuracy", table)
     shown = table.drop(columns=["mean", "std", "seeds"])
-    for ref in params.results.references:
+    for ref in params.references.tables:
         if ref.label in shown:
             shown[ref.label] = [percent(v) for v in shown[ref.label]]
     md = catalog.save(params, "accuracy_md", shown.astype(object).fillna("–"), caption=caption)
@@ -206,7 +206,7 @@ def run(params: Params, images: pd.DataFrame) -> dict[str, object]:
     paths["bar_chart"] = catalog.save(params, "accuracy_figure", fig)
     plt.close(fig)
     if catalog.exists(params, "curated"):
-        fig = originals_vs_generated(catalog.load(params, "curated"), params.results.grid_examples)
+        fig = originals_vs_generated(catalog.load(params, "curated"), params.references.grid_examples)
         paths["grid"] = catalog.save(params, "originals_figure", fig)
         plt.close(fig)
     return paths
