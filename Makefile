@@ -53,7 +53,7 @@ reproduce: $(STAMP) ## Run every stage, notebook and ablation profile for each p
 ablations: $(STAMP) ## Run the ablation profiles alone (PARAMS=params/pets.yaml -> params/pets_ablations.yaml)
 	for p in $(PARAMS); do $(PY) -m sgid_utils run ablations --params $${p%.yaml}_ablations.yaml --jobs $(JOBS) || exit 1; done
 
-# The paper's whole claim: params/<name>_backbones.yaml trains ResNet-50 (scratch), ViT-B/16 and CLIP-ViT with every
+# The abstract's claim (gains on three backbones, `references.headline`): params/<name>_backbones.yaml trains ResNet-50 (scratch), ViT-B/16 and CLIP-ViT with every
 # method on the generated images of the main run (run.reuse: run the main profile first), all its notebooks (the
 # stages before training are linked, not recomputed) and its page.
 backbones: $(STAMP) ## Train the three backbones and the combined methods (PARAMS=params/pets.yaml -> params/pets_backbones.yaml)

@@ -24,12 +24,11 @@ from .conftest import REPO
 REFERENCE = REPO.parent / "shared" / "reference"
 TEXTS = ("sgid_reproduction_report.md", "sgid_paper_public.md")
 
-# Where attributions are written for readers. docs/GPU.md, docs/PERFORMANCE.md and docs/gpu/ hold timings, not
-# attributions, and are left out while issue #28 rewrites them.
+# Where attributions are written for readers (docs/gpu/ holds dated GPU logs: timings, with the paths of their day).
 SCANNED = ["README.md", "docs/ARCHITECTURE.md", "docs/CHOICES.md", "docs/RUNS.md", "docs/EXPERIMENTS.md",
-           "docs/OUTPUTS.md", "docs/PARAMS.md", "params/*.yaml", "notebooks/*.ipynb",
-           "sgid_utils/reporting/templates/*", "sgid_utils/reporting/page.py", "sgid_utils/reporting/tables.py",
-           "sgid_utils/reporting/plots.py"]
+           "docs/OUTPUTS.md", "docs/PARAMS.md", "docs/GPU.md", "docs/PERFORMANCE.md", "Makefile", "params/*.yaml",
+           "notebooks/*.ipynb", "sgid_utils/reporting/templates/*", "sgid_utils/reporting/page.py",
+           "sgid_utils/reporting/tables.py", "sgid_utils/reporting/plots.py"]
 
 ATTRIBUTING = re.compile(r"\b(the paper|the report|the abstract|as in the|faithful\w*|exact)\b", re.IGNORECASE)
 # "the report" also names this package's own page, and "beyond the paper" attributes nothing: those need no evidence.

@@ -71,7 +71,8 @@ class TrainingParams(Section):
     eval_batch_size: int = Field(128, ge=1)
     eval_every: int = Field(1, ge=1,
                             description="Evaluate on the test split every N epochs (and always after the last).")
-    lr: float = Field(1e-4, gt=0, description="Adam's learning rate, constant: 1e-4 as the report gives.")
+    lr: float = Field(1e-4, gt=0, description="Adam's learning rate, constant (`training.lr`: the report's 'a constant "
+                                             "learning rate of 0.0001').")
     image_size: int | None = Field(None, ge=8, description="Defaults to the classifier's pretrained input size.")
     cutmix_alpha: float = Field(1.0, gt=0)
     cutmix_prob: float = Field(0.5, ge=0, le=1)

@@ -120,7 +120,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("accuracy", TABLES, "accuracy.csv", "the accuracy table beside the published numbers"),
     Entry("accuracy_md", TABLES, "accuracy.md", "the accuracy table as markdown, with its caption"),
     Entry("significance_csv", TABLES, "significance.csv", "the significance table, for the report"),
-    Entry("backbone_gains", TABLES, "backbone_gains.csv", "SGID's gain per backbone beside the abstract's"),
+    Entry("backbone_gains", TABLES, "backbone_gains.csv", "SGID's gain per backbone beside the abstract's "
+          "(references.headline)"),
     Entry("backbone_gains_md", TABLES, "backbone_gains.md", "the backbone gains as markdown"),
     Entry("accuracy_figure", FIGURES, "accuracy_by_method.png", "accuracy per method beside the published ones"),
     Entry("originals_figure", FIGURES, "originals_vs_sgid.png", "training images beside their SGID image"),

@@ -17,7 +17,8 @@ from sgid_utils.config.training import TrainingParams
 
 
 def randaugment(t: TrainingParams) -> transforms.RandAugment:
-    """torchvision's RandAugment with the report's N=2, M=9 (torchvision's own defaults)."""
+    """torchvision's RandAugment at its defaults, N=2 and M=9: the report's 'default parameters' (Sources
+    `training.randaugment_num_ops`, `training.randaugment_magnitude`)."""
     return transforms.RandAugment(num_ops=t.randaugment_num_ops, magnitude=t.randaugment_magnitude)
 
 

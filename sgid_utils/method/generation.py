@@ -1,4 +1,4 @@
-"""Candidate generation as the report ran SGID, shared by both passes (the generate and upscale stages).
+"""Candidate generation as we read the report's SGID procedure, shared by both passes (the generate and upscale stages).
 
 For each training image: prompt "(c*)0.9. A picture of (label)1.5" encoded by compel into prompt embeddings,
 guidance scale from f(s*), strength 0.3 (the report's "Gaussian noise of 0.3", read as diffusers' img2img

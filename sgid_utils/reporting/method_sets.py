@@ -1,5 +1,6 @@
 """Notebook 08's views of the compared methods' images: the same real images under each method, and each method's
-set on the paper's two axes (consistency: CLIP label score; diversity: distance to the source).
+set on the two axes the abstract names ('consistency and image diversity'), measured as our reading: consistency
+as the CLIP label score, diversity as the distance to the source.
 
 SGID's set is the curated one, its embeddings saved by curation (``reporting.set_metrics``), and so is that of each
 variant on another sampler (SGID with LCM-LoRA, ``comparison.sampler_variants``); another method's images are embedded

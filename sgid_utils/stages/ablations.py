@@ -4,7 +4,7 @@ An ablation profile (``params/*_ablations.yaml``) extends a data set's params fi
 lists variants, each a set of overrides: a label-only prompt (the Real-Guidance-style
 baseline), a caption-only prompt, a fixed guidance scale instead of f(s*), another
 selection rule, other strengths on a subset, the ControlNet generator (SGID + ControlNet)
-at the report's strength 0.3 and above. Two variants are controls of the main verdict:
+at the report's strength 0.3 (`generation.strength`) and above. Two variants are controls of the main verdict:
 
 - ``sgid-equal-steps`` (``training.equal_steps: true``): SGID at 100 % trained for the
   Baseline's number of optimisation steps, so its row says whether SGID's gain survives

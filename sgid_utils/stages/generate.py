@@ -15,5 +15,6 @@ from sgid_utils.method.generation import generate
 
 
 def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
-    """The generate stage: k candidates for every training image at its own resolution (the report's first pass)."""
+    """The generate stage: k candidates for every training image at its own resolution (our reading of the report's
+    first pass)."""
     return None if generate(params, "raw", images) is None else catalog.load(params, "manifest_raw")

@@ -75,7 +75,8 @@ def verdicts(params: Params, sig: pd.DataFrame) -> list[str]:
 
 
 def backbone_gains(results: pd.DataFrame, params: Params, predictions: Predictions | None = None) -> pd.DataFrame:
-    """Per backbone: SGID's gain over the best non-generative augmentation, beside the paper's gains.
+    """Per backbone: SGID's gain over the best non-generative augmentation, beside the abstract's gains
+    (`references.headline`).
 
     The pool is Baseline, CutMix and RandAugment of the same backbone (Baseline is no augmentation at all, and it
     can be the pick); "best" is the highest mean over seeds in this run, never assumed by name. SGID is its largest
