@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
-from sgid_utils.config.backbones import configs
+from sgid_utils.config.backbones import backbones, configs
 from sgid_utils.config.load import load_params
 from sgid_utils.config.methods import AUGMENTATIONS, made_per_real
 from sgid_utils.config.schema import Params
@@ -24,6 +25,7 @@ from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.core.seeding import derive_seed, draw_seed
 from sgid_utils.core.sharing import variant_params
+from sgid_utils.models.loading import create_classifier
 from sgid_utils.preflight.projection import full_run_counts
 from sgid_utils.reporting.comparison import (
     HOURS,
@@ -34,6 +36,7 @@ from sgid_utils.reporting.comparison import (
     shown,
 )
 from sgid_utils.reporting.stats import pooled_mcnemar, setting_predictions
+from sgid_utils.stages.train import make_loaders, training_sets
 
 
 def test_every_setting_of_a_compared_method_names_that_methods_code():
@@ -130,6 +133,14 @@ def test_real_guidances_recipe_adds_m_images_per_real_image_and_keeps_every_firs
     assert len(recipe) == len(package) and (recipe.setting == "Real Guidance (its recipe)").all()
     assert (recipe.generated_images == 2 * package.generated_images.iloc[0]).all()  # every image, drawn at p
     assert fingerprint(params, "train")["real_guidance"]["synthetic_probability"] == 0.75
+    # the recipe's loader replaces at its own p (real_guidance.synthetic_probability), not DA-Fusion's
+    train, test, additions, classes = training_sets(params)
+    cfg = next(c for c in configs(params) if c.method == "real_guidance_recipe")
+    bb = backbones(params)[0]
+    model = create_classifier(bb.model, classes, bb.image_size, pretrained=bb.pretrained)
+    data = pd.concat([train, additions[(cfg.method, cfg.proportion)]], ignore_index=True)
+    loader, _ = make_loaders(params, cfg, bb, model, data, test, torch.Generator(), torch.device("cpu"))
+    assert loader.sampler.p == 0.75 != params.da_fusion.synthetic_probability
     counts = full_run_counts(params)
     assert counts.items("real_guidance") == 2 * counts.train_images
 
