@@ -949,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
         "trainstage": lambda: run_section(report, "Training: the stage's loader and concurrent jobs",
                                           lambda: measure_loader_training(ctx, report)),
         "methods": lambda: run_section(report, "Compared methods: Real Guidance and DA-Fusion", lambda: (
-            measure_method_costs(ctx, report, build_pipeline, markdown_table))),
+            measure_method_costs(ctx, report))),
         "projection": lambda: run_section(report, "Projected wall-clock", lambda: measure_projection(ctx, report)),
         # Last: torch.compile's first call takes a minute or more; a run cut short loses only this section.
         "variants": lambda: run_section(report, "Variants: channels_last and torch.compile",

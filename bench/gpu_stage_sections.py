@@ -97,7 +97,7 @@ def measure_generate_stage(ctx: Context, report: Report) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="sgid-gpu-report-") as tmp:
         root = Path(tmp)
         save_real_model(root, ctx, "sd")
-        tiny = {} if ctx.size == "real" else {"num_inference_steps": 10, "max_side": 64}
+        tiny = {} if ctx.size == "real" else {"num_inference_steps": plan.gen_steps, "max_side": 64}
         params = stage_params(root, ctx, plan.stage_images_per_class, {"generation": tiny})
         for upstream in ("captions", "similarity"):
             run_stage(upstream, params)

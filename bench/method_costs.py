@@ -18,11 +18,12 @@ embedding with ``load_textual_inversion``, one more row of the embedding table).
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import SimpleNamespace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from diffusers import DDPMScheduler
+from gpu_common import build_pipeline, markdown_table, timed
 
 from bench import (
     GenerationInputs,
@@ -35,7 +36,7 @@ from bench import (
 from sgid_utils.config.methods import DaFusionParams, RealGuidanceParams
 from sgid_utils.core.seeding import derive_seed
 from sgid_utils.method.generation_setup import auto_batch_size
-from sgid_utils.method.inversion import InversionSettings, class_token, learn_token, own_text_encoder
+from sgid_utils.method.inversion import class_token, learn_token, own_text_encoder
 from sgid_utils.stages.inversion import settings as inversion_settings
 
 LABELS = ("great pyrenees", "maine coon", "pink primrose")
@@ -70,8 +71,7 @@ def _generation(ctx: Any, pipe, inputs: GenerationInputs, strength: float, steps
     return len(inputs.images) / seconds, unet_steps, path
 
 
-def measure_method_costs(ctx: Any, report: Any, build_pipeline: Callable[..., Any],
-                         markdown_table: Callable[..., list[str]]) -> list[str]:
+def measure_method_costs(ctx: Any, report: Any) -> list[str]:
     """The section's lines; the rates go into ``report.numbers`` under "real_guidance", "da_fusion", "inversion"."""
     rg, daf = RealGuidanceParams(), DaFusionParams()
     side = ctx.plan.gen_sizes[0][0] if ctx.size == "tiny" else rg.resolution  # the tiny SD's 64 px canvas
@@ -116,27 +116,21 @@ def _inversion(ctx: Any, report: Any, pipe, daf: DaFusionParams, side: int) -> t
     noise = DDPMScheduler.from_config(pipe.scheduler.config)
     tokenizer, text_encoder = own_text_encoder(pipe)
     text_encoder.to(ctx.device)
-    full = inversion_settings_for(daf, side)
+    full = inversion_settings(daf.model_copy(update={"resolution": side}))  # the stage's, on this run's canvas
     images = source_images(INVERSION_IMAGES, side * 4 // 3, side)
-    timed = INVERSION_STEPS[ctx.size]
+    steps = INVERSION_STEPS[ctx.size]
 
-    def learn(steps: int) -> None:
-        s = InversionSettings(steps, full.batch_size, full.lr, full.weight_decay, full.flip_p, full.resolution,
-                              full.initializer_token)
-        learn_token(tokenizer, text_encoder, pipe.vae, pipe.unet, noise, images, class_token(LABELS[0]), s, 0)
+    def learn(n: int) -> None:
+        learn_token(tokenizer, text_encoder, pipe.vae, pipe.unet, noise, images, class_token(LABELS[0]),
+                    replace(full, steps=n), 0)
 
     learn(2)  # untimed: kernel selection, the token's row added
-    seconds = best_times({"run": lambda: learn(timed)}, 1, ctx.device)["run"]
-    rate = timed / seconds
+    seconds, _ = timed(ctx.device, lambda: learn(steps))
+    rate = steps / seconds
     report.numbers["inversion"] = {"steps_s": rate, "batch_size": full.batch_size, "resolution": full.resolution,
                                    "class_steps": daf.inversion_steps, "class_s": daf.inversion_steps / rate,
                                    "dtype": "bfloat16" if ctx.device.type == "cuda" else "float32"}
     return ("DA-Fusion textual inversion", f"batch {full.batch_size}, {full.resolution} px, "
             f"{daf.inversion_steps} steps per class", "1 forward + backward",
-            f"{rate:.3g} steps/s = {daf.inversion_steps / rate:.4g} s per class", f"{timed} timed steps")
+            f"{rate:.3g} steps/s = {daf.inversion_steps / rate:.4g} s per class", f"{steps} timed steps")
 
-
-def inversion_settings_for(daf: DaFusionParams, side: int) -> InversionSettings:
-    """The stage's settings (its learning-rate scaling included) on this run's canvas: ``stages.inversion.settings``
-    reads only ``params.da_fusion``."""
-    return inversion_settings(SimpleNamespace(da_fusion=daf.model_copy(update={"resolution": side})))  # type: ignore[arg-type]

@@ -55,10 +55,14 @@ AUGMENTATIONS: tuple[Augmentation, ...] = (
 BY_METHOD = {a.method: a for a in AUGMENTATIONS}
 
 
+# The compared augmentations' own stages (SGID's chain is the main run's): they skip while no method of theirs trains.
+METHOD_STAGES = tuple(dict.fromkeys(s for a in AUGMENTATIONS if a.method != "sgid" for s in a.stages))
+
+
 def idle_stages(methods: list[str]) -> set[str]:
     """The stages of the compared augmentations that ``methods`` (training.methods) does not train: they skip."""
     needed = {s for a in AUGMENTATIONS if a.method in methods for s in a.stages}
-    return {s for a in AUGMENTATIONS if a.method != "sgid" for s in a.stages} - needed
+    return set(METHOD_STAGES) - needed
 
 
 REPLACING = tuple(a.method for a in AUGMENTATIONS if a.replaces)

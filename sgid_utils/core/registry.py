@@ -16,7 +16,7 @@ fingerprint chain and the tests all read this list. Each stage names:
   fingerprint: it is recomputed from its inputs every time it runs;
 - ``folder``: where under the run directory it keeps its files (``core.rundir``);
   None for a stage that writes only report tables;
-- ``unit``: what its time scales with (``UNITS``): preflight's canary and projection count
+- ``unit``: what its time scales with (``Unit``): preflight's canary and projection count
   these items, a stage "once" is a fixed cost;
 - ``version_key`` and ``code_version``: the params key whose code version names this stage's
   code, and that version (1 is recorded as nothing, as every run before versions existed).
@@ -35,12 +35,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 # The units a stage's time scales with; preflight.projection.Counts counts each for a full run.
 Unit = Literal["once", "per training image", "per raw source", "per small source", "per class-step",
                "per synthetic image", "per image-epoch"]
-UNITS: tuple[str, ...] = get_args(Unit)
 # Units counted from the canary's own item records (the generation passes' sources), not from its data table.
 RECORDED_UNITS = ("per raw source", "per small source")
 

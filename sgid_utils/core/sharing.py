@@ -92,7 +92,7 @@ def reuse_source(params: Params) -> RunDir:
     """
     source = Path(params.run.reuse)
     have = RunDir(source, source)
-    if not catalog.path(have, "curated").exists():
+    if not catalog.exists(have, "curated"):
         raise StageError(f"run.reuse names {source}, whose stages up to curation are not finished there (no "
                          f"{catalog.path(have, 'curated')}). Run that data set's profile first (e.g. make reproduce "
                          "PARAMS=params/pets.yaml), point run.reuse at where it ran (on Colab: your Drive run_dir), or "

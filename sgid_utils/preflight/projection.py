@@ -15,7 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from sgid_utils.config.backbones import GENERATIVE, backbones, configs
-from sgid_utils.config.methods import AUGMENTATIONS, idle_stages, made_per_real
+from sgid_utils.config.methods import AUGMENTATIONS, METHOD_STAGES, idle_stages, made_per_real
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import read_table
@@ -65,10 +65,6 @@ class Counts:
             raise KeyError(f"stage '{stage}' counts '{unit}', which only a compared method's stage counts "
                            "(method_items)")
         return per_unit[unit]
-
-
-# The compared augmentations' stages (config.methods): their items depend on whether training.methods trains them.
-METHOD_STAGES = tuple(dict.fromkeys(s for a in AUGMENTATIONS if a.method != "sgid" for s in a.stages))
 
 
 def method_items(params: Params, n_train: int, classes: int) -> dict[str, float]:

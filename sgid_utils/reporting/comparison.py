@@ -26,7 +26,7 @@ from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.provenance import stage_seconds
 from sgid_utils.core.sharing import variant_params
-from sgid_utils.reporting.costs import CountsOf, projected, projection
+from sgid_utils.reporting.costs import CountsOf, Projection, projected, projection
 from sgid_utils.reporting.stats import (
     holm,
     joint_verdict,
@@ -101,12 +101,12 @@ def _predictions(params: Params, results: pd.DataFrame, setting: str) -> pd.Data
 
 
 def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series, best_pred: pd.DataFrame,
-          bb_label: str, recipe: str, counts_of: CountsOf | None) -> list[dict]:
+          bb_label: str, recipe: str, proj: Projection | None) -> list[dict]:
     """One row per generative setting of ``results`` (one backbone), with its paired difference to the best
     non-generative setting ``best`` (its accuracy per seed: ``best_acc``) and the test-set check against it
-    (pooled McNemar on ``best_pred``, its predictions), the same two checks as SGID's headline verdict."""
+    (pooled McNemar on ``best_pred``, its predictions), the same two checks as SGID's headline verdict; ``proj``:
+    the run's projection onto the GPU report's device (``costs.projection``)."""
     acc = per_setting(results)
-    proj = projection(params, catalog.load(params, "images", missing=None), counts_of)
     rows = []
     for setting, r in acc[~acc.method.isin(NON_GENERATIVE)].iterrows():
         own = results[results.setting == setting]
@@ -136,6 +136,9 @@ def comparison_table(params: Params, results: pd.DataFrame, counts_of: CountsOf 
     rows = []
     variants = compared_runs(params)
     recipe = "equal steps" if params.training.equal_steps else "equal epochs"
+    # once per run, not per backbone: it reads the GPU report and counts the full data set
+    projections = {id(run): projection(run, catalog.load(run, "images", missing=None), counts_of)
+                   for run in [params, *(v for _, v in variants)]}
     for bb in backbones(params):
         own = of_backbone(results, bb.name)
         acc = per_setting(own)
@@ -145,10 +148,11 @@ def comparison_table(params: Params, results: pd.DataFrame, counts_of: CountsOf 
         best = pool["mean"].idxmax()
         best_acc = own[own.setting == best].set_index("seed").test_acc
         best_pred = _predictions(params, own, best)
-        rows += _rows(params, own, best, best_acc, best_pred, bb.label, recipe, counts_of)
+        rows += _rows(params, own, best, best_acc, best_pred, bb.label, recipe, projections[id(params)])
         for their_recipe, variant in variants if bb.name == backbones(params)[0].name else []:
             theirs = of_backbone(catalog.load(variant, "training_results"), bb.name)
-            rows += _rows(variant, theirs, best, best_acc, best_pred, bb.label, their_recipe, counts_of)
+            rows += _rows(variant, theirs, best, best_acc, best_pred, bb.label, their_recipe,
+                          projections[id(variant)])
     if not rows:
         return pd.DataFrame(columns=["Backbone", "Method", "Recipe", GAIN, HOURS, PER_HOUR])
     diffs = [r.pop("_diff") for r in rows]

@@ -27,11 +27,9 @@ from typing import Protocol
 
 import pandas as pd
 
+from sgid_utils.config.samplers import denoising_steps
 from sgid_utils.config.schema import GenerationParams, Params
 from sgid_utils.errors import ParamsError
-
-# The stages a GPU report has rates for; a method's other stages (curation) are left out and named.
-PROJECTED_STAGES = ("captions", "similarity", "generate", "upscale", "real_guidance", "inversion", "da_fusion")
 
 
 class ItemCounts(Protocol):
@@ -93,13 +91,13 @@ class _Flops:
         self.rate = raw["batched_img_s"] * raw["tflop_per_image"] * 1e12  # achieved FLOP/s
         gen = GenerationParams()  # a report that does not record its steps and strength ran the defaults
         steps, strength = raw.get("steps", gen.num_inference_steps), raw.get("strength", gen.strength)
-        self.extra = raw["unet_steps"] - min(int(steps * strength), steps)
+        self.extra = raw["unet_steps"] - denoising_steps(steps, strength)
         self.where = f"derived from FLOPs at img2img {w} x {h}'s {self.rate / 1e12:.3g} TFLOP/s"
 
     def steps(self, strength: float, steps: int) -> int:
         """UNet steps of img2img at ``strength``: diffusers' int(steps x strength), plus the scheduler's extra step
         the report measured (PNDM's: 16 at 0.3 of 50)."""
-        return min(int(steps * strength), steps) + self.extra
+        return denoising_steps(steps, strength) + self.extra
 
     def image(self, strength: float, steps: int, canvas: int) -> float:
         scale = canvas * canvas / self.pixels
@@ -154,7 +152,7 @@ def projection(params: Params, images: pd.DataFrame | None, counts_of: CountsOf 
     if counts_of is None:
         raise ValueError("references.gpu_rates is set: pass counts_of (preflight.projection.full_run_counts)")
     numbers = read_report(path)
-    kind = "controlnet" if params.generation.generator == "controlnet" else "img2img"
+    kind = params.generation.generator  # img2img or controlnet: the report's section names
     sizes = _sizes(numbers, kind)
     if len(sizes) < 2 or "captioning" not in numbers or "similarity" not in numbers:
         raise ParamsError(f"references.gpu_rates: {path} lacks the {kind}, captioning or similarity rates: a "
@@ -185,7 +183,7 @@ def projected(proj: Projection | None, stages: tuple[str, ...], last_share: floa
     for stage in stages:
         basis = proj.basis.get(stage, "not projected (no rate)")
         how.setdefault(basis, []).append(stage)
-        if stage in PROJECTED_STAGES:
+        if stage in proj.seconds:
             seconds = proj.seconds[stage] * proj.counts.items(stage)
             total += seconds / last_share if stage == stages[-1] else seconds
     return total, "; ".join(f"{', '.join(names)}: {basis}" for basis, names in how.items())

@@ -22,7 +22,6 @@ from sgid_utils.core import catalog
 from sgid_utils.core.files import write_bytes, write_table, write_text
 from sgid_utils.core.fingerprints import check_recorded
 from sgid_utils.core.images import class_names
-from sgid_utils.core.rundir import RunDir
 from sgid_utils.errors import StageError
 
 SPLIT = "train"  # the curated set augments the training split; its sources are training images
@@ -77,12 +76,10 @@ def controlnet_settings(params: Params) -> dict[str, object]:
 
 def metadata(params: Params) -> pd.DataFrame:
     """One row per curated image, in the order of the curated table; ``path`` is the generated file to copy."""
-    run = RunDir.of(params)
     curated = catalog.load(params, "curated")
     best = catalog.load(params, "best_captions").set_index("image_id")
-    filtered = set()
-    if catalog.path(run, "curated_filtered").exists():
-        filtered = set(catalog.load(params, "curated_filtered").image_id)
+    kept = catalog.load(params, "curated_filtered", missing=None)
+    filtered = set() if kept is None else set(kept.image_id)
     names = class_names(catalog.load(params, "images"))
     rows = []
     for r in curated.itertuples():

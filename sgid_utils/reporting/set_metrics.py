@@ -22,7 +22,6 @@ from torchvision.transforms.functional import pil_to_tensor
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.images import load_run_image
-from sgid_utils.core.rundir import RunDir
 from sgid_utils.method.embeddings import class_prompt_embeddings, load_embeddings
 from sgid_utils.method.filters import Embeddings, label_consistency, unit_rows
 from sgid_utils.method.selection import selections
@@ -91,7 +90,7 @@ def set_metrics(params: Params) -> pd.DataFrame:
     sets = {"real (sources)": ("run", None), "generated (raw)": ("run", candidates.generation_pass == "raw"),
             "generated (upscaled)": ("run", candidates.generation_pass == "upscaled"),
             CURATED: ("run", _chosen(candidates, catalog.load(params, "curated")))}
-    if catalog.path(RunDir.of(params), "curated_filtered").exists():
+    if catalog.exists(params, "curated_filtered"):
         sets["curated (filtered)"] = ("run", _chosen(candidates, catalog.load(params, "curated_filtered")))
     for rule, picked in selections(params, candidates).items():
         sets[f"rule: {rule}"] = ("selection rule", _chosen(candidates, picked))

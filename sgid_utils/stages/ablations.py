@@ -142,7 +142,7 @@ def run(params: Params, jobs: int = 1) -> pd.DataFrame:
     calls = [partial(run_variant, a, v, params, [runs[j] for j in sorted(deps)])
              for (a, v), deps in zip(variants, after)]
     made = [sum(j is None for j in mine.values()) for mine in lent]  # what each makes itself: the longest go first
-    base_set = catalog.path(RunDir.of(params), "candidates").exists()
+    base_set = catalog.exists(params, "candidates")
     if base_set:  # the base run's curated set, beside the variants' in notebook 07's plot: a call of its own
         calls, after, made = [*calls, partial(curated_set_metrics, params, "base run")], [*after, set()], [*made, 0]
     done = run_ordered(calls, after, jobs, made)

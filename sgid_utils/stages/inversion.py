@@ -15,6 +15,7 @@ import sys
 import pandas as pd
 import torch
 
+from sgid_utils.config.methods import DaFusionParams
 from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_atomic
@@ -38,8 +39,8 @@ def wanted(params: Params) -> bool:
     return any(m in params.training.methods for m in METHODS)
 
 
-def settings(params: Params) -> InversionSettings:
-    d = params.da_fusion
+def settings(d: DaFusionParams) -> InversionSettings:
+    """The loop's settings from ``da_fusion.*``, its learning rate scaled by the batch size under ``scale_lr``."""
     lr = d.inversion_lr * d.inversion_batch_size if d.scale_lr else d.inversion_lr
     return InversionSettings(d.inversion_steps, d.inversion_batch_size, lr, d.inversion_weight_decay, d.flip_p,
                              d.resolution, d.initializer_token)
@@ -83,7 +84,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
                 start_embedding = initial_embedding(tokenizer, text_encoder,
                                                     params.da_fusion.initializer_token).float().cpu()
                 embedding, losses = learn_token(tokenizer, text_encoder, pipe.vae, pipe.unet, noise, own, token,
-                                                settings(params), seed)
+                                                settings(params.da_fusion), seed)
                 path = run_dir.class_token(label)
                 save_token(path, token, embedding)
                 out[item] = {"label": label, "class_name": name, "token": token, "path": run_dir.relative(path),
