@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from gpu_common import TOLERANCE, build_pipeline, markdown_table, peak_gib, reset_peak, timed
 
-from bench import batched_generation, best_times, generation_inputs, source_images
+from bench import batched_generation, generation_inputs, source_images
 from sgid_utils.config.schema import CaptioningParams
 from sgid_utils.models import builders
 from sgid_utils.stages.captions import caption_batch
@@ -42,11 +42,12 @@ def loop_images(ctx: Context, pipe, inputs) -> np.ndarray:
     return np.stack([c for cands in outputs for c in cands])
 
 
-def loop_rate(ctx: Context, pipe, inputs, label: str) -> float:
-    """The batched loop's img/s (best of ``plan.repeats`` after one untimed run)."""
+def loop_rate(ctx: Context, pipe, inputs) -> float:
+    """The batched loop's img/s: the best of ``plan.repeats`` timed runs (the caller's ``loop_images`` was the
+    untimed one)."""
     gen, plan = ctx.gen, ctx.plan
-    seconds = best_times({label: lambda: batched_generation(pipe, inputs, gen.strength, gen.num_inference_steps,
-                                                            plan.gen_batch)}, plan.repeats, ctx.device)[label]
+    seconds = min(timed(ctx.device, lambda: batched_generation(pipe, inputs, gen.strength, gen.num_inference_steps,
+                                                               plan.gen_batch))[0] for _ in range(plan.repeats))
     return len(inputs.images) * gen.num_candidates / seconds
 
 
@@ -88,7 +89,7 @@ def measure_variants(ctx: Context, report: Report) -> list[str]:
         images = loop_images(ctx, pipe, inputs)
         first = time.perf_counter() - start
         first_graphs = graphs_compiled() - graphs
-        rate = loop_rate(ctx, pipe, inputs, label)
+        rate = loop_rate(ctx, pipe, inputs)
         later = graphs_compiled() - graphs - first_graphs
         resized = None
         if label.startswith("torch.compile"):  # a second input size: the stage's raw pass meets many
@@ -155,7 +156,7 @@ def measure_sdpa(ctx: Context, report: Report) -> list[str]:
     pipe = build_pipeline(ctx, controlnet=False)
     inputs = generation_inputs(pipe, plan.sources, gen.num_candidates, width, height, controlnet=False)
     base = loop_images(ctx, pipe, inputs)
-    base_rate = loop_rate(ctx, pipe, inputs, "default")
+    base_rate = loop_rate(ctx, pipe, inputs)
     report.numbers["sdpa default"] = {"batched_img_s": base_rate, "max_abs_diff": 0.0}
     rows = [("default (PyTorch picks per call)", f"{base_rate:.3g}", "1.00×", "0", "baseline")]
     tolerance = TOLERANCE[ctx.dtype]
@@ -174,7 +175,7 @@ def measure_sdpa(ctx: Context, report: Report) -> list[str]:
                 rows.append((name, f"unavailable on {ctx.device.type}: {reason}", "", "", ""))
                 report.numbers[f"sdpa {name}"] = {"available": False}
                 continue
-            rate = loop_rate(ctx, pipe, inputs, name)
+            rate = loop_rate(ctx, pipe, inputs)
         diff = float(np.abs(images - base).max())
         report.numbers[f"sdpa {name}"] = {"available": True, "batched_img_s": rate, "max_abs_diff": diff}
         rows.append((name, f"{rate:.3g}", f"{rate / base_rate:.2f}×", f"{diff:.2g}",
