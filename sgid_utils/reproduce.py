@@ -11,20 +11,22 @@ The steps are commands of this same command line, each in its own process (a sta
 
 With ``--jobs N`` (N > 1), for a CPU with cores to spare (not one GPU: each process loads its own models), the
 notebooks up to curation run beside the training stage, and the ablation variants N at a time beside the training
-notebook, which starts once the training is done; the compared methods' steps start as soon as this run's stages up to
-curation (all that ``run.reuse`` links) are done, beside the rest. A step starts once the steps it needs have ended;
-when one fails, none starts after it, the running ones end (their finished work is kept, as any stage's) and the exit
-status is the failed step's.
+notebook, which starts once the training is done; the notebooks from the results stage on run side by side where
+neither reads the other's stage (06 beside 07, 08 after 06); the compared methods' steps start as soon as this run's
+stages up to curation (all that ``run.reuse`` links) are done, beside the rest. A step starts once the steps it needs
+have ended; when one fails, none starts after it, the running ones end (their finished work is kept, as any stage's)
+and the exit status is the failed step's.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sgid_utils.core.registry import NAMES, writer
+from sgid_utils.core.registry import NAMES, between, get, upstream_closure, writer
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,25 @@ def plan(params_file: str | None, jobs: int, options: tuple[str, ...] = (), comp
     if ablations:
         steps.append(Step(ablations, frozenset({2})))
     steps.append(Step(("notebooks", "--from-stage", train, "--to-stage", train, *given), frozenset({1, 2})))
-    steps.append(Step(("notebooks", "--from-stage", results, *given),
-                      frozenset({len(steps) - 1, *({3} if ablations else ())})))
-    steps.append(Step(("report", *given), frozenset({len(steps) - 1})))
+    late = late_notebooks(results, frozenset({len(steps) - 1, *({3} if ablations else ())}), len(steps), given)
+    steps += late
+    steps.append(Step(("report", *given), frozenset(range(len(steps) - len(late), len(steps)))))
     return steps + (compare_steps(compare, jobs, 0, len(steps)) if compare else [])
+
+
+def late_notebooks(first: str, after: frozenset[int], index: int, given: tuple[str, ...]) -> list[Step]:
+    """One step per notebook from stage ``first`` on (they show the ablations: after the steps ``after``), each also
+    after the notebooks of the stages it reads, so that those that read only the training run side by side (06 and
+    07; 08 after 06). ``index``: the index the first of them gets."""
+    steps, by_notebook = [], {}
+    for stage in between(first, NAMES[-1]):
+        if stage.notebook in by_notebook:
+            continue
+        needs = {by_notebook[get(n).notebook] for n in upstream_closure(stage.name) if get(n).notebook in by_notebook}
+        by_notebook[stage.notebook] = index + len(steps)
+        steps.append(Step(("notebooks", "--from-stage", stage.name, "--to-stage", stage.name, *given),
+                          frozenset(needs) or after))
+    return steps
 
 
 def command(step: Step) -> list[str]:
@@ -91,11 +108,12 @@ def run_steps(steps: list[Step], commands: list[list[str]] | None = None) -> int
     end. Interrupted (Ctrl-C), it stops the running commands first."""
     commands = commands or [command(s) for s in steps]
     waiting, running, done, failed = list(range(len(steps))), {}, set(), 0
+    started = time.monotonic()
     try:
         while waiting or running:
             for i in [i for i in waiting if steps[i].after <= done] if not failed else []:
                 waiting.remove(i)
-                print(f"[sgid] reproduce: {' '.join(steps[i].args)}", flush=True)
+                print(f"[sgid] reproduce: at {time.monotonic() - started:.0f} s: {' '.join(steps[i].args)}", flush=True)
                 running[i] = subprocess.Popen(commands[i])
             if not running:
                 break
@@ -103,6 +121,8 @@ def run_steps(steps: list[Step], commands: list[list[str]] | None = None) -> int
             status = running.pop(i).returncode
             if status == 0:
                 done.add(i)
+                print(f"[sgid] reproduce: at {time.monotonic() - started:.0f} s, done: {' '.join(steps[i].args)}",
+                      flush=True)
             elif not failed:
                 failed = status if status > 0 else 1  # killed by a signal
                 print(f"[sgid] reproduce: `{' '.join(steps[i].args)}` failed (exit status {status}); "

@@ -38,8 +38,10 @@ def test_jobs_run_the_early_notebooks_beside_training_and_the_ablations_beside_i
         (("run", "train", *p), {0}),
         (("run", "ablations", "--params", ABLATIONS, "--set", "run.seed=1", "--jobs", "3"), {2}),
         (("notebooks", "--from-stage", "train", "--to-stage", "train", *p), {1, 2}),
-        (("notebooks", "--from-stage", "results", *p), {3, 4}),
-        (("report", *p), {5}),
+        (("notebooks", "--from-stage", "results", "--to-stage", "results", *p), {3, 4}),
+        (("notebooks", "--from-stage", "quality", "--to-stage", "quality", *p), {3, 4}),  # 07 beside 06
+        (("notebooks", "--from-stage", "compare", "--to-stage", "compare", *p), {5}),  # 08 reads 06's significance
+        (("report", *p), {5, 6, 7}),
     ]
 
 
@@ -51,9 +53,9 @@ def test_a_methods_profile_runs_as_make_compare_does_once_the_curated_stages_it_
     one = _args(plan(SMOKE, 1, compare=methods))
     assert one[:5] == _args(plan(SMOKE, 1)) and one[5:] == [(a, {i + 4}) for i, a in enumerate(compare)]
     two = _args(plan(SMOKE, 2, ("--set", "run.seed=1"), compare=methods))  # --set and --run-dir are the main run's
-    assert two[:7] == _args(plan(SMOKE, 2, ("--set", "run.seed=1")))
+    assert two[:9] == _args(plan(SMOKE, 2, ("--set", "run.seed=1")))
     compare[1] = (*compare[1], "--jobs", "2")
-    assert two[7:] == [(compare[0], {0}), *((a, {i + 7}) for i, a in enumerate(compare[1:]))]
+    assert two[9:] == [(compare[0], {0}), *((a, {i + 9}) for i, a in enumerate(compare[1:]))]
     assert two[0][0][:4] == ("run", "all", "--to-stage", "curate")  # all that run.reuse links: then it starts
 
 
@@ -103,5 +105,5 @@ def test_a_failed_step_starts_nothing_after_it_lets_the_running_ones_end_and_giv
 def test_the_command_line_prints_the_plan_without_running_it(capsys):
     assert main(["reproduce", "--params", SMOKE, "--jobs", "2", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 7 and lines[3].startswith("3: python -m sgid_utils run ablations")
-    assert lines[5].endswith("(after 3, 4)")
+    assert len(lines) == 9 and lines[3].startswith("3: python -m sgid_utils run ablations")
+    assert lines[5].endswith("(after 3, 4)") and lines[8].endswith("(after 5, 6, 7)")
