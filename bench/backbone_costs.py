@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sgid_utils.config.backbones import backbones, configs
-from sgid_utils.config.load import load_params
-from sgid_utils.config.training import BackboneParams
 from sgid_utils.models.loading import create_classifier, preprocessing
+from sgid_utils.params.backbones import backbones, configs
+from sgid_utils.params.load import load_params
+from sgid_utils.params.training import BackboneParams
 from sgid_utils.preflight.projection import CLASS_COUNTS, SPLIT_SIZES, image_epochs_by_backbone
 
 

@@ -52,20 +52,18 @@ from PIL import Image
 from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 
-from sgid_utils.config.schema import CaptioningParams, CurationParams, GenerationParams
-from sgid_utils.config.training import TrainingParams
+from sgid_utils.augment.batched import generate_many
+from sgid_utils.augment.edges import canny_edges
+from sgid_utils.augment.embeddings import image_embeddings, score_captions
+from sgid_utils.augment.generation import PromptEncoder, generate_candidates
+from sgid_utils.augment.guidance import guidance_scale
+from sgid_utils.augment.image_cache import CachedImages, ImageCache
+from sgid_utils.augment.prompts import build_prompt
+from sgid_utils.augment.training import train_step
 from sgid_utils.core.files import write_png, write_table
 from sgid_utils.core.images import load_image
 from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.seeding import derive_seed
-from sgid_utils.method.batched import generate_many
-from sgid_utils.method.edges import canny_edges
-from sgid_utils.method.embeddings import image_embeddings, score_captions
-from sgid_utils.method.generation import PromptEncoder, generate_candidates
-from sgid_utils.method.guidance import guidance_scale
-from sgid_utils.method.image_cache import CachedImages, ImageCache
-from sgid_utils.method.prompts import build_prompt
-from sgid_utils.method.training import train_step
 from sgid_utils.models import builders
 from sgid_utils.models.flops import img2img_flops
 from sgid_utils.models.loading import (
@@ -76,6 +74,8 @@ from sgid_utils.models.loading import (
     load_img2img,
     resolve_dtype,
 )
+from sgid_utils.params.schema import CaptioningParams, CurationParams, GenerationParams
+from sgid_utils.params.training import TrainingParams
 from sgid_utils.stages.captions import caption_batch
 
 # Dense fp16/bf16 tensor-core peaks from NVIDIA's data sheets (TFLOP/s), matched in this order against the GPU name.

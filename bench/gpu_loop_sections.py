@@ -14,8 +14,8 @@ import torch
 from gpu_common import TOLERANCE, build_pipeline, markdown_table, peak_gib, reset_peak, timed
 
 from bench import batched_generation, generation_inputs, source_images
-from sgid_utils.config.schema import CaptioningParams
 from sgid_utils.models import builders
+from sgid_utils.params.schema import CaptioningParams
 from sgid_utils.stages.captions import caption_batch
 
 if TYPE_CHECKING:

@@ -94,18 +94,18 @@ from bench import (
     source_images,
     sync,
 )
-from sgid_utils.config.backbones import backbones, configs
-from sgid_utils.config.load import load_params
-from sgid_utils.config.schema import CaptioningParams, GenerationParams, Params, SimilarityParams
-from sgid_utils.config.training import BackboneParams, TrainingParams
+from sgid_utils.augment.embeddings import score_captions
+from sgid_utils.augment.generation import PromptEncoder, save_candidate
+from sgid_utils.augment.generation_setup import WRITER_THREADS
+from sgid_utils.augment.prompts import build_prompt
+from sgid_utils.augment.training import optimizer_for, train_step
 from sgid_utils.core.registry import upstream_closure
-from sgid_utils.method.embeddings import score_captions
-from sgid_utils.method.generation import PromptEncoder, save_candidate
-from sgid_utils.method.generation_setup import WRITER_THREADS
-from sgid_utils.method.prompts import build_prompt
-from sgid_utils.method.training import optimizer_for, train_step
 from sgid_utils.models import builders
 from sgid_utils.models.loading import preprocessing, resolve_dtype
+from sgid_utils.params.backbones import backbones, configs
+from sgid_utils.params.load import load_params
+from sgid_utils.params.schema import CaptioningParams, GenerationParams, Params, SimilarityParams
+from sgid_utils.params.training import BackboneParams, TrainingParams
 from sgid_utils.preflight.projection import (
     CLASS_COUNTS,
     SPLIT_SIZES,

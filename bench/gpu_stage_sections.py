@@ -21,18 +21,18 @@ import torch
 import yaml
 from gpu_common import kernel_seconds, markdown_table, timed
 
-from sgid_utils.config.backbones import backbone, configs
-from sgid_utils.config.load import load_params
-from sgid_utils.config.schema import Params
+from sgid_utils.augment.batched import UNET_ROWS
+from sgid_utils.augment.generation import load_generator
+from sgid_utils.augment.generation_setup import COMPILE_MIN_CANDIDATES, rows_summary
+from sgid_utils.augment.image_cache import ImageCache
+from sgid_utils.augment.training import Loop, lr_factor, optimizer_for, train_epoch, train_step
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
-from sgid_utils.method.batched import UNET_ROWS
-from sgid_utils.method.generation import load_generator
-from sgid_utils.method.generation_setup import COMPILE_MIN_CANDIDATES, rows_summary
-from sgid_utils.method.image_cache import ImageCache
-from sgid_utils.method.training import Loop, lr_factor, optimizer_for, train_epoch, train_step
 from sgid_utils.models import builders
 from sgid_utils.models.loading import create_classifier, preprocessing
+from sgid_utils.params.backbones import backbone, configs
+from sgid_utils.params.load import load_params
+from sgid_utils.params.schema import Params
 from sgid_utils.stages.train import make_loaders, training_sets
 
 if TYPE_CHECKING:

@@ -33,10 +33,10 @@ from bench import (
     per_image_generation,
     source_images,
 )
-from sgid_utils.config.methods import DaFusionParams, RealGuidanceParams
+from sgid_utils.augment.generation_setup import auto_batch_size
+from sgid_utils.augment.inversion import class_token, learn_token, own_text_encoder
 from sgid_utils.core.seeding import derive_seed
-from sgid_utils.method.generation_setup import auto_batch_size
-from sgid_utils.method.inversion import class_token, learn_token, own_text_encoder
+from sgid_utils.params.methods import DaFusionParams, RealGuidanceParams
 from sgid_utils.stages.inversion import settings as inversion_settings
 
 LABELS = ("great pyrenees", "maine coon", "pink primrose")

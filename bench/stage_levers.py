@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 STAGES = ("generate", "upscale")
 TIMED = """
 import json, sys, time
-from sgid_utils.config.load import load_params
+from sgid_utils.params.load import load_params
 from sgid_utils.core.runner import run_stage
 params = load_params(sys.argv[1])
 start = time.perf_counter()

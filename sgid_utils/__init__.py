@@ -4,7 +4,7 @@ Importing it first checks the installed libraries against the tested ranges (``v
 Colab runtime with an older diffusers gets one clear message instead of a traceback from inside it.
 """
 
-from sgid_utils.config.versions import check_versions
+from sgid_utils.params.versions import check_versions
 
 __version__ = "0.1.0"
 

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             run_notebooks(args.params, Path(args.notebooks_dir).resolve(), names, run_dir=args.run_dir,
                           sets=args.set)
             return 0
-        from sgid_utils.config.load import load_run_params
+        from sgid_utils.params.load import load_run_params
 
         params = load_run_params(args.params, args.run_dir, args.set)
         if args.command == "preflight":

@@ -63,9 +63,9 @@ def copy_stages(source, target, *stages: str) -> None:
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory) -> tuple[Path, Path]:
     """(models folder, data folder), built once."""
-    from sgid_utils.config.load import load_params
     from sgid_utils.core.rundir import RunDir
     from sgid_utils.models.tiny import ensure_smoke_assets
+    from sgid_utils.params.load import load_params
 
     root = tmp_path_factory.mktemp("assets")
     params = load_params(write_params(root / "p", root / "models", root / "data"))
@@ -76,7 +76,7 @@ def assets(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture
 def make_params(assets, tmp_path):
     """Factory: params for a fresh run directory over the shared tiny assets, with section overrides."""
-    from sgid_utils.config.load import load_params
+    from sgid_utils.params.load import load_params
 
     def make(name: str = "p", **sections):
         return load_params(write_params(tmp_path / name, *assets, **sections))
@@ -136,7 +136,7 @@ def seeds_for(i: int, k: int = 2) -> list[int]:
 @pytest.fixture(scope="module")
 def prompts(pipe):
     """PROMPTS as compel embeddings from the requesting module's own ``pipe`` fixture."""
-    from sgid_utils.method.generation import PromptEncoder
+    from sgid_utils.augment.generation import PromptEncoder
 
     encode = PromptEncoder(pipe)
     return [encode(p, "") for p in PROMPTS]
@@ -145,8 +145,8 @@ def prompts(pipe):
 @pytest.fixture(scope="session")
 def pipeline_run(assets, tmp_path_factory):
     """The whole chain once (every registered stage, in order) on the tiny assets; tests read its files."""
-    from sgid_utils.config.load import load_params
     from sgid_utils.core.runner import run_all
+    from sgid_utils.params.load import load_params
 
     params = load_params(write_params(tmp_path_factory.mktemp("pipeline"), *assets))
     run_all(params)

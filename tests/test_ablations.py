@@ -7,9 +7,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from sgid_utils.config.backbones import backbones
-from sgid_utils.config.load import ParamsError, load_params
-from sgid_utils.config.methods import idle_stages
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_json
 from sgid_utils.core.fingerprints import backbone_fingerprint, fingerprint
@@ -17,6 +14,9 @@ from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.core.sharing import SHARED_STAGES, baselines, lenders, share_baselines, variant_params
 from sgid_utils.errors import StageError
+from sgid_utils.params.backbones import backbones
+from sgid_utils.params.load import ParamsError, load_params
+from sgid_utils.params.methods import idle_stages
 from sgid_utils.preflight.projection import full_run_counts, variant_costs
 from sgid_utils.stages import ablations
 

@@ -16,8 +16,8 @@ import re
 
 import pytest
 
-from sgid_utils.config.origins import QUOTED, Source
-from sgid_utils.config.sources import SOURCES, source_of
+from sgid_utils.params.origins import QUOTED, Source
+from sgid_utils.params.sources import SOURCES, source_of
 
 from .conftest import REPO
 

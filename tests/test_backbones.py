@@ -12,8 +12,7 @@ import torch
 from safetensors.torch import load_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from sgid_utils.config.backbones import backbones, configs
-from sgid_utils.config.training import BackboneParams
+from sgid_utils.augment.training import lr_factor
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_table
 from sgid_utils.core.fingerprints import backbone_fingerprint, fingerprint
@@ -21,8 +20,9 @@ from sgid_utils.core.registry import upstream_closure
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import prepare_run, run_stage
 from sgid_utils.errors import ModelLoadError, ParamsError, StageError, StaleOutputsError
-from sgid_utils.method.training import lr_factor
 from sgid_utils.models.loading import create_classifier, preprocessing
+from sgid_utils.params.backbones import backbones, configs
+from sgid_utils.params.training import BackboneParams
 from sgid_utils.reporting.facts import key_facts
 from sgid_utils.stages.results import backbone_gains
 from sgid_utils.stages.train import training_sets

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sgid_utils.augment.batched import UNET_ROWS, generate_batch, generate_many, plan_batches
+from sgid_utils.augment.generation import PromptEncoder, generate_candidates
 from sgid_utils.core.seeding import torch_rng
-from sgid_utils.method.batched import UNET_ROWS, generate_batch, generate_many, plan_batches
-from sgid_utils.method.generation import PromptEncoder, generate_candidates
 from sgid_utils.models import builders
 from sgid_utils.models.flops import img2img_flops
 from sgid_utils.models.loading import load_img2img

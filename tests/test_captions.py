@@ -102,9 +102,9 @@ def test_one_vision_pass_gives_blips_own_captions(assets):
     per call) gives, token for token; the encoder runs once per batch."""
     import torch
 
-    from sgid_utils.config.schema import CaptioningParams
     from sgid_utils.core.images import load_image
     from sgid_utils.models.loading import load_captioner
+    from sgid_utils.params.schema import CaptioningParams
     from sgid_utils.stages.captions import SeededNucleusSampler, caption_batch, pixel_inputs
 
     models, data = assets

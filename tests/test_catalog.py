@@ -115,7 +115,7 @@ def test_a_damaged_per_configuration_file_says_to_delete_its_folder(tmp_path):
 
 
 # --- what the stages' code reads and writes, found statically ---------------------------------------------------------
-FOLLOWED = ("sgid_utils.stages.", "sgid_utils.method.", "sgid_utils.reporting.")
+FOLLOWED = ("sgid_utils.stages.", "sgid_utils.augment.", "sgid_utils.reporting.")
 READ_CALLS = {"load", "exists", "path"}
 
 

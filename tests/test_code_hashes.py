@@ -32,11 +32,11 @@ def test_the_hash_ignores_docstrings_and_comments_but_not_code(tmp_path):
 
 def test_a_stage_s_method_code_follows_its_imports_into_method():
     generate = code_hashes.method_modules("generate")
-    assert {"sgid_utils.stages.generate", "sgid_utils.method.generation", "sgid_utils.method.guidance",
-            "sgid_utils.method.prompts", "sgid_utils.method.batched"} <= set(generate)
-    assert not [m for m in generate if m.startswith(("sgid_utils.config", "sgid_utils.models"))]
-    assert "sgid_utils.method.selection" in code_hashes.method_modules("curate")
-    assert "sgid_utils.method.guidance" not in code_hashes.method_modules("curate")
+    assert {"sgid_utils.stages.generate", "sgid_utils.augment.generation", "sgid_utils.augment.guidance",
+            "sgid_utils.augment.prompts", "sgid_utils.augment.batched"} <= set(generate)
+    assert not [m for m in generate if m.startswith(("sgid_utils.params", "sgid_utils.models"))]
+    assert "sgid_utils.augment.selection" in code_hashes.method_modules("curate")
+    assert "sgid_utils.augment.guidance" not in code_hashes.method_modules("curate")
 
 
 def test_every_stage_with_a_fingerprint_names_the_key_of_its_code_version():
@@ -53,22 +53,22 @@ def record(tmp_path):
     shutil.copy(code_hashes.HASHES_FILE, path)
     data = json.loads(path.read_text())
     for entry in data["stages"].values():
-        if "sgid_utils.method.guidance" in entry["modules"]:
-            entry["modules"]["sgid_utils.method.guidance"] = "0" * 16
+        if "sgid_utils.augment.guidance" in entry["modules"]:
+            entry["modules"]["sgid_utils.augment.guidance"] = "0" * 16
     path.write_text(json.dumps(data))
     return path
 
 
 def _guidance_users() -> list[str]:
     """The stages whose method code imports the guidance mapping (both SGID passes, and the compared methods that
-    generate through method/generation.py)."""
-    return [s.name for s in STAGES if s.keys and "sgid_utils.method.guidance" in code_hashes.method_modules(s.name)]
+    generate through augment/generation.py)."""
+    return [s.name for s in STAGES if s.keys and "sgid_utils.augment.guidance" in code_hashes.method_modules(s.name)]
 
 
 def test_a_changed_module_names_the_stages_and_the_way_out(record):
     differences = code_hashes.changed(record)
     assert {"generate", "upscale"} <= set(_guidance_users())
-    assert differences == {stage: ["method/guidance.py"] for stage in _guidance_users()}
+    assert differences == {stage: ["augment/guidance.py"] for stage in _guidance_users()}
     message = code_hashes.stale_message(differences)
     assert "CODE_VERSIONS['generation']" in message and "CODE_VERSIONS['curation.upscale_to']" in message
     assert 'python -m sgid_utils code-hashes --accept "REASON"' in message
@@ -90,7 +90,7 @@ def test_a_bump_is_recorded_as_one_and_changes_the_fingerprint(record, make_para
     before = fingerprint(params, "generate")
     monkeypatch.setitem(CODE_VERSIONS, "generation", 2)
     assert code_hashes.changed(record)["generate"] == [
-        "method/guidance.py", "CODE_VERSIONS {} -> {'generation': 2}"]
+        "augment/guidance.py", "CODE_VERSIONS {} -> {'generation': 2}"]
     assert code_hashes.accept("guidance: f clipped at 20", record)["generate"] == code_hashes.BUMPED
     assert fingerprint(params, "generate") == {**before, "generation.code_version": 2}
     monkeypatch.delitem(CODE_VERSIONS, "generation")
@@ -101,7 +101,7 @@ def test_a_bump_is_recorded_as_one_and_changes_the_fingerprint(record, make_para
 def test_the_command_checks_and_needs_a_reason(record, monkeypatch, capsys):
     monkeypatch.setattr(code_hashes, "HASHES_FILE", record)
     assert main(["code-hashes"]) == 1
-    assert "generate: method/guidance.py" in capsys.readouterr().out
+    assert "generate: augment/guidance.py" in capsys.readouterr().out
     assert main(["code-hashes", "--accept", "  "]) == 2
     assert "needs a reason" in capsys.readouterr().err
     assert main(["code-hashes", "--accept", "docstring-only refactor"]) == 0

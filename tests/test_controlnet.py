@@ -7,16 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from sgid_utils.config.load import ParamsError
+from sgid_utils.augment.batched import generate_batch, generate_many
+from sgid_utils.augment.edges import canny_edges
+from sgid_utils.augment.generation import generate_candidates, preview_generators
 from sgid_utils.core import catalog
 from sgid_utils.core.fingerprints import fingerprint
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.core.seeding import torch_rng
-from sgid_utils.method.batched import generate_batch, generate_many
-from sgid_utils.method.edges import canny_edges
-from sgid_utils.method.generation import generate_candidates, preview_generators
 from sgid_utils.models.loading import ModelLoadError, load_controlnet_img2img, load_img2img
+from sgid_utils.params.load import ParamsError
 
 from .conftest import ATOL, GUIDANCE, STEPS, STRENGTH, copy_stages, seeds_for
 
@@ -178,7 +178,7 @@ def test_the_generator_is_in_the_fingerprint_and_controlnet_settings_only_when_u
 @pytest.fixture(scope="module")
 def controlnet_run(assets, pipeline_run, tmp_path_factory):
     """The generate stage under the ControlNet generator, on the pipeline run's captions and scores."""
-    from sgid_utils.config.load import load_params
+    from sgid_utils.params.load import load_params
 
     from .conftest import write_params
 
@@ -272,7 +272,7 @@ def test_the_controlnet_pipeline_shares_the_img2img_modules_in_their_dtype(asset
 
 
 def test_the_ablation_profiles_pair_each_controlnet_strength_with_plain_sgid():
-    from sgid_utils.config.load import load_params
+    from sgid_utils.params.load import load_params
 
     from .conftest import REPO
 

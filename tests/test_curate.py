@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
+from sgid_utils.augment.selection import select
 from sgid_utils.core import catalog
 from sgid_utils.core.rundir import RunDir
-from sgid_utils.method.selection import select
 
 
 def _candidates() -> pd.DataFrame:
@@ -80,7 +80,7 @@ def test_quality_scores_filters_and_the_filtered_set(pipeline_run):
     for row in filtered.itertuples():  # the rule's property, checked on the candidates themselves
         assert not row.fallback and row.similarity == kept[kept.image_id == row.image_id].similarity.max()
     # The hypothesis (an ablation variant) on the same candidates: the least similar eligible one, else a fallback.
-    from sgid_utils.method.selection import choose
+    from sgid_utils.augment.selection import choose
 
     floor = summary["select_floor"]
     for row in choose(p, kept, floor, "most_diverse_consistent").itertuples():
@@ -94,7 +94,7 @@ def test_quality_scores_filters_and_the_filtered_set(pipeline_run):
 
 def test_the_default_selection_is_the_closest_reading_of_the_reports_hand_pick(tmp_path):
     """curation.select defaults to most_similar; most_diverse_consistent is a hypothesis, as its description says."""
-    from sgid_utils.config.schema import CurationParams
+    from sgid_utils.params.schema import CurationParams
 
     field = CurationParams.model_fields["select"]
     assert CurationParams().select == "most_similar"
@@ -103,8 +103,8 @@ def test_the_default_selection_is_the_closest_reading_of_the_reports_hand_pick(t
 
 def test_the_random_rule_follows_the_generation_draw(make_params):
     """run.draw redraws curation's random choices too; draw 0 keeps run.seed's."""
+    from sgid_utils.augment.selection import choose
     from sgid_utils.core.seeding import draw_seed
-    from sgid_utils.method.selection import choose
 
     zero, one = make_params("d0", run={"seed": 3}), make_params("d1", run={"seed": 3, "draw": 1})
     picks = {p.run.draw: choose(p, _candidates(), 0.0, "random").path.tolist() for p in (zero, one)}

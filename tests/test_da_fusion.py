@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sgid_utils.augment.inversion import InversionSettings, batch_loss, learn_token, own_text_encoder
+from sgid_utils.augment.replacement import ReplacementSampler, synthetic_indices
 from sgid_utils.core import catalog
 from sgid_utils.core.images import load_image
-from sgid_utils.method.inversion import InversionSettings, batch_loss, learn_token, own_text_encoder
-from sgid_utils.method.replacement import ReplacementSampler, synthetic_indices
 from sgid_utils.models.loading import load_img2img
 from sgid_utils.stages.da_fusion import seed_of, strength_of
 
@@ -41,7 +41,7 @@ def test_textual_inversion_learns_the_token_and_only_the_token(tiny_pipe, assets
             return float(batch_loss(tokenizer, text_encoder, tiny_pipe.vae, tiny_pipe.unet, noise, images, "<dog>",
                                     settings, torch.Generator().manual_seed(7)))
 
-    from sgid_utils.method.inversion import add_token
+    from sgid_utils.augment.inversion import add_token
 
     token_id = add_token(tokenizer, text_encoder, "<dog>", "the")
     before_rows = text_encoder.get_input_embeddings().weight.detach().clone()

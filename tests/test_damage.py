@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from sgid_utils.augment.training import load_checkpoint
 from sgid_utils.core import catalog
 from sgid_utils.core.files import read_json
 from sgid_utils.core.registry import NAMES, get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_all, run_stage
 from sgid_utils.errors import CorruptFileError
-from sgid_utils.method.training import load_checkpoint
 
 from .conftest import REPO
 from .test_resume import _same

@@ -99,7 +99,7 @@ def test_per_class_cap_and_too_few_classes(make_params, tmp_path):
 
 
 def test_missing_folder_stops_at_params_time(make_params, tmp_path):
-    from sgid_utils.config.load import ParamsError
+    from sgid_utils.params.load import ParamsError
 
     with pytest.raises(ParamsError, match="'dataset.path' names a folder that does not exist"):
         make_params(dataset={"path": str(tmp_path / "nowhere"), "test_path": None}, smoke={"build_dataset": False})
@@ -170,8 +170,8 @@ def test_the_flowers_split_variant_trains_on_the_train_split_alone(make_params, 
     """params/flowers_ablations.yaml's 'train-split-only' against the default train + validation, on a local copy."""
     import datasets
 
-    from sgid_utils.config.load import load_params
     from sgid_utils.core.sharing import variant_params
+    from sgid_utils.params.load import load_params
 
     flowers = load_params(REPO / "params" / "flowers_ablations.yaml")
     split_only = next(a for a in flowers.ablations if a.name == "train-split-only")

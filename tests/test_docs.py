@@ -56,7 +56,7 @@ def test_the_path_pattern_finds_module_paths_and_skips_other_repositories_and_pa
     text = ("see sgid_utils/sources.py, core/rundir.py and `tests/test_xy.py`; its semantic_aug/augmentations/"
             "real_guidance.py, stages/<name>.py and bench/x.py are not ours")
     assert named_paths(text) == {"sgid_utils/sources.py", "core/rundir.py", "tests/test_xy.py"}
-    assert not exists("sgid_utils/sources.py") and exists("sgid_utils/config/sources.py") and exists("core/rundir.py")
+    assert not exists("sgid_utils/sources.py") and exists("sgid_utils/params/sources.py") and exists("core/rundir.py")
 
 
 def test_every_module_path_the_docs_name_exists():
@@ -219,7 +219,7 @@ def test_a_module_gets_its_same_named_test_first_where_that_test_reaches_it():
 
 
 def test_reaches_tells_a_test_that_does_not_reach_a_module():
-    assert reaches("test_guidance.py", "method/guidance.py")
-    assert not reaches("test_workers.py", "method/guidance.py")
+    assert reaches("test_guidance.py", "augment/guidance.py")
+    assert not reaches("test_workers.py", "augment/guidance.py")
     assert reaches("test_resume.py", "stages/upscale.py")  # every registered stage, killed and resumed
     assert not reaches("test_stats.py", "stages/upscale.py")

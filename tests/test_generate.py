@@ -6,7 +6,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sgid_utils.config.schema import GenerationParams
+from sgid_utils.augment.generation import model_input_size
+from sgid_utils.augment.generation_setup import (
+    COMPILE_MIN_CANDIDATES,
+    MAX_AUTO_BATCH,
+    auto_batch_size,
+    compile_wanted,
+    writer_threads,
+)
+from sgid_utils.augment.guidance import guidance_scale
+from sgid_utils.augment.prompts import build_prompt
 from sgid_utils.core import catalog
 from sgid_utils.core.files import ItemStore, write_png
 from sgid_utils.core.resumable import BatchPlan, Pending, in_batches, run_items
@@ -14,16 +23,7 @@ from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.core.seeding import derive_seed
 from sgid_utils.errors import StageError
-from sgid_utils.method.generation import model_input_size
-from sgid_utils.method.generation_setup import (
-    COMPILE_MIN_CANDIDATES,
-    MAX_AUTO_BATCH,
-    auto_batch_size,
-    compile_wanted,
-    writer_threads,
-)
-from sgid_utils.method.guidance import guidance_scale
-from sgid_utils.method.prompts import build_prompt
+from sgid_utils.params.schema import GenerationParams
 
 from .conftest import copy_stages
 
@@ -208,7 +208,7 @@ def test_compile_and_writer_thread_rules():
 def test_the_raw_pass_samples_small_sources_per_class_seeded():
     from types import SimpleNamespace
 
-    from sgid_utils.method.generation import raw_pass
+    from sgid_utils.augment.generation import raw_pass
 
     sizes = [(100, 80)] * 7 + [(600, 520)] * 2  # per class: 7 small sources, 2 at or above the threshold
     sources = pd.DataFrame({"image_id": [f"c{c}_{i}" for c in range(3) for i in range(9)],
@@ -230,7 +230,7 @@ def test_the_raw_pass_samples_small_sources_per_class_seeded():
 
 
 def test_error_analysis_sample_all_and_bad_values_through_the_params_file(make_params):
-    from sgid_utils.config.load import ParamsError
+    from sgid_utils.params.load import ParamsError
 
     assert make_params("all", curation={"error_analysis_sample": "all"}).curation.error_analysis_sample == "all"
     assert make_params("three", curation={"error_analysis_sample": 3}).curation.error_analysis_sample == 3

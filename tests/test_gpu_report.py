@@ -21,9 +21,9 @@ sys.path.insert(0, str(ROOT / "bench"))  # bench/ is scripts, not a package: imp
 
 from gpu_report import PROFILES, largest_batch  # noqa: E402 - importable only once bench/ is on sys.path (above)
 
-from sgid_utils.config.backbones import backbones  # noqa: E402
-from sgid_utils.config.load import load_params  # noqa: E402
-from sgid_utils.config.methods import AUGMENTATIONS, BY_METHOD  # noqa: E402
+from sgid_utils.params.backbones import backbones  # noqa: E402
+from sgid_utils.params.load import load_params  # noqa: E402
+from sgid_utils.params.methods import AUGMENTATIONS, BY_METHOD  # noqa: E402
 from sgid_utils.preflight.projection import full_run_counts, hms, project_seconds  # noqa: E402
 from sgid_utils.reporting.comparison import (  # noqa: E402
     PER_HOUR,

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sgid_utils.config.schema import GuidanceParams
+from sgid_utils.augment.guidance import guidance_curve, guidance_scale
 from sgid_utils.core import catalog
-from sgid_utils.method.guidance import guidance_curve, guidance_scale
+from sgid_utils.params.schema import GuidanceParams
 
 PAPER = (-4.0, 2.0, 1.0)
 

@@ -11,9 +11,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sgid_utils"
 MAX_LINES = 330
 # The floors, bottom up: a module imports its own subpackage and the floors below, never a floor above or a sibling
 # on its own floor. Errors are the ground (every floor raises them); the params come next, then the model loaders,
-# the shared infrastructure (registry, runner, catalog), the method, what reports and checks a run, the stages, what
-# runs a data set's commands in order (reproduce), and the command line with the package's root modules.
-FLOORS = (("errors",), ("config",), ("models",), ("core",), ("method",), ("reporting", "preflight"), ("stages",),
+# the shared infrastructure (registry, runner, catalog), the method's pieces (augment), what reports and checks a
+# run, the stages, what runs a data set's commands in order (reproduce), and the command line with the package's
+# root modules.
+FLOORS = (("errors",), ("params",), ("models",), ("core",), ("augment",), ("reporting", "preflight"), ("stages",),
           ("reproduce",), ("cli", "__init__"), ("__main__",))
 
 
@@ -87,7 +88,7 @@ def test_no_module_import_cycle():
 def test_no_stage_module_imports_another_stage_module():
     for path in _modules("stages"):
         others = {i for i in _imports(path) if i.startswith("sgid_utils.stages.") and path.stem not in i.split(".")}
-        assert not others, f"{path.name} imports {sorted(others)}: move the shared code to method/, config/ or core/"
+        assert not others, f"{path.name} imports {sorted(others)}: move the shared code to augment/, params/ or core/"
 
 
 def test_only_the_command_line_imports_the_stages():

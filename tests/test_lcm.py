@@ -8,15 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from sgid_utils.config.load import ParamsError
-from sgid_utils.config.samplers import largest_guidance, sampler_label
+from sgid_utils.augment.generation import generate_candidates
 from sgid_utils.core import catalog
 from sgid_utils.core.fingerprints import fingerprint
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.core.sharing import variant_params
-from sgid_utils.method.generation import generate_candidates
 from sgid_utils.models.loading import ModelLoadError, load_img2img, load_lcm_img2img
+from sgid_utils.params.load import ParamsError
+from sgid_utils.params.samplers import largest_guidance, sampler_label
 
 from .conftest import STRENGTH, copy_stages, seeds_for
 
@@ -57,7 +57,7 @@ def pipe(assets, lora):
 def lcm_run(assets, pipeline_run, lora, tmp_path_factory):
     """The raw generation pass under the LCM-LoRA sampler, on the pipeline run's captions and scores, with the UNet
     calls of the loader's (cached) pipeline counted by a forward hook."""
-    from sgid_utils.config.load import load_params
+    from sgid_utils.params.load import load_params
 
     from .conftest import write_params
 

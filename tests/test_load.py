@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sgid_utils.config.backbones import METHOD_NAMES, backbones
-from sgid_utils.config.load import ParamsError, load_params, parse_override
+from sgid_utils.params.backbones import METHOD_NAMES, backbones
+from sgid_utils.params.load import ParamsError, load_params, parse_override
 
 from .conftest import REPO
 
@@ -175,7 +175,7 @@ def test_code_versions_make_older_outputs_stale(make_params, tmp_path):
 
 def test_quick_profile_runs_the_pets_method_on_a_subset():
     """params/pets_quick.yaml: Pets' models, prompts, generation and training recipe; only the counts shrink."""
-    from sgid_utils.config.backbones import configs
+    from sgid_utils.params.backbones import configs
     from sgid_utils.preflight.projection import full_run_counts
 
     quick, full = (load_params(REPO / "params" / f"{name}.yaml") for name in ("pets_quick", "pets"))

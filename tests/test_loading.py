@@ -28,7 +28,7 @@ def test_unreachable_classifier_says_what_to_do():
 def test_every_models_entry_has_a_tiny_model():
     """models.tiny builds one tiny model per models.* field, deciding which without importing the builders (seconds
     of diffusers and timm imports): the builders must know every field."""
-    from sgid_utils.config.schema import ModelParams
     from sgid_utils.models import builders
+    from sgid_utils.params.schema import ModelParams
 
     assert set(ModelParams.model_fields) == set(builders._TINY_SAVERS)  # each is seeded on its own: order is free

@@ -12,11 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from sgid_utils.config.backbones import backbones, configs
-from sgid_utils.config.load import load_params
-from sgid_utils.config.methods import AUGMENTATIONS, made_per_real
-from sgid_utils.config.schema import Params
-from sgid_utils.config.sources import SOURCES
 from sgid_utils.core import catalog
 from sgid_utils.core.fingerprints import fingerprint
 from sgid_utils.core.provenance import stage_seconds
@@ -26,6 +21,11 @@ from sgid_utils.core.runner import run_stage
 from sgid_utils.core.seeding import derive_seed, draw_seed
 from sgid_utils.core.sharing import variant_params
 from sgid_utils.models.loading import create_classifier
+from sgid_utils.params.backbones import backbones, configs
+from sgid_utils.params.load import load_params
+from sgid_utils.params.methods import AUGMENTATIONS, made_per_real
+from sgid_utils.params.schema import Params
+from sgid_utils.params.sources import SOURCES
 from sgid_utils.preflight.projection import full_run_counts
 from sgid_utils.reporting.comparison import (
     HOURS,

@@ -14,14 +14,14 @@ import nbformat
 import pandas as pd
 import pytest
 
-from sgid_utils.config.load import load_params
-from sgid_utils.config.settings import changed_settings
-from sgid_utils.config.sources import source_of
 from sgid_utils.core import catalog
 from sgid_utils.core.files import read_json, write_table
 from sgid_utils.core.provenance import load_provenance, record_stage
 from sgid_utils.core.registry import NAMES
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.params.load import load_params
+from sgid_utils.params.settings import changed_settings
+from sgid_utils.params.sources import source_of
 from sgid_utils.reporting.page import build_report, project_root
 from sgid_utils.reporting.tables import DELTA, JOINT, OURS, SIGNIFICANT, SIGNIFICANT_HOLM, TEST_SET_P
 

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from sgid_utils.cli import main
-from sgid_utils.config.backbones import configs
-from sgid_utils.config.load import load_params
 from sgid_utils.core import catalog, registry
 from sgid_utils.core.files import read_table
 from sgid_utils.core.registry import STAGES, Stage
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.params.backbones import configs
+from sgid_utils.params.load import load_params
 from sgid_utils.preflight.checks import check_versions
 from sgid_utils.preflight.command import _canary_items, _train_rows, canary_params, preflight
 from sgid_utils.preflight.projection import (

@@ -2,8 +2,8 @@ import pytest
 import torch
 from compel import PromptParser
 
-from sgid_utils.config.schema import GenerationParams
-from sgid_utils.method.prompts import build_prompt, escape_for_compel, plain_prompt
+from sgid_utils.augment.prompts import build_prompt, escape_for_compel, plain_prompt
+from sgid_utils.params.schema import GenerationParams
 
 
 def fragments(prompt: str) -> list[tuple[str, float]]:
@@ -37,7 +37,7 @@ def test_caption_syntax_cannot_change_the_weights(caption, literal):
 
 
 def test_weights_reach_the_embeddings(assets):
-    from sgid_utils.method.generation import PromptEncoder
+    from sgid_utils.augment.generation import PromptEncoder
     from sgid_utils.models.loading import load_img2img
 
     models, _ = assets
@@ -66,7 +66,7 @@ def test_ablation_prompts_are_unweighted_label_or_caption():
 def test_chunk_encoding_equals_compels_per_prompt_pairs(assets, negative):
     """``PromptEncoder.many`` (the negative encoded once per run) gives compel's pair call's embeddings, also for a
     prompt longer than CLIP's 77 tokens, whose negative compel pads to its length."""
-    from sgid_utils.method.generation import PromptEncoder
+    from sgid_utils.augment.generation import PromptEncoder
     from sgid_utils.models.loading import load_img2img
 
     models, _ = assets

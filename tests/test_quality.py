@@ -7,9 +7,8 @@ import pytest
 import torch
 from scipy import linalg
 
-from sgid_utils.core.images import load_image
-from sgid_utils.method.embeddings import image_embeddings, text_embeddings
-from sgid_utils.method.filters import (
+from sgid_utils.augment.embeddings import image_embeddings, text_embeddings
+from sgid_utils.augment.filters import (
     apply_filters,
     class_prompts,
     detector_filter,
@@ -19,7 +18,8 @@ from sgid_utils.method.filters import (
     suggest_threshold,
     zero_shot_scores,
 )
-from sgid_utils.method.selection import select
+from sgid_utils.augment.selection import select
+from sgid_utils.core.images import load_image
 from sgid_utils.models.loading import load_clip
 from sgid_utils.reporting.set_metrics import (
     consistency_metrics,

@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sgid_utils.config.load import RENAMED_KEYS, load_params, load_run_params, upgrade_fingerprint
 from sgid_utils.core import catalog
 from sgid_utils.core.files import read_fingerprint
 from sgid_utils.core.fingerprints import fingerprint, recorded_differences
 from sgid_utils.core.registry import NAMES, get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import check_stage, run_stage
+from sgid_utils.params.load import RENAMED_KEYS, load_params, load_run_params, upgrade_fingerprint
 
 from .conftest import copy_stages
 

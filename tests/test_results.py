@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from sgid_utils.config.load import load_params
 from sgid_utils.core import catalog
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.params.load import load_params
 from sgid_utils.reporting.plots import gain_forest
 from sgid_utils.reporting.tables import (
     DELTA,

@@ -14,12 +14,12 @@ import pytest
 import torch
 import yaml
 
-from sgid_utils.config.load import load_params, load_run_params
 from sgid_utils.core.files import read_json
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 from sgid_utils.core.seeding import CUBLAS_WORKSPACE, deterministic_torch
 from sgid_utils.errors import ParamsError, StaleOutputsError
+from sgid_utils.params.load import load_params, load_run_params
 from sgid_utils.reporting.facts import reproducibility
 from sgid_utils.reporting.page import build_report
 

@@ -7,12 +7,12 @@ import re
 import pytest
 from pydantic import BaseModel, create_model
 
-from sgid_utils.config import schema, training
-from sgid_utils.config.load import load_params
-from sgid_utils.config.origins import Source
-from sgid_utils.config.schema import Params
-from sgid_utils.config.settings import changed_settings, schema_keys, settings_table
-from sgid_utils.config.sources import COLUMNS, SOURCES, source_of
+from sgid_utils.params import schema, training
+from sgid_utils.params.load import load_params
+from sgid_utils.params.origins import Source
+from sgid_utils.params.schema import Params
+from sgid_utils.params.settings import changed_settings, schema_keys, settings_table
+from sgid_utils.params.sources import COLUMNS, SOURCES, source_of
 
 from .conftest import REPO
 
@@ -31,7 +31,7 @@ def minimal(**sections) -> Params:
 
 def test_every_setting_of_the_schema_has_a_source():
     missing = [k for k in schema_keys() if k not in SOURCES]
-    assert not missing, f"give these settings a Source in sgid_utils/config/sources.py: {missing}"
+    assert not missing, f"give these settings a Source in sgid_utils/params/sources.py: {missing}"
 
 
 def test_no_source_names_a_key_the_schema_lacks():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sgid_utils.config.load import load_params
+from sgid_utils.params.load import load_params
 from sgid_utils.reporting.tables import CONTROLS
 
 PROFILES = sorted((Path(__file__).resolve().parent.parent / "params").glob("*_ablations.yaml"))

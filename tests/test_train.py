@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sgid_utils.config.backbones import TrainConfig, backbones, configs
-from sgid_utils.config.training import BackboneParams, TrainingParams
+from sgid_utils.augment.augmentations import cutmix_batch, mixed_loss, randaugment
+from sgid_utils.augment.training import lr_factor, step_plan, train_step
 from sgid_utils.core import catalog
 from sgid_utils.core.rundir import RunDir
-from sgid_utils.method.augmentations import cutmix_batch, mixed_loss, randaugment
-from sgid_utils.method.training import lr_factor, step_plan, train_step
+from sgid_utils.params.backbones import TrainConfig, backbones, configs
+from sgid_utils.params.training import BackboneParams, TrainingParams
 from sgid_utils.stages.train import sgid_subset, size_matched, train_config, training_sets
 
 from .conftest import copy_stages, resnet_scratch_entry
@@ -218,7 +218,7 @@ def test_evaluation_autocasts_only_when_training_does():
     """training.amp: false must hold at evaluation too (it used to autocast on CUDA regardless)."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from sgid_utils.method.training import evaluate
+    from sgid_utils.augment.training import evaluate
 
     class Recorder(torch.nn.Linear):
         def forward(self, x):

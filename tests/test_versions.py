@@ -8,8 +8,8 @@ import pytest
 import tomllib
 from packaging.requirements import Requirement
 
-from sgid_utils.config.versions import SKIP, check_versions, requirements, version_problems
 from sgid_utils.errors import VersionError
+from sgid_utils.params.versions import SKIP, check_versions, requirements, version_problems
 
 from .conftest import REPO
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import pandas as pd
 
-from sgid_utils.config.schema import Params
 from sgid_utils.core.files import read_json, read_table, write_figure, write_json, write_table
 from sgid_utils.core.registry import ABLATIONS_READ, ABLATIONS_WRITE, STAGES, writer
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.errors import CorruptFileError
+from sgid_utils.params.schema import Params
 
 
 def _with_first_m(table: pd.DataFrame) -> pd.DataFrame:
@@ -148,7 +148,7 @@ UPGRADES: dict[str, Callable[[Any], Any]] = {}
 
 def register_upgrade(name: str, upgrade: Callable[[Any], Any]) -> None:
     """Bring entry ``name`` as an older version wrote it to today's columns on load, with code above core: the
-    ``method`` module that makes the column registers it (``sgid_utils.method`` imports it, so a stage that uses
+    ``method`` module that makes the column registers it (``sgid_utils.augment`` imports it, so a stage that uses
     any method code has it), and core imports nothing above it."""
     entry(name)
     UPGRADES[name] = upgrade

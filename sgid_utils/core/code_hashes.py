@@ -10,7 +10,7 @@ command::
 
     python -m sgid_utils code-hashes --accept "REASON"
 
-A stage's method code is ``stages/<name>.py`` and every module it imports, directly or not, from ``method/`` (and
+A stage's method code is ``stages/<name>.py`` and every module it imports, directly or not, from ``augment/`` (and
 ``core/seeding.py``, ``core/images.py``: seeds and image decoding decide outputs too). A hash is of the module's
 syntax tree without docstrings (comments are not in it), so rewording a docstring or a comment needs nothing.
 Users' finished runs are invalidated only by a bump: the hashes are never part of a fingerprint.
@@ -29,7 +29,7 @@ from sgid_utils.core.registry import CODE_VERSION_KEY, CODE_VERSIONS, STAGES, ge
 
 PACKAGE = Path(__file__).resolve().parent.parent
 HASHES_FILE = Path(__file__).with_name("code_hashes.json")
-FOLLOWED = ("sgid_utils.stages.", "sgid_utils.method.", "sgid_utils.core.seeding", "sgid_utils.core.images")
+FOLLOWED = ("sgid_utils.stages.", "sgid_utils.augment.", "sgid_utils.core.seeding", "sgid_utils.core.images")
 COMMAND = 'python -m sgid_utils code-hashes --accept "REASON"'
 BUMPED, SAME_OUTPUTS, NEW, REMOVED = "code version bumped", "same outputs", "new stage", "removed"
 

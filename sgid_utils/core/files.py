@@ -30,8 +30,8 @@ import pandas as pd
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 
-from sgid_utils.config.load import upgrade_fingerprint
 from sgid_utils.errors import CorruptFileError, StaleOutputsError
+from sgid_utils.params.load import upgrade_fingerprint
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

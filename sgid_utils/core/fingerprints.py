@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sgid_utils.config.backbones import backbones
-from sgid_utils.config.methods import AUGMENTATIONS
-from sgid_utils.config.schema import Params
-from sgid_utils.config.training import INHERITED, BackboneParams
 from sgid_utils.core.files import read_fingerprint
 from sgid_utils.core.registry import CODE_VERSIONS, STAGES, get, upstream_closure
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.errors import StaleOutputsError
+from sgid_utils.params.backbones import backbones
+from sgid_utils.params.methods import AUGMENTATIONS
+from sgid_utils.params.schema import Params
+from sgid_utils.params.training import INHERITED, BackboneParams
 
 # Keys that change only speed (batch sizes, compilation) or only how much is done (which methods, seeds and
 # proportions to train): changing them reuses finished work. Listed backbones are recorded one by one

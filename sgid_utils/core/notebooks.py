@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sgid_utils.config.load import Params, load_params, load_run_params, parse_override
 from sgid_utils.core.fingerprints import check_recorded
 from sgid_utils.core.provenance import versions
 from sgid_utils.core.registry import notebooks
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.params.load import Params, load_params, load_run_params, parse_override
 
 
 def setup(params_file: str, run_dir: str | None = None, overrides: dict[str, Any] | None = None) -> Params:

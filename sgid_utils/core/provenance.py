@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from sgid_utils.config.schema import Params
 from sgid_utils.core.files import read_json, reason, set_aside, write_json
 from sgid_utils.core.registry import get
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.params.schema import Params
 
 PACKAGES = ["torch", "torchvision", "transformers", "diffusers", "compel", "timm", "datasets"]
 

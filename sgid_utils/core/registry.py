@@ -83,7 +83,7 @@ TRAINING = ("training_results", "history", "predictions")
 # listed. captions 2 (captioning): nucleus sampling batched, each image's tokens drawn from its own seed
 # (SeededNucleusSampler). upscale 2 (curation.upscale_to): upscaled sizes rounded to the nearest multiple of 8, the
 # target winning over max_side. train 2 (training): evaluation autocasts only when training does (training.amp).
-# A bump of ``generation`` reaches both generation passes (they share method/generation.py), one of
+# A bump of ``generation`` reaches both generation passes (they share augment/generation.py), one of
 # ``curation.upscale_to`` the upscaled pass alone, one of the inversion's DA-Fusion's images too.
 STAGES: tuple[Stage, ...] = (
     Stage("data", "01_captioning", (), ("images", "skipped"), ("dataset", "run.seed"), "data",

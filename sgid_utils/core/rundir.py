@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from sgid_utils.config.load import RUN_PARAMS_FILE
-from sgid_utils.config.schema import Params
 from sgid_utils.core.registry import get
+from sgid_utils.params.load import RUN_PARAMS_FILE
+from sgid_utils.params.schema import Params
 
 Pass = Literal["raw", "upscaled"]
 

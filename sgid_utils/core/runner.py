@@ -21,7 +21,6 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from sgid_utils.config.schema import Params
 from sgid_utils.core.files import pin_fingerprint, write_text
 from sgid_utils.core.fingerprints import fingerprint
 from sgid_utils.core.provenance import record_seconds, record_stage
@@ -31,6 +30,7 @@ from sgid_utils.core.sharing import reuse_run
 from sgid_utils.errors import StageError
 from sgid_utils.models.loading import release_models
 from sgid_utils.models.tiny import ensure_smoke_assets
+from sgid_utils.params.schema import Params
 
 BARRIER_TIMEOUT = timedelta(hours=48)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from sgid_utils.config.schema import Params
+    from sgid_utils.params.schema import Params
 
 
 def derive_seed(run_seed: int, item_id: str, index: int = 0, purpose: str = "") -> int:

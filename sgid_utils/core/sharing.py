@@ -14,9 +14,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sgid_utils.config.backbones import TrainConfig, backbones
-from sgid_utils.config.load import load_params
-from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import changed_keys, read_fingerprint
 from sgid_utils.core.fingerprints import (
@@ -28,6 +25,9 @@ from sgid_utils.core.fingerprints import (
 from sgid_utils.core.registry import upstream_closure
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.errors import StageError
+from sgid_utils.params.backbones import TrainConfig, backbones
+from sgid_utils.params.load import load_params
+from sgid_utils.params.schema import Params
 
 
 def link(src: Path, dst: Path) -> None:

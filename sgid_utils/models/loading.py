@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from sgid_utils.config.schema import Params
 from sgid_utils.errors import ModelLoadError
+from sgid_utils.params.schema import Params
 
 
 def model_load_error(ref: str, stage: str, exc: BaseException, what: str = "models.*",

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from sgid_utils.config.schema import Params
+from sgid_utils.params.schema import Params
 
 
 def _smoke_image(rng: np.random.Generator, label: int, size: tuple[int, int]) -> Image.Image:

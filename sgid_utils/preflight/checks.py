@@ -18,12 +18,12 @@ import torch
 from huggingface_hub.errors import CacheNotFound
 from packaging.requirements import Requirement
 
-from sgid_utils.config.schema import Params
-from sgid_utils.config.sources import HUB_IDS
-from sgid_utils.config.versions import version_problems
 from sgid_utils.core.sharing import reuse_plan
 from sgid_utils.errors import StageError
 from sgid_utils.models.loading import resolve_device
+from sgid_utils.params.schema import Params
+from sgid_utils.params.sources import HUB_IDS
+from sgid_utils.params.versions import version_problems
 from sgid_utils.preflight.projection import gib
 
 CONSTRAINTS = Path(__file__).resolve().parents[2] / "constraints.txt"

@@ -17,9 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from sgid_utils.config.backbones import backbones, configs
-from sgid_utils.config.methods import AUGMENTATIONS
-from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import read_table, write_text
 from sgid_utils.core.registry import NAMES, RECORDED_UNITS, get
@@ -28,6 +25,9 @@ from sgid_utils.core.runner import run_stage
 from sgid_utils.core.sharing import reuse_plan, reuse_source, variant_params
 from sgid_utils.errors import USER_ERRORS
 from sgid_utils.models.loading import create_classifier
+from sgid_utils.params.backbones import backbones, configs
+from sgid_utils.params.methods import AUGMENTATIONS
+from sgid_utils.params.schema import Params
 from sgid_utils.preflight.checks import Check, checks, existing_folder
 from sgid_utils.preflight.projection import (
     OTHER_BYTES_STAGES,

@@ -14,16 +14,16 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from sgid_utils.config.backbones import GENERATIVE, backbones, configs
-from sgid_utils.config.methods import AUGMENTATIONS, METHOD_STAGES, idle_stages, made_per_real
-from sgid_utils.config.schema import Params
+from sgid_utils.augment.generation import raw_pass
 from sgid_utils.core import catalog
 from sgid_utils.core.files import read_table
 from sgid_utils.core.fingerprints import fingerprint
 from sgid_utils.core.registry import RECORDED_UNITS, STAGES, get
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.sharing import SHARED_STAGES, lenders
-from sgid_utils.method.generation import raw_pass
+from sgid_utils.params.backbones import GENERATIVE, backbones, configs
+from sgid_utils.params.methods import AUGMENTATIONS, METHOD_STAGES, idle_stages, made_per_real
+from sgid_utils.params.schema import Params
 
 # Official split sizes (images), used when the data stage has not run yet. Pets: the trainval/test lists of
 # Parkhi et al. 2012 as served by timm/oxford-iiit-pet; Flowers102: Nilsback & Zisserman 2008, 10 per class in

@@ -18,14 +18,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sgid_utils.config.backbones import NON_GENERATIVE, backbones
-from sgid_utils.config.methods import BY_METHOD, REPLACING
-from sgid_utils.config.methods import made_per_real as made_per_section
-from sgid_utils.config.samplers import sampler_label
-from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.provenance import stage_seconds
 from sgid_utils.core.sharing import variant_params
+from sgid_utils.params.backbones import NON_GENERATIVE, backbones
+from sgid_utils.params.methods import BY_METHOD, REPLACING
+from sgid_utils.params.methods import made_per_real as made_per_section
+from sgid_utils.params.samplers import sampler_label
+from sgid_utils.params.schema import Params
 from sgid_utils.reporting.costs import CountsOf, Projection, projected, projection
 from sgid_utils.reporting.stats import (
     holm,

@@ -27,9 +27,9 @@ from typing import Protocol
 
 import pandas as pd
 
-from sgid_utils.config.samplers import denoising_steps
-from sgid_utils.config.schema import GenerationParams, Params
 from sgid_utils.errors import ParamsError
+from sgid_utils.params.samplers import denoising_steps
+from sgid_utils.params.schema import GenerationParams, Params
 
 
 class ItemCounts(Protocol):

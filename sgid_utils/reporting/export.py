@@ -17,12 +17,12 @@ from pathlib import Path
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_bytes, write_table, write_text
 from sgid_utils.core.fingerprints import check_recorded
 from sgid_utils.core.images import class_names
 from sgid_utils.errors import StageError
+from sgid_utils.params.schema import Params
 
 SPLIT = "train"  # the curated set augments the training split; its sources are training images
 # (licence id for the card's metadata, what is known about the source images' terms)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sgid_utils.config.backbones import backbones, recipe
-from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.files import read_fingerprint
 from sgid_utils.core.rundir import RunDir
+from sgid_utils.params.backbones import backbones, recipe
+from sgid_utils.params.schema import Params
 
 
 def key_facts(params: Params, provenance: pd.DataFrame) -> list[tuple[str, str]]:

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sgid_utils.config.methods import AUGMENTATIONS
+from sgid_utils.augment.embeddings import class_prompt_embeddings, image_embeddings, load_embeddings
 from sgid_utils.core import catalog
 from sgid_utils.core.images import load_run_image
-from sgid_utils.method.embeddings import class_prompt_embeddings, image_embeddings, load_embeddings
 from sgid_utils.models.loading import load_clip, resolve_device
+from sgid_utils.params.methods import AUGMENTATIONS
 from sgid_utils.reporting.comparison import sampler_variants, sgid_name
 from sgid_utils.reporting.set_metrics import (
     CURATED,

@@ -22,9 +22,6 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from nbconvert import HTMLExporter
 
-from sgid_utils.config.backbones import backbones, recipe
-from sgid_utils.config.schema import Params
-from sgid_utils.config.settings import changed_settings, settings_table
 from sgid_utils.core import catalog
 from sgid_utils.core.files import reason, write_text
 from sgid_utils.core.fingerprints import check_recorded
@@ -32,6 +29,9 @@ from sgid_utils.core.provenance import load_provenance
 from sgid_utils.core.registry import NAMES, notebooks
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.errors import CorruptFileError
+from sgid_utils.params.backbones import backbones, recipe
+from sgid_utils.params.schema import Params
+from sgid_utils.params.settings import changed_settings, settings_table
 from sgid_utils.reporting.comparison import page_section
 from sgid_utils.reporting.facts import key_facts
 from sgid_utils.reporting.stats import COVERS
@@ -257,7 +257,7 @@ NOT_SETTINGS = ("references.tables", "references.headline", "ablations")
 
 def settings(params: Params, every: bool = False) -> dict[str, list]:
     """The settings that differ from the package defaults (``every``: all of them), each with its origin and source
-    (sgid_utils.config.sources), paths written relative to the project; reference numbers and ablation variants
+    (sgid_utils.params.sources), paths written relative to the project; reference numbers and ablation variants
     left out."""
     rows = settings_table(params) if every else changed_settings(params)
     rows = rows[~rows.setting.str.startswith(NOT_SETTINGS)]

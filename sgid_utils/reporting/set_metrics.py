@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 from torchvision.transforms.functional import pil_to_tensor
 
-from sgid_utils.config.schema import Params
+from sgid_utils.augment.embeddings import class_prompt_embeddings, load_embeddings
+from sgid_utils.augment.filters import Embeddings, label_consistency, unit_rows
+from sgid_utils.augment.selection import selections
 from sgid_utils.core import catalog
 from sgid_utils.core.images import load_run_image
-from sgid_utils.method.embeddings import class_prompt_embeddings, load_embeddings
-from sgid_utils.method.filters import Embeddings, label_consistency, unit_rows
-from sgid_utils.method.selection import selections
+from sgid_utils.params.schema import Params
 
 CURATED = "curated (selected)"  # the set curation.select picked: the one SGID trains on
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sgid_utils.config.backbones import METHOD_NAMES, NON_GENERATIVE, backbones, configs, recipe
-from sgid_utils.config.schema import Params
-from sgid_utils.config.training import BackboneParams
 from sgid_utils.core import catalog
+from sgid_utils.params.backbones import METHOD_NAMES, NON_GENERATIVE, backbones, configs, recipe
+from sgid_utils.params.schema import Params
+from sgid_utils.params.training import BackboneParams
 from sgid_utils.reporting.stats import COVERS, TEST_SET_COVERS, reason_of, verdict_word
 
 SIGNIFICANCE_COLUMNS = ["backbone", "setting", "mean_diff", "ci_low", "ci_high", "p_value", "determined", "reason",

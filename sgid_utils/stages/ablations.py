@@ -27,7 +27,6 @@ from functools import partial
 
 import pandas as pd
 
-from sgid_utils.config.schema import AblationParams, Params
 from sgid_utils.core import catalog
 from sgid_utils.core.registry import ablation_stages
 from sgid_utils.core.resumable import shard
@@ -36,6 +35,7 @@ from sgid_utils.core.runner import run_stage
 from sgid_utils.core.sharing import BASE, SHARED_STAGES, lenders, link_stages, share_baselines, variant_params
 from sgid_utils.core.workers import run_ordered
 from sgid_utils.errors import ParamsError, StageError
+from sgid_utils.params.schema import AblationParams, Params
 from sgid_utils.reporting.set_metrics import CURATED, set_metrics
 from sgid_utils.reporting.stats import add_holm, paired_difference
 from sgid_utils.reporting.tables import (

@@ -25,14 +25,14 @@ import pandas as pd
 import torch
 from transformers import LogitsProcessor, TopPLogitsWarper
 
-from sgid_utils.config.schema import CaptioningParams, Params
+from sgid_utils.augment.prompts import mark_duplicates
 from sgid_utils.core import catalog
 from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed
-from sgid_utils.method.prompts import mark_duplicates
 from sgid_utils.models.loading import load_captioner, resolve_device, resolve_dtype
+from sgid_utils.params.schema import CaptioningParams, Params
 
 CAPTION_COLUMNS = ["image_id", "method", "rank", "caption", "duplicate"]
 

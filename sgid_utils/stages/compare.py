@@ -12,8 +12,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
+from sgid_utils.params.schema import Params
 from sgid_utils.preflight.projection import full_run_counts
 from sgid_utils.reporting.comparison import caption, comparison_table, gain_vs_cost, shown
 

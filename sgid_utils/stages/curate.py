@@ -7,7 +7,7 @@ each of its candidates (the image tower of ``models.clip``, openai/clip-vit-base
 the shipped profiles, the same model that scores the captions) measures the damage; sources
 whose short side is below ``curation.upscale_threshold`` are upscaled (Lanczos) and
 regenerated; one of the k candidates is chosen automatically by ``curation.select``
-(``sgid_utils.method.selection``; default ``most_similar``, our automatic reading of the
+(``sgid_utils.augment.selection``; default ``most_similar``, our automatic reading of the
 report's hand pick), giving ``curated.parquet``.
 
 Every competing candidate also gets a label-consistency score (CLIP zero-shot against
@@ -25,17 +25,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sgid_utils.config.schema import Params
+from sgid_utils.augment.embeddings import class_prompt_embeddings, image_embeddings, load_embeddings
+from sgid_utils.augment.filters import apply_filters, label_consistency, real_vs_generated, suggest_threshold
+from sgid_utils.augment.selection import choose, competing, selection_floor
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_npz
 from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, launched_worker, run_items, shard
 from sgid_utils.core.rundir import Pass, RunDir
 from sgid_utils.core.seeding import draw_seed
-from sgid_utils.method.embeddings import class_prompt_embeddings, image_embeddings, load_embeddings
-from sgid_utils.method.filters import apply_filters, label_consistency, real_vs_generated, suggest_threshold
-from sgid_utils.method.selection import choose, competing, selection_floor
 from sgid_utils.models.loading import load_clip, resolve_device
+from sgid_utils.params.schema import Params
 
 
 def score_candidates(params: Params, manifest: pd.DataFrame, generation_pass: Pass,

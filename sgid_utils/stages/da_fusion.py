@@ -18,17 +18,17 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from sgid_utils.config.schema import Params
+from sgid_utils.augment.batched import generate_many
+from sgid_utils.augment.generation import at_source_size, generate_candidates
+from sgid_utils.augment.inversion import own_text_encoder
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_png
 from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed
-from sgid_utils.method.batched import generate_many
-from sgid_utils.method.generation import at_source_size, generate_candidates
-from sgid_utils.method.inversion import own_text_encoder
 from sgid_utils.models.loading import load_img2img, resolve_device, resolve_dtype
+from sgid_utils.params.schema import Params
 
 METHODS = ("da_fusion", "da_fusion_recipe")
 

@@ -19,8 +19,6 @@ import datasets
 import pandas as pd
 from PIL import Image
 
-from sgid_utils.config.schema import DatasetParams, Params
-from sgid_utils.config.sources import HUB_IDS
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_bytes
 from sgid_utils.core.images import load_image, readable_class_name
@@ -28,6 +26,8 @@ from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed
 from sgid_utils.errors import DatasetError
 from sgid_utils.models.loading import model_load_error
+from sgid_utils.params.schema import DatasetParams, Params
+from sgid_utils.params.sources import HUB_IDS
 
 COLUMNS = ["image_id", "split", "label", "class_name", "path", "width", "height", "origin"]
 

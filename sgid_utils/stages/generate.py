@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sgid_utils.config.schema import Params
+from sgid_utils.augment.generation import generate
 from sgid_utils.core import catalog
-from sgid_utils.method.generation import generate
+from sgid_utils.params.schema import Params
 
 
 def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:

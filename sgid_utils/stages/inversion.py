@@ -15,22 +15,22 @@ import sys
 import pandas as pd
 import torch
 
-from sgid_utils.config.methods import DaFusionParams
-from sgid_utils.config.schema import Params
-from sgid_utils.core import catalog
-from sgid_utils.core.files import write_atomic
-from sgid_utils.core.images import load_run_image
-from sgid_utils.core.resumable import BatchPlan, run_items
-from sgid_utils.core.rundir import RunDir
-from sgid_utils.core.seeding import derive_seed, draw_seed
-from sgid_utils.method.inversion import (
+from sgid_utils.augment.inversion import (
     InversionSettings,
     class_token,
     initial_embedding,
     learn_token,
     own_text_encoder,
 )
+from sgid_utils.core import catalog
+from sgid_utils.core.files import write_atomic
+from sgid_utils.core.images import load_run_image
+from sgid_utils.core.resumable import BatchPlan, run_items
+from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.seeding import derive_seed, draw_seed
 from sgid_utils.models.loading import load_img2img, resolve_device
+from sgid_utils.params.methods import DaFusionParams
+from sgid_utils.params.schema import Params
 
 METHODS = ("da_fusion", "da_fusion_recipe")
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
 from sgid_utils.core.images import class_names
+from sgid_utils.params.schema import Params
 from sgid_utils.reporting.plots import consistency_diversity
 from sgid_utils.reporting.set_metrics import set_metrics
 from sgid_utils.reporting.stats import per_class_change, setting_predictions

@@ -23,18 +23,18 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from sgid_utils.config.methods import AUGMENTATIONS, made_per_real
-from sgid_utils.config.schema import Params
+from sgid_utils.augment.batched import generate_many
+from sgid_utils.augment.generation import at_source_size, generate_candidates
+from sgid_utils.augment.generation_setup import auto_batch_size
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_png
 from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed
-from sgid_utils.method.batched import generate_many
-from sgid_utils.method.generation import at_source_size, generate_candidates
-from sgid_utils.method.generation_setup import auto_batch_size
 from sgid_utils.models.loading import load_img2img, resolve_device, resolve_dtype
+from sgid_utils.params.methods import AUGMENTATIONS, made_per_real
+from sgid_utils.params.schema import Params
 
 METHOD = "real_guidance"
 METHODS = tuple(a.method for a in AUGMENTATIONS if a.section == METHOD)

@@ -14,9 +14,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from sgid_utils.config.backbones import COMBINED, NON_GENERATIVE, backbones
-from sgid_utils.config.schema import Params
 from sgid_utils.core import catalog
+from sgid_utils.params.backbones import COMBINED, NON_GENERATIVE, backbones
+from sgid_utils.params.schema import Params
 from sgid_utils.reporting.plots import accuracy_bar_chart, gain_forest, originals_vs_generated
 from sgid_utils.reporting.stats import (
     Predictions,

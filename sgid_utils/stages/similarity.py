@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sgid_utils.config.schema import Params
+from sgid_utils.augment.embeddings import score_captions
 from sgid_utils.core import catalog
 from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, run_items
 from sgid_utils.core.rundir import RunDir
-from sgid_utils.method.embeddings import score_captions
 from sgid_utils.models.loading import load_clip, resolve_device
+from sgid_utils.params.schema import Params
 
 
 def pick_best(scores: pd.DataFrame) -> pd.DataFrame:

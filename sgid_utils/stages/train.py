@@ -29,10 +29,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sgid_utils.config.backbones import GENERATIVE, RANDAUGMENT, TrainConfig, backbone, backbones, configs
-from sgid_utils.config.methods import BY_METHOD, REPLACING
-from sgid_utils.config.schema import Params
-from sgid_utils.config.training import BackboneParams
+from sgid_utils.augment.augmentations import randaugment
+from sgid_utils.augment.image_cache import CachedImages, shared_cache
+from sgid_utils.augment.replacement import ReplacementSampler, synthetic_indices
+from sgid_utils.augment.training import Loop, evaluate, lr_factor, optimizer_for, step_plan, train_epoch
 from sgid_utils.core import catalog
 from sgid_utils.core.files import pin_fingerprint, read_record, write_json
 from sgid_utils.core.fingerprints import backbone_fingerprint
@@ -40,11 +40,11 @@ from sgid_utils.core.resumable import gpu_memory_hint, my_share
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.seeding import derive_seed, deterministic_torch, seed_everything
 from sgid_utils.core.workers import run_ordered
-from sgid_utils.method.augmentations import randaugment
-from sgid_utils.method.image_cache import CachedImages, shared_cache
-from sgid_utils.method.replacement import ReplacementSampler, synthetic_indices
-from sgid_utils.method.training import Loop, evaluate, lr_factor, optimizer_for, step_plan, train_epoch
 from sgid_utils.models.loading import create_classifier, preprocessing, resolve_device
+from sgid_utils.params.backbones import GENERATIVE, RANDAUGMENT, TrainConfig, backbone, backbones, configs
+from sgid_utils.params.methods import BY_METHOD, REPLACING
+from sgid_utils.params.schema import Params
+from sgid_utils.params.training import BackboneParams
 
 
 def sgid_subset(curated: pd.DataFrame, proportion: float, run_seed: int) -> pd.DataFrame:

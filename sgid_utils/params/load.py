@@ -1,6 +1,6 @@
 """Loading a params file: ``extends:``, environment redirects, ``--set`` overrides, validation, paths.
 
-One YAML file per data set (``params/*.yaml``), validated against ``sgid_utils.config.schema``.
+One YAML file per data set (``params/*.yaml``), validated against ``sgid_utils.params.schema``.
 Relative paths in a params file are resolved against the folder that holds the file,
 so a params file means the same thing whether papermill, nbval or a cluster job reads it.
 An ablation variant's params are the base file loaded again with the variant's overrides
@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sgid_utils.config.schema import Params
 from sgid_utils.errors import ParamsError
+from sgid_utils.params.schema import Params
 
 __all__ = ["RENAMED_KEYS", "Params", "ParamsError", "load_params", "load_run_params", "parse_override", "renamed_key",
            "upgrade_fingerprint", "upgrade_keys"]

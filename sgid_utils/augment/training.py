@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sgid_utils.config.backbones import CUTMIX, TrainConfig
-from sgid_utils.config.training import BackboneParams, TrainingParams
+from sgid_utils.augment.augmentations import cutmix_batch, mixed_loss
 from sgid_utils.core.files import damage, reason, set_aside, write_atomic
 from sgid_utils.errors import CorruptFileError
-from sgid_utils.method.augmentations import cutmix_batch, mixed_loss
+from sgid_utils.params.backbones import CUTMIX, TrainConfig
+from sgid_utils.params.training import BackboneParams, TrainingParams
 
 
 def train_step(model, optimizer, scaler, x: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float,

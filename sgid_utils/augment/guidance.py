@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sgid_utils.config.schema import GuidanceParams
+from sgid_utils.params.schema import GuidanceParams
 
 
 def guidance_curve(s: np.ndarray | float, coefficients: tuple[float, float, float]) -> np.ndarray | float:

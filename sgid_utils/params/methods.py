@@ -18,9 +18,9 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from sgid_utils.config.origins import Source
-from sgid_utils.config.origins import from_method as _method
-from sgid_utils.config.references import CanvasSize, Section, containing
+from sgid_utils.params.origins import Source
+from sgid_utils.params.origins import from_method as _method
+from sgid_utils.params.references import CanvasSize, Section, containing
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Where every default of the params schema comes from: the paper, the reproduction report, or this package.
 
 A reader of a verdict must be able to tell the report's settings from the package's own choices, so each setting
-(leaf field) of ``sgid_utils.config.schema.Params`` carries a ``Source``:
+(leaf field) of ``sgid_utils.params.schema.Params`` carries a ``Source``:
 
 - ``paper``: Li et al., arXiv 2302.02070, only where its abstract says it or the reproduction report quotes it as
   the paper's (the guidance mapping, "defined as in the original paper");
@@ -27,12 +27,12 @@ from __future__ import annotations
 import difflib
 import re
 
-from sgid_utils.config.methods import METHOD_SOURCES
-from sgid_utils.config.origins import Source
-from sgid_utils.config.origins import from_paper as _paper
-from sgid_utils.config.origins import from_report as _report
-from sgid_utils.config.origins import ours as _ours
-from sgid_utils.config.samplers import SAMPLER_SOURCES
+from sgid_utils.params.methods import METHOD_SOURCES
+from sgid_utils.params.origins import Source
+from sgid_utils.params.origins import from_paper as _paper
+from sgid_utils.params.origins import from_report as _report
+from sgid_utils.params.origins import ours as _ours
+from sgid_utils.params.samplers import SAMPLER_SOURCES
 
 # dataset.hf_id when left unset: the Hugging Face data set each named source loads.
 HUB_IDS = {"pets": "timm/oxford-iiit-pet", "flowers": "dpdl-benchmark/oxford_flowers102"}
@@ -260,4 +260,4 @@ def source_of(key: str) -> Source:
         return SOURCES[normal]
     close = difflib.get_close_matches(normal, list(SOURCES), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"{key!r} is not a setting of the params schema (sgid_utils.config.schema.Params){hint}")
+    raise KeyError(f"{key!r} is not a setting of the params schema (sgid_utils.params.schema.Params){hint}")

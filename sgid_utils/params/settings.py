@@ -15,8 +15,8 @@ import pandas as pd
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from sgid_utils.config.schema import Params
-from sgid_utils.config.sources import COLUMNS, REQUIRED, source_of
+from sgid_utils.params.schema import Params
+from sgid_utils.params.sources import COLUMNS, REQUIRED, source_of
 
 
 def _section_type(annotation: Any) -> tuple[type[BaseModel] | None, bool]:

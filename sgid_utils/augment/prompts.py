@@ -1,6 +1,6 @@
 """The weighted prompt as the report builds it (its 0.9 / 1.5 weights are its own remedy, not the paper's).
 
-The guidance mapping is in ``sgid_utils.method.guidance``.
+The guidance mapping is in ``sgid_utils.augment.guidance``.
 
 Prompt: ``"<c*>. A picture of <label>"`` with the caption weighted 0.9 and the
 label 1.5, written in compel's syntax ``(text)weight``. Captions come from BLIP,
@@ -14,8 +14,8 @@ import re
 
 import pandas as pd
 
-from sgid_utils.config.schema import GenerationParams
 from sgid_utils.core import catalog
+from sgid_utils.params.schema import GenerationParams
 
 _SIGN = re.compile(r"(?<![A-Za-z0-9])[+-]+|[+-]+(?![A-Za-z0-9])")
 

@@ -4,4 +4,4 @@ augmentations, and the decoded-image cache."""
 
 # Registers the catalog's upgrade of tables whose columns method code defines (an older run's captions), so that any
 # stage using method code reads them as today's.
-from sgid_utils.method import prompts  # noqa: E402, F401
+from sgid_utils.augment import prompts  # noqa: E402, F401

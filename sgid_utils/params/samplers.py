@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from sgid_utils.config.origins import Source
-from sgid_utils.config.origins import from_method as _method
-from sgid_utils.config.origins import ours as _ours
-from sgid_utils.config.references import Section
+from sgid_utils.params.origins import Source
+from sgid_utils.params.origins import from_method as _method
+from sgid_utils.params.origins import ours as _ours
+from sgid_utils.params.references import Section
 
 
 class LcmParams(Section):

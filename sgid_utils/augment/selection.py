@@ -32,8 +32,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sgid_utils.config.schema import Params
 from sgid_utils.core.seeding import derive_seed, draw_seed
+from sgid_utils.params.schema import Params
 
 RULES = ("most_diverse_consistent", "most_similar", "random")
 

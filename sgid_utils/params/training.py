@@ -1,7 +1,7 @@
 """The params of the training stage and of each listed backbone: ``training`` and ``training.backbones``.
 
-Part of the params schema (``sgid_utils.config.schema.Params`` composes ``TrainingParams``); where each default comes
-from is recorded in ``sgid_utils.config.sources``.
+Part of the params schema (``sgid_utils.params.schema.Params`` composes ``TrainingParams``); where each default comes
+from is recorded in ``sgid_utils.params.sources``.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from sgid_utils.config.references import Section
+from sgid_utils.params.references import Section
 
 # What a listed backbone leaves unset comes from training.* (a BackboneParams field of the same name).
 INHERITED = ("lr", "epochs", "batch_size", "image_size", "eval_every")
 
 
 class BackboneParams(Section):
-    """One classifier and its training recipe (resolved by sgid_utils.config.backbones); unset recipe fields
+    """One classifier and its training recipe (resolved by sgid_utils.params.backbones); unset recipe fields
     take training.*'s values.
 
     Preprocessing (input size, mean, std) is not set here: it comes from the model's timm pretrained config.

@@ -10,7 +10,7 @@ upscaling small sources first (``model_input_size``). Each candidate is resized 
 source's size and saved as PNG.
 
 With ``generation.batch_size`` > 1 many sources and their k candidates share one
-denoising loop with a per-sample guidance scale (``sgid_utils.method.batched``); with 1 (the
+denoising loop with a per-sample guidance scale (``sgid_utils.augment.batched``); with 1 (the
 default on the CPU) each source goes through the diffusers pipeline itself, which
 keeps CPU outputs byte-identical across resumes. Left unset on CUDA, the batch size
 comes from free GPU memory (``auto_batch_size``) and halves on an out-of-memory error.
@@ -20,7 +20,7 @@ once their files are there: ``resumable.Pending``); on the CPU they would take t
 
 With ``generation.generator: controlnet`` (beyond the paper) the same prompt, scale,
 strength and seeds go through img2img with a Canny-edge ControlNet: each source's
-edge map (``sgid_utils.method.edges``, at the model-input size) is saved beside its
+edge map (``sgid_utils.augment.edges``, at the model-input size) is saved beside its
 candidates and conditions them, per image or in the batched loop alike. With
 ``generation.sampler: lcm`` (beyond the paper) they go through the img2img pipeline
 with an LCM-LoRA fused into its UNet and LCMScheduler, a few steps (``config.samplers``).
@@ -42,20 +42,20 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from sgid_utils.config.schema import GenerationParams, Generator, Params
+from sgid_utils.augment.batched import UNET_ROWS, generate_many
+from sgid_utils.augment.edges import canny_edges
+from sgid_utils.augment.generation_setup import load_generator, rows_summary, start_batch_size, writer_threads
+from sgid_utils.augment.guidance import guidance_scale
+from sgid_utils.augment.prompt_encoding import PromptEncoder
+from sgid_utils.augment.prompts import build_prompt
 from sgid_utils.core import catalog
 from sgid_utils.core.files import write_png
 from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, Pending, run_items
 from sgid_utils.core.rundir import Pass, RunDir
 from sgid_utils.core.seeding import derive_seed, draw_seed, torch_rng
-from sgid_utils.method.batched import UNET_ROWS, generate_many
-from sgid_utils.method.edges import canny_edges
-from sgid_utils.method.generation_setup import load_generator, rows_summary, start_batch_size, writer_threads
-from sgid_utils.method.guidance import guidance_scale
-from sgid_utils.method.prompt_encoding import PromptEncoder
-from sgid_utils.method.prompts import build_prompt
 from sgid_utils.models.loading import resolve_device
+from sgid_utils.params.schema import GenerationParams, Generator, Params
 
 GENERATORS: tuple[str, ...] = get_args(Generator)
 

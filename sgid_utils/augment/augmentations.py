@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from timm.data.mixup import cutmix_bbox_and_lam
 from torchvision import transforms
 
-from sgid_utils.config.training import TrainingParams
+from sgid_utils.params.training import TrainingParams
 
 
 def randaugment(t: TrainingParams) -> transforms.RandAugment:

@@ -15,12 +15,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from sgid_utils.config.schema import Params
+from sgid_utils.augment.filters import class_prompts
 from sgid_utils.core.files import reason, set_aside
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.errors import CorruptFileError
-from sgid_utils.method.filters import class_prompts
 from sgid_utils.models.loading import load_clip, resolve_device
+from sgid_utils.params.schema import Params
 
 
 def _features(out) -> torch.Tensor:

@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from sgid_utils.config.schema import GenerationParams, Params
-from sgid_utils.method.prompt_encoding import PromptEncoder
+from sgid_utils.augment.prompt_encoding import PromptEncoder
 from sgid_utils.models.loading import (
     load_controlnet_img2img,
     load_img2img,
@@ -20,6 +19,7 @@ from sgid_utils.models.loading import (
     resolve_device,
     resolve_dtype,
 )
+from sgid_utils.params.schema import GenerationParams, Params
 
 # GPU memory one candidate takes in the batched loop at 512 x 512 in fp16: its UNet rows (the CFG pair) and its
 # share of the VAE decode. Measured on an H200 (docs/gpu/h200_2026-12-04_full.md, peak memory): 16.4 GiB at 8

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sgid_utils.config.methods import AUGMENTATIONS, BY_METHOD
-from sgid_utils.config.schema import Params
-from sgid_utils.config.training import INHERITED, BackboneParams
+from sgid_utils.params.methods import AUGMENTATIONS, BY_METHOD
+from sgid_utils.params.schema import Params
+from sgid_utils.params.training import INHERITED, BackboneParams
 
 METHOD_NAMES = {"baseline": "Baseline", "cutmix": "CutMix", "randaugment": "RandAugment", "sgid": "SGID",
                 "sgid_filtered": "SGID filtered", "sgid_size_matched": "SGID size-matched",

@@ -1,10 +1,10 @@
 """The typed params schema: one pydantic model per section of a params file.
 
 An unknown key, a wrong type or an out-of-range value is a validation error that
-``sgid_utils.config.load.load_params`` turns into a message naming the file, the key and
+``sgid_utils.params.load.load_params`` turns into a message naming the file, the key and
 what is allowed. Which keys each stage's output depends on is declared in the stage
 registry (``sgid_utils.core.registry``), not here. Where each default comes from (paper, report or this
-package) is recorded once in ``sgid_utils.config.sources``; a new field needs an entry there (tests/test_sources.py).
+package) is recorded once in ``sgid_utils.params.sources``; a new field needs an entry there (tests/test_sources.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sgid_utils.config.methods import DaFusionParams, RealGuidanceParams
-from sgid_utils.config.references import ReferencesParams, containing
-from sgid_utils.config.references import Section as Section
-from sgid_utils.config.samplers import LcmParams, denoising_steps, largest_guidance
-from sgid_utils.config.training import TrainingParams
+from sgid_utils.params.methods import DaFusionParams, RealGuidanceParams
+from sgid_utils.params.references import ReferencesParams, containing
+from sgid_utils.params.references import Section as Section
+from sgid_utils.params.samplers import LcmParams, denoising_steps, largest_guidance
+from sgid_utils.params.training import TrainingParams
 
 
 class RunParams(Section):
@@ -212,7 +212,7 @@ class CurationParams(Section):
         5, description="Small sources per class (seeded) that also get the raw pass, for the error analysis; "
         "'all': every source (our reading of the report's first pass; sources at or above the threshold always do).")
     select: Literal["most_diverse_consistent", "most_similar", "random"] = Field(
-        "most_similar", description="Which candidate of a source enters training (sgid_utils/method/selection.py). "
+        "most_similar", description="Which candidate of a source enters training (sgid_utils/augment/selection.py). "
         "most_similar: our automatic reading of the report's hand pick ('select the best image out of the 3'; "
         "its Figure 4 shows the image-image cosine rising); most_diverse_consistent: a hypothesis of this package; "
         "random: a control.")
