@@ -8,13 +8,13 @@ from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import run_stage
 
 
-def test_captions_per_image_with_method_and_rank(pipeline_run):
+def test_captions_per_image_with_decoding_and_rank(pipeline_run):
     caps = pd.read_parquet(catalog.path(RunDir.of(pipeline_run), "captions"))
     images = pd.read_parquet(catalog.path(RunDir.of(pipeline_run), "images"))
     assert set(caps.image_id) == set(images[images.split == "train"].image_id)
-    per = caps.groupby(["image_id", "method"]).size().unstack()
+    per = caps.groupby(["image_id", "decoding"]).size().unstack()
     assert (per["nucleus"] == 3).all() and (per["beam"] == 2).all()
-    assert sorted(caps[caps.method == "nucleus"]["rank"].unique()) == [0, 1, 2]
+    assert sorted(caps[caps.decoding == "nucleus"]["rank"].unique()) == [0, 1, 2]
     assert caps.caption.str.len().gt(0).any()
     # Duplicates are kept and counted: each repeat of an image's caption (not its first copy) is marked.
     assert (caps.duplicate == caps.duplicated(["image_id", "caption"])).all()
@@ -98,7 +98,7 @@ def test_non_finite_logits_are_raised_after_the_call_not_per_step():
 
 
 def test_one_vision_pass_gives_blips_own_captions(assets):
-    """Both methods decoding from one ``image_embeddings`` call give what BLIP's ``generate`` (its vision encoder run
+    """Both decodings, started from one ``image_embeddings`` call, give what BLIP's ``generate`` (its vision encoder run
     per call) gives, token for token; the encoder runs once per batch."""
     import torch
 

@@ -1,5 +1,6 @@
 """Renamed names are a contract (issue 29 §1): old params keys still load, with a one-line deprecation message naming
-the new key, and a run directory written under the old names (fingerprints, params copy, the pass column) resumes."""
+the new key, and a run directory written under the old names (fingerprints, params copy, the pass column, the captions'
+decoding column) resumes."""
 
 import json
 import os
@@ -8,13 +9,15 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from sgid_utils.augment.prompts import with_decoding_column
 from sgid_utils.core import catalog
 from sgid_utils.core.files import read_fingerprint
 from sgid_utils.core.fingerprints import fingerprint, recorded_differences
-from sgid_utils.core.registry import NAMES, get
+from sgid_utils.core.registry import NAMES, get, writer
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import check_stage, run_stage
 from sgid_utils.params.load import RENAMED_KEYS, load_params, load_run_params, upgrade_fingerprint
+from sgid_utils.stages.captions import CAPTION_COLUMNS
 
 from .conftest import copy_stages
 
@@ -134,6 +137,63 @@ def test_an_old_run_directory_resumes_under_the_new_names(pipeline_run, make_par
         assert "variant" not in table and "generation_pass" in table, name
     keys = ["image_id", "generation_pass", "k", "similarity"]
     pd.testing.assert_frame_equal(catalog.load(params, "curated")[keys], catalog.load(pipeline_run, "curated")[keys])
+
+
+def test_the_decoding_column_upgrade_merges_records_of_both_ages():
+    mixed = pd.DataFrame([{"image_id": "a", "method": "beam"}, {"image_id": "b", "decoding": "nucleus"}])
+    assert with_decoding_column(mixed).to_dict("records") == [
+        {"image_id": "a", "decoding": "beam"}, {"image_id": "b", "decoding": "nucleus"}]
+    old = pd.DataFrame({"image_id": ["a"], "method": ["beam"], "rank": [0]})
+    assert list(with_decoding_column(old).columns) == ["image_id", "decoding", "rank"]  # in place
+
+
+CAPTION_TABLES = ("captions", "scores", "best_captions")
+
+
+def _age_captions(run: RunDir) -> None:
+    """Rewrite a run's caption tables as the code before the rename wrote them (the column ``method``), and every other
+    per-image record of the captioning and similarity stages (a stage resumed across the rename holds both ages)."""
+    for name in CAPTION_TABLES:
+        file = catalog.path(run, name)
+        pd.read_parquet(file).rename(columns={"decoding": "method"}).to_parquet(file)
+    for stage in (writer("captions"), writer("scores")):
+        for record in sorted(run.items(stage).glob("*.json"))[::2]:
+            rows = json.loads(record.read_text())
+            record.write_text(json.dumps([{("method" if k == "decoding" else k): v for k, v in r.items()}
+                                          for r in rows], indent=1, sort_keys=True))
+
+
+def test_an_old_captions_table_loads_as_todays(pipeline_run, make_params):
+    params = make_params("old_tables")
+    copy_stages(pipeline_run, params, writer("captions"), writer("scores"))
+    _age_captions(RunDir.of(params))
+    for name in CAPTION_TABLES:
+        assert "method" in pd.read_parquet(catalog.path(params, name)), name
+        pd.testing.assert_frame_equal(catalog.load(params, name), catalog.load(pipeline_run, name), check_like=True)
+    assert list(catalog.load(params, "captions").columns) == CAPTION_COLUMNS  # the column where it was
+    oldest = catalog.path(params, "captions")  # older still: before the duplicate column too
+    pd.read_parquet(oldest).drop(columns="duplicate").to_parquet(oldest)
+    pd.testing.assert_frame_equal(catalog.load(params, "captions"), catalog.load(pipeline_run, "captions"))
+
+
+def test_a_run_captioned_before_the_decoding_rename_resumes(pipeline_run, make_params):
+    params = make_params("old_captions")
+    captioning, similarity = writer("captions"), writer("scores")
+    copy_stages(pipeline_run, params, "data", captioning, similarity)
+    run = RunDir.of(params)
+    _age_captions(run)
+    records = sorted([*run.items(captioning).glob("*.json"), *run.items(similarity).glob("*.json")])
+    stamps = [os.stat(p).st_mtime_ns for p in records]
+    for stage in (captioning, similarity):
+        run_stage(stage, params)
+    assert [os.stat(p).st_mtime_ns for p in records] == stamps  # finished: nothing captioned or scored again
+    for name in CAPTION_TABLES:
+        table = pd.read_parquet(catalog.path(params, name))
+        assert "method" not in table and "decoding" in table, name
+    pd.testing.assert_frame_equal(catalog.load(params, "captions"), catalog.load(pipeline_run, "captions"))
+    # the similarity stage's columns follow its records' keys, so a merge of both ages may order them otherwise
+    pd.testing.assert_frame_equal(catalog.load(params, "best_captions"), catalog.load(pipeline_run, "best_captions"),
+                                  check_like=True)
 
 
 def test_no_old_name_is_left_in_the_shipped_profiles():

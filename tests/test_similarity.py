@@ -12,7 +12,7 @@ from sgid_utils.stages.similarity import pick_best
 
 def test_pick_best_takes_the_highest_score_per_image():
     scores = pd.DataFrame({
-        "image_id": ["a", "a", "a", "b", "b"], "method": ["nucleus", "beam", "beam", "nucleus", "beam"],
+        "image_id": ["a", "a", "a", "b", "b"], "decoding": ["nucleus", "beam", "beam", "nucleus", "beam"],
         "rank": [0, 0, 1, 0, 0], "caption": ["x", "y", "z", "u", "v"], "score": [0.2, 0.4, 0.3, 0.5, 0.5],
     })
     best = pick_best(scores)

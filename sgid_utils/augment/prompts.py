@@ -58,5 +58,19 @@ def mark_duplicates(captions: pd.DataFrame) -> pd.DataFrame:
     return captions.assign(duplicate=captions.duplicated(["image_id", "caption"], keep="first"))
 
 
-# A captions table written before the column existed gets it on load (the similarity stage reads it).
-catalog.register_upgrade("captions", lambda t: t if "duplicate" in t else mark_duplicates(t))
+def with_decoding_column(table: pd.DataFrame) -> pd.DataFrame:
+    """A caption table (or its per-image records) written when the column saying how a caption was decoded
+    (``nucleus`` / ``beam``) was called ``method``: the column renamed in place to ``decoding`` (``method`` now means
+    only a training method); records of both ages (a stage resumed across the rename) merge into the one column."""
+    if "method" not in table:
+        return table
+    if "decoding" in table:
+        return table.assign(decoding=table.decoding.fillna(table.method)).drop(columns="method")
+    return table.rename(columns={"method": "decoding"})
+
+
+# A captions table written before a column existed or was renamed gets today's columns on load (the similarity stage
+# reads ``duplicate``), as do the similarity stage's tables, which carry the captions' columns.
+catalog.register_upgrade("captions", lambda t: with_decoding_column(t if "duplicate" in t else mark_duplicates(t)))
+catalog.register_upgrade("scores", with_decoding_column)
+catalog.register_upgrade("best_captions", with_decoding_column)

@@ -88,7 +88,7 @@ def metadata(params: Params) -> pd.DataFrame:
             "label": r.class_name, "label_id": int(r.label),
             "source_image_id": r.image_id, "source_image": Path(r.source_path).name,
             "source_width": int(r.source_width), "source_height": int(r.source_height),
-            "caption": best.loc[r.image_id, "caption"], "caption_method": best.loc[r.image_id, "method"],
+            "caption": best.loc[r.image_id, "caption"], "caption_decoding": best.loc[r.image_id, "decoding"],
             "s_star": r.s_star, "prompt": r.prompt, "guidance_scale": r.guidance_scale, "seed": int(r.seed),
             "candidate": int(r.k), "generation_pass": r.generation_pass, "input_width": int(r.input_width),
             "input_height": int(r.input_height), "similarity": r.similarity, "label_score": r.label_score,

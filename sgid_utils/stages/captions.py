@@ -9,8 +9,8 @@ from its own seed, derived from (the generation draw's seed, ``seeding.draw_seed
 batch size, order, shard or device, and so are its captions up to floating-point differences in the logits
 (exactly, on the CPU in fp32).
 
-Per batch, BLIP's vision encoder runs once (``image_embeddings``) and both methods decode from its output
-(``decode``: what BLIP's ``generate`` does after its own encoder call, which would run it once per method); the
+Per batch, BLIP's vision encoder runs once (``image_embeddings``) and both decodings start from its output
+(``decode``: what BLIP's ``generate`` does after its own encoder call, which would run it once per decoding); the
 sampler checks its logits without a host sync per step (``SeededNucleusSampler.check``, once per call).
 
 Nucleus sampling can return the same caption twice (short captions from a peaked model often do). Duplicates
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from transformers import LogitsProcessor, TopPLogitsWarper
 
-from sgid_utils.augment.prompts import mark_duplicates
+from sgid_utils.augment.prompts import mark_duplicates, with_decoding_column
 from sgid_utils.core import catalog
 from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, run_items
@@ -34,7 +34,7 @@ from sgid_utils.core.seeding import derive_seed, draw_seed
 from sgid_utils.models.loading import load_captioner, resolve_device, resolve_dtype
 from sgid_utils.params.schema import CaptioningParams, Params
 
-CAPTION_COLUMNS = ["image_id", "method", "rank", "caption", "duplicate"]
+CAPTION_COLUMNS = ["image_id", "decoding", "rank", "caption", "duplicate"]
 
 
 def _clean(texts: list[str]) -> list[str]:
@@ -83,13 +83,13 @@ class SeededNucleusSampler(LogitsProcessor):
 
 @torch.inference_mode()
 def pixel_inputs(model, processor, images: list):
-    """The processor's model inputs for a batch of images, on the model's device and dtype (shared by both methods)."""
+    """The processor's model inputs for a batch of images, on the model's device and dtype (for both decodings)."""
     return processor(images=images, return_tensors="pt").to(model.device, model.dtype)
 
 
 @torch.inference_mode()
 def image_embeddings(model, inputs) -> torch.Tensor:
-    """BLIP's vision encoder on a batch of ``pixel_inputs``, once for both caption methods."""
+    """BLIP's vision encoder on a batch of ``pixel_inputs``, once for both decodings."""
     return model.vision_model(pixel_values=inputs["pixel_values"])[0]
 
 
@@ -145,8 +145,8 @@ def caption_batch(model, processor, images: list, cfg: CaptioningParams,
 
 def caption_records(image_id: str, nucleus: list[str], beam: list[str]) -> list[dict]:
     return [
-        {"image_id": image_id, "method": method, "rank": rank, "caption": text}
-        for method, texts in (("nucleus", nucleus), ("beam", beam))
+        {"image_id": image_id, "decoding": decoding, "rank": rank, "caption": text}
+        for decoding, texts in (("nucleus", nucleus), ("beam", beam))
         for rank, text in enumerate(texts)
     ]
 
@@ -171,6 +171,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     records = run_items(run.items("captions"), list(train.index), start)
     if records is None:
         return None
-    table = mark_duplicates(pd.DataFrame([r for recs in records for r in recs], columns=CAPTION_COLUMNS[:-1]))
+    rows = with_decoding_column(pd.DataFrame([r for recs in records for r in recs]))  # older records too
+    table = mark_duplicates(rows.reindex(columns=CAPTION_COLUMNS[:-1]))
     catalog.save(params, "captions", table)
     return table

@@ -4,7 +4,7 @@ s* is the raw cosine of the L2-normalised CLIP embeddings, in [-1, 1]: not multi
 scale, not a softmax over the image's captions, not CLIPScore (2.5 * max(cos, 0)). The report names only
 "the similarity score" (its examples, 0.301 and 0.396, fit a raw cosine), so this is a reading; the
 guidance mapping f(s*) takes it as it is. The same CLIP (``models.clip``) and embedding helpers
-(``method.embeddings``) serve the curate stage (image-image similarity between a source and its generated
+(``augment.embeddings``) serve the curate stage (image-image similarity between a source and its generated
 candidates), which is our choice: the report does not name the model behind its image-image cosines.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sgid_utils.augment.embeddings import score_captions
+from sgid_utils.augment.prompts import with_decoding_column
 from sgid_utils.core import catalog
 from sgid_utils.core.images import load_run_image
 from sgid_utils.core.resumable import BatchPlan, run_items
@@ -22,8 +23,8 @@ from sgid_utils.params.schema import Params
 
 
 def pick_best(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per image, the caption with the highest similarity (ties: the first in method/rank order)."""
-    ordered = scores.sort_values(["image_id", "score", "method", "rank"], ascending=[True, False, True, True],
+    """Per image, the caption with the highest similarity (ties: the first in decoding/rank order)."""
+    ordered = scores.sort_values(["image_id", "score", "decoding", "rank"], ascending=[True, False, True, True],
                                  kind="stable")
     best = ordered.groupby("image_id", sort=True).head(1)
     return best.rename(columns={"score": "s_star"}).reset_index(drop=True)
@@ -51,7 +52,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     records = run_items(run.items("similarity"), list(dict.fromkeys(captions.image_id)), start)
     if records is None:
         return None
-    scores = pd.DataFrame([r for recs in records for r in recs])
+    scores = with_decoding_column(pd.DataFrame([r for recs in records for r in recs]))  # older records too
     catalog.save(params, "scores", scores)
     best = pick_best(scores)
     catalog.save(params, "best_captions", best)
