@@ -51,7 +51,7 @@ def test_upstream_is_derived_from_the_files():
         reached = {n for u in stage.upstream for n in upstream_closure(u)}
         assert {writer(name) for name in stage.reads} <= reached, stage.name
         assert not any(u in upstream_closure(v) for u in stage.upstream for v in stage.upstream if u != v), stage.name
-    assert get("curate").upstream == ("generate", "upscale") and get("data").upstream == ()
+    assert get("curation").upstream == ("generation", "upscaling") and get("data").upstream == ()
     assert all(callable(get(n).function) for n in NAMES)
 
 
@@ -81,7 +81,7 @@ def test_save_and_load_by_name_round_trip_each_kind(make_params):
                                           ("skipped", "garble")])
 def test_an_unreadable_file_names_itself_its_stage_and_what_to_delete(name, damage, make_params, pipeline_run):
     params = make_params()
-    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity", "generation", "upscaling", "curation")
     file = catalog.path(params, name)
     data = file.read_bytes()
     file.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00\xff{garbled" + data[5:])
@@ -92,14 +92,14 @@ def test_an_unreadable_file_names_itself_its_stage_and_what_to_delete(name, dama
 
 
 def test_a_truncated_table_stops_the_next_stage_with_one_line(make_params, pipeline_run):
-    """The issue's case: truncate similarity/best.parquet of a finished run, then `run generate`."""
+    """The issue's case: truncate similarity/best.parquet of a finished run, then `run generation`."""
     params = make_params()
-    copy_stages(pipeline_run, params, "data", "captions", "similarity")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity")
     best = catalog.path(params, "best_captions")
     best.write_bytes(best.read_bytes()[:100])
     with pytest.raises(CorruptFileError, match="similarity"):
-        run_stage("generate", params)
-    out = subprocess.run([sys.executable, "-m", "sgid_utils", "run", "generate", "--params", str(params.source_file)],
+        run_stage("generation", params)
+    out = subprocess.run([sys.executable, "-m", "sgid_utils", "run", "generation", "--params", str(params.source_file)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr and str(best) in out.stderr
 

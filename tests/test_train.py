@@ -12,7 +12,7 @@ from sgid_utils.core import catalog
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.params.backbones import TrainConfig, backbones, configs
 from sgid_utils.params.training import BackboneParams, TrainingParams
-from sgid_utils.stages.train import sgid_subset, size_matched, train_config, training_sets
+from sgid_utils.stages.training import sgid_subset, size_matched, train_config, training_sets
 
 from .conftest import copy_stages, resnet_scratch_entry
 
@@ -142,7 +142,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params
                                                                      monkeypatch, backbone):
     """The report's ViT (Adam, constant lr), a ResNet from scratch (SGD, warm-up + cosine: the schedule resumes too),
     and SGID (50 %) under equal steps, killed in its partial last epoch."""
-    import sgid_utils.stages.train as tr
+    import sgid_utils.stages.training as tr
 
     if backbone == "equal-steps":
         cfg = TrainConfig("sgid", seed=0, proportion=0.5)
@@ -154,7 +154,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params
     runs = {}
     for name in ("straight", "killed"):
         runs[name] = make_params(name, training=training)
-        copy_stages(pipeline_run, runs[name], "data", "generate", "upscale", "curate")
+        copy_stages(pipeline_run, runs[name], "data", "generation", "upscaling", "curation")
     train, test, additions, n = training_sets(runs["straight"])
     if backbone == "equal-steps":
         real = len(train)
@@ -253,7 +253,7 @@ def test_a_step_the_loss_scaler_skips_is_reported_and_changes_nothing():
 def test_configurations_trained_at_once_give_the_one_at_a_time_results(make_params, pipeline_run, monkeypatch):
     """training.jobs: 2 worker processes give each configuration's result, per-epoch history (losses, accuracy) and
     predictions as one process does, to the bit (one thread each, as here)."""
-    import sgid_utils.stages.train as tr
+    import sgid_utils.stages.training as tr
     from sgid_utils.core import catalog
     from sgid_utils.core.runner import run_stage
 
@@ -268,8 +268,8 @@ def test_configurations_trained_at_once_give_the_one_at_a_time_results(make_para
     try:
         for jobs in (1, 2):
             runs[jobs] = make_params(f"jobs{jobs}", training={**training, "jobs": jobs})
-            copy_stages(pipeline_run, runs[jobs], "data", "generate", "upscale", "curate")
-            tables[jobs] = run_stage("train", runs[jobs])
+            copy_stages(pipeline_run, runs[jobs], "data", "generation", "upscaling", "curation")
+            tables[jobs] = run_stage("training", runs[jobs])
     finally:
         torch.set_num_threads(threads)
     assert len(tables[1]) == 6 and pools == [2]  # jobs 1 trains in this process, jobs 2 on a pool of two

@@ -82,23 +82,23 @@ ENTRIES: tuple[Entry, ...] = (
           relative=True),
     Entry("skipped", "data", "skipped.csv", "files the data stage could not use, with the reason"),
     # captions and similarity
-    Entry("captions", "captions", "captions.parquet", "every BLIP caption per training image (nucleus and beam)"),
+    Entry("captions", "captioning", "captions.parquet", "every BLIP caption per training image (nucleus and beam)"),
     Entry("scores", "similarity", "scores.parquet", "CLIP similarity of every caption to its image"),
     Entry("best_captions", "similarity", "best.parquet", "each image's most similar caption and its score s*"),
     # generation
-    Entry("manifest_raw", "generate", "manifest.parquet",
+    Entry("manifest_raw", "generation", "manifest.parquet",
           "the raw pass's candidates: source, prompt, scale, seed, file", relative=True, upgrade=with_pass_column),
-    Entry("manifest_upscaled", "upscale", "manifest.parquet",
+    Entry("manifest_upscaled", "upscaling", "manifest.parquet",
           "the upscaled pass's candidates (small sources regenerated larger)", relative=True, upgrade=with_pass_column),
     # curation
-    Entry("candidates", "curate", "candidates.parquet", "every candidate with its CLIP and quality scores",
+    Entry("candidates", "curation", "candidates.parquet", "every candidate with its CLIP and quality scores",
           relative=True, upgrade=with_pass_column),
-    Entry("curated", "curate", "curated.parquet", "one chosen candidate per source: the set SGID trains on",
+    Entry("curated", "curation", "curated.parquet", "one chosen candidate per source: the set SGID trains on",
           relative=True, upgrade=with_pass_column),
-    Entry("curated_filtered", "curate", "curated_filtered.parquet",
+    Entry("curated_filtered", "curation", "curated_filtered.parquet",
           "the chosen candidates that passed the quality filters (SGID filtered)", relative=True,
           upgrade=with_pass_column),
-    Entry("quality_summary", "curate", "quality.json", "the filters' detector, threshold and kept counts"),
+    Entry("quality_summary", "curation", "quality.json", "the filters' detector, threshold and kept counts"),
     # the other generative augmentations (config.methods)
     Entry("real_guidance_images", "real_guidance", "images.parquet",
           "Real Guidance's images: one per training image (M while its recipe trains: m), with its prompt, scale, "
@@ -109,10 +109,11 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("da_fusion_images", "da_fusion", "images.parquet",
           "DA-Fusion's M images per training image, with the token, prompt, strength and seed", relative=True),
     # training
-    Entry("training_results", "train", "results.parquet", "one row per training configuration: accuracy, steps, time",
+    Entry("training_results", "training", "results.parquet",
+          "one row per training configuration: accuracy, steps, time",
           upgrade=_with_backbone),
-    Entry("history", "train", "{config}/metrics.csv", "one configuration's per-epoch metrics", ("config",)),
-    Entry("predictions", "train", "{config}/predictions.parquet", "one configuration's test predictions",
+    Entry("history", "training", "{config}/metrics.csv", "one configuration's per-epoch metrics", ("config",)),
+    Entry("predictions", "training", "{config}/predictions.parquet", "one configuration's test predictions",
           ("config",)),
     # results and quality: the report's tables and figures
     Entry("significance", "results", "significance.parquet", "every setting against its Baseline, with verdicts",

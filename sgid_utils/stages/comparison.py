@@ -1,4 +1,4 @@
-"""The compare stage: which augmentation helps, at what cost: every generative method's gain beside its measured
+"""The comparison stage: which augmentation helps, at what cost: every generative method's gain beside its measured
 device hours.
 
 Built from the files the training stage saved (and those of the run's equal-steps variants, when ``run ablations``
