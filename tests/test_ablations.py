@@ -177,7 +177,7 @@ def test_the_two_controls_equal_steps_and_a_second_draw(make_params, pipeline_ru
         a = np.asarray(Image.open(base.absolute(first.loc[key, "path"])), dtype=np.int16)
         b = np.asarray(Image.open(dr.absolute(second.loc[key, "path"])), dtype=np.int16)
         assert np.abs(a - b).max() > 0, f"candidate {key} is the same in both draws"
-    caps = [pd.read_parquet(catalog.path(r, "captioning")).query("method == 'nucleus'").caption.tolist()
+    caps = [pd.read_parquet(catalog.path(r, "captions")).query("method == 'nucleus'").caption.tolist()
             for r in (base, dr)]
     assert caps[0] != caps[1]
     assert catalog.load(draw, "training_results").query("method == 'sgid'").seed.tolist() == [0, 1]

@@ -127,7 +127,7 @@ def test_combined_methods_add_the_generated_images_and_apply_the_augmentation(ma
         assert table.loc[method, "generated_images"] == table.loc["sgid", "generated_images"]
         assert table.loc[method, "train_images"] == table.loc["sgid", "train_images"]
     run = RunDir.of(params)
-    loss = {m: pd.read_csv(catalog.path(run, "history", config=table.loc[m, "config"])).train_loss.iloc[0]
+    loss = {m: pd.read_csv(catalog.path(run, "metrics", config=table.loc[m, "config"])).train_loss.iloc[0]
             for m in table.index}
     assert loss["sgid_cutmix"] != loss["sgid"] and loss["sgid_randaugment"] != loss["sgid"]
     _, _, additions, _ = training_sets(params)
@@ -188,7 +188,7 @@ def test_every_backbone_is_trained_and_compared_with_its_own_baseline(make_param
     assert table.loc[table.Method == "Baseline", "Paper"].tolist() == pytest.approx([0.92, np.nan, np.nan], nan_ok=True)
     assert len(pd.read_csv(paths["gains_csv"])) == 3
     # The scratch backbone really trained from random weights with its cosine schedule: the lr fell to ~0 by the end.
-    history = pd.read_csv(catalog.path(RunDir.of(params), "history", config="resnet-baseline_seed0"))
+    history = pd.read_csv(catalog.path(RunDir.of(params), "metrics", config="resnet-baseline_seed0"))
     assert history.lr.iloc[-1] < 0.05 * 0.01 and np.isfinite(history.train_loss).all()
 
     # Each backbone records its own recipe: one changed makes only its runs stale; one dropped retrains nothing.

@@ -29,8 +29,8 @@ def test_an_older_captions_table_gets_its_duplicates_marked_on_load(tmp_path):
     table = pd.DataFrame({"image_id": ["a", "a", "a", "b"], "method": ["nucleus", "nucleus", "beam", "nucleus"],
                           "rank": [0, 1, 0, 0], "caption": ["a dog", "a dog", "a dog", "a dog"]})
     run = RunDir(tmp_path / "run", tmp_path / "reports")
-    catalog.path(run, "captioning").parent.mkdir(parents=True)
-    table.to_parquet(catalog.path(run, "captioning"))
+    catalog.path(run, "captions").parent.mkdir(parents=True)
+    table.to_parquet(catalog.path(run, "captions"))
     code = ("from pathlib import Path; import sgid_utils.stages.similarity; from sgid_utils.core import catalog; "
             "from sgid_utils.core.rundir import RunDir; "
             f"print(catalog.load(RunDir(Path({str(run.root)!r}), Path({str(run.reports)!r})), 'captions')"

@@ -45,6 +45,35 @@ def test_every_entry_has_exactly_one_writer_and_a_path_of_its_own():
     assert len(set(paths)) == len(paths), "two names share a path"
 
 
+def test_an_entry_is_named_by_its_file():
+    """Its name is its file's stem, or the stem and the format where one table is written in two (``accuracy_md``
+    beside ``accuracy``; ``significance_csv``, the report's copy of the results stage's ``significance``)."""
+    stems = {}
+    for e in catalog.ENTRIES:
+        stems.setdefault(Path(e.file).stem, []).append(Path(e.file).suffix)
+    for e in catalog.ENTRIES:
+        file = Path(e.file)
+        twice = len(set(stems[file.stem])) > 1 and e.name == f"{file.stem}_{file.suffix[1:]}"
+        assert e.name == file.stem or twice, f"catalog entry '{e.name}' names the file {e.file}"
+    run = RunDir(Path("/run"), Path("/reports"))
+    olds = [e.path(run).with_name(e.old_file) for e in catalog.ENTRIES if e.old_file]
+    news = [e.path(run, **{k: "c" for k in e.keys}) for e in catalog.ENTRIES]
+    assert len(set(olds)) == len(olds) and not set(olds) & set(news), "an old file name is ambiguous"
+
+
+def test_an_entry_s_old_file_is_read_where_only_it_exists(tmp_path):
+    run = RunDir(tmp_path / "run", tmp_path / "reports")
+    best = catalog.entry("best_captions")
+    assert catalog.path(run, "best_captions") == run.stage("similarity") / "best_captions.parquet"
+    catalog.save(run, "best_captions", pd.DataFrame({"image_id": ["a"]}))
+    (run.stage("similarity") / "best_captions.parquet").rename(run.stage("similarity") / best.old_file)
+    assert catalog.path(run, "best_captions").name == "best.parquet"  # an older run, read and resumed in place
+    assert catalog.load(run, "best_captions").image_id.tolist() == ["a"]
+    catalog.save(run, "best_captions", pd.DataFrame({"image_id": ["b"]}))
+    assert not (run.stage("similarity") / "best_captions.parquet").exists()
+    assert catalog.load(run, "best_captions").image_id.tolist() == ["b"]
+
+
 def test_upstream_is_derived_from_the_files():
     """Each stage's upstream reaches the writer of every file it reads, and names none reached through another."""
     for stage in STAGES:

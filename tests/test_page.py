@@ -99,7 +99,7 @@ def test_every_image_and_link_of_the_page_exists(report_params, page):
     for ref in local:
         assert (run.report_page.parent / ref).is_file(), ref
     # the figures and the rendered notebook the page must show, linked relative to it
-    for figure in ("accuracy_by_method", "07_consistency_vs_diversity", "originals_vs_sgid"):
+    for figure in ("accuracy_by_method", "consistency_vs_diversity", "originals_vs_sgid"):
         assert f"figures/{figure}.png" in local
     assert "notebooks/06_results.html" in local and "notebooks/06_results.ipynb" in local
     assert "executed cell output" in run.notebook_html("06_results").read_text()

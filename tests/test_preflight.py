@@ -67,13 +67,13 @@ def test_smoke_preflight_passes_offline_with_canary(make_params):
     items = rows["real_guidance"]["full-run items"]
     assert rows["method Real Guidance"]["basis"] == f"its stages: real_guidance ({items:,}); already in the total above"
     assert "inversion (" in rows["method DA-Fusion"]["basis"] and "da_fusion (" in rows["method DA-Fusion"]["basis"]
-    assert rows["ablation sgid-equal-steps"]["basis"].startswith("computes train (")
+    assert rows["ablation sgid-equal-steps"]["basis"].startswith("computes training (")
     draw = rows["ablation second-draw"]["basis"]
     assert all(f"{s} (" in draw
                for s in ("captioning", "similarity", "generation", "upscaling", "curation", "training"))
     assert any(c.name == "disk for the full run" and c.ok for c in report.checks)
     text = RunDir.of(params).preflight_report.read_text()
-    assert "✓ canary" in text and "| generate" in text
+    assert "✓ canary" in text and "| generation" in text
     assert not RunDir.of(params).root.exists(), "the canary must not write into the user's run directory"
     canary = RunDir.of(params).canary
     assert catalog.path(canary, "images").exists() and list(canary.stage("training").glob("*/result.json"))
@@ -192,7 +192,7 @@ def test_a_reuse_profile_projects_only_what_it_recomputes(make_params, pipeline_
     report = preflight(make_params("reuse-preflight", run={"reuse": base}, training={"methods": ["baseline", "sgid"]}))
     assert report.ok, "\n".join(c.line for c in report.checks)
     reuse = next(c for c in report.checks if c.name == "run.reuse")
-    assert reuse.detail == f"data, captions, similarity, generate, upscale, curate linked from {base}"
+    assert reuse.detail == f"data, captioning, similarity, generation, upscaling, curation linked from {base}"
     rows = {r["stage"]: r for r in report.rows}
     for stage in ("data", "captioning", "similarity", "generation", "upscaling", "curation"):
         assert rows[stage]["expected"] == "0.0 s" and rows[stage]["basis"].startswith("linked from run.reuse")
@@ -243,7 +243,7 @@ def test_each_backbone_is_projected_at_its_own_measured_rate(make_params, tiny_b
     canary = canary_params(params)
     split = train_seconds_by_backbone(canary, 10.0)
     assert sum(split.values()) == pytest.approx(10.0) and set(split) == {"vit", "resnet"}
-    measured = {b: sum(read_table(catalog.path(RunDir.of(canary), "history", config=c.name)).seconds.sum()
+    measured = {b: sum(read_table(catalog.path(RunDir.of(canary), "metrics", config=c.name)).seconds.sum()
                        for c in configs(canary) if c.backbone == b)
                 for b in split}
     assert split["vit"] / split["resnet"] == pytest.approx(measured["vit"] / measured["resnet"])

@@ -112,8 +112,12 @@ def _age(run: RunDir) -> None:
 
 
 def _age_stages(run: RunDir) -> None:
-    """Rewrite a run directory's layout as the code before the stage renames wrote it: the captioning folder as
-    captions/, each provenance record under its stage's old name."""
+    """Rewrite a run directory's layout as the code before the stage and file renames wrote it: each file with an
+    old name under it (``best.parquet``, ``generation/raw/manifest.parquet``, ...), the captioning folder as captions/,
+    each provenance record under its stage's old name."""
+    for e in catalog.ENTRIES:
+        if e.old_file and e.path(run).exists():
+            e.path(run).rename(e.path(run).with_name(e.old_file))
     for old, new in RENAMED_STAGES.items():
         record = run.root / "provenance" / f"{new}.json"
         if record.exists():
@@ -134,9 +138,12 @@ def test_an_old_run_directory_resumes_under_the_new_names(pipeline_run, make_par
     run = RunDir.of(params)
     shutil.copytree(RunDir.of(pipeline_run).root / "provenance", run.root / "provenance")
     run.params_copy.write_text(yaml.safe_dump(params.model_dump(mode="json", exclude={"source_file"})))
-    _age(run)
     _age_stages(run)
+    _age(run)
     assert (run.root / "captions").is_dir() and not (run.root / "captioning").exists()
+    old_files = {e.name: e.path(run) for e in catalog.ENTRIES if e.old_file}
+    assert {name: path.name for name, path in old_files.items()} == {
+        e.name: e.old_file for e in catalog.ENTRIES if e.old_file} and all(p.exists() for p in old_files.values())
     assert run.stage("captioning") == run.root / "captions"  # read in place
     assert run.provenance("training") == run.root / "provenance" / "train.json"
     starts = {old: len(read_json(run.provenance(new))["starts"]) for old, new in RENAMED_STAGES.items()
@@ -165,6 +172,8 @@ def test_an_old_run_directory_resumes_under_the_new_names(pipeline_run, make_par
                     "runs; rename it)" for old in ("captions", "generate", "upscale", "curate", "train")]
     assert [os.stat(p).st_mtime_ns for p in [*images, *run.root.glob("captions/items/*.json")]] == stamps
     assert not (run.root / "captioning").exists()  # nothing regenerated, nothing moved: the old folder goes on
+    assert {e.name: e.path(run) for e in catalog.ENTRIES if e.old_file} == old_files  # and the old file names
+    assert not [e.name for e in catalog.ENTRIES if e.old_file and e.path(run).with_name(e.file).exists()]
     pd.testing.assert_frame_equal(catalog.load(params, "captions"), captions)
     for old, new in RENAMED_STAGES.items():  # each start recorded under its old name, once more
         if get(new).folder:

@@ -25,7 +25,7 @@ def test_scores_are_clip_cosine_similarities(pipeline_run):
     scores = pd.read_parquet(catalog.path(run, "scores"))
     best = pd.read_parquet(catalog.path(run, "best_captions"))
     images = pd.read_parquet(catalog.path(run, "images")).set_index("image_id")
-    assert len(scores) == len(pd.read_parquet(catalog.path(run, "captioning")))
+    assert len(scores) == len(pd.read_parquet(catalog.path(run, "captions")))
     top = scores.loc[scores.groupby("image_id").score.idxmax()].set_index("image_id")
     assert top.score.to_dict() == pytest.approx(best.set_index("image_id").s_star.to_dict())
     # Recompute one score directly with the CLIP model.

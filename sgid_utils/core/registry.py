@@ -78,7 +78,7 @@ INVERSION_KEYS = ("models.diffusion", "da_fusion.initializer_token", "da_fusion.
                   "da_fusion.inversion_weight_decay", "da_fusion.flip_p", "da_fusion.resolution", "run.draw")
 DA_FUSION_KEYS = (*INVERSION_KEYS, "da_fusion.prompt", "da_fusion.guidance_scale", "da_fusion.strengths",
                   "da_fusion.num_synthetic", "da_fusion.num_inference_steps")
-TRAINING = ("training_results", "history", "predictions")
+TRAINING = ("training_results", "metrics", "predictions")
 # Code versions above 1 (bumped when a stage's code gives other outputs for the same params, so that a run dir keeps
 # one version's files): data 2 (dataset): hyphens kept in class names; loose files and classes without test images
 # listed. captioning 2 (captioning): nucleus sampling batched, each image's tokens drawn from its own seed
@@ -127,13 +127,13 @@ STAGES: tuple[Stage, ...] = (
           "per image-epoch", "training", 2),
     Stage("results", "06_results", ("curated", "training_results", "predictions"),
           ("significance", "accuracy", "accuracy_md", "significance_csv", "backbone_gains", "backbone_gains_md",
-           "accuracy_figure", "originals_figure", "gain_forest_figure"), (), "results"),
+           "accuracy_by_method", "originals_vs_sgid", "gain_forest"), (), "results"),
     Stage("quality", "07_quality",
           ("images", "candidates", "curated", "curated_filtered", "training_results", "predictions"),
-          ("set_metrics", "class_changes", "consistency_figure"), optional_reads=("ablation_set_metrics",)),
+          ("set_metrics", "per_class_change", "consistency_vs_diversity"), optional_reads=("ablation_set_metrics",)),
     # Which augmentation: every generative method's gain beside its measured cost (the runner's provenance records).
     Stage("comparison", "08_comparison", ("images", "training_results", "predictions", "significance"),
-          ("comparison", "comparison_md", "comparison_figure")),
+          ("comparison", "comparison_md", "gain_vs_cost")),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 NAMES = [stage.name for stage in STAGES]

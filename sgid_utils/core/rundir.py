@@ -9,13 +9,14 @@ Layout (``<run>`` is ``run.dir``, ``<reports>`` is ``run.reports_dir``)::
     <run>/provenance/<stage>.json            when, on what machine and with which versions each stage last started
     <run>/data/                              images.parquet, skipped.csv, files/ (hub images)
     <run>/captioning/                        items/<image>.json, captions.parquet
-    <run>/similarity/                        items/, scores.parquet, best.parquet
-    <run>/generation/{raw,upscaled}/         items/, images/<image>_k<k>.png, manifest.parquet,
+    <run>/similarity/                        items/, scores.parquet, best_captions.parquet
+    <run>/generation/{raw,upscaled}/         items/, images/<image>_k<k>.png, manifest_<pass>.parquet,
                                              edges/<image>.png (generation.generator: controlnet)
     <run>/curation/                          scores_<pass>/, embeddings_<pass>/, candidates.parquet,
-                                             curated[_filtered].parquet, quality.json
+                                             curated[_filtered].parquet, quality_summary.json
     <run>/training/                          <config>/{checkpoint.pt,metrics.csv,predictions.parquet,result.json},
-                                             results.parquet, _backbone-<name>.json (each listed backbone's recipe)
+                                             training_results.parquet, _backbone-<name>.json (each listed
+                                             backbone's recipe)
     <run>/results/                           significance.parquet
     <reports>/index.html                     the run's report page (``sgid_utils.reporting.page``)
     <reports>/tables/  <reports>/figures/  <reports>/notebooks/{NN_name.ipynb,NN_name.html}
@@ -24,7 +25,10 @@ Layout (``<run>`` is ``run.dir``, ``<reports>`` is ``run.reports_dir``)::
 
 Every stage folder with outputs holds ``_params.json``, the fingerprint of the params
 that made it (``sgid_utils.core.fingerprints``). A damaged per-item file is kept beside its
-place as ``<name>.damaged`` (``core.files.set_aside``) while its item is done again.
+place as ``<name>.damaged`` (``core.files.set_aside``) while its item is done again. A run made before the stage
+and file renames (issue 29) is read and resumed in place, never migrated: its ``captions/`` folder and
+``provenance/<old stage>.json`` records (``RunDir.stage``, ``RunDir.provenance``), and its old file names
+(``catalog.Entry.old_file``), wherever only they exist.
 """
 
 from __future__ import annotations

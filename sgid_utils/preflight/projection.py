@@ -109,7 +109,7 @@ def train_seconds_by_backbone(canary: Params, total: float) -> dict[str, float]:
     run, measured = RunDir.of(canary), {}
     for cfg in configs(canary):
         measured[cfg.backbone] = (measured.get(cfg.backbone, 0.0)
-                                  + float(read_table(catalog.path(run, "history", config=cfg.name)).seconds.sum()))
+                                  + float(read_table(catalog.path(run, "metrics", config=cfg.name)).seconds.sum()))
     whole = sum(measured.values())
     return {name: total * s / whole if whole else total / len(measured) for name, s in measured.items()}
 

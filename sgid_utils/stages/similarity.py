@@ -30,7 +30,7 @@ def pick_best(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
-    """Score every caption against its image; write scores.parquet and best.parquet (once all are done)."""
+    """Score every caption against its image; write scores.parquet and best_captions.parquet (once all are done)."""
     run = RunDir.of(params)
     paths = images.set_index("image_id").path
     captions = catalog.load(params, "captions")

@@ -131,7 +131,7 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
                              "seconds": time.time() - began})
         loop.epoch += 1
         loop.save(run.checkpoint(cfg.name))
-    catalog.save(params, "history", pd.DataFrame(loop.history), config=cfg.name)
+    catalog.save(params, "metrics", pd.DataFrame(loop.history), config=cfg.name)
     if preds is None:  # resumed after the last epoch's checkpoint: predictions were not kept
         _, _, preds = evaluate(model, test_loader, device, use_amp)
     catalog.save(params, "predictions", test[["image_id", "label_idx"]].assign(pred=preds), config=cfg.name)
