@@ -241,8 +241,8 @@ def test_run_reuse_links_a_finished_run_and_refuses_an_unfinished_one(make_param
     prepare_run(other)
     linked = [s for s in upstream_closure("curation") if RunDir.of(other).stage(s).is_symlink()]
     assert linked == ["data", "captioning", "similarity"]
-    assert ("linked data, captions, similarity from " + str(base.root) + "; made there with other params (generation), "
-            "so run here: generate, upscale, curate") in capsys.readouterr().err
+    assert ("linked data, captioning, similarity from " + str(base.root) + "; made there with other params "
+            "(generation), so run here: generation, upscaling, curation") in capsys.readouterr().err
     # A link left pointing at a run that has moved: a clear error, not a write through a dangling link.
     broken = make_params("reuse-broken", run={"reuse": str(base.root)})
     RunDir.of(broken).root.mkdir(parents=True)

@@ -266,7 +266,7 @@ def test_each_methods_cost_is_projected_from_the_reports_rates(tiny_report, make
     expected = (n / numbers["captioning"]["batched_img_s"] + n / numbers["similarity"]["batched_img_s"]
                 + proj.counts.raw_sources * k / numbers["img2img 64x64"]["batched_img_s"]
                 + proj.counts.small_sources * k / numbers["img2img 96x64"]["batched_img_s"])
-    assert sgid == pytest.approx(expected) and "curate: not projected" in basis
+    assert sgid == pytest.approx(expected) and "curation: not projected" in basis
     whole, basis = projected(proj, BY_METHOD["da_fusion_recipe"].stages, 1)
     one, _ = projected(proj, BY_METHOD["da_fusion"].stages, params.da_fusion.num_synthetic)
     assert "inversion, da_fusion: derived from FLOPs" in basis and 0 < one < whole  # the package's way: 1 of M images
