@@ -69,7 +69,7 @@ compare: $(STAMP) ## Compare SGID, Real Guidance and DA-Fusion at equal images a
 	for p in $(PARAMS); do \
 	  $(RUN_ENV) $(PY) -m sgid_utils run all --to-stage quality --params $$p || exit 1; \
 	  $(RUN_ENV) $(PY) -m sgid_utils run ablations --params $$p --jobs $(JOBS) || exit 1; \
-	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --from-stage compare || exit 1; \
+	  $(RUN_ENV) $(PY) -m sgid_utils notebooks --params $$p --from-stage comparison || exit 1; \
 	  $(RUN_ENV) $(PY) -m sgid_utils report --params $$p || exit 1; \
 	done
 

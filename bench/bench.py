@@ -76,7 +76,7 @@ from sgid_utils.models.loading import (
 )
 from sgid_utils.params.schema import CaptioningParams, CurationParams, GenerationParams
 from sgid_utils.params.training import TrainingParams
-from sgid_utils.stages.captions import caption_batch
+from sgid_utils.stages.captioning import caption_batch
 
 # Dense fp16/bf16 tensor-core peaks from NVIDIA's data sheets (TFLOP/s), matched in this order against the GPU name.
 SPEC_PEAKS_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),

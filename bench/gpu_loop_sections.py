@@ -16,7 +16,7 @@ from gpu_common import TOLERANCE, build_pipeline, markdown_table, peak_gib, rese
 from bench import batched_generation, generation_inputs, source_images
 from sgid_utils.models import builders
 from sgid_utils.params.schema import CaptioningParams
-from sgid_utils.stages.captions import caption_batch
+from sgid_utils.stages.captioning import caption_batch
 
 if TYPE_CHECKING:
     from gpu_report import Context, Report

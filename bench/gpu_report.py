@@ -13,14 +13,14 @@ the projections and the docs need (reports/gpu/gpu_report.md, and the same numbe
 - where one stage-sized chunk's time goes (prompt encoding, source upscaling, VAE encode, UNet steps, VAE decode,
   the rest of the loop, resize-and-PNG serially and on the stage's writer threads), the batched loop's img/s against
   its batch size, and a profiler trace of one loop saved beside the report (with the GPU's busy share on CUDA);
-- the generate stage itself (``run_stage``) on a temporary run directory of Pets-like mixed source sizes: its
+- the generation stage itself (``run_stage``) on a temporary run directory of Pets-like mixed source sizes: its
   wall-clock, img/s through it, UNet rows per call, and the GPU's busy share over the stage (gpu_stage_sections.py);
 - the batched loop with the UNet's attention on each SDPA backend (flash, memory-efficient, math, cuDNN);
 - BLIP captioning (10 nucleus + 10 beam) and CLIP similarity, per image against batched; captioning against its
   batch size;
 - training throughput of each backbone the profiles name (AMP on CUDA) at its profile's batch size,
   and its test-pass throughput: images/s and one epoch's seconds on Pets and Flowers;
-- the train stage itself with ``training.jobs`` = 1, 2, 4 concurrent configurations (aggregate img/s), and its
+- the training stage itself with ``training.jobs`` = 1, 2, 4 concurrent configurations (aggregate img/s), and its
   loader (decoded-once image files, its transforms and workers) against tensors already on the device;
 - peak GPU memory per stage and the largest batch that fits (doubling until out of memory or a cap);
 - optional variants of the batched loop (channels_last; torch.compile on the UNet in the modes default,
@@ -114,7 +114,7 @@ from sgid_utils.preflight.projection import (
     image_epochs_by_backbone,
     project_seconds,
 )
-from sgid_utils.stages.captions import caption_batch
+from sgid_utils.stages.captioning import caption_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("params/pets.yaml", "params/flowers.yaml", "params/pets_backbones.yaml", "params/flowers_backbones.yaml",
@@ -161,9 +161,9 @@ class Plan:
     train_steps: int  # timed optimisation steps per backbone (after as many untimed)
     train_cap: int
     repeats: int  # timed runs of each path, after one untimed
-    stage_images_per_class: int  # the generate stage's made-up training images per class (3 classes)
+    stage_images_per_class: int  # the generation stage's made-up training images per class (3 classes)
     caption_batches: tuple[int, ...]  # captioning against batch size
-    loader_images_per_class: int  # the train stage's made-up training images per class (3 classes)
+    loader_images_per_class: int  # the training stage's made-up training images per class (3 classes)
     loader_epochs: int
     train_jobs: tuple[int, ...]  # training.jobs values; as many Baseline configurations as the largest
     gen_steps: int  # generation.num_inference_steps (x strength 0.3 UNet steps): the default 50 at real size
@@ -719,20 +719,20 @@ def project_profile(ctx: Context, path: str) -> tuple[list[tuple[str, ...]], flo
     docs/GPU.md's FLOP derivation."""
     params: Params = load_params(ROOT / path)
     counts = full_run_counts(params)
-    linked = set(upstream_closure("curate")) if params.run.reuse else set()
+    linked = set(upstream_closure("curation")) if params.run.reuse else set()
     kind = "controlnet" if params.generation.generator == "controlnet" else "img2img"
     (w0, h0), (w1, h1) = ctx.plan.gen_sizes
     k = params.generation.num_candidates
     per_item = {
-        "captions": 1 / ctx.rates["captioning"],
+        "captioning": 1 / ctx.rates["captioning"],
         "similarity": 1 / ctx.rates["similarity"],
-        "generate": k / ctx.rates[f"{kind} {w0}x{h0}"],
-        "upscale": k / ctx.rates[f"{kind} {w1}x{h1}"],
+        "generation": k / ctx.rates[f"{kind} {w0}x{h0}"],
+        "upscaling": k / ctx.rates[f"{kind} {w1}x{h1}"],
     }
     gen_peak = DERIVED_FRACTION["generation"] * ctx.peak
     derived = {
-        "generate": counts.raw_sources * k * ctx.flops[f"{kind} {w0}x{h0}"] / gen_peak,
-        "upscale": counts.small_sources * k * ctx.flops[f"{kind} {w1}x{h1}"] / gen_peak,
+        "generation": counts.raw_sources * k * ctx.flops[f"{kind} {w0}x{h0}"] / gen_peak,
+        "upscaling": counts.small_sources * k * ctx.flops[f"{kind} {w1}x{h1}"] / gen_peak,
     }
     name, rows, total, total_derived = params.run.name, [], 0.0, 0.0
     for stage, seconds in project_seconds(per_item, counts).items():
@@ -746,7 +746,7 @@ def project_profile(ctx: Context, path: str) -> tuple[list[tuple[str, ...]], flo
                 name,
                 stage,
                 f"{counts.items(stage):,.0f}",
-                f"{1 / per_item[stage]:.3g} {'img' if stage in ('captions', 'similarity') else 'source'}/s",
+                f"{1 / per_item[stage]:.3g} {'img' if stage in ('captioning', 'similarity') else 'source'}/s",
                 hms(seconds),
                 hms(derived[stage]) if stage in derived else "not derived",
             )
@@ -866,7 +866,7 @@ def summary_lines(ctx: Context) -> list[str]:
         f"{per_image:.3g} img/s, speedup **{batched / per_image:.2f}×** (goal ≥ {GOAL_SPEEDUP:g}×: "
         f"{verdict(batched / per_image >= GOAL_SPEEDUP)})."
         + (" Tiny models on a CPU: the goals are a GPU's; shown for the code path only." if ctx.size == "tiny" else "")
-    ] + ([f"- Through the generate stage itself (Pets-like mixed sizes, all its CPU work included): "
+    ] + ([f"- Through the generation stage itself (Pets-like mixed sizes, all its CPU work included): "
           f"**{ctx.rates['generate stage']:.3g} img/s**."] if "generate stage" in ctx.rates else [])
 
 

@@ -1,5 +1,5 @@
-"""GPU report sections that run the package's stages themselves on a temporary run directory: the generate stage over
-Pets-like mixed source sizes (wall-clock, img/s, the GPU's busy share), and the train stage's loader and concurrent
+"""GPU report sections that run the package's stages themselves on a temporary run directory: the generation stage over
+Pets-like mixed source sizes (wall-clock, img/s, the GPU's busy share), and the training stage's loader and concurrent
 configurations (``training.jobs``). Entry point and shared rules: bench/gpu_report.py.
 
 The run directory holds a made-up image folder (``models.tiny.build_smoke_dataset``: short sides from half to twice
@@ -33,7 +33,7 @@ from sgid_utils.models.loading import create_classifier, preprocessing
 from sgid_utils.params.backbones import backbone, configs
 from sgid_utils.params.load import load_params
 from sgid_utils.params.schema import Params
-from sgid_utils.stages.train import make_loaders, training_sets
+from sgid_utils.stages.training import make_loaders, training_sets
 
 if TYPE_CHECKING:
     from gpu_report import Context, Report
@@ -92,24 +92,24 @@ def stage_run(name: str, params: Params, cuda: bool) -> tuple[float, Any, float 
 
 
 def measure_generate_stage(ctx: Context, report: Report) -> list[str]:
-    """The generate stage end to end on mixed source sizes; on CUDA timed once plain and once under the profiler."""
+    """The generation stage end to end on mixed source sizes; on CUDA timed once plain and once under the profiler."""
     plan, cuda = ctx.plan, ctx.device.type == "cuda"
     with tempfile.TemporaryDirectory(prefix="sgid-gpu-report-") as tmp:
         root = Path(tmp)
         save_real_model(root, ctx, "sd")
         tiny = {} if ctx.size == "real" else {"num_inference_steps": plan.gen_steps, "max_side": 64}
         params = stage_params(root, ctx, plan.stage_images_per_class, {"generation": tiny})
-        for upstream in ("captions", "similarity"):
+        for upstream in ("captioning", "similarity"):
             run_stage(upstream, params)
         sources = run_stage("data", params).query("split == 'train'")
         # Loaded once per stage (cached for the process): timed apart, as a full run's minutes dwarf it
         loading, _ = timed(ctx.device, lambda: load_generator(params))
-        wall, table, _ = stage_run("generate", params, cuda=False)
+        wall, table, _ = stage_run("generation", params, cuda=False)
         rows_per_call = rows_summary(UNET_ROWS) if UNET_ROWS else "none (the per-image pipeline: the CPU's default)"
         busy = profiled = None
         if cuda:  # again, afresh, under the profiler: its overhead stays out of the timed run
-            shutil.rmtree(RunDir.of(params).stage("generate"))
-            profiled, _, kernels = stage_run("generate", params, cuda=True)
+            shutil.rmtree(RunDir.of(params).stage("generation"))
+            profiled, _, kernels = stage_run("generation", params, cuda=True)
             busy = None if kernels is None else kernels / profiled
     n = len(table)
     ctx.rates["generate stage"] = n / wall
@@ -120,7 +120,7 @@ def measure_generate_stage(ctx: Context, report: Report) -> list[str]:
     busy_text = ("n/a (no CUDA)" if busy is None
                  else f"{busy:.0%} (kernel time over the profiled run's wall, {profiled:.1f} s)")
     return [
-        f"`run_stage('generate')` on a fresh run directory: {len(sources)} made-up training images of mixed sizes "
+        f"`run_stage('generation')` on a fresh run directory: {len(sources)} made-up training images of mixed sizes "
         f"({sizes[0][0]} × {sizes[0][1]} to {sizes[-1][0]} × {sizes[-1][1]}), k = {gen.num_candidates}, strength "
         f"{gen.strength} of {gen.num_inference_steps} steps, generation.max_side {gen.max_side}, "
         f"{'the full-size SD 1.5 architecture with random weights' if ctx.size == 'real' else 'the tiny SD'} loaded "
@@ -175,7 +175,7 @@ def loader_rates(params: Params, ctx: Context) -> dict[str, float]:
 
 
 def measure_loader_training(ctx: Context, report: Report) -> list[str]:
-    """The train stage with 1, 2, 4 configurations at once (aggregate img/s), then its loader against in-memory."""
+    """The training stage with 1, 2, 4 configurations at once (aggregate img/s), then its loader against in-memory."""
     plan = ctx.plan
     configs_n = max(plan.train_jobs)
     with tempfile.TemporaryDirectory(prefix="sgid-gpu-report-") as tmp:
@@ -186,10 +186,10 @@ def measure_loader_training(ctx: Context, report: Report) -> list[str]:
         run_stage("data", params)
         jobs_rows, by_jobs = [], {}
         for jobs in plan.train_jobs:
-            shutil.rmtree(RunDir.of(params).stage("train"), ignore_errors=True)
+            shutil.rmtree(RunDir.of(params).stage("training"), ignore_errors=True)
             each = params.model_copy(update={"training": params.training.model_copy(update={"jobs": jobs})})
             start = time.perf_counter()
-            table = run_stage("train", each)
+            table = run_stage("training", each)
             seconds = time.perf_counter() - start
             images = int((table.epochs * table.train_images).sum())
             by_jobs[str(jobs)] = {"seconds": seconds, "image_epochs": images, "img_s": images / seconds}
@@ -199,7 +199,7 @@ def measure_loader_training(ctx: Context, report: Report) -> list[str]:
     report.numbers["training jobs"] = by_jobs
     report.numbers["training loader"] = rates
     return [
-        f"The train stage (`run_stage('train')`) on a fresh folder each time: {configs_n} Baseline configurations "
+        f"`run_stage('training')` on a fresh folder each time: {configs_n} Baseline configurations "
         f"(seeds) of {'ViT-B/16 (full-size, random weights)' if ctx.size == 'real' else 'the tiny ViT'}, "
         f"{plan.loader_epochs} epoch(s) over {rates['images']} made-up training images of mixed sizes, with "
         "`training.jobs` configurations at once on this device (each a worker process, as the stage runs them). "
@@ -210,7 +210,7 @@ def measure_loader_training(ctx: Context, report: Report) -> list[str]:
         *markdown_table(("training.jobs", "configurations", "image-epochs", "stage wall-clock", "aggregate img/s",
                          "vs jobs = 1"), jobs_rows),
         "",
-        f"One configuration's epoch through the stage's loader (`stages.train.make_loaders`: decoded-once images, "
+        f"One configuration's epoch through the stage's loader (`stages.training.make_loaders`: decoded-once images, "
         f"its normalisation, {rates['workers']} loader worker(s), batch {rates['batch_size']}, {rates['side']} px) "
         "against the same batches as tensors already on the device (the Training section's way), after one "
         "untimed epoch:",

@@ -1,4 +1,4 @@
-"""The generation stages themselves (``generate``, ``upscale``) timed end to end: this tree against another one.
+"""The generation stages themselves (``generation``, ``upscaling``) timed end to end: this tree against another one.
 
     python bench/stage_levers.py                          # this tree only, tiny models on the CPU
     python bench/stage_levers.py --before /tmp/base       # and a checkout of an older sgid_utils, alternating
@@ -27,14 +27,17 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("generate", "upscale")
+STAGES = ("generation", "upscaling")
+# A tree from before the stage renames knows these stages by their old names (``registry.RENAMED_STAGES``).
 TIMED = """
 import json, sys, time
 from sgid_utils.params.load import load_params
+from sgid_utils.core.registry import NAMES
 from sgid_utils.core.runner import run_stage
 params = load_params(sys.argv[1])
+stage = sys.argv[2] if sys.argv[2] in NAMES else {"generation": "generate", "upscaling": "upscale"}[sys.argv[2]]
 start = time.perf_counter()
-table = run_stage(sys.argv[2], params)
+table = run_stage(stage, params)
 print(json.dumps({"seconds": time.perf_counter() - start, "candidates": len(table)}))
 """
 
@@ -61,8 +64,8 @@ def write_params(folder: Path, steps: int, per_class: int, extra: dict) -> Path:
 
 
 def upstream_folders(run: Path) -> list[Path]:
-    """The prepared run's stage folders (data, captions, similarity), which every timed run starts from."""
-    return [d for d in run.iterdir() if d.is_dir() and d.name.split("_", 1)[-1] in ("data", "captions", "similarity")]
+    """The prepared run's stage folders (data, captioning, similarity), which every timed run starts from."""
+    return [d for d in run.iterdir() if d.is_dir() and d.name.split("_", 1)[-1] in ("data", "captioning", "similarity")]
 
 
 def timed_stage(tree: Path, params: Path, stage: str, threads: int) -> dict:
@@ -89,7 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sgid-stage-bench-") as tmp:
         root = Path(tmp)
         prep = write_params(root / "prep", args.steps, args.images_per_class, {})
-        for stage in ("captions", "similarity"):
+        for stage in ("captioning", "similarity"):
             timed_stage(REPO, prep, stage, args.threads)
         best: dict[tuple[str, str], dict] = {}
         for repeat in range(args.repeats):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 # Only the registry and the error types at import: `stages` (which the Makefile asks on every call) stays instant,
 # and each command imports the libraries it needs (torch, diffusers, ...) when it runs.
-from sgid_utils.core.registry import NAMES, STAGES, between, notebooks
+from sgid_utils.core.registry import NAMES, RENAMED_STAGES, STAGES, between, current, notebooks
 from sgid_utils.errors import USER_ERRORS
 
 
@@ -35,6 +35,12 @@ def _shard_arg(text: str) -> str:
     if not 0 <= index < count:
         raise argparse.ArgumentTypeError(f"expected 0 <= I < N, got {text!r}")
     return text
+
+
+def _stage_arg(text: str) -> str:
+    """A stage named on the command line under today's name: an old one (``run generate``, ``--to-stage train``)
+    still runs, with one deprecation line (``registry.current``)."""
+    return current(text) if text in RENAMED_STAGES else text
 
 
 def _positive(text: str) -> int:
@@ -72,19 +78,19 @@ def _parser() -> argparse.ArgumentParser:
     common = [_run_options()]
     run = sub.add_parser("run", parents=common,
                          help="run one stage, 'all' in order, or 'ablations' (an ablation profile's variants)")
-    run.add_argument("stage", choices=NAMES + ["ablations", "all"])
+    run.add_argument("stage", type=_stage_arg, choices=NAMES + ["ablations", "all"])
     run.add_argument("--shard", metavar="I/N", type=_shard_arg,
                      help="run only this process's share, e.g. 0/2 (accelerate launch / torchrun set it themselves)")
-    run.add_argument("--from-stage", choices=NAMES, help="with 'all': start with this stage")
-    run.add_argument("--to-stage", choices=NAMES, help="with 'all': end with this stage")
+    run.add_argument("--from-stage", type=_stage_arg, choices=NAMES, help="with 'all': start with this stage")
+    run.add_argument("--to-stage", type=_stage_arg, choices=NAMES, help="with 'all': end with this stage")
     run.add_argument("--jobs", type=_positive, default=1, metavar="N",
                      help="with 'ablations': run the variants on N processes (on a CPU, up to its cores; on one "
                           "GPU, 1: each process loads its own models)")
     nb = sub.add_parser("notebooks", parents=common,
                         help="execute the numbered notebooks in stage order through papermill")
     nb.add_argument("--only", nargs="*", help="notebook names, e.g. 06_results (default: all of them)")
-    nb.add_argument("--from-stage", choices=NAMES, help="start with the notebook of this stage")
-    nb.add_argument("--to-stage", choices=NAMES, help="end with the notebook of this stage")
+    nb.add_argument("--from-stage", type=_stage_arg, choices=NAMES, help="start with the notebook of this stage")
+    nb.add_argument("--to-stage", type=_stage_arg, choices=NAMES, help="end with the notebook of this stage")
     nb.add_argument("--notebooks-dir", default="notebooks", help="folder holding the numbered notebooks")
     sub.add_parser("report", parents=common,
                    help="write reports/<run>/index.html from the run's tables, figures and notebooks")
@@ -95,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stages", help="list the registered stages in order (with --notebooks: their notebooks)")
     st.add_argument("--notebooks", action="store_true", help="print the notebook of each stage, once each, in order")
     st.add_argument("--files", action="store_true", help="print each stage's input and output files and their paths")
-    st.add_argument("--from-stage", choices=NAMES)
-    st.add_argument("--to-stage", choices=NAMES)
+    st.add_argument("--from-stage", type=_stage_arg, choices=NAMES)
+    st.add_argument("--to-stage", type=_stage_arg, choices=NAMES)
     pf = sub.add_parser("preflight", parents=common,
                         help="check ids, versions, device and disk, run a tiny canary, project time and disk")
     pf.add_argument("--no-canary", action="store_true", help="only the checks that start nothing (no stage, no model)")
@@ -165,7 +171,7 @@ def _list_stages(args: argparse.Namespace) -> None:
         print(files_table(), end="")
         return
     for stage in STAGES:
-        print(f"{stage.name:<11} {stage.notebook:<28} upstream: {', '.join(stage.upstream) or '-'}")
+        print(f"{stage.name:<13} {stage.notebook:<28} upstream: {', '.join(stage.upstream) or '-'}")
 
 
 def main(argv: list[str] | None = None) -> int:

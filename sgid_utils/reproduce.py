@@ -51,7 +51,7 @@ def compare_steps(profile: str, jobs: int, after: int, first: int) -> list[Step]
     given = ("--params", profile)
     args = [("run", "all", "--to-stage", "quality", *given),
             ("run", "ablations", *given, *(("--jobs", str(jobs)) if jobs > 1 else ())),
-            ("notebooks", "--from-stage", "compare", *given), ("report", *given)]
+            ("notebooks", "--from-stage", "comparison", *given), ("report", *given)]
     return [Step(a, frozenset({first + i - 1} if i else {after})) for i, a in enumerate(args)]
 
 

@@ -52,10 +52,10 @@ def test_bad_ablation_override_stops_before_any_work(make_params, tmp_path):
 
 def test_a_label_only_variant_reuses_upstream_and_reports_its_own_comparison(make_params, pipeline_run):
     params = make_params("abl", ablations=[{"name": "label-only", "set": {"generation.prompt": "label_only"}}])
-    copy_stages(pipeline_run, params, "data", "captions", "similarity", "train")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity", "training")
     table = ablations.run(params)
     variant = RunDir.of(variant_params(params, "label-only", {"generation.prompt": "label_only"}))
-    assert all(os.path.islink(variant.stage(s)) for s in ("data", "captions", "similarity"))
+    assert all(os.path.islink(variant.stage(s)) for s in ("data", "captioning", "similarity"))
     # The Baseline does not depend on generation: the base run's models are reused, not retrained.
     assert all(os.path.islink(variant.config_dir(f"baseline_seed{s}")) for s in (0, 1))
     assert not os.path.islink(variant.config_dir("sgid100_seed0"))
@@ -79,8 +79,8 @@ def test_a_variant_of_a_several_backbone_run_shares_the_first_backbones_baseline
     params = make_params("several", training={"backbones": entries, "methods": ["baseline"]},
                          results={"references": [{"label": "R", "source": "s", "values": {"Baseline": 0.5},
                                                   "backbone": "resnet"}]})
-    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
-    run_stage("train", params)
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity", "generation", "upscaling", "curation")
+    run_stage("training", params)
     variant = variant_params(params, "label-only", {"generation.prompt": "label_only"})
     assert variant.references.tables == []
     assert share_baselines(params, variant) == ["vit-baseline_seed0", "vit-baseline_seed1"]
@@ -97,19 +97,19 @@ def test_variants_on_the_same_subset_share_its_captions_and_baselines_with_one_o
     one, two = make_params("one", ablations=variants), make_params("two", ablations=variants)
     runs = [variant_params(two, v["name"], v["set"]) for v in variants]
     lent = lenders(two, runs)  # no base run: s5 takes the subset, captions and Baselines from s2
-    assert [lent[2][k] for k in ("data", "captions", "similarity", "generate", "baselines")] == [0, 0, 0, None, 0]
+    assert [lent[2][k] for k in ("data", "captioning", "similarity", "generation", "baselines")] == [0, 0, 0, None, 0]
     assert set(lent[1].values()) == {None}  # the label-only variant shares nothing with the subset runs
     # two processes (label beside s2, then s5 after s2) give the one-process run's links, tables and set metrics
     pd.testing.assert_frame_equal(ablations.run(one), ablations.run(two, jobs=2))
     assert catalog.load(one, "ablation_set_metrics").equals(catalog.load(two, "ablation_set_metrics"))
     for params in (one, two):
         first, second = (RunDir(RunDir.of(params).variant_root(n), RunDir.of(params).reports) for n in ("s2", "s5"))
-        assert not os.path.islink(first.stage("captions"))  # nothing made with the base data to share
+        assert not os.path.islink(first.stage("captioning"))  # nothing made with the base data to share
         assert all(os.path.realpath(second.stage(s)) == str(first.stage(s).resolve())
-                   for s in ("data", "captions", "similarity"))
+                   for s in ("data", "captioning", "similarity"))
         assert all(os.path.realpath(second.config_dir(f"baseline_seed{s}"))
                    == str(first.config_dir(f"baseline_seed{s}").resolve()) for s in (0, 1))
-        assert not os.path.islink(second.stage("generate"))
+        assert not os.path.islink(second.stage("generation"))
 
     monkeypatch.setenv("SGID_SHARD", "0/2")
     with pytest.raises(StageError, match="one process"):
@@ -146,7 +146,8 @@ def test_the_two_controls_equal_steps_and_a_second_draw(make_params, pipeline_ru
     and selection on the same data split, training seeds and Baselines. Both rows answer their question."""
     params = make_params("controls", ablations=[{"name": "sgid-equal-steps", "set": {"training.equal_steps": True}},
                                                 {"name": "second-draw", "set": {"run.draw": 1}}])
-    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate", "train")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity", "generation", "upscaling", "curation",
+                "training")
     table = ablations.run(params).set_index("Variant")
     base = RunDir.of(params)
     equal = variant_params(params, "sgid-equal-steps", {"training.equal_steps": True})
@@ -158,7 +159,7 @@ def test_the_two_controls_equal_steps_and_a_second_draw(make_params, pipeline_ru
     # base run's SGID at 100 % (twice the images, the same epochs) took about twice as many.
     results = catalog.load(equal, "training_results").set_index("config")
     assert all(os.path.islink(RunDir.of(equal).config_dir(f"baseline_seed{s}")) for s in (0, 1))
-    assert all(os.path.islink(RunDir.of(equal).stage(s)) for s in ("data", "captions", "generate", "curate"))
+    assert all(os.path.islink(RunDir.of(equal).stage(s)) for s in ("data", "captioning", "generation", "curation"))
     assert results.steps.tolist() == [baseline_steps] * 4
     base_sgid = (catalog.load(params, "training_results").set_index("config")
                  .loc[["sgid100_seed0", "sgid100_seed1"], "steps"])
@@ -166,7 +167,7 @@ def test_the_two_controls_equal_steps_and_a_second_draw(make_params, pipeline_ru
 
     # Second draw: same split (the data stage linked) and the same Baseline models; new captions and candidates.
     dr = RunDir.of(draw)
-    assert os.path.islink(dr.stage("data")) and not os.path.islink(dr.stage("captions"))
+    assert os.path.islink(dr.stage("data")) and not os.path.islink(dr.stage("captioning"))
     for name in ("baseline_seed0", "baseline_seed1"):
         assert os.path.realpath(dr.config_dir(name)) == str(base.config_dir(name).resolve())
     first, second = (pd.read_parquet(catalog.path(r, "manifest_raw")).set_index(["image_id", "k"]) for r in (base, dr))
@@ -194,16 +195,18 @@ def test_the_controls_are_projected_with_the_stages_they_recompute():
     counts = full_run_counts(params)
     n, epochs, seeds = counts.train_images, params.training.epochs, len(params.training.seeds)
     draw = costs["second-draw"]
-    assert draw.items == {"captions": n, "similarity": n, "generate": counts.raw_sources,
-                          "upscale": counts.small_sources, "curate": n, "train": seeds * 2 * n * epochs, "results": 1}
+    assert draw.items == {"captioning": n, "similarity": n, "generation": counts.raw_sources,
+                          "upscaling": counts.small_sources, "curation": n, "training": seeds * 2 * n * epochs,
+                          "results": 1}
     assert (draw.raw_pixels, draw.small_pixels) == (counts.raw_pixels, counts.small_pixels)
     equal = costs["sgid-equal-steps"]
-    assert equal.items == {"train": seeds * n * epochs, "results": 1} and equal.raw_pixels == equal.small_pixels == 0
-    assert costs["select-most-diverse-consistent"].items == {"curate": n, "train": seeds * 2 * n * epochs, "results": 1}
+    assert equal.items == {"training": seeds * n * epochs, "results": 1} and equal.raw_pixels == equal.small_pixels == 0
+    assert costs["select-most-diverse-consistent"].items == {"curation": n, "training": seeds * 2 * n * epochs,
+                                                             "results": 1}
     # The strength sweep's first variant makes its subset's data, captions and Baselines; the next ones link them.
     first, second = costs["strength-0.2"].items, costs["strength-0.3"].items
-    assert {"data", "captions"} <= set(first) and not {"data", "captions", "similarity"} & set(second)
-    assert first["train"] == 1.5 * second["train"]  # Baseline (n) + SGID (2n) against SGID alone
+    assert {"data", "captioning"} <= set(first) and not {"data", "captioning", "similarity"} & set(second)
+    assert first["training"] == 1.5 * second["training"]  # Baseline (n) + SGID (2n) against SGID alone
 
 
 @pytest.mark.parametrize("profile", ["pets_ablations.yaml", "flowers_ablations.yaml", "smoke_ablations.yaml"])
@@ -218,7 +221,7 @@ def test_who_lends_a_variant_its_stages_agrees_with_the_projection(profile, tmp_
             "path": str(assets[1] / "train"), "test_path": str(assets[1] / "test")}}))
     params = load_params(file, {"run.dir": str(tmp_path / "base")})
     have = RunDir.of(params)
-    for stage in [*SHARED_STAGES, "train"]:
+    for stage in [*SHARED_STAGES, "training"]:
         write_json(have.fingerprint_file(stage), fingerprint(params, stage))
     first = backbones(params)[0]
     if first.name:
@@ -230,7 +233,7 @@ def test_who_lends_a_variant_its_stages_agrees_with_the_projection(profile, tmp_
     lent = lenders(params, [v for _, v in variants])
     for cost, mine, (_, variant) in zip(variant_costs(params, variants), lent, variants):
         idle = idle_stages(variant.training.methods)  # a compared method's stages that skip: they cost nothing
-        assert {s for s in SHARED_STAGES if mine[s] is None} - idle == set(cost.items) - {"train", "results"}, \
+        assert {s for s in SHARED_STAGES if mine[s] is None} - idle == set(cost.items) - {"training", "results"}, \
             cost.name
 
 

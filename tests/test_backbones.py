@@ -25,7 +25,7 @@ from sgid_utils.params.backbones import backbones, configs
 from sgid_utils.params.training import BackboneParams
 from sgid_utils.reporting.facts import key_facts
 from sgid_utils.stages.results import backbone_gains
-from sgid_utils.stages.train import training_sets
+from sgid_utils.stages.training import training_sets
 
 from .conftest import copy_stages, resnet_scratch_entry
 
@@ -120,14 +120,14 @@ def test_combined_methods_add_the_generated_images_and_apply_the_augmentation(ma
     and their losses differ from SGID's (the augmentation ran); a dropped part fails one of the two checks."""
     params = make_params("combined", training={"methods": ["baseline", "sgid", "sgid_cutmix", "sgid_randaugment"],
                                                "seeds": [0], "sgid_proportions": [1.0], "cutmix_prob": 1.0})
-    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
-    table = run_stage("train", params).set_index("method")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity", "generation", "upscaling", "curation")
+    table = run_stage("training", params).set_index("method")
     assert table.loc["sgid", "generated_images"] > 0
     for method in ("sgid_cutmix", "sgid_randaugment"):
         assert table.loc[method, "generated_images"] == table.loc["sgid", "generated_images"]
         assert table.loc[method, "train_images"] == table.loc["sgid", "train_images"]
     run = RunDir.of(params)
-    loss = {m: pd.read_csv(catalog.path(run, "history", config=table.loc[m, "config"])).train_loss.iloc[0]
+    loss = {m: pd.read_csv(catalog.path(run, "metrics", config=table.loc[m, "config"])).train_loss.iloc[0]
             for m in table.index}
     assert loss["sgid_cutmix"] != loss["sgid"] and loss["sgid_randaugment"] != loss["sgid"]
     _, _, additions, _ = training_sets(params)
@@ -169,8 +169,8 @@ def test_every_backbone_is_trained_and_compared_with_its_own_baseline(make_param
                 "sgid_proportions": [1.0], "epochs": 2}
     references = {"references": [{"label": "Paper", "source": "Table 1", "values": {"Baseline": 0.92}}]}
     params = make_params("backbones", training={**training, "backbones": entries}, results=references)
-    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
-    run_stage("train", params)
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity", "generation", "upscaling", "curation")
+    run_stage("training", params)
     paths = run_stage("results", params)
     results = catalog.load(params, "training_results")
     assert sorted(results.backbone.unique()) == ["clip", "resnet", "vit"] and len(results) == 3 * 3 * 2
@@ -188,7 +188,7 @@ def test_every_backbone_is_trained_and_compared_with_its_own_baseline(make_param
     assert table.loc[table.Method == "Baseline", "Paper"].tolist() == pytest.approx([0.92, np.nan, np.nan], nan_ok=True)
     assert len(pd.read_csv(paths["gains_csv"])) == 3
     # The scratch backbone really trained from random weights with its cosine schedule: the lr fell to ~0 by the end.
-    history = pd.read_csv(catalog.path(RunDir.of(params), "history", config="resnet-baseline_seed0"))
+    history = pd.read_csv(catalog.path(RunDir.of(params), "metrics", config="resnet-baseline_seed0"))
     assert history.lr.iloc[-1] < 0.05 * 0.01 and np.isfinite(history.train_loss).all()
 
     # Each backbone records its own recipe: one changed makes only its runs stale; one dropped retrains nothing.
@@ -196,53 +196,53 @@ def test_every_backbone_is_trained_and_compared_with_its_own_baseline(make_param
                           training={**training, "backbones": [entries[0], {**entries[1], "lr": 0.1}, entries[2]]},
                           results=references)
     with pytest.raises(StaleOutputsError, match=r"train \(ResNet \(scratch\)\).*lr: was 0\.05, now 0\.1.*resnet-\*"):
-        run_stage("train", changed)
+        run_stage("training", changed)
     finished = RunDir.of(params).result("clip-baseline_seed0").stat().st_mtime_ns
     fewer = make_params("backbones", training={**training, "backbones": [entries[0], entries[2]]}, results=references)
-    assert len(run_stage("train", fewer)) == 2 * 3 * 2
+    assert len(run_stage("training", fewer)) == 2 * 3 * 2
     assert RunDir.of(params).result("clip-baseline_seed0").stat().st_mtime_ns == finished
 
 
 def test_fingerprints_keep_older_runs_valid_and_see_every_recipe_change(make_params, tiny_backbones, assets):
     plain = make_params("plain")
-    assert "backbones" not in fingerprint(plain, "train")["training"]  # runs made before backbones existed stay valid
+    assert "backbones" not in fingerprint(plain, "training")["training"]  # runs made before backbones stay valid
     entries = backbone_entries(tiny_backbones, assets[0] / "vit")
     listed = make_params("listed", training={"backbones": entries})
     renamed = make_params("renamed", training={"backbones": [{**entries[0], "label": "ViT-B", "source": "typo fixed"},
                                                              *entries[1:]]})
     faster = make_params("faster", training={"backbones": [entries[0], {**entries[1], "lr": 0.1}, entries[2]]})
     # The stage's fingerprint leaves the list out; each backbone's recipe is recorded beside its runs.
-    assert fingerprint(faster, "train") == fingerprint(renamed, "train") == fingerprint(listed, "train")
-    assert "models.classifier" not in fingerprint(listed, "train")  # listed backbones replace it
+    assert fingerprint(faster, "training") == fingerprint(renamed, "training") == fingerprint(listed, "training")
+    assert "models.classifier" not in fingerprint(listed, "training")  # listed backbones replace it
     recipes = {name: [backbone_fingerprint(b) for b in backbones(p)] for name, p in
                (("listed", listed), ("renamed", renamed), ("faster", faster))}
     assert recipes["renamed"] == recipes["listed"]  # names cannot change a result
     assert [a == b for a, b in zip(recipes["faster"], recipes["listed"])] == [True, False, True]
     # A training.* value some backbones inherit: only theirs change (here the ViT's; ResNet and CLIP set their own lr).
     inherited = make_params("inherited", training={"backbones": entries, "lr": 2e-4})
-    assert fingerprint(inherited, "train") == fingerprint(listed, "train")
+    assert fingerprint(inherited, "training") == fingerprint(listed, "training")
     assert ([a == b for a, b in zip(map(backbone_fingerprint, backbones(inherited)), recipes["listed"])]
             == [False, True, True])
-    assert fingerprint(make_params("plain-lr", training={"lr": 2e-4}), "train") != fingerprint(plain, "train")
-    assert fingerprint(listed, "curate") == fingerprint(plain, "curate")  # training choices do not touch generation
+    assert fingerprint(make_params("plain-lr", training={"lr": 2e-4}), "training") != fingerprint(plain, "training")
+    assert fingerprint(listed, "curation") == fingerprint(plain, "curation")  # training choices do not touch generation
 
 
 def test_run_reuse_links_a_finished_run_and_refuses_an_unfinished_one(make_params, pipeline_run, tmp_path, capsys):
     base = RunDir.of(pipeline_run)
     params = make_params("reuse", run={"reuse": str(base.root)},
                          training={"methods": ["baseline", "sgid"], "seeds": [0], "sgid_proportions": [1.0]})
-    table = run_stage("train", params)
+    table = run_stage("training", params)
     run = RunDir.of(params)
-    for stage in upstream_closure("curate"):  # linked, not recomputed
+    for stage in upstream_closure("curation"):  # linked, not recomputed
         assert run.stage(stage).is_symlink() and run.stage(stage).resolve() == base.stage(stage).resolve()
     assert table.generated_images.max() == len(pd.read_parquet(catalog.path(base, "curated")))
     # Other generation params: what they change is made here (linking stops at the first stage that differs).
     other = make_params("reuse-other", run={"reuse": str(base.root)}, generation={"strength": 0.5})
     prepare_run(other)
-    linked = [s for s in upstream_closure("curate") if RunDir.of(other).stage(s).is_symlink()]
-    assert linked == ["data", "captions", "similarity"]
-    assert ("linked data, captions, similarity from " + str(base.root) + "; made there with other params (generation), "
-            "so run here: generate, upscale, curate") in capsys.readouterr().err
+    linked = [s for s in upstream_closure("curation") if RunDir.of(other).stage(s).is_symlink()]
+    assert linked == ["data", "captioning", "similarity"]
+    assert ("linked data, captioning, similarity from " + str(base.root) + "; made there with other params "
+            "(generation), so run here: generation, upscaling, curation") in capsys.readouterr().err
     # A link left pointing at a run that has moved: a clear error, not a write through a dangling link.
     broken = make_params("reuse-broken", run={"reuse": str(base.root)})
     RunDir.of(broken).root.mkdir(parents=True)

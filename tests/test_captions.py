@@ -41,15 +41,15 @@ def test_an_older_captions_table_gets_its_duplicates_marked_on_load(tmp_path):
 
 
 def test_captions_do_not_depend_on_batch_size_or_resuming(make_params, monkeypatch):
-    one = run_stage("captions", make_params("a", captioning={"batch_size": 1}))
+    one = run_stage("captioning", make_params("a", captioning={"batch_size": 1}))
     params = make_params("b", captioning={"batch_size": 4})
     monkeypatch.setenv("SGID_SHARD", "0/3")
-    assert run_stage("captions", params) is None  # a first, partial run (a third of the images, as if killed)
+    assert run_stage("captioning", params) is None  # a first, partial run (a third of the images, as if killed)
     monkeypatch.delenv("SGID_SHARD")
-    items = RunDir.of(params).items("captions")
+    items = RunDir.of(params).items("captioning")
     before = {p.name: p.stat().st_mtime_ns for p in items.glob("*.json")}
     assert 0 < len(before) < one.image_id.nunique()
-    four = run_stage("captions", params)
+    four = run_stage("captioning", params)
     assert {p.name: p.stat().st_mtime_ns for p in items.glob("*.json") if p.name in before} == before  # not redone
     pd.testing.assert_frame_equal(one.reset_index(drop=True), four.reset_index(drop=True))
 
@@ -57,7 +57,7 @@ def test_captions_do_not_depend_on_batch_size_or_resuming(make_params, monkeypat
 def test_seeded_nucleus_sampler_draws_from_the_nucleus_in_proportion():
     import torch
 
-    from sgid_utils.stages.captions import SeededNucleusSampler
+    from sgid_utils.stages.captioning import SeededNucleusSampler
 
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])  # top_p 0.7: nucleus {0, 1}, renormalised to 0.625 / 0.375
     rows = 4000
@@ -76,7 +76,7 @@ def test_seeded_nucleus_sampler_refuses_more_steps_than_drawn():
     import pytest
     import torch
 
-    from sgid_utils.stages.captions import SeededNucleusSampler
+    from sgid_utils.stages.captioning import SeededNucleusSampler
 
     sampler = SeededNucleusSampler(0.9, torch.rand(2, 1))
     sampler(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 5))
@@ -88,7 +88,7 @@ def test_non_finite_logits_are_raised_after_the_call_not_per_step():
     import pytest
     import torch
 
-    from sgid_utils.stages.captions import SeededNucleusSampler
+    from sgid_utils.stages.captioning import SeededNucleusSampler
 
     sampler = SeededNucleusSampler(0.9, torch.rand(2, 3))
     sampler(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 5))
@@ -105,7 +105,7 @@ def test_one_vision_pass_gives_blips_own_captions(assets):
     from sgid_utils.core.images import load_image
     from sgid_utils.models.loading import load_captioner
     from sgid_utils.params.schema import CaptioningParams
-    from sgid_utils.stages.captions import SeededNucleusSampler, caption_batch, pixel_inputs
+    from sgid_utils.stages.captioning import SeededNucleusSampler, caption_batch, pixel_inputs
 
     models, data = assets
     model, processor = load_captioner(str(models / "blip"), "cpu", torch.float32)

@@ -45,13 +45,42 @@ def test_every_entry_has_exactly_one_writer_and_a_path_of_its_own():
     assert len(set(paths)) == len(paths), "two names share a path"
 
 
+def test_an_entry_is_named_by_its_file():
+    """Its name is its file's stem, or the stem and the format where one table is written in two (``accuracy_md``
+    beside ``accuracy``; ``significance_csv``, the report's copy of the results stage's ``significance``)."""
+    stems = {}
+    for e in catalog.ENTRIES:
+        stems.setdefault(Path(e.file).stem, []).append(Path(e.file).suffix)
+    for e in catalog.ENTRIES:
+        file = Path(e.file)
+        twice = len(set(stems[file.stem])) > 1 and e.name == f"{file.stem}_{file.suffix[1:]}"
+        assert e.name == file.stem or twice, f"catalog entry '{e.name}' names the file {e.file}"
+    run = RunDir(Path("/run"), Path("/reports"))
+    olds = [e.path(run).with_name(e.old_file) for e in catalog.ENTRIES if e.old_file]
+    news = [e.path(run, **{k: "c" for k in e.keys}) for e in catalog.ENTRIES]
+    assert len(set(olds)) == len(olds) and not set(olds) & set(news), "an old file name is ambiguous"
+
+
+def test_an_entry_s_old_file_is_read_where_only_it_exists(tmp_path):
+    run = RunDir(tmp_path / "run", tmp_path / "reports")
+    best = catalog.entry("best_captions")
+    assert catalog.path(run, "best_captions") == run.stage("similarity") / "best_captions.parquet"
+    catalog.save(run, "best_captions", pd.DataFrame({"image_id": ["a"]}))
+    (run.stage("similarity") / "best_captions.parquet").rename(run.stage("similarity") / best.old_file)
+    assert catalog.path(run, "best_captions").name == "best.parquet"  # an older run, read and resumed in place
+    assert catalog.load(run, "best_captions").image_id.tolist() == ["a"]
+    catalog.save(run, "best_captions", pd.DataFrame({"image_id": ["b"]}))
+    assert not (run.stage("similarity") / "best_captions.parquet").exists()
+    assert catalog.load(run, "best_captions").image_id.tolist() == ["b"]
+
+
 def test_upstream_is_derived_from_the_files():
     """Each stage's upstream reaches the writer of every file it reads, and names none reached through another."""
     for stage in STAGES:
         reached = {n for u in stage.upstream for n in upstream_closure(u)}
         assert {writer(name) for name in stage.reads} <= reached, stage.name
         assert not any(u in upstream_closure(v) for u in stage.upstream for v in stage.upstream if u != v), stage.name
-    assert get("curate").upstream == ("generate", "upscale") and get("data").upstream == ()
+    assert get("curation").upstream == ("generation", "upscaling") and get("data").upstream == ()
     assert all(callable(get(n).function) for n in NAMES)
 
 
@@ -81,7 +110,7 @@ def test_save_and_load_by_name_round_trip_each_kind(make_params):
                                           ("skipped", "garble")])
 def test_an_unreadable_file_names_itself_its_stage_and_what_to_delete(name, damage, make_params, pipeline_run):
     params = make_params()
-    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity", "generation", "upscaling", "curation")
     file = catalog.path(params, name)
     data = file.read_bytes()
     file.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00\xff{garbled" + data[5:])
@@ -92,14 +121,14 @@ def test_an_unreadable_file_names_itself_its_stage_and_what_to_delete(name, dama
 
 
 def test_a_truncated_table_stops_the_next_stage_with_one_line(make_params, pipeline_run):
-    """The issue's case: truncate similarity/best.parquet of a finished run, then `run generate`."""
+    """The issue's case: truncate similarity/best.parquet of a finished run, then `run generation`."""
     params = make_params()
-    copy_stages(pipeline_run, params, "data", "captions", "similarity")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity")
     best = catalog.path(params, "best_captions")
     best.write_bytes(best.read_bytes()[:100])
     with pytest.raises(CorruptFileError, match="similarity"):
-        run_stage("generate", params)
-    out = subprocess.run([sys.executable, "-m", "sgid_utils", "run", "generate", "--params", str(params.source_file)],
+        run_stage("generation", params)
+    out = subprocess.run([sys.executable, "-m", "sgid_utils", "run", "generation", "--params", str(params.source_file)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr and str(best) in out.stderr
 

@@ -31,12 +31,12 @@ def test_the_hash_ignores_docstrings_and_comments_but_not_code(tmp_path):
 
 
 def test_a_stage_s_method_code_follows_its_imports_into_method():
-    generate = code_hashes.method_modules("generate")
-    assert {"sgid_utils.stages.generate", "sgid_utils.augment.generation", "sgid_utils.augment.guidance",
+    generate = code_hashes.method_modules("generation")
+    assert {"sgid_utils.stages.generation", "sgid_utils.augment.generation", "sgid_utils.augment.guidance",
             "sgid_utils.augment.prompts", "sgid_utils.augment.batched"} <= set(generate)
     assert not [m for m in generate if m.startswith(("sgid_utils.params", "sgid_utils.models"))]
-    assert "sgid_utils.augment.selection" in code_hashes.method_modules("curate")
-    assert "sgid_utils.augment.guidance" not in code_hashes.method_modules("curate")
+    assert "sgid_utils.augment.selection" in code_hashes.method_modules("curation")
+    assert "sgid_utils.augment.guidance" not in code_hashes.method_modules("curation")
 
 
 def test_every_stage_with_a_fingerprint_names_the_key_of_its_code_version():
@@ -67,7 +67,7 @@ def _guidance_users() -> list[str]:
 
 def test_a_changed_module_names_the_stages_and_the_way_out(record):
     differences = code_hashes.changed(record)
-    assert {"generate", "upscale"} <= set(_guidance_users())
+    assert {"generation", "upscaling"} <= set(_guidance_users())
     assert differences == {stage: ["augment/guidance.py"] for stage in _guidance_users()}
     message = code_hashes.stale_message(differences)
     assert "CODE_VERSIONS['generation']" in message and "CODE_VERSIONS['curation.upscale_to']" in message
@@ -76,32 +76,32 @@ def test_a_changed_module_names_the_stages_and_the_way_out(record):
 
 def test_accepting_without_a_bump_records_the_reason_and_keeps_finished_runs(record, make_params):
     params = make_params()
-    before = fingerprint(params, "generate")
+    before = fingerprint(params, "generation")
     assert code_hashes.accept("renamed a local variable", record) == {
         stage: code_hashes.SAME_OUTPUTS for stage in _guidance_users()}
     assert code_hashes.changed(record) == {}
-    assert code_hashes.recorded(record)["generate"]["last_change"] == {
+    assert code_hashes.recorded(record)["generation"]["last_change"] == {
         "kind": code_hashes.SAME_OUTPUTS, "reason": "renamed a local variable"}
-    assert fingerprint(params, "generate") == before  # the hashes never reach a fingerprint
+    assert fingerprint(params, "generation") == before  # the hashes never reach a fingerprint
 
 
 def test_a_bump_is_recorded_as_one_and_changes_the_fingerprint(record, make_params, monkeypatch):
     params = make_params()
-    before = fingerprint(params, "generate")
+    before = fingerprint(params, "generation")
     monkeypatch.setitem(CODE_VERSIONS, "generation", 2)
-    assert code_hashes.changed(record)["generate"] == [
+    assert code_hashes.changed(record)["generation"] == [
         "augment/guidance.py", "CODE_VERSIONS {} -> {'generation': 2}"]
-    assert code_hashes.accept("guidance: f clipped at 20", record)["generate"] == code_hashes.BUMPED
-    assert fingerprint(params, "generate") == {**before, "generation.code_version": 2}
+    assert code_hashes.accept("guidance: f clipped at 20", record)["generation"] == code_hashes.BUMPED
+    assert fingerprint(params, "generation") == {**before, "generation.code_version": 2}
     monkeypatch.delitem(CODE_VERSIONS, "generation")
-    with pytest.raises(ValueError, match="went down for generate, upscale"):
+    with pytest.raises(ValueError, match="went down for generation, upscaling"):
         code_hashes.accept("undo", record)
 
 
 def test_the_command_checks_and_needs_a_reason(record, monkeypatch, capsys):
     monkeypatch.setattr(code_hashes, "HASHES_FILE", record)
     assert main(["code-hashes"]) == 1
-    assert "generate: augment/guidance.py" in capsys.readouterr().out
+    assert "generation: augment/guidance.py" in capsys.readouterr().out
     assert main(["code-hashes", "--accept", "  "]) == 2
     assert "needs a reason" in capsys.readouterr().err
     assert main(["code-hashes", "--accept", "docstring-only refactor"]) == 0

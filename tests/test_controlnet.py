@@ -159,33 +159,33 @@ def test_the_generator_is_in_the_fingerprint_and_controlnet_settings_only_when_u
     plain = make_params("plain")
     other_thresholds = make_params("t", generation={"controlnet": {"low_threshold": 50}})
     controlled = make_params("c", generation={"generator": "controlnet"})
-    assert "generator" not in fingerprint(plain, "generate")["generation"]  # img2img: as every run before generators
-    assert ("models.controlnet" not in fingerprint(plain, "generate")
-            and "controlnet" not in fingerprint(plain, "generate")["generation"])
-    assert fingerprint(plain, "generate") == fingerprint(other_thresholds, "generate")  # unused settings change nothing
-    assert fingerprint(controlled, "upscale")["models.controlnet"] == controlled.models.controlnet
-    assert fingerprint(controlled, "curate") != fingerprint(plain, "curate")  # downstream stages follow
-    assert fingerprint(controlled, "generate")["generation"]["generator"] == "controlnet"
+    assert "generator" not in fingerprint(plain, "generation")["generation"]  # img2img: as every run before generators
+    assert ("models.controlnet" not in fingerprint(plain, "generation")
+            and "controlnet" not in fingerprint(plain, "generation")["generation"])
+    assert fingerprint(plain, "generation") == fingerprint(other_thresholds, "generation")  # unused: no change
+    assert fingerprint(controlled, "upscaling")["models.controlnet"] == controlled.models.controlnet
+    assert fingerprint(controlled, "curation") != fingerprint(plain, "curation")  # downstream stages follow
+    assert fingerprint(controlled, "generation")["generation"]["generator"] == "controlnet"
     for name, change in (("lo", {"low_threshold": 50}), ("hi", {"high_threshold": 150}),
                          ("sc", {"conditioning_scale": 0.5})):
         other = make_params(name, generation={"generator": "controlnet", "controlnet": change})
-        assert fingerprint(other, "generate") != fingerprint(controlled, "generate"), change
+        assert fingerprint(other, "generation") != fingerprint(controlled, "generation"), change
     other_model = controlled.model_copy(deep=True)
     other_model.models.controlnet = "someone/other-canny"
-    assert fingerprint(other_model, "generate") != fingerprint(controlled, "generate")
+    assert fingerprint(other_model, "generation") != fingerprint(controlled, "generation")
 
 
 @pytest.fixture(scope="module")
 def controlnet_run(assets, pipeline_run, tmp_path_factory):
-    """The generate stage under the ControlNet generator, on the pipeline run's captions and scores."""
+    """The generation stage under the ControlNet generator, on the pipeline run's captions and scores."""
     from sgid_utils.params.load import load_params
 
     from .conftest import write_params
 
     params = load_params(write_params(tmp_path_factory.mktemp("controlnet"), *assets,
                                       generation={"generator": "controlnet"}))
-    copy_stages(pipeline_run, params, "data", "captions", "similarity")
-    assert run_stage("generate", params) is not None
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity")
+    assert run_stage("generation", params) is not None
     return params
 
 
@@ -211,12 +211,12 @@ def test_controlnet_stage_resumes_byte_identically_and_batched_matches(make_para
     for name, generation in (("again", {"generator": "controlnet"}),
                              ("batched", {"generator": "controlnet", "batch_size": 4})):
         params = make_params(name, generation=generation)
-        copy_stages(controlnet_run, params, "data", "captions", "similarity")
-        run_stage("generate", params)
-        items = RunDir.of(params).items("generate")
+        copy_stages(controlnet_run, params, "data", "captioning", "similarity")
+        run_stage("generation", params)
+        items = RunDir.of(params).items("generation")
         for image_id in first.image_id.unique()[::2]:
             (items / f"{image_id}.json").unlink()
-        again = run_stage("generate", params)
+        again = run_stage("generation", params)
         for a, b in zip(sorted(first.path), sorted(again.path)):
             if name == "again":
                 assert open(a, "rb").read() == open(b, "rb").read()
@@ -295,7 +295,7 @@ def test_a_controlnet_variant_trains_and_is_labelled(make_params, pipeline_run):
     label = "SGID + ControlNet (strength 0.3)"
     params = make_params("abl-cn", ablations=[{"name": "controlnet-0.3", "label": label,
                                                "set": {"generation.generator": "controlnet"}}])
-    copy_stages(pipeline_run, params, "data", "captions", "similarity", "train")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity", "training")
     table = ablations.run(params).set_index("Variant")
     assert list(table.index) == [label] and "(n=2)" in table.loc[label, "SGID (100%)"]
     sets = catalog.load(params, "ablation_set_metrics", missing=None).set_index("Variant")

@@ -101,7 +101,7 @@ def test_damaged_per_item_files_are_set_aside_and_redone_identically(stage, make
     ``run STAGE`` does it) redoes just those items."""
     ref = RunDir.of(pipeline_run)
     kinds = per_item_kinds(ref, stage)
-    if stage == "train":  # a finished run keeps no checkpoint: put a damaged one where a killed run leaves it
+    if stage == "training":  # a finished run keeps no checkpoint: put a damaged one where a killed run leaves it
         kinds["*/checkpoint.pt"] = [ref.checkpoint(c) for c in catalog.load(ref, "training_results").config
                                     if c not in {p.parent.name for files in kinds.values() for p in files}][:3]
     if not kinds:
@@ -144,7 +144,7 @@ def test_a_damaged_fingerprint_is_one_clear_error(stage, make_params, pipeline_r
     with pytest.raises(CorruptFileError) as caught:
         run_stage(stage, params)
     assert str(file) in str(caught.value) and f"delete {file} and rerun" in str(caught.value)
-    if stage == "train":  # and on the command line: one line, status 2, no traceback
+    if stage == "training":  # and on the command line: one line, status 2, no traceback
         out = _run(params, stage)
         assert out.returncode == 2 and "Traceback" not in out.stderr and str(file) in out.stderr, out.stderr[-2000:]
 
@@ -169,7 +169,7 @@ def test_every_damaged_catalog_file_names_itself(pipeline_run, tmp_path):
 
 def test_a_damaged_generated_image_stops_its_reader_and_its_stage_makes_it_again(make_params, pipeline_run):
     """Garbled inside (its PNG signature and end intact, so only decoding finds it): training, which reads it, stops
-    with one line and moves it aside; the generate stage then finds its record incomplete and makes it again, byte for
+    with one line and moves it aside; the generation stage then finds its record incomplete and makes it again, byte for
     byte, from its own seeds."""
     params = make_params("damaged-image")
     ref, run = _copy(pipeline_run, params)
@@ -180,13 +180,13 @@ def test_a_damaged_generated_image_stops_its_reader_and_its_stage_makes_it_again
     image.write_bytes(bytes(data))
     config = next(c for c in catalog.load(run, "training_results").config if c.startswith("sgid100"))
     shutil.rmtree(run.config_dir(config))  # training reads the curated images again
-    out = _run(params, "train")
+    out = _run(params, "training")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
-    assert str(image) in out.stderr and "run generate" in out.stderr
+    assert str(image) in out.stderr and "run generation" in out.stderr
     assert image.with_name(f"{image.name}.damaged").exists() and not image.exists()
     with pytest.raises(CorruptFileError, match="moved aside"):  # asked again before regenerating: the same advice
-        run_stage("train", params)
-    run_all(params, ["generate"])  # (training then goes on: the train stage's own test above)
+        run_stage("training", params)
+    run_all(params, ["generation"])  # (training then goes on: the training stage's own test above)
     assert image.read_bytes() == (ref.root / image.relative_to(run.root)).read_bytes()
     _same("manifest_raw", ref, run)
 

@@ -221,5 +221,5 @@ def test_a_module_gets_its_same_named_test_first_where_that_test_reaches_it():
 def test_reaches_tells_a_test_that_does_not_reach_a_module():
     assert reaches("test_guidance.py", "augment/guidance.py")
     assert not reaches("test_workers.py", "augment/guidance.py")
-    assert reaches("test_resume.py", "stages/upscale.py")  # every registered stage, killed and resumed
-    assert not reaches("test_stats.py", "stages/upscale.py")
+    assert reaches("test_resume.py", "stages/upscaling.py")  # every registered stage, killed and resumed
+    assert not reaches("test_stats.py", "stages/upscaling.py")

@@ -70,13 +70,13 @@ def test_generation_is_deterministic_and_resumable(make_params, pipeline_run):
     session's pipeline run may have been made under a one-thread fixture) differ in the last bits.
     """
     params = make_params("again")
-    copy_stages(pipeline_run, params, "data", "captions", "similarity")
-    first = run_stage("generate", params)
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity")
+    first = run_stage("generation", params)
     before = {path: open(path, "rb").read() for path in first.path}
-    items = RunDir.of(params).items("generate")
+    items = RunDir.of(params).items("generation")
     for image_id in first.image_id.unique()[::2]:  # forget half the items, as if the run had died before them
         (items / f"{image_id}.json").unlink()
-    again = run_stage("generate", params)
+    again = run_stage("generation", params)
     assert sorted(again.path) == sorted(before)
     for path in again.path:
         assert open(path, "rb").read() == before[path]
@@ -92,8 +92,8 @@ def test_generation_is_deterministic_and_resumable(make_params, pipeline_run):
 def test_batched_stage_matches_the_per_image_pipeline(make_params, pipeline_run):
     """generation.batch_size > 1 (the CUDA default) gives the per-image pipeline's images within a level or two."""
     params = make_params("batched", generation={"batch_size": 4})
-    copy_stages(pipeline_run, params, "data", "captions", "similarity")
-    batched = catalog.load(params, "manifest_raw") if run_stage("generate", params) is not None else None
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity")
+    batched = catalog.load(params, "manifest_raw") if run_stage("generation", params) is not None else None
     reference = catalog.load(pipeline_run, "manifest_raw")
     assert batched is not None and len(batched) == len(reference)
     cols = ["image_id", "k", "seed", "prompt", "guidance_scale", "input_width", "input_height"]
@@ -149,8 +149,8 @@ def test_png_compress_level_changes_the_bytes_not_the_pixels(make_params, pipeli
     runs = {}
     for level, threads in ((0, None), (9, 2)):
         params = make_params(f"png{level}", generation={"png_compress_level": level, "writer_threads": threads})
-        copy_stages(pipeline_run, params, "data", "captions", "similarity")
-        runs[level] = run_stage("generate", params).sort_values(["image_id", "k"]).reset_index(drop=True)
+        copy_stages(pipeline_run, params, "data", "captioning", "similarity")
+        runs[level] = run_stage("generation", params).sort_values(["image_id", "k"]).reset_index(drop=True)
     for stored, packed in zip(runs[0].path, runs[9].path):
         assert np.array_equal(np.asarray(Image.open(stored)), np.asarray(Image.open(packed)))
         assert Path(packed).stat().st_size < Path(stored).stat().st_size

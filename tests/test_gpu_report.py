@@ -195,7 +195,7 @@ def test_projection_covers_each_profile(tiny_report: tuple[str, dict]) -> None:
     assert totals == ["pets", "flowers", "pets_backbones", "flowers_backbones", "pets_quick"]
     assert set(tiny_report[1]["t4_projection_s"]) == set(totals)
     linked = [r for r in rows if r["profile"] == "pets_backbones"]
-    assert [r["projected"] for r in linked if r["stage"] == "generate"] == [
+    assert [r["projected"] for r in linked if r["stage"] == "generation"] == [
         "0"
     ]  # linked from the main run by run.reuse
     listed = backbones(load_params(ROOT / "params/pets_backbones.yaml"))
@@ -208,10 +208,10 @@ def test_projection_is_preflights_arithmetic_on_the_reported_rates(tiny_report: 
     params = load_params(ROOT / "params/pets.yaml")
     k = params.generation.num_candidates
     kind = "controlnet" if params.generation.generator == "controlnet" else "img2img"
-    per_item = {"captions": 1 / numbers["captioning"]["batched_img_s"],
+    per_item = {"captioning": 1 / numbers["captioning"]["batched_img_s"],
                 "similarity": 1 / numbers["similarity"]["batched_img_s"],
-                "generate": k / numbers[f"{kind} 64x64"]["batched_img_s"],
-                "upscale": k / numbers[f"{kind} 96x64"]["batched_img_s"]}
+                "generation": k / numbers[f"{kind} 64x64"]["batched_img_s"],
+                "upscaling": k / numbers[f"{kind} 96x64"]["batched_img_s"]}
     expected = {stage: hms(s) for stage, s in project_seconds(per_item, full_run_counts(params)).items()}
     rows = {r["stage"]: r["projected"] for r in numbers["projection"] if r["profile"] == params.run.name}
     assert {stage: rows[stage] for stage in expected} == expected
@@ -266,7 +266,7 @@ def test_each_methods_cost_is_projected_from_the_reports_rates(tiny_report, make
     expected = (n / numbers["captioning"]["batched_img_s"] + n / numbers["similarity"]["batched_img_s"]
                 + proj.counts.raw_sources * k / numbers["img2img 64x64"]["batched_img_s"]
                 + proj.counts.small_sources * k / numbers["img2img 96x64"]["batched_img_s"])
-    assert sgid == pytest.approx(expected) and "curate: not projected" in basis
+    assert sgid == pytest.approx(expected) and "curation: not projected" in basis
     whole, basis = projected(proj, BY_METHOD["da_fusion_recipe"].stages, 1)
     one, _ = projected(proj, BY_METHOD["da_fusion"].stages, params.da_fusion.num_synthetic)
     assert "inversion, da_fusion: derived from FLOPs" in basis and 0 < one < whole  # the package's way: 1 of M images

@@ -60,7 +60,7 @@ def test_every_mode_of_the_schema_has_its_own_branch():
 
 
 def test_every_candidate_is_generated_with_the_scale_of_its_sources_s_star(pipeline_run):
-    """The generate stage applies the mapping to each source's s* from the similarity stage, per candidate."""
+    """The generation stage applies the mapping to each source's s* from the similarity stage, per candidate."""
     best = catalog.load(pipeline_run, "best_captions").set_index("image_id")
     manifest = catalog.load(pipeline_run, "manifest_raw")
     assert len(manifest)

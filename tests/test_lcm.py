@@ -63,12 +63,12 @@ def lcm_run(assets, pipeline_run, lora, tmp_path_factory):
 
     params = load_params(write_params(tmp_path_factory.mktemp("lcm"), *assets, generation={
         "sampler": "lcm", "lcm": {"lora": lora, "num_inference_steps": LCM_STEPS}}))
-    copy_stages(pipeline_run, params, "data", "captions", "similarity")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity")
     pipe = load_lcm_img2img(params.models.diffusion, lora, "cpu", torch.float32)  # the stage's call: its cache entry
     calls = []
     hook = pipe.unet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     try:
-        assert run_stage("generate", params) is not None
+        assert run_stage("generation", params) is not None
     finally:
         hook.remove()
     return params, calls
@@ -131,11 +131,11 @@ def test_lcm_stage_is_deterministic_resumes_and_batched_matches(make_params, lcm
     lcm = {"sampler": "lcm", "lcm": {"lora": lora, "num_inference_steps": LCM_STEPS}}
     for name, generation in (("again", lcm), ("batched", {**lcm, "batch_size": 4})):
         params = make_params(name, generation=generation)
-        copy_stages(lcm_run[0], params, "data", "captions", "similarity")
-        run_stage("generate", params)
+        copy_stages(lcm_run[0], params, "data", "captioning", "similarity")
+        run_stage("generation", params)
         for image_id in first.image_id.unique()[::2]:
-            (RunDir.of(params).items("generate") / f"{image_id}.json").unlink()
-        again = run_stage("generate", params)
+            (RunDir.of(params).items("generation") / f"{image_id}.json").unlink()
+        again = run_stage("generation", params)
         for a, b in zip(sorted(first.path), sorted(again.path)):
             if name == "again":
                 assert open(a, "rb").read() == open(b, "rb").read()
@@ -177,15 +177,15 @@ def test_the_sampler_is_in_the_fingerprint_only_when_used(make_params, lora):
     plain = make_params("plain")
     other_lcm = make_params("o", generation={"lcm": {"num_inference_steps": 20}})
     lcm = make_params("l", generation={"sampler": "lcm", "lcm": {"lora": lora}})
-    assert "sampler" not in fingerprint(plain, "generate")["generation"]  # as every run before samplers
-    assert "lcm" not in fingerprint(plain, "generate")["generation"]
-    assert fingerprint(plain, "upscale") == fingerprint(other_lcm, "upscale")  # unused settings change nothing
-    assert fingerprint(lcm, "generate")["generation"]["sampler"] == "lcm"
-    assert fingerprint(lcm, "curate") != fingerprint(plain, "curate")  # downstream stages follow
+    assert "sampler" not in fingerprint(plain, "generation")["generation"]  # as every run before samplers
+    assert "lcm" not in fingerprint(plain, "generation")["generation"]
+    assert fingerprint(plain, "upscaling") == fingerprint(other_lcm, "upscaling")  # unused settings change nothing
+    assert fingerprint(lcm, "generation")["generation"]["sampler"] == "lcm"
+    assert fingerprint(lcm, "curation") != fingerprint(plain, "curation")  # downstream stages follow
     for name, change in (("s", {"num_inference_steps": 20}), ("g", {"max_guidance_scale": 1.5}),
                          ("id", {"lora": "someone/other-lcm-lora"})):
         other = make_params(name, generation={"sampler": "lcm", "lcm": {"lora": lora, **change}})
-        assert fingerprint(other, "generate") != fingerprint(lcm, "generate"), change
+        assert fingerprint(other, "generation") != fingerprint(lcm, "generation"), change
 
 
 def test_the_sampler_names_sgid_as_another_method():
@@ -202,11 +202,11 @@ def test_notebook_08_plots_the_lcm_set_beside_sgids(make_params, pipeline_run, l
 
     change = {"generation.sampler": "lcm", "generation.lcm.lora": lora}
     base = make_params("base", ablations=[{"name": "lcm", "set": change}])
-    copy_stages(pipeline_run, base, "data", "captions", "similarity", "generate", "upscale", "curate")
+    copy_stages(pipeline_run, base, "data", "captioning", "similarity", "generation", "upscaling", "curation")
     assert sampler_variants(base, "curated") == []  # not generated yet: no row
     variant = variant_params(base, "lcm", change)
-    copy_stages(pipeline_run, variant, "data", "captions", "similarity")
-    for stage in ("generate", "upscale", "curate"):
+    copy_stages(pipeline_run, variant, "data", "captioning", "similarity")
+    for stage in ("generation", "upscaling", "curation"):
         run_stage(stage, variant)
     sets = methods_set_metrics(base).set_index("set")
     assert {"SGID", "SGID (LCM-LoRA, 3 steps)"} <= set(sets.index)
@@ -225,17 +225,17 @@ def test_the_comparison_shows_the_lcm_variant_as_a_method_of_its_own(make_params
     change = {"generation.sampler": "lcm", "generation.lcm.lora": lora, "training.methods": ["baseline", "sgid"]}
     params = make_params("cmp", training={"methods": ["baseline", "sgid"], "sgid_proportions": [1.0], "seeds": [0]},
                          ablations=[{"name": "lcm", "label": "LCM-LoRA sampler", "set": change}])
-    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity", "generation", "upscaling", "curation")
     run_all(params)
     run_ablations(params)
     variant = variant_params(params, "lcm", change)
     run = RunDir.of(variant)
-    assert run.stage("captions").is_symlink() and not run.stage("generate").is_symlink()
+    assert run.stage("captioning").is_symlink() and not run.stage("generation").is_symlink()
     table = comparison_table(params, catalog.load(params, "training_results")).set_index("Method")
     assert {"SGID (100%)", "SGID (LCM-LoRA, 3 steps) (100%)"} <= set(table.index)
     row = table.loc["SGID (LCM-LoRA, 3 steps) (100%)"]
     assert row.Recipe == "equal epochs"
-    own = sum(stage_seconds(variant, s)[0] for s in ("captions", "similarity", "generate", "upscale", "curate"))
+    own = sum(stage_seconds(variant, s)[0] for s in ("captioning", "similarity", "generation", "upscaling", "curation"))
     assert row[HOURS] == pytest.approx(own / 3600) and own > 0
 
 

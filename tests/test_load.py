@@ -163,14 +163,14 @@ def test_code_versions_make_older_outputs_stale(make_params, tmp_path):
     from sgid_utils.errors import StaleOutputsError
 
     params = make_params()
-    for stage in ("captions", "similarity", "generate", "upscale", "curate", "train"):
+    for stage in ("captioning", "similarity", "generation", "upscaling", "curation", "training"):
         assert fingerprint(params, stage)["captioning.code_version"] == CODE_VERSIONS["captioning"]
     assert "captioning.code_version" not in fingerprint(params, "data")
-    older = {k: v for k, v in fingerprint(params, "captions").items() if k != "captioning.code_version"}
-    file = tmp_path / "captions" / "_params.json"
-    pin_fingerprint(file, older, "captions")  # a run dir captioned by the code before version 2
+    older = {k: v for k, v in fingerprint(params, "captioning").items() if k != "captioning.code_version"}
+    file = tmp_path / "captioning" / "_params.json"
+    pin_fingerprint(file, older, "captioning")  # a run dir captioned by the code before version 2
     with pytest.raises(StaleOutputsError, match="captioning.code_version: was None, now 2"):
-        pin_fingerprint(file, fingerprint(params, "captions"), "captions")
+        pin_fingerprint(file, fingerprint(params, "captioning"), "captioning")
 
 
 def test_quick_profile_runs_the_pets_method_on_a_subset():

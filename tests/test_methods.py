@@ -36,7 +36,7 @@ from sgid_utils.reporting.comparison import (
     shown,
 )
 from sgid_utils.reporting.stats import pooled_mcnemar, setting_predictions
-from sgid_utils.stages.train import make_loaders, training_sets
+from sgid_utils.stages.training import make_loaders, training_sets
 
 
 def test_every_setting_of_a_compared_method_names_that_methods_code():
@@ -52,7 +52,7 @@ def test_every_augmentation_is_declared_with_registered_stages_and_a_catalog_ent
     for a in AUGMENTATIONS:
         assert all(get(s) for s in a.stages)
         assert catalog.entry(a.images)
-        assert a.images in get("train").reads or a.images in {"curated"}
+        assert a.images in get("training").reads or a.images in {"curated"}
 
 
 def test_real_guidance_makes_one_seeded_image_per_training_image(pipeline_run):
@@ -81,14 +81,14 @@ def test_real_guidance_trains_as_a_method_with_one_synthetic_image_per_real_imag
 def test_an_untrained_method_leaves_the_train_fingerprint_of_earlier_runs(make_params):
     without = make_params("a", training={"methods": ["baseline", "sgid"]})
     other = make_params("b", training={"methods": ["baseline", "sgid"]}, real_guidance={"strength": 0.75})
-    assert fingerprint(without, "train") == fingerprint(other, "train")
+    assert fingerprint(without, "training") == fingerprint(other, "training")
     assert fingerprint(without, "real_guidance") != fingerprint(other, "real_guidance")
-    assert "real_guidance" in fingerprint(make_params("c"), "train")
+    assert "real_guidance" in fingerprint(make_params("c"), "training")
     # DA-Fusion's p changes only training: its tokens and images stay valid
     one, other = make_params("d"), make_params("e", da_fusion={"synthetic_probability": 0.25})
     for stage in ("inversion", "da_fusion"):
         assert fingerprint(one, stage) == fingerprint(other, stage)
-    assert fingerprint(one, "train") != fingerprint(other, "train")
+    assert fingerprint(one, "training") != fingerprint(other, "training")
     assert fingerprint(one, "da_fusion") != fingerprint(make_params("f", da_fusion={"num_synthetic": 3}), "da_fusion")
 
 
@@ -105,7 +105,7 @@ def test_real_guidances_recipe_adds_m_images_per_real_image_and_keeps_every_firs
         return load_params(root.parent / f"{root.name}.yaml")
 
     at_defaults = with_recipe(tmp_path / "defaults", pipeline_run.training.methods)
-    for stage in ("real_guidance", "train"):
+    for stage in ("real_guidance", "training"):
         assert fingerprint(at_defaults, stage) == fingerprint(pipeline_run, stage)
     before = catalog.load(pipeline_run, "real_guidance_images")
     root = tmp_path / "run"
@@ -127,12 +127,12 @@ def test_real_guidances_recipe_adds_m_images_per_real_image_and_keeps_every_firs
                                   for i in seconds.image_id]
     assert all(Path(p).name.endswith("_1.png") for p in seconds.path)
 
-    results = run_stage("train", params)
+    results = run_stage("training", params)
     recipe = results[results.method == "real_guidance_recipe"]
     package = results[results.method == "real_guidance"]
     assert len(recipe) == len(package) and (recipe.setting == "Real Guidance (its recipe)").all()
     assert (recipe.generated_images == 2 * package.generated_images.iloc[0]).all()  # every image, drawn at p
-    assert fingerprint(params, "train")["real_guidance"]["synthetic_probability"] == 0.75
+    assert fingerprint(params, "training")["real_guidance"]["synthetic_probability"] == 0.75
     # the recipe's loader replaces at its own p (real_guidance.synthetic_probability), not DA-Fusion's
     train, test, additions, classes = training_sets(params)
     cfg = next(c for c in configs(params) if c.method == "real_guidance_recipe")
@@ -191,7 +191,7 @@ def test_an_equal_steps_variant_links_the_baselines_and_the_methods_images(make_
     run_ablations(params)
     variant_run = variant_params(params, "equal-steps", params.ablations[0].set)
     base, variant = RunDir.of(params), RunDir.of(variant_run)
-    assert variant.stage("real_guidance").is_symlink() and variant.stage("curate").is_symlink()
+    assert variant.stage("real_guidance").is_symlink() and variant.stage("curation").is_symlink()
     assert variant.config_dir("baseline_seed0").is_symlink()
     assert variant.config_dir("baseline_seed0").resolve() == base.config_dir("baseline_seed0").resolve()
     steps = catalog.load(variant, "training_results").set_index("method").steps

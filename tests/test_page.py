@@ -99,7 +99,7 @@ def test_every_image_and_link_of_the_page_exists(report_params, page):
     for ref in local:
         assert (run.report_page.parent / ref).is_file(), ref
     # the figures and the rendered notebook the page must show, linked relative to it
-    for figure in ("accuracy_by_method", "07_consistency_vs_diversity", "originals_vs_sgid"):
+    for figure in ("accuracy_by_method", "consistency_vs_diversity", "originals_vs_sgid"):
         assert f"figures/{figure}.png" in local
     assert "notebooks/06_results.html" in local and "notebooks/06_results.ipynb" in local
     assert "executed cell output" in run.notebook_html("06_results").read_text()
@@ -201,13 +201,13 @@ def test_provenance_and_settings_come_from_the_run(report_params, pipeline_run, 
 
 def test_every_start_of_a_stage_is_kept(make_params, monkeypatch):
     params = make_params("prov")
-    record_stage(params, "captions")
+    record_stage(params, "captioning")
     monkeypatch.setenv("SGID_SHARD", "1/2")
-    record_stage(params, "captions")
-    starts = read_json(RunDir.of(params).provenance("captions"))["starts"]
+    record_stage(params, "captioning")
+    starts = read_json(RunDir.of(params).provenance("captioning"))["starts"]
     assert [s["shard"] for s in starts] == ["-", "1/2"] and starts[0]["run.device"] == "cpu"
-    row = load_provenance(params, ["data", "captions"]).iloc[0]  # 'data' has no record: no row
-    assert (row.stage, row.starts, row["first started"]) == ("captions", 2, starts[0]["started"])
+    row = load_provenance(params, ["data", "captioning"]).iloc[0]  # 'data' has no record: no row
+    assert (row.stage, row.starts, row["first started"]) == ("captioning", 2, starts[0]["started"])
     assert row.machine.startswith("CPU only") or " × " in row.machine
 
 

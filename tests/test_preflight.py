@@ -56,8 +56,8 @@ def test_smoke_preflight_passes_offline_with_canary(make_params):
     report = preflight(params)
     assert report.ok, "\n".join(c.line for c in report.checks)
     stages = [r["stage"] for r in report.rows]
-    assert stages[:10] == ["data", "captions", "similarity", "generate", "upscale", "real_guidance", "inversion",
-                           "da_fusion", "curate", "train"]
+    assert stages[:10] == ["data", "captioning", "similarity", "generation", "upscaling", "real_guidance", "inversion",
+                           "da_fusion", "curation", "training"]
     methods = ["method SGID", "method Real Guidance", "method DA-Fusion", "method DA-Fusion (its recipe)"]
     assert stages[-8:] == ["total (make reproduce, without ablations)", *methods, "ablation sgid-equal-steps",
                            "ablation second-draw", "total with the ablation variants"]
@@ -67,15 +67,16 @@ def test_smoke_preflight_passes_offline_with_canary(make_params):
     items = rows["real_guidance"]["full-run items"]
     assert rows["method Real Guidance"]["basis"] == f"its stages: real_guidance ({items:,}); already in the total above"
     assert "inversion (" in rows["method DA-Fusion"]["basis"] and "da_fusion (" in rows["method DA-Fusion"]["basis"]
-    assert rows["ablation sgid-equal-steps"]["basis"].startswith("computes train (")
+    assert rows["ablation sgid-equal-steps"]["basis"].startswith("computes training (")
     draw = rows["ablation second-draw"]["basis"]
-    assert all(f"{s} (" in draw for s in ("captions", "similarity", "generate", "upscale", "curate", "train"))
+    assert all(f"{s} (" in draw
+               for s in ("captioning", "similarity", "generation", "upscaling", "curation", "training"))
     assert any(c.name == "disk for the full run" and c.ok for c in report.checks)
     text = RunDir.of(params).preflight_report.read_text()
-    assert "✓ canary" in text and "| generate" in text
+    assert "✓ canary" in text and "| generation" in text
     assert not RunDir.of(params).root.exists(), "the canary must not write into the user's run directory"
     canary = RunDir.of(params).canary
-    assert catalog.path(canary, "images").exists() and list(canary.stage("train").glob("*/result.json"))
+    assert catalog.path(canary, "images").exists() and list(canary.stage("training").glob("*/result.json"))
 
 
 def test_canary_params_shrink_the_run(make_params):
@@ -90,8 +91,9 @@ def test_canary_params_shrink_the_run(make_params):
 def test_projection_formula_by_hand(make_params):
     counts = Counts(train_images=100, raw_sources=40, small_sources=70, raw_pixels=40 * 250_000,
                     small_pixels=70 * 100_000, train_image_epochs=3_000, source="hand")
-    seconds = project_seconds({"data": 2.0, "captions": 0.5, "generate": 3.0, "upscale": 2.0, "train": 0.01}, counts)
-    assert seconds == {"data": 2.0, "captions": 50.0, "generate": 120.0, "upscale": 140.0, "train": 30.0}
+    seconds = project_seconds({"data": 2.0, "captioning": 0.5, "generation": 3.0, "upscaling": 2.0,
+                               "training": 0.01}, counts)
+    assert seconds == {"data": 2.0, "captioning": 50.0, "generation": 120.0, "upscaling": 140.0, "training": 30.0}
     assert checkpoint_bytes(1_000_000) == 12_000_000  # 4 bytes x (weights + 2 Adam moments)
     # 1.5 B/px x 3 candidates x (10 M + 7 M px) = 76.5 MB; + 12 MB checkpoint; + 100 images x 1 kB
     assert (disk_need_bytes(1.5, 3, counts.raw_pixels, counts.small_pixels, 1_000_000, 1_000, 100)
@@ -190,20 +192,20 @@ def test_a_reuse_profile_projects_only_what_it_recomputes(make_params, pipeline_
     report = preflight(make_params("reuse-preflight", run={"reuse": base}, training={"methods": ["baseline", "sgid"]}))
     assert report.ok, "\n".join(c.line for c in report.checks)
     reuse = next(c for c in report.checks if c.name == "run.reuse")
-    assert reuse.detail == f"data, captions, similarity, generate, upscale, curate linked from {base}"
+    assert reuse.detail == f"data, captioning, similarity, generation, upscaling, curation linked from {base}"
     rows = {r["stage"]: r for r in report.rows}
-    for stage in ("data", "captions", "similarity", "generate", "upscale", "curate"):
+    for stage in ("data", "captioning", "similarity", "generation", "upscaling", "curation"):
         assert rows[stage]["expected"] == "0.0 s" and rows[stage]["basis"].startswith("linked from run.reuse")
         assert rows[stage]["measured s/item"] > 0  # the canary still ran it: measured, then not counted
-    assert rows["train"]["expected"] != "0.0 s" and "the run's data table" in rows["train"]["basis"]
+    assert rows["training"]["expected"] != "0.0 s" and "the run's data table" in rows["training"]["basis"]
     # Nor do their files count in the disk need: the same run without run.reuse writes its images and tables too.
     alone = preflight(make_params("reuse-alone", training={"methods": ["baseline", "sgid"]}))
     assert disk_need(report) < disk_need(alone)
 
     other = preflight(make_params("reuse-other", run={"reuse": base}, generation={"strength": 0.5}), canary=False)
     assert next(c for c in other.checks if c.name == "run.reuse").detail == (
-        "data, captions, similarity linked from " + base + "; made there with other params, so run here: "
-        "generate, upscale, curate")
+        "data, captioning, similarity linked from " + base + "; made there with other params, so run here: "
+        "generation, upscaling, curation")
 
     missing = make_params("reuse-missing", run={"reuse": str(tmp_path / "nowhere")})
     failed = _failed(preflight(missing))
@@ -232,7 +234,7 @@ def test_each_backbone_is_projected_at_its_own_measured_rate(make_params, tiny_b
     report = preflight(params)
     assert report.ok, "\n".join(c.line for c in report.checks)
     rows = {r["stage"]: r for r in report.rows}
-    assert "train" not in rows
+    assert "training" not in rows
     vit, resnet = rows["train: ViT"], rows["train: ResNet (scratch)"]
     n = full_run_counts(params).train_images  # counted from the image folder, as the projection counts it
     assert (vit["full-run items"], resnet["full-run items"]) == tuple(image_epochs_by_backbone(params, n).values())
@@ -241,7 +243,7 @@ def test_each_backbone_is_projected_at_its_own_measured_rate(make_params, tiny_b
     canary = canary_params(params)
     split = train_seconds_by_backbone(canary, 10.0)
     assert sum(split.values()) == pytest.approx(10.0) and set(split) == {"vit", "resnet"}
-    measured = {b: sum(read_table(catalog.path(RunDir.of(canary), "history", config=c.name)).seconds.sum()
+    measured = {b: sum(read_table(catalog.path(RunDir.of(canary), "metrics", config=c.name)).seconds.sum()
                        for c in configs(canary) if c.backbone == b)
                 for b in split}
     assert split["vit"] / split["resnet"] == pytest.approx(measured["vit"] / measured["resnet"])
@@ -279,15 +281,15 @@ def test_every_stage_is_counted_in_its_registry_unit():
 def test_a_new_stage_is_derived_from_its_registry_line(monkeypatch):
     """The recipe 'add a stage': one registry line (its reads, writes, keys, folder, unit); its upstream, whether an
     ablation variant runs it, and preflight's canary and full-run item counts follow from it."""
-    new = Stage("sharpness", "04_error_analysis_upscaling", ("images", "curated"), ("sharpness",), ("curation",),
+    new = Stage("sharpness", "04_curation", ("images", "curated"), ("sharpness",), ("curation",),
                 "curation/sharpness", "per training image")
-    train = replace(registry.get("train"), reads=(*registry.get("train").reads, "sharpness"))
-    stages = tuple(new if s.name == "train" else s for s in registry.STAGES)
+    train = replace(registry.get("training"), reads=(*registry.get("training").reads, "sharpness"))
+    stages = tuple(new if s.name == "training" else s for s in registry.STAGES)
     stages = (*stages[:stages.index(new)], new, train, *stages[stages.index(new) + 1:])
     monkeypatch.setattr(registry, "STAGES", stages)
     monkeypatch.setattr(registry, "NAMES", [s.name for s in stages])
     monkeypatch.setattr(registry, "BY_NAME", {s.name: s for s in stages})
-    assert new.upstream == ("curate",) and "sharpness" in registry.get("train").upstream
+    assert new.upstream == ("curation",) and "sharpness" in registry.get("training").upstream
     assert "sharpness" in [s.name for s in registry.ablation_stages()]
     params = load_params(REPO / "params/smoke.yaml")
     images = _images(5, 3, 64)

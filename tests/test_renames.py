@@ -1,23 +1,29 @@
-"""Renamed names are a contract (issue 29 §1): old params keys still load, with a one-line deprecation message naming
-the new key, and a run directory written under the old names (fingerprints, params copy, the pass column, the captions'
-decoding column) resumes."""
+"""Renamed names are a contract (issue 29 §1): old params keys and stage names still work, with a one-line deprecation
+message naming the new one, and a run directory written under the old names (fingerprints, params copy, the pass
+column, the captions' decoding column, the captions/ folder, provenance records) resumes in place, and lends its
+folders to a new run."""
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from sgid_utils.augment.prompts import with_decoding_column
-from sgid_utils.core import catalog
-from sgid_utils.core.files import read_fingerprint
+from sgid_utils.cli import main
+from sgid_utils.core import catalog, code_hashes
+from sgid_utils.core.files import read_fingerprint, read_json, write_json
 from sgid_utils.core.fingerprints import fingerprint, recorded_differences
-from sgid_utils.core.registry import NAMES, get, writer
+from sgid_utils.core.provenance import stage_seconds
+from sgid_utils.core.registry import NAMES, OLD_FOLDERS, RENAMED_STAGES, get, writer
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import check_stage, run_stage
+from sgid_utils.core.sharing import reuse_run
 from sgid_utils.params.load import RENAMED_KEYS, load_params, load_run_params, upgrade_fingerprint
-from sgid_utils.stages.captions import CAPTION_COLUMNS
+from sgid_utils.stages.captioning import CAPTION_COLUMNS
 
 from .conftest import copy_stages
 
@@ -79,7 +85,7 @@ def test_every_renamed_key_is_a_key_of_today(tmp_path):
 
 def test_a_fingerprint_recorded_under_the_old_names_reads_as_today(make_params):
     params = make_params()
-    now = json.loads(json.dumps(fingerprint(params, "train"), default=str))
+    now = json.loads(json.dumps(fingerprint(params, "training"), default=str))
     old = _old_names(now)
     assert "quality" in old and "filters" not in old
     assert upgrade_fingerprint(old) == now
@@ -100,12 +106,32 @@ def _age(run: RunDir) -> None:
         file.write_text(json.dumps(_old_names(json.loads(file.read_text())), indent=1, sort_keys=True))
     run.params_copy.write_text(yaml.safe_dump(_old_names(yaml.safe_load(run.params_copy.read_text())),
                                               sort_keys=False))
-    for table in [*run.root.rglob("manifest.parquet"), *run.stage("curate").glob("*.parquet")]:
+    for table in [*run.root.rglob("manifest.parquet"), *run.stage("curation").glob("*.parquet")]:
         pd.read_parquet(table).rename(columns={"generation_pass": "variant"}).to_parquet(table)
-    for record in [*run.root.glob("generation/*/items/*.json"), *run.stage("curate").glob("scores_*/*.json")]:
+    for record in [*run.root.glob("generation/*/items/*.json"), *run.stage("curation").glob("scores_*/*.json")]:
         rows = json.loads(record.read_text())
         record.write_text(json.dumps([{("variant" if k == "generation_pass" else k): v for k, v in r.items()}
                                       for r in rows], indent=1, sort_keys=True))
+
+
+def _age_stages(run: RunDir) -> None:
+    """Rewrite a run directory's layout as the code before the stage and file renames wrote it: each file with an
+    old name under it (``best.parquet``, ``generation/raw/manifest.parquet``, ...), the captioning folder as captions/,
+    each provenance record under its stage's old name."""
+    for e in catalog.ENTRIES:
+        if e.old_file and e.path(run).exists():
+            e.path(run).rename(e.path(run).with_name(e.old_file))
+    for old, new in RENAMED_STAGES.items():
+        record = run.root / "provenance" / f"{new}.json"
+        if record.exists():
+            write_json(run.root / "provenance" / f"{old}.json", {**read_json(record), "stage": old})
+            record.unlink()
+    for stage, old in OLD_FOLDERS.items():
+        run.stage(stage).rename(run.root / old)
+
+
+def _deprecated_stages(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "deprecated stage name" in line]
 
 
 def test_an_old_run_directory_resumes_under_the_new_names(pipeline_run, make_params, capsys):
@@ -113,30 +139,88 @@ def test_an_old_run_directory_resumes_under_the_new_names(pipeline_run, make_par
     done = [s for s in NAMES if get(s).folder and s != "results"]  # every stage folder up to training
     copy_stages(pipeline_run, params, *done)
     run = RunDir.of(params)
+    shutil.copytree(RunDir.of(pipeline_run).root / "provenance", run.root / "provenance")
     run.params_copy.write_text(yaml.safe_dump(params.model_dump(mode="json", exclude={"source_file"})))
+    _age_stages(run)
     _age(run)
-    assert "variant" in pd.read_parquet(run.stage("curate") / "curated.parquet")
+    assert (run.root / "captions").is_dir() and not (run.root / "captioning").exists()
+    old_files = {e.name: e.path(run) for e in catalog.ENTRIES if e.old_file}
+    assert {name: path.name for name, path in old_files.items()} == {
+        e.name: e.old_file for e in catalog.ENTRIES if e.old_file} and all(p.exists() for p in old_files.values())
+    assert run.stage("captioning") == run.root / "captions"  # read in place
+    assert run.provenance("training") == run.root / "provenance" / "train.json"
+    starts = {old: len(read_json(run.provenance(new))["starts"]) for old, new in RENAMED_STAGES.items()
+              if get(new).folder}
+    assert "variant" in pd.read_parquet(run.stage("curation") / "curated.parquet")
     capsys.readouterr()
     recorded = load_run_params(None, run.root)  # ``--run-dir`` alone reads the old params copy
     assert "now 'filters.apply'" in capsys.readouterr().err
     assert recorded.filters == params.filters and recorded.references == params.references
-    assert "quality" in json.loads(run.fingerprint_file("train").read_text())  # recorded under the old name
-    assert read_fingerprint(run.fingerprint_file("train")) == json.loads(json.dumps(fingerprint(params, "train"),
+    assert "quality" in json.loads(run.fingerprint_file("training").read_text())  # recorded under the old name
+    assert read_fingerprint(run.fingerprint_file("training")) == json.loads(json.dumps(fingerprint(params, "training"),
                                                                                      default=str))
     assert recorded_differences(params) == []
     for stage in NAMES:
         check_stage(params, stage)  # what the runner does before a stage: no stale-outputs error
-    images = sorted(run.stage("generate").glob("images/*.png"))
-    stamps = [os.stat(p).st_mtime_ns for p in images]
+    images = sorted(run.root.glob("generation/*/images/*.png"))
+    stamps = [os.stat(p).st_mtime_ns for p in [*images, *run.root.glob("captions/items/*.json")]]
     assert "generation_pass" in catalog.load(params, "manifest_raw")  # the catalog's upgrade on load
-    for stage in ("generate", "upscale", "curate"):
-        run_stage(stage, params)
-    assert [os.stat(p).st_mtime_ns for p in images] == stamps  # finished: nothing regenerated
+    capsys.readouterr()
+    captions = catalog.load(params, "captions")
+    assert main(["run", "captions", "--params", str(params.source_file)]) == 0  # an old name on the command line
+    for old in ("generate", "upscale", "curate", "train"):  # and in Python (a user's notebook)
+        run_stage(old, params)
+    said = _deprecated_stages(capsys.readouterr().err)
+    assert said == [f"[sgid] deprecated stage name '{old}': it is now '{RENAMED_STAGES[old]}' (the old name still "
+                    "runs; rename it)" for old in ("captions", "generate", "upscale", "curate", "train")]
+    assert [os.stat(p).st_mtime_ns for p in [*images, *run.root.glob("captions/items/*.json")]] == stamps
+    assert not (run.root / "captioning").exists()  # nothing regenerated, nothing moved: the old folder goes on
+    assert {e.name: e.path(run) for e in catalog.ENTRIES if e.old_file} == old_files  # and the old file names
+    assert not [e.name for e in catalog.ENTRIES if e.old_file and e.path(run).with_name(e.file).exists()]
+    pd.testing.assert_frame_equal(catalog.load(params, "captions"), captions)
+    for old, new in RENAMED_STAGES.items():  # each start recorded under its old name, once more
+        if get(new).folder:
+            assert not (run.root / "provenance" / f"{new}.json").exists(), new
+            assert len(read_json(run.root / "provenance" / f"{old}.json")["starts"]) == starts[old] + 1, old
     for name in ("manifest_raw", "candidates", "curated"):
         table = pd.read_parquet(catalog.path(params, name))
         assert "variant" not in table and "generation_pass" in table, name
     keys = ["image_id", "generation_pass", "k", "similarity"]
     pd.testing.assert_frame_equal(catalog.load(params, "curated")[keys], catalog.load(pipeline_run, "curated")[keys])
+    assert recorded_differences(params) == []
+
+    # A new run that names the old one in run.reuse links its old folder under the new name, and counts its cost.
+    borrower = make_params("borrower", run={"reuse": str(run.root)})
+    assert reuse_run(borrower)[:2] == ["data", "captioning"]
+    mine = RunDir.of(borrower).stage("captioning")
+    assert mine.name == "captioning" and os.readlink(mine) == str((run.root / "captions").resolve())
+    pd.testing.assert_frame_equal(catalog.load(borrower, "captions"), captions)
+    assert stage_seconds(borrower, "captioning") == stage_seconds(params, "captioning")
+    assert stage_seconds(borrower, "captioning")[0] > 0
+
+
+def test_old_stage_names_give_the_same_stages_with_one_line_each(capsys):
+    assert [get(old).name for old in RENAMED_STAGES] == list(RENAMED_STAGES.values())
+    assert len(_deprecated_stages(capsys.readouterr().err)) == len(RENAMED_STAGES)
+    assert not set(RENAMED_STAGES) & set(NAMES)  # an old name never shadows a stage of today
+    assert main(["stages", "--notebooks", "--from-stage", "upscaling", "--to-stage", "training"]) == 0
+    new = capsys.readouterr()
+    assert main(["stages", "--notebooks", "--from-stage", "upscale", "--to-stage", "train"]) == 0
+    old = capsys.readouterr()
+    assert old.out == new.out == "04_curation\n03_generation\n05_training\n"
+    assert _deprecated_stages(new.err) == [] and len(_deprecated_stages(old.err)) == 2
+    assert "'upscale': it is now 'upscaling'" in old.err and "'train': it is now 'training'" in old.err
+    with pytest.raises(KeyError, match="no stage 'generating'"):
+        get("generating")
+
+
+def test_a_code_hashes_record_written_before_the_stage_renames_reads_under_the_new_names(tmp_path):
+    path = tmp_path / "code_hashes.json"
+    data = json.loads(code_hashes.HASHES_FILE.read_text())
+    old = {new: old for old, new in RENAMED_STAGES.items()}
+    data["stages"] = {old.get(name, name): entry for name, entry in data["stages"].items()}
+    path.write_text(json.dumps(data))
+    assert "captions" in data["stages"] and code_hashes.recorded(path) == code_hashes.recorded()
 
 
 def test_the_decoding_column_upgrade_merges_records_of_both_ages():

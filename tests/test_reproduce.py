@@ -22,8 +22,8 @@ def _args(steps: list[Step]) -> list[tuple[tuple[str, ...], set[int]]]:
 def test_one_job_runs_the_chain_the_notebooks_the_ablations_and_the_page_in_order():
     p = ("--params", SMOKE)
     assert _args(plan(SMOKE, 1)) == [
-        (("run", "all", "--to-stage", "train", *p), set()),
-        (("notebooks", "--to-stage", "train", *p), {0}),
+        (("run", "all", "--to-stage", "training", *p), set()),
+        (("notebooks", "--to-stage", "training", *p), {0}),
         (("run", "ablations", "--params", ABLATIONS), {1}),
         (("notebooks", "--from-stage", "results", *p), {2}),
         (("report", *p), {3}),
@@ -33,14 +33,14 @@ def test_one_job_runs_the_chain_the_notebooks_the_ablations_and_the_page_in_orde
 def test_jobs_run_the_early_notebooks_beside_training_and_the_ablations_beside_its_notebook():
     p = ("--params", SMOKE, "--set", "run.seed=1")
     assert _args(plan(SMOKE, 3, ("--set", "run.seed=1"))) == [
-        (("run", "all", "--to-stage", "curate", *p), set()),
-        (("notebooks", "--to-stage", "curate", *p), {0}),
-        (("run", "train", *p), {0}),
+        (("run", "all", "--to-stage", "curation", *p), set()),
+        (("notebooks", "--to-stage", "curation", *p), {0}),
+        (("run", "training", *p), {0}),
         (("run", "ablations", "--params", ABLATIONS, "--set", "run.seed=1", "--jobs", "3"), {2}),
-        (("notebooks", "--from-stage", "train", "--to-stage", "train", *p), {1, 2}),
+        (("notebooks", "--from-stage", "training", "--to-stage", "training", *p), {1, 2}),
         (("notebooks", "--from-stage", "results", "--to-stage", "results", *p), {3, 4}),
         (("notebooks", "--from-stage", "quality", "--to-stage", "quality", *p), {3, 4}),  # 07 beside 06
-        (("notebooks", "--from-stage", "compare", "--to-stage", "compare", *p), {5}),  # 08 reads 06's significance
+        (("notebooks", "--from-stage", "comparison", "--to-stage", "comparison", *p), {5}),  # 08 reads 06's table
         (("report", *p), {5, 6, 7}),
     ]
 
@@ -49,14 +49,14 @@ def test_a_methods_profile_runs_as_make_compare_does_once_the_curated_stages_it_
     methods = str(REPO / "params" / "smoke_methods.yaml")
     m = ("--params", methods)
     compare = [("run", "all", "--to-stage", "quality", *m), ("run", "ablations", *m),
-               ("notebooks", "--from-stage", "compare", *m), ("report", *m)]
+               ("notebooks", "--from-stage", "comparison", *m), ("report", *m)]
     one = _args(plan(SMOKE, 1, compare=methods))
     assert one[:5] == _args(plan(SMOKE, 1)) and one[5:] == [(a, {i + 4}) for i, a in enumerate(compare)]
     two = _args(plan(SMOKE, 2, ("--set", "run.seed=1"), compare=methods))  # --set and --run-dir are the main run's
     assert two[:9] == _args(plan(SMOKE, 2, ("--set", "run.seed=1")))
     compare[1] = (*compare[1], "--jobs", "2")
     assert two[9:] == [(compare[0], {0}), *((a, {i + 9}) for i, a in enumerate(compare[1:]))]
-    assert two[0][0][:4] == ("run", "all", "--to-stage", "curate")  # all that run.reuse links: then it starts
+    assert two[0][0][:4] == ("run", "all", "--to-stage", "curation")  # all that run.reuse links: then it starts
 
 
 def test_a_params_file_without_an_ablation_profile_runs_none(tmp_path):

@@ -61,8 +61,8 @@ def test_format_mean_std():
 def test_run_results_writes_tables_and_figures(pipeline_run):
     run = RunDir.of(pipeline_run)
     assert catalog.path(run, "accuracy_md").exists() and catalog.path(run, "accuracy").exists()
-    assert catalog.path(run, "accuracy_figure").stat().st_size > 1000
-    assert catalog.path(run, "originals_figure").exists()
+    assert catalog.path(run, "accuracy_by_method").stat().st_size > 1000
+    assert catalog.path(run, "originals_vs_sgid").exists()
     table = pd.read_csv(catalog.path(run, "accuracy"))
     assert {DELTA, SIGNIFICANT, SIGNIFICANT_HOLM, "p (paired t)", "p (Holm)"} <= set(table.columns)
     assert table.set_index("Method").loc["Baseline", SIGNIFICANT] == "–"

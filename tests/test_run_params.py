@@ -95,7 +95,7 @@ def test_an_ablation_variants_page_states_the_variants_settings(make_params, pip
     from sgid_utils.stages import ablations
 
     params = make_params("abl", ablations=[{"name": "strength-0.5", "set": {"generation.strength": 0.5}}])
-    copy_stages(pipeline_run, params, "data", "captions", "similarity", "train")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity", "training")
     ablations.run(params)
     variant = variant_params(params, "strength-0.5", {"generation.strength": 0.5})
     base_file_on_variant = load_params(params.source_file, {"run.dir": str(variant.run.dir),
@@ -134,14 +134,14 @@ def test_extends_takes_a_path_relative_to_the_file_or_a_shipped_profile(tmp_path
 
 def test_training_deterministic_sets_the_flags_and_is_recorded(make_params, pipeline_run):
     params = make_params("det", training={"deterministic": True, "methods": ["baseline"], "seeds": [0]})
-    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate", "upscale", "curate")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity", "generation", "upscaling", "curation")
     before = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     try:
-        run_stage("train", params)
+        run_stage("training", params)
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE
-        recorded = read_json(RunDir.of(params).fingerprint_file("train"))
+        recorded = read_json(RunDir.of(params).fingerprint_file("training"))
         assert recorded["training"]["deterministic"] is True  # the page reads it from here
         on_gpu = pd.DataFrame({"machine": ["1 × NVIDIA H100 (CUDA 13.0)"]})
         assert "training ran with training.deterministic" in reproducibility(params, on_gpu)
@@ -151,7 +151,7 @@ def test_training_deterministic_sets_the_flags_and_is_recorded(make_params, pipe
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
     # off (the default) is not recorded, so runs made before the setting existed stay valid
-    assert "deterministic" not in read_json(RunDir.of(pipeline_run).fingerprint_file("train"))["training"]
+    assert "deterministic" not in read_json(RunDir.of(pipeline_run).fingerprint_file("training"))["training"]
 
 
 def test_the_page_says_what_a_rerun_reproduces(copied_run):

@@ -20,15 +20,15 @@ from .conftest import copy_stages
 
 
 def test_changed_output_params_are_refused_but_speed_params_are_not(make_params):
-    run_stage("captions", make_params("stale"))
+    run_stage("captioning", make_params("stale"))
     run_stage("similarity", make_params("stale"))
     with pytest.raises(StaleOutputsError, match=r"captioning: was .*'top_p': 0.9.*now .*'top_p': 0.5"):
-        run_stage("captions", make_params("stale", captioning={"top_p": 0.5}))
-    run_stage("captions", make_params("stale", captioning={"batch_size": 1}))  # speed only: reuses the work
+        run_stage("captioning", make_params("stale", captioning={"top_p": 0.5}))
+    run_stage("captioning", make_params("stale", captioning={"batch_size": 1}))  # speed only: reuses the work
     # Recomputing captions with new params must not let similarity reuse scores of the old captions.
     changed = make_params("stale", captioning={"top_p": 0.5})
-    shutil.rmtree(RunDir.of(changed).stage("captions"))
-    run_stage("captions", changed)
+    shutil.rmtree(RunDir.of(changed).stage("captioning"))
+    run_stage("captioning", changed)
     with pytest.raises(StaleOutputsError, match="similarity.*captioning"):
         run_stage("similarity", changed)
 
@@ -36,22 +36,23 @@ def test_changed_output_params_are_refused_but_speed_params_are_not(make_params)
 def test_training_batch_size_is_not_a_speed_only_key(make_params):
     a, b = make_params("x"), make_params("x", training={"batch_size": 8})
     c = make_params("x", training={"eval_batch_size": 8, "seeds": [5]})
-    assert fingerprint(a, "train") != fingerprint(b, "train")
-    assert fingerprint(a, "train") == fingerprint(c, "train")
+    assert fingerprint(a, "training") != fingerprint(b, "training")
+    assert fingerprint(a, "training") == fingerprint(c, "training")
 
 
 def test_the_registry_orders_stages_notebooks_and_fingerprint_chains(make_params):
-    assert NAMES[0] == "data" and NAMES.index("upscale") < NAMES.index("curate") < NAMES.index("train")
+    assert NAMES[0] == "data" and NAMES.index("upscaling") < NAMES.index("curation") < NAMES.index("training")
     for stage in STAGES:  # upstream stages come earlier, and every entry resolves to a function
         assert all(NAMES.index(u) < NAMES.index(stage.name) for u in stage.upstream) and callable(stage.function)
     assert notebooks() == sorted(notebooks()) and len(notebooks()) == 8
-    assert notebooks(last="train")[-1] == "05_training" and notebooks(first="results")[0] == "06_results"
-    assert upstream_closure("similarity") == ["data", "captions", "similarity"]
+    assert notebooks(last="training")[-1] == "05_training" and notebooks(first="results")[0] == "06_results"
+    assert upstream_closure("similarity") == ["data", "captioning", "similarity"]
     params = make_params("fp")
     # The chain: a key inside a section already in the fingerprint is not repeated.
-    assert {"curation.upscale_threshold", "curation.upscale_to"} <= set(fingerprint(params, "upscale"))
-    assert "curation" in fingerprint(params, "curate") and "curation.upscale_to" not in fingerprint(params, "curate")
-    baseline = fingerprint(params, "train", upstream=("data",))
+    assert {"curation.upscale_threshold", "curation.upscale_to"} <= set(fingerprint(params, "upscaling"))
+    assert "curation" in fingerprint(params, "curation")
+    assert "curation.upscale_to" not in fingerprint(params, "curation")
+    baseline = fingerprint(params, "training", upstream=("data",))
     assert set(baseline) == {"dataset", "run.seed", "models.classifier", "training", "da_fusion.synthetic_probability",
                              "dataset.code_version", "training.code_version"}  # the test chain trains DA-Fusion
     assert "da_fusion.synthetic_probability" not in baseline_fingerprint(params)  # no Baseline replaces images
@@ -76,11 +77,11 @@ def test_two_shards_give_what_one_process_gives(make_params, pipeline_run, monke
     params = make_params("shards")
     copy_stages(pipeline_run, params, "data", "similarity")
     monkeypatch.setenv("SGID_SHARD", "0/2")
-    assert run_stage("captions", params) is None  # half done: no table yet
-    assert run_stage("generate", params) is None
+    assert run_stage("captioning", params) is None  # half done: no table yet
+    assert run_stage("generation", params) is None
     monkeypatch.setenv("SGID_SHARD", "1/2")
-    captions = run_stage("captions", params)
-    run_stage("generate", params)
+    captions = run_stage("captioning", params)
+    run_stage("generation", params)
     ref = pd.read_parquet(catalog.path(RunDir.of(pipeline_run), "captions"))
     pd.testing.assert_frame_equal(captions.reset_index(drop=True), ref)
     one, two = catalog.load(pipeline_run, "manifest_raw"), catalog.load(params, "manifest_raw")
@@ -90,15 +91,15 @@ def test_two_shards_give_what_one_process_gives(make_params, pipeline_run, monke
 
 def test_sharded_upscale_is_finished_by_the_last_shard_then_curated(make_params, pipeline_run, monkeypatch):
     params = make_params("curate-shards")
-    copy_stages(pipeline_run, params, "data", "captions", "similarity", "generate")
+    copy_stages(pipeline_run, params, "data", "captioning", "similarity", "generation")
     monkeypatch.setenv("SGID_SHARD", "0/2")
-    with pytest.raises(FileNotFoundError, match="run stage 'upscale' first"):
-        run_stage("curate", params)  # no shard has started the upscaled regeneration: curate says so, never a no-op
-    assert run_stage("upscale", params) is None  # the other shard's sources are not regenerated yet
-    assert run_stage("curate", params) is None  # so curation waits for the last shard
+    with pytest.raises(FileNotFoundError, match="run stage 'upscaling' first"):
+        run_stage("curation", params)  # no shard has started the upscaled regeneration: curate says so, never a no-op
+    assert run_stage("upscaling", params) is None  # the other shard's sources are not regenerated yet
+    assert run_stage("curation", params) is None  # so curation waits for the last shard
     monkeypatch.setenv("SGID_SHARD", "1/2")
-    assert run_stage("upscale", params) is not None
-    curated = run_stage("curate", params)
+    assert run_stage("upscaling", params) is not None
+    curated = run_stage("curation", params)
     ref = pd.read_parquet(catalog.path(RunDir.of(pipeline_run), "curated"))
     got = pd.read_parquet(catalog.path(RunDir.of(params), "curated"))
     pd.testing.assert_frame_equal(got.drop(columns=["source_path"]), ref.drop(columns=["source_path"]))
@@ -128,11 +129,11 @@ def test_accelerate_launch_with_two_processes_gives_what_one_process_gives(make_
     done = subprocess.run(
         [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-         "-m", "sgid_utils", "run", "all", "--to-stage", "generate", "--params", str(params.source_file)],
+         "-m", "sgid_utils", "run", "all", "--to-stage", "generation", "--params", str(params.source_file)],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    for stage in ("captions", "similarity", "generate"):
+    for stage in ("captioning", "similarity", "generation"):
         assert done.stderr.count(f"[sgid] stage {stage}:") == 2  # both processes ran the stage
     run, reference = RunDir.of(params), RunDir.of(pipeline_run)
     for table in ("captions", "best_captions"):

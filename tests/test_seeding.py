@@ -41,12 +41,12 @@ def test_the_draw_reaches_captions_generation_and_curation_not_the_data_or_the_b
     zero, one = make_params("f0"), make_params("f1", run={"draw": 1})
     assert fingerprint(zero, "data") == fingerprint(one, "data")
     assert baseline_fingerprint(zero) == baseline_fingerprint(one)  # the Baselines are shared
-    for stage in ("captions", "similarity", "generate", "upscale", "curate", "train"):
+    for stage in ("captioning", "similarity", "generation", "upscaling", "curation", "training"):
         assert fingerprint(zero, stage) != fingerprint(one, stage), stage
         assert "run.draw" not in fingerprint(zero, stage)  # draw 0: records made before the key stay valid
-    assert all("run.draw" in get(s).keys for s in ("captions", "generate", "upscale", "curate"))
-    assert not any("run.draw" in get(s).keys for s in ("data", "train"))
+    assert all("run.draw" in get(s).keys for s in ("captioning", "generation", "upscaling", "curation"))
+    assert not any("run.draw" in get(s).keys for s in ("data", "training"))
     equal = make_params("fe", training={"equal_steps": True})
-    assert fingerprint(equal, "train") != fingerprint(zero, "train")
-    assert "equal_steps" not in fingerprint(zero, "train")["training"]
+    assert fingerprint(equal, "training") != fingerprint(zero, "training")
+    assert "equal_steps" not in fingerprint(zero, "training")["training"]
     assert baseline_fingerprint(equal) == baseline_fingerprint(zero)

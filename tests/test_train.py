@@ -12,7 +12,7 @@ from sgid_utils.core import catalog
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.params.backbones import TrainConfig, backbones, configs
 from sgid_utils.params.training import BackboneParams, TrainingParams
-from sgid_utils.stages.train import sgid_subset, size_matched, train_config, training_sets
+from sgid_utils.stages.training import sgid_subset, size_matched, train_config, training_sets
 
 from .conftest import copy_stages, resnet_scratch_entry
 
@@ -129,7 +129,7 @@ def test_training_results_metrics_and_predictions(pipeline_run):
     assert sgid.loc["SGID (50%)", "generated_images"].tolist() == [int(len(curated) * 0.5 + 0.5)] * 2
     assert (results[results.method.isin(["baseline", "cutmix", "randaugment"])].generated_images == 0).all()
     for row in results.itertuples():
-        metrics = pd.read_csv(catalog.path(run, "history", config=row.config))
+        metrics = pd.read_csv(catalog.path(run, "metrics", config=row.config))
         preds = pd.read_parquet(catalog.path(run, "predictions", config=row.config))
         assert metrics.epoch.tolist() == list(range(1, p.training.epochs + 1))
         assert metrics.test_acc.iloc[-1] == pytest.approx(row.test_acc, abs=1e-12)  # read back from CSV
@@ -142,7 +142,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params
                                                                      monkeypatch, backbone):
     """The report's ViT (Adam, constant lr), a ResNet from scratch (SGD, warm-up + cosine: the schedule resumes too),
     and SGID (50 %) under equal steps, killed in its partial last epoch."""
-    import sgid_utils.stages.train as tr
+    import sgid_utils.stages.training as tr
 
     if backbone == "equal-steps":
         cfg = TrainConfig("sgid", seed=0, proportion=0.5)
@@ -154,7 +154,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params
     runs = {}
     for name in ("straight", "killed"):
         runs[name] = make_params(name, training=training)
-        copy_stages(pipeline_run, runs[name], "data", "generate", "upscale", "curate")
+        copy_stages(pipeline_run, runs[name], "data", "generation", "upscaling", "curation")
     train, test, additions, n = training_sets(runs["straight"])
     if backbone == "equal-steps":
         real = len(train)
@@ -183,7 +183,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(make_params
     assert resumed["test_acc"] == full["test_acc"]
     pd.testing.assert_frame_equal(pd.read_parquet(catalog.path(killed, "predictions", config=cfg.name)),
                                   pd.read_parquet(catalog.path(straight, "predictions", config=cfg.name)))
-    a, b = (pd.read_csv(catalog.path(r, "history", config=cfg.name)) for r in (killed, straight))
+    a, b = (pd.read_csv(catalog.path(r, "metrics", config=cfg.name)) for r in (killed, straight))
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
     steps = plan.total if backbone == "equal-steps" else 2 * math.ceil(len(train) / 4)  # batch size 4
     assert resumed["steps"] == full["steps"] == steps
@@ -253,7 +253,7 @@ def test_a_step_the_loss_scaler_skips_is_reported_and_changes_nothing():
 def test_configurations_trained_at_once_give_the_one_at_a_time_results(make_params, pipeline_run, monkeypatch):
     """training.jobs: 2 worker processes give each configuration's result, per-epoch history (losses, accuracy) and
     predictions as one process does, to the bit (one thread each, as here)."""
-    import sgid_utils.stages.train as tr
+    import sgid_utils.stages.training as tr
     from sgid_utils.core import catalog
     from sgid_utils.core.runner import run_stage
 
@@ -268,14 +268,14 @@ def test_configurations_trained_at_once_give_the_one_at_a_time_results(make_para
     try:
         for jobs in (1, 2):
             runs[jobs] = make_params(f"jobs{jobs}", training={**training, "jobs": jobs})
-            copy_stages(pipeline_run, runs[jobs], "data", "generate", "upscale", "curate")
-            tables[jobs] = run_stage("train", runs[jobs])
+            copy_stages(pipeline_run, runs[jobs], "data", "generation", "upscaling", "curation")
+            tables[jobs] = run_stage("training", runs[jobs])
     finally:
         torch.set_num_threads(threads)
     assert len(tables[1]) == 6 and pools == [2]  # jobs 1 trains in this process, jobs 2 on a pool of two
     pd.testing.assert_frame_equal(tables[1], tables[2])
     for name in tables[1].config:
-        for table in ("history", "predictions"):
+        for table in ("metrics", "predictions"):
             one, two = (catalog.load(runs[j], table, config=name) for j in (1, 2))
             pd.testing.assert_frame_equal(one.drop(columns=["seconds"], errors="ignore"),
                                           two.drop(columns=["seconds"], errors="ignore"), check_exact=True)

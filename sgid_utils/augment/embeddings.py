@@ -64,7 +64,7 @@ def load_embeddings(params: Params, candidates: pd.DataFrame) -> tuple[np.ndarra
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
             set_aside(file, reason(exc))
             raise CorruptFileError(f"{file} cannot be read ({reason(exc)}); it is damaged and was moved aside: rerun "
-                                   "`python -m sgid_utils run curate --params ...`, which scores that source again, "
+                                   "`python -m sgid_utils run curation --params ...`, which scores that source again, "
                                    "then this stage.") from None
         sources[image_id] = source
         rows.append(pd.DataFrame({"_pos": group.index, "_emb": list(every[group.k.to_numpy()])}))

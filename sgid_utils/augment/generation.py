@@ -5,7 +5,7 @@ guidance scale from f(s*), strength 0.3 (the report's "Gaussian noise of 0.3", r
 ``strength=0.3``: the source is noised to 30 % of the schedule and denoised from there), k candidates whose seeds
 derive from (the generation draw's seed, image id, k): ``run.draw`` gives another set for the same sources. In the
 raw pass the source enters the model at its own resolution (downscaled only above ``generation.max_side``): our
-reading of the report's first pass, and what the curate stage diagnoses and fixes by
+reading of the report's first pass, and what the curation stage diagnoses and fixes by
 upscaling small sources first (``model_input_size``). Each candidate is resized back to the
 source's size and saved as PNG.
 

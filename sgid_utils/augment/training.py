@@ -1,7 +1,7 @@
 """The generic pieces of a training loop: one optimisation step, evaluation, the optimizer, the step plan
 and learning-rate schedule, one epoch, and the state a checkpoint keeps.
 
-The training stage (``stages.train``) puts them together per configuration; the benchmarks time
+The training stage (``stages.training``) puts them together per configuration; the benchmarks time
 ``train_step`` and ``optimizer_for`` on their own. Nothing here reads or writes a run directory except
 ``Loop.save``/``Loop.resume`` (``load_checkpoint``: data only), given the checkpoint's path.
 """

@@ -59,7 +59,8 @@ TABLES, FIGURES = "<tables>", "<figures>"  # the reports' folders (``RunDir.tabl
 @dataclass(frozen=True)
 class Entry:
     """One named file: the folder it lives under (a registered stage's, ``TABLES`` or ``FIGURES``), its file name
-    there (a template of the entry's keys: ``{config}/metrics.csv``) and what it holds."""
+    there (a template of the entry's keys: ``{config}/metrics.csv``) and what it holds. Its name is the file's stem,
+    or the stem and the format (``accuracy_md``) where one table is written in two."""
 
     name: str
     under: str
@@ -68,12 +69,17 @@ class Entry:
     keys: tuple[str, ...] = ()
     relative: bool = False  # file paths under the run directory stored relative to it (a run dir can move)
     upgrade: Callable[[Any], Any] | None = None  # brings a file an older version wrote to today's columns, on load
+    old_file: str | None = None  # its name before it was named by its entry: a run made then is read in place
 
     def path(self, run: RunDir, **keys: str) -> Path:
+        """The file in this run: ``file``, or ``old_file`` where only that exists (an older run, resumed in place as
+        ``RunDir`` resumes its old folders: it goes on writing there)."""
         if set(keys) != set(self.keys):
             raise KeyError(f"catalog entry '{self.name}' needs {', '.join(self.keys) or 'no keys'}, got {sorted(keys)}")
         folder = run.tables if self.under == TABLES else run.figures if self.under == FIGURES else run.stage(self.under)
-        return folder / self.file.format(**keys)
+        new = folder / self.file.format(**keys)
+        old = folder / self.old_file.format(**keys) if self.old_file else None
+        return old if old is not None and not new.exists() and old.exists() else new
 
 
 ENTRIES: tuple[Entry, ...] = (
@@ -82,37 +88,43 @@ ENTRIES: tuple[Entry, ...] = (
           relative=True),
     Entry("skipped", "data", "skipped.csv", "files the data stage could not use, with the reason"),
     # captions and similarity
-    Entry("captions", "captions", "captions.parquet", "every BLIP caption per training image (nucleus and beam)"),
+    Entry("captions", "captioning", "captions.parquet", "every BLIP caption per training image (nucleus and beam)"),
     Entry("scores", "similarity", "scores.parquet", "CLIP similarity of every caption to its image"),
-    Entry("best_captions", "similarity", "best.parquet", "each image's most similar caption and its score s*"),
+    Entry("best_captions", "similarity", "best_captions.parquet", "each image's most similar caption and its score s*",
+          old_file="best.parquet"),
     # generation
-    Entry("manifest_raw", "generate", "manifest.parquet",
-          "the raw pass's candidates: source, prompt, scale, seed, file", relative=True, upgrade=with_pass_column),
-    Entry("manifest_upscaled", "upscale", "manifest.parquet",
-          "the upscaled pass's candidates (small sources regenerated larger)", relative=True, upgrade=with_pass_column),
+    Entry("manifest_raw", "generation", "manifest_raw.parquet",
+          "the raw pass's candidates: source, prompt, scale, seed, file", relative=True, upgrade=with_pass_column,
+          old_file="manifest.parquet"),
+    Entry("manifest_upscaled", "upscaling", "manifest_upscaled.parquet",
+          "the upscaled pass's candidates (small sources regenerated larger)", relative=True, upgrade=with_pass_column,
+          old_file="manifest.parquet"),
     # curation
-    Entry("candidates", "curate", "candidates.parquet", "every candidate with its CLIP and quality scores",
+    Entry("candidates", "curation", "candidates.parquet", "every candidate with its CLIP and quality scores",
           relative=True, upgrade=with_pass_column),
-    Entry("curated", "curate", "curated.parquet", "one chosen candidate per source: the set SGID trains on",
+    Entry("curated", "curation", "curated.parquet", "one chosen candidate per source: the set SGID trains on",
           relative=True, upgrade=with_pass_column),
-    Entry("curated_filtered", "curate", "curated_filtered.parquet",
+    Entry("curated_filtered", "curation", "curated_filtered.parquet",
           "the chosen candidates that passed the quality filters (SGID filtered)", relative=True,
           upgrade=with_pass_column),
-    Entry("quality_summary", "curate", "quality.json", "the filters' detector, threshold and kept counts"),
+    Entry("quality_summary", "curation", "quality_summary.json", "the filters' detector, threshold and kept counts",
+          old_file="quality.json"),
     # the other generative augmentations (config.methods)
-    Entry("real_guidance_images", "real_guidance", "images.parquet",
+    Entry("real_guidance_images", "real_guidance", "real_guidance_images.parquet",
           "Real Guidance's images: one per training image (M while its recipe trains: m), with its prompt, scale, "
-          "strength and seed", relative=True, upgrade=_with_first_m),
-    Entry("class_tokens", "inversion", "tokens.parquet",
+          "strength and seed", relative=True, upgrade=_with_first_m, old_file="images.parquet"),
+    Entry("class_tokens", "inversion", "class_tokens.parquet",
           "DA-Fusion's token per class: its file, images, steps, first and last loss, how far it moved",
-          relative=True),
-    Entry("da_fusion_images", "da_fusion", "images.parquet",
-          "DA-Fusion's M images per training image, with the token, prompt, strength and seed", relative=True),
+          relative=True, old_file="tokens.parquet"),
+    Entry("da_fusion_images", "da_fusion", "da_fusion_images.parquet",
+          "DA-Fusion's M images per training image, with the token, prompt, strength and seed", relative=True,
+          old_file="images.parquet"),
     # training
-    Entry("training_results", "train", "results.parquet", "one row per training configuration: accuracy, steps, time",
-          upgrade=_with_backbone),
-    Entry("history", "train", "{config}/metrics.csv", "one configuration's per-epoch metrics", ("config",)),
-    Entry("predictions", "train", "{config}/predictions.parquet", "one configuration's test predictions",
+    Entry("training_results", "training", "training_results.parquet",
+          "one row per training configuration: accuracy, steps, time", upgrade=_with_backbone,
+          old_file="results.parquet"),
+    Entry("metrics", "training", "{config}/metrics.csv", "one configuration's per-epoch metrics", ("config",)),
+    Entry("predictions", "training", "{config}/predictions.parquet", "one configuration's test predictions",
           ("config",)),
     # results and quality: the report's tables and figures
     Entry("significance", "results", "significance.parquet", "every setting against its Baseline, with verdicts",
@@ -123,17 +135,17 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("backbone_gains", TABLES, "backbone_gains.csv", "SGID's gain per backbone beside the abstract's "
           "(references.headline)"),
     Entry("backbone_gains_md", TABLES, "backbone_gains.md", "the backbone gains as markdown"),
-    Entry("accuracy_figure", FIGURES, "accuracy_by_method.png", "accuracy per method beside the published ones"),
-    Entry("originals_figure", FIGURES, "originals_vs_sgid.png", "training images beside their SGID image"),
-    Entry("gain_forest_figure", FIGURES, "gain_forest.png", "each gain with its interval, per backbone"),
+    Entry("accuracy_by_method", FIGURES, "accuracy_by_method.png", "accuracy per method beside the published ones"),
+    Entry("originals_vs_sgid", FIGURES, "originals_vs_sgid.png", "training images beside their SGID image"),
+    Entry("gain_forest", FIGURES, "gain_forest.png", "each gain with its interval, per backbone"),
     Entry("set_metrics", TABLES, "set_metrics.csv", "consistency and diversity of each generated set"),
-    Entry("class_changes", TABLES, "per_class_change.csv", "per-class accuracy change, best SGID setting"),
-    Entry("consistency_figure", FIGURES, "07_consistency_vs_diversity.png",
+    Entry("per_class_change", TABLES, "per_class_change.csv", "per-class accuracy change, best SGID setting"),
+    Entry("consistency_vs_diversity", FIGURES, "consistency_vs_diversity.png",
           "each generated set on our consistency and diversity metrics"),
     Entry("comparison", TABLES, "comparison.csv",
           "which augmentation: each method's gain over the best non-generative one and its measured cost"),
     Entry("comparison_md", TABLES, "comparison.md", "the comparison as markdown, with its caption"),
-    Entry("comparison_figure", FIGURES, "08_gain_vs_cost.png", "each method's gain against its device hours"),
+    Entry("gain_vs_cost", FIGURES, "gain_vs_cost.png", "each method's gain against its device hours"),
     # the ablation profiles (``run ablations``)
     Entry("ablations", TABLES, "ablations.csv", "each ablation variant against the main run"),
     Entry("ablations_md", TABLES, "ablations.md", "the ablation table as markdown"),
@@ -148,8 +160,8 @@ UPGRADES: dict[str, Callable[[Any], Any]] = {}
 
 def register_upgrade(name: str, upgrade: Callable[[Any], Any]) -> None:
     """Bring entry ``name`` as an older version wrote it to today's columns on load, with code above core: the
-    ``method`` module that makes the column registers it (``sgid_utils.augment`` imports it, so a stage that uses
-    any method code has it), and core imports nothing above it."""
+    ``augment`` module that makes the column registers it (``sgid_utils.augment`` imports it, so a stage that uses
+    any of the method's pieces has it), and core imports nothing above it."""
     entry(name)
     UPGRADES[name] = upgrade
 

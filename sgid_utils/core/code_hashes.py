@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sgid_utils.core.files import write_atomic
-from sgid_utils.core.registry import CODE_VERSION_KEY, CODE_VERSIONS, STAGES, get
+from sgid_utils.core.registry import CODE_VERSION_KEY, CODE_VERSIONS, RENAMED_STAGES, STAGES, get
 
 PACKAGE = Path(__file__).resolve().parent.parent
 HASHES_FILE = Path(__file__).with_name("code_hashes.json")
@@ -92,8 +92,10 @@ def current() -> dict[str, dict[str, Any]]:
 
 
 def recorded(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The record, per stage under today's name (a record written before a stage's rename: ``RENAMED_STAGES``)."""
     path = path or HASHES_FILE
-    return json.loads(path.read_text())["stages"] if path.exists() else {}
+    stages = json.loads(path.read_text())["stages"] if path.exists() else {}
+    return {RENAMED_STAGES.get(name, name): entry for name, entry in stages.items()}
 
 
 def changed(path: Path | None = None) -> dict[str, list[str]]:

@@ -68,7 +68,7 @@ def unused_keys(params: Params, stage: str | None = None) -> set[str]:
 
 
 def backbone_fingerprint(bb: BackboneParams) -> dict[str, Any]:
-    """What a listed backbone's runs depend on beyond the train stage's fingerprint: its resolved recipe (without
+    """What a listed backbone's runs depend on beyond the training stage's fingerprint: its resolved recipe (without
     the label and source, which name it but cannot change a result). Recorded beside its runs."""
     return {k: v for k, v in bb.model_dump(mode="json").items() if k not in COSMETIC_BACKBONE_KEYS}
 
@@ -94,16 +94,16 @@ def baseline_view(recorded: dict[str, Any]) -> dict[str, Any]:
 
 
 def baseline_fingerprint(params: Params) -> dict[str, Any]:
-    """What a Baseline run depends on: the train stage's keys over the data stage alone (it uses no generated image),
+    """What a Baseline run depends on: the training stage's keys over the data stage alone (it uses no generated image),
     seen through ``baseline_view``."""
-    return baseline_view(fingerprint(params, "train", upstream=("data",)))
+    return baseline_view(fingerprint(params, "training", upstream=("data",)))
 
 
 def fingerprint(params: Params, stage: str, upstream: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The params that determine ``stage``'s output, upstream stages' included (recorded beside it).
 
     ``upstream`` replaces the stage's own upstream chain: the Baseline training runs use no generated
-    image, so their fingerprint is ``fingerprint(params, "train", upstream=("data",))``.
+    image, so their fingerprint is ``fingerprint(params, "training", upstream=("data",))``.
     """
     data = params.model_dump(mode="json", exclude={"source_file"})
     out: dict[str, Any] = {}

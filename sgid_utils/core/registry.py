@@ -33,6 +33,7 @@ the ablation variants and the catalog tests derive the rest from this line.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -77,29 +78,33 @@ INVERSION_KEYS = ("models.diffusion", "da_fusion.initializer_token", "da_fusion.
                   "da_fusion.inversion_weight_decay", "da_fusion.flip_p", "da_fusion.resolution", "run.draw")
 DA_FUSION_KEYS = (*INVERSION_KEYS, "da_fusion.prompt", "da_fusion.guidance_scale", "da_fusion.strengths",
                   "da_fusion.num_synthetic", "da_fusion.num_inference_steps")
-TRAINING = ("training_results", "history", "predictions")
+TRAINING = ("training_results", "metrics", "predictions")
 # Code versions above 1 (bumped when a stage's code gives other outputs for the same params, so that a run dir keeps
 # one version's files): data 2 (dataset): hyphens kept in class names; loose files and classes without test images
-# listed. captions 2 (captioning): nucleus sampling batched, each image's tokens drawn from its own seed
-# (SeededNucleusSampler). upscale 2 (curation.upscale_to): upscaled sizes rounded to the nearest multiple of 8, the
-# target winning over max_side. train 2 (training): evaluation autocasts only when training does (training.amp).
+# listed. captioning 2 (captioning): nucleus sampling batched, each image's tokens drawn from its own seed
+# (SeededNucleusSampler). upscaling 2 (curation.upscale_to): upscaled sizes rounded to the nearest multiple of 8, the
+# target winning over max_side. training 2 (training): evaluation autocasts only when training does (training.amp).
 # A bump of ``generation`` reaches both generation passes (they share augment/generation.py), one of
 # ``curation.upscale_to`` the upscaled pass alone, one of the inversion's DA-Fusion's images too.
 STAGES: tuple[Stage, ...] = (
     Stage("data", "01_captioning", (), ("images", "skipped"), ("dataset", "run.seed"), "data",
           version_key="dataset", code_version=2),
     # run.draw (the generation draw) reaches the captions' nucleus sampling, the candidates' seeds and curation's
-    # random choices; the data and train stages do not read it (a second draw keeps the split and the training seeds).
-    Stage("captions", "01_captioning", ("images",), ("captions",),
-          ("models.captioner", "captioning", "run.draw"), "captions", "per training image", "captioning", 2),
+    # random choices; the data and training stages do not read it (a second draw keeps the split and the training
+    # seeds).
+    # The captioning folder keeps the entry ``captions`` (captioning/captions.parquet); runs made before the stage
+    # renames have it as captions/ (``OLD_FOLDERS``).
+    Stage("captioning", "01_captioning", ("images",), ("captions",),
+          ("models.captioner", "captioning", "run.draw"), "captioning", "per training image", "captioning", 2),
     Stage("similarity", "02_similarity", ("images", "captions"), ("scores", "best_captions"), ("models.clip",),
           "similarity", "per training image", "models.clip"),
-    Stage("generate", "03_generation", ("images", "best_captions"), ("manifest_raw",),
+    Stage("generation", "03_generation", ("images", "best_captions"), ("manifest_raw",),
           ("models.diffusion", "models.controlnet", "generation", "curation.upscale_threshold",
            "curation.error_analysis_sample", "run.draw"),
           "generation/raw", "per raw source", "generation"),
-    # The upscaled regeneration does not depend on which small sources the raw pass sampled.
-    Stage("upscale", "04_error_analysis_upscaling", ("images", "best_captions"), ("manifest_upscaled",),
+    # The upscaled regeneration does not depend on which small sources the raw pass sampled. Its folder is the
+    # generation folder's upscaled pass (generation/upscaled), beside the raw pass's generation/raw.
+    Stage("upscaling", "04_curation", ("images", "best_captions"), ("manifest_upscaled",),
           ("models.diffusion", "models.controlnet", "generation", "curation.upscale_threshold", "curation.upscale_to",
            "run.draw"),
           "generation/upscaled", "per small source", "curation.upscale_to", 2),
@@ -113,24 +118,32 @@ STAGES: tuple[Stage, ...] = (
           "per class-step", "da_fusion.inversion_steps"),
     Stage("da_fusion", "03_generation", ("images", "class_tokens"), ("da_fusion_images",), DA_FUSION_KEYS,
           "methods/da_fusion", "per synthetic image", "da_fusion.num_synthetic"),
-    Stage("curate", "04_error_analysis_upscaling", ("images", *MANIFESTS),
+    Stage("curation", "04_curation", ("images", *MANIFESTS),
           ("candidates", "curated", "curated_filtered", "quality_summary"), ("curation", "filters", "run.draw"),
           "curation", "per training image", "curation"),
-    Stage("train", "05_training", ("images", "curated", "curated_filtered", "real_guidance_images", "da_fusion_images"),
-          TRAINING, ("models.classifier", "training", "da_fusion.synthetic_probability"), "training",
+    Stage("training", "05_training",
+          ("images", "curated", "curated_filtered", "real_guidance_images", "da_fusion_images"), TRAINING,
+          ("models.classifier", "training", "da_fusion.synthetic_probability"), "training",
           "per image-epoch", "training", 2),
     Stage("results", "06_results", ("curated", "training_results", "predictions"),
           ("significance", "accuracy", "accuracy_md", "significance_csv", "backbone_gains", "backbone_gains_md",
-           "accuracy_figure", "originals_figure", "gain_forest_figure"), (), "results"),
-    Stage("quality", "07_quality_and_statistics",
+           "accuracy_by_method", "originals_vs_sgid", "gain_forest"), (), "results"),
+    Stage("quality", "07_quality",
           ("images", "candidates", "curated", "curated_filtered", "training_results", "predictions"),
-          ("set_metrics", "class_changes", "consistency_figure"), optional_reads=("ablation_set_metrics",)),
+          ("set_metrics", "per_class_change", "consistency_vs_diversity"), optional_reads=("ablation_set_metrics",)),
     # Which augmentation: every generative method's gain beside its measured cost (the runner's provenance records).
-    Stage("compare", "08_methods", ("images", "training_results", "predictions", "significance"),
-          ("comparison", "comparison_md", "comparison_figure")),
+    Stage("comparison", "08_comparison", ("images", "training_results", "predictions", "significance"),
+          ("comparison", "comparison_md", "gain_vs_cost")),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 NAMES = [stage.name for stage in STAGES]
+# Stages renamed since runs were made (old name -> new: a stage's name is its folder's, its params section's and its
+# notebook's noun), the one table of old names: ``current`` reads them with a deprecation line. A run directory made
+# before keeps its folders and provenance records under the names below; ``core.rundir`` reads them where only they
+# exist.
+RENAMED_STAGES = {"captions": "captioning", "generate": "generation", "upscale": "upscaling", "curate": "curation",
+                  "train": "training", "compare": "comparison"}
+OLD_FOLDERS = {"captioning": "captions"}  # per stage, its folder's old name (the other folders kept theirs)
 # ``run ablations`` is no stage of the chain: it reruns the chain per variant and writes the ablation tables, from
 # each variant's results and curated sets.
 ABLATIONS_READ = ("training_results", "significance", "candidates", "curated", "curated_filtered")
@@ -150,10 +163,20 @@ def writer(name: str) -> str:
     raise KeyError(f"no stage writes '{name}'")
 
 
-def get(name: str) -> Stage:
+def current(name: str) -> str:
+    """A stage's name today: an old name (``RENAMED_STAGES``) gives its new one, with one deprecation line on stderr
+    (the one place old names are read: the command line, ``run_stage`` and every lookup here go through it)."""
+    if name in RENAMED_STAGES:
+        print(f"[sgid] deprecated stage name '{name}': it is now '{RENAMED_STAGES[name]}' (the old name still runs; "
+              "rename it)", file=sys.stderr)
+        return RENAMED_STAGES[name]
     if name not in BY_NAME:
         raise KeyError(f"no stage '{name}'; the stages are {', '.join(NAMES)}")
-    return BY_NAME[name]
+    return name
+
+
+def get(name: str) -> Stage:
+    return BY_NAME[current(name)]
 
 
 def upstream_closure(name: str) -> list[str]:
@@ -169,7 +192,7 @@ def upstream_closure(name: str) -> list[str]:
 
 def between(first: str, last: str) -> list[Stage]:
     """The stages from ``first`` to ``last`` inclusive, in order."""
-    return list(STAGES[NAMES.index(first):NAMES.index(last) + 1])
+    return list(STAGES[NAMES.index(current(first)):NAMES.index(current(last)) + 1])
 
 
 def ablation_stages() -> list[Stage]:

@@ -8,14 +8,15 @@ Layout (``<run>`` is ``run.dir``, ``<reports>`` is ``run.reports_dir``)::
     <run>/params.yaml                        the validated params of the last stage started
     <run>/provenance/<stage>.json            when, on what machine and with which versions each stage last started
     <run>/data/                              images.parquet, skipped.csv, files/ (hub images)
-    <run>/captions/                          items/<image>.json, captions.parquet
-    <run>/similarity/                        items/, scores.parquet, best.parquet
-    <run>/generation/{raw,upscaled}/         items/, images/<image>_k<k>.png, manifest.parquet,
+    <run>/captioning/                        items/<image>.json, captions.parquet
+    <run>/similarity/                        items/, scores.parquet, best_captions.parquet
+    <run>/generation/{raw,upscaled}/         items/, images/<image>_k<k>.png, manifest_<pass>.parquet,
                                              edges/<image>.png (generation.generator: controlnet)
     <run>/curation/                          scores_<pass>/, embeddings_<pass>/, candidates.parquet,
-                                             curated[_filtered].parquet, quality.json
+                                             curated[_filtered].parquet, quality_summary.json
     <run>/training/                          <config>/{checkpoint.pt,metrics.csv,predictions.parquet,result.json},
-                                             results.parquet, _backbone-<name>.json (each listed backbone's recipe)
+                                             training_results.parquet, _backbone-<name>.json (each listed
+                                             backbone's recipe)
     <run>/results/                           significance.parquet
     <reports>/index.html                     the run's report page (``sgid_utils.reporting.page``)
     <reports>/tables/  <reports>/figures/  <reports>/notebooks/{NN_name.ipynb,NN_name.html}
@@ -24,7 +25,10 @@ Layout (``<run>`` is ``run.dir``, ``<reports>`` is ``run.reports_dir``)::
 
 Every stage folder with outputs holds ``_params.json``, the fingerprint of the params
 that made it (``sgid_utils.core.fingerprints``). A damaged per-item file is kept beside its
-place as ``<name>.damaged`` (``core.files.set_aside``) while its item is done again.
+place as ``<name>.damaged`` (``core.files.set_aside``) while its item is done again. A run made before the stage
+and file renames (issue 29) is read and resumed in place, never migrated: its ``captions/`` folder and
+``provenance/<old stage>.json`` records (``RunDir.stage``, ``RunDir.provenance``), and its old file names
+(``catalog.Entry.old_file``), wherever only they exist.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from sgid_utils.core.registry import get
+from sgid_utils.core.registry import OLD_FOLDERS, RENAMED_STAGES, get
 from sgid_utils.params.load import RUN_PARAMS_FILE
 from sgid_utils.params.schema import Params
 
@@ -61,15 +65,31 @@ class RunDir:
         return self.root / ".smoke-assets.lock"
 
     def provenance(self, stage: str) -> Path:
-        """The record the runner writes as a stage starts (``sgid_utils.core.provenance``)."""
-        return self.root / "provenance" / f"{stage}.json"
+        """The record the runner writes as a stage starts (``sgid_utils.core.provenance``); a run made before the
+        stage renames keeps its record under the old name (``_kept``)."""
+        name = get(stage).name
+        old = [f"{old}.json" for old, new in RENAMED_STAGES.items() if new == name]
+        return self._kept(self.root / "provenance", f"{name}.json", *old)
 
     def stage(self, name: str) -> Path:
-        """The folder a registered stage writes (its ``folder`` in the registry; KeyError for a stage without one)."""
-        folder = get(name).folder
-        if folder is None:
+        """The folder a registered stage writes (its ``folder`` in the registry; KeyError for a stage without one);
+        a run made before the stage renames keeps the old folder (``OLD_FOLDERS``, ``_kept``)."""
+        stage = get(name)
+        if stage.folder is None:
             raise KeyError(f"stage '{name}' keeps no folder in the run directory; it writes report tables only")
-        return self.root / folder
+        return self._kept(self.root, stage.folder, *[OLD_FOLDERS[stage.name]] if stage.name in OLD_FOLDERS else [])
+
+    @staticmethod
+    def _kept(folder: Path, name: str, *old: str) -> Path:
+        """``folder/name``, or ``folder/<an old name>`` where only that exists (a file, a folder or a link to one).
+
+        Runs made before a rename are read in place, never migrated: a run's stage folder may be a link into another
+        run (``run.reuse``, an ablation variant's base), which a migration of either one would break. A resumed old
+        run goes on writing under its old names; a new run, or a run that links an old one's folder, uses the new."""
+        for candidate in (name, *old):
+            if (folder / candidate).exists() or (folder / candidate).is_symlink():
+                return folder / candidate
+        return folder / name
 
     def relative(self, path: Path | str) -> str:
         """A path inside the run directory as stored in records and tables: relative, so the run dir can move."""
@@ -98,7 +118,7 @@ class RunDir:
     # --- generation -----------------------------------------------------------------------------------------------
     @staticmethod
     def generation_stage(generation_pass: Pass) -> str:
-        return "generate" if generation_pass == "raw" else "upscale"
+        return "generation" if generation_pass == "raw" else "upscaling"
 
     def generated_image(self, generation_pass: Pass, image_id: str, k: int) -> Path:
         return self.stage(self.generation_stage(generation_pass)) / "images" / f"{image_id}_k{k}.png"
@@ -110,10 +130,10 @@ class RunDir:
     # --- curation -------------------------------------------------------------------------------------------------
     def candidate_scores(self, generation_pass: Pass) -> Path:
         """Per-source records of the CLIP similarity of each candidate to its source."""
-        return self.stage("curate") / f"scores_{generation_pass}"
+        return self.stage("curation") / f"scores_{generation_pass}"
 
     def embeddings(self, generation_pass: Pass, image_id: str) -> Path:
-        return self.stage("curate") / f"embeddings_{generation_pass}" / f"{image_id}.npz"
+        return self.stage("curation") / f"embeddings_{generation_pass}" / f"{image_id}.npz"
 
     # --- the other generative augmentations (config.methods) ----------------------------------------------------
     def real_guidance_image(self, image_id: str, m: int = 0) -> Path:
@@ -131,11 +151,11 @@ class RunDir:
     # --- training -------------------------------------------------------------------------------------------------
     def config_dir(self, config: str) -> Path:
         """One training configuration's folder, e.g. ``training/sgid100_seed0``."""
-        return self.stage("train") / config
+        return self.stage("training") / config
 
     def backbone_fingerprint(self, backbone: str) -> Path:
         """A listed backbone's recipe, recorded beside its runs (``fingerprints.backbone_fingerprint``)."""
-        return self.stage("train") / f"_backbone-{backbone}.json"
+        return self.stage("training") / f"_backbone-{backbone}.json"
 
     def result(self, config: str) -> Path:
         return self.config_dir(config) / "result.json"

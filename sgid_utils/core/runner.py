@@ -72,8 +72,10 @@ def check_stage(params: Params, name: str) -> None:
 
 
 def run_stage(name: str, params: Params) -> Any:
-    """Run one registered stage in this process; its result (usually its table), or None while shards work."""
+    """Run one registered stage in this process; its result (usually its table), or None while shards work. An old
+    stage name (``registry.RENAMED_STAGES``, a user's notebook) runs the stage under its new name."""
     stage = get(name)
+    name = stage.name
     prepare_run(params)
     record_stage(params, name)
     check_stage(params, "data")

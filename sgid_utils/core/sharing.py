@@ -102,15 +102,15 @@ def reuse_source(params: Params) -> RunDir:
 
 def reuse_plan(params: Params) -> LinkPlan:
     """What ``run.reuse`` shares, without linking (preflight's check and projection)."""
-    return plan_links(reuse_source(params), params, upstream_closure("curate"))
+    return plan_links(reuse_source(params), params, upstream_closure("curation"))
 
 
 def reuse_run(params: Params) -> list[str]:
     """``run.reuse``: link the named run's stages up to curation that were made with the same params; the others are
     computed here. Says so once, when it links (the first stage call of a run)."""
-    if RunDir.of(params).stage("curate").exists():
+    if RunDir.of(params).stage("curation").exists():
         return []  # linked (or made here) before
-    have, stages, want = reuse_source(params), upstream_closure("curate"), RunDir.of(params)
+    have, stages, want = reuse_source(params), upstream_closure("curation"), RunDir.of(params)
     first = not any(want.stage(s).exists() or want.stage(s).is_symlink() for s in stages)
     plan = link_stages(have, params, stages)
     if first or plan.to_link:
@@ -147,7 +147,7 @@ def variant_params(params: Params, name: str, overrides: dict) -> Params:
 # params are unchanged (a training-only variant such as equal steps reuses the curated set; a selection-rule variant
 # the generated images; a prompt variant only the captions and scores), and the Baseline runs.
 # And the compared methods' images (config.methods).
-SHARED_STAGES = [*upstream_closure("curate"), "real_guidance", "inversion", "da_fusion"]
+SHARED_STAGES = [*upstream_closure("curation"), "real_guidance", "inversion", "da_fusion"]
 
 
 def share_baselines(base: Params, variant: Params) -> list[str]:
@@ -175,9 +175,9 @@ def baselines(variant: Params) -> list[str]:
 def baselines_alike(have: RunDir, variant: Params) -> bool:
     """Whether ``have`` trained (or is training) its Baselines with the params ``variant`` gives them: its train
     stage's record, and the first backbone's recipe (the base run may have trained it with another, or not at all)."""
-    if not have.fingerprint_file("train").exists():
+    if not have.fingerprint_file("training").exists():
         return False
-    before, now = baseline_view(read_fingerprint(have.fingerprint_file("train"))), baseline_fingerprint(variant)
+    before, now = baseline_view(read_fingerprint(have.fingerprint_file("training"))), baseline_fingerprint(variant)
     if any(before.get(k) != v for k, v in now.items()):
         return False
     bb = backbones(variant)[0]

@@ -38,7 +38,7 @@ class Augmentation:
 
 
 AUGMENTATIONS: tuple[Augmentation, ...] = (
-    Augmentation("sgid", "SGID", "sgid", "curated", ("captions", "similarity", "generate", "upscale", "curate"),
+    Augmentation("sgid", "SGID", "sgid", "curated", ("captioning", "similarity", "generation", "upscaling", "curation"),
                  "sgid_proportions"),
     Augmentation("real_guidance", "Real Guidance", "rg", "real_guidance_images", ("real_guidance",),
                  "method_proportions", "real_guidance"),

@@ -150,7 +150,7 @@ def _ablation_rows(params: Params, per_item: dict[str, float], train_rate: float
     variants = [(a.name, variant_params(params, a.name, a.set)) for a in params.ablations]
     rows, raw, small = [], 0.0, 0.0
     for cost in variant_costs(params, variants, images):
-        seconds = {s: (train_rate if s == "train" else per_item[s]) * n for s, n in cost.items.items()}
+        seconds = {s: (train_rate if s == "training" else per_item[s]) * n for s, n in cost.items.items()}
         what = ", ".join(f"{s} ({n:,.0f})" if s != "results" else s for s, n in cost.items.items())
         rows.append({"stage": f"ablation {cost.name}", "canary items": "", "measured s/item": "", "full-run items": "",
                      "expected": hms(sum(seconds.values())), "basis": f"computes {what}; links the rest",
@@ -180,15 +180,15 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
     full = catalog.load(run, "images", missing=None)  # a damaged table: the catalog's one-line error
     counts = full_run_counts(params, full)
     # Stages run.reuse links cost nothing here and write no images.
-    counts = replace(counts, raw_pixels=0.0 if "generate" in linked else counts.raw_pixels,
-                     small_pixels=0.0 if "upscale" in linked else counts.small_pixels)
+    counts = replace(counts, raw_pixels=0.0 if "generation" in linked else counts.raw_pixels,
+                     small_pixels=0.0 if "upscaling" in linked else counts.small_pixels)
     per_item = {s: seconds[s] / max(1, items[s]) for s in seconds}
     expected = {s: 0.0 if s in linked else t for s, t in project_seconds(per_item, counts).items()}
-    train_rate = per_item["train"]  # seconds per image-epoch of the first backbone (the one variants train)
+    train_rate = per_item["training"]  # seconds per image-epoch of the first backbone (the one variants train)
     for stage in seconds:
         basis = "fixed cost, measured" if counts.items(stage) == 1 else f"extrapolated from {counts.source}"
         basis = f"linked from run.reuse {params.run.reuse}: not recomputed" if stage in linked else basis
-        if stage == "train" and len(backbones(params)) > 1:
+        if stage == "training" and len(backbones(params)) > 1:
             rows = _train_rows(params, canary, seconds[stage], counts, basis)
             first = rows[0]
             train_rate = first["seconds"] / first["full-run items"] if first["full-run items"] else train_rate
@@ -213,7 +213,7 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
     # the largest backbone's checkpoint (architecture only: nothing downloaded)
     n_params = max(sum(p.numel() for p in create_classifier(b.model, int(classes), pretrained=False).parameters())
                    for b in backbones(params))
-    other = other_bytes(crun, [s for s in OTHER_BYTES_STAGES if s not in linked]) / max(1, items.get("captions", 1))
+    other = other_bytes(crun, [s for s in OTHER_BYTES_STAGES if s not in linked]) / max(1, items.get("captioning", 1))
     need = disk_need_bytes(bpp, params.generation.num_candidates, counts.raw_pixels + ablation_raw,
                            counts.small_pixels + ablation_small, n_params, other, counts.train_images)
     free = shutil.disk_usage(existing_folder(Path(params.run.dir))).free
@@ -227,7 +227,7 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
         "for long stages) and the PNG bytes per pixel. Extrapolated: everything in the 'expected' column.",
         "Generation ran at generation.batch_size "
         f"{batch if batch else 'auto (from free GPU memory on CUDA, 1 on the CPU)'}, on at most "
-        f"{items.get('generate', 0)} source(s): a full run's batches can be larger, so GPU figures are pessimistic.",
+        f"{items.get('generation', 0)} source(s): a full run's batches can be larger, so GPU figures are pessimistic.",
         ("Ablation variants (one row each): the stages a variant computes itself, those whose params it changes (a "
          "second generation draw redoes captions, similarity, both generation passes and curation; equal steps only "
          "its SGID training), at the canary's rates; each trains Baseline and SGID (100 %) on the first backbone, "
@@ -235,10 +235,10 @@ def _project(params: Params, report: Preflight, canary: Params, seconds: dict[st
          if params.ablations else "Not in the total: the ablation profiles (make reproduce runs them after "
          "training; each variant repeats the stages whose params it changes). ")
         + "Not counted: each notebook's kernel start-up.",
-        "Items: captions/similarity/curate = training images; generate = raw-pass sources; upscale = sources under "
-        "curation.upscale_threshold; train = images x epochs summed over configurations (one row per backbone when "
-        "there are several, each at its own measured rate; the canary tests after its one epoch, so a backbone that "
-        "tests only every few epochs is projected a little high).",
+        "Items: captioning/similarity/curation = training images; generation = raw-pass sources; upscaling = sources "
+        "under curation.upscale_threshold; training = images x epochs summed over configurations (one row per "
+        "backbone when there are several, each at its own measured rate; the canary tests after its one epoch, so a "
+        "backbone that tests only every few epochs is projected a little high).",
     ]
 
 

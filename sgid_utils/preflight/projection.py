@@ -109,7 +109,7 @@ def train_seconds_by_backbone(canary: Params, total: float) -> dict[str, float]:
     run, measured = RunDir.of(canary), {}
     for cfg in configs(canary):
         measured[cfg.backbone] = (measured.get(cfg.backbone, 0.0)
-                                  + float(read_table(catalog.path(run, "history", config=cfg.name)).seconds.sum()))
+                                  + float(read_table(catalog.path(run, "metrics", config=cfg.name)).seconds.sum()))
     whole = sum(measured.values())
     return {name: total * s / whole if whole else total / len(measured) for name, s in measured.items()}
 
@@ -181,7 +181,7 @@ def disk_need_bytes(bytes_per_pixel: float, k: int, raw_pixels: float, small_pix
 
 def png_bytes_per_pixel(canary: RunDir) -> float:
     """Bytes per pixel of a canary's own generated PNGs (0 when it generated none)."""
-    files = [p for stage in ("generate", "upscale") for p in canary.files(stage) if p.suffix == ".png"]
+    files = [p for stage in ("generation", "upscaling") for p in canary.files(stage) if p.suffix == ".png"]
     pixels = 0
     for path in files:
         with Image.open(path) as img:
@@ -229,7 +229,7 @@ def variant_costs(params: Params, variants: list[tuple[str, Params]], images: pd
     """Per variant, in the order ``run ablations`` runs them, the stages it computes itself and their items.
 
     A stage is linked when the base run or an earlier variant made it with the same fingerprint (``sharing.lenders``),
-    so it costs nothing. The train stage counts the variant's SGID runs, and its Baselines unless an earlier run
+    so it costs nothing. The training stage counts the variant's SGID runs, and its Baselines unless an earlier run
     trained them with the same Baseline fingerprint on the same first backbone.
     ``images``: the base run's data table, used for a variant on the same data.
     """
@@ -242,9 +242,9 @@ def variant_costs(params: Params, variants: list[tuple[str, Params]], images: pd
         own = [s for s in SHARED_STAGES if mine[s] is None and s not in idle_stages(variant.training.methods)]
         items = {s: float(counts.items(s)) for s in own}
         shared = mine["baselines"] is not None
-        items["train"] = float(sum(n for c, n in zip(configs(variant), image_epochs(variant, counts.train_images))
+        items["training"] = float(sum(n for c, n in zip(configs(variant), image_epochs(variant, counts.train_images))
                                    if not (shared and c.method == "baseline")))
         items["results"] = 1.0
-        out.append(VariantCost(name, items, counts.raw_pixels if "generate" in own else 0.0,
-                               counts.small_pixels if "upscale" in own else 0.0))
+        out.append(VariantCost(name, items, counts.raw_pixels if "generation" in own else 0.0,
+                               counts.small_pixels if "upscaling" in own else 0.0))
     return out

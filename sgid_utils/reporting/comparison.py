@@ -131,7 +131,7 @@ def _rows(params: Params, results: pd.DataFrame, best: str, best_acc: pd.Series,
 
 def comparison_table(params: Params, results: pd.DataFrame, counts_of: CountsOf | None = None) -> pd.DataFrame:
     """The comparison, all backbones in one table (Holm over every row), sorted per backbone by gain. ``counts_of``
-    (``preflight.projection.full_run_counts``, from the compare stage) projects the rows when references.gpu_rates is
+    (``preflight.projection.full_run_counts``, from the comparison stage) projects the rows when references.gpu_rates is
     set."""
     rows = []
     variants = compared_runs(params)
@@ -239,7 +239,7 @@ def gain_vs_cost(table: pd.DataFrame):
 
 def page_section(table: pd.DataFrame | None, table_data) -> dict | None:
     """The report page's "Which augmentation" section: one table per backbone (``table_data``: the page's table
-    format) and the caption; None before the compare stage has run."""
+    format) and the caption; None before the comparison stage has run."""
     if table is None or table.empty:
         return None
     return {"caption": caption(table),

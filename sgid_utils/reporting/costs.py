@@ -2,7 +2,7 @@
 
 The comparison's "Device hours" are measured on this run's device (a CPU for the smoke run). What a user plans with is
 the cost on a GPU at full size: the items each stage of the method handles on the full data set (the counts of
-``preflight.projection.full_run_counts``, without ``dataset.max_per_class``, handed down by the compare stage) times
+``preflight.projection.full_run_counts``, without ``dataset.max_per_class``, handed down by the comparison stage) times
 the seconds per item of a ``make gpu-report`` JSON (``references.gpu_rates``; bench/gpu_report.py writes it beside its
 markdown).
 
@@ -33,7 +33,7 @@ from sgid_utils.params.schema import GenerationParams, Params
 
 
 class ItemCounts(Protocol):
-    """``preflight.projection.Counts``, as the compare stage hands it down (reporting does not import preflight)."""
+    """``preflight.projection.Counts``, as the comparison stage hands it down (reporting does not import preflight)."""
 
     train_images: int
 
@@ -145,7 +145,7 @@ def _method_rates(numbers: dict, params: Params) -> tuple[dict[str, float], dict
 
 def projection(params: Params, images: pd.DataFrame | None, counts_of: CountsOf | None) -> Projection | None:
     """The run's projection on the GPU of ``references.gpu_rates``; None when the key is unset. ``counts_of``:
-    ``preflight.projection.full_run_counts``, passed down by the compare stage."""
+    ``preflight.projection.full_run_counts``, passed down by the comparison stage."""
     path = params.references.gpu_rates
     if path is None:
         return None
@@ -159,10 +159,10 @@ def projection(params: Params, images: pd.DataFrame | None, counts_of: CountsOf 
                           "report cut short; rerun `make gpu-report`")
     k = params.generation.num_candidates
     (w0, h0), (w1, h1) = sizes[0], sizes[-1]
-    seconds = {"captions": 1 / numbers["captioning"]["batched_img_s"],
+    seconds = {"captioning": 1 / numbers["captioning"]["batched_img_s"],
                "similarity": 1 / numbers["similarity"]["batched_img_s"],
-               "generate": k / numbers[f"{kind} {w0}x{h0}"]["batched_img_s"],
-               "upscale": k / numbers[f"{kind} {w1}x{h1}"]["batched_img_s"]}
+               "generation": k / numbers[f"{kind} {w0}x{h0}"]["batched_img_s"],
+               "upscaling": k / numbers[f"{kind} {w1}x{h1}"]["batched_img_s"]}
     basis = dict.fromkeys(seconds, "measured")
     more, how = _method_rates(numbers, params)
     setup = numbers["setup"]

@@ -49,7 +49,7 @@ def reproducibility(params: Params, provenance: pd.DataFrame) -> str:
     if not on_gpu:
         return ("every stage ran on the CPU: a rerun with the same library versions and thread count reproduces the "
                 "files byte for byte (per-item seeds; the package's kill-and-resume tests check this on the CPU)")
-    train = RunDir.of(params).fingerprint_file("train")
+    train = RunDir.of(params).fingerprint_file("training")
     deterministic = train.exists() and read_fingerprint(train).get("training", {}).get("deterministic", False)
     if deterministic:
         return ("on a GPU, training ran with training.deterministic: rerunning the training stage on these images, "

@@ -55,16 +55,16 @@ from sgid_utils.reporting.tables import (
 
 # The page's main figures: their catalog entries and captions.
 FIGURES = (
-    ("accuracy_figure", "Test accuracy per method: bars are the mean over seeds (±1 std), dots single seeds, "
+    ("accuracy_by_method", "Test accuracy per method: bars are the mean over seeds (±1 std), dots single seeds, "
                            "markers the published numbers."),
-    ("consistency_figure", "Each generated set on our two metrics for the abstract's \"semantic consistency and "
-                           "image diversity\": consistency (CLIP label score) against diversity (distance to the "
-                           "source); numbered markers are listed in the legend."),
-    ("originals_figure", "Training images beside the curated SGID image made from each."),
-    ("gain_forest_figure", "Each setting's gain over its backbone's Baseline, in accuracy points, with its 95% "
-                           "interval over training seeds; filled dots: the interval excludes 0."),
-    ("comparison_figure", "Each generative method's gain over the best non-generative method (points, 95% CI over "
-                          "seeds) against the device hours of the stages its images need, as measured in this run."),
+    ("consistency_vs_diversity", "Each generated set on our two metrics for the abstract's \"semantic consistency "
+                                 "and image diversity\": consistency (CLIP label score) against diversity (distance "
+                                 "to the source); numbered markers are listed in the legend."),
+    ("originals_vs_sgid", "Training images beside the curated SGID image made from each."),
+    ("gain_forest", "Each setting's gain over its backbone's Baseline, in accuracy points, with its 95% interval over "
+                    "training seeds; filled dots: the interval excludes 0."),
+    ("gain_vs_cost", "Each generative method's gain over the best non-generative method (points, 95% CI over seeds) "
+                     "against the device hours of the stages its images need, as measured in this run."),
 )
 
 

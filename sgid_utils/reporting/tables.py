@@ -238,7 +238,7 @@ def table_caption(params: Params, results: pd.DataFrame) -> str:
 
 def histories(params: Params) -> pd.DataFrame:
     """Every finished configuration's per-epoch metrics in one table, with its backbone, setting and seed."""
-    frames = [catalog.load(params, "history", config=cfg.name).assign(backbone=cfg.backbone, setting=cfg.setting,
+    frames = [catalog.load(params, "metrics", config=cfg.name).assign(backbone=cfg.backbone, setting=cfg.setting,
                                                                        seed=cfg.seed)
-              for cfg in configs(params) if catalog.exists(params, "history", config=cfg.name)]
+              for cfg in configs(params) if catalog.exists(params, "metrics", config=cfg.name)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

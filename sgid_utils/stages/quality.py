@@ -58,10 +58,10 @@ def run(params: Params, images: pd.DataFrame) -> dict[str, pd.DataFrame]:
     out = {"set_metrics": set_metrics(params)}
     catalog.save(params, "set_metrics", out["set_metrics"])
     fig = consistency_diversity(out["set_metrics"], catalog.load(params, "ablation_set_metrics", missing=None))
-    catalog.save(params, "consistency_figure", fig)
+    catalog.save(params, "consistency_vs_diversity", fig)
     plt.close(fig)
     change = class_changes(params, images, catalog.load(params, "training_results"))
     if change is not None:
         out["per_class_change"] = change
-        catalog.save(params, "class_changes", change)
+        catalog.save(params, "per_class_change", change)
     return out

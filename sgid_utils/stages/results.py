@@ -201,13 +201,13 @@ def run(params: Params, images: pd.DataFrame) -> dict[str, object]:
                                      caption=gains_caption(params, gains))
     if len(sig):
         fig = gain_forest(sig, params)
-        paths["forest"] = catalog.save(params, "gain_forest_figure", fig)
+        paths["forest"] = catalog.save(params, "gain_forest", fig)
         plt.close(fig)
     fig = accuracy_bar_chart(results, table, params)
-    paths["bar_chart"] = catalog.save(params, "accuracy_figure", fig)
+    paths["bar_chart"] = catalog.save(params, "accuracy_by_method", fig)
     plt.close(fig)
     if catalog.exists(params, "curated"):
         fig = originals_vs_generated(catalog.load(params, "curated"), params.references.grid_examples)
-        paths["grid"] = catalog.save(params, "originals_figure", fig)
+        paths["grid"] = catalog.save(params, "originals_vs_sgid", fig)
         plt.close(fig)
     return paths

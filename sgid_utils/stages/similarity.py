@@ -4,7 +4,7 @@ s* is the raw cosine of the L2-normalised CLIP embeddings, in [-1, 1]: not multi
 scale, not a softmax over the image's captions, not CLIPScore (2.5 * max(cos, 0)). The report names only
 "the similarity score" (its examples, 0.301 and 0.396, fit a raw cosine), so this is a reading; the
 guidance mapping f(s*) takes it as it is. The same CLIP (``models.clip``) and embedding helpers
-(``augment.embeddings``) serve the curate stage (image-image similarity between a source and its generated
+(``augment.embeddings``) serve the curation stage (image-image similarity between a source and its generated
 candidates), which is our choice: the report does not name the model behind its image-image cosines.
 """
 
@@ -31,7 +31,7 @@ def pick_best(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
-    """Score every caption against its image; write scores.parquet and best.parquet (once all are done)."""
+    """Score every caption against its image; write scores.parquet and best_captions.parquet (once all are done)."""
     run = RunDir.of(params)
     paths = images.set_index("image_id").path
     captions = catalog.load(params, "captions")

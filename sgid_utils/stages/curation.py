@@ -1,4 +1,4 @@
-"""The curate stage (notebook 04): error analysis with upscaling, and the curated generated set training uses.
+"""The curation stage (notebook 04): error analysis with upscaling, and the curated generated set training uses.
 
 The report found that small sources turn into abstract art (SD 1.5 was trained at
 512x512) and fixed it by upscaling them and picking "the best image out of the 3" by
@@ -112,8 +112,8 @@ def filter_candidates(params: Params, candidates: pd.DataFrame, threshold: float
 def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     """Score every candidate of both passes, filter, pick one per source (curation.select)."""
     if shard()[1] > 1 and not catalog.exists(params, "manifest_upscaled") and any(RunDir.of(params).items(
-            "upscale").glob("*.json")):
-        return None  # other shards are still regenerating; the last one to finish writes the upscale stage's table
+            "upscaling").glob("*.json")):
+        return None  # other shards are still regenerating; the last one to finish writes the upscaling stage's table
     upscaled_manifest = catalog.load(params, "manifest_upscaled")
     if launched_worker():
         return None  # under accelerate launch the main process scores and selects once all have regenerated

@@ -1,4 +1,4 @@
-"""The train stage: each backbone trained with Baseline, CutMix, RandAugment, SGID and SGID combined with
+"""The training stage: each backbone trained with Baseline, CutMix, RandAugment, SGID and SGID combined with
 CutMix/RandAugment.
 
 A backbone is a timm classifier with its own recipe (``config.training.BackboneParams``): by default the report's
@@ -131,7 +131,7 @@ def train_config(params: Params, cfg: TrainConfig, train: pd.DataFrame, test: pd
                              "seconds": time.time() - began})
         loop.epoch += 1
         loop.save(run.checkpoint(cfg.name))
-    catalog.save(params, "history", pd.DataFrame(loop.history), config=cfg.name)
+    catalog.save(params, "metrics", pd.DataFrame(loop.history), config=cfg.name)
     if preds is None:  # resumed after the last epoch's checkpoint: predictions were not kept
         _, _, preds = evaluate(model, test_loader, device, use_amp)
     catalog.save(params, "predictions", test[["image_id", "label_idx"]].assign(pred=preds), config=cfg.name)
@@ -196,7 +196,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     for bb in backbones(params):
         if bb.name:  # a listed backbone; the implicit one's recipe (training.*) is in the stage's own fingerprint
             pin_fingerprint(run.backbone_fingerprint(bb.name), backbone_fingerprint(bb), f"train ({bb.label})",
-                              outputs=f"{run.stage('train')}/{bb.name}-* (that backbone's runs) and "
+                              outputs=f"{run.stage('training')}/{bb.name}-* (that backbone's runs) and "
                                       f"{run.backbone_fingerprint(bb.name)}")
     train, test, additions, num_classes = training_sets(params, images)
     all_configs = configs(params)

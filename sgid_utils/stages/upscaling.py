@@ -1,9 +1,9 @@
-"""The upscale stage (notebook 04): the sources below ``curation.upscale_threshold`` regenerated, upscaled first.
+"""The upscaling stage (notebook 04): the sources below ``curation.upscale_threshold`` regenerated, upscaled first.
 
 SD 1.5 was trained at 512x512, and the report found that small sources come out as abstract art; it
 fixed that by upscaling them before img2img. This pass regenerates every such source at
 ``curation.upscale_to`` (default the threshold) with the raw pass's prompts, scales and seeds
-(``method.generation``); it runs before curation (``stages.curate``), which scores and compares both passes.
+(``method.generation``); it runs before curation (``stages.curation``), which scores and compares both passes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The captions stage: BLIP captions, 10 by nucleus sampling and 10 by beam search per training image.
+"""The captioning stage: BLIP captions, 10 by nucleus sampling and 10 by beam search per training image.
 
 Both run batched over images. Beam search is deterministic; its width (``captioning.num_beams``, 10) is not
 given by the report: returning 10 beam captions forces at least 10 beams, and 10 is that minimum. Nucleus
@@ -168,7 +168,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
 
         return BatchPlan(process, cfg.batch_size, "captioning", "captioning.batch_size")
 
-    records = run_items(run.items("captions"), list(train.index), start)
+    records = run_items(run.items("captioning"), list(train.index), start)
     if records is None:
         return None
     rows = with_decoding_column(pd.DataFrame([r for recs in records for r in recs]))  # older records too

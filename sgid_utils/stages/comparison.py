@@ -1,4 +1,4 @@
-"""The compare stage: which augmentation helps, at what cost: every generative method's gain beside its measured
+"""The comparison stage: which augmentation helps, at what cost: every generative method's gain beside its measured
 device hours.
 
 Built from the files the training stage saved (and those of the run's equal-steps variants, when ``run ablations``
@@ -25,6 +25,6 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame:
     catalog.save(params, "comparison_md", shown(table).astype(object).fillna("–"), caption=caption(table))
     if len(table):
         fig = gain_vs_cost(table)
-        catalog.save(params, "comparison_figure", fig)
+        catalog.save(params, "gain_vs_cost", fig)
         plt.close(fig)
     return table

@@ -1,6 +1,6 @@
-"""The generate stage (notebook 03): the raw pass, k candidates for every training image at its own resolution.
+"""The generation stage (notebook 03): the raw pass, k candidates for every training image at its own resolution.
 
-Our reading of the report's first pass, which the curate stage diagnoses and the upscale stage fixes by upscaling.
+Our reading of the report's first pass, which the curation stage diagnoses and the upscaling stage fixes by upscaling.
 How a candidate is made (the weighted prompt, the guidance scale f(s*), strength, seeds, the batched
 loop, the ControlNet generator) is ``method.generation``, shared by both passes.
 """
@@ -15,6 +15,6 @@ from sgid_utils.params.schema import Params
 
 
 def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
-    """The generate stage: k candidates for every training image at its own resolution (our reading of the report's
+    """The generation stage: k candidates for every training image at its own resolution (our reading of the report's
     first pass)."""
     return None if generate(params, "raw", images) is None else catalog.load(params, "manifest_raw")
