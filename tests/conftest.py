@@ -34,7 +34,7 @@ def write_params(folder: Path, models: Path, data: Path, **sections) -> Path:
         "captioning": {"num_nucleus": 3, "num_beam": 2, "num_beams": 2, "max_new_tokens": 8, "batch_size": 4},
         "generation": {"num_inference_steps": 10, "num_candidates": 2, "max_side": 128},
         "curation": {"upscale_threshold": 48, "error_analysis_sample": 1},
-        "filters": {"apply": ["similarity", "label", "detector"], "class_noun": "pet", "detector_folds": 3},
+        "filters": {"apply": ["source_similarity", "label", "detector"], "class_noun": "pet", "detector_folds": 3},
         "training": {"seeds": [0, 1], "epochs": 1, "batch_size": 4, "num_workers": 0,
                      "methods": ["baseline", "cutmix", "randaugment", "sgid", "sgid_filtered", "real_guidance",
                                  "da_fusion", "da_fusion_recipe"],

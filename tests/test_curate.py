@@ -66,12 +66,13 @@ def test_quality_scores_filters_and_the_filtered_set(pipeline_run):
     assert comp.fake_probability.between(0, 1).all() and cands[~cands.competing].fake_probability.isna().all()
     assert (comp.consistent == (comp.predicted_label == comp.label)).all()
     summary = catalog.load(p, "quality_summary")
-    assert summary["filters"] == ["similarity", "label", "detector"] and 0 <= summary["detector"]["cv_accuracy"] <= 1
+    assert summary["filters"] == ["source_similarity", "label", "detector"]
+    assert 0 <= summary["detector"]["cv_accuracy"] <= 1
     # Every competing candidate was kept or dropped by a named filter, in order.
-    assert set(comp.dropped_by.dropna()) <= {"similarity", "label", "detector"}
-    assert (comp[comp.dropped_by == "similarity"].similarity < summary["similarity_threshold"]).all()
+    assert set(comp.dropped_by.dropna()) <= {"source_similarity", "label", "detector"}
+    assert (comp[comp.dropped_by == "source_similarity"].similarity < summary["source_similarity_threshold"]).all()
     assert (comp[comp.dropped_by == "label"].consistent == False).all()  # noqa: E712 - element-wise on a Series
-    assert (comp[comp.kept.astype(bool)].similarity >= summary["similarity_threshold"]).all()
+    assert (comp[comp.kept.astype(bool)].similarity >= summary["source_similarity_threshold"]).all()
     assert comp[comp.kept.astype(bool)].consistent.all()
     filtered = pd.read_parquet(catalog.path(RunDir.of(p), "curated_filtered"))
     kept = comp[comp.kept.astype(bool)]

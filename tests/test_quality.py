@@ -14,7 +14,7 @@ from sgid_utils.augment.filters import (
     detector_filter,
     label_consistency,
     real_vs_generated,
-    similarity_filter,
+    source_similarity_filter,
     suggest_threshold,
     zero_shot_scores,
 )
@@ -29,9 +29,9 @@ from sgid_utils.reporting.set_metrics import (
 )
 
 
-def test_similarity_filter_and_threshold():
+def test_source_similarity_filter_and_threshold():
     c = pd.DataFrame({"similarity": [0.9, 0.5, 0.49, np.nan, 0.7]})
-    assert similarity_filter(c, 0.5).tolist() == [True, True, False, False, True]  # >= keeps, NaN drops
+    assert source_similarity_filter(c, 0.5).tolist() == [True, True, False, False, True]  # >= keeps, NaN drops
     sims = np.linspace(0, 1, 101)
     assert suggest_threshold(sims, 0.05) == pytest.approx(0.05)
     assert suggest_threshold([0.3, np.nan, 0.9], 0.0) == pytest.approx(0.3)  # quantile 0 keeps every scored one
@@ -114,12 +114,12 @@ def _candidates() -> pd.DataFrame:
 
 
 def test_apply_filters_in_order_records_who_dropped_what():
-    out = apply_filters(_candidates(), ["similarity", "label", "detector"], similarity_threshold=0.5,
+    out = apply_filters(_candidates(), ["source_similarity", "label", "detector"], source_similarity_threshold=0.5,
                         detector_drop_fraction=0.25)
-    # similarity drops c1, label drops c2; the detector sees c0, c3, c4 and drops round(0.75) = 1: c3.
+    # source_similarity drops c1, label drops c2; the detector sees c0, c3, c4 and drops round(0.75) = 1: c3.
     assert out.kept.tolist() == [True, False, False, False, True]
-    assert out.dropped_by.fillna("-").tolist() == ["-", "similarity", "label", "detector", "-"]
-    assert out.kept_by_similarity.tolist() == [True, False, True, True, True]
+    assert out.dropped_by.fillna("-").tolist() == ["-", "source_similarity", "label", "detector", "-"]
+    assert out.kept_by_source_similarity.tolist() == [True, False, True, True, True]
     assert out.kept_by_label.tolist() == [True, pd.NA, False, True, True]
     assert out.kept_by_detector.tolist() == [True, pd.NA, pd.NA, False, True]
     best = select(out[out.kept], "most_similar")
@@ -128,27 +128,27 @@ def test_apply_filters_in_order_records_who_dropped_what():
 
 def test_apply_filters_order_matters_for_the_detector():
     candidates = _candidates().set_axis([0, 0, 1, 1, 2])  # a repeated index (e.g. from concat) is fine
-    out = apply_filters(candidates, ["detector", "similarity", "label"], similarity_threshold=0.5,
+    out = apply_filters(candidates, ["detector", "source_similarity", "label"], source_similarity_threshold=0.5,
                         detector_drop_fraction=0.25)
     # The detector now sees all five and drops round(1.25) = 1: c1; c3 survives.
     assert out.kept.tolist() == [True, False, False, True, True]
     assert out.dropped_by.fillna("-").tolist() == ["-", "detector", "label", "-", "-"]
-    assert out.kept_by_similarity.tolist() == [True, pd.NA, True, True, True]
+    assert out.kept_by_source_similarity.tolist() == [True, pd.NA, True, True, True]
     only_label = apply_filters(_candidates(), ["label"])
     assert only_label.kept.tolist() == [True, True, False, True, True]
-    assert "kept_by_similarity" not in only_label and "similarity" in only_label  # score columns are kept
+    assert "kept_by_source_similarity" not in only_label and "similarity" in only_label  # score columns are kept
 
 
 def test_apply_filters_rejects_bad_requests():
     c = _candidates()
     with pytest.raises(ValueError, match="distinct names"):
-        apply_filters(c, ["similarity", "clip"], similarity_threshold=0.5)
+        apply_filters(c, ["source_similarity", "clip"], source_similarity_threshold=0.5)
     with pytest.raises(ValueError, match="distinct names"):
         apply_filters(c, ["label", "label"])
     with pytest.raises(ValueError, match="fake_probability"):
         apply_filters(c.drop(columns="fake_probability"), ["detector"])
-    with pytest.raises(ValueError, match="similarity_threshold"):
-        apply_filters(c, ["similarity"])
+    with pytest.raises(ValueError, match="source_similarity_threshold"):
+        apply_filters(c, ["source_similarity"])
 
 
 def test_source_distance_and_within_class_spread_by_hand():

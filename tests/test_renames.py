@@ -1,7 +1,7 @@
-"""Renamed names are a contract (issue 29 §1): old params keys and stage names still work, with a one-line deprecation
-message naming the new one, and a run directory written under the old names (fingerprints, params copy, the pass
-column, the captions' decoding column, the captions/ folder, provenance records) resumes in place, and lends its
-folders to a new run."""
+"""Renamed names are a contract (issue 29 §1): old params keys, values and stage names still work, with a one-line
+deprecation message naming the new one, and a run directory written under the old names (fingerprints, params copy,
+the pass column, the captions' decoding column, the filter's name in the curation tables, the captions/ folder,
+provenance records) resumes in place, and lends its folders to a new run."""
 
 import json
 import os
@@ -21,8 +21,15 @@ from sgid_utils.core.provenance import stage_seconds
 from sgid_utils.core.registry import NAMES, OLD_FOLDERS, RENAMED_STAGES, get, writer
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.core.runner import check_stage, run_stage
-from sgid_utils.core.sharing import reuse_run
-from sgid_utils.params.load import RENAMED_KEYS, load_params, load_run_params, upgrade_fingerprint
+from sgid_utils.core.sharing import reuse_run, variant_params
+from sgid_utils.params.load import (
+    RENAMED_KEYS,
+    RENAMED_VALUES,
+    load_params,
+    load_run_params,
+    renamed_key,
+    upgrade_fingerprint,
+)
 from sgid_utils.stages.captioning import CAPTION_COLUMNS
 
 from .conftest import copy_stages
@@ -32,11 +39,21 @@ BASE = {"run": {"name": "x", "dir": "runs/x", "reports_dir": "reports/x"},
 TABLES = [{"label": "Paper", "source": "the report", "values": {"Baseline": 0.9}}]
 
 
+OLD_FILTER_KEYS = {"source_similarity_threshold": "similarity_threshold",
+                   "source_similarity_quantile": "similarity_quantile"}
+
+
+def _old_filters(section: dict) -> dict:
+    """A filters section as the code before the filter ``source_similarity`` was renamed wrote it (``similarity``)."""
+    return {OLD_FILTER_KEYS.get(k, k): [{"source_similarity": "similarity"}.get(f, f) for f in v] if k == "apply" else v
+            for k, v in section.items()}
+
+
 def _old_names(doc: dict) -> dict:
     """A params mapping (or a stage fingerprint) as the code before the renames wrote it."""
     doc = dict(doc)
     if "filters" in doc:
-        doc["quality"] = {("filters" if k == "apply" else k): v for k, v in doc.pop("filters").items()}
+        doc["quality"] = {("filters" if k == "apply" else k): v for k, v in _old_filters(doc.pop("filters")).items()}
     if "references" in doc:
         doc["results"] = {("references" if k == "tables" else k): v for k, v in doc.pop("references").items()}
     return doc
@@ -44,6 +61,16 @@ def _old_names(doc: dict) -> dict:
 
 def _deprecations(err: str) -> list[str]:
     return [line for line in err.splitlines() if "deprecated params key" in line]
+
+
+def _dotted(doc: dict, prefix: str = "") -> dict:
+    """Every key of a nested mapping, dotted, with its value."""
+    out = {}
+    for key, value in doc.items():
+        out[prefix + key] = value
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+    return out
 
 
 def test_old_keys_load_from_a_file_a_parent_and_an_override(tmp_path, capsys):
@@ -61,13 +88,55 @@ def test_old_keys_load_from_a_file_a_parent_and_an_override(tmp_path, capsys):
     assert _deprecations(capsys.readouterr().err) == []  # today's names: no message
     got = load_params(child, {"quality.similarity_quantile": 0.1}).model_dump(exclude={"source_file"})
     lines = _deprecations(capsys.readouterr().err)
-    assert got == {**want, "filters": {**want["filters"], "similarity_quantile": 0.1}}
+    assert got == {**want, "filters": {**want["filters"], "source_similarity_quantile": 0.1}}
     for old, new_key, where in [("quality.filters", "filters.apply", "parent.yaml"),
                                 ("results.references", "references.tables", "parent.yaml"),
                                 ("quality", "filters", "child.yaml"), ("results", "references", "child.yaml"),
-                                ("quality.similarity_quantile", "filters.similarity_quantile", "override")]:
+                                ("quality.similarity_quantile", "filters.source_similarity_quantile", "override")]:
         said = [line for line in lines if f"'{old}'" in line]
         assert len(said) == 1 and f"now '{new_key}'" in said[0] and where in said[0], (old, lines)
+
+
+def _value_deprecations(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "deprecated params value" in line]
+
+
+def _said_once_each(err: str, olds: list[str], where: str) -> None:
+    """Each old name in ``olds`` has one deprecation line of ``err``, and there is no other; each names ``where``."""
+    said = _deprecations(err) + _value_deprecations(err)
+    assert len(said) == len(olds) and all(where in line for line in said), (olds, said)
+    assert all(sum(old in line for line in said) == 1 for old in olds), (olds, said)
+
+
+FILTERS_NOW = {"apply": ["source_similarity", "label"], "source_similarity_threshold": 0.2,
+               "source_similarity_quantile": 0.1}
+OLD_VALUE = "value 'similarity' of 'filters.apply'"
+
+
+def test_the_old_filter_name_and_its_keys_load_with_one_message_each(tmp_path, capsys):
+    """``similarity`` in filters.apply is ``source_similarity``, its keys too: in a file (under either section name),
+    an ``extends:`` parent, a ``--set`` override and an ablation's ``set:``, each old name said once."""
+    (tmp_path / "data").mkdir()
+    files = {"new": {**BASE, "filters": FILTERS_NOW}, "old": {**BASE, "filters": _old_filters(FILTERS_NOW)},
+             "older": _old_names({**BASE, "filters": FILTERS_NOW}), "child": {"extends": "old.yaml"}}
+    for name, doc in files.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    assert files["older"]["quality"]["filters"] == ["similarity", "label"] and "filters" not in files["older"]
+    capsys.readouterr()
+    want = load_params(tmp_path / "new.yaml").model_dump(exclude={"source_file"})
+    _said_once_each(capsys.readouterr().err, [], "")  # today's names: no message
+    for name, section in [("old", "filters"), ("older", "quality"), ("child", "filters")]:
+        assert load_params(tmp_path / f"{name}.yaml").model_dump(exclude={"source_file"}) == want, name
+        olds = [f"'{section}.similarity_threshold'", f"'{section}.similarity_quantile'", OLD_VALUE]
+        _said_once_each(capsys.readouterr().err, olds + ["'quality.filters'"] * (section == "quality"),
+                        "old.yaml" if name == "child" else f"{name}.yaml")
+    sets = {"filters.apply": ["similarity", "label"], "filters.similarity_threshold": 0.2,
+            "quality.similarity_quantile": 0.1}
+    assert load_params(tmp_path / "new.yaml", sets).model_dump(exclude={"source_file"}) == want
+    _said_once_each(capsys.readouterr().err, [*(f"'{k}'" for k in sets if "apply" not in k), OLD_VALUE], "override")
+    variant = variant_params(load_params(tmp_path / "new.yaml"), "v", {"filters.apply": ["label", "similarity"]})
+    assert variant.filters.apply == ["label", "source_similarity"]  # an ablation's ``set:``
+    _said_once_each(capsys.readouterr().err, [OLD_VALUE], "override")
 
 
 def test_every_renamed_key_is_a_key_of_today(tmp_path):
@@ -76,11 +145,9 @@ def test_every_renamed_key_is_a_key_of_today(tmp_path):
     file = tmp_path / "p.yaml"
     file.write_text(yaml.safe_dump(BASE))
     params = load_params(file).model_dump()
+    keys = _dotted(params)
     for old, new in RENAMED_KEYS.items():
-        node = params
-        for part in new.split("."):
-            node = node[part]
-        assert old.split(".")[0] not in params
+        assert new in keys and old not in keys, old
 
 
 def test_a_fingerprint_recorded_under_the_old_names_reads_as_today(make_params):
@@ -89,6 +156,31 @@ def test_a_fingerprint_recorded_under_the_old_names_reads_as_today(make_params):
     old = _old_names(now)
     assert "quality" in old and "filters" not in old
     assert upgrade_fingerprint(old) == now
+
+
+def test_a_curation_fingerprint_recorded_before_the_filter_rename_reads_as_today(make_params, tmp_path, capsys):
+    """A finished curation recorded ``filters.apply: [similarity, ...]`` and ``similarity_quantile``: read as today's
+    (silently: a recorded fingerprint is no file a user edits), under either section name."""
+    params = make_params()
+    now = json.loads(json.dumps(fingerprint(params, "curation"), default=str))
+    old = {**now, "filters": _old_filters(now["filters"])}
+    assert old["filters"]["apply"][0] == "similarity" and "similarity_quantile" in old["filters"]
+    for recorded in (old, _old_names(now)):
+        write_json(tmp_path / "_params.json", recorded)
+        assert read_fingerprint(tmp_path / "_params.json") == upgrade_fingerprint(recorded) == now
+    assert capsys.readouterr().err == ""
+
+
+def test_a_curation_table_or_summary_written_before_the_filter_rename_reads_as_today():
+    table = pd.DataFrame({"similarity": [0.9, 0.1, 0.5], "kept_by_similarity": pd.array([True, False, True]),
+                          "dropped_by": [None, "similarity", "label"]})
+    now = catalog.with_filter_names(table)
+    assert list(now.columns) == ["similarity", "kept_by_source_similarity", "dropped_by"]  # the score keeps its name
+    assert now.dropped_by.fillna("-").tolist() == ["-", "source_similarity", "label"]
+    summary = {"detector": {"cv_accuracy": 0.5}, "similarity_threshold": 0.3, "filters": ["similarity", "label"]}
+    assert catalog.with_filter_names(summary) == {"detector": {"cv_accuracy": 0.5}, "source_similarity_threshold": 0.3,
+                                                  "filters": ["source_similarity", "label"]}
+    assert catalog.with_filter_names(catalog.with_filter_names(summary)) == catalog.with_filter_names(summary)
 
 
 def test_the_pass_column_upgrade_merges_records_of_both_ages():
@@ -101,13 +193,22 @@ def test_the_pass_column_upgrade_merges_records_of_both_ages():
 
 def _age(run: RunDir) -> None:
     """Rewrite a run directory as the code before the renames wrote it: fingerprints and the params copy under the
-    old keys, the generation tables and per-source records with the pass column ``variant``."""
+    old keys, the generation tables and per-source records with the pass column ``variant``, the curation tables and
+    quality summary with the filter ``similarity``."""
     for file in run.root.rglob("_params.json"):
         file.write_text(json.dumps(_old_names(json.loads(file.read_text())), indent=1, sort_keys=True))
     run.params_copy.write_text(yaml.safe_dump(_old_names(yaml.safe_load(run.params_copy.read_text())),
                                               sort_keys=False))
     for table in [*run.root.rglob("manifest.parquet"), *run.stage("curation").glob("*.parquet")]:
-        pd.read_parquet(table).rename(columns={"generation_pass": "variant"}).to_parquet(table)
+        old = pd.read_parquet(table).rename(columns={"generation_pass": "variant",
+                                                     "kept_by_source_similarity": "kept_by_similarity"})
+        if "dropped_by" in old:
+            old["dropped_by"] = old.dropped_by.replace({"source_similarity": "similarity"})
+        old.to_parquet(table)
+    summary = read_json(catalog.path(run, "quality_summary"))
+    write_json(catalog.path(run, "quality_summary"), {
+        ("similarity_threshold" if k == "source_similarity_threshold" else k): _old_filters({"apply": v})["apply"]
+        if k == "filters" else v for k, v in summary.items()})
     for record in [*run.root.glob("generation/*/items/*.json"), *run.stage("curation").glob("scores_*/*.json")]:
         rows = json.loads(record.read_text())
         record.write_text(json.dumps([{("variant" if k == "generation_pass" else k): v for k, v in r.items()}
@@ -152,6 +253,13 @@ def test_an_old_run_directory_resumes_under_the_new_names(pipeline_run, make_par
     starts = {old: len(read_json(run.provenance(new))["starts"]) for old, new in RENAMED_STAGES.items()
               if get(new).folder}
     assert "variant" in pd.read_parquet(run.stage("curation") / "curated.parquet")
+    assert "similarity" in set(pd.read_parquet(catalog.path(run, "candidates")).dropped_by)
+    assert "kept_by_similarity" in pd.read_parquet(catalog.path(run, "curated_filtered"))
+    assert read_json(catalog.path(run, "quality_summary"))["filters"][0] == "similarity"
+    keys = ["image_id", "generation_pass", "k", "similarity"]
+    filtered = catalog.load(pipeline_run, "curated_filtered").drop(columns=["path", "source_path"])
+    pd.testing.assert_frame_equal(catalog.load(params, "curated_filtered").drop(columns=["path", "source_path"]),
+                                  filtered)  # the catalog's upgrade on load: today's columns and names
     capsys.readouterr()
     recorded = load_run_params(None, run.root)  # ``--run-dir`` alone reads the old params copy
     assert "now 'filters.apply'" in capsys.readouterr().err
@@ -162,7 +270,8 @@ def test_an_old_run_directory_resumes_under_the_new_names(pipeline_run, make_par
     assert recorded_differences(params) == []
     for stage in NAMES:
         check_stage(params, stage)  # what the runner does before a stage: no stale-outputs error
-    images = sorted(run.root.glob("generation/*/images/*.png"))
+    images = sorted([*run.root.glob("generation/*/images/*.png"), *run.root.glob("curation/embeddings_*/*")])
+    assert any("curation" in str(p) for p in images)
     stamps = [os.stat(p).st_mtime_ns for p in [*images, *run.root.glob("captions/items/*.json")]]
     assert "generation_pass" in catalog.load(params, "manifest_raw")  # the catalog's upgrade on load
     capsys.readouterr()
@@ -185,8 +294,13 @@ def test_an_old_run_directory_resumes_under_the_new_names(pipeline_run, make_par
     for name in ("manifest_raw", "candidates", "curated"):
         table = pd.read_parquet(catalog.path(params, name))
         assert "variant" not in table and "generation_pass" in table, name
-    keys = ["image_id", "generation_pass", "k", "similarity"]
     pd.testing.assert_frame_equal(catalog.load(params, "curated")[keys], catalog.load(pipeline_run, "curated")[keys])
+    pd.testing.assert_frame_equal(catalog.load(params, "curated_filtered")[keys], filtered[keys])  # the same set
+    for name in ("candidates", "curated_filtered"):  # rewritten under today's filter name
+        table = pd.read_parquet(catalog.path(params, name))
+        assert "kept_by_similarity" not in table and "similarity" not in set(table.dropped_by), name
+    assert "kept_by_source_similarity" in pd.read_parquet(catalog.path(params, "curated_filtered"))
+    assert read_json(catalog.path(params, "quality_summary")) == catalog.load(pipeline_run, "quality_summary")
     assert recorded_differences(params) == []
 
     # A new run that names the old one in run.reuse links its old folder under the new name, and counts its cost.
@@ -281,6 +395,15 @@ def test_a_run_captioned_before_the_decoding_rename_resumes(pipeline_run, make_p
 
 
 def test_no_old_name_is_left_in_the_shipped_profiles():
+    """No old key (a section or a field) nor an old value, in a profile or an ablation's ``set:``."""
     for file in sorted(Path(__file__).resolve().parents[1].glob("params/*.yaml")):
         doc = yaml.safe_load(file.read_text())
-        assert not {old.split(".")[0] for old in RENAMED_KEYS} & set(doc), file
+        keys = _dotted(doc)
+        for ablation in doc.get("ablations") or []:
+            keys.update(ablation.get("set") or {})
+        assert [k for k in keys if renamed_key(k) != k] == [], file
+        for dotted, renames in RENAMED_VALUES.items():
+            value = keys.get(dotted, [])
+            assert not set(value if isinstance(value, list) else [value]) & set(renames), file
+    assert "filters.apply" in _dotted(yaml.safe_load((Path(__file__).resolve().parents[1] / "params/smoke.yaml")
+                                                     .read_text()))  # the check looks where the value is

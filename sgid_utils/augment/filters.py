@@ -1,7 +1,7 @@
 """Quality control of generated images: three filters applied before the selection (beyond the paper).
 
 Three filters decide which generated candidates may enter training, each from
-CLIP embeddings the stages already compute: image-image similarity to the source
+CLIP embeddings the stages already compute: ``source_similarity``, the image-image similarity to the source
 (drops "abstract art"; the one the report proposes, under "Possible Improvements": discard
 a generated image whose cosine similarity to the original misses a threshold), label
 consistency (a zero-shot CLIP classifier must still see the source's class; this
@@ -9,6 +9,11 @@ package's) and a real-vs-generated detector (drops the candidates a linear probe
 most surely fake; this package's). ``apply_filters`` chains them in a chosen
 order and records which filter dropped each candidate. The metrics of a whole
 set are in ``sgid_utils.reporting.set_metrics``.
+
+The candidates table's column ``similarity`` holds the source similarity (curation's CLIP cosine of a candidate to its
+source), which the ``source_similarity`` filter reads; the ``similarity`` stage is another thing (a caption's CLIP
+similarity to its image, s*). The filter was called ``similarity`` before: ``params.load.RENAMED_VALUES`` and
+``core.catalog.with_filter_names`` read the old name in params and tables.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-FILTERS = ("similarity", "label", "detector")
+FILTERS = ("source_similarity", "label", "detector")
 # The candidates-table column each filter reads.
-FILTER_COLUMNS = {"similarity": "similarity", "label": "consistent", "detector": "fake_probability"}
+FILTER_COLUMNS = {"source_similarity": "similarity", "label": "consistent", "detector": "fake_probability"}
 
 Embeddings = torch.Tensor | np.ndarray
 
@@ -35,7 +40,7 @@ def unit_rows(x: Embeddings) -> np.ndarray:
     return a / np.linalg.norm(a, axis=1, keepdims=True)
 
 
-# --- 1. similarity to the source -------------------------------------------------------------------------------
+# --- 1. source similarity: a candidate's similarity to its source ----------------------------------------------
 
 def suggest_threshold(similarities: Sequence[float] | np.ndarray | pd.Series, quantile: float = 0.05) -> float:
     """The ``quantile`` of the observed source-candidate similarities, as a similarity threshold.
@@ -55,9 +60,10 @@ def suggest_threshold(similarities: Sequence[float] | np.ndarray | pd.Series, qu
     return float(np.quantile(values, quantile))
 
 
-def similarity_filter(candidates: pd.DataFrame, threshold: float) -> pd.Series:
-    """True where a candidate's CLIP image-image similarity to its source is >= ``threshold`` (NaN: dropped)."""
-    return (candidates["similarity"] >= threshold).rename("kept_by_similarity")
+def source_similarity_filter(candidates: pd.DataFrame, threshold: float) -> pd.Series:
+    """True where a candidate's CLIP image-image similarity to its source (column ``similarity``) is >= ``threshold``
+    (NaN: dropped)."""
+    return (candidates["similarity"] >= threshold).rename("kept_by_source_similarity")
 
 
 # --- 2. label consistency (zero-shot CLIP) ---------------------------------------------------------------------
@@ -155,13 +161,13 @@ def detector_filter(fake_probability: Sequence[float] | np.ndarray, drop_fractio
 def apply_filters(
     candidates: pd.DataFrame,
     order: Sequence[str],
-    similarity_threshold: float | None = None,
+    source_similarity_threshold: float | None = None,
     detector_drop_fraction: float = 0.0,
 ) -> pd.DataFrame:
     """Run the named filters in ``order``; each sees only the candidates the earlier ones kept.
 
     ``candidates`` holds the score columns the named filters read: ``similarity``
-    (filter "similarity", kept when >= ``similarity_threshold``), ``consistent``
+    (filter "source_similarity", kept when >= ``source_similarity_threshold``), ``consistent``
     (filter "label") and ``fake_probability`` (filter "detector", which drops the
     ``detector_drop_fraction`` most surely fake of the candidates that reach it, so
     its place in the order matters). Returns a copy with one nullable boolean
@@ -176,15 +182,15 @@ def apply_filters(
     missing = [FILTER_COLUMNS[f] for f in order if FILTER_COLUMNS[f] not in candidates.columns]
     if missing:
         raise ValueError(f"candidates lack the column(s) {missing} that filters {list(order)} read")
-    if "similarity" in order and similarity_threshold is None:
-        raise ValueError("the similarity filter needs similarity_threshold (see suggest_threshold)")
+    if "source_similarity" in order and source_similarity_threshold is None:
+        raise ValueError("the source_similarity filter needs source_similarity_threshold (see suggest_threshold)")
     out = candidates.copy()
     alive = np.ones(len(out), dtype=bool)  # positional masks: any index, duplicates included
     dropped_by = np.full(len(out), None, dtype=object)
     for name in order:
         seen = out[alive]
-        if name == "similarity":
-            verdict = similarity_filter(seen, similarity_threshold).to_numpy()
+        if name == "source_similarity":
+            verdict = source_similarity_filter(seen, source_similarity_threshold).to_numpy()
         elif name == "label":
             verdict = seen["consistent"].eq(True).to_numpy()
         else:

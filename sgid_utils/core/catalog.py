@@ -29,6 +29,7 @@ from sgid_utils.core.files import read_json, read_table, write_figure, write_jso
 from sgid_utils.core.registry import ABLATIONS_READ, ABLATIONS_WRITE, STAGES, writer
 from sgid_utils.core.rundir import RunDir
 from sgid_utils.errors import CorruptFileError
+from sgid_utils.params.load import RENAMED_VALUES
 from sgid_utils.params.schema import Params
 
 
@@ -51,6 +52,28 @@ def with_pass_column(table: pd.DataFrame) -> pd.DataFrame:
     if "generation_pass" in table:
         return table.assign(generation_pass=table.generation_pass.fillna(table.variant)).drop(columns="variant")
     return table.rename(columns={"variant": "generation_pass"})
+
+
+# The filters renamed since runs were made (``params.load.RENAMED_VALUES``: ``similarity`` -> ``source_similarity``),
+# and the names made from a filter's: its verdict column, its threshold in the quality summary.
+_FILTER_NAMES = RENAMED_VALUES["filters.apply"]
+_FILTER_FIELDS = {field.format(old): field.format(new) for old, new in _FILTER_NAMES.items()
+                  for field in ("kept_by_{}", "{}_threshold")}
+
+
+def with_filter_names(data: pd.DataFrame | dict) -> pd.DataFrame | dict:
+    """A curation table (``dropped_by``, ``kept_by_<filter>``) or quality summary (``filters``,
+    ``<filter>_threshold``) written before a filter's rename, under today's filter names. The candidates' score column
+    ``similarity`` (the cosine to the source) keeps its name."""
+    if isinstance(data, dict):
+        return {_FILTER_FIELDS.get(k, k): [_FILTER_NAMES.get(f, f) for f in v] if k == "filters" else v
+                for k, v in data.items()}
+    table = data.rename(columns=_FILTER_FIELDS)
+    return table.assign(dropped_by=table.dropped_by.replace(_FILTER_NAMES)) if "dropped_by" in table else table
+
+
+def _with_curation_names(table: pd.DataFrame) -> pd.DataFrame:
+    return with_filter_names(with_pass_column(table))
 
 
 TABLES, FIGURES = "<tables>", "<figures>"  # the reports' folders (``RunDir.tables``, ``RunDir.figures``)
@@ -101,14 +124,14 @@ ENTRIES: tuple[Entry, ...] = (
           old_file="manifest.parquet"),
     # curation
     Entry("candidates", "curation", "candidates.parquet", "every candidate with its CLIP and quality scores",
-          relative=True, upgrade=with_pass_column),
+          relative=True, upgrade=_with_curation_names),
     Entry("curated", "curation", "curated.parquet", "one chosen candidate per source: the set SGID trains on",
-          relative=True, upgrade=with_pass_column),
+          relative=True, upgrade=_with_curation_names),
     Entry("curated_filtered", "curation", "curated_filtered.parquet",
           "the chosen candidates that passed the quality filters (SGID filtered)", relative=True,
-          upgrade=with_pass_column),
+          upgrade=_with_curation_names),
     Entry("quality_summary", "curation", "quality_summary.json", "the filters' detector, threshold and kept counts",
-          old_file="quality.json"),
+          upgrade=with_filter_names, old_file="quality.json"),
     # the other generative augmentations (config.methods)
     Entry("real_guidance_images", "real_guidance", "real_guidance_images.parquet",
           "Real Guidance's images: one per training image (M while its recipe trains: m), with its prompt, scale, "

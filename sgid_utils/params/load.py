@@ -21,8 +21,8 @@ from pydantic import BaseModel, ValidationError
 from sgid_utils.errors import ParamsError
 from sgid_utils.params.schema import Params
 
-__all__ = ["RENAMED_KEYS", "Params", "ParamsError", "load_params", "load_run_params", "parse_override", "renamed_key",
-           "upgrade_fingerprint", "upgrade_keys"]
+__all__ = ["RENAMED_KEYS", "RENAMED_VALUES", "Params", "ParamsError", "load_params", "load_run_params",
+           "parse_override", "renamed_key", "upgrade_fingerprint", "upgrade_keys"]
 
 # The shipped profiles (params/ beside the package), which ``extends:`` may name from anywhere.
 SHIPPED_PARAMS = Path(__file__).resolve().parents[2] / "params"
@@ -36,12 +36,23 @@ RUN_PARAMS_FILE = "params.yaml"
 # Params keys renamed since runs were made (old dotted key -> new), the one table of old names: params files, their
 # ``extends:`` parents, ``--set`` overrides and ablation ``set:`` keys still load under the old names with a one-line
 # deprecation message, and recorded fingerprints are read under the new ones (``core.files.read_fingerprint``), so
-# finished runs stay valid. A field renamed inside a renamed section comes before its section.
+# finished runs stay valid. A field renamed inside a renamed section comes before its section, under both the
+# section's old name and its new one (each old key then gives one message, whichever its section's name).
 RENAMED_KEYS = {
     "results.references": "references.tables",  # the published tables a run is set beside
     "results": "references",  # the section: the published numbers (the results stage keeps its name)
     "quality.filters": "filters.apply",  # the filters in the order they apply
+    # the filter of a candidate's similarity to its source (``similarity`` is the stage scoring captions)
+    "quality.similarity_threshold": "filters.source_similarity_threshold",
+    "quality.similarity_quantile": "filters.source_similarity_quantile",
+    "filters.similarity_threshold": "filters.source_similarity_threshold",
+    "filters.similarity_quantile": "filters.source_similarity_quantile",
     "quality": "filters",  # the section read by curate (the quality stage keeps its name)
+}
+# Values renamed since runs were made (today's dotted key -> {old value: new}), in a list or alone; read wherever the
+# keys are, after them, with a one-line message.
+RENAMED_VALUES = {
+    "filters.apply": {"similarity": "source_similarity"},  # the filter, as its keys above
 }
 
 
@@ -83,21 +94,44 @@ def upgrade_keys(data: dict[str, Any], where: str | None = None) -> dict[str, An
             node = node[part]
         node[new_key] = _merge(value, node[new_key]) if isinstance(value, dict) and isinstance(
             node.get(new_key), dict) else value
+    for dotted, renames in RENAMED_VALUES.items():
+        *parents, key = dotted.split(".")
+        node = out
+        for part in parents:  # copied on the way down: the caller's mapping stays as it was
+            if not isinstance(node.get(part), dict):
+                break
+            node[part] = dict(node[part])
+            node = node[part]
+        else:
+            if key in node:
+                node[key] = _renamed_value(dotted, node[key], renames, where)
     return out
+
+
+def _renamed_value(dotted: str, value: Any, renames: dict[str, str], where: str | None) -> Any:
+    """``value`` (one, or a list) with its old values renamed; each old one reported (``where``: None, silently)."""
+    values = value if isinstance(value, list) else [value]
+    for old in [v for v in values if isinstance(v, str) and v in renames and where is not None]:
+        print(f"[sgid] deprecated params value '{old}' of '{dotted}' in {where}: it is now '{renames[old]}' (the "
+              "old name still loads; rename it)", file=sys.stderr)
+    new = [renames.get(v, v) if isinstance(v, str) else v for v in values]
+    return new if isinstance(value, list) else new[0]
 
 
 def upgrade_fingerprint(recorded: dict[str, Any]) -> dict[str, Any]:
     """A recorded stage fingerprint (dotted keys: ``quality``, ``curation.upscale_to``) under today's key names, so
     a run made before a rename compares equal to today's params and resumes."""
-    out = {}
-    for key, value in recorded.items():
-        nested: dict[str, Any] = {}
-        _set_dotted(nested, key, value, "a recorded fingerprint")
-        node: Any = upgrade_keys(nested)
-        for part in renamed_key(key).split("."):
-            node = node[part]
-        out[renamed_key(key)] = node
-    return out
+    return dict(_upgraded_item(key, value) for key, value in recorded.items())
+
+
+def _upgraded_item(dotted: str, value: Any, where: str | None = None) -> tuple[str, Any]:
+    """One dotted key and its value (a section, a field) under today's names: an override, a fingerprint's item."""
+    nested: dict[str, Any] = {}
+    _set_dotted(nested, dotted, value, where or "a recorded fingerprint")
+    node: Any = upgrade_keys(nested, where)
+    for part in renamed_key(dotted).split("."):
+        node = node[part]
+    return renamed_key(dotted), node
 
 
 def _suggest(key: str, allowed: list[str]) -> str:
@@ -234,9 +268,8 @@ def load_params(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         if os.environ.get(env):
             _set_dotted(data, key, str(Path(os.environ[env]).resolve()), f"environment variable {env}")
     for key, value in (overrides or {}).items():
-        if renamed_key(key) != key:
-            _deprecated(key, f"override {key}={value!r}")
-        _set_dotted(data, renamed_key(key), value, f"{file} (override {key}={value!r})")
+        where = f"override {key}={value!r}"
+        _set_dotted(data, *_upgraded_item(key, value, where), f"{file} ({where})")
     try:
         params = Params.model_validate(data)
     except ValidationError as exc:

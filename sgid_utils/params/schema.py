@@ -224,14 +224,15 @@ class CurationParams(Section):
 
 class FiltersParams(Section):
     """Quality control of generated images (beyond the paper): filters applied before the selection (read by curate;
-    the params section was called ``quality`` before, which still loads)."""
+    the params section was called ``quality`` before, and the filter ``source_similarity`` was ``similarity``, with its
+    keys: the old names still load)."""
 
-    apply: list[Literal["similarity", "label", "detector"]] = Field(
+    apply: list[Literal["source_similarity", "label", "detector"]] = Field(
         default_factory=list, description="Filters in the order they apply; the filtered set trains as 'sgid_filtered'."
     )
-    similarity_threshold: float | None = Field(None, ge=-1, le=1,
-                                               description="None: the similarity_quantile of the observed scores.")
-    similarity_quantile: float = Field(0.05, ge=0, lt=1)
+    source_similarity_threshold: float | None = Field(
+        None, ge=-1, le=1, description="None: the source_similarity_quantile of the observed source similarities.")
+    source_similarity_quantile: float = Field(0.05, ge=0, lt=1)
     class_noun: str | None = Field(None, description="Label prompts read 'a photo of a <label>, a type of <noun>.'")
     detector_drop_fraction: float = Field(0.1, ge=0, lt=1,
                                           description="Share of the most surely fake candidates the detector drops.")

@@ -160,9 +160,9 @@ SOURCES: dict[str, Source] = {
     # filters (beyond the paper)
     "filters.apply": _ours("off: the report applies no filter (it suggests a similarity threshold and a real-vs-"
                              "fake classifier under Possible Improvements; the label filter is ours)"),
-    "filters.similarity_threshold": _ours("the report's suggested threshold has no value; None: a quantile of the "
-                                          "observed similarities"),
-    "filters.similarity_quantile": _ours("drops the 5 % least similar candidates"),
+    "filters.source_similarity_threshold": _ours("the report's suggested threshold has no value; None: a quantile of "
+                                                 "the observed source similarities"),
+    "filters.source_similarity_quantile": _ours("drops the 5 % candidates least similar to their sources"),
     "filters.class_noun": _ours("none: plain 'a photo of a <label>.' class prompts"),
     "filters.detector_drop_fraction": _ours("drops the 10 % most surely generated candidates"),
     "filters.detector_folds": _ours("5-fold out-of-fold probabilities, a usual value"),

@@ -95,12 +95,13 @@ def add_quality_scores(params: Params, candidates: pd.DataFrame) -> tuple[pd.Dat
     return out, summary
 
 
-def similarity_threshold(params: Params, candidates: pd.DataFrame) -> float:
-    """filters.similarity_threshold, or the filters.similarity_quantile of the competing candidates' similarities."""
+def source_similarity_threshold(params: Params, candidates: pd.DataFrame) -> float:
+    """filters.source_similarity_threshold, or the filters.source_similarity_quantile of the competing candidates'
+    similarities to their sources."""
     q = params.filters
-    if q.similarity_threshold is not None:
-        return q.similarity_threshold
-    return suggest_threshold(candidates[candidates.competing].similarity, q.similarity_quantile)
+    if q.source_similarity_threshold is not None:
+        return q.source_similarity_threshold
+    return suggest_threshold(candidates[candidates.competing].similarity, q.source_similarity_quantile)
 
 
 def filter_candidates(params: Params, candidates: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -126,13 +127,13 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
     candidates = candidates.join(info, on="image_id")
     candidates["short_side"] = candidates[["width", "height"]].min(axis=1)
     candidates, detector = add_quality_scores(params, candidates)
-    threshold, floor = similarity_threshold(params, candidates), selection_floor(params, candidates)
+    threshold, floor = source_similarity_threshold(params, candidates), selection_floor(params, candidates)
     if params.filters.apply:
         filtered = filter_candidates(params, candidates, threshold)
         candidates = candidates.join(filtered[["kept", "dropped_by"]])
         catalog.save(params, "curated_filtered", choose(params, filtered[filtered.kept], floor))
     curated = choose(params, candidates, floor)
-    catalog.save(params, "quality_summary", {"detector": detector, "similarity_threshold": threshold,
+    catalog.save(params, "quality_summary", {"detector": detector, "source_similarity_threshold": threshold,
                                      "filters": params.filters.apply, "select": params.curation.select,
                                      "select_floor": floor, "select_fallbacks": int(curated.fallback.sum())})
     catalog.save(params, "candidates", candidates)
