@@ -98,15 +98,15 @@ def test_save_and_load_by_name_round_trip_each_kind(make_params):
     catalog.save(params, "images", table)
     assert catalog.load(params, "images").path[0] == table.path[0]  # stored relative, read back absolute
     assert pd.read_parquet(catalog.path(params, "images")).path[0] == "data/a.png"
-    catalog.save(params, "quality_summary", {"kept": 3})
-    assert catalog.load(params, "quality_summary") == {"kept": 3}
+    catalog.save(params, "filters_summary", {"kept": 3})
+    assert catalog.load(params, "filters_summary") == {"kept": 3}
     with pytest.raises(KeyError, match="needs config"):
         catalog.path(params, "predictions")
     with pytest.raises(FileNotFoundError, match="run stage 'similarity' first"):
         catalog.load(params, "best_captions")
 
 
-@pytest.mark.parametrize("name, damage", [("best_captions", "truncate"), ("quality_summary", "garble"),
+@pytest.mark.parametrize("name, damage", [("best_captions", "truncate"), ("filters_summary", "garble"),
                                           ("skipped", "garble")])
 def test_an_unreadable_file_names_itself_its_stage_and_what_to_delete(name, damage, make_params, pipeline_run):
     params = make_params()

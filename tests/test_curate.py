@@ -65,7 +65,7 @@ def test_quality_scores_filters_and_the_filtered_set(pipeline_run):
     comp = cands[cands.competing]
     assert comp.fake_probability.between(0, 1).all() and cands[~cands.competing].fake_probability.isna().all()
     assert (comp.consistent == (comp.predicted_label == comp.label)).all()
-    summary = catalog.load(p, "quality_summary")
+    summary = catalog.load(p, "filters_summary")
     assert summary["filters"] == ["source_similarity", "label", "detector"]
     assert 0 <= summary["detector"]["cv_accuracy"] <= 1
     # Every competing candidate was kept or dropped by a named filter, in order.

@@ -194,7 +194,7 @@ def test_the_pass_column_upgrade_merges_records_of_both_ages():
 def _age(run: RunDir) -> None:
     """Rewrite a run directory as the code before the renames wrote it: fingerprints and the params copy under the
     old keys, the generation tables and per-source records with the pass column ``variant``, the curation tables and
-    quality summary with the filter ``similarity``."""
+    filters summary with the filter ``similarity``."""
     for file in run.root.rglob("_params.json"):
         file.write_text(json.dumps(_old_names(json.loads(file.read_text())), indent=1, sort_keys=True))
     run.params_copy.write_text(yaml.safe_dump(_old_names(yaml.safe_load(run.params_copy.read_text())),
@@ -205,8 +205,8 @@ def _age(run: RunDir) -> None:
         if "dropped_by" in old:
             old["dropped_by"] = old.dropped_by.replace({"source_similarity": "similarity"})
         old.to_parquet(table)
-    summary = read_json(catalog.path(run, "quality_summary"))
-    write_json(catalog.path(run, "quality_summary"), {
+    summary = read_json(catalog.path(run, "filters_summary"))
+    write_json(catalog.path(run, "filters_summary"), {
         ("similarity_threshold" if k == "source_similarity_threshold" else k): _old_filters({"apply": v})["apply"]
         if k == "filters" else v for k, v in summary.items()})
     for record in [*run.root.glob("generation/*/items/*.json"), *run.stage("curation").glob("scores_*/*.json")]:
@@ -255,7 +255,7 @@ def test_an_old_run_directory_resumes_under_the_new_names(pipeline_run, make_par
     assert "variant" in pd.read_parquet(run.stage("curation") / "curated.parquet")
     assert "similarity" in set(pd.read_parquet(catalog.path(run, "candidates")).dropped_by)
     assert "kept_by_similarity" in pd.read_parquet(catalog.path(run, "curated_filtered"))
-    assert read_json(catalog.path(run, "quality_summary"))["filters"][0] == "similarity"
+    assert read_json(catalog.path(run, "filters_summary"))["filters"][0] == "similarity"
     keys = ["image_id", "generation_pass", "k", "similarity"]
     filtered = catalog.load(pipeline_run, "curated_filtered").drop(columns=["path", "source_path"])
     pd.testing.assert_frame_equal(catalog.load(params, "curated_filtered").drop(columns=["path", "source_path"]),
@@ -300,7 +300,7 @@ def test_an_old_run_directory_resumes_under_the_new_names(pipeline_run, make_par
         table = pd.read_parquet(catalog.path(params, name))
         assert "kept_by_similarity" not in table and "similarity" not in set(table.dropped_by), name
     assert "kept_by_source_similarity" in pd.read_parquet(catalog.path(params, "curated_filtered"))
-    assert read_json(catalog.path(params, "quality_summary")) == catalog.load(pipeline_run, "quality_summary")
+    assert read_json(catalog.path(params, "filters_summary")) == catalog.load(pipeline_run, "filters_summary")
     assert recorded_differences(params) == []
 
     # A new run that names the old one in run.reuse links its old folder under the new name, and counts its cost.

@@ -16,7 +16,7 @@ cosine of ``models.clip``:
   default the median similarity of all competing candidates of the run), the *least* similar one,
   on the hypothesis that more variation helps while the label check keeps the subject. A source none
   of whose candidates passes falls back to its most similar candidate (counted in
-  ``curation/quality_summary.json``), so every source still contributes one image (our reading of the
+  ``curation/filters_summary.json``), so every source still contributes one image (our reading of the
   report's one pick per source).
 - ``random``: one candidate per source, drawn from (the generation draw's seed, image id, k): the control.
 

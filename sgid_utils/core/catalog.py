@@ -55,14 +55,14 @@ def with_pass_column(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # The filters renamed since runs were made (``params.load.RENAMED_VALUES``: ``similarity`` -> ``source_similarity``),
-# and the names made from a filter's: its verdict column, its threshold in the quality summary.
+# and the names made from a filter's: its verdict column, its threshold in the filters summary.
 _FILTER_NAMES = RENAMED_VALUES["filters.apply"]
 _FILTER_FIELDS = {field.format(old): field.format(new) for old, new in _FILTER_NAMES.items()
                   for field in ("kept_by_{}", "{}_threshold")}
 
 
 def with_filter_names(data: pd.DataFrame | dict) -> pd.DataFrame | dict:
-    """A curation table (``dropped_by``, ``kept_by_<filter>``) or quality summary (``filters``,
+    """A curation table (``dropped_by``, ``kept_by_<filter>``) or filters summary (``filters``,
     ``<filter>_threshold``) written before a filter's rename, under today's filter names. The candidates' score column
     ``similarity`` (the cosine to the source) keeps its name."""
     if isinstance(data, dict):
@@ -130,7 +130,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("curated_filtered", "curation", "curated_filtered.parquet",
           "the chosen candidates that passed the quality filters (SGID filtered)", relative=True,
           upgrade=_with_curation_names),
-    Entry("quality_summary", "curation", "quality_summary.json", "the filters' detector, threshold and kept counts",
+    Entry("filters_summary", "curation", "filters_summary.json", "the filters' detector, threshold and kept counts",
           upgrade=with_filter_names, old_file="quality.json"),
     # the other generative augmentations (config.methods)
     Entry("real_guidance_images", "real_guidance", "real_guidance_images.parquet",

@@ -119,7 +119,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("da_fusion", "03_generation", ("images", "class_tokens"), ("da_fusion_images",), DA_FUSION_KEYS,
           "methods/da_fusion", "per synthetic image", "da_fusion.num_synthetic"),
     Stage("curation", "04_curation", ("images", *MANIFESTS),
-          ("candidates", "curated", "curated_filtered", "quality_summary"), ("curation", "filters", "run.draw"),
+          ("candidates", "curated", "curated_filtered", "filters_summary"), ("curation", "filters", "run.draw"),
           "curation", "per training image", "curation"),
     Stage("training", "05_training",
           ("images", "curated", "curated_filtered", "real_guidance_images", "da_fusion_images"), TRAINING,

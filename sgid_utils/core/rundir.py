@@ -13,7 +13,7 @@ Layout (``<run>`` is ``run.dir``, ``<reports>`` is ``run.reports_dir``)::
     <run>/generation/{raw,upscaled}/         items/, images/<image>_k<k>.png, manifest_<pass>.parquet,
                                              edges/<image>.png (generation.generator: controlnet)
     <run>/curation/                          scores_<pass>/, embeddings_<pass>/, candidates.parquet,
-                                             curated[_filtered].parquet, quality_summary.json
+                                             curated[_filtered].parquet, filters_summary.json
     <run>/training/                          <config>/{checkpoint.pt,metrics.csv,predictions.parquet,result.json},
                                              training_results.parquet, _backbone-<name>.json (each listed
                                              backbone's recipe)

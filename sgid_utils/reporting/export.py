@@ -114,7 +114,7 @@ def dataset_card(params: Params, table: pd.DataFrame) -> str:
         params=params, source_name=SOURCE_NAMES[params.dataset.source], n=n, size=size, licence=licence,
         terms=terms, generator_terms=generator, split=SPLIT,
         classes=table.drop_duplicates("label_id").sort_values("label_id").label.tolist(),
-        settings=generator_settings(params), quality=catalog.load(params, "quality_summary"),
+        settings=generator_settings(params), filters=catalog.load(params, "filters_summary"),
         columns=list(table.columns))
 
 

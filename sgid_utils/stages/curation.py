@@ -133,7 +133,7 @@ def run(params: Params, images: pd.DataFrame) -> pd.DataFrame | None:
         candidates = candidates.join(filtered[["kept", "dropped_by"]])
         catalog.save(params, "curated_filtered", choose(params, filtered[filtered.kept], floor))
     curated = choose(params, candidates, floor)
-    catalog.save(params, "quality_summary", {"detector": detector, "source_similarity_threshold": threshold,
+    catalog.save(params, "filters_summary", {"detector": detector, "source_similarity_threshold": threshold,
                                      "filters": params.filters.apply, "select": params.curation.select,
                                      "select_floor": floor, "select_fallbacks": int(curated.fallback.sum())})
     catalog.save(params, "candidates", candidates)
