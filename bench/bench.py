@@ -4,7 +4,7 @@
     python bench/bench.py --arch real --device cuda      # SD v1.5 / CLIP ViT-B/32 sizes, random weights
 
 Stages:
-- generation: ``method.generation.generate_candidates`` once per source (one pipeline call,
+- generation: ``augment.generation.generate_candidates`` once per source (one pipeline call,
   k candidates, one guidance scale) against ``batched.generate_many`` (several
   sources and their candidates in one denoising loop, per-sample guidance). Both
   get the same prompt embeddings, scales f(s*) and seeds; prompt encoding is left
@@ -18,7 +18,7 @@ Stages:
   one image per ``generate`` call (the report's way) against ``captioning``'s
   batched calls (a batch of images per call, each image's sampling seeded by itself).
 - similarity: CLIP scores of 20 captions per image, one image and its captions per
-  call (the report's way) against ``method.embeddings.score_captions`` on a batch of images
+  call (the report's way) against ``augment.embeddings.score_captions`` on a batch of images
   and all their captions (what ``stages.similarity.run`` runs).
 - training (only with ``--stage training``): one epoch of the classifier's training
   steps with JPEG decoding and resizing in every epoch (what a folder dataset does)

@@ -76,7 +76,7 @@ def busy_share(prof) -> float | None:
 
 def build_pipeline(ctx: Context, controlnet: bool):
     """SD 1.5 img2img (and its ControlNet) at this size, random weights, in the run's dtype, contiguous as
-    ``method.generation_setup.load_generator`` loads it (the variants section measures channels_last and
+    ``augment.generation_setup.load_generator`` loads it (the variants section measures channels_last and
     torch.compile)."""
     torch.manual_seed(0)
     with torch.device(ctx.device):

@@ -1,14 +1,14 @@
 """The compared augmentations' own GPU work, for bench/gpu_report.py's "Compared methods" section.
 
 The comparison table projects each method's cost to a full data set from these rates (``sgid_utils.reporting.costs``),
-so each is measured the way its stage runs, at the method's default settings (``config.methods``):
+so each is measured the way its stage runs, at the method's default settings (``params.methods``):
 
 - Real Guidance: img2img from each real image on its square canvas, "a photo of a {label}" through the pipeline's own
   text encoder, its fixed guidance and strength, one image per real image; batched as ``stages.real_guidance`` is
   (``generate_many`` at the stage's automatic batch size on CUDA, one pipeline call per image on the CPU);
 - DA-Fusion's generation: the same loop at each strength of its set (the stage groups a chunk's images by strength);
   the rate of the mix is the harmonic mean, since every strength is drawn with equal probability;
-- DA-Fusion's textual inversion: ``method.inversion.learn_token``, the stage's loop (bfloat16 UNet and VAE on CUDA,
+- DA-Fusion's textual inversion: ``augment.inversion.learn_token``, the stage's loop (bfloat16 UNet and VAE on CUDA,
   float32 text encoder copy), at its batch size and canvas: steps/s and the seconds of one class's steps.
 
 The class token's name does not change the speed: the prompts here carry it as plain text (the stage loads the learned

@@ -61,7 +61,7 @@ def _check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def _run_options() -> argparse.ArgumentParser:
-    """The options every command that works on a run takes, with one meaning (``config.load.load_run_params``)."""
+    """The options every command that works on a run takes, with one meaning (``params.load.load_run_params``)."""
     common = argparse.ArgumentParser(add_help=False)
     opts = common.add_argument_group("the run (the same for every command)")
     opts.add_argument("--params", help="params YAML file (params/pets.yaml, params/smoke.yaml, ...); optional with "

@@ -1,4 +1,4 @@
-"""The guidance mapping (``method.guidance``): f(s*) and how each mode turns it into the classifier-free guidance
+"""The guidance mapping (``augment.guidance``): f(s*) and how each mode turns it into the classifier-free guidance
 scale a candidate is generated with."""
 
 from __future__ import annotations

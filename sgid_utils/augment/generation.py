@@ -23,7 +23,7 @@ strength and seeds go through img2img with a Canny-edge ControlNet: each source'
 edge map (``sgid_utils.augment.edges``, at the model-input size) is saved beside its
 candidates and conditions them, per image or in the batched loop alike. With
 ``generation.sampler: lcm`` (beyond the paper) they go through the img2img pipeline
-with an LCM-LoRA fused into its UNet and LCMScheduler, a few steps (``config.samplers``).
+with an LCM-LoRA fused into its UNet and LCMScheduler, a few steps (``params.samplers``).
 
 The stages only choose the pass (``generate(params, generation_pass, images)``); notebook 03's side-by-side
 of the two generators (``preview_generators``) and the preflight projection (``raw_pass``) use the

@@ -59,14 +59,9 @@ def mark_duplicates(captions: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_decoding_column(table: pd.DataFrame) -> pd.DataFrame:
-    """A caption table (or its per-image records) written when the column saying how a caption was decoded
-    (``nucleus`` / ``beam``) was called ``method``: the column renamed in place to ``decoding`` (``method`` now means
-    only a training method); records of both ages (a stage resumed across the rename) merge into the one column."""
-    if "method" not in table:
-        return table
-    if "decoding" in table:
-        return table.assign(decoding=table.decoding.fillna(table.method)).drop(columns="method")
-    return table.rename(columns={"method": "decoding"})
+    """A caption table written when the column saying how a caption was decoded (``nucleus`` / ``beam``) was called
+    ``method`` (now only a training method)."""
+    return catalog.renamed_column(table, "method", "decoding")
 
 
 # A captions table written before a column existed or was renamed gets today's columns on load (the similarity stage

@@ -27,7 +27,7 @@ import pandas as pd
 
 from sgid_utils.core.files import read_json, read_table, write_figure, write_json, write_table
 from sgid_utils.core.registry import ABLATIONS_READ, ABLATIONS_WRITE, STAGES, writer
-from sgid_utils.core.rundir import RunDir
+from sgid_utils.core.rundir import RunDir, kept
 from sgid_utils.errors import CorruptFileError
 from sgid_utils.params.load import RENAMED_VALUES
 from sgid_utils.params.schema import Params
@@ -43,15 +43,19 @@ def _with_backbone(table: pd.DataFrame) -> pd.DataFrame:
     return table if "backbone" in table else table.assign(backbone="")
 
 
-def with_pass_column(table: pd.DataFrame) -> pd.DataFrame:
-    """A generation table (or its per-source records) written when the pass column was called ``variant``: the
-    column renamed in place to ``generation_pass`` (``variant`` now means only an ablation variant); records of both
-    ages (a pass resumed across the rename) merge into the one column."""
-    if "variant" not in table:
+def renamed_column(table: pd.DataFrame, old: str, new: str) -> pd.DataFrame:
+    """A table (or its per-item records) written when column ``new`` was called ``old``: renamed in place; records
+    of both ages (a stage resumed across the rename) merge into the one column."""
+    if old not in table:
         return table
-    if "generation_pass" in table:
-        return table.assign(generation_pass=table.generation_pass.fillna(table.variant)).drop(columns="variant")
-    return table.rename(columns={"variant": "generation_pass"})
+    if new in table:
+        return table.assign(**{new: table[new].fillna(table[old])}).drop(columns=old)
+    return table.rename(columns={old: new})
+
+
+def with_pass_column(table: pd.DataFrame) -> pd.DataFrame:
+    """A generation table written when the pass column was called ``variant`` (now only an ablation variant)."""
+    return renamed_column(table, "variant", "generation_pass")
 
 
 # The filters renamed since runs were made (``params.load.RENAMED_VALUES``: ``similarity`` -> ``source_similarity``),
@@ -100,9 +104,7 @@ class Entry:
         if set(keys) != set(self.keys):
             raise KeyError(f"catalog entry '{self.name}' needs {', '.join(self.keys) or 'no keys'}, got {sorted(keys)}")
         folder = run.tables if self.under == TABLES else run.figures if self.under == FIGURES else run.stage(self.under)
-        new = folder / self.file.format(**keys)
-        old = folder / self.old_file.format(**keys) if self.old_file else None
-        return old if old is not None and not new.exists() and old.exists() else new
+        return kept(folder, self.file.format(**keys), *([self.old_file.format(**keys)] if self.old_file else []))
 
 
 ENTRIES: tuple[Entry, ...] = (

@@ -49,7 +49,7 @@ def unused_keys(params: Params, stage: str | None = None) -> set[str]:
     every run before they existed: recorded only when set, so finished runs stay valid (and a run directory records
     ``training.deterministic`` only when every training run in it was), and Real Guidance's M and p (its recipe's).
     So is the params section of a compared
-    augmentation (``config.methods``: ``real_guidance``, ``da_fusion``) that ``training.methods`` does not train,
+    augmentation (``params.methods``: ``real_guidance``, ``da_fusion``) that ``training.methods`` does not train,
     except in its own stages' fingerprints."""
     keys = set() if params.generation.generator == "controlnet" else {"models.controlnet", "generation.controlnet",
                                                                       "generation.generator"}

@@ -44,11 +44,23 @@ from sgid_utils.params.schema import Params
 Pass = Literal["raw", "upscaled"]
 
 
+def kept(folder: Path, name: str, *old: str) -> Path:
+    """``folder/name``, or ``folder/<an old name>`` where only that exists (a file, a folder or a link to one).
+
+    Runs made before a rename are read in place, never migrated: a run's stage folder may be a link into another
+    run (``run.reuse``, an ablation variant's base), which a migration of either one would break. A resumed old
+    run goes on writing under its old names; a new run, or a run that links an old one's folder, uses the new."""
+    for candidate in (name, *old):
+        if (folder / candidate).exists() or (folder / candidate).is_symlink():
+            return folder / candidate
+    return folder / name
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path
     reports: Path
-    PARAMS_FILE: ClassVar[str] = RUN_PARAMS_FILE  # what ``--run-dir`` alone reads (``config.load.load_run_params``)
+    PARAMS_FILE: ClassVar[str] = RUN_PARAMS_FILE  # what ``--run-dir`` alone reads (``params.load.load_run_params``)
 
     @classmethod
     def of(cls, params: Params) -> RunDir:
@@ -66,30 +78,18 @@ class RunDir:
 
     def provenance(self, stage: str) -> Path:
         """The record the runner writes as a stage starts (``sgid_utils.core.provenance``); a run made before the
-        stage renames keeps its record under the old name (``_kept``)."""
+        stage renames keeps its record under the old name (``kept``)."""
         name = get(stage).name
         old = [f"{old}.json" for old, new in RENAMED_STAGES.items() if new == name]
-        return self._kept(self.root / "provenance", f"{name}.json", *old)
+        return kept(self.root / "provenance", f"{name}.json", *old)
 
     def stage(self, name: str) -> Path:
         """The folder a registered stage writes (its ``folder`` in the registry; KeyError for a stage without one);
-        a run made before the stage renames keeps the old folder (``OLD_FOLDERS``, ``_kept``)."""
+        a run made before the stage renames keeps the old folder (``OLD_FOLDERS``, ``kept``)."""
         stage = get(name)
         if stage.folder is None:
             raise KeyError(f"stage '{name}' keeps no folder in the run directory; it writes report tables only")
-        return self._kept(self.root, stage.folder, *[OLD_FOLDERS[stage.name]] if stage.name in OLD_FOLDERS else [])
-
-    @staticmethod
-    def _kept(folder: Path, name: str, *old: str) -> Path:
-        """``folder/name``, or ``folder/<an old name>`` where only that exists (a file, a folder or a link to one).
-
-        Runs made before a rename are read in place, never migrated: a run's stage folder may be a link into another
-        run (``run.reuse``, an ablation variant's base), which a migration of either one would break. A resumed old
-        run goes on writing under its old names; a new run, or a run that links an old one's folder, uses the new."""
-        for candidate in (name, *old):
-            if (folder / candidate).exists() or (folder / candidate).is_symlink():
-                return folder / candidate
-        return folder / name
+        return kept(self.root, stage.folder, *[OLD_FOLDERS[stage.name]] if stage.name in OLD_FOLDERS else [])
 
     def relative(self, path: Path | str) -> str:
         """A path inside the run directory as stored in records and tables: relative, so the run dir can move."""

@@ -8,7 +8,7 @@ and the registered stages it needs (the sum of their measured seconds is its cos
 
 To add a method: write its generation stage (``stages/<name>.py``, registered in ``core.registry`` and writing its
 images' catalog entry), add its params section here if it has settings (with a ``Source`` per setting in
-``config.sources``), and add one ``Augmentation`` to ``AUGMENTATIONS``. docs/ARCHITECTURE.md says the same.
+``params.sources``), and add one ``Augmentation`` to ``AUGMENTATIONS``. docs/ARCHITECTURE.md says the same.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class DaFusionParams(Section):
 
 _RG = "brandontrabucco/da-fusion semantic_aug/augmentations/real_guidance.py (DA-Fusion's Real Guidance)"
 _DAF = "brandontrabucco/da-fusion "
-# Where each setting of the compared augmentations comes from (``config.sources`` holds them with every other).
+# Where each setting of the compared augmentations comes from (``params.sources`` holds them with every other).
 METHOD_SOURCES: dict[str, Source] = {
     # real guidance (config.methods)
     "real_guidance.prompt": _method(f"{_RG}: prompt 'a photo of a {{name}}'"),

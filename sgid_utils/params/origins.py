@@ -1,6 +1,6 @@
 """``Source``: where a setting's default comes from (its origin, the section or reason, and for the paper or the
-report the exact words it rests on). The table of every setting's source is ``config.sources``; a compared
-augmentation declares its own settings' sources beside its section (``config.methods``)."""
+report the exact words it rests on). The table of every setting's source is ``params.sources``; a compared
+augmentation declares its own settings' sources beside its section (``params.methods``)."""
 
 from __future__ import annotations
 
@@ -54,5 +54,5 @@ def ours(why: str) -> Source:
 
 
 def from_method(where: str) -> Source:
-    """A compared augmentation's own code or paper (``config.methods``): the repository and the file."""
+    """A compared augmentation's own code or paper (``params.methods``): the repository and the file."""
     return Source("method", where)

@@ -52,7 +52,7 @@ def sampler_label(sampler: str, steps: int, strength: float) -> str:
 
 
 _CARD = "latent-consistency/lcm-lora-sdv1-5 README.md (its model card, Hugging Face, revision ebd29df)"
-# Where each sampler setting comes from (``config.sources`` holds them with every other).
+# Where each sampler setting comes from (``params.sources`` holds them with every other).
 SAMPLER_SOURCES: dict[str, Source] = {
     "generation.sampler": _ours("SD 1.5's own scheduler by default (the report names no other); lcm is an option "
                                 "beyond the paper, the few-step lever of issue 28"),

@@ -1,5 +1,5 @@
 """The settings table: every leaf setting of a run's params with its value, its default and where the default comes
-from (``config.sources``), for the report page and the notebooks.
+from (``params.sources``), for the report page and the notebooks.
 
 A list of sections shows one row per item and field, the item named in the key
 (``training.backbones[resnet50_scratch].lr``); ``changed_settings`` keeps the rows that differ from the default.

@@ -9,7 +9,7 @@ A reader of a verdict must be able to tell the report's settings from the packag
   for Image Classification (AI6103 reproduction report)"), with its section and, where the value is our reading of
   its words, that it is a reading;
 - ``package``: this package's choice, with a one-line reason;
-- ``method``: a compared augmentation's own public code or paper (``config.methods``), naming the repository and
+- ``method``: a compared augmentation's own public code or paper (``params.methods``), naming the repository and
   the file (Real Guidance's settings come from DA-Fusion's re-implementation, brandontrabucco/da-fusion at commit
   ea784ad, as the comparison's issue asks).
 
@@ -17,7 +17,7 @@ Keys are the dotted paths of the schema: ``generation.guidance.mode``. A list of
 itself (``training.backbones``) and one per field of its items, written with ``[]``
 (``training.backbones[].optimizer``); an optional section likewise (``references.headline``,
 ``references.headline.gains``).
-In ``config.settings.settings_table`` the ``[]`` holds the item's name (or its position when it has none):
+In ``params.settings.settings_table`` the ``[]`` holds the item's name (or its position when it has none):
 ``training.backbones[resnet50_scratch].lr``. ``source_of`` accepts either form. The data lives here once; the
 report page, docs/CHOICES.md (checked by tests/test_sources.py) and the params comments follow it.
 """

@@ -6,7 +6,7 @@ and sampler variants (``generation.sampler``: SGID with LCM-LoRA's few steps, na
 one row: synthetic images per real image, optimisation steps, accuracy, its gain over the best non-generative
 method of the base run (the highest mean of Baseline, CutMix and RandAugment, picked from the numbers as
 ``stages.results.backbone_gains`` picks it) with the paired 95% CI over training seeds and the verdicts (unadjusted,
-and Holm over this table's rows), the device hours of the stages the method needs (``config.methods``; measured by the
+and Holm over this table's rows), the device hours of the stages the method needs (``params.methods``; measured by the
 runner, ``core.provenance.stage_seconds``, on the machine named in the Device column) and points per device hour.
 
 The cost is the method's generation only: every row trains the same backbone recipe, and the steps column says how

@@ -2,7 +2,7 @@
 
 Our reading of the report's first pass, which the curation stage diagnoses and the upscaling stage fixes by upscaling.
 How a candidate is made (the weighted prompt, the guidance scale f(s*), strength, seeds, the batched
-loop, the ControlNet generator) is ``method.generation``, shared by both passes.
+loop, the ControlNet generator) is ``augment.generation``, shared by both passes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """DA-Fusion's first stage: a textual-inversion token per class, learned on that class's training images.
 
 One item per class (``core.resumable``: resumes per class, shards classes across processes). Each class's token
-starts from the initializer word's embedding and is learned by ``method.inversion.learn_token`` with a seed derived
+starts from the initializer word's embedding and is learned by ``augment.inversion.learn_token`` with a seed derived
 from (the generation draw, the class), so a class's token does not depend on which process learns it or what it
 learned before. The embedding is saved as ``{token: tensor}`` in safetensors, the file diffusers'
 ``load_textual_inversion`` reads (the da_fusion stage loads it so). Runs only when ``training.methods`` lists

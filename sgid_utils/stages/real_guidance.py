@@ -5,13 +5,13 @@ brandontrabucco/da-fusion, ``semantic_aug/augmentations/real_guidance.py``: each
 fixed guidance scale of 7.5, and the output resized back to the image's size. No captions, no CLIP similarity, no
 selection. One image per real image for the package's way (``real_guidance``); M of them
 (``real_guidance.num_synthetic``) while its recipe (``real_guidance_recipe``) trains, as DA-Fusion's scripts run it.
-The settings are ``real_guidance.*`` (``config.methods``), each with its source.
+The settings are ``real_guidance.*`` (``params.methods``), each with its source.
 
 The plain prompt goes through the pipeline's own text encoder (``encode_prompt``), not compel: Real Guidance weights
 no words. Seeds derive from (the generation draw, image id, m), so the set is deterministic and resumes per image;
 the m-th images (m >= 1) are items of their own, so a run that adds the recipe keeps every first image it made. On
-CUDA the images share the batched loop of ``method.batched`` (one scale for all), on the CPU each goes through the
-diffusers pipeline, as SGID's generation does (``method.generation``). The stage runs only when ``training.methods``
+CUDA the images share the batched loop of ``augment.batched`` (one scale for all), on the CPU each goes through the
+diffusers pipeline, as SGID's generation does (``augment.generation``). The stage runs only when ``training.methods``
 lists ``real_guidance`` or ``real_guidance_recipe``.
 """
 

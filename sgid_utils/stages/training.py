@@ -1,7 +1,7 @@
 """The training stage: each backbone trained with Baseline, CutMix, RandAugment, SGID and SGID combined with
 CutMix/RandAugment.
 
-A backbone is a timm classifier with its own recipe (``config.training.BackboneParams``): by default the report's
+A backbone is a timm classifier with its own recipe (``params.training.BackboneParams``): by default the report's
 ViT-B/16 (ImageNet-21k) with Adam at a constant learning rate of 1e-4 (what the report gives), for 10 epochs
 at batch size 32 (this package's choice: the report gives neither), or the ones ``training.backbones`` lists
 (ResNet-50 from scratch, CLIP-ViT, ...). Within a backbone every method shares the recipe, batch size and the
@@ -10,8 +10,8 @@ model's own resize-only preprocessing; methods differ only in the augmentation a
 With the same number of epochs, SGID at 100 % (twice the images) takes twice the Baseline's optimisation
 steps. ``training.equal_steps`` separates the two: every method then stops after its backbone's Baseline
 step count, ceil(n_real / batch size) x epochs, its last pass over the larger set partial, with the learning
-rate schedule (warm-up, cosine) laid over those same steps (``method.training.step_plan``). Each result
-records its steps. The backbones and configurations come from ``config.backbones``.
+rate schedule (warm-up, cosine) laid over those same steps (``augment.training.step_plan``). Each result
+records its steps. The backbones and configurations come from ``params.backbones``.
 
 Each (backbone, method, proportion, seed) checkpoints at every epoch boundary and resumes there; a finished
 one is not retrained. Images are decoded and resized once per process and shared by all configurations.

@@ -3,7 +3,7 @@
 SD 1.5 was trained at 512x512, and the report found that small sources come out as abstract art; it
 fixed that by upscaling them before img2img. This pass regenerates every such source at
 ``curation.upscale_to`` (default the threshold) with the raw pass's prompts, scales and seeds
-(``method.generation``); it runs before curation (``stages.curation``), which scores and compares both passes.
+(``augment.generation``); it runs before curation (``stages.curation``), which scores and compares both passes.
 """
 
 from __future__ import annotations
